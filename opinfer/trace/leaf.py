@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from eth_abi import encode
 from eth_account import Account
+from eth_utils import to_checksum_address
 
 from opinfer.errors import CommitmentError
 from opinfer.trace import merkle
@@ -74,7 +75,7 @@ class ResultLeaf:
             model_id=int.from_bytes(record[32:64], "big"),
             input_root=record[64:96],
             output_root=record[96:128],
-            node="0x" + record[140:160].hex(),
+            node=to_checksum_address(record[140:160]),
             signature=record[160:225],
             input=record[225:],
         )

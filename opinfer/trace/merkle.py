@@ -20,7 +20,7 @@ def keccak(data: bytes) -> bytes:
 
 def ceil_log2(n: int) -> int:
     """Smallest d with 2^d >= n (0 for n <= 1), as the contracts compute it."""
-    return max(0, (n - 1).bit_length())
+    return (n - 1).bit_length() if n > 1 else 0
 
 
 def levels(leaves: list[bytes], pad: bytes = ZERO32) -> list[list[bytes]]:

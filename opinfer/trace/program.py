@@ -142,6 +142,8 @@ class Trace:
     def dot_witness(self, op_index: int, row: int, col: int) -> bytes:
         """Witness for element (row, col) of op `op_index`, against S_op_index."""
         op = self.program.ops[op_index]
+        if row >= op.rows or col >= op.cols:
+            return b""  # padding: the verifier knows the answer (0) without inputs
         src_tree = self.trees[op.src]
         w_tree = self.program.weight_trees[op.weight]
         return encode(

@@ -1,0 +1,58 @@
+"""Deploy and wire the opinfer contracts with brownie.
+
+`brownie run deploy` deploys to the active network with the defaults below;
+tests and other scripts call `deploy_system` with their own parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from brownie import DisputeGame, ModelRegistry, ResultRollup, StakeManager, StepVerifier, accounts
+
+
+@dataclass(frozen=True)
+class DeployParams:
+    min_stake: int = 10**18
+    challenge_window: int = 600
+    clock_budget: int = 300
+    arity: int = 4
+    challenge_bond: int = 10**17
+    challenger_reward_bps: int = 5_000
+    # Must exceed window + 2 * clock (DisputeGame checks it at deploy).
+    unbonding_delay: int = 0
+
+    def delay(self) -> int:
+        return self.unbonding_delay or self.challenge_window + 2 * self.clock_budget + 60
+
+
+@dataclass
+class System:
+    stake: object
+    registry: object
+    rollup: object
+    verifier: object
+    game: object
+    params: DeployParams
+
+
+def deploy_system(deployer, treasury, params: DeployParams = DeployParams(), coordinators=()) -> System:
+    tx = {"from": deployer}
+    stake = StakeManager.deploy(params.min_stake, params.delay(), params.challenger_reward_bps, treasury, tx)
+    registry = ModelRegistry.deploy(stake, tx)
+    rollup = ResultRollup.deploy(stake, registry, params.challenge_window, tx)
+    verifier = StepVerifier.deploy(tx)
+    game = DisputeGame.deploy(stake, rollup, registry, verifier, params.arity, params.clock_budget,
+                              params.challenge_bond, tx)
+    stake.set_dispute_game(game, tx)
+    rollup.set_dispute_game(game, tx)
+    for coordinator in coordinators:
+        rollup.set_coordinator(coordinator, True, tx)
+    return System(stake, registry, rollup, verifier, game, params)
+
+
+def main():
+    deployer = accounts[0]
+    system = deploy_system(deployer, deployer, coordinators=[deployer])
+    for name in ("stake", "registry", "rollup", "verifier", "game"):
+        print(f"{name}: {getattr(system, name).address}")

@@ -1,0 +1,142 @@
+"""Pure logic of the commitments: Merkle trees, tensors, leaves, bisection."""
+
+import numpy as np
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+
+from opinfer.errors import CommitmentError
+from opinfer.trace import bisection, merkle
+from opinfer.trace.leaf import Batch, ResultLeaf
+from opinfer.trace.program import Program, Trace, random_program, requantise
+from opinfer.trace.tensor import CHUNK, TensorTree, chunk_hash
+
+
+def test_merkle_proofs_fold_to_root_for_every_leaf_and_size():
+    for n in range(1, 12):
+        leaves = [merkle.keccak(bytes([i])) for i in range(n)]
+        tree = merkle.levels(leaves)
+        for i in range(n):
+            assert merkle.fold(i, leaves[i], merkle.proof(tree, i)) == tree[-1][0]
+        # A wrong leaf or index does not fold to the root.
+        assert merkle.fold(0, b"\x01" * 32, merkle.proof(tree, 0)) != tree[-1][0]
+
+
+def test_fold_rejects_index_beyond_tree():
+    with pytest.raises(CommitmentError):
+        merkle.fold(4, merkle.ZERO32, [merkle.ZERO32, merkle.ZERO32])
+
+
+def test_ceil_log2_matches_definition():
+    for n in range(0, 70):
+        d = merkle.ceil_log2(n)
+        assert (1 << d) >= n and (d == 0 or (1 << (d - 1)) < n)
+
+
+def test_tensor_tree_nodes_are_consistent_down_to_chunks():
+    rng = np.random.default_rng(1)
+    t = TensorTree.build(rng.integers(-300, 300, size=(3, 40)))
+    assert t.depth == 2 + 2
+    assert t.node(0, 0) == t.root
+    for level in range(t.depth):
+        for index in range(1 << level):
+            left, right = t.node(level + 1, 2 * index), t.node(level + 1, 2 * index + 1)
+            assert merkle.keccak(left + right) == t.node(level, index)
+    for leaf in range(1 << t.depth):
+        assert chunk_hash(t.chunk(leaf)) == t.node(t.depth, leaf)
+    # Padding rows and columns hold zeros.
+    assert t.chunk((3 << t.col_bits) + 0) == [0] * CHUNK
+    assert t.chunk((0 << t.col_bits) + 2)[8:] == [0] * 8
+
+
+def test_negative_values_encode_as_twos_complement_words():
+    a = chunk_hash([-1] + [0] * 15)
+    b = merkle.keccak(b"\xff" * 32 + b"\x00" * 32 * 15)
+    assert a == b
+
+
+def test_requantise_rounds_ties_up_and_clamps():
+    acc = np.array([3, 5, -3, -5, 1000, -1000])
+    # multiplier 1, shift 1: x/2 rounded half up.
+    assert requantise(acc, 1, 1, -128, 127).tolist() == [2, 3, -1, -2, 127, -128]
+    assert requantise(np.array([7]), 3, 0, -128, 127).tolist() == [21]
+
+
+def test_trace_state_roots_extend_one_position_at_a_time():
+    rng = np.random.default_rng(2)
+    program = random_program(rng, [24, 40, 24])
+    trace = Trace(program, program.run(rng.integers(-128, 128, size=(2, 24))))
+    for i in range(trace.n):
+        proof = trace.state_proof(i, i + 1)
+        assert proof == trace.state_proof(i + 1, i + 1)
+        assert merkle.fold(i + 1, merkle.ZERO32, proof) == trace.state_root(i)
+        assert merkle.fold(i + 1, trace.trees[i + 1].root, proof) == trace.state_root(i + 1)
+
+
+def test_program_is_deterministic_and_model_root_binds_weights():
+    rng = np.random.default_rng(3)
+    program = random_program(rng, [16, 16])
+    x = rng.integers(-128, 128, size=(2, 16))
+    assert np.array_equal(program.run(x)[-1], program.run(x)[-1])
+    other = Program(program.ops, [w.copy() for w in program.weights])
+    other.weights[0][0, 0] += 1
+    assert other.model_root != program.model_root
+
+
+def test_leaf_digest_is_standard_eip712_and_signature_recovers():
+    key = Account.create()
+    leaf = ResultLeaf(job_id=b"\x11" * 32, model_id=7, input_root=b"\x22" * 32,
+                      output_root=b"\x33" * 32, node=key.address, input=b"tokens")
+    rollup = "0x" + "ab" * 20
+    typed = {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"},
+            ],
+            "ResultLeaf": [
+                {"name": "jobId", "type": "bytes32"}, {"name": "modelId", "type": "uint256"},
+                {"name": "inputRoot", "type": "bytes32"}, {"name": "outputRoot", "type": "bytes32"},
+                {"name": "inputHash", "type": "bytes32"}, {"name": "node", "type": "address"},
+            ],
+        },
+        "primaryType": "ResultLeaf",
+        "domain": {"name": "opinfer", "version": "1", "chainId": 31337, "verifyingContract": rollup},
+        "message": {"jobId": leaf.job_id, "modelId": 7, "inputRoot": leaf.input_root,
+                    "outputRoot": leaf.output_root, "inputHash": merkle.keccak(b"tokens"), "node": key.address},
+    }
+    signable = encode_typed_data(full_message=typed)
+    expected = merkle.keccak(b"\x19" + signable.version + signable.header + signable.body)
+    assert leaf.digest(31337, rollup) == expected
+    signed = leaf.signed(key.key, 31337, rollup)
+    assert Account._recover_hash(expected, signature=signed.signature) == key.address
+    assert ResultLeaf.decode(signed.encode()) == signed
+
+
+def test_batch_rejects_bad_sizes_and_proves_every_leaf():
+    with pytest.raises(CommitmentError):
+        Batch([])
+    leaves = [ResultLeaf(bytes([i]) * 32, 1, b"\0" * 32, b"\0" * 32, "0x" + "01" * 20) for i in range(5)]
+    batch = Batch(leaves)
+    for i, leaf in enumerate(leaves):
+        assert merkle.fold(i, leaf.hash, batch.proof(i)) == batch.root
+    with pytest.raises(CommitmentError):
+        ResultLeaf(b"\0" * 32, 1, b"\0" * 32, b"\0" * 32, "0x" + "01" * 20, input=b"x" * 5000).encode()
+
+
+def test_dissection_points_cover_interval_like_the_contract():
+    assert bisection.dissection_points(0, 10, 4) == [2, 5, 7]
+    assert bisection.dissection_points(3, 5, 16) == [4]
+    for lo, hi, k in [(0, 10, 4), (7, 100, 16), (0, 3, 2)]:
+        pts = [lo] + bisection.dissection_points(lo, hi, k) + [hi]
+        parts = len(pts) - 1
+        for j in range(parts):
+            assert bisection.part_bounds(lo, hi, parts, j) == (pts[j], pts[j + 1])
+    with pytest.raises(CommitmentError):
+        bisection.dissection_points(4, 5, 4)
+
+
+def test_first_disagreement():
+    assert bisection.first_disagreement([1, 2, 3], [1, 5, 3]) == 1
+    with pytest.raises(CommitmentError):
+        bisection.first_disagreement([1, 2], [1, 2])

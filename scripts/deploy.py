@@ -1,6 +1,7 @@
 """Deploy and wire the opinfer contracts with brownie.
 
-`brownie run deploy` deploys to the active network with the defaults below;
+`brownie run deploy` deploys to the active network with the default
+ProtocolParams;
 tests and other scripts call `deploy_system` with their own parameters.
 """
 
@@ -10,20 +11,7 @@ from dataclasses import dataclass
 
 from brownie import DisputeGame, ModelRegistry, ResultRollup, StakeManager, StepVerifier, accounts
 
-
-@dataclass(frozen=True)
-class DeployParams:
-    min_stake: int = 10**18
-    challenge_window: int = 600
-    clock_budget: int = 300
-    arity: int = 4
-    challenge_bond: int = 10**17
-    challenger_reward_bps: int = 5_000
-    # Must exceed window + 2 * clock (DisputeGame checks it at deploy).
-    unbonding_delay: int = 0
-
-    def delay(self) -> int:
-        return self.unbonding_delay or self.challenge_window + 2 * self.clock_budget + 60
+from opinfer.chain.deploy import ProtocolParams as DeployParams
 
 
 @dataclass

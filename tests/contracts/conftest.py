@@ -7,16 +7,14 @@ import numpy as np
 import pytest
 from brownie import accounts, chain
 
-from opinfer.trace import bisection
+from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.program import Trace
 from opinfer.trace.testing import corrupted_trace, toy_program  # noqa: F401  (re-exported for tests)
 from scripts.deploy import DeployParams, deploy_system
 
 ETHER = 10**18
-PHASES = {1: "open", 2: "bisect", 3: "pick", 4: "tensor", 5: "descend", 6: "choose", 7: "chunk", 8: "element", 9: "step"}
-NODE_PHASES = {1, 2, 4, 5, 7}
-ACTIVE, NODE_WON, CHALLENGER_WON, VOID = 1, 2, 3, 4
+ACTIVE, NODE_WON, CHALLENGER_WON, VOID = player.ACTIVE, player.NODE_WON, player.CHALLENGER_WON, player.VOID
 
 
 @pytest.fixture(autouse=True)
@@ -110,84 +108,52 @@ def post(system, coordinator, leaves: list[ResultLeaf]):
 
 
 def game_state(game, gid) -> dict:
-    return dict(game.games(gid).dict())
+    return player.game_state(game.games(gid))
 
 
 class Driver:
-    """Plays both sides of a game from two traces, through the real contracts."""
+    """Plays both sides of a game from two traces, through the real contracts
+    (moves chosen by opinfer.trace.player, sent with brownie)."""
 
     def __init__(self, system, gid, node, node_trace: Trace, challenger, chal_trace: Trace):
         self.s, self.gid = system, gid
         self.node, self.node_trace = node, node_trace
         self.challenger, self.chal_trace = challenger, chal_trace
-        self.last = None
+        self.revealed: list = []
         self.txs = []
+        self.bits = system.game.arity_bits()
 
     @property
     def state(self) -> dict:
-        return game_state(self.s.game, self.gid)
+        return player.game_state(self.s.game.games(self.gid))
+
+    def _send(self, move: player.Move, sender):
+        tx = getattr(self.s.game, move.function)(*move.args, {"from": sender})
+        if move.function in player.REVEAL_EVENTS:
+            event, field = player.REVEAL_EVENTS[move.function]
+            self.revealed = list(tx.events[event][field])
+        self.txs.append(tx)
+        return tx
 
     def node_move(self):
-        g, t, game = self.state, self.node_trace, self.s.game
-        sender = {"from": self.node}
-        phase = g["phase"]
-        if phase == 1:
-            tx = game.open_trace(self.gid, t.state_root(t.n), t.state_proof(t.n, t.n), sender)
-        elif phase == 2:
-            pts = bisection.dissection_points(g["lo"], g["hi"], self.s.params.arity)
-            tx = game.bisect(self.gid, [t.state_root(p) for p in pts], sender)
-        elif phase == 4:
-            hi = g["hi"]
-            tx = game.reveal_tensor(self.gid, t.trees[hi].root, t.state_proof(hi, hi),
-                                    t.program.header(hi - 1), sender)
-        elif phase == 5:
-            tree = t.trees[g["hi"]]
-            m = bisection.descent_levels(g["level"], g["depth"], game.arity_bits())
-            hashes = [tree.node(g["level"] + m, (g["index"] << m) + j) for j in range(1 << m)]
-            tx = game.descend(self.gid, hashes, sender)
-        elif phase == 7:
-            tx = game.reveal_chunk(self.gid, t.trees[g["hi"]].chunk(g["index"]), sender)
-        else:
-            raise AssertionError(f"not the node's phase: {phase}")
-        return tx
+        move = player.node_move(self.gid, self.state, self.node_trace, self.s.params.arity, self.bits)
+        return self._send(move, self.node)
 
     def challenger_move(self):
-        g, t, game = self.state, self.chal_trace, self.s.game
-        sender = {"from": self.challenger}
-        phase = g["phase"]
-        if phase == 3:
-            claims = list(self.last.events["Bisected"]["claims"])
-            pts = bisection.dissection_points(g["lo"], g["hi"], self.s.params.arity)
-            ours = [t.state_root(p) for p in pts] + [t.state_root(g["hi"])]
-            part = bisection.first_disagreement([bytes(c) for c in claims] + [bytes(g["hi_root"])], ours)
-            tx = game.pick(self.gid, claims, part, sender)
-        elif phase == 6:
-            hashes = [bytes(h) for h in self.last.events["Descended"]["hashes"]]
-            tree = t.trees[g["hi"]]
-            m = bisection.descent_levels(g["level"], g["depth"], game.arity_bits())
-            ours = [tree.node(g["level"] + m, (g["index"] << m) + j) for j in range(1 << m)]
-            tx = game.choose(self.gid, hashes, bisection.first_disagreement(hashes, ours), sender)
-        elif phase == 8:
-            values = list(self.last.events["ChunkRevealed"]["values"])
-            ours = t.trees[g["hi"]].chunk(g["index"])
-            tx = game.pick_element(self.gid, values, bisection.first_disagreement(values, ours), sender)
-        elif phase == 9:
-            tx = self.step(self.challenger)
-        else:
-            raise AssertionError(f"not the challenger's phase: {phase}")
-        return tx
+        move = player.challenger_move(self.gid, self.state, self.chal_trace, self.s.params.arity, self.bits,
+                                      self.revealed)
+        return self._send(move, self.challenger)
 
     def step(self, sender, trace: Trace | None = None):
-        g, t = self.state, trace or self.chal_trace
-        op = g["hi"] - 1
-        return self.s.game.step(self.gid, t.program.header(op), t.dot_witness(op, g["row"], g["col"]),
-                                {"from": sender})
+        return self._send(player.step_move(self.gid, self.state, trace or self.chal_trace), sender)
 
     def play(self, until_phase: int | None = None, max_moves: int = 60):
         for _ in range(max_moves):
             g = self.state
             if g["status"] != ACTIVE or g["phase"] == until_phase:
                 return g
-            self.last = self.node_move() if g["phase"] in NODE_PHASES else self.challenger_move()
-            self.txs.append(self.last)
+            if g["phase"] in player.NODE_PHASES:
+                self.node_move()
+            else:
+                self.challenger_move()
         raise AssertionError("game did not end")

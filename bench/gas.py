@@ -1,0 +1,164 @@
+"""Gas figures of the protocol, measured on a fresh anvil in one run.
+
+    python -m bench.gas [--json]
+
+Prints gas per leaf for batches of 1, 10 and 100 leaves (and the same with
+the 16 gas per byte of input taken out, which the target excludes), gas per
+game move over a full game against a cheating node, the one-step for dot
+products of realistic widths, and the ratio to one transaction per result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+from web3 import HTTPProvider, Web3
+
+from opinfer.chain.anvil import Anvil, dev_keys
+from opinfer.chain.deploy import ProtocolParams, deploy
+from opinfer.chain.game import GameClient
+from opinfer.chain.sender import TxSender
+from opinfer.trace import player
+from opinfer.trace.leaf import Batch, ResultLeaf
+from opinfer.trace.program import DotOp, Program, Trace
+from opinfer.trace.testing import corrupted_trace, toy_program
+
+INPUT_BYTES = 64  # a short prompt's token ids, compressed
+TARGET_PER_LEAF = 5_000
+ONE_TX_PER_RESULT = 21_000 + 16 * 225  # base cost + a leaf's calldata, no storage at all
+
+
+def wide_program(k: int, cols: int = 32) -> Program:
+    rng = np.random.default_rng(k)
+    return Program([DotOp(src=0, weight=0, rows=1, cols=cols, k=k, multiplier=1 << 10, shift=20)],
+                   [rng.integers(-128, 128, size=(cols, k))])
+
+
+def run() -> dict:
+    out: dict = {}
+    with Anvil(accounts=10) as anvil:
+        w3 = Web3(HTTPProvider(anvil.url))
+        keys = dev_keys(6)
+        owner, coordinator, challenger = (TxSender(w3, k) for k in keys[:3])
+        nodes = [TxSender(w3, k) for k in keys[3:6]]
+        params = ProtocolParams()
+        d = deploy(w3, owner, params, coordinators=(coordinator.address,))
+        c = d.contracts
+        programs = {"toy": toy_program()}
+        for k in (576, 1536):
+            programs[f"dot{k}"] = wide_program(k)
+        model_ids = {}
+        for name, program in programs.items():
+            owner.call(c["ModelRegistry"].functions.register_model(name, program.model_root, program.num_ops, 1000))
+            model_ids[name] = c["ModelRegistry"].functions.model_id_by_name(name).call()
+        for node in nodes:
+            node.call(c["StakeManager"].functions.stake_eth(), value=2 * params.min_stake)
+        challenger.call(c["StakeManager"].functions.deposit_bond(), value=10**19)
+
+        rollup, chain_id = c["ResultRollup"], w3.eth.chain_id
+
+        def leaf(trace, model, node, job, input_bytes=INPUT_BYTES):
+            raw = ResultLeaf(job.to_bytes(32, "big"), model_ids[model], trace.input_root, trace.output_root,
+                             node.address, input=bytes((job + i) % 251 + 1 for i in range(input_bytes)))
+            return raw.signed(node.account.key, chain_id, rollup.address)
+
+        toy = programs["toy"]
+        x = np.random.default_rng(11).integers(-128, 128, size=(2, 24))
+        honest = Trace(toy, toy.run(x))
+        batches = {}
+        for n in (1, 10, 100):
+            leaves = [leaf(honest, "toy", nodes[i % 3], 1000 * n + i) for i in range(n)]
+            receipt = coordinator.call(rollup.functions.post_batch(Batch(leaves).records))
+            per_leaf = receipt["gasUsed"] / n
+            batches[n] = {"gas": receipt["gasUsed"], "per_leaf": round(per_leaf),
+                          "per_leaf_without_input_calldata": round(per_leaf - 16 * INPUT_BYTES)}
+        out["batches"] = batches
+        out["input_bytes_per_leaf"] = INPUT_BYTES
+        out["target_per_leaf"] = TARGET_PER_LEAF
+        out["meets_target"] = batches[100]["per_leaf_without_input_calldata"] <= TARGET_PER_LEAF
+        out["ratio_one_tx_per_result_vs_batched_100"] = round(ONE_TX_PER_RESULT / batches[100]["per_leaf"], 2)
+
+        # A full game: node 0 cheats deep inside the toy program.
+        bad = corrupted_trace(toy, x, 1, 0, 33, delta=120)
+        bleaf = leaf(bad, "toy", nodes[0], 1)
+        batch = Batch([bleaf])
+        coordinator.call(rollup.functions.post_batch(batch.records))
+        batch_id = rollup.functions.batch_count().call()
+        out["game"] = play(w3, c, batch_id, batch, nodes[0], challenger, bad, honest)
+
+        # One-steps of realistic widths: an honest node defends, the challenger steps.
+        steps = {}
+        for k in (576, 1536):
+            program = programs[f"dot{k}"]
+            xk = np.random.default_rng(5).integers(-128, 128, size=(1, k))
+            good = Trace(program, program.run(xk))
+            wrong = corrupted_trace(program, xk, 1, 0, 17, delta=5)
+            wleaf = leaf(good, f"dot{k}", nodes[1], 50 + k)
+            wbatch = Batch([wleaf])
+            coordinator.call(rollup.functions.post_batch(wbatch.records))
+            bid = rollup.functions.batch_count().call()
+            g = play(w3, c, bid, wbatch, nodes[1], challenger, good, wrong)
+            steps[f"dot_k{k}"] = g["moves"]["step"]
+            assert g["outcome"] == "node won", g
+        out["one_step"] = steps
+        out["largest_one_step_under_5M"] = max(steps.values()) < 5_000_000
+    return out
+
+
+def play(w3, c, batch_id, batch, node, challenger, node_trace, chal_trace) -> dict:
+    game = c["DisputeGame"]
+    receipt = challenger.call(game.functions.challenge(batch_id, 0, batch.records[0], batch.proof(0)))
+    gid = game.functions.game_count().call()
+    moves = {"challenge": receipt["gasUsed"]}
+    counts = {"challenge": 1}
+    node_client, chal_client = GameClient(game, node), GameClient(game, challenger)
+    revealed: list = []
+    total = receipt["gasUsed"]
+    while True:
+        g = node_client.state(gid)
+        if g["status"] != player.ACTIVE:
+            break
+        if g["phase"] in player.NODE_PHASES:
+            move = player.node_move(gid, g, node_trace, node_client.arity, node_client.arity_bits)
+            receipt, revealed = node_client.send(move)
+        else:
+            move = player.challenger_move(gid, g, chal_trace, chal_client.arity, chal_client.arity_bits, revealed)
+            receipt, _ = chal_client.send(move)
+        moves[move.function] = max(moves.get(move.function, 0), receipt["gasUsed"])
+        counts[move.function] = counts.get(move.function, 0) + 1
+        total += receipt["gasUsed"]
+    outcome = "node won" if g["status"] == player.NODE_WON else "challenger won"
+    return {"outcome": outcome, "moves": moves, "move_counts": counts, "rounds": sum(counts.values()),
+            "total_gas": total}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    result = run()
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print("batch posting (ResultRollup.post_batch), %d input bytes per leaf" % INPUT_BYTES)
+    print(f"{'leaves':>7} {'gas':>10} {'gas/leaf':>9} {'w/o input calldata':>19}")
+    for n, b in result["batches"].items():
+        print(f"{n:>7} {b['gas']:>10} {b['per_leaf']:>9} {b['per_leaf_without_input_calldata']:>19}")
+    print(f"target <= {TARGET_PER_LEAF} gas/leaf at 100 leaves: {'met' if result['meets_target'] else 'MISSED'}; "
+          f"one tx per result would cost {result['ratio_one_tx_per_result_vs_batched_100']}x more per result")
+    g = result["game"]
+    print(f"\nfull game against a cheating node: {g['outcome']}, {g['rounds']} transactions, {g['total_gas']} gas")
+    for name, gas in g["moves"].items():
+        print(f"  {name:<14} {gas:>9} gas (max of {g['move_counts'][name]})")
+    print("\none-step (StepVerifier via DisputeGame.step):")
+    for name, gas in result["one_step"].items():
+        print(f"  {name:<14} {gas:>9} gas")
+    print(f"largest one-step under 5M gas: {result['largest_one_step_under_5M']}")
+    return 0 if result["meets_target"] and result["largest_one_step_under_5M"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Deploy and wire the protocol with web3 from brownie's artifacts.
+
+Mirrors scripts/deploy.py (used by brownie tests) for services and the
+devnet, which do not run inside brownie."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from web3 import Web3
+
+from opinfer.chain import artifacts
+from opinfer.chain.sender import TxSender
+
+
+@dataclass(frozen=True)
+class ProtocolParams:
+    min_stake: int = 10**18
+    challenge_window: int = 600
+    clock_budget: int = 300
+    arity: int = 4
+    challenge_bond: int = 10**17
+    challenger_reward_bps: int = 5_000
+    unbonding_delay: int = 0  # 0: window + 2 * clock + 60
+
+    def delay(self) -> int:
+        return self.unbonding_delay or self.challenge_window + 2 * self.clock_budget + 60
+
+
+@dataclass
+class Deployment:
+    addresses: dict[str, str]
+    params: ProtocolParams
+    chain_id: int
+    contracts: dict = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        return {"chain_id": self.chain_id, "contracts": self.addresses, "params": asdict(self.params)}
+
+
+def contract(w3: Web3, name: str, address: str, build_dir=artifacts.DEFAULT_BUILD):
+    return w3.eth.contract(address=address, abi=artifacts.load(name, build_dir).abi)
+
+
+def deploy(w3: Web3, sender: TxSender, params: ProtocolParams = ProtocolParams(), treasury: str | None = None,
+           coordinators: tuple[str, ...] = (), build_dir=artifacts.DEFAULT_BUILD) -> Deployment:
+    art = {name: artifacts.load(name, build_dir) for name in artifacts.CONTRACTS}
+    treasury = treasury or sender.address
+    a = {}
+    a["StakeManager"] = sender.deploy(art["StakeManager"].abi, art["StakeManager"].bytecode, params.min_stake,
+                                      params.delay(), params.challenger_reward_bps, treasury)
+    a["ModelRegistry"] = sender.deploy(art["ModelRegistry"].abi, art["ModelRegistry"].bytecode, a["StakeManager"])
+    a["ResultRollup"] = sender.deploy(art["ResultRollup"].abi, art["ResultRollup"].bytecode, a["StakeManager"],
+                                      a["ModelRegistry"], params.challenge_window)
+    a["StepVerifier"] = sender.deploy(art["StepVerifier"].abi, art["StepVerifier"].bytecode)
+    a["DisputeGame"] = sender.deploy(art["DisputeGame"].abi, art["DisputeGame"].bytecode, a["StakeManager"],
+                                     a["ResultRollup"], a["ModelRegistry"], a["StepVerifier"], params.arity,
+                                     params.clock_budget, params.challenge_bond)
+    c = {name: w3.eth.contract(address=addr, abi=art[name].abi) for name, addr in a.items()}
+    sender.call(c["StakeManager"].functions.set_dispute_game(a["DisputeGame"]))
+    sender.call(c["ResultRollup"].functions.set_dispute_game(a["DisputeGame"]))
+    for coordinator in coordinators:
+        sender.call(c["ResultRollup"].functions.set_coordinator(coordinator, True))
+    return Deployment(a, params, w3.eth.chain_id, c)

@@ -1,0 +1,95 @@
+"""Pure move selection for both sides of a dispute game.
+
+Given the on-chain game state, the player's own trace and what the other
+side revealed last, return the contract function to call and its arguments.
+No I/O: chain adapters (brownie in tests, web3 in services) send the move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opinfer.errors import CommitmentError
+from opinfer.trace import bisection
+from opinfer.trace.program import Trace
+
+OPEN, BISECT, PICK, TENSOR, DESCEND, CHOOSE, CHUNK, ELEMENT, STEP = range(1, 10)
+NODE_PHASES = frozenset({OPEN, BISECT, TENSOR, DESCEND, CHUNK})
+ACTIVE, NODE_WON, CHALLENGER_WON, VOID = 1, 2, 3, 4
+
+# Field order of DisputeGame.games(id).
+GAME_FIELDS = ("batch_id", "leaf_index", "node", "challenger", "bond", "model_root", "num_ops", "status", "phase",
+               "node_clock", "challenger_clock", "last_move_at", "lo", "hi", "lo_root", "hi_root", "pending",
+               "rows", "cols", "col_bits", "depth", "level", "index", "subtree", "row", "col", "claimed")
+
+
+@dataclass(frozen=True)
+class Move:
+    function: str
+    args: tuple
+
+
+def game_state(raw) -> dict:
+    """The games(id) tuple as a dict (bytes for bytes32 fields)."""
+    state = dict(zip(GAME_FIELDS, raw))
+    for key in ("model_root", "lo_root", "hi_root", "pending", "subtree"):
+        state[key] = bytes(state[key])
+    return state
+
+
+def _descendants(trace: Trace, g: dict, arity_bits: int) -> list[bytes]:
+    tree = trace.trees[g["hi"]]
+    m = bisection.descent_levels(g["level"], g["depth"], arity_bits)
+    return [tree.node(g["level"] + m, (g["index"] << m) + j) for j in range(1 << m)]
+
+
+def node_move(gid: int, g: dict, trace: Trace, arity: int, arity_bits: int) -> Move:
+    """The node's honest answer from its own trace."""
+    phase = g["phase"]
+    if phase == OPEN:
+        return Move("open_trace", (gid, trace.state_root(trace.n), trace.state_proof(trace.n, trace.n)))
+    if phase == BISECT:
+        points = bisection.dissection_points(g["lo"], g["hi"], arity)
+        return Move("bisect", (gid, [trace.state_root(p) for p in points]))
+    if phase == TENSOR:
+        hi = g["hi"]
+        return Move("reveal_tensor", (gid, trace.trees[hi].root, trace.state_proof(hi, hi),
+                                      trace.program.header(hi - 1)))
+    if phase == DESCEND:
+        return Move("descend", (gid, _descendants(trace, g, arity_bits)))
+    if phase == CHUNK:
+        return Move("reveal_chunk", (gid, trace.trees[g["hi"]].chunk(g["index"])))
+    raise CommitmentError(f"phase {phase} is not the node's")
+
+
+def challenger_move(gid: int, g: dict, trace: Trace, arity: int, arity_bits: int, revealed: list) -> Move:
+    """The challenger's move: dispute the first thing that differs from its trace.
+
+    `revealed` is what the node's last move published: the bisection claims,
+    the descendant hashes or the chunk values."""
+    phase = g["phase"]
+    if phase == PICK:
+        claims = [bytes(c) for c in revealed]
+        points = bisection.dissection_points(g["lo"], g["hi"], arity)
+        ours = [trace.state_root(p) for p in points] + [trace.state_root(g["hi"])]
+        return Move("pick", (gid, claims, bisection.first_disagreement(claims + [g["hi_root"]], ours)))
+    if phase == CHOOSE:
+        hashes = [bytes(h) for h in revealed]
+        return Move("choose", (gid, hashes, bisection.first_disagreement(hashes, _descendants(trace, g, arity_bits))))
+    if phase == ELEMENT:
+        values = [int(v) for v in revealed]
+        ours = trace.trees[g["hi"]].chunk(g["index"])
+        return Move("pick_element", (gid, values, bisection.first_disagreement(values, ours)))
+    if phase == STEP:
+        return step_move(gid, g, trace)
+    raise CommitmentError(f"phase {phase} is not the challenger's")
+
+
+def step_move(gid: int, g: dict, trace: Trace) -> Move:
+    op = g["hi"] - 1
+    return Move("step", (gid, trace.program.header(op), trace.dot_witness(op, g["row"], g["col"])))
+
+
+# The event (and field) in which each node move publishes what the challenger needs.
+REVEAL_EVENTS = {"bisect": ("Bisected", "claims"), "descend": ("Descended", "hashes"),
+                 "reveal_chunk": ("ChunkRevealed", "values")}

@@ -3,9 +3,14 @@
     python -m bench.gas [--json]
 
 Prints gas per leaf for batches of 1, 10 and 100 leaves (and the same with
-the 16 gas per byte of input taken out, which the target excludes), gas per
+the calldata of the job inputs taken out, which the target excludes), gas per
 game move over a full game against a cheating node, the one-step for dot
 products of realistic widths, and the ratio to one transaction per result.
+
+Batches are measured twice, side by side: under Cancun calldata pricing
+(16 gas per non-zero byte, 4 per zero byte: the pricing the target assumes)
+and under Prague, anvil's default, where EIP-7623 raises calldata-heavy
+transactions to a floor of 40/10 gas per byte. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from opinfer.chain.game import GameClient
 from opinfer.chain.sender import TxSender
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
+from opinfer.trace.merkle import keccak
 from opinfer.trace.program import DotOp, Program, Trace
 from opinfer.trace.testing import corrupted_trace, toy_program
 
 INPUT_BYTES = 64  # a short prompt's token ids, compressed
 TARGET_PER_LEAF = 5_000
-ONE_TX_PER_RESULT = 21_000 + 16 * 225  # base cost + a leaf's calldata, no storage at all
+ONE_TX_PER_RESULT = 21_000 + 16 * 6 * 32  # base cost + one leaf's calldata, no storage at all
 
 
 def wide_program(k: int, cols: int = 32) -> Program:
@@ -38,8 +44,21 @@ def wide_program(k: int, cols: int = 32) -> Program:
 
 
 def run() -> dict:
-    out: dict = {}
-    with Anvil(accounts=10) as anvil:
+    out: dict = {"batches": {}}
+    for hardfork in ("cancun", "prague"):
+        out["batches"][hardfork] = measure(hardfork, games=hardfork == "prague", out=out)
+    b = out["batches"]["cancun"][100]
+    out["input_bytes_per_leaf"] = INPUT_BYTES
+    out["target_per_leaf"] = TARGET_PER_LEAF
+    out["meets_target"] = b["per_leaf_without_input_calldata"] <= TARGET_PER_LEAF
+    out["ratio_one_tx_per_result_vs_batched_100"] = round(ONE_TX_PER_RESULT / b["per_leaf"], 2)
+    return out
+
+
+def measure(hardfork: str, games: bool, out: dict) -> dict:
+    """Post batches on a fresh anvil; with `games`, also play the games."""
+    input_gas_per_byte = 16 if hardfork == "cancun" else 40  # the inputs are non-zero bytes
+    with Anvil(accounts=10, hardfork=hardfork) as anvil:
         w3 = Web3(HTTPProvider(anvil.url))
         keys = dev_keys(6)
         owner, coordinator, challenger = (TxSender(w3, k) for k in keys[:3])
@@ -61,7 +80,7 @@ def run() -> dict:
         rollup, chain_id = c["ResultRollup"], w3.eth.chain_id
 
         def leaf(trace, model, node, job, input_bytes=INPUT_BYTES):
-            raw = ResultLeaf(job.to_bytes(32, "big"), model_ids[model], trace.input_root, trace.output_root,
+            raw = ResultLeaf(keccak(b"job-%d" % job), model_ids[model], trace.input_root, trace.output_root,
                              node.address, input=bytes((job + i) % 251 + 1 for i in range(input_bytes)))
             return raw.signed(node.account.key, chain_id, rollup.address)
 
@@ -70,22 +89,20 @@ def run() -> dict:
         honest = Trace(toy, toy.run(x))
         batches = {}
         for n in (1, 10, 100):
-            leaves = [leaf(honest, "toy", nodes[i % 3], 1000 * n + i) for i in range(n)]
-            receipt = coordinator.call(rollup.functions.post_batch(Batch(leaves).records))
+            leaves = [leaf(honest, "toy", nodes[i * 3 // n], 1000 * n + i) for i in range(n)]  # grouped by node, as a coordinator posts them
+            batch = Batch(leaves)
+            receipt = coordinator.call(rollup.functions.post_batch(*batch.calldata))
             per_leaf = receipt["gasUsed"] / n
             batches[n] = {"gas": receipt["gasUsed"], "per_leaf": round(per_leaf),
-                          "per_leaf_without_input_calldata": round(per_leaf - 16 * INPUT_BYTES)}
-        out["batches"] = batches
-        out["input_bytes_per_leaf"] = INPUT_BYTES
-        out["target_per_leaf"] = TARGET_PER_LEAF
-        out["meets_target"] = batches[100]["per_leaf_without_input_calldata"] <= TARGET_PER_LEAF
-        out["ratio_one_tx_per_result_vs_batched_100"] = round(ONE_TX_PER_RESULT / batches[100]["per_leaf"], 2)
+                          "per_leaf_without_input_calldata": round(per_leaf - input_gas_per_byte * INPUT_BYTES)}
+        if not games:
+            return batches
 
         # A full game: node 0 cheats deep inside the toy program.
         bad = corrupted_trace(toy, x, 1, 0, 33, delta=120)
         bleaf = leaf(bad, "toy", nodes[0], 1)
         batch = Batch([bleaf])
-        coordinator.call(rollup.functions.post_batch(batch.records))
+        coordinator.call(rollup.functions.post_batch(*batch.calldata))
         batch_id = rollup.functions.batch_count().call()
         out["game"] = play(w3, c, batch_id, batch, nodes[0], challenger, bad, honest)
 
@@ -98,14 +115,14 @@ def run() -> dict:
             wrong = corrupted_trace(program, xk, 1, 0, 17, delta=5)
             wleaf = leaf(good, f"dot{k}", nodes[1], 50 + k)
             wbatch = Batch([wleaf])
-            coordinator.call(rollup.functions.post_batch(wbatch.records))
+            coordinator.call(rollup.functions.post_batch(*wbatch.calldata))
             bid = rollup.functions.batch_count().call()
             g = play(w3, c, bid, wbatch, nodes[1], challenger, good, wrong)
             steps[f"dot_k{k}"] = g["moves"]["step"]
             assert g["outcome"] == "node won", g
         out["one_step"] = steps
         out["largest_one_step_under_5M"] = max(steps.values()) < 5_000_000
-    return out
+    return batches
 
 
 def play(w3, c, batch_id, batch, node, challenger, node_trace, chal_trace) -> dict:
@@ -144,11 +161,13 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
     print("batch posting (ResultRollup.post_batch), %d input bytes per leaf" % INPUT_BYTES)
-    print(f"{'leaves':>7} {'gas':>10} {'gas/leaf':>9} {'w/o input calldata':>19}")
-    for n, b in result["batches"].items():
-        print(f"{n:>7} {b['gas']:>10} {b['per_leaf']:>9} {b['per_leaf_without_input_calldata']:>19}")
-    print(f"target <= {TARGET_PER_LEAF} gas/leaf at 100 leaves: {'met' if result['meets_target'] else 'MISSED'}; "
-          f"one tx per result would cost {result['ratio_one_tx_per_result_vs_batched_100']}x more per result")
+    print(f"{'hardfork':<9} {'leaves':>7} {'gas':>10} {'gas/leaf':>9} {'w/o input calldata':>19}")
+    for hardfork, batches in result["batches"].items():
+        for n, b in batches.items():
+            print(f"{hardfork:<9} {n:>7} {b['gas']:>10} {b['per_leaf']:>9} {b['per_leaf_without_input_calldata']:>19}")
+    print(f"target <= {TARGET_PER_LEAF} gas/leaf at 100 leaves (16 gas/byte calldata): "
+          f"{'met' if result['meets_target'] else 'MISSED'}; one tx per result would cost "
+          f"{result['ratio_one_tx_per_result_vs_batched_100']}x more per result")
     g = result["game"]
     print(f"\nfull game against a cheating node: {g['outcome']}, {g['rounds']} transactions, {g['total_gas']} gas")
     for name, gas in g["moves"].items():

@@ -38,9 +38,20 @@ interface IStakeManager:
 interface IModelRegistry:
     def get_model(_model_id: uint256) -> (bytes32, uint256, uint256, bool): view
 
+struct Leaf:
+    job_id: bytes32
+    model_id: uint256
+    input_root: bytes32
+    output_root: bytes32
+    input_hash: bytes32
+    input_len: uint256
+    node: address
+    r: bytes32
+    vs: bytes32
+
 interface IResultRollup:
-    def verify_leaf(_batch_id: uint256, _index: uint256, _leaf: Bytes[4321], _proof: DynArray[bytes32, 8]) -> bool: view
-    def leaf_signer(_leaf: Bytes[4321]) -> address: view
+    def verify_leaf(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray[bytes32, 7]) -> bool: view
+    def leaf_signer(_leaf: Leaf) -> address: view
     def batch_deadline(_batch_id: uint256) -> uint256: view
     def invalid(_batch_id: uint256, _index: uint256) -> bool: view
     def challenge_window() -> uint256: view
@@ -126,8 +137,7 @@ event GameVoided:
 MAX_K: constant(uint256) = 16
 CHUNK: constant(uint256) = 16
 MAX_PROOF: constant(uint256) = 32
-MAX_LEAF_BYTES: constant(uint256) = 4321
-MAX_BATCH_DEPTH: constant(uint256) = 8
+MAX_BATCH_DEPTH: constant(uint256) = 7
 MAX_HEADER: constant(uint256) = 2560
 MAX_OP_WITNESS: constant(uint256) = 140000
 
@@ -237,7 +247,7 @@ def __init__(
 
 @external
 @nonreentrant
-def challenge(_batch_id: uint256, _index: uint256, _leaf: Bytes[MAX_LEAF_BYTES], _proof: DynArray[bytes32, MAX_BATCH_DEPTH]) -> uint256:
+def challenge(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray[bytes32, MAX_BATCH_DEPTH]) -> uint256:
     """
     @notice Dispute a posted leaf before its batch's deadline, locking
             `challenge_bond` of the caller's free bond in the StakeManager.
@@ -246,18 +256,18 @@ def challenge(_batch_id: uint256, _index: uint256, _leaf: Bytes[MAX_LEAF_BYTES],
     assert staticcall self.rollup.verify_leaf(_batch_id, _index, _leaf, _proof), "DisputeGame: leaf not in batch"
     assert block.timestamp <= staticcall self.rollup.batch_deadline(_batch_id), "DisputeGame: challenge window closed"
     assert not staticcall self.rollup.invalid(_batch_id, _index), "DisputeGame: leaf already invalid"
-    node: address = convert(convert(extract32(_leaf, 128, output_type=uint256), uint160), address)
+    node: address = _leaf.node
     assert staticcall self.rollup.leaf_signer(_leaf) == node, "DisputeGame: bad node signature"
     assert msg.sender != node, "DisputeGame: node cannot challenge itself"
     assert not self.has_challenged[_batch_id][_index][msg.sender], "DisputeGame: already challenged by caller"
-    model_id: uint256 = extract32(_leaf, 32, output_type=uint256)
+    model_id: uint256 = _leaf.model_id
     model_root: bytes32 = empty(bytes32)
     num_ops: uint256 = 0
     price: uint256 = 0
     active: bool = False
     model_root, num_ops, price, active = staticcall self.registry.get_model(model_id)
-    input_root: bytes32 = extract32(_leaf, 64)
-    output_root: bytes32 = extract32(_leaf, 96)
+    input_root: bytes32 = _leaf.input_root
+    output_root: bytes32 = _leaf.output_root
 
     self.has_challenged[_batch_id][_index][msg.sender] = True
     game_id: uint256 = self.game_count + 1
@@ -298,7 +308,7 @@ def challenge(_batch_id: uint256, _index: uint256, _leaf: Bytes[MAX_LEAF_BYTES],
     )
     extcall self.stake_manager.open_dispute(node, msg.sender, self.challenge_bond)
     extcall self.rollup.mark_disputed(_batch_id, _index)
-    log GameStarted(game_id=game_id, batch_id=_batch_id, leaf_index=_index, node=node, challenger=msg.sender, job_id=extract32(_leaf, 0), model_id=model_id, input_root=input_root, output_root=output_root)
+    log GameStarted(game_id=game_id, batch_id=_batch_id, leaf_index=_index, node=node, challenger=msg.sender, job_id=_leaf.job_id, model_id=model_id, input_root=input_root, output_root=output_root)
     return game_id
 
 

@@ -7,17 +7,23 @@
         input) from the transaction's calldata. After the deadline a batch
         finalizes; a leaf with an open dispute is not final until its game ends,
         and a leaf proven wrong is `invalid` for good.
-@dev    Leaf record (bytes), 225-byte header then the compressed job input:
-          [0:32] job_id  [32:64] model_id  [64:96] input_root  [96:128] output_root
-          [128:160] node (address, left-padded)  [160:192] r  [192:224] s  [224] v
-          [225:] input
-        leaf hash = keccak256(record); batch root = binary Merkle root over the
-        leaf hashes, padded with zero hashes to a power of two; internal node =
-        keccak256(left ++ right). The node signs the EIP-712 struct
+@dev    A leaf is the static struct `Leaf` below; leaf hash =
+        keccak256(abi_encode(leaf)). The batch's job inputs travel in the same
+        calldata as one blob, concatenated in leaf order (`input_len` bytes
+        each); post_batch checks every input against its leaf's `input_hash`,
+        so whoever sees a posted leaf can re-execute it from calldata alone.
+        batch root = binary Merkle root over the leaf hashes, padded with zero
+        hashes to a power of two; internal node = keccak256(left ++ right);
+        data hash = keccak256(inputs blob). Coordinators post `PostedLeaf`s
+        plus `Run`s (node, model, count) over consecutive leaves; the
+        contract rebuilds each full `Leaf`, computing input_hash itself. The signature is compact (EIP-2098:
+        r, and s with the recovery bit on top). The node signs the EIP-712 struct
         ResultLeaf(bytes32 jobId,uint256 modelId,bytes32 inputRoot,
-        bytes32 outputRoot,bytes32 inputHash,address node) with
-        inputHash = keccak256(input), under the domain
+        bytes32 outputRoot,bytes32 inputHash,address node) under the domain
         {name: "opinfer", version: "1", chainId, verifyingContract: this}.
+        Sizes are bounded so that ABI decoding stays cheap: Vyper copies
+        arguments into memory at their maximum size, and memory costs grow
+        quadratically (see bench/gas.py).
 """
 
 # ---------------------------------------------------------------- interfaces
@@ -65,11 +71,12 @@ event DisputeGameSet:
 
 # ---------------------------------------------------------------- constants
 
-MAX_LEAVES: constant(uint256) = 256
+MAX_LEAVES: constant(uint256) = 128
 MAX_INPUT_BYTES: constant(uint256) = 4096
-LEAF_HEADER_BYTES: constant(uint256) = 225
-MAX_LEAF_BYTES: constant(uint256) = LEAF_HEADER_BYTES + MAX_INPUT_BYTES
-MAX_DEPTH: constant(uint256) = 8  # log2(MAX_LEAVES)
+MAX_INPUTS_BYTES: constant(uint256) = 32768
+MAX_DEPTH: constant(uint256) = 7  # log2(MAX_LEAVES)
+MAX_RUNS: constant(uint256) = 32
+UPPER_BIT: constant(uint256) = 1 << 255
 SECP256K1_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # secp256k1 n // 2
 
 DOMAIN_TYPEHASH: constant(bytes32) = keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
@@ -86,13 +93,39 @@ STATUS_INVALID: constant(uint8) = 4
 
 # ---------------------------------------------------------------- storage
 
+struct Leaf:
+    job_id: bytes32
+    model_id: uint256
+    input_root: bytes32
+    output_root: bytes32
+    input_hash: bytes32
+    input_len: uint256
+    node: address
+    r: bytes32
+    vs: bytes32
+
+# What a coordinator posts per leaf: node, model and input hash are left out
+# (they come from the leaf's run and from the input bytes), which saves 84
+# calldata bytes per leaf.
+struct PostedLeaf:
+    job_id: bytes32
+    input_root: bytes32
+    output_root: bytes32
+    input_len: uint256
+    r: bytes32
+    vs: bytes32
+
+# A run of consecutive leaves from one node for one model.
+struct Run:
+    node: address
+    model_id: uint256
+    count: uint256
+
+# Stored per batch in three slots: info = deadline | leaf_count << 64 | poster << 96.
 struct Batch:
     root: bytes32
     data_hash: bytes32
-    leaf_count: uint256
-    deadline: uint256
-    poster: address
-    finalized: bool
+    info: uint256
 
 # @dev Adds and removes coordinators; wires the dispute game once.
 owner: public(address)
@@ -108,8 +141,10 @@ challenge_window: public(uint256)
 is_coordinator: public(HashMap[address, bool])
 # @dev Number of posted batches; ids are 1..batch_count.
 batch_count: public(uint256)
-# @dev Posted batches by id.
-batches: public(HashMap[uint256, Batch])
+# @dev Posted batches by id (read them with `batch`).
+batches: HashMap[uint256, Batch]
+# @dev Batches finalized after their deadline.
+finalized: public(HashMap[uint256, bool])
 # @dev Open dispute games per leaf (batch id, leaf index).
 open_games: public(HashMap[uint256, HashMap[uint256, uint256]])
 # @dev Leaves proven wrong (or forged).
@@ -146,39 +181,45 @@ def set_dispute_game(_game: address):
 # ---------------------------------------------------------------- external: coordinators
 
 @external
-def post_batch(_leaves: DynArray[Bytes[MAX_LEAF_BYTES], MAX_LEAVES]) -> uint256:
+def post_batch(_leaves: DynArray[PostedLeaf, MAX_LEAVES], _runs: DynArray[Run, MAX_RUNS], _inputs: Bytes[MAX_INPUTS_BYTES]) -> uint256:
     """
-    @notice Post a batch of result leaves; returns the batch id.
-    @dev Every leaf's node must be staked and its model active now. Signatures
-         are checked only when a leaf is challenged (or voided as forged).
+    @notice Post a batch of result leaves and their job inputs; returns the
+            batch id. `_runs` assigns node and model to consecutive leaves.
+    @dev Every run's node must be staked and its model active now. The
+         contract hashes each leaf's input itself, so the committed leaf binds
+         exactly the bytes in this calldata. Signatures are checked only when a
+         leaf is challenged (or voided as forged).
     """
     assert self.is_coordinator[msg.sender], "ResultRollup: caller is not a coordinator"
     count: uint256 = len(_leaves)
     assert count > 0, "ResultRollup: empty batch"
     hashes: DynArray[bytes32, MAX_LEAVES] = []
-    data_hash: bytes32 = empty(bytes32)
-    checked_node: address = empty(address)
-    checked_model: uint256 = 0
-    for leaf: Bytes[MAX_LEAF_BYTES] in _leaves:
-        assert len(leaf) >= LEAF_HEADER_BYTES, "ResultRollup: leaf too short"
-        # Leaves are usually grouped by node and model: check each run once.
-        node: address = self._leaf_node(leaf)
-        if node != checked_node:
-            assert staticcall self.stake_manager.is_active(node), "ResultRollup: node not staked"
-            checked_node = node
-        model_id: uint256 = extract32(leaf, 32, output_type=uint256)
-        if model_id != checked_model:
-            active: bool = (staticcall self.registry.get_model(model_id))[3]
-            assert active, "ResultRollup: model not active"
-            checked_model = model_id
-        leaf_hash: bytes32 = keccak256(leaf)
-        hashes.append(leaf_hash)
-        data_hash = keccak256(concat(data_hash, leaf_hash))
+    offset: uint256 = 0
+    for run: Run in _runs:
+        assert run.count > 0, "ResultRollup: empty run"
+        assert len(hashes) + run.count <= count, "ResultRollup: runs exceed leaves"
+        assert staticcall self.stake_manager.is_active(run.node), "ResultRollup: node not staked"
+        assert (staticcall self.registry.get_model(run.model_id))[3], "ResultRollup: model not active"
+        for i: uint256 in range(MAX_LEAVES):
+            if i == run.count:
+                break
+            leaf: PostedLeaf = _leaves[len(hashes)]
+            assert leaf.input_len <= MAX_INPUT_BYTES, "ResultRollup: input too long"
+            assert offset + leaf.input_len <= len(_inputs), "ResultRollup: inputs too short"
+            input_hash: bytes32 = keccak256(slice(_inputs, offset, leaf.input_len))
+            offset += leaf.input_len
+            hashes.append(keccak256(abi_encode(
+                leaf.job_id, run.model_id, leaf.input_root, leaf.output_root, input_hash, leaf.input_len,
+                run.node, leaf.r, leaf.vs,
+            )))
+    assert len(hashes) == count, "ResultRollup: runs do not cover leaves"
+    assert offset == len(_inputs), "ResultRollup: unused input bytes"
     root: bytes32 = self._root_of(hashes)
+    data_hash: bytes32 = keccak256(_inputs)
     batch_id: uint256 = self.batch_count + 1
     self.batch_count = batch_id
     deadline: uint256 = block.timestamp + self.challenge_window
-    self.batches[batch_id] = Batch(root=root, data_hash=data_hash, leaf_count=count, deadline=deadline, poster=msg.sender, finalized=False)
+    self.batches[batch_id] = Batch(root=root, data_hash=data_hash, info=deadline | (count << 64) | (convert(msg.sender, uint256) << 96))
     log BatchPosted(batch_id=batch_id, poster=msg.sender, root=root, data_hash=data_hash, leaf_count=count, deadline=deadline)
     return batch_id
 
@@ -189,23 +230,23 @@ def finalize(_batch_id: uint256):
     @notice Finalize a batch after its deadline. Leaves under dispute become
             final only if their games end in the node's favour.
     """
-    batch: Batch = self._batch(_batch_id)
-    assert block.timestamp > batch.deadline, "ResultRollup: challenge window open"
-    assert not batch.finalized, "ResultRollup: already finalized"
-    self.batches[_batch_id].finalized = True
+    deadline: uint256 = self._deadline(_batch_id)
+    assert block.timestamp > deadline, "ResultRollup: challenge window open"
+    assert not self.finalized[_batch_id], "ResultRollup: already finalized"
+    self.finalized[_batch_id] = True
     log BatchFinalized(batch_id=_batch_id)
 
 
 @external
-def void_forged_leaf(_batch_id: uint256, _index: uint256, _leaf: Bytes[MAX_LEAF_BYTES], _proof: DynArray[bytes32, MAX_DEPTH]):
+def void_forged_leaf(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray[bytes32, MAX_DEPTH]):
     """
     @notice Mark a posted leaf invalid when its signature does not come from
             the node it names (the coordinator forged or corrupted it). Nobody
             is slashed: the node never signed it.
     """
-    assert self._includes(_batch_id, _index, keccak256(_leaf), _proof), "ResultRollup: leaf not in batch"
+    assert self._includes(_batch_id, _index, keccak256(abi_encode(_leaf)), _proof), "ResultRollup: leaf not in batch"
     assert not self.invalid[_batch_id][_index], "ResultRollup: leaf already invalid"
-    assert self._recover(_leaf) != self._leaf_node(_leaf), "ResultRollup: signature is valid"
+    assert self._recover(_leaf) != _leaf.node, "ResultRollup: signature is valid"
     self.invalid[_batch_id][_index] = True
     log LeafInvalidated(batch_id=_batch_id, leaf_index=_index, reason="forged signature")
 
@@ -244,14 +285,13 @@ def leaf_status(_batch_id: uint256, _index: uint256) -> uint8:
     """
     @notice 0 unknown, 1 posted, 2 disputed, 3 final, 4 invalid.
     """
-    batch: Batch = self.batches[_batch_id]
-    if _index >= batch.leaf_count:
+    if _index >= (self.batches[_batch_id].info >> 64) & (2**32 - 1):
         return STATUS_UNKNOWN
     if self.invalid[_batch_id][_index]:
         return STATUS_INVALID
     if self.open_games[_batch_id][_index] > 0:
         return STATUS_DISPUTED
-    if batch.finalized:
+    if self.finalized[_batch_id]:
         return STATUS_FINAL
     return STATUS_POSTED
 
@@ -267,17 +307,27 @@ def verify_inclusion(_batch_id: uint256, _index: uint256, _leaf_hash: bytes32, _
 
 @external
 @view
-def verify_leaf(_batch_id: uint256, _index: uint256, _leaf: Bytes[MAX_LEAF_BYTES], _proof: DynArray[bytes32, MAX_DEPTH]) -> bool:
+def verify_leaf(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray[bytes32, MAX_DEPTH]) -> bool:
     """
-    @notice True when the leaf record is leaf `_index` of the batch.
+    @notice True when `_leaf` is leaf `_index` of the batch.
     """
-    return self._includes(_batch_id, _index, keccak256(_leaf), _proof)
+    return self._includes(_batch_id, _index, keccak256(abi_encode(_leaf)), _proof)
+
+
+@external
+@view
+def batch(_batch_id: uint256) -> (bytes32, bytes32, uint256, uint256, address, bool):
+    """
+    @notice (root, data_hash, leaf_count, deadline, poster, finalized); zeros for unknown ids.
+    """
+    b: Batch = self.batches[_batch_id]
+    return b.root, b.data_hash, (b.info >> 64) & (2**32 - 1), b.info & (2**64 - 1), convert(convert(b.info >> 96, uint160), address), self.finalized[_batch_id]
 
 
 @external
 @view
 def batch_deadline(_batch_id: uint256) -> uint256:
-    return self._batch(_batch_id).deadline
+    return self._deadline(_batch_id)
 
 
 @external
@@ -288,16 +338,16 @@ def domain_separator() -> bytes32:
 
 @external
 @view
-def leaf_digest(_leaf: Bytes[MAX_LEAF_BYTES]) -> bytes32:
+def leaf_digest(_leaf: Leaf) -> bytes32:
     """
-    @notice The EIP-712 digest the node signs for this leaf record.
+    @notice The EIP-712 digest the node signs for this leaf.
     """
     return self._digest(_leaf)
 
 
 @external
 @view
-def leaf_signer(_leaf: Bytes[MAX_LEAF_BYTES]) -> address:
+def leaf_signer(_leaf: Leaf) -> address:
     """
     @notice The address that signed the leaf (empty when malformed).
     """
@@ -314,19 +364,10 @@ def _only_game():
 
 @internal
 @view
-def _batch(_batch_id: uint256) -> Batch:
-    batch: Batch = self.batches[_batch_id]
-    assert batch.leaf_count > 0, "ResultRollup: unknown batch"
-    return batch
-
-
-@internal
-@pure
-def _leaf_node(_leaf: Bytes[MAX_LEAF_BYTES]) -> address:
-    assert len(_leaf) >= LEAF_HEADER_BYTES, "ResultRollup: leaf too short"
-    word: uint256 = extract32(_leaf, 128, output_type=uint256)
-    assert word < 2**160, "ResultRollup: bad node field"
-    return convert(convert(word, uint160), address)
+def _deadline(_batch_id: uint256) -> uint256:
+    info: uint256 = self.batches[_batch_id].info
+    assert info != 0, "ResultRollup: unknown batch"
+    return info & (2**64 - 1)
 
 
 @internal
@@ -337,39 +378,35 @@ def _domain_separator() -> bytes32:
 
 @internal
 @view
-def _digest(_leaf: Bytes[MAX_LEAF_BYTES]) -> bytes32:
-    node: address = self._leaf_node(_leaf)
-    input_hash: bytes32 = keccak256(slice(_leaf, LEAF_HEADER_BYTES, len(_leaf) - LEAF_HEADER_BYTES))
+def _digest(_leaf: Leaf) -> bytes32:
     struct_hash: bytes32 = keccak256(abi_encode(
-        LEAF_TYPEHASH,
-        extract32(_leaf, 0),
-        extract32(_leaf, 32, output_type=uint256),
-        extract32(_leaf, 64),
-        extract32(_leaf, 96),
-        input_hash,
-        node,
+        LEAF_TYPEHASH, _leaf.job_id, _leaf.model_id, _leaf.input_root, _leaf.output_root, _leaf.input_hash, _leaf.node
     ))
     return keccak256(concat(b"\x19\x01", self._domain_separator(), struct_hash))
 
 
 @internal
 @view
-def _recover(_leaf: Bytes[MAX_LEAF_BYTES]) -> address:
-    r: uint256 = extract32(_leaf, 160, output_type=uint256)
-    s: uint256 = extract32(_leaf, 192, output_type=uint256)
-    v: uint256 = convert(slice(_leaf, 224, 1), uint256)
-    if s > SECP256K1_HALF_N or (v != 27 and v != 28):
+def _recover(_leaf: Leaf) -> address:
+    """
+    @dev Signer of a compact (EIP-2098) signature; empty when malformed.
+    """
+    vs: uint256 = convert(_leaf.vs, uint256)
+    s: uint256 = vs & (UPPER_BIT - 1)
+    v: uint256 = 27 + (vs >> 255)
+    if s > SECP256K1_HALF_N:
         return empty(address)
-    return ecrecover(self._digest(_leaf), v, r, s)
+    return ecrecover(self._digest(_leaf), v, convert(_leaf.r, uint256), s)
 
 
 @internal
 @view
 def _includes(_batch_id: uint256, _index: uint256, _leaf_hash: bytes32, _proof: DynArray[bytes32, MAX_DEPTH]) -> bool:
     batch: Batch = self.batches[_batch_id]
-    if _index >= batch.leaf_count:
+    leaf_count: uint256 = (batch.info >> 64) & (2**32 - 1)
+    if _index >= leaf_count:
         return False
-    depth: uint256 = self._depth(batch.leaf_count)
+    depth: uint256 = self._depth(leaf_count)
     if len(_proof) != depth:
         return False
     node: bytes32 = _leaf_hash

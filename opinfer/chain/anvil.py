@@ -45,11 +45,13 @@ class Anvil:
     """An anvil process on 127.0.0.1; use as a context manager."""
 
     def __init__(self, port: int | None = None, accounts: int = 10, gas_limit: int = 30_000_000,
-                 block_time: int | None = None):
+                 block_time: int | None = None, hardfork: str | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [anvil_binary(), "--host", "127.0.0.1", "--port", str(self.port), "--accounts", str(accounts),
                "--gas-limit", str(gas_limit), "--block-base-fee-per-gas", "0", "--silent"]
+        if hardfork:
+            cmd += ["--hardfork", hardfork]
         if block_time:
             cmd += ["--block-time", str(block_time)]
         self.cmd = cmd

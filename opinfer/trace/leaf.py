@@ -1,9 +1,11 @@
 """Result leaves and batches (twin of contracts/ResultRollup.vy).
 
-Leaf record: job_id | model_id | input_root | output_root | node (left-padded
-word) | r | s | v | input. The node signs an EIP-712 ResultLeaf struct that
-binds chain id and rollup address, so a signature cannot be replayed on
-another chain or deployment.
+On-chain a leaf is the static struct (job_id, model_id, input_root,
+output_root, input_hash, input_len, node, r, vs) and its hash is
+keccak256(abi_encode(leaf)); the batch's job inputs follow as one blob in
+leaf order. The node signs an EIP-712 ResultLeaf struct that binds chain id
+and rollup address, so a signature cannot be replayed on another chain or
+deployment; the signature is stored compact (EIP-2098).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from eth_utils import to_checksum_address
 from opinfer.errors import CommitmentError
 from opinfer.trace import merkle
 
-HEADER_BYTES = 225
 MAX_INPUT_BYTES = 4096
-MAX_LEAVES = 256
+MAX_INPUTS_BYTES = 32768
+MAX_LEAVES = 128
+LEAF_TYPES = ["bytes32", "uint256", "bytes32", "bytes32", "bytes32", "uint256", "address", "bytes32", "bytes32"]
+LEAF_ABI = "(" + ",".join(LEAF_TYPES) + ")"
 
 DOMAIN_TYPEHASH = merkle.keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
 LEAF_TYPEHASH = merkle.keccak(
@@ -56,33 +60,44 @@ class ResultLeaf:
         sig = Account.unsafe_sign_hash(self.digest(chain_id, rollup), private_key)
         return replace(self, signature=sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big") + bytes([sig.v]))
 
-    def encode(self) -> bytes:
+    def as_tuple(self) -> tuple:
+        """The `Leaf` struct as the contracts take it."""
         if len(self.input) > MAX_INPUT_BYTES:
             raise CommitmentError(f"job input is {len(self.input)} bytes; the limit is {MAX_INPUT_BYTES}")
         if len(self.signature) != 65:
             raise CommitmentError("a signature is 65 bytes (r, s, v)")
-        return (
-            self.job_id + encode(["uint256"], [self.model_id]) + self.input_root + self.output_root
-            + encode(["address"], [self.node]) + self.signature + self.input
-        )
+        r, s, v = self.signature[:32], int.from_bytes(self.signature[32:64], "big"), self.signature[64]
+        vs = (s | ((v - 27) << 255)) if v in (27, 28) else s
+        return (self.job_id, self.model_id, self.input_root, self.output_root, merkle.keccak(self.input),
+                len(self.input), self.node, r, vs.to_bytes(32, "big"))
+
+    def posted_tuple(self) -> tuple:
+        """The `PostedLeaf` struct a coordinator sends: no model, node or
+        input hash (those come from the leaf's run and its input bytes)."""
+        job_id, _, input_root, output_root, _, input_len, _, r, vs = self.as_tuple()
+        return (job_id, input_root, output_root, input_len, r, vs)
 
     @classmethod
-    def decode(cls, record: bytes) -> "ResultLeaf":
-        if len(record) < HEADER_BYTES:
-            raise CommitmentError(f"a leaf record has at least {HEADER_BYTES} bytes, got {len(record)}")
-        return cls(
-            job_id=record[0:32],
-            model_id=int.from_bytes(record[32:64], "big"),
-            input_root=record[64:96],
-            output_root=record[96:128],
-            node=to_checksum_address(record[140:160]),
-            signature=record[160:225],
-            input=record[225:],
-        )
+    def from_posted(cls, leaf: tuple, node: str, model_id: int, input: bytes) -> "ResultLeaf":
+        """Rebuild a leaf from post_batch's decoded PostedLeaf, its run and its input."""
+        job_id, input_root, output_root, input_len, r, vs = leaf
+        return cls.from_tuple((job_id, model_id, input_root, output_root, merkle.keccak(input), input_len, node,
+                               r, vs), input)
+
+    @classmethod
+    def from_tuple(cls, leaf: tuple, input: bytes) -> "ResultLeaf":
+        """Rebuild a leaf from the struct and its input (as decoded from calldata)."""
+        job_id, model_id, input_root, output_root, input_hash, input_len, node, r, vs = leaf
+        if len(input) != input_len or merkle.keccak(input) != bytes(input_hash):
+            raise CommitmentError("input does not match the leaf's input hash")
+        vs = int.from_bytes(bytes(vs), "big")
+        s, v = vs & ((1 << 255) - 1), 27 + (vs >> 255)
+        return cls(bytes(job_id), model_id, bytes(input_root), bytes(output_root), to_checksum_address(node),
+                   input, bytes(r) + s.to_bytes(32, "big") + bytes([v]))
 
     @property
     def hash(self) -> bytes:
-        return merkle.keccak(self.encode())
+        return merkle.keccak(encode([LEAF_ABI], [self.as_tuple()]))
 
 
 class Batch:
@@ -92,8 +107,36 @@ class Batch:
         if not 0 < len(leaves) <= MAX_LEAVES:
             raise CommitmentError(f"a batch holds 1 to {MAX_LEAVES} leaves, got {len(leaves)}")
         self.leaves = leaves
-        self.records = [leaf.encode() for leaf in leaves]
-        self.tree = merkle.levels([merkle.keccak(r) for r in self.records])
+        self.records = [leaf.as_tuple() for leaf in leaves]  # what challenges and proofs take
+        self.posted = [leaf.posted_tuple() for leaf in leaves]  # what post_batch takes, with runs
+        self.runs: list[tuple[str, int, int]] = []  # (node, model id, count) over consecutive leaves
+        for leaf in leaves:
+            if self.runs and self.runs[-1][:2] == (leaf.node, leaf.model_id):
+                self.runs[-1] = (leaf.node, leaf.model_id, self.runs[-1][2] + 1)
+            else:
+                self.runs.append((leaf.node, leaf.model_id, 1))
+        self.inputs = b"".join(leaf.input for leaf in leaves)
+        if len(self.inputs) > MAX_INPUTS_BYTES:
+            raise CommitmentError(f"a batch carries at most {MAX_INPUTS_BYTES} input bytes, got {len(self.inputs)}")
+        self.tree = merkle.levels([leaf.hash for leaf in leaves])
+
+    @classmethod
+    def from_calldata(cls, posted: list, runs: list, inputs: bytes) -> "Batch":
+        """Rebuild a posted batch from post_batch's decoded arguments alone."""
+        owners = [(node, model_id) for node, model_id, count in runs for _ in range(count)]
+        if len(owners) != len(posted):
+            raise CommitmentError("runs do not cover the leaves")
+        leaves, offset = [], 0
+        for record, (node, model_id) in zip(posted, owners):
+            n = record[3]
+            leaves.append(ResultLeaf.from_posted(record, node, model_id, bytes(inputs[offset:offset + n])))
+            offset += n
+        return cls(leaves)
+
+    @property
+    def calldata(self) -> tuple:
+        """The arguments of ResultRollup.post_batch."""
+        return self.posted, self.runs, self.inputs
 
     @property
     def root(self) -> bytes:
@@ -101,10 +144,7 @@ class Batch:
 
     @property
     def data_hash(self) -> bytes:
-        h = merkle.ZERO32
-        for level0 in self.tree[0][: len(self.leaves)]:
-            h = merkle.keccak(h + level0)
-        return h
+        return merkle.keccak(self.inputs)
 
     def proof(self, index: int) -> list[bytes]:
         return merkle.proof(self.tree, index)

@@ -103,7 +103,7 @@ def make_leaf(trace: Trace, node, model_id: int, rollup, job: int = 1) -> Result
 
 def post(system, coordinator, leaves: list[ResultLeaf]):
     batch = Batch(leaves)
-    tx = system.rollup.post_batch([r for r in batch.records], {"from": coordinator})
+    tx = system.rollup.post_batch(*batch.calldata, {"from": coordinator})
     return tx.return_value, batch, tx
 
 

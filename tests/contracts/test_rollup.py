@@ -17,15 +17,15 @@ def leaves(system, staked, nodes, model_id, honest_trace):
 
 def test_post_batch_stores_root_data_hash_and_deadline(system, coordinator, leaves, params):
     batch_id, batch, tx = post(system, coordinator, leaves)
-    root, data_hash, count, deadline, poster, finalized = system.rollup.batches(batch_id)
+    root, data_hash, count, deadline, poster, finalized = system.rollup.batch(batch_id)
     assert bytes(root) == batch.root and bytes(data_hash) == batch.data_hash
     assert count == 5 and deadline == tx.timestamp + params.challenge_window
     assert poster == coordinator and not finalized
     ev = tx.events["BatchPosted"]
     assert ev["batch_id"] == batch_id and bytes(ev["root"]) == batch.root
     # Anyone can rebuild every leaf from the transaction's calldata alone.
-    decoded = system.rollup.post_batch.decode_input(tx.input)[0]
-    assert [ResultLeaf.decode(bytes(r)) for r in decoded] == leaves
+    posted, runs, inputs = system.rollup.post_batch.decode_input(tx.input)
+    assert Batch.from_calldata(posted, runs, bytes(inputs)).leaves == leaves
     for i in range(5):
         assert system.rollup.verify_inclusion(batch_id, i, leaves[i].hash, batch.proof(i))
         assert system.rollup.verify_leaf(batch_id, i, batch.records[i], batch.proof(i))
@@ -35,13 +35,13 @@ def test_post_batch_stores_root_data_hash_and_deadline(system, coordinator, leav
 
 def test_leaf_digest_and_signer_match_python(system, leaves, nodes):
     leaf = leaves[0]
-    assert bytes(system.rollup.leaf_digest(leaf.encode())) == leaf.digest(chain.id, system.rollup.address)
-    assert system.rollup.leaf_signer(leaf.encode()) == nodes[0]
+    assert bytes(system.rollup.leaf_digest(leaf.as_tuple())) == leaf.digest(chain.id, system.rollup.address)
+    assert system.rollup.leaf_signer(leaf.as_tuple()) == nodes[0]
     # A signature for another chain id or another rollup does not recover to the node.
     other_chain = leaf.signed(nodes[0].private_key, chain.id + 1, system.rollup.address)
     other_rollup = leaf.signed(nodes[0].private_key, chain.id, accounts[5].address)
-    assert system.rollup.leaf_signer(other_chain.encode()) != nodes[0]
-    assert system.rollup.leaf_signer(other_rollup.encode()) != nodes[0]
+    assert system.rollup.leaf_signer(other_chain.as_tuple()) != nodes[0]
+    assert system.rollup.leaf_signer(other_rollup.as_tuple()) != nodes[0]
 
 
 def test_bad_proofs_are_rejected(system, coordinator, leaves):
@@ -57,22 +57,33 @@ def test_bad_proofs_are_rejected(system, coordinator, leaves):
 def test_post_rejections_change_nothing(system, coordinator, leaves, nodes, model_id, honest_trace, deployer):
     rollup = system.rollup
     count = rollup.batch_count()
-    records = [leaf.encode() for leaf in leaves]
+    batch = Batch(leaves)
+    records, runs, inputs = batch.calldata
     with brownie.reverts("ResultRollup: caller is not a coordinator"):
-        rollup.post_batch(records, {"from": accounts[6]})
+        rollup.post_batch(records, runs, inputs, {"from": accounts[6]})
     with brownie.reverts("ResultRollup: empty batch"):
-        rollup.post_batch([], {"from": coordinator})
-    with brownie.reverts("ResultRollup: leaf too short"):
-        rollup.post_batch([records[0][:224]], {"from": coordinator})
-    unstaked = ResultLeaf(b"\x01" * 32, model_id, b"\0" * 32, b"\0" * 32, accounts[6].address)
+        rollup.post_batch([], [], b"", {"from": coordinator})
+    with brownie.reverts("ResultRollup: inputs too short"):
+        rollup.post_batch(records, runs, inputs[:-1], {"from": coordinator})
+    with brownie.reverts("ResultRollup: unused input bytes"):
+        rollup.post_batch(records, runs, inputs + b"x", {"from": coordinator})
+    with brownie.reverts("ResultRollup: runs do not cover leaves"):
+        rollup.post_batch(records, runs[:-1], inputs, {"from": coordinator})
+    with brownie.reverts("ResultRollup: runs exceed leaves"):
+        rollup.post_batch(records, runs + [runs[-1]], inputs, {"from": coordinator})
+    with brownie.reverts("ResultRollup: empty run"):
+        rollup.post_batch(records, [(nodes[0].address, model_id, 0)] + runs, inputs, {"from": coordinator})
+    too_long = list(records[0])
+    too_long[3] = 4097
+    with brownie.reverts("ResultRollup: input too long"):
+        rollup.post_batch([too_long], [runs[0][:2] + (1,)], b"x" * 4097, {"from": coordinator})
     with brownie.reverts("ResultRollup: node not staked"):
-        rollup.post_batch([unstaked.encode()], {"from": coordinator})
+        rollup.post_batch(records, [(accounts[6].address, model_id, 5)], inputs, {"from": coordinator})
     with brownie.reverts("ModelRegistry: unknown model"):
-        rollup.post_batch([ResultLeaf(b"\x01" * 32, 99, b"\0" * 32, b"\0" * 32, nodes[0].address).encode()],
-                          {"from": coordinator})
+        rollup.post_batch(records, [(nodes[0].address, 99, 5)], inputs, {"from": coordinator})
     system.registry.set_active(model_id, False, {"from": deployer})
     with brownie.reverts("ResultRollup: model not active"):
-        rollup.post_batch(records, {"from": coordinator})
+        rollup.post_batch(records, runs, inputs, {"from": coordinator})
     assert rollup.batch_count() == count
 
 

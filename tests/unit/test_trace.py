@@ -110,18 +110,22 @@ def test_leaf_digest_is_standard_eip712_and_signature_recovers():
     assert leaf.digest(31337, rollup) == expected
     signed = leaf.signed(key.key, 31337, rollup)
     assert Account._recover_hash(expected, signature=signed.signature) == key.address
-    assert ResultLeaf.decode(signed.encode()) == signed
+    assert ResultLeaf.from_tuple(signed.as_tuple(), signed.input) == signed
+    with pytest.raises(CommitmentError):
+        ResultLeaf.from_tuple(signed.as_tuple(), b"other input")
 
 
 def test_batch_rejects_bad_sizes_and_proves_every_leaf():
     with pytest.raises(CommitmentError):
         Batch([])
-    leaves = [ResultLeaf(bytes([i]) * 32, 1, b"\0" * 32, b"\0" * 32, "0x" + "01" * 20) for i in range(5)]
+    leaves = [ResultLeaf(bytes([i]) * 32, 1, b"\0" * 32, b"\0" * 32, "0x" + "01" * 20).signed("0x" + "11" * 32, 1, "0x" + "22" * 20) for i in range(5)]
     batch = Batch(leaves)
     for i, leaf in enumerate(leaves):
         assert merkle.fold(i, leaf.hash, batch.proof(i)) == batch.root
     with pytest.raises(CommitmentError):
-        ResultLeaf(b"\0" * 32, 1, b"\0" * 32, b"\0" * 32, "0x" + "01" * 20, input=b"x" * 5000).encode()
+        ResultLeaf(b"\0" * 32, 1, b"\0" * 32, b"\0" * 32, "0x" + "01" * 20, input=b"x" * 5000).as_tuple()
+    rebuilt = Batch.from_calldata(*batch.calldata)
+    assert rebuilt.root == batch.root and rebuilt.leaves == leaves
 
 
 def test_dissection_points_cover_interval_like_the_contract():

@@ -7,7 +7,7 @@ STAMPS := .stamps
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps compile test test-unit test-contracts bench up clean
+.PHONY: deps compile test test-unit test-integration test-contracts bench up clean
 
 ## deps: create .venv, install pinned Python deps, the brownie/Vyper 0.4 shim and anvil.
 deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node
@@ -37,21 +37,28 @@ compile: deps
 	rm -rf build
 	brownie compile
 
+## test-unit: pure logic, no chain.
 test-unit: deps
 	$(PY) -m pytest -p no:pytest-brownie -q tests/unit
 
+## test-integration: services' chain path (web3, one anvil per module) and the CLI.
+test-integration: compile
+	$(PY) -m pytest -p no:pytest-brownie -q tests/integration
+
+## test-contracts: every contract path under brownie on one anvil.
 test-contracts: compile
 	brownie test tests/contracts -q
 
 ## test: install what is missing, then run every suite.
 test: deps compile
-	$(PY) -m pytest -p no:pytest-brownie -q tests/unit
+	$(PY) -m pytest -p no:pytest-brownie -q tests/unit tests/integration
 	brownie test tests/contracts -q
 
+## bench: gas figures (bench/gas.py).
 bench: compile
 	$(PY) -m bench.gas
 
-## up: start anvil and deploy the contracts (the full devnet lands with issue 7).
+## up: start anvil and deploy the contracts, in the foreground (Ctrl-C stops).
 up: compile
 	$(PY) -m opinfer.cli devnet up
 

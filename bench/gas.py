@@ -37,6 +37,11 @@ TARGET_PER_LEAF = 5_000
 ONE_TX_PER_RESULT = 21_000 + 16 * 6 * 32  # base cost + one leaf's calldata, no storage at all
 
 
+def job_id(n: int) -> bytes:
+    """Job ids are 128-bit random values (UUID4-like)."""
+    return keccak(b"job-%d" % n)[:16]
+
+
 def wide_program(k: int, cols: int = 32) -> Program:
     rng = np.random.default_rng(k)
     return Program([DotOp(src=0, weight=0, rows=1, cols=cols, k=k, multiplier=1 << 10, shift=20)],
@@ -80,7 +85,7 @@ def measure(hardfork: str, games: bool, out: dict) -> dict:
         rollup, chain_id = c["ResultRollup"], w3.eth.chain_id
 
         def leaf(trace, model, node, job, input_bytes=INPUT_BYTES):
-            raw = ResultLeaf(keccak(b"job-%d" % job), model_ids[model], trace.input_root, trace.output_root,
+            raw = ResultLeaf(job_id(job), model_ids[model], trace.input_root, trace.output_root,
                              node.address, input=bytes((job + i) % 251 + 1 for i in range(input_bytes)))
             return raw.signed(node.account.key, chain_id, rollup.address)
 

@@ -39,7 +39,7 @@ interface IModelRegistry:
     def get_model(_model_id: uint256) -> (bytes32, uint256, uint256, bool): view
 
 struct Leaf:
-    job_id: bytes32
+    job_id: bytes16
     model_id: uint256
     input_root: bytes32
     output_root: bytes32
@@ -72,7 +72,7 @@ event GameStarted:
     leaf_index: uint256
     node: indexed(address)
     challenger: address
-    job_id: bytes32
+    job_id: bytes16
     model_id: uint256
     input_root: bytes32
     output_root: bytes32

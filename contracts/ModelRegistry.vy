@@ -185,6 +185,15 @@ def get_model(_model_id: uint256) -> (bytes32, uint256, uint256, bool):
 
 @external
 @view
+def model_active(_model_id: uint256) -> bool:
+    """
+    @notice Whether the model accepts new results (false for unknown ids).
+    """
+    return self.models[_model_id].active
+
+
+@external
+@view
 def model_name(_model_id: uint256) -> String[64]:
     self._known(_model_id)
     return self.models[_model_id].name

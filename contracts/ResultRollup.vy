@@ -18,7 +18,7 @@
         plus `Run`s (node, model, count) over consecutive leaves; the
         contract rebuilds each full `Leaf`, computing input_hash itself. The signature is compact (EIP-2098:
         r, and s with the recovery bit on top). The node signs the EIP-712 struct
-        ResultLeaf(bytes32 jobId,uint256 modelId,bytes32 inputRoot,
+        ResultLeaf(bytes16 jobId,uint256 modelId,bytes32 inputRoot,
         bytes32 outputRoot,bytes32 inputHash,address node) under the domain
         {name: "opinfer", version: "1", chainId, verifyingContract: this}.
         Sizes are bounded so that ABI decoding stays cheap: Vyper copies
@@ -32,7 +32,7 @@ interface IStakeManager:
     def is_active(_node: address) -> bool: view
 
 interface IModelRegistry:
-    def get_model(_model_id: uint256) -> (bytes32, uint256, uint256, bool): view
+    def model_active(_model_id: uint256) -> bool: view
 
 # ---------------------------------------------------------------- events
 
@@ -72,15 +72,14 @@ event DisputeGameSet:
 # ---------------------------------------------------------------- constants
 
 MAX_LEAVES: constant(uint256) = 128
-MAX_INPUT_BYTES: constant(uint256) = 4096
-MAX_INPUTS_BYTES: constant(uint256) = 32768
+MAX_INPUTS_BYTES: constant(uint256) = 16384
 MAX_DEPTH: constant(uint256) = 7  # log2(MAX_LEAVES)
 MAX_RUNS: constant(uint256) = 32
 UPPER_BIT: constant(uint256) = 1 << 255
 SECP256K1_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # secp256k1 n // 2
 
 DOMAIN_TYPEHASH: constant(bytes32) = keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
-LEAF_TYPEHASH: constant(bytes32) = keccak256("ResultLeaf(bytes32 jobId,uint256 modelId,bytes32 inputRoot,bytes32 outputRoot,bytes32 inputHash,address node)")
+LEAF_TYPEHASH: constant(bytes32) = keccak256("ResultLeaf(bytes16 jobId,uint256 modelId,bytes32 inputRoot,bytes32 outputRoot,bytes32 inputHash,address node)")
 NAME_HASH: constant(bytes32) = keccak256("opinfer")
 VERSION_HASH: constant(bytes32) = keccak256("1")
 
@@ -94,7 +93,7 @@ STATUS_INVALID: constant(uint8) = 4
 # ---------------------------------------------------------------- storage
 
 struct Leaf:
-    job_id: bytes32
+    job_id: bytes16
     model_id: uint256
     input_root: bytes32
     output_root: bytes32
@@ -105,13 +104,12 @@ struct Leaf:
     vs: bytes32
 
 # What a coordinator posts per leaf: node, model and input hash are left out
-# (they come from the leaf's run and from the input bytes), which saves 84
-# calldata bytes per leaf.
+# (they come from the leaf's run and from the input bytes), and the 128-bit
+# job id shares a word with the input length: job = job_id << 128 | input_len.
 struct PostedLeaf:
-    job_id: bytes32
+    job: uint256
     input_root: bytes32
     output_root: bytes32
-    input_len: uint256
     r: bytes32
     vs: bytes32
 
@@ -130,13 +128,13 @@ struct Batch:
 # @dev Adds and removes coordinators; wires the dispute game once.
 owner: public(address)
 # @dev Checks that each leaf's node is staked when posted.
-stake_manager: public(IStakeManager)
+stake_manager: public(immutable(IStakeManager))
 # @dev Checks that each leaf's model exists and is active when posted.
-registry: public(IModelRegistry)
+registry: public(immutable(IModelRegistry))
 # @dev The only contract that may change a leaf's dispute state.
 dispute_game: public(address)
 # @dev Seconds after posting during which leaves can be challenged.
-challenge_window: public(uint256)
+challenge_window: public(immutable(uint256))
 # @dev Addresses allowed to post batches.
 is_coordinator: public(HashMap[address, bool])
 # @dev Number of posted batches; ids are 1..batch_count.
@@ -155,9 +153,9 @@ invalid: public(HashMap[uint256, HashMap[uint256, bool]])
 def __init__(_stake_manager: IStakeManager, _registry: IModelRegistry, _challenge_window: uint256):
     assert _challenge_window > 0, "ResultRollup: zero challenge window"
     self.owner = msg.sender
-    self.stake_manager = _stake_manager
-    self.registry = _registry
-    self.challenge_window = _challenge_window
+    stake_manager = _stake_manager
+    registry = _registry
+    challenge_window = _challenge_window
 
 
 # ---------------------------------------------------------------- external: admin
@@ -193,32 +191,46 @@ def post_batch(_leaves: DynArray[PostedLeaf, MAX_LEAVES], _runs: DynArray[Run, M
     assert self.is_coordinator[msg.sender], "ResultRollup: caller is not a coordinator"
     count: uint256 = len(_leaves)
     assert count > 0, "ResultRollup: empty batch"
-    hashes: DynArray[bytes32, MAX_LEAVES] = []
+    # Incremental Merkle tree: frontier[l] is the last complete subtree of
+    # height l, so each leaf costs one keccak on average.
+    frontier: bytes32[MAX_DEPTH + 1] = empty(bytes32[MAX_DEPTH + 1])
+    done: uint256 = 0
     offset: uint256 = 0
     for run: Run in _runs:
         assert run.count > 0, "ResultRollup: empty run"
-        assert len(hashes) + run.count <= count, "ResultRollup: runs exceed leaves"
-        assert staticcall self.stake_manager.is_active(run.node), "ResultRollup: node not staked"
-        assert (staticcall self.registry.get_model(run.model_id))[3], "ResultRollup: model not active"
+        assert done + run.count <= count, "ResultRollup: runs exceed leaves"
+        assert staticcall stake_manager.is_active(run.node), "ResultRollup: node not staked"
+        assert staticcall registry.model_active(run.model_id), "ResultRollup: model not active"
         for i: uint256 in range(MAX_LEAVES):
             if i == run.count:
                 break
-            leaf: PostedLeaf = _leaves[len(hashes)]
-            assert leaf.input_len <= MAX_INPUT_BYTES, "ResultRollup: input too long"
-            assert offset + leaf.input_len <= len(_inputs), "ResultRollup: inputs too short"
-            input_hash: bytes32 = keccak256(slice(_inputs, offset, leaf.input_len))
-            offset += leaf.input_len
-            hashes.append(keccak256(abi_encode(
-                leaf.job_id, run.model_id, leaf.input_root, leaf.output_root, input_hash, leaf.input_len,
+            leaf: PostedLeaf = _leaves[done]
+            input_len: uint256 = leaf.job & (2**128 - 1)
+            assert offset + input_len <= len(_inputs), "ResultRollup: inputs too short"
+            input_hash: bytes32 = keccak256(slice(_inputs, offset, input_len))
+            offset += input_len
+            # abi_encode(Leaf): bytes16 job_id is left-aligned in its word.
+            node: bytes32 = keccak256(abi_encode(
+                (leaf.job >> 128) << 128, run.model_id, leaf.input_root, leaf.output_root, input_hash, input_len,
                 run.node, leaf.r, leaf.vs,
-            )))
-    assert len(hashes) == count, "ResultRollup: runs do not cover leaves"
+            ))
+            done += 1
+            size: uint256 = done
+            level: uint256 = 0
+            for l: uint256 in range(MAX_DEPTH):
+                if size % 2 == 1:
+                    break
+                node = keccak256(concat(frontier[level], node))
+                size //= 2
+                level += 1
+            frontier[level] = node
+    assert done == count, "ResultRollup: runs do not cover leaves"
     assert offset == len(_inputs), "ResultRollup: unused input bytes"
-    root: bytes32 = self._root_of(hashes)
+    root: bytes32 = self._root_of(frontier, count)
     data_hash: bytes32 = keccak256(_inputs)
     batch_id: uint256 = self.batch_count + 1
     self.batch_count = batch_id
-    deadline: uint256 = block.timestamp + self.challenge_window
+    deadline: uint256 = block.timestamp + challenge_window
     self.batches[batch_id] = Batch(root=root, data_hash=data_hash, info=deadline | (count << 64) | (convert(msg.sender, uint256) << 96))
     log BatchPosted(batch_id=batch_id, poster=msg.sender, root=root, data_hash=data_hash, leaf_count=count, deadline=deadline)
     return batch_id
@@ -433,19 +445,24 @@ def _depth(_count: uint256) -> uint256:
 
 @internal
 @pure
-def _root_of(_hashes: DynArray[bytes32, MAX_LEAVES]) -> bytes32:
-    layer: DynArray[bytes32, MAX_LEAVES] = _hashes
-    width: uint256 = 1 << self._depth(len(_hashes))
-    for i: uint256 in range(MAX_LEAVES):
-        if len(layer) >= width:
-            break
-        layer.append(empty(bytes32))
+def _root_of(_frontier: bytes32[MAX_DEPTH + 1], _count: uint256) -> bytes32:
+    """
+    @dev Root of the tree over `_count` leaves padded with zero leaves to a
+         power of two, from the incremental frontier: walk up from the first
+         padding position; a left sibling is a complete subtree of real
+         leaves (frontier), a right sibling is all padding (zero subtree).
+    """
+    depth: uint256 = self._depth(_count)
+    if _count == 1 << depth:
+        return _frontier[depth]
+    node: bytes32 = empty(bytes32)
+    zero: bytes32 = empty(bytes32)
     for level: uint256 in range(MAX_DEPTH):
-        if width == 1:
+        if level == depth:
             break
-        width //= 2
-        for j: uint256 in range(MAX_LEAVES // 2):
-            if j >= width:
-                break
-            layer[j] = keccak256(concat(layer[2 * j], layer[2 * j + 1]))
-    return layer[0]
+        if (_count >> level) % 2 == 1:
+            node = keccak256(concat(_frontier[level], node))
+        else:
+            node = keccak256(concat(node, zero))
+        zero = keccak256(concat(zero, zero))
+    return node

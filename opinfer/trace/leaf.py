@@ -20,14 +20,14 @@ from opinfer.errors import CommitmentError
 from opinfer.trace import merkle
 
 MAX_INPUT_BYTES = 4096
-MAX_INPUTS_BYTES = 32768
+MAX_INPUTS_BYTES = 16384
 MAX_LEAVES = 128
-LEAF_TYPES = ["bytes32", "uint256", "bytes32", "bytes32", "bytes32", "uint256", "address", "bytes32", "bytes32"]
+LEAF_TYPES = ["bytes16", "uint256", "bytes32", "bytes32", "bytes32", "uint256", "address", "bytes32", "bytes32"]
 LEAF_ABI = "(" + ",".join(LEAF_TYPES) + ")"
 
 DOMAIN_TYPEHASH = merkle.keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
 LEAF_TYPEHASH = merkle.keccak(
-    b"ResultLeaf(bytes32 jobId,uint256 modelId,bytes32 inputRoot,bytes32 outputRoot,bytes32 inputHash,address node)"
+    b"ResultLeaf(bytes16 jobId,uint256 modelId,bytes32 inputRoot,bytes32 outputRoot,bytes32 inputHash,address node)"
 )
 
 
@@ -50,7 +50,7 @@ class ResultLeaf:
 
     def digest(self, chain_id: int, rollup: str) -> bytes:
         struct_hash = merkle.keccak(encode(
-            ["bytes32", "bytes32", "uint256", "bytes32", "bytes32", "bytes32", "address"],
+            ["bytes32", "bytes16", "uint256", "bytes32", "bytes32", "bytes32", "address"],
             [LEAF_TYPEHASH, self.job_id, self.model_id, self.input_root, self.output_root,
              merkle.keccak(self.input), self.node],
         ))
@@ -62,6 +62,8 @@ class ResultLeaf:
 
     def as_tuple(self) -> tuple:
         """The `Leaf` struct as the contracts take it."""
+        if len(self.job_id) != 16:
+            raise CommitmentError("a job id is 16 bytes (128 bits)")
         if len(self.input) > MAX_INPUT_BYTES:
             raise CommitmentError(f"job input is {len(self.input)} bytes; the limit is {MAX_INPUT_BYTES}")
         if len(self.signature) != 65:
@@ -73,14 +75,16 @@ class ResultLeaf:
 
     def posted_tuple(self) -> tuple:
         """The `PostedLeaf` struct a coordinator sends: no model, node or
-        input hash (those come from the leaf's run and its input bytes)."""
+        input hash (those come from the leaf's run and its input bytes); job
+        id and input length share one word."""
         job_id, _, input_root, output_root, _, input_len, _, r, vs = self.as_tuple()
-        return (job_id, input_root, output_root, input_len, r, vs)
+        return (int.from_bytes(job_id, "big") << 128 | input_len, input_root, output_root, r, vs)
 
     @classmethod
     def from_posted(cls, leaf: tuple, node: str, model_id: int, input: bytes) -> "ResultLeaf":
         """Rebuild a leaf from post_batch's decoded PostedLeaf, its run and its input."""
-        job_id, input_root, output_root, input_len, r, vs = leaf
+        job, input_root, output_root, r, vs = leaf
+        job_id, input_len = (job >> 128).to_bytes(16, "big"), job & ((1 << 128) - 1)
         return cls.from_tuple((job_id, model_id, input_root, output_root, merkle.keccak(input), input_len, node,
                                r, vs), input)
 
@@ -128,7 +132,7 @@ class Batch:
             raise CommitmentError("runs do not cover the leaves")
         leaves, offset = [], 0
         for record, (node, model_id) in zip(posted, owners):
-            n = record[3]
+            n = record[0] & ((1 << 128) - 1)
             leaves.append(ResultLeaf.from_posted(record, node, model_id, bytes(inputs[offset:offset + n])))
             offset += n
         return cls(leaves)

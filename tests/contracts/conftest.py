@@ -95,7 +95,7 @@ def honest_trace(program, job_input):
 
 def make_leaf(trace: Trace, node, model_id: int, rollup, job: int = 1) -> ResultLeaf:
     leaf = ResultLeaf(
-        job_id=job.to_bytes(32, "big"), model_id=model_id, input_root=trace.input_root,
+        job_id=job.to_bytes(16, "big"), model_id=model_id, input_root=trace.input_root,
         output_root=trace.output_root, node=node.address, input=b"job-input-%d" % job,
     )
     return leaf.signed(node.private_key, chain.id, rollup.address)

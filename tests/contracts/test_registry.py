@@ -11,6 +11,7 @@ def test_register_and_read_model(system, deployer, program, model_id):
     assert bytes(root) == program.model_root and num_ops == program.num_ops and price == 1000 and active
     assert system.registry.model_name(model_id) == "toy-dot"
     assert system.registry.model_id_by_name("toy-dot") == model_id
+    assert system.registry.model_active(model_id) and not system.registry.model_active(model_id + 1)
 
 
 def test_register_rejections(system, deployer, model_id):

@@ -85,7 +85,7 @@ def test_program_is_deterministic_and_model_root_binds_weights():
 
 def test_leaf_digest_is_standard_eip712_and_signature_recovers():
     key = Account.create()
-    leaf = ResultLeaf(job_id=b"\x11" * 32, model_id=7, input_root=b"\x22" * 32,
+    leaf = ResultLeaf(job_id=b"\x11" * 16, model_id=7, input_root=b"\x22" * 32,
                       output_root=b"\x33" * 32, node=key.address, input=b"tokens")
     rollup = "0x" + "ab" * 20
     typed = {
@@ -95,7 +95,7 @@ def test_leaf_digest_is_standard_eip712_and_signature_recovers():
                 {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"},
             ],
             "ResultLeaf": [
-                {"name": "jobId", "type": "bytes32"}, {"name": "modelId", "type": "uint256"},
+                {"name": "jobId", "type": "bytes16"}, {"name": "modelId", "type": "uint256"},
                 {"name": "inputRoot", "type": "bytes32"}, {"name": "outputRoot", "type": "bytes32"},
                 {"name": "inputHash", "type": "bytes32"}, {"name": "node", "type": "address"},
             ],
@@ -118,12 +118,12 @@ def test_leaf_digest_is_standard_eip712_and_signature_recovers():
 def test_batch_rejects_bad_sizes_and_proves_every_leaf():
     with pytest.raises(CommitmentError):
         Batch([])
-    leaves = [ResultLeaf(bytes([i]) * 32, 1, b"\0" * 32, b"\0" * 32, "0x" + "01" * 20).signed("0x" + "11" * 32, 1, "0x" + "22" * 20) for i in range(5)]
+    leaves = [ResultLeaf(bytes([i]) * 16, 1, b"\0" * 32, b"\0" * 32, "0x" + "01" * 20).signed("0x" + "11" * 32, 1, "0x" + "22" * 20) for i in range(5)]
     batch = Batch(leaves)
     for i, leaf in enumerate(leaves):
         assert merkle.fold(i, leaf.hash, batch.proof(i)) == batch.root
     with pytest.raises(CommitmentError):
-        ResultLeaf(b"\0" * 32, 1, b"\0" * 32, b"\0" * 32, "0x" + "01" * 20, input=b"x" * 5000).as_tuple()
+        ResultLeaf(b"\0" * 16, 1, b"\0" * 32, b"\0" * 32, "0x" + "01" * 20, input=b"x" * 5000).as_tuple()
     rebuilt = Batch.from_calldata(*batch.calldata)
     assert rebuilt.root == batch.root and rebuilt.leaves == leaves
 

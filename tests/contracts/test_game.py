@@ -1,8 +1,11 @@
 """Whole dispute games on anvil: honest node wins, cheaters lose, clocks."""
 
 import brownie
+import numpy as np
 import pytest
 from brownie import chain
+
+from opinfer.trace.tensor import TensorTree
 
 from conftest import (ACTIVE, CHALLENGER_WON, NODE_WON, VOID, Driver, corrupted_trace, game_state,
                       make_leaf, post)
@@ -244,3 +247,61 @@ def test_bad_step_witness_reverts_and_changes_nothing(system, posted, nodes, cha
         system.game.step(gid, program.header(2), b"", {"from": challengers[0]})
     assert game_state(system.game, gid) == before
     assert before["status"] == ACTIVE
+
+
+def test_phase_two_rejects_malformed_moves(system, posted, nodes, challengers, program, job_input, honest_trace):
+    """Drive an honest-node game to each phase-2 move and try the ways to get it wrong."""
+    batch_id, batch = posted
+    wrong = corrupted_trace(program, job_input, 1, 1, 20)
+    gid = open_game(system, batch_id, batch, 0, challengers[0])
+    driver = Driver(system, gid, nodes[0], honest_trace, challengers[0], wrong)
+    game, node, chal = system.game, {"from": nodes[0]}, {"from": challengers[0]}
+    g = driver.play(until_phase=4)
+    hi, t = g["hi"], honest_trace
+    with brownie.reverts("DisputeGame: bad proof length"):
+        game.reveal_tensor(gid, t.trees[hi].root, t.state_proof(hi, hi)[:-1], program.header(hi - 1), node)
+    with brownie.reverts("DisputeGame: position not empty in agreed state"):
+        game.reveal_tensor(gid, t.trees[hi].root, t.state_proof(hi + 1, hi), program.header(hi - 1), node)
+    with brownie.reverts("StepVerifier: op not in program"):
+        game.reveal_tensor(gid, t.trees[hi].root, t.state_proof(hi, hi), program.header(hi), node)
+    driver.node_move()
+    g = driver.state
+    assert g["phase"] == 5 and g["depth"] == t.trees[hi].depth
+    with brownie.reverts("DisputeGame: wrong number of hashes"):
+        game.descend(gid, [b"\x00" * 32] * 3, node)
+    with brownie.reverts("DisputeGame: hashes do not match subtree"):
+        game.descend(gid, [b"\x00" * 32] * 4, node)
+    driver.node_move()
+    hashes = [bytes(h) for h in driver.revealed]
+    with brownie.reverts("DisputeGame: hashes do not match"):
+        game.choose(gid, hashes[::-1], 0, chal)
+    with brownie.reverts("DisputeGame: child out of range"):
+        game.choose(gid, hashes, 4, chal)
+    g = driver.play(until_phase=7)
+    chunk = t.trees[hi].chunk(g["index"])
+    with brownie.reverts("DisputeGame: values do not match chunk"):
+        game.reveal_chunk(gid, [v + 1 for v in chunk], node)
+    driver.node_move()
+    with brownie.reverts("DisputeGame: values do not match chunk"):
+        game.pick_element(gid, [0] * 16, 0, chal)
+    with brownie.reverts("DisputeGame: offset out of range"):
+        game.pick_element(gid, chunk, 16, chal)
+    assert driver.play()["status"] == NODE_WON
+
+
+def test_padding_element_is_zero_in_a_step(system, staked, coordinator, nodes, challengers, model_id, program,
+                                           job_input, honest_trace):
+    """A node that puts a non-zero value in a padding column loses: the step knows it is 0."""
+    bad = corrupted_trace(program, job_input, 4, 0, 0, delta=0)
+    padded = bad.trees[4].values.copy()
+    bad_tree_values = np.zeros((2, 16), dtype=np.int64)
+    bad_tree_values[:, :8] = padded
+    # Same real values, but the committed tensor claims 16 columns with junk in 8..15.
+    bad_tree_values[1, 12] = 5
+    bad.tensors[4] = bad_tree_values
+    bad.trees[4] = TensorTree.build(bad_tree_values)
+    batch_id, batch, _ = post(system, coordinator, [make_leaf(bad, nodes[0], model_id, system.rollup)])
+    gid = open_game(system, batch_id, batch, 0, challengers[0])
+    end = Driver(system, gid, nodes[0], bad, challengers[0], honest_trace).play()
+    assert (end["hi"], end["row"], end["col"]) == (4, 1, 12)
+    assert end["status"] == CHALLENGER_WON

@@ -150,6 +150,17 @@ def test_game_deploy_rejects_short_unbonding_delay(system, deployer, treasury):
         DisputeGame.deploy(short, rollup, system.registry, system.verifier, 4, 300, 1, {"from": deployer})
     with brownie.reverts("DisputeGame: arity must be a power of two in [2, 16]"):
         DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 3, 300, 1, {"from": deployer})
+    with brownie.reverts("DisputeGame: arity must be a power of two in [2, 16]"):
+        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 32, 300, 1, {"from": deployer})
+    with brownie.reverts("DisputeGame: zero clock"):
+        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 4, 0, 1, {"from": deployer})
+    with brownie.reverts("DisputeGame: zero bond"):
+        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 4, 300, 0, {"from": deployer})
+    fresh = ResultRollup.deploy(short, system.registry, 600, {"from": deployer})
+    with brownie.reverts("ResultRollup: game is zero"):
+        fresh.set_dispute_game("0x" + "00" * 20, {"from": deployer})
+    with brownie.reverts("StakeManager: game is zero"):
+        short.set_dispute_game("0x" + "00" * 20, {"from": deployer})
 
 
 def test_full_batch_of_max_leaves(system, coordinator, nodes, model_id, honest_trace):

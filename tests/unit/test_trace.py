@@ -144,3 +144,20 @@ def test_first_disagreement():
     assert bisection.first_disagreement([1, 2, 3], [1, 5, 3]) == 1
     with pytest.raises(CommitmentError):
         bisection.first_disagreement([1, 2], [1, 2])
+
+
+def test_brownie_shim_rewrites_vyper_04_source_maps():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "compat" / "opinfer_brownie_vyper04.py"
+    spec = importlib.util.spec_from_file_location("shim_under_test", path)
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    output = {"contracts": {"a.vy": {"A": {"evm": {"deployedBytecode": {
+        "sourceMap": {"pc_pos_map_compressed": "1:2:0:-;", "pc_pos_map": {}}}}}}}}
+    shim.normalise_source_maps(output)
+    assert output["contracts"]["a.vy"]["A"]["evm"]["deployedBytecode"]["sourceMap"] == "1:2:0:-;"
+    # Strings (older Vyper) pass through untouched.
+    shim.normalise_source_maps(output)
+    assert output["contracts"]["a.vy"]["A"]["evm"]["deployedBytecode"]["sourceMap"] == "1:2:0:-;"

@@ -26,6 +26,7 @@ from web3 import HTTPProvider, Web3
 from opinfer.chain.anvil import Anvil, dev_keys
 from opinfer.chain.deploy import ProtocolParams, deploy
 from opinfer.chain.game import GameClient
+from opinfer.chain.game import play as play_game
 from opinfer.chain.sender import TxSender
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
@@ -135,27 +136,14 @@ def play(w3, c, batch_id, batch, node, challenger, node_trace, chal_trace) -> di
     game = c["DisputeGame"]
     receipt = challenger.call(game.functions.challenge(batch_id, 0, batch.records[0], batch.proof(0)))
     gid = game.functions.game_count().call()
-    moves = {"challenge": receipt["gasUsed"]}
-    counts = {"challenge": 1}
-    node_client, chal_client = GameClient(game, node), GameClient(game, challenger)
-    revealed: list = []
-    total = receipt["gasUsed"]
-    while True:
-        g = node_client.state(gid)
-        if g["status"] != player.ACTIVE:
-            break
-        if g["phase"] in player.NODE_PHASES:
-            move = player.node_move(gid, g, node_trace, node_client.arity, node_client.arity_bits)
-            receipt, revealed = node_client.send(move)
-        else:
-            move = player.challenger_move(gid, g, chal_trace, chal_client.arity, chal_client.arity_bits, revealed)
-            receipt, _ = chal_client.send(move)
-        moves[move.function] = max(moves.get(move.function, 0), receipt["gasUsed"])
-        counts[move.function] = counts.get(move.function, 0) + 1
-        total += receipt["gasUsed"]
-    outcome = "node won" if g["status"] == player.NODE_WON else "challenger won"
+    final, played = play_game(GameClient(game, node), GameClient(game, challenger), gid, node_trace, chal_trace)
+    moves, counts = {"challenge": receipt["gasUsed"]}, {"challenge": 1}
+    for name, r in played:
+        moves[name] = max(moves.get(name, 0), r["gasUsed"])
+        counts[name] = counts.get(name, 0) + 1
+    outcome = "node won" if final["status"] == player.NODE_WON else "challenger won"
     return {"outcome": outcome, "moves": moves, "move_counts": counts, "rounds": sum(counts.values()),
-            "total_gas": total}
+            "total_gas": receipt["gasUsed"] + sum(r["gasUsed"] for _, r in played)}
 
 
 def main(argv=None) -> int:

@@ -99,7 +99,6 @@ def compute_element(
             (the agreed state before the op) and the model root.
     @dev Reverts when a proof does not hold.
     """
-    assert _op_index < _num_ops, "StepVerifier: op index out of range"
     proven: (Bytes[MAX_OP_DESC], bytes32, uint256) = self._proven_op(_model_root, _num_ops, _op_index, _header)
     op_desc: Bytes[MAX_OP_DESC] = proven[0]
     opcode: uint256 = extract32(op_desc, 0, output_type=uint256)

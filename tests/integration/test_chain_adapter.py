@@ -7,7 +7,7 @@ from web3 import HTTPProvider, Web3
 
 from opinfer.chain.anvil import Anvil, dev_keys
 from opinfer.chain.deploy import ProtocolParams, deploy
-from opinfer.chain.game import GameClient
+from opinfer.chain.game import GameClient, play
 from opinfer.chain.sender import TxSender
 from opinfer.errors import ChainError
 from opinfer.trace import player
@@ -60,17 +60,8 @@ def test_cheating_node_loses_a_game_played_over_web3(chain):
     batch_id = c["ResultRollup"].functions.batch_count().call()
     challenger.call(c["DisputeGame"].functions.challenge(batch_id, 0, batch.records[0], batch.proof(0)))
     gid = c["DisputeGame"].functions.game_count().call()
-    node_client, chal_client = GameClient(c["DisputeGame"], node), GameClient(c["DisputeGame"], challenger)
-    revealed = []
-    for _ in range(40):
-        g = node_client.state(gid)
-        if g["status"] != player.ACTIVE:
-            break
-        if g["phase"] in player.NODE_PHASES:
-            _, revealed = node_client.send(player.node_move(gid, g, bad, node_client.arity, node_client.arity_bits))
-        else:
-            chal_client.send(player.challenger_move(gid, g, honest, chal_client.arity, chal_client.arity_bits,
-                                                    revealed))
+    g, moves = play(GameClient(c["DisputeGame"], node), GameClient(c["DisputeGame"], challenger), gid, bad, honest)
+    assert [name for name, _ in moves][:2] == ["open_trace", "bisect"] and moves[-1][0] == "step"
     assert g["status"] == player.CHALLENGER_WON
     assert (g["hi"], g["row"], g["col"]) == (3, 1, 9)
     assert c["StakeManager"].functions.slashable(node.address).call() == 0

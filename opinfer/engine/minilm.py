@@ -1,0 +1,250 @@
+"""all-MiniLM-L6-v2 as an integer program (see docs/quantisation.md).
+
+Built once from the float weights and calibration sentences; inference uses
+integer arithmetic only (int8 weights and activations, int32 accumulators, an
+int32 residual stream, integer LayerNorm with an exact integer square root,
+table-lookup softmax and GELU, integer mean pooling and L2 norm). The output
+embedding is int64 with scale 2^-14.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import isqrt as isqrt_int
+
+import numpy as np
+
+from opinfer.engine import minilm_weights as fw
+from opinfer.engine.quant import (INT8, INT16, INT32, channel_multipliers, exact_matmul, isqrt, multiplier_shift,
+                                  quantize_symmetric, requant, round_div)
+
+OUT_BITS = 14           # output embedding scale 2^-14
+LN_BITS = 8             # fractional bits of LayerNorm gains
+RESIDUAL_MAX = 1 << 14  # calibrated |residual| maps to this
+EXP_STEP_BITS = 8       # exp table step 2^-8 ...
+EXP_SIZE = 4096         # ... over [0, 16): exp(-16) ~ 1e-7
+EXP_ONE = 1 << 16       # exp(0) in the table
+PROB_ONE = 32767        # probabilities are int16 / 32767
+GELU_HALF = 2048        # GELU table index range [-2048, 2047]
+HEADROOM = 1.25         # calibrated |max| of int8 activations maps to 127 / HEADROOM
+
+CALIBRATION = [
+    "A man is playing a guitar on the street corner.",
+    "The central bank raised interest rates by a quarter point.",
+    "How do I reset my password if I forgot my email?",
+    "Photosynthesis converts light energy into chemical energy.",
+    "She scored the winning goal in the final minute of the match.",
+    "The recipe calls for two cups of flour and a pinch of salt.",
+    "Quantum computers use qubits that can be in superposition.",
+    "Our flight was delayed for three hours because of fog.",
+    "Python lists are mutable, while tuples are immutable.",
+    "The museum exhibits paintings from the seventeenth century.",
+    "Regular exercise improves both physical and mental health.",
+    "The treaty was signed by twelve countries in 1648.",
+    "I can't believe how cheap these headphones were!",
+    "Volcanic eruptions can affect the global climate for years.",
+    "Please send the invoice to the accounting department by Friday.",
+    "The cat slept on the warm windowsill all afternoon.",
+]
+
+
+@dataclass
+class Dense:
+    """int8 weights [out, in] with per-output-channel scales, int32 bias,
+    and the requantisation of the accumulator to the output's scale."""
+
+    w: np.ndarray      # int8 values, shape [out, in]; used transposed
+    bias: np.ndarray   # int32, scale s_w[c] (input scales are folded into w)
+    mult: np.ndarray   # per-channel multiplier
+    shift: int
+    lo: int
+    hi: int
+    in_max: int        # bound on |input|, for exact matmuls
+    wt: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.wt = self.w.T.copy()
+
+    def acc(self, x: np.ndarray) -> np.ndarray:
+        return exact_matmul(x, self.wt, self.in_max, 128) + self.bias
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return requant(self.acc(x), self.mult, self.shift, self.lo, self.hi)
+
+
+@dataclass
+class LayerNorm:
+    """y = clamp(round_div((x - mean) * G[c], std * 2^LN_BITS) + B[c]) with
+    mean = round_div(sum x, n), var = round_div(sum (x - mean)^2, n) + E,
+    std = max(isqrt(var), 1); output int8."""
+
+    gain: np.ndarray
+    beta: np.ndarray
+    eps: int
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[-1]
+        mean = round_div(x.sum(-1, keepdims=True), n)
+        d = x - mean
+        var = round_div((d * d).sum(-1, keepdims=True), n) + self.eps
+        std = np.maximum(isqrt(var), 1)
+        return np.clip(round_div(d * self.gain, std << LN_BITS) + self.beta, *INT8)
+
+
+def _absmax(records: list[dict], key: str) -> float:
+    return max(float(np.abs(r[key]).max()) for r in records)
+
+
+def _channel_absmax(records: list[dict], key: str) -> np.ndarray:
+    """Per last-axis channel |max| (LayerNorm outputs have outlier channels)."""
+    return HEADROOM * np.maximum(
+        np.max([np.abs(r[key]).reshape(-1, r[key].shape[-1]).max(0) for r in records], axis=0), 1e-6)
+
+
+def _dense(w: np.ndarray, b: np.ndarray, s_in, s_out: float, lo: int, hi: int, in_max: int = 128) -> Dense:
+    """`s_in` may be per input channel: it is folded into the weight columns
+    before the weights are quantised per output channel."""
+    w = w.astype(np.float64) * np.broadcast_to(np.asarray(s_in, dtype=np.float64), (w.shape[1],))[None, :]
+    s_w = np.maximum(np.abs(w).max(1), 1e-30) / 127.0
+    wq = quantize_symmetric(w, s_w[:, None], -127, 127)
+    bias = np.floor(b / s_w + 0.5).astype(np.int64)
+    mult, shift = channel_multipliers(s_w / s_out)
+    return Dense(wq, bias, mult, shift, lo, hi, in_max)
+
+
+def _layer_norm(gamma, beta, s_in: float, s_out, eps: float) -> LayerNorm:
+    gain = np.floor(gamma / s_out * (1 << LN_BITS) + 0.5).astype(np.int64)
+    bq = np.floor(beta / s_out + 0.5).astype(np.int64)
+    return LayerNorm(gain, bq, int(np.floor(eps / (s_in * s_in) + 0.5)))
+
+
+@dataclass
+class Layer:
+    q: Dense
+    k: Dense
+    v: Dense
+    score_mult: int
+    score_shift: int
+    ctx_mult: int
+    ctx_shift: int
+    o: Dense            # to the residual scale
+    x_mult: np.ndarray  # previous LN output (per-channel scales) to the residual scale
+    x_shift: int
+    ln1: LayerNorm
+    up: Dense           # to the GELU table index
+    gelu: np.ndarray    # int16 table over [-GELU_HALF, GELU_HALF)
+    down: Dense         # to the residual scale
+    h_mult: np.ndarray
+    h_shift: int
+    ln2: LayerNorm
+
+
+@dataclass
+class IntMiniLM:
+    word: np.ndarray    # int32 embedding tables at the embedding scale
+    pos: np.ndarray
+    typ: np.ndarray
+    ln0: LayerNorm
+    layers: list[Layer]
+    exp_table: np.ndarray
+    heads: int
+    pool_mult: np.ndarray  # last LayerNorm's per-channel scales relative to the smallest (= 64)
+
+    @classmethod
+    def build(cls, calibration: list[str] = CALIBRATION) -> "IntMiniLM":
+        config, w = fw.load()
+        records = []
+        for text in calibration:
+            rec: dict = {}
+            fw.reference_forward(fw.encode(text), rec)
+            records.append(rec)
+        s_emb = _absmax(records, "emb_sum") / RESIDUAL_MAX
+        word = quantize_symmetric(w["embeddings.word_embeddings.weight"], s_emb, *INT32)
+        pos = quantize_symmetric(w["embeddings.position_embeddings.weight"], s_emb, *INT32)
+        typ = quantize_symmetric(w["embeddings.token_type_embeddings.weight"][0], s_emb, *INT32)
+        s_x = _channel_absmax(records, "emb_ln") / 127
+        ln0 = _layer_norm(w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], s_emb, s_x, config.eps)
+        D = config.head_dim
+        step = 2.0 ** -EXP_STEP_BITS
+        exp_table = np.floor(np.exp(-np.arange(EXP_SIZE) * step) * EXP_ONE + 0.5).astype(np.int64)
+        layers = []
+        for i in range(config.layers):
+            p = f"encoder.layer.{i}."
+            s_q, s_k, s_v = (_absmax(records, f"{i}.{t}") / 127 for t in "qkv")
+            q = _dense(w[p + "attention.self.query.weight"], w[p + "attention.self.query.bias"], s_x, s_q, *INT8)
+            k = _dense(w[p + "attention.self.key.weight"], w[p + "attention.self.key.bias"], s_x, s_k, *INT8)
+            v = _dense(w[p + "attention.self.value.weight"], w[p + "attention.self.value.bias"], s_x, s_v, *INT8)
+            # Score units -> exp table index units (step 2^-EXP_STEP_BITS).
+            score_mult, score_shift = multiplier_shift(s_q * s_k / np.sqrt(D) / step, bits=20)
+            s_ctx = _absmax(records, f"{i}.ctx") / 127
+            ctx_mult, ctx_shift = multiplier_shift(s_v / PROB_ONE / s_ctx, bits=20)
+            s_r1 = _absmax(records, f"{i}.attn_res") / RESIDUAL_MAX
+            o = _dense(w[p + "attention.output.dense.weight"], w[p + "attention.output.dense.bias"], s_ctx, s_r1,
+                       *INT32)
+            x_mult, x_shift = channel_multipliers(s_x / s_r1)
+            s_h = _channel_absmax(records, f"{i}.ln1") / 127
+            ln1 = _layer_norm(w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"],
+                              s_r1, s_h, config.eps)
+            s_u = _absmax(records, f"{i}.up") / (GELU_HALF - 1)
+            up = _dense(w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"], s_h, s_u,
+                        -GELU_HALF, GELU_HALF - 1)
+            s_g = _absmax(records, f"{i}.gelu") / INT16[1]
+            grid = np.arange(-GELU_HALF, GELU_HALF) * s_u
+            gelu = quantize_symmetric(fw.gelu(grid), s_g, *INT16)
+            s_r2 = _absmax(records, f"{i}.ffn_res") / RESIDUAL_MAX
+            down = _dense(w[p + "output.dense.weight"], w[p + "output.dense.bias"], s_g, s_r2, *INT32,
+                          in_max=INT16[1] + 1)
+            h_mult, h_shift = channel_multipliers(s_h / s_r2)
+            s_x2 = _channel_absmax(records, f"{i}.ln2") / 127
+            ln2 = _layer_norm(w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], s_r2, s_x2, config.eps)
+            layers.append(Layer(q, k, v, score_mult, score_shift, ctx_mult, ctx_shift, o, x_mult, x_shift, ln1,
+                                up, gelu, down, h_mult, h_shift, ln2))
+            s_x = s_x2
+        pool_mult = np.floor(s_x / s_x.min() * 64 + 0.5).astype(np.int64)
+        return cls(word, pos, typ, ln0, layers, exp_table, config.heads, pool_mult)
+
+    # ---------------------------------------------------------------- inference
+
+    def attention(self, layer: Layer, x: np.ndarray) -> np.ndarray:
+        T, H = x.shape[0], self.heads
+        q, k, v = layer.q(x), layer.k(x), layer.v(x)
+        D = q.shape[1] // H
+        qh = q.reshape(T, H, D).transpose(1, 0, 2)
+        kh = k.reshape(T, H, D).transpose(1, 2, 0)
+        scores = exact_matmul(qh, kh, 128, 128)                       # [H, T, T]
+        z = scores.max(-1, keepdims=True) - scores                    # >= 0
+        idx = np.minimum((z * layer.score_mult + (1 << (layer.score_shift - 1))) >> layer.score_shift,
+                         EXP_SIZE - 1)
+        e = self.exp_table[idx]
+        probs = round_div(e * PROB_ONE, e.sum(-1, keepdims=True))     # int16-valued
+        vh = v.reshape(T, H, D).transpose(1, 0, 2)
+        ctx = exact_matmul(probs, vh, PROB_ONE, 128)                  # [H, T, D]
+        ctx = ctx.transpose(1, 0, 2).reshape(T, H * D)
+        return requant(ctx, layer.ctx_mult, layer.ctx_shift, *INT8)
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        """The embedding as int64 with scale 2^-OUT_BITS (an L2-unit vector)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        T = len(ids)
+        x = self.ln0(self.word[ids] + self.pos[:T] + self.typ)
+        for layer in self.layers:
+            ctx = self.attention(layer, x)
+            r = layer.o(ctx) + requant(x, layer.x_mult, layer.x_shift, *INT32)
+            h = layer.ln1(r)
+            g = layer.gelu[layer.up(h) + GELU_HALF]
+            r2 = layer.down(g) + requant(h, layer.h_mult, layer.h_shift, *INT32)
+            x = layer.ln2(r2)
+        # Mean pooling without the division by T (the L2 norm removes it),
+        # channels brought to one scale first.
+        # Python integers: the sum of squares can pass 2^63.
+        pooled = [int(v) for v in x.sum(0) * self.pool_mult]
+        norm = max(isqrt_int(sum(v * v for v in pooled)), 1)
+        return np.array([(2 * (v << OUT_BITS) + norm) // (2 * norm) for v in pooled], dtype=np.int64)
+
+    def embed(self, text: str) -> np.ndarray:
+        return self.forward(fw.encode(text))
+
+
+def to_float(embedding: np.ndarray) -> np.ndarray:
+    """Presentation only: the integer embedding as floats for the API."""
+    return np.asarray(embedding, dtype=np.float64) / (1 << OUT_BITS)

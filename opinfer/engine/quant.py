@@ -1,0 +1,95 @@
+"""Integer arithmetic with pinned semantics, shared by every op.
+
+Rounding rule (everywhere): round half up, i.e. floor(x + 1/2), computed
+with arithmetic (flooring) shifts and floor division, so negative ties round
+towards +infinity too. Saturation clamps to the target range. Exact integer
+matmuls run on float BLAS only within bounds where float arithmetic is exact
+(float32 below 2^24, float64 below 2^53); the result is bit-identical to
+int64 arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+INT8 = (-128, 127)
+INT16 = (-32768, 32767)
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def requant(acc, multiplier, shift: int, lo: int, hi: int) -> np.ndarray:
+    """clamp((acc * multiplier + 2^(shift-1)) >> shift, lo, hi); `multiplier`
+    may be a scalar or a per-column vector."""
+    scaled = np.asarray(acc, dtype=np.int64) * np.asarray(multiplier, dtype=np.int64)
+    if shift > 0:
+        scaled = (scaled + (1 << (shift - 1))) >> shift
+    return np.clip(scaled, lo, hi)
+
+
+def round_div(num, den) -> np.ndarray:
+    """floor(num / den + 1/2) for den > 0 (round half up)."""
+    num = np.asarray(num, dtype=np.int64)
+    den = np.asarray(den, dtype=np.int64)
+    return (2 * num + den) // (2 * den)
+
+
+def isqrt(x) -> np.ndarray:
+    """floor(sqrt(x)) for 0 <= x < 2^62, exactly: a float estimate corrected
+    by integer comparisons (the result does not depend on float rounding)."""
+    x = np.asarray(x, dtype=np.int64)
+    r = np.floor(np.sqrt(x.astype(np.float64))).astype(np.int64)
+    r = np.where(r * r > x, r - 1, r)
+    r = np.where((r + 1) * (r + 1) <= x, r + 1, r)
+    return r
+
+
+def exact_matmul(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int) -> np.ndarray:
+    """a @ b for integer matrices with |a| <= a_max, |b| <= b_max, exact.
+
+    Uses float32 when every partial sum fits in 2^24 (splitting the inner
+    dimension into exact blocks), float64 below 2^53."""
+    k = a.shape[-1]
+    per_term = a_max * b_max
+    block = (1 << 24) // max(per_term, 1)
+    if block >= k:
+        return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+    if block >= 64:
+        out = None
+        for start in range(0, k, block):
+            part = (a[..., start:start + block].astype(np.float32) @ b[start:start + block].astype(np.float32))
+            part = part.astype(np.int64)
+            out = part if out is None else out + part
+        return out
+    if per_term * k >= 1 << 53:
+        raise OverflowError("integer matmul would not be exact in float64")
+    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+
+
+def quantize_symmetric(x: np.ndarray, scale, lo: int, hi: int) -> np.ndarray:
+    """round(x / scale) clamped (used only when building a model, never at inference)."""
+    return np.clip(np.floor(np.asarray(x, dtype=np.float64) / scale + 0.5), lo, hi).astype(np.int64)
+
+
+def multiplier_shift(real: float, bits: int = 15) -> tuple[int, int]:
+    """(M, s) with M / 2^s ~= real and 2^(bits-1) <= M < 2^bits (model build time)."""
+    if real <= 0:
+        raise ValueError("scale ratio must be positive")
+    shift = 0
+    while real * (1 << shift) < (1 << (bits - 1)):
+        shift += 1
+    while real * (1 << shift) >= (1 << bits):
+        shift -= 1
+    if shift < 0:
+        raise ValueError(f"scale ratio {real} too large for a right shift")
+    return int(np.floor(real * (1 << shift) + 0.5)), shift
+
+
+def channel_multipliers(ratios: np.ndarray, bits: int = 20) -> tuple[np.ndarray, int]:
+    """Per-channel multipliers sharing one shift: M[c] / 2^s ~= ratios[c],
+    with max M < 2^bits (model build time)."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    top = float(ratios.max())
+    shift = 0
+    while top * (1 << (shift + 1)) < (1 << bits):
+        shift += 1
+    return np.floor(ratios * (1 << shift) + 0.5).astype(np.int64), shift

@@ -15,15 +15,13 @@ from math import isqrt as isqrt_int
 import numpy as np
 
 from opinfer.engine import minilm_weights as fw
-from opinfer.engine.quant import (INT8, INT16, INT32, channel_multipliers, exact_matmul, isqrt, multiplier_shift,
+from opinfer.engine.quant import (EXP_INPUT_MAX, INT8, INT16, INT32, exp_neg, channel_multipliers, exact_matmul, isqrt, multiplier_shift,
                                   quantize_symmetric, requant, round_div)
 
 OUT_BITS = 14           # output embedding scale 2^-14
 LN_BITS = 8             # fractional bits of LayerNorm gains
 RESIDUAL_MAX = 1 << 14  # calibrated |residual| maps to this
-EXP_STEP_BITS = 8       # exp table step 2^-8 ...
-EXP_SIZE = 4096         # ... over [0, 16): exp(-16) ~ 1e-7
-EXP_ONE = 1 << 16       # exp(0) in the table
+EXP_STEP_BITS = 8       # softmax exp inputs in units of 2^-8 (quant.exp_neg)
 PROB_ONE = 32767        # probabilities are int16 / 32767
 GELU_HALF = 2048        # GELU table index range [-2048, 2047]
 HEADROOM = 1.25         # calibrated |max| of int8 activations maps to 127 / HEADROOM
@@ -146,7 +144,6 @@ class IntMiniLM:
     typ: np.ndarray
     ln0: LayerNorm
     layers: list[Layer]
-    exp_table: np.ndarray
     heads: int
     pool_mult: np.ndarray  # last LayerNorm's per-channel scales relative to the smallest (= 64)
 
@@ -166,7 +163,6 @@ class IntMiniLM:
         ln0 = _layer_norm(w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], s_emb, s_x, config.eps)
         D = config.head_dim
         step = 2.0 ** -EXP_STEP_BITS
-        exp_table = np.floor(np.exp(-np.arange(EXP_SIZE) * step) * EXP_ONE + 0.5).astype(np.int64)
         layers = []
         for i in range(config.layers):
             p = f"encoder.layer.{i}."
@@ -201,7 +197,7 @@ class IntMiniLM:
                                 up, gelu, down, h_mult, h_shift, ln2))
             s_x = s_x2
         pool_mult = np.floor(s_x / s_x.min() * 64 + 0.5).astype(np.int64)
-        return cls(word, pos, typ, ln0, layers, exp_table, config.heads, pool_mult)
+        return cls(word, pos, typ, ln0, layers, config.heads, pool_mult)
 
     # ---------------------------------------------------------------- inference
 
@@ -213,9 +209,7 @@ class IntMiniLM:
         kh = k.reshape(T, H, D).transpose(1, 2, 0)
         scores = exact_matmul(qh, kh, 128, 128)                       # [H, T, T]
         z = scores.max(-1, keepdims=True) - scores                    # >= 0
-        idx = np.minimum((z * layer.score_mult + (1 << (layer.score_shift - 1))) >> layer.score_shift,
-                         EXP_SIZE - 1)
-        e = self.exp_table[idx]
+        e = exp_neg(requant(z, layer.score_mult, layer.score_shift, 0, EXP_INPUT_MAX))
         probs = round_div(e * PROB_ONE, e.sum(-1, keepdims=True))     # int16-valued
         vh = v.reshape(T, H, D).transpose(1, 0, 2)
         ctx = exact_matmul(probs, vh, PROB_ONE, 128)                  # [H, T, D]

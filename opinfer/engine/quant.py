@@ -93,3 +93,20 @@ def channel_multipliers(ratios: np.ndarray, bits: int = 20) -> tuple[np.ndarray,
     while top * (1 << (shift + 1)) < (1 << bits):
         shift += 1
     return np.floor(ratios * (1 << shift) + 0.5).astype(np.int64), shift
+
+
+# Integer exp for softmax; the rule is documented in opinfer/engine/elements.exp_neg.
+_EXP2_COEFFS = (1073741824, -744261118, 257941248, -59597083, 10327387, -1431680, 165394)
+EXP_INPUT_MAX = 1 << 20
+
+
+def exp_neg(u) -> np.ndarray:
+    """Vectorised elements.exp_neg: 2^16 * exp(-u / 2^8) for 0 <= u <= 2^20."""
+    u = np.asarray(u, dtype=np.int64)
+    y = (u * 94548 + 128) >> 8
+    q, f = y >> 16, y & 0xFFFF
+    p = np.full(u.shape, _EXP2_COEFFS[-1], dtype=np.int64)
+    for c in reversed(_EXP2_COEFFS[:-1]):
+        p = c + ((p * f) >> 16)
+    qs = np.minimum(q, 31)
+    return np.where(q >= 32, 0, (p + (np.int64(1) << (qs + 13))) >> (qs + 14))

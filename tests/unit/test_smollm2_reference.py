@@ -196,7 +196,8 @@ def test_chat_template(tok):
     ids = tok.encode_chat(PARIS)
     assert ids[0] == tok.im_start_id
     assert ids.count(tok.im_start_id) == 3 and ids.count(tok.im_end_id) == 2
-    assert [tok.id_to_piece(i) for i in ids[-3:]] == ["<|im_start|>", "assistant", "Ċ"]
+    # "assistant" with no leading space is two BPE tokens in this vocabulary.
+    assert [tok.id_to_piece(i) for i in ids[-4:]] == ["<|im_start|>", "ass", "istant", "Ċ"]
 
 
 def test_template_check_rejects_other_templates(tok):

@@ -39,6 +39,11 @@ MAX_OP_WITNESS: constant(uint256) = 140000
 
 OP_DOT: constant(uint256) = 1
 
+# Element rules shared with opinfer/engine/elements.py (see there).
+LN_BITS: constant(uint256) = 8
+EXP_INPUT_MAX: constant(int256) = 1 << 20
+INV_LN2_Q8: constant(int256) = 94548
+
 # ---------------------------------------------------------------- external
 
 @external
@@ -105,6 +110,153 @@ def compute_element(
     if opcode == OP_DOT:
         return self._dot(op_desc, proven[1], proven[2], _num_ops, _op_index, _state_root, _row, _col, _witness)
     raise "StepVerifier: unknown opcode"
+
+
+# ---------------------------------------------------------------- external: element rules
+# One element of each op class from plain values (no proofs): the shared test
+# vectors check these against the Python engine bit for bit; the proven op
+# paths call the same internal functions.
+
+@external
+@pure
+def elem_requant(_acc: int256, _mult: int256, _shift: uint256, _lo: int256, _hi: int256) -> int256:
+    return self._requantise(_acc, _mult, _shift, _lo, _hi)
+
+
+@external
+@pure
+def elem_dot(_a: DynArray[int256, MAX_ROW], _w: DynArray[int256, MAX_ROW], _bias: int256, _mult: int256, _shift: uint256, _lo: int256, _hi: int256) -> int256:
+    assert len(_a) == len(_w), "StepVerifier: row lengths differ"
+    acc: int256 = _bias
+    for i: uint256 in range(MAX_ROW):
+        if i >= len(_a):
+            break
+        acc += _a[i] * _w[i]
+    return self._requantise(acc, _mult, _shift, _lo, _hi)
+
+
+@external
+@pure
+def elem_layer_norm(_row: DynArray[int256, MAX_ROW], _col: uint256, _gain: int256, _beta: int256, _eps: int256, _lo: int256, _hi: int256) -> int256:
+    return self._layer_norm(_row, _col, _gain, _beta, _eps, _lo, _hi)
+
+
+@external
+@pure
+def elem_exp_neg(_u: int256) -> int256:
+    return self._exp_neg(_u)
+
+
+@external
+@pure
+def elem_softmax(_row: DynArray[int256, MAX_ROW], _col: uint256, _mult: int256, _shift: uint256, _one: int256) -> int256:
+    return self._softmax(_row, _col, _mult, _shift, _one)
+
+
+@external
+@pure
+def elem_residual(_a: int256, _x: int256, _mult_a: int256, _shift_a: uint256, _mult_x: int256, _shift_x: uint256, _lo: int256, _hi: int256) -> int256:
+    return self._requantise(_a, _mult_a, _shift_a, _lo, _hi) + self._requantise(_x, _mult_x, _shift_x, _lo, _hi)
+
+
+@external
+@pure
+def elem_l2_normalise(_row: DynArray[int256, MAX_ROW], _col: uint256, _out_bits: uint256) -> int256:
+    return self._l2_normalise(_row, _col, _out_bits)
+
+
+# ---------------------------------------------------------------- internal: element rules
+
+@internal
+@pure
+def _floor_div(_num: int256, _den: int256) -> int256:
+    """
+    @dev Python's floor division for _den > 0 (Vyper's // truncates towards zero).
+    """
+    q: int256 = _num // _den
+    if _num % _den != 0 and _num < 0:
+        q -= 1
+    return q
+
+
+@internal
+@pure
+def _round_div(_num: int256, _den: int256) -> int256:
+    return self._floor_div(2 * _num + _den, 2 * _den)
+
+
+@internal
+@pure
+def _layer_norm(_row: DynArray[int256, MAX_ROW], _col: uint256, _gain: int256, _beta: int256, _eps: int256, _lo: int256, _hi: int256) -> int256:
+    n: int256 = convert(len(_row), int256)
+    assert n > 0 and _col < len(_row), "StepVerifier: bad layer norm row"
+    total: int256 = 0
+    for x: int256 in _row:
+        total += x
+    mean: int256 = self._round_div(total, n)
+    sq: int256 = 0
+    for x: int256 in _row:
+        sq += (x - mean) * (x - mean)
+    var: int256 = self._round_div(sq, n) + _eps
+    assert var >= 0, "StepVerifier: negative variance"
+    std: int256 = max(convert(isqrt(convert(var, uint256)), int256), 1)
+    y: int256 = self._round_div((_row[_col] - mean) * _gain, std << LN_BITS) + _beta
+    return min(max(y, _lo), _hi)
+
+
+@internal
+@pure
+def _exp_neg(_u: int256) -> int256:
+    """
+    @dev 2^16 * exp(-u / 2^8) for 0 <= u: exp(-x) = 2^-(x / ln 2), the
+         fractional power of two by a degree-6 polynomial at 2^30 (Horner,
+         flooring shifts), then shifted down by the integer part.
+    """
+    assert _u >= 0, "StepVerifier: negative exp input"
+    y: int256 = (_u * INV_LN2_Q8 + 128) >> 8
+    q: int256 = y >> 16
+    f: int256 = y & 65535
+    if q >= 32:
+        return 0
+    p: int256 = 165394
+    p = -1431680 + ((p * f) >> 16)
+    p = 10327387 + ((p * f) >> 16)
+    p = -59597083 + ((p * f) >> 16)
+    p = 257941248 + ((p * f) >> 16)
+    p = -744261118 + ((p * f) >> 16)
+    p = 1073741824 + ((p * f) >> 16)
+    s: uint256 = convert(q, uint256) + 14
+    return (p + (1 << (s - 1))) >> s
+
+
+@internal
+@pure
+def _softmax(_row: DynArray[int256, MAX_ROW], _col: uint256, _mult: int256, _shift: uint256, _one: int256) -> int256:
+    assert len(_row) > 0 and _col < len(_row), "StepVerifier: bad softmax row"
+    top: int256 = _row[0]
+    for x: int256 in _row:
+        top = max(top, x)
+    total: int256 = 0
+    mine: int256 = 0
+    for i: uint256 in range(MAX_ROW):
+        if i >= len(_row):
+            break
+        e: int256 = self._exp_neg(self._requantise(top - _row[i], _mult, _shift, 0, EXP_INPUT_MAX))
+        total += e
+        if i == _col:
+            mine = e
+    return self._round_div(mine * _one, total)
+
+
+@internal
+@pure
+def _l2_normalise(_row: DynArray[int256, MAX_ROW], _col: uint256, _out_bits: uint256) -> int256:
+    assert _col < len(_row), "StepVerifier: column out of range"
+    sq: int256 = 0
+    for x: int256 in _row:
+        sq += x * x
+    norm: int256 = max(convert(isqrt(convert(sq, uint256)), int256), 1)
+    return self._round_div(_row[_col] << _out_bits, norm)
 
 
 # ---------------------------------------------------------------- internal: ops

@@ -10,13 +10,12 @@ embedding is int64 with scale 2^-14.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from math import isqrt as isqrt_int
 
 import numpy as np
 
 from opinfer.engine import minilm_weights as fw
-from opinfer.engine.quant import (EXP_INPUT_MAX, INT8, INT16, INT32, exp_neg, channel_multipliers, exact_matmul, isqrt, multiplier_shift,
-                                  quantize_symmetric, requant, round_div)
+from opinfer.engine.quant import (INT8, INT16, INT32, channel_multipliers, exact_matmul, isqrt, l2_normalise,
+                                  multiplier_shift, quantize_symmetric, requant, round_div, softmax_rows)
 
 OUT_BITS = 14           # output embedding scale 2^-14
 LN_BITS = 8             # fractional bits of LayerNorm gains
@@ -208,9 +207,7 @@ class IntMiniLM:
         qh = q.reshape(T, H, D).transpose(1, 0, 2)
         kh = k.reshape(T, H, D).transpose(1, 2, 0)
         scores = exact_matmul(qh, kh, 128, 128)                       # [H, T, T]
-        z = scores.max(-1, keepdims=True) - scores                    # >= 0
-        e = exp_neg(requant(z, layer.score_mult, layer.score_shift, 0, EXP_INPUT_MAX))
-        probs = round_div(e * PROB_ONE, e.sum(-1, keepdims=True))     # int16-valued
+        probs = softmax_rows(scores, layer.score_mult, layer.score_shift, PROB_ONE)  # int16-valued
         vh = v.reshape(T, H, D).transpose(1, 0, 2)
         ctx = exact_matmul(probs, vh, PROB_ONE, 128)                  # [H, T, D]
         ctx = ctx.transpose(1, 0, 2).reshape(T, H * D)
@@ -230,10 +227,7 @@ class IntMiniLM:
             x = layer.ln2(r2)
         # Mean pooling without the division by T (the L2 norm removes it),
         # channels brought to one scale first.
-        # Python integers: the sum of squares can pass 2^63.
-        pooled = [int(v) for v in x.sum(0) * self.pool_mult]
-        norm = max(isqrt_int(sum(v * v for v in pooled)), 1)
-        return np.array([(2 * (v << OUT_BITS) + norm) // (2 * norm) for v in pooled], dtype=np.int64)
+        return l2_normalise(x.sum(0) * self.pool_mult, OUT_BITS)
 
     def embed(self, text: str) -> np.ndarray:
         return self.forward(fw.encode(text))

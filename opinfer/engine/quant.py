@@ -110,3 +110,20 @@ def exp_neg(u) -> np.ndarray:
         p = c + ((p * f) >> 16)
     qs = np.minimum(q, 31)
     return np.where(q >= 32, 0, (p + (np.int64(1) << (qs + 13))) >> (qs + 14))
+
+
+def softmax_rows(scores: np.ndarray, mult: int, shift: int, one: int) -> np.ndarray:
+    """Row-wise integer softmax (elements.softmax on every element)."""
+    z = scores.max(-1, keepdims=True) - scores
+    e = exp_neg(requant(z, mult, shift, 0, EXP_INPUT_MAX))
+    return round_div(e * one, e.sum(-1, keepdims=True))
+
+
+def l2_normalise(row: np.ndarray, out_bits: int) -> np.ndarray:
+    """elements.l2_normalise on every element of one row, in Python integers
+    (the sum of squares can pass 2^63)."""
+    from math import isqrt as isqrt_int
+
+    values = [int(v) for v in row]
+    norm = max(isqrt_int(sum(v * v for v in values)), 1)
+    return np.array([(2 * (v << out_bits) + norm) // (2 * norm) for v in values], dtype=np.int64)

@@ -9,12 +9,11 @@ Peak memory is the tracemalloc peak of one forward (numpy allocations).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 import tracemalloc
 
+from bench.common import run, verdict
 from opinfer.engine import minilm_weights as fw
 from opinfer.engine.minilm import IntMiniLM
 
@@ -50,21 +49,16 @@ def minilm(repeat: int = 10) -> dict:
             "float_peak_mb": round(_peak_mb(lambda: fw.reference_forward(ids)), 1)}
 
 
+def report(result: dict) -> None:
+    m = result["minilm"]
+    print(f"all-MiniLM-L6-v2, {m['tokens']}-token forward (best of 10):")
+    print(f"  integer {m['integer_ms']} ms, float32 reference {m['float_ms']} ms: ratio "
+          f"{m['ratio_integer_over_float']} (target <= {m['target_ratio']}: {verdict(m['meets_target'])})")
+    print(f"  peak memory of one forward: integer {m['integer_peak_mb']} MiB, float {m['float_peak_mb']} MiB")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    result = {"minilm": minilm()}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        m = result["minilm"]
-        print(f"all-MiniLM-L6-v2, {m['tokens']}-token forward (best of 10):")
-        print(f"  integer {m['integer_ms']} ms, float32 reference {m['float_ms']} ms: ratio "
-              f"{m['ratio_integer_over_float']} (target <= {m['target_ratio']}: "
-              f"{'met' if m['meets_target'] else 'MISSED'})")
-        print(f"  peak memory of one forward: integer {m['integer_peak_mb']} MiB, float {m['float_peak_mb']} MiB")
-    return 0 if all(v["meets_target"] for v in result.values()) else 1
+    return run(argv, __doc__, lambda: {"minilm": minilm()}, report)
 
 
 if __name__ == "__main__":

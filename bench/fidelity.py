@@ -9,12 +9,11 @@ sentences (target: mean >= 0.99).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 import numpy as np
 
+from bench.common import run, verdict
 from bench.corpus import SENTENCES
 from opinfer.engine import minilm_weights as fw
 from opinfer.engine.minilm import IntMiniLM, to_float
@@ -32,19 +31,15 @@ def minilm() -> dict:
             "meets_target": bool(np.mean(cosines) >= 0.99)}
 
 
+def report(result: dict) -> None:
+    m = result["minilm"]
+    print(f"all-MiniLM-L6-v2, integer vs float32 reference, {m['sentences']} held-out sentences:")
+    print(f"  mean cosine {m['mean_cosine']}  (min {m['min_cosine']}, target >= {m['target_mean']}: "
+          f"{verdict(m['meets_target'])})")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    result = {"minilm": minilm()}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        m = result["minilm"]
-        print(f"all-MiniLM-L6-v2, integer vs float32 reference, {m['sentences']} held-out sentences:")
-        print(f"  mean cosine {m['mean_cosine']}  (min {m['min_cosine']}, target >= {m['target_mean']}: "
-              f"{'met' if m['meets_target'] else 'MISSED'})")
-    return 0 if all(v["meets_target"] for v in result.values()) else 1
+    return run(argv, __doc__, lambda: {"minilm": minilm()}, report)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ same weights, measured side by side in one run.
     python -m bench.engine [--json]
 
 MiniLM: a 128-token forward (target: integer at most 2x the float time).
-Peak memory is the tracemalloc peak of one forward (numpy allocations).
+SmolLM2: decode tokens/s with a KV cache after a 40-token prompt (target:
+integer at least 0.75x the float reference). Peak memory is the tracemalloc
+peak of one forward or decode step (numpy allocations).
 """
 
 from __future__ import annotations
@@ -49,16 +51,47 @@ def minilm(repeat: int = 10) -> dict:
             "float_peak_mb": round(_peak_mb(lambda: fw.reference_forward(ids)), 1)}
 
 
+def smollm2(steps: int = 32) -> dict:
+    from opinfer.engine.smollm2 import IntSmolLM2
+    from opinfer.engine.smollm2_reference import SmolLM2Reference
+
+    prompt = list(range(1000, 1040))
+    int_session, ref = IntSmolLM2.build().session(256), SmolLM2Reference(max_ctx=256)
+
+    def decode_rate(prefill, step) -> float:
+        prefill(prompt)
+        step(1041)  # warm up
+        t = time.perf_counter()
+        for i in range(steps):
+            step(1042 + i)
+        return steps / (time.perf_counter() - t)
+
+    int_rate = decode_rate(int_session.forward, lambda tok: int_session.forward([tok]))
+    ref_rate = decode_rate(ref.prefill, ref.step)
+    int_peak = _peak_mb(lambda: int_session.forward([7]))
+    ref_peak = _peak_mb(lambda: ref.step(7))
+    return {"integer_tokens_per_s": round(int_rate, 1), "float_tokens_per_s": round(ref_rate, 1),
+            "ratio_integer_over_float": round(int_rate / ref_rate, 2), "target_ratio": 0.75,
+            "meets_target": int_rate / ref_rate >= 0.75,
+            "integer_step_peak_mb": round(int_peak, 1), "float_step_peak_mb": round(ref_peak, 1)}
+
+
 def report(result: dict) -> None:
     m = result["minilm"]
     print(f"all-MiniLM-L6-v2, {m['tokens']}-token forward (best of 10):")
     print(f"  integer {m['integer_ms']} ms, float32 reference {m['float_ms']} ms: ratio "
           f"{m['ratio_integer_over_float']} (target <= {m['target_ratio']}: {verdict(m['meets_target'])})")
     print(f"  peak memory of one forward: integer {m['integer_peak_mb']} MiB, float {m['float_peak_mb']} MiB")
+    s = result["smollm2"]
+    print("SmolLM2-135M-Instruct decode with a KV cache:")
+    print(f"  integer {s['integer_tokens_per_s']} tokens/s, float32 reference {s['float_tokens_per_s']} tokens/s: "
+          f"ratio {s['ratio_integer_over_float']} (target >= {s['target_ratio']}: {verdict(s['meets_target'])})")
+    print(f"  peak memory of one decode step: integer {s['integer_step_peak_mb']} MiB, "
+          f"float {s['float_step_peak_mb']} MiB")
 
 
 def main(argv=None) -> int:
-    return run(argv, __doc__, lambda: {"minilm": minilm()}, report)
+    return run(argv, __doc__, lambda: {"minilm": minilm(), "smollm2": smollm2()}, report)
 
 
 if __name__ == "__main__":

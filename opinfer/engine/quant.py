@@ -47,22 +47,34 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int) -> np.nda
     """a @ b for integer matrices with |a| <= a_max, |b| <= b_max, exact.
 
     Uses float32 when every partial sum fits in 2^24 (splitting the inner
-    dimension into exact blocks), float64 below 2^53."""
+    dimension into exact blocks), float64 below 2^53. For a few rows of a
+    16-bit left operand times 8-bit weights, the operand is split into a high
+    and a low signed byte, stacked as extra rows of one float32 product. Every
+    path gives the same bits; only the speed differs."""
+    if 128 < a_max <= 32768 and b_max <= 128 and a.shape[-2] <= 16:
+        # Few rows (decoding): reading float32 weights once beats float64.
+        a = np.asarray(a, dtype=np.int64)
+        lo = ((a + 128) & 255) - 128         # [-128, 127]
+        hi = (a - lo) >> 8                   # [-128, 128]
+        rows = a.shape[-2]
+        both = exact_matmul(np.concatenate([hi, lo], axis=-2), b, 128, b_max)
+        return (both[..., :rows, :] << 8) + both[..., rows:, :]
     k = a.shape[-1]
     per_term = a_max * b_max
     block = (1 << 24) // max(per_term, 1)
     if block >= k:
-        return (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+        return (a.astype(np.float32, copy=False) @ b.astype(np.float32, copy=False)).astype(np.int64)
     if block >= 64:
         out = None
         for start in range(0, k, block):
-            part = (a[..., start:start + block].astype(np.float32) @ b[start:start + block].astype(np.float32))
+            part = (a[..., start:start + block].astype(np.float32, copy=False)
+                    @ b[..., start:start + block, :].astype(np.float32, copy=False))
             part = part.astype(np.int64)
             out = part if out is None else out + part
         return out
     if per_term * k >= 1 << 53:
         raise OverflowError("integer matmul would not be exact in float64")
-    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    return (a.astype(np.float64, copy=False) @ b.astype(np.float64, copy=False)).astype(np.int64)
 
 
 def quantize_symmetric(x: np.ndarray, scale, lo: int, hi: int) -> np.ndarray:

@@ -56,3 +56,13 @@ def test_l2_normalise_matches():
     row = RNG.integers(-2**30, 2**30, size=384)
     got = quant.l2_normalise(row, 14).tolist()
     assert got == [el.l2_normalise(row.tolist(), c, 14) for c in range(384)]
+
+
+def test_exact_matmul_batched_and_wide_operands():
+    a = RNG.integers(-32768, 32768, size=(3, 5, 2000))
+    b = RNG.integers(-128, 128, size=(3, 2000, 7))
+    assert np.array_equal(quant.exact_matmul(a, b, 32768, 128), a @ b)
+    many = RNG.integers(-32768, 32768, size=(3, 20, 2000))  # the float64 path
+    assert np.array_equal(quant.exact_matmul(many, b, 32768, 128), many @ b)
+    p = RNG.integers(0, 32768, size=(3, 4, 1500))
+    assert np.array_equal(quant.exact_matmul(p, b[:, :1500], 32767, 128), p @ b[:, :1500])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from opinfer.engine import minilm_weights as fw
+from opinfer.engine.calibrate import absmax, channel_absmax, quantize_rows
 from opinfer.engine.quant import (INT8, INT16, INT32, channel_multipliers, exact_matmul, isqrt, l2_normalise,
                                   multiplier_shift, quantize_symmetric, requant, round_div, softmax_rows)
 
@@ -88,22 +89,10 @@ class LayerNorm:
         return np.clip(round_div(d * self.gain, std << LN_BITS) + self.beta, *INT8)
 
 
-def _absmax(records: list[dict], key: str) -> float:
-    return max(float(np.abs(r[key]).max()) for r in records)
-
-
-def _channel_absmax(records: list[dict], key: str) -> np.ndarray:
-    """Per last-axis channel |max| (LayerNorm outputs have outlier channels)."""
-    return HEADROOM * np.maximum(
-        np.max([np.abs(r[key]).reshape(-1, r[key].shape[-1]).max(0) for r in records], axis=0), 1e-6)
-
-
 def _dense(w: np.ndarray, b: np.ndarray, s_in, s_out: float, lo: int, hi: int, in_max: int = 128) -> Dense:
     """`s_in` may be per input channel: it is folded into the weight columns
     before the weights are quantised per output channel."""
-    w = w.astype(np.float64) * np.broadcast_to(np.asarray(s_in, dtype=np.float64), (w.shape[1],))[None, :]
-    s_w = np.maximum(np.abs(w).max(1), 1e-30) / 127.0
-    wq = quantize_symmetric(w, s_w[:, None], -127, 127)
+    wq, s_w = quantize_rows(w, s_in)
     bias = np.floor(b / s_w + 0.5).astype(np.int64)
     mult, shift = channel_multipliers(s_w / s_out)
     return Dense(wq, bias, mult, shift, lo, hi, in_max)
@@ -154,43 +143,43 @@ class IntMiniLM:
             rec: dict = {}
             fw.reference_forward(fw.encode(text), rec)
             records.append(rec)
-        s_emb = _absmax(records, "emb_sum") / RESIDUAL_MAX
+        s_emb = absmax(records, "emb_sum") / RESIDUAL_MAX
         word = quantize_symmetric(w["embeddings.word_embeddings.weight"], s_emb, *INT32)
         pos = quantize_symmetric(w["embeddings.position_embeddings.weight"], s_emb, *INT32)
         typ = quantize_symmetric(w["embeddings.token_type_embeddings.weight"][0], s_emb, *INT32)
-        s_x = _channel_absmax(records, "emb_ln") / 127
+        s_x = channel_absmax(records, "emb_ln", HEADROOM) / 127
         ln0 = _layer_norm(w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], s_emb, s_x, config.eps)
         D = config.head_dim
         step = 2.0 ** -EXP_STEP_BITS
         layers = []
         for i in range(config.layers):
             p = f"encoder.layer.{i}."
-            s_q, s_k, s_v = (_absmax(records, f"{i}.{t}") / 127 for t in "qkv")
+            s_q, s_k, s_v = (absmax(records, f"{i}.{t}") / 127 for t in "qkv")
             q = _dense(w[p + "attention.self.query.weight"], w[p + "attention.self.query.bias"], s_x, s_q, *INT8)
             k = _dense(w[p + "attention.self.key.weight"], w[p + "attention.self.key.bias"], s_x, s_k, *INT8)
             v = _dense(w[p + "attention.self.value.weight"], w[p + "attention.self.value.bias"], s_x, s_v, *INT8)
             # Score units -> exp table index units (step 2^-EXP_STEP_BITS).
             score_mult, score_shift = multiplier_shift(s_q * s_k / np.sqrt(D) / step, bits=20)
-            s_ctx = _absmax(records, f"{i}.ctx") / 127
+            s_ctx = absmax(records, f"{i}.ctx") / 127
             ctx_mult, ctx_shift = multiplier_shift(s_v / PROB_ONE / s_ctx, bits=20)
-            s_r1 = _absmax(records, f"{i}.attn_res") / RESIDUAL_MAX
+            s_r1 = absmax(records, f"{i}.attn_res") / RESIDUAL_MAX
             o = _dense(w[p + "attention.output.dense.weight"], w[p + "attention.output.dense.bias"], s_ctx, s_r1,
                        *INT32)
             x_mult, x_shift = channel_multipliers(s_x / s_r1)
-            s_h = _channel_absmax(records, f"{i}.ln1") / 127
+            s_h = channel_absmax(records, f"{i}.ln1", HEADROOM) / 127
             ln1 = _layer_norm(w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"],
                               s_r1, s_h, config.eps)
-            s_u = _absmax(records, f"{i}.up") / (GELU_HALF - 1)
+            s_u = absmax(records, f"{i}.up") / (GELU_HALF - 1)
             up = _dense(w[p + "intermediate.dense.weight"], w[p + "intermediate.dense.bias"], s_h, s_u,
                         -GELU_HALF, GELU_HALF - 1)
-            s_g = _absmax(records, f"{i}.gelu") / INT16[1]
+            s_g = absmax(records, f"{i}.gelu") / INT16[1]
             grid = np.arange(-GELU_HALF, GELU_HALF) * s_u
             gelu = quantize_symmetric(fw.gelu(grid), s_g, *INT16)
-            s_r2 = _absmax(records, f"{i}.ffn_res") / RESIDUAL_MAX
+            s_r2 = absmax(records, f"{i}.ffn_res") / RESIDUAL_MAX
             down = _dense(w[p + "output.dense.weight"], w[p + "output.dense.bias"], s_g, s_r2, *INT32,
                           in_max=INT16[1] + 1)
             h_mult, h_shift = channel_multipliers(s_h / s_r2)
-            s_x2 = _channel_absmax(records, f"{i}.ln2") / 127
+            s_x2 = channel_absmax(records, f"{i}.ln2", HEADROOM) / 127
             ln2 = _layer_norm(w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], s_r2, s_x2, config.eps)
             layers.append(Layer(q, k, v, score_mult, score_shift, ctx_mult, ctx_shift, o, x_mult, x_shift, ln1,
                                 up, gelu, down, h_mult, h_shift, ln2))

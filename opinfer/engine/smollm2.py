@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from opinfer.engine.calibrate import absmax, channel_absmax, quantize_rows
 from opinfer.engine.gguf_loader import SmolLM2Weights, load_weights
 from opinfer.engine.quant import (INT8, INT16, INT32, channel_multipliers, exact_matmul, isqrt, multiplier_shift,
                                   quantize_symmetric, requant, round_div, softmax_rows)
@@ -71,9 +72,7 @@ class Linear:
 
 
 def _linear(w: np.ndarray, s_in, s_out, lo: int, hi: int, in_max: int = 128) -> Linear:
-    w = w.astype(np.float64) * np.broadcast_to(np.asarray(s_in, dtype=np.float64), (w.shape[1],))[None, :]
-    s_w = np.maximum(np.abs(w).max(1), 1e-30) / 127.0
-    wq = quantize_symmetric(w, s_w[:, None], -127, 127)
+    wq, s_w = quantize_rows(w, s_in)
     mult, shift = channel_multipliers(s_w / s_out)
     return Linear(wq.T.astype(np.float32).copy(), mult, shift, lo, hi, in_max)
 
@@ -122,15 +121,6 @@ class Block:
     silu: np.ndarray    # int16 table over [-SILU_HALF, SILU_HALF)
     down: Linear        # to the residual scale
 
-
-
-def _absmax(records, key) -> float:
-    return max(float(np.abs(r[key]).max()) for r in records)
-
-
-def _channel_absmax(records, key) -> np.ndarray:
-    return HEADROOM * np.maximum(np.max([np.abs(r[key]).reshape(-1, r[key].shape[-1]).max(0) for r in records], 0),
-                                 1e-6)
 
 
 def calibration_forward(w: SmolLM2Weights, ids: np.ndarray, rec: dict) -> None:
@@ -192,22 +182,22 @@ class IntSmolLM2:
             rec: dict = {}
             calibration_forward(w, np.asarray(tok.encode(text), dtype=np.int64), rec)
             records.append(rec)
-        s_res = _absmax(records, "residual") / (1 << RESIDUAL_BITS)
+        s_res = absmax(records, "residual") / (1 << RESIDUAL_BITS)
         embed = quantize_symmetric(w.tok_embd, s_res, *INT32)
         D = w.head_dim
         blocks = []
         for i, L in enumerate(w.layers):
-            s_a = _channel_absmax(records, f"{i}.attn_in") / INT16[1]
-            s_q = HEADROOM * _absmax(records, f"{i}.q") / QKV_MAX
-            s_k = HEADROOM * _absmax(records, f"{i}.k") / QKV_MAX
-            s_v = HEADROOM * _absmax(records, f"{i}.v") / QKV_MAX
-            s_ctx = HEADROOM * _absmax(records, f"{i}.ctx") / INT16[1]
+            s_a = channel_absmax(records, f"{i}.attn_in", HEADROOM) / INT16[1]
+            s_q = HEADROOM * absmax(records, f"{i}.q") / QKV_MAX
+            s_k = HEADROOM * absmax(records, f"{i}.k") / QKV_MAX
+            s_v = HEADROOM * absmax(records, f"{i}.v") / QKV_MAX
+            s_ctx = HEADROOM * absmax(records, f"{i}.ctx") / INT16[1]
             score_mult, score_shift = multiplier_shift(s_q * s_k / np.sqrt(D) * 256, bits=20)
             ctx_mult, ctx_shift = multiplier_shift(s_v / PROB_ONE / s_ctx, bits=20)
-            s_f = _channel_absmax(records, f"{i}.ffn_in") / INT16[1]
-            s_g = HEADROOM * _absmax(records, f"{i}.gate") / (SILU_HALF - 1)
-            s_u = HEADROOM * _absmax(records, f"{i}.up") / UP_MAX
-            s_s = HEADROOM * _absmax(records, f"{i}.silu") / INT16[1]
+            s_f = channel_absmax(records, f"{i}.ffn_in", HEADROOM) / INT16[1]
+            s_g = HEADROOM * absmax(records, f"{i}.gate") / (SILU_HALF - 1)
+            s_u = HEADROOM * absmax(records, f"{i}.up") / UP_MAX
+            s_s = HEADROOM * absmax(records, f"{i}.silu") / INT16[1]
             grid = np.arange(-SILU_HALF, SILU_HALF, dtype=np.float64) * s_g
             blocks.append(Block(
                 attn_norm=_rms_norm(L.attn_norm, s_res, s_a, w.rms_eps),
@@ -222,7 +212,7 @@ class IntSmolLM2:
                 silu=quantize_symmetric(grid / (1 + np.exp(-grid)), s_s, *INT16),
                 down=_linear(L.w_down, s_s * s_u, s_res, *INT32, in_max=1 << 62),
             ))
-        s_o = _channel_absmax(records, "final_in") / INT16[1]
+        s_o = channel_absmax(records, "final_in", HEADROOM) / INT16[1]
         head = _linear(w.output, s_o, 2.0 ** -LOGIT_BITS, *INT32, in_max=WIDE)
         cos, sin = rope_tables(max_ctx, D, w.rope_theta)
         to_int = lambda t: np.floor(t.astype(np.float64) * (1 << ROPE_BITS) + 0.5).astype(np.int64)  # noqa: E731

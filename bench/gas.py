@@ -16,13 +16,13 @@ transactions to a floor of 40/10 gas per byte. See docs/protocol.md.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 import numpy as np
 from web3 import HTTPProvider, Web3
 
+from bench.common import run as run_cli
+from bench.common import verdict
 from opinfer.chain.anvil import Anvil, dev_keys
 from opinfer.chain.deploy import ProtocolParams, deploy
 from opinfer.chain.game import GameClient
@@ -146,21 +146,14 @@ def play(w3, c, batch_id, batch, node, challenger, node_trace, chal_trace) -> di
             "total_gas": receipt["gasUsed"] + sum(r["gasUsed"] for _, r in played)}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
-    result = run()
-    if args.json:
-        print(json.dumps(result))
-        return 0
+def report(result: dict) -> None:
     print("batch posting (ResultRollup.post_batch), %d input bytes per leaf" % INPUT_BYTES)
     print(f"{'hardfork':<9} {'leaves':>7} {'gas':>10} {'gas/leaf':>9} {'w/o input calldata':>19}")
     for hardfork, batches in result["batches"].items():
         for n, b in batches.items():
             print(f"{hardfork:<9} {n:>7} {b['gas']:>10} {b['per_leaf']:>9} {b['per_leaf_without_input_calldata']:>19}")
     print(f"target <= {TARGET_PER_LEAF} gas/leaf at 100 leaves (16 gas/byte calldata): "
-          f"{'met' if result['meets_target'] else 'MISSED'}; one tx per result would cost "
+          f"{verdict(result['meets_target'])}; one tx per result would cost "
           f"{result['ratio_one_tx_per_result_vs_batched_100']}x more per result")
     g = result["game"]
     print(f"\nfull game against a cheating node: {g['outcome']}, {g['rounds']} transactions, {g['total_gas']} gas")
@@ -170,7 +163,11 @@ def main(argv=None) -> int:
     for name, gas in result["one_step"].items():
         print(f"  {name:<14} {gas:>9} gas")
     print(f"largest one-step under 5M gas: {result['largest_one_step_under_5M']}")
-    return 0 if result["meets_target"] and result["largest_one_step_under_5M"] else 1
+
+
+def main(argv=None) -> int:
+    return run_cli(argv, __doc__, run, report,
+                   passed=lambda r: r["meets_target"] and r["largest_one_step_under_5M"])
 
 
 if __name__ == "__main__":

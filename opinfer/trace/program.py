@@ -13,6 +13,7 @@ from functools import cached_property
 import numpy as np
 from eth_abi import encode
 
+from opinfer.engine.quant import exact_matmul, requant
 from opinfer.errors import CommitmentError
 from opinfer.trace import merkle
 from opinfer.trace.tensor import TensorTree
@@ -20,18 +21,9 @@ from opinfer.trace.tensor import TensorTree
 OP_DOT = 1
 
 
-def requantise(acc: np.ndarray, multiplier: int, shift: int, qmin: int, qmax: int) -> np.ndarray:
-    """(acc * multiplier + 2^(shift-1)) >> shift, clamped; the shift floors,
-    so ties round towards +infinity. Exact in int64 for the ranges we use."""
-    scaled = np.asarray(acc, dtype=np.int64) * np.int64(multiplier)
-    if shift > 0:
-        scaled = (scaled + (np.int64(1) << np.int64(shift - 1))) >> np.int64(shift)
-    return np.clip(scaled, qmin, qmax)
-
-
 @dataclass(frozen=True)
 class DotOp:
-    """out[r, c] = requantise(sum_i T[src][r, i] * W[weight][c, i])."""
+    """out[r, c] = requant(sum_i T[src][r, i] * W[weight][c, i]) (opinfer.engine.quant)."""
 
     src: int
     weight: int
@@ -54,9 +46,8 @@ class DotOp:
         a, w = tensors[self.src], weights[self.weight]
         if a.shape != (self.rows, self.k) or w.shape != (self.cols, self.k):
             raise CommitmentError(f"dot op shapes {a.shape} x {w.shape} do not match {self}")
-        # float64 BLAS is exact here: |sums| stay far below 2^53.
-        acc = (a.astype(np.float64) @ w.astype(np.float64).T).astype(np.int64)
-        return requantise(acc, self.multiplier, self.shift, self.qmin, self.qmax)
+        acc = exact_matmul(a, w.T, int(np.abs(a).max()) + 1, int(np.abs(w).max()) + 1)
+        return requant(acc, self.multiplier, self.shift, self.qmin, self.qmax)
 
 
 @dataclass

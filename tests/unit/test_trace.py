@@ -8,7 +8,8 @@ from eth_account.messages import encode_typed_data
 from opinfer.errors import CommitmentError
 from opinfer.trace import bisection, merkle
 from opinfer.trace.leaf import Batch, ResultLeaf
-from opinfer.trace.program import Program, Trace, random_program, requantise
+from opinfer.engine.quant import requant
+from opinfer.trace.program import Program, Trace, random_program
 from opinfer.trace.tensor import CHUNK, TensorTree, chunk_hash
 
 
@@ -55,11 +56,11 @@ def test_negative_values_encode_as_twos_complement_words():
     assert a == b
 
 
-def test_requantise_rounds_ties_up_and_clamps():
+def test_requant_rounds_ties_up_and_clamps():
     acc = np.array([3, 5, -3, -5, 1000, -1000])
     # multiplier 1, shift 1: x/2 rounded half up.
-    assert requantise(acc, 1, 1, -128, 127).tolist() == [2, 3, -1, -2, 127, -128]
-    assert requantise(np.array([7]), 3, 0, -128, 127).tolist() == [21]
+    assert requant(acc, 1, 1, -128, 127).tolist() == [2, 3, -1, -2, 127, -128]
+    assert requant(np.array([7]), 3, 0, -128, 127).tolist() == [21]
 
 
 def test_trace_state_roots_extend_one_position_at_a_time():

@@ -66,3 +66,110 @@ def test_exact_matmul_batched_and_wide_operands():
     assert np.array_equal(quant.exact_matmul(many, b, 32768, 128), many @ b)
     p = RNG.integers(0, 32768, size=(3, 4, 1500))
     assert np.array_equal(quant.exact_matmul(p, b[:, :1500], 32767, 128), p @ b[:, :1500])
+
+
+# ---------------------------------------------------------------- SmolLM2 rules and sampling
+
+from opinfer.engine import sampling  # noqa: E402
+from opinfer.engine.smollm2 import SILU_HALF, WIDE, Linear, RMSNorm, rope  # noqa: E402
+
+
+def _wide_rows(shape, rng=RNG):
+    """Rows whose largest magnitudes span 0 to 32 bits (d = 0 up to d = 25 for 7-bit inputs)."""
+    x = np.zeros(shape, dtype=np.int64)
+    for r in range(shape[0]):
+        bits = int(rng.integers(0, 33))
+        x[r] = rng.integers(-(1 << bits) + 1, 1 << bits, size=shape[1]) if bits else 0
+    return x
+
+
+def test_rms_norm_rows_match():
+    x = np.concatenate([_wide_rows((12, 576)), np.full((1, 576), -(2**31)), np.zeros((1, 576), dtype=np.int64),
+                        np.full((1, 576), 9)])
+    gain = RNG.integers(-2**15, 2**15, size=576)
+    for eps in (0, 3, 2**30):
+        got = RMSNorm(gain, eps)(x)
+        for r in range(x.shape[0]):
+            row = x[r].tolist()
+            cols = range(576) if r < 3 else RNG.integers(0, 576, size=40).tolist()
+            assert [int(got[r, c]) for c in cols] == [
+                el.rms_norm(row, c, int(gain[c]), eps, -32768, 32767) for c in cols]
+
+
+def test_dense_wide_rows_match_linear():
+    for k, out, in_max, lo, hi, in_rows in (
+        (576, 24, WIDE, -127, 127, _wide_rows((6, 576)) >> 17),       # int16 inputs (q/k/v, gate, up, lm_head)
+        (1536, 12, 1 << 62, -(2**31), 2**31 - 1, _wide_rows((5, 1536))),  # the down projection's int32 products
+        (64, 8, WIDE, -2048, 2047, np.full((2, 64), -32768)),          # all equal, saturating
+    ):
+        w = RNG.integers(-127, 128, size=(out, k))
+        mult, shift = RNG.integers(1, 2**20, size=out), 24
+        lin = Linear(w.T.astype(np.float32).copy(), mult, shift, lo, hi, in_max)
+        got = lin(in_rows)
+        for r in range(in_rows.shape[0]):
+            a = in_rows[r].tolist()
+            assert got[r].tolist() == [
+                el.dense_wide(a, w[c].tolist(), int(mult[c]), shift, lo, hi, el.DENSE_IN_BITS) for c in range(out)]
+
+
+def test_rope_rows_match():
+    T, nh, D = 3, 9, 64
+    x = RNG.integers(-127, 128, size=(T, nh, D))
+    x[1, 0, :2] = (-1, 0)   # a negative tie with cos = 2^13, sin = 0
+    cos = RNG.integers(-2**14, 2**14 + 1, size=(T, D // 2))
+    sin = RNG.integers(-2**14, 2**14 + 1, size=(T, D // 2))
+    cos[1, 0], sin[1, 0] = 1 << 13, 0
+    got = rope(x, cos, sin).reshape(T, nh * D)
+    for t in range(T):
+        row = x[t].reshape(-1).tolist()
+        expected = []
+        for c in range(nh * D):
+            pair = el.rope_pair(c, D)
+            expected.append(el.rope(row, c, D, int(cos[t, pair]), int(sin[t, pair])))
+        assert got[t].tolist() == expected
+    assert got[1, 0] == 0
+
+
+def test_silu_table_lookup_and_gate_match():
+    table = RNG.integers(-32768, 32768, size=2 * SILU_HALF)
+    rows = table.reshape(-1, el.TABLE_WIDTH).tolist()       # on chain: [16, 256]
+    gate = np.concatenate([RNG.integers(-SILU_HALF, SILU_HALF, size=300), [-SILU_HALF, SILU_HALF - 1, 0, -1]])
+    up = RNG.integers(-32767, 32768, size=gate.size)
+    got = table[gate + SILU_HALF] * up                          # smollm2.Session.forward's SwiGLU
+    for g, u, v in zip(gate.tolist(), up.tolist(), got.tolist()):
+        pos = g + SILU_HALF
+        s = el.lookup_2d(rows[pos // el.TABLE_WIDTH], g, SILU_HALF)
+        assert s == el.lookup(table.tolist(), g, SILU_HALF)
+        assert el.silu_gate(s, u) == v
+
+
+def test_lookup_reverts_out_of_range():
+    import pytest
+
+    with pytest.raises(IndexError):
+        el.lookup([1, 2, 3], 3, 0)
+    with pytest.raises(IndexError):
+        el.lookup([1, 2, 3], -1, 0)
+    with pytest.raises(IndexError):
+        el.lookup_2d([1] * 10, 10, 0)
+
+
+def test_greedy_argmax_matches_chunked_rule():
+    for vocab in (1, 255, 256, 257, 49152):
+        for ties in (False, True):
+            logits = RNG.integers(-2**31, 2**31, size=vocab)
+            if ties:
+                logits[RNG.integers(0, vocab, size=min(vocab, 7))] = logits.max()
+            chunks = [logits[j:j + 256].tolist() for j in range(0, vocab, 256)]
+            packed = max(el.chunk_argmax(c, 256 * j) for j, c in enumerate(chunks))
+            assert el.argmax_token(packed) == int(np.argmax(logits))
+            assert el.packed_value(packed) == int(logits.max())
+            assert sampling.next_token(logits, sampling.SamplingParams(0), 0) == int(np.argmax(logits))
+
+
+def test_sampling_next_token_matches_chunked_rules():
+    for vocab in (49152, 300):
+        for tm, q, seed in ((1000, 65536, 1), (700, 58982, 2), (2000, 1, 3), (1, 30000, 4)):
+            logits = RNG.integers(-2**20, 2**20, size=vocab)
+            params = sampling.SamplingParams(tm, q, seed)
+            assert sampling.next_token(logits, params, 5) == sampling.next_token_by_rules(logits, params, 5)

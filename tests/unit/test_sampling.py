@@ -1,0 +1,186 @@
+"""Seeded integer sampling (opinfer/engine/sampling.py): the vectorised
+next_token equals the element rules composed chunk by chunk (as a dispute
+checks it), the sorting top-p threshold equals the on-chain bisection, and
+the OpenAI-style parameters map and validate as documented."""
+
+import random
+
+import numpy as np
+import pytest
+from eth_abi import encode
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from opinfer.engine import elements as el
+from opinfer.engine import sampling
+from opinfer.engine.sampling import SamplingParams, from_openai, next_token, next_token_by_rules
+from opinfer.trace.merkle import keccak
+
+VOCAB = 49152
+
+
+def _logits(rng: np.random.Generator, vocab: int, kind: int) -> np.ndarray:
+    if kind == 0:    # SmolLM2-like spread: logits at 2^-16, a few tens of nats
+        return rng.integers(-2**21, 2**21, size=vocab)
+    if kind == 1:    # many ties, including at the top
+        return rng.choice(rng.integers(-2**18, 2**18, size=4), size=vocab)
+    if kind == 2:    # all equal
+        return np.full(vocab, int(rng.integers(-2**31, 2**31)))
+    x = rng.integers(-2**31, 2**31 - 1, size=vocab)   # extreme range: most weights 0
+    x[rng.integers(0, vocab, size=3)] = x.max()
+    return x
+
+
+@pytest.mark.parametrize("vocab", [1, 2, 255, 256, 257, 300, 700, VOCAB])
+def test_next_token_equals_chunked_rules(vocab):
+    rng = np.random.default_rng(vocab)
+    cases = 24 if vocab == VOCAB else 60
+    for n in range(cases):
+        tm = [0, 1, 2000, 1000][n % 4] if n < 8 else int(rng.integers(0, 2001))
+        q = [1, 65536][n % 2] if n % 3 == 0 else int(rng.integers(1, 65537))
+        params = SamplingParams(tm, q, int(rng.integers(0, 2**64, dtype=np.uint64)))
+        logits = _logits(rng, vocab, n % 4)
+        step = int(rng.integers(0, 4096))
+        token = next_token(logits, params, step)
+        assert 0 <= token < vocab
+        assert token == next_token_by_rules(logits, params, step), (vocab, params, step)
+
+
+def test_greedy_ties_to_lowest_id():
+    logits = np.zeros(VOCAB, dtype=np.int64)
+    logits[[7, 300, 40000]] = 5
+    assert next_token(logits, SamplingParams(0), 0) == 7 == next_token_by_rules(logits, SamplingParams(0), 0)
+
+
+def test_padding_has_weight_zero_and_top_weight_one():
+    logits = np.array([-(2**31), 0, 2**31 - 1, 2**31 - 1])
+    for tm in (1, 1000, 2000):
+        w = sampling.padded_weights(logits, tm)
+        assert w.size == 256 and w[4:].sum() == 0
+        assert w[2] == w[3] == el.WEIGHT_MAX
+        assert el.sample_weight(2**31 - 1 - sampling.PAD_OFFSET, 2**31 - 1, tm) == 0
+
+
+def _weights(rng: random.Random, n: int) -> list[int]:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return [rng.randint(0, el.WEIGHT_MAX) for _ in range(n)]
+    if kind == 1:
+        pool = [rng.randint(0, el.WEIGHT_MAX) for _ in range(rng.randint(1, 4))]
+        return [rng.choice(pool) for _ in range(n)]
+    if kind == 2:
+        return [el.WEIGHT_MAX] * n
+    return [rng.choice([0, 0, 0, 1, 2, el.WEIGHT_MAX]) for _ in range(n)]
+
+
+def _chunks(weights: list[int]) -> list[list[int]]:
+    return [weights[j:j + 256] for j in range(0, len(weights), 256)]
+
+
+def test_top_p_threshold_equals_bisection_random():
+    rng = random.Random(5)
+    for n in range(400):
+        weights = _weights(rng, rng.choice([1, 2, 5, 256, 700]))
+        q = rng.choice([1, 65536, 32768, rng.randint(1, 65536)])
+        expected = el.top_p_threshold_bisect(_chunks(weights), q)
+        assert el.top_p_threshold(weights, q) == expected
+        assert sampling.top_p_threshold(np.array(weights), q) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, el.WEIGHT_MAX), min_size=1, max_size=600), st.integers(1, el.TOP_P_ONE))
+def test_top_p_threshold_equals_bisection_hypothesis(weights, q):
+    expected = el.top_p_threshold_bisect(_chunks(weights), q)
+    assert el.top_p_threshold(weights, q) == expected == sampling.top_p_threshold(np.array(weights), q)
+    # it is the largest accepted threshold
+    total = sum(weights)
+    assert el.top_p_accepts(el.masked_sum(weights, expected), total, q)
+    if expected < el.WEIGHT_MAX:
+        assert not el.top_p_accepts(el.masked_sum(weights, expected + 1), total, q)
+
+
+def test_top_p_threshold_full_vocabulary():
+    rng = np.random.default_rng(9)
+    for q in (1, 6554, 58982, 65536):
+        w = sampling.padded_weights(_logits(rng, VOCAB, 0), 1000)
+        assert sampling.top_p_threshold(w, q) == el.top_p_threshold_bisect(_chunks(w.tolist()), q)
+
+
+def test_bisection_takes_17_steps_at_most():
+    lo, hi = 1, el.WEIGHT_MAX
+    for _ in range(el.BISECT_STEPS - 1):   # always accepting: lo climbs to 2^16 in 16 steps
+        lo, hi = el.bisect_step(lo, hi, [1], 1, 1)
+    assert (lo, hi) == (el.WEIGHT_MAX, el.WEIGHT_MAX)
+    assert el.bisect_step(lo, hi, [0], 1, 1) == (lo, hi)
+
+
+def test_draw_is_keccak_of_abi_encoded_seed_and_step():
+    for seed, step, total in ((0, 0, 1), (2**64 - 1, 17, 10**9), (123, 2**40, 2**255 - 1)):
+        h = int.from_bytes(keccak(encode(["uint256", "uint256"], [seed, step])), "big")
+        assert el.draw(seed, step, total) == h % total
+    with pytest.raises(ValueError):
+        el.draw(1, 1, 0)
+
+
+def test_pick_chunk_and_pick_in_chunk_compose_to_the_running_sum():
+    rng = random.Random(3)
+    for _ in range(100):
+        weights = _weights(rng, rng.choice([256, 700, 1000]))
+        tau = rng.choice([1, rng.randint(1, el.WEIGHT_MAX)])
+        kept = [w if w >= tau else 0 for w in weights]
+        if sum(kept) == 0:
+            continue
+        cum = np.cumsum(kept)
+        for r in (0, int(cum[-1]) - 1, rng.randrange(int(cum[-1]))):
+            chunks = _chunks(weights)
+            j, rest = el.pick_chunk([el.masked_sum(c, tau) for c in chunks], r)
+            assert j * 256 + el.pick_in_chunk(chunks[j], tau, rest) == int(np.searchsorted(cum, r, side="right"))
+
+
+def test_sampling_follows_the_softmax_roughly():
+    # logits 0, -ln2, -2 ln2 (at 2^-16) with T = 1: probabilities 4/7, 2/7, 1/7
+    ln2 = round(np.log(2) * 2**16)
+    logits = np.array([0, -ln2, -2 * ln2])
+    params = SamplingParams(1000, 65536, 42)
+    counts = np.bincount([next_token(logits, params, s) for s in range(3500)], minlength=3) / 3500
+    assert np.allclose(counts, [4 / 7, 2 / 7, 1 / 7], atol=0.03)
+    # top_p 0.5 keeps only the most likely token; T = 2 flattens
+    assert {next_token(logits, SamplingParams(1000, 32768, 42), s) for s in range(200)} == {0}
+    flat = np.bincount([next_token(logits, SamplingParams(2000, 65536, 7), s) for s in range(3500)]) / 3500
+    w = np.exp(-np.arange(3) * np.log(2) / 2)
+    assert np.allclose(flat, w / w.sum(), atol=0.03)
+
+
+def test_seed_and_step_determine_the_draw():
+    logits = np.random.default_rng(1).integers(-2**18, 2**18, size=VOCAB)
+    a = [next_token(logits, SamplingParams(1000, 65536, 1), s) for s in range(20)]
+    assert a == [next_token(logits, SamplingParams(1000, 65536, 1), s) for s in range(20)]
+    assert a != [next_token(logits, SamplingParams(1000, 65536, 2), s) for s in range(20)]
+
+
+def test_from_openai_defaults_and_mapping():
+    assert from_openai() == SamplingParams(1000, 65536, 0)
+    assert from_openai(0, None, None) == SamplingParams(0, 65536, 0)
+    assert from_openai(0.7, 0.9, 5) == SamplingParams(700, 58982, 5)
+    assert from_openai(2, 0, 2**64 - 1) == SamplingParams(2000, 1, 2**64 - 1)
+    assert from_openai(0.0005, 1e-9).temperature_milli == 1 and from_openai(0.0004).temperature_milli == 0
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"temperature": -0.1}, "temperature"), ({"temperature": 2.01}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"), ({"temperature": "1"}, "temperature"),
+    ({"top_p": 1.5}, "top_p"), ({"top_p": -0.1}, "top_p"), ({"top_p": True}, "top_p"),
+    ({"seed": -1}, "seed"), ({"seed": 2**64}, "seed"), ({"seed": 1.5}, "seed"),
+])
+def test_from_openai_rejects_with_the_parameter_name(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        from_openai(**kwargs)
+
+
+@pytest.mark.parametrize("args,name", [
+    ((2001,), "temperature_milli"), ((-1,), "temperature_milli"), ((1000, 0), "top_p_q"),
+    ((1000, 65537), "top_p_q"), ((1000, 1, 2**64), "seed"), ((1.0,), "temperature_milli"),
+])
+def test_sampling_params_validate(args, name):
+    with pytest.raises(ValueError, match=name):
+        SamplingParams(*args)

@@ -31,8 +31,8 @@ from opinfer.chain.sender import TxSender
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.merkle import keccak
-from opinfer.trace.program import DotOp, Program, Trace
-from opinfer.trace.testing import corrupted_trace, toy_program
+from opinfer.trace.program import Program, Trace
+from opinfer.trace.testing import corrupted_trace, dot_op, toy_job, toy_program
 
 INPUT_BYTES = 64  # a short prompt's token ids, compressed
 TARGET_PER_LEAF = 5_000
@@ -45,8 +45,7 @@ def job_id(n: int) -> bytes:
 
 def wide_program(k: int, cols: int = 32) -> Program:
     rng = np.random.default_rng(k)
-    return Program([DotOp(src=0, weight=0, rows=1, cols=cols, k=k, multiplier=1 << 10, shift=20)],
-                   [rng.integers(-128, 128, size=(cols, k))])
+    return Program([dot_op(0, 0, cols, k, 1 << 10, 30)], [rng.integers(-128, 128, size=(cols, k))], [1])
 
 
 def run() -> dict:
@@ -87,13 +86,14 @@ def measure(hardfork: str, games: bool, out: dict) -> dict:
         rollup, chain_id = c["ResultRollup"], w3.eth.chain_id
 
         def leaf(trace, model, node, job, input_bytes=INPUT_BYTES):
+            data = bytes((job + i) % 251 + 1 for i in range(input_bytes)) if input_bytes else trace.job.to_bytes()
             raw = ResultLeaf(job_id(job), model_ids[model], trace.input_root, trace.output_root,
-                             node.address, input=bytes((job + i) % 251 + 1 for i in range(input_bytes)))
+                             node.address, input=data)
             return raw.signed(node.account.key, chain_id, rollup.address)
 
         toy = programs["toy"]
-        x = np.random.default_rng(11).integers(-128, 128, size=(2, 24))
-        honest = Trace(toy, toy.run(x))
+        x = toy_job(11)
+        honest = Trace.of(toy, x)
         batches = {}
         for n in (1, 10, 100):
             leaves = [leaf(honest, "toy", nodes[i * 3 // n], 1000 * n + i) for i in range(n)]  # grouped by node, as a coordinator posts them
@@ -107,24 +107,24 @@ def measure(hardfork: str, games: bool, out: dict) -> dict:
 
         # A full game: node 0 cheats deep inside the toy program.
         bad = corrupted_trace(toy, x, 1, 0, 33, delta=120)
-        bleaf = leaf(bad, "toy", nodes[0], 1)
+        bleaf = leaf(bad, "toy", nodes[0], 1, input_bytes=0)
         batch = Batch([bleaf])
         coordinator.call(rollup.functions.post_batch(*batch.calldata))
         batch_id = rollup.functions.batch_count().call()
-        out["game"] = play(w3, c, batch_id, batch, nodes[0], challenger, bad, honest)
+        out["game"] = play(w3, c, batch_id, batch, nodes[0], challenger, bad, honest, toy)
 
         # One-steps of realistic widths: an honest node defends, the challenger steps.
         steps = {}
         for k in (576, 1536):
             program = programs[f"dot{k}"]
-            xk = np.random.default_rng(5).integers(-128, 128, size=(1, k))
-            good = Trace(program, program.run(xk))
+            xk = toy_job(5, tokens=k - 10)
+            good = Trace.of(program, xk)
             wrong = corrupted_trace(program, xk, 1, 0, 17, delta=5)
-            wleaf = leaf(good, f"dot{k}", nodes[1], 50 + k)
+            wleaf = leaf(good, f"dot{k}", nodes[1], 50 + k, input_bytes=0)
             wbatch = Batch([wleaf])
             coordinator.call(rollup.functions.post_batch(*wbatch.calldata))
             bid = rollup.functions.batch_count().call()
-            g = play(w3, c, bid, wbatch, nodes[1], challenger, good, wrong)
+            g = play(w3, c, bid, wbatch, nodes[1], challenger, good, wrong, program)
             steps[f"dot_k{k}"] = g["moves"]["step"]
             assert g["outcome"] == "node won", g
         out["one_step"] = steps
@@ -132,9 +132,9 @@ def measure(hardfork: str, games: bool, out: dict) -> dict:
     return batches
 
 
-def play(w3, c, batch_id, batch, node, challenger, node_trace, chal_trace) -> dict:
+def play(w3, c, batch_id, batch, node, challenger, node_trace, chal_trace, program) -> dict:
     game = c["DisputeGame"]
-    receipt = challenger.call(game.functions.challenge(batch_id, 0, batch.records[0], batch.proof(0)))
+    receipt = challenger.call(game.functions.challenge(*batch.challenge_args(batch_id, 0, program.model_header())))
     gid = game.functions.game_count().call()
     final, played = play_game(GameClient(game, node), GameClient(game, challenger), gid, node_trace, chal_trace)
     moves, counts = {"challenge": receipt["gasUsed"]}, {"challenge": 1}

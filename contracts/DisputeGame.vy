@@ -61,8 +61,9 @@ interface IResultRollup:
 
 interface IStepVerifier:
     def fold(_index: uint256, _leaf: bytes32, _proof: DynArray[bytes32, 32]) -> bytes32: pure
-    def op_output_shape(_model_root: bytes32, _num_ops: uint256, _op_index: uint256, _header: Bytes[2560]) -> (uint256, uint256): view
-    def compute_element(_model_root: bytes32, _num_ops: uint256, _op_index: uint256, _state_root: bytes32, _row: uint256, _col: uint256, _header: Bytes[2560], _witness: Bytes[140000]) -> int256: view
+    def job_shape(_model_root: bytes32, _ops_per_step: uint256, _model_header: Bytes[2560], _input: Bytes[4096]) -> (bool, uint256, uint256, bytes32): pure
+    def op_output_shape(_model_root: bytes32, _ops_per_step: uint256, _job: uint256, _op_index: uint256, _header: Bytes[2560]) -> (uint256, uint256): pure
+    def compute_element(_model_root: bytes32, _ops_per_step: uint256, _job: uint256, _op_index: uint256, _state_root: bytes32, _row: uint256, _col: uint256, _header: Bytes[2560], _witness: Bytes[272000]) -> int256: pure
 
 # ---------------------------------------------------------------- events
 
@@ -139,7 +140,8 @@ CHUNK: constant(uint256) = 16
 MAX_PROOF: constant(uint256) = 32
 MAX_BATCH_DEPTH: constant(uint256) = 7
 MAX_HEADER: constant(uint256) = 2560
-MAX_OP_WITNESS: constant(uint256) = 140000
+MAX_OP_WITNESS: constant(uint256) = 272000
+MAX_INPUT: constant(uint256) = 4096
 
 PHASE_OPEN: constant(uint8) = 1
 PHASE_BISECT: constant(uint8) = 2
@@ -165,6 +167,8 @@ struct Game:
     challenger: address
     bond: uint256
     model_root: bytes32
+    ops_per_step: uint256
+    job: uint256
     num_ops: uint256
     status: uint8
     phase: uint8
@@ -247,10 +251,14 @@ def __init__(
 
 @external
 @nonreentrant
-def challenge(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray[bytes32, MAX_BATCH_DEPTH]) -> uint256:
+def challenge(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray[bytes32, MAX_BATCH_DEPTH], _input: Bytes[MAX_INPUT], _model_header: Bytes[MAX_HEADER]) -> uint256:
     """
     @notice Dispute a posted leaf before its batch's deadline, locking
             `challenge_bond` of the caller's free bond in the StakeManager.
+            `_input` is the job's posted input (it fixes the job's length);
+            a node whose input root does not match its input bytes, or that
+            signed a malformed input, loses at once.
+    @param _model_header The model root's preimage (StepVerifier.job_shape).
     @return The game id.
     """
     assert staticcall self.rollup.verify_leaf(_batch_id, _index, _leaf, _proof), "DisputeGame: leaf not in batch"
@@ -265,7 +273,13 @@ def challenge(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray
     num_ops: uint256 = 0
     price: uint256 = 0
     active: bool = False
-    model_root, num_ops, price, active = staticcall self.registry.get_model(model_id)
+    ops_per_step: uint256 = 0
+    model_root, ops_per_step, price, active = staticcall self.registry.get_model(model_id)
+    assert keccak256(_input) == _leaf.input_hash, "DisputeGame: input does not match leaf"
+    well_formed: bool = False
+    job: uint256 = 0
+    input_tensor: bytes32 = empty(bytes32)
+    well_formed, num_ops, job, input_tensor = staticcall self.verifier.job_shape(model_root, ops_per_step, _model_header, _input)
     input_root: bytes32 = _leaf.input_root
     output_root: bytes32 = _leaf.output_root
 
@@ -284,6 +298,8 @@ def challenge(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray
         challenger=msg.sender,
         bond=self.challenge_bond,
         model_root=model_root,
+        ops_per_step=ops_per_step,
+        job=job,
         num_ops=num_ops,
         status=STATUS_ACTIVE,
         phase=PHASE_OPEN,
@@ -309,6 +325,9 @@ def challenge(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray
     extcall self.stake_manager.open_dispute(node, msg.sender, self.challenge_bond)
     extcall self.rollup.mark_disputed(_batch_id, _index)
     log GameStarted(game_id=game_id, batch_id=_batch_id, leaf_index=_index, node=node, challenger=msg.sender, job_id=_leaf.job_id, model_id=model_id, input_root=input_root, output_root=output_root)
+    if not well_formed or input_tensor != input_root:
+        # Input binding: the node signed an input root that is not its input.
+        self._resolve(game_id, False, "input does not match its root")
     return game_id
 
 
@@ -382,7 +401,7 @@ def reveal_tensor(_game_id: uint256, _tensor_root: bytes32, _proof: DynArray[byt
     assert staticcall self.verifier.fold(g.hi, _tensor_root, _proof) == g.hi_root, "DisputeGame: tensor does not extend agreed state"
     rows: uint256 = 0
     cols: uint256 = 0
-    rows, cols = staticcall self.verifier.op_output_shape(g.model_root, g.num_ops, g.hi - 1, _header)
+    rows, cols = staticcall self.verifier.op_output_shape(g.model_root, g.ops_per_step, g.job, g.hi - 1, _header)
     assert rows > 0 and cols > 0, "DisputeGame: empty tensor"
     col_bits: uint256 = self._ceil_log2((cols + CHUNK - 1) // CHUNK)
     depth: uint256 = self._ceil_log2(rows) + col_bits
@@ -481,7 +500,7 @@ def step(_game_id: uint256, _header: Bytes[MAX_HEADER], _witness: Bytes[MAX_OP_W
             proven inputs and end the game. Runs on the challenger's clock.
     """
     g: Game = self._tick(_game_id, PHASE_STEP)
-    computed: int256 = staticcall self.verifier.compute_element(g.model_root, g.num_ops, g.hi - 1, g.lo_root, g.row, g.col, _header, _witness)
+    computed: int256 = staticcall self.verifier.compute_element(g.model_root, g.ops_per_step, g.job, g.hi - 1, g.lo_root, g.row, g.col, _header, _witness)
     log StepExecuted(game_id=_game_id, claimed=g.claimed, computed=computed)
     if computed == g.claimed:
         self._resolve(_game_id, True, "step upheld claim")

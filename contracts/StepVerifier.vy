@@ -2,29 +2,35 @@
 """
 @title StepVerifier
 @notice Re-executes one element of one op of an integer program, reading
-        only Merkle-proven inputs, so the dispute game can end with an
+        only Merkle-proven rows, so the dispute game can end with an
         objective answer. It is stateless: every fact it uses is proven
-        against a model root or a state root in the call itself.
-@dev    Commitments (the Python twin is opinfer/trace):
-        - tensor [R, C] of signed ints: each row is cut into chunks of CHUNK
-          elements (zero padded); chunk hash = keccak256(abi_encode(int256[CHUNK]));
-          row root = binary Merkle root of the chunk hashes, padded with
-          zero-chunk hashes to a power of two; tensor root = binary Merkle
-          root of the row roots, padded with zero-row roots to a power of two.
-          Padding elements are zero: their true value is 0.
-        - state S_i: binary Merkle root over [t_0 .. t_N] (tensor roots,
-          t_0 = job input, t_j = output of op j-1), padded with zero hashes
-          to 2^ceil(log2(N+1)) leaves; positions not yet computed are zero.
-        - model root = keccak256(abi_encode(program_root, weights_root,
-          num_ops, num_weights)); program_root = Merkle root over
-          keccak256(op_desc) of each op; weights_root = Merkle root over the
-          weight tensors' roots.
-        Ops (op_desc = abi_encode of the words listed):
-        - OP_DOT = 1: (opcode, src, weight, rows, cols, k, multiplier, shift_bits,
-          qmin, qmax). out[r, c] = clamp((sum_i T_src[r, i] * W[c, i]) *
-          multiplier + 2^(shift_bits-1)) >> shift_bits, qmin, qmax), with an arithmetic
-          (flooring) shift, i.e. ties round towards +infinity; no rounding
-          term when shift_bits is 0.
+        against a model root, a state root or the job's input bytes in the
+        call itself. The Python twin is opinfer/trace (docs/ops.md).
+@dev    Commitments:
+        - tensor [R, C]: each row is cut into chunks of 16 words (zero
+          padded); chunk hash = keccak256(abi_encode(uint256[16])); a word
+          holds one int256 (activations) or 32 / width packed values of
+          `width` bytes (weights: big-endian two's complement, first value
+          most significant); row root = binary Merkle root of the chunk
+          hashes padded with zero-chunk hashes; tensor root = binary Merkle
+          root of the row roots padded with zero-row roots.
+        - state S_i: binary Merkle root over [t_0 .. t_N] (t_0 = job input,
+          t_j = output of op j-1), padded with zero hashes; positions not yet
+          computed are zero.
+        - model root = keccak256(abi_encode(program_root, weights_root, P,
+          num_weights, steps_mode)); program_root = Merkle root over
+          keccak256(op_desc) of the P template ops; weights_root = Merkle
+          root over the weight tensors' roots. A job runs the template once
+          (steps_mode 0) or L + M - 1 times (steps_mode 1); op i of the job
+          is template op i % P at step i // P.
+        - job input: big-endian uint16 words [version, L, M, temperature,
+          top_p - 1, seed x 4, S, stop words x S, tokens x L]; T_0 is one row
+          holding the words.
+        - op_desc = abi_encode(int256[32]): opcode, rows, cols, then four
+          slots (ref, rows, cols, width), then 13 params. dim = c + a*L + b*s
+          packed as c | a << 32 | b << 64. ref = kind << 128 | index with
+          kind 1 = T_0, 2 = op of this step, 3 = op of the previous step,
+          4 = weight tensor.
 """
 
 # ---------------------------------------------------------------- constants
@@ -35,14 +41,50 @@ MAX_CHUNKS: constant(uint256) = MAX_ROW // CHUNK
 MAX_PROOF: constant(uint256) = 32
 MAX_OP_DESC: constant(uint256) = 1024
 MAX_HEADER: constant(uint256) = 2560
-MAX_OP_WITNESS: constant(uint256) = 140000
+MAX_OP_WITNESS: constant(uint256) = 272000
+MAX_INPUT: constant(uint256) = 4096
+MAX_SLOTS: constant(uint256) = 4
+DESC_WORDS: constant(uint256) = 32
+PARAMS_AT: constant(uint256) = 19
+HEADER_WORDS: constant(uint256) = 10
+TABLE_WIDTH: constant(uint256) = 256
+MASK32: constant(uint256) = 4294967295
+
+KIND_INPUT: constant(uint256) = 1
+KIND_SAME: constant(uint256) = 2
+KIND_PREV: constant(uint256) = 3
+KIND_WEIGHT: constant(uint256) = 4
 
 OP_DOT: constant(uint256) = 1
+OP_EMBED_SUM: constant(uint256) = 2
+OP_LAYER_NORM: constant(uint256) = 3
+OP_DENSE: constant(uint256) = 4
+OP_SCORES: constant(uint256) = 5
+OP_SOFTMAX: constant(uint256) = 6
+OP_TRANSPOSE: constant(uint256) = 7
+OP_CONTEXT: constant(uint256) = 8
+OP_RESIDUAL: constant(uint256) = 9
+OP_LOOKUP: constant(uint256) = 10
+OP_POOL: constant(uint256) = 11
+OP_L2NORM: constant(uint256) = 12
 
 # Element rules shared with opinfer/engine/elements.py (see there).
 LN_BITS: constant(uint256) = 8
 EXP_INPUT_MAX: constant(int256) = 1 << 20
 INV_LN2_Q8: constant(int256) = 94548
+
+struct Read:
+    root: bytes32
+    proof: DynArray[bytes32, MAX_PROOF]
+    row: uint256
+    values: DynArray[int256, MAX_ROW]
+    row_proof: DynArray[bytes32, MAX_PROOF]
+
+struct Model:
+    program_root: bytes32
+    weights_root: bytes32
+    num_weights: uint256
+    steps_mode: uint256
 
 # ---------------------------------------------------------------- external
 
@@ -64,33 +106,67 @@ def ceil_log2(_n: uint256) -> uint256:
 
 @external
 @pure
-def row_root(_values: DynArray[int256, MAX_ROW]) -> bytes32:
+def row_root(_values: DynArray[int256, MAX_ROW], _width: uint256) -> bytes32:
     """
-    @notice Root of one tensor row with len(_values) columns.
+    @notice Root of one tensor row with len(_values) columns of `_width` bytes (32 = unpacked).
     """
-    return self._row_root(_values)
+    return self._row_root(_values, _width)
 
 
 @external
-@view
-def op_output_shape(_model_root: bytes32, _num_ops: uint256, _op_index: uint256, _header: Bytes[MAX_HEADER]) -> (uint256, uint256):
+@pure
+def input_tensor_root(_input: Bytes[MAX_INPUT]) -> bytes32:
     """
-    @notice Shape (rows, cols) of the tensor that op `_op_index` produces,
-            after proving the op against the model root.
-    @param _header abi_encode(program_root, weights_root, num_weights, op_desc, op_proof)
+    @notice Root of T_0, the one-row tensor of a job input's uint16 words.
     """
-    op_desc: Bytes[MAX_OP_DESC] = self._proven_op(_model_root, _num_ops, _op_index, _header)[0]
-    opcode: uint256 = extract32(op_desc, 0, output_type=uint256)
-    if opcode == OP_DOT:
-        return extract32(op_desc, 96, output_type=uint256), extract32(op_desc, 128, output_type=uint256)
-    raise "StepVerifier: unknown opcode"
+    return self._row_root(self._input_words(_input), 32)
 
 
 @external
-@view
+@pure
+def job_shape(_model_root: bytes32, _ops_per_step: uint256, _model_header: Bytes[MAX_HEADER], _input: Bytes[MAX_INPUT]) -> (bool, uint256, uint256, bytes32):
+    """
+    @notice Check a job input: (well formed, number of ops of the job, packed
+            job dimensions L | tokens_at << 32 | steps << 64, T_0 root).
+    @param _model_header abi_encode(program_root, weights_root, num_weights, steps_mode)
+    """
+    model: Model = abi_decode(_model_header, Model)
+    assert self._model_root(model, _ops_per_step) == _model_root, "StepVerifier: header does not match model root"
+    if len(_input) < 2 * HEADER_WORDS or len(_input) % 2 != 0:
+        return False, 0, 0, empty(bytes32)
+    words: DynArray[int256, MAX_ROW] = self._input_words(_input)
+    tokens: uint256 = convert(words[1], uint256)
+    stops: uint256 = convert(words[9], uint256)
+    if words[0] != 1 or tokens == 0 or len(words) != HEADER_WORDS + stops + tokens:
+        return False, 0, 0, empty(bytes32)
+    steps: uint256 = 1
+    if model.steps_mode == 1:
+        steps = tokens + max(convert(words[2], uint256), 1) - 1
+    job: uint256 = tokens | (HEADER_WORDS + stops) << 32 | steps << 64
+    return True, steps * _ops_per_step, job, self._row_root(words, 32)
+
+
+@external
+@pure
+def op_output_shape(_model_root: bytes32, _ops_per_step: uint256, _job: uint256, _op_index: uint256, _header: Bytes[MAX_HEADER]) -> (uint256, uint256):
+    """
+    @notice Shape (rows, cols) of the tensor that op `_op_index` of the job
+            produces, after proving the op against the model root.
+    @param _header abi_encode(program_root, weights_root, num_weights, steps_mode, op_desc, op_proof)
+    """
+    model: Model = empty(Model)
+    op: int256[DESC_WORDS] = empty(int256[DESC_WORDS])
+    model, op = self._proven_op(_model_root, _ops_per_step, _job, _op_index, _header)
+    step: uint256 = _op_index // _ops_per_step
+    return self._dim(op[1], _job, step), self._dim(op[2], _job, step)
+
+
+@external
+@pure
 def compute_element(
     _model_root: bytes32,
-    _num_ops: uint256,
+    _ops_per_step: uint256,
+    _job: uint256,
     _op_index: uint256,
     _state_root: bytes32,
     _row: uint256,
@@ -100,69 +176,25 @@ def compute_element(
 ) -> int256:
     """
     @notice The true value of element (_row, _col) of the output of op
-            `_op_index`, computed from inputs proven against `_state_root`
+            `_op_index`, computed from rows proven against `_state_root`
             (the agreed state before the op) and the model root.
     @dev Reverts when a proof does not hold.
     """
-    proven: (Bytes[MAX_OP_DESC], bytes32, uint256) = self._proven_op(_model_root, _num_ops, _op_index, _header)
-    op_desc: Bytes[MAX_OP_DESC] = proven[0]
-    opcode: uint256 = extract32(op_desc, 0, output_type=uint256)
-    if opcode == OP_DOT:
-        return self._dot(op_desc, proven[1], proven[2], _num_ops, _op_index, _state_root, _row, _col, _witness)
-    raise "StepVerifier: unknown opcode"
-
-
-# ---------------------------------------------------------------- external: element rules
-# One element of each op class from plain values (no proofs): the shared test
-# vectors check these against the Python engine bit for bit; the proven op
-# paths call the same internal functions.
-
-@external
-@pure
-def elem_requant(_acc: int256, _mult: int256, _shift: uint256, _lo: int256, _hi: int256) -> int256:
-    return self._requantise(_acc, _mult, _shift, _lo, _hi)
-
-
-@external
-@pure
-def elem_dot(_a: DynArray[int256, MAX_ROW], _w: DynArray[int256, MAX_ROW], _bias: int256, _mult: int256, _shift: uint256, _lo: int256, _hi: int256) -> int256:
-    assert len(_a) == len(_w), "StepVerifier: row lengths differ"
-    acc: int256 = _bias
-    for i: uint256 in range(MAX_ROW):
-        if i >= len(_a):
+    model: Model = empty(Model)
+    op: int256[DESC_WORDS] = empty(int256[DESC_WORDS])
+    model, op = self._proven_op(_model_root, _ops_per_step, _job, _op_index, _header)
+    step: uint256 = _op_index // _ops_per_step
+    if _row >= self._dim(op[1], _job, step) or _col >= self._dim(op[2], _job, step):
+        return 0
+    reads: DynArray[Read, MAX_SLOTS] = abi_decode(_witness, DynArray[Read, MAX_SLOTS])
+    num_ops: uint256 = (_job >> 64) * _ops_per_step
+    for i: uint256 in range(MAX_SLOTS):
+        if op[3 + 4 * i] == 0:
+            assert len(reads) == i, "StepVerifier: wrong number of reads"
             break
-        acc += _a[i] * _w[i]
-    return self._requantise(acc, _mult, _shift, _lo, _hi)
-
-
-@external
-@pure
-def elem_layer_norm(_row: DynArray[int256, MAX_ROW], _col: uint256, _gain: int256, _beta: int256, _eps: int256, _lo: int256, _hi: int256) -> int256:
-    return self._layer_norm(_row, _col, _gain, _beta, _eps, _lo, _hi)
-
-
-@external
-@pure
-def elem_exp_neg(_u: int256) -> int256:
-    return self._exp_neg(_u)
-
-
-@external
-@pure
-def elem_softmax(_row: DynArray[int256, MAX_ROW], _col: uint256, _mult: int256, _shift: uint256, _one: int256) -> int256:
-    return self._softmax(_row, _col, _mult, _shift, _one)
-
-
-@external
-@pure
-def elem_residual(_a: int256, _x: int256, _mult_a: int256, _shift_a: uint256, _mult_x: int256, _shift_x: uint256, _lo: int256, _hi: int256) -> int256:
-    return self._requantise(_a, _mult_a, _shift_a, _lo, _hi) + self._requantise(_x, _mult_x, _shift_x, _lo, _hi)
-
-
-@external
-@pure
-def elem_l2_normalise(_row: DynArray[int256, MAX_ROW], _col: uint256, _out_bits: uint256) -> int256:
-    return self._l2_normalise(_row, _col, _out_bits)
+        assert i < len(reads), "StepVerifier: wrong number of reads"
+        self._check_read(model, op, i, reads[i], _job, _op_index, _ops_per_step, num_ops, _state_root)
+    return self._element(op, reads, _row, _col, _job, step)
 
 
 # ---------------------------------------------------------------- internal: element rules
@@ -259,72 +291,6 @@ def _l2_normalise(_row: DynArray[int256, MAX_ROW], _col: uint256, _out_bits: uin
     return self._round_div(_row[_col] << _out_bits, norm)
 
 
-# ---------------------------------------------------------------- internal: ops
-
-@internal
-@view
-def _dot(
-    _op_desc: Bytes[MAX_OP_DESC],
-    _weights_root: bytes32,
-    _num_weights: uint256,
-    _num_ops: uint256,
-    _op_index: uint256,
-    _state_root: bytes32,
-    _row: uint256,
-    _col: uint256,
-    _witness: Bytes[MAX_OP_WITNESS],
-) -> int256:
-    opcode: uint256 = 0
-    src: uint256 = 0
-    weight: uint256 = 0
-    rows: uint256 = 0
-    cols: uint256 = 0
-    k: uint256 = 0
-    multiplier: int256 = 0
-    shift_bits: uint256 = 0
-    qmin: int256 = 0
-    qmax: int256 = 0
-    opcode, src, weight, rows, cols, k, multiplier, shift_bits, qmin, qmax = abi_decode(
-        _op_desc, (uint256, uint256, uint256, uint256, uint256, uint256, int256, uint256, int256, int256)
-    )
-    if _row >= rows or _col >= cols:
-        return 0
-    assert src <= _op_index, "StepVerifier: source tensor not yet computed"
-    assert weight < _num_weights, "StepVerifier: weight index out of range"
-    assert shift_bits < 255, "StepVerifier: shift_bits too large"
-
-    src_root: bytes32 = empty(bytes32)
-    src_proof: DynArray[bytes32, MAX_PROOF] = []
-    a_row: DynArray[int256, MAX_ROW] = []
-    a_proof: DynArray[bytes32, MAX_PROOF] = []
-    w_root: bytes32 = empty(bytes32)
-    w_proof: DynArray[bytes32, MAX_PROOF] = []
-    w_row: DynArray[int256, MAX_ROW] = []
-    w_row_proof: DynArray[bytes32, MAX_PROOF] = []
-    src_root, src_proof, a_row, a_proof, w_root, w_proof, w_row, w_row_proof = abi_decode(
-        _witness,
-        (
-            bytes32, DynArray[bytes32, MAX_PROOF], DynArray[int256, MAX_ROW], DynArray[bytes32, MAX_PROOF],
-            bytes32, DynArray[bytes32, MAX_PROOF], DynArray[int256, MAX_ROW], DynArray[bytes32, MAX_PROOF],
-        ),
-    )
-    assert len(a_row) == k and len(w_row) == k, "StepVerifier: row length is not k"
-    state_depth: uint256 = self._ceil_log2(_num_ops + 1)
-    assert len(src_proof) == state_depth, "StepVerifier: bad state proof length"
-    assert self._fold(src, src_root, src_proof) == _state_root, "StepVerifier: source tensor not in state"
-    assert self._row_in_tensor(src_root, rows, _row, self._row_root(a_row), a_proof), "StepVerifier: activation row not in tensor"
-    assert len(w_proof) == self._ceil_log2(_num_weights), "StepVerifier: bad weight proof length"
-    assert self._fold(weight, w_root, w_proof) == _weights_root, "StepVerifier: weight tensor not in model"
-    assert self._row_in_tensor(w_root, cols, _col, self._row_root(w_row), w_row_proof), "StepVerifier: weight row not in tensor"
-
-    acc: int256 = 0
-    for i: uint256 in range(MAX_ROW):
-        if i >= k:
-            break
-        acc += a_row[i] * w_row[i]
-    return self._requantise(acc, multiplier, shift_bits, qmin, qmax)
-
-
 @internal
 @pure
 def _requantise(_acc: int256, _multiplier: int256, _shift_bits: uint256, _qmin: int256, _qmax: int256) -> int256:
@@ -334,29 +300,181 @@ def _requantise(_acc: int256, _multiplier: int256, _shift_bits: uint256, _qmin: 
     return min(max(scaled, _qmin), _qmax)
 
 
+
+# ---------------------------------------------------------------- internal: ops
+
+@internal
+@pure
+def _element(_op: int256[DESC_WORDS], _reads: DynArray[Read, MAX_SLOTS], _row: uint256, _col: uint256, _job: uint256, _step: uint256) -> int256:
+    """
+    @dev Check that each slot's proven row is the one the element reads and
+         apply the op's rule (opinfer/trace/ops.py has the vectorised twin).
+    """
+    code: uint256 = convert(_op[0], uint256)
+    p: int256[13] = empty(int256[13])
+    for i: uint256 in range(13):
+        p[i] = _op[PARAMS_AT + i]
+    if code == OP_DOT:
+        self._want(_reads, _row, _col, max_value(uint256), max_value(uint256))
+        return self._requantise(self._dot(_reads[0].values, 0, _reads[1].values, 0, len(_reads[0].values)), p[0], convert(p[1], uint256), p[2], p[3])
+    if code == OP_EMBED_SUM:
+        token: uint256 = convert(_reads[0].values[(_job >> 32 & MASK32) + _row], uint256)
+        self._want(_reads, 0, token, _row, 0)
+        return _reads[1].values[_col] + _reads[2].values[_col] + _reads[3].values[_col]
+    if code == OP_LAYER_NORM:
+        self._want(_reads, _row, _col, max_value(uint256), max_value(uint256))
+        return self._layer_norm(_reads[0].values, _col, _reads[1].values[0], _reads[1].values[1], p[0], -128, 127)
+    if code == OP_DENSE:
+        self._want(_reads, _row, _col, _col, max_value(uint256))
+        acc: int256 = self._dot(_reads[0].values, 0, _reads[1].values, 0, len(_reads[0].values)) + _reads[2].values[0]
+        return self._requantise(acc, _reads[2].values[1], convert(p[0], uint256), p[1], p[2])
+    if code == OP_SCORES:
+        rq: uint256 = self._dim(_op[4], _job, _step)
+        d: uint256 = convert(p[0], uint256)
+        h: uint256 = _row // rq
+        self._want(_reads, _row % rq, _col, max_value(uint256), max_value(uint256))
+        return self._dot(_reads[0].values, h * d, _reads[1].values, (h // convert(p[1], uint256)) * d, d)
+    if code == OP_SOFTMAX:
+        self._want(_reads, _row, max_value(uint256), max_value(uint256), max_value(uint256))
+        return self._softmax(_reads[0].values, _col, p[0], convert(p[1], uint256), p[2])
+    if code == OP_TRANSPOSE:
+        self._want(_reads, _col, max_value(uint256), max_value(uint256), max_value(uint256))
+        return _reads[0].values[_row]
+    if code == OP_CONTEXT:
+        d: uint256 = convert(p[0], uint256)
+        h: uint256 = _col // d
+        rows: uint256 = self._dim(_op[1], _job, _step)
+        self._want(_reads, h * rows + _row, (h // convert(p[1], uint256)) * d + _col % d, max_value(uint256), max_value(uint256))
+        acc: int256 = self._dot(_reads[0].values, 0, _reads[1].values, 0, len(_reads[0].values))
+        return self._requantise(acc, p[2], convert(p[3], uint256), p[4], p[5])
+    if code == OP_RESIDUAL:
+        self._want(_reads, _row, _row, _col, max_value(uint256))
+        return _reads[0].values[_col] + self._requantise(_reads[1].values[_col], _reads[2].values[0], convert(p[0], uint256), p[1], p[2])
+    if code == OP_LOOKUP:
+        idx: int256 = _reads[0].values[_col] + p[0]
+        assert idx >= 0, "StepVerifier: lookup index out of range"
+        self._want(_reads, _row, convert(idx, uint256) // TABLE_WIDTH, max_value(uint256), max_value(uint256))
+        return _reads[1].values[convert(idx, uint256) % TABLE_WIDTH]
+    if code == OP_POOL:
+        self._want(_reads, _col, _col, max_value(uint256), max_value(uint256))
+        total: int256 = 0
+        for v: int256 in _reads[0].values:
+            total += v
+        return total * _reads[1].values[0]
+    if code == OP_L2NORM:
+        self._want(_reads, _row, max_value(uint256), max_value(uint256), max_value(uint256))
+        return self._l2_normalise(_reads[0].values, _col, convert(p[0], uint256))
+    raise "StepVerifier: unknown opcode"
+
+
+@internal
+@pure
+def _want(_reads: DynArray[Read, MAX_SLOTS], _r0: uint256, _r1: uint256, _r2: uint256, _r3: uint256):
+    """
+    @dev The rows the element's rule reads (max_value: slot unused by the rule).
+    """
+    want: uint256[MAX_SLOTS] = [_r0, _r1, _r2, _r3]
+    for i: uint256 in range(MAX_SLOTS):
+        if i >= len(_reads):
+            break
+        assert want[i] == max_value(uint256) or _reads[i].row == want[i], "StepVerifier: witness reads the wrong row"
+
+
+@internal
+@pure
+def _dot(_a: DynArray[int256, MAX_ROW], _a_at: uint256, _w: DynArray[int256, MAX_ROW], _w_at: uint256, _n: uint256) -> int256:
+    assert _a_at + _n <= len(_a) and _w_at + _n <= len(_w), "StepVerifier: dot beyond row"
+    acc: int256 = 0
+    for i: uint256 in range(MAX_ROW):
+        if i >= _n:
+            break
+        acc += _a[_a_at + i] * _w[_w_at + i]
+    return acc
+
+
+
 # ---------------------------------------------------------------- internal: commitments
 
 @internal
-@view
-def _proven_op(_model_root: bytes32, _num_ops: uint256, _op_index: uint256, _header: Bytes[MAX_HEADER]) -> (Bytes[MAX_OP_DESC], bytes32, uint256):
+@pure
+def _model_root(_model: Model, _ops_per_step: uint256) -> bytes32:
+    return keccak256(abi_encode(_model.program_root, _model.weights_root, _ops_per_step, _model.num_weights, _model.steps_mode))
+
+
+@internal
+@pure
+def _proven_op(_model_root: bytes32, _ops_per_step: uint256, _job: uint256, _op_index: uint256, _header: Bytes[MAX_HEADER]) -> (Model, int256[DESC_WORDS]):
     """
     @dev Decode the header, check it against the model root and return
-         (op_desc, weights_root, num_weights).
+         (model, op words) of template op _op_index % P.
     """
-    program_root: bytes32 = empty(bytes32)
-    weights_root: bytes32 = empty(bytes32)
-    num_weights: uint256 = 0
+    model: Model = empty(Model)
     op_desc: Bytes[MAX_OP_DESC] = b""
     op_proof: DynArray[bytes32, MAX_PROOF] = []
-    program_root, weights_root, num_weights, op_desc, op_proof = abi_decode(
-        _header, (bytes32, bytes32, uint256, Bytes[MAX_OP_DESC], DynArray[bytes32, MAX_PROOF])
+    model.program_root, model.weights_root, model.num_weights, model.steps_mode, op_desc, op_proof = abi_decode(
+        _header, (bytes32, bytes32, uint256, uint256, Bytes[MAX_OP_DESC], DynArray[bytes32, MAX_PROOF])
     )
-    assert keccak256(abi_encode(program_root, weights_root, _num_ops, num_weights)) == _model_root, "StepVerifier: header does not match model root"
-    assert _op_index < _num_ops, "StepVerifier: op index out of range"
-    assert len(op_proof) == self._ceil_log2(_num_ops), "StepVerifier: bad op proof length"
-    assert self._fold(_op_index, keccak256(op_desc), op_proof) == program_root, "StepVerifier: op not in program"
-    assert len(op_desc) >= 32, "StepVerifier: empty op"
-    return op_desc, weights_root, num_weights
+    assert self._model_root(model, _ops_per_step) == _model_root, "StepVerifier: header does not match model root"
+    assert _ops_per_step > 0 and _op_index < (_job >> 64) * _ops_per_step, "StepVerifier: op index out of range"
+    j: uint256 = _op_index % _ops_per_step
+    assert len(op_proof) == self._ceil_log2(_ops_per_step), "StepVerifier: bad op proof length"
+    assert self._fold(j, keccak256(op_desc), op_proof) == model.program_root, "StepVerifier: op not in program"
+    assert len(op_desc) == 32 * DESC_WORDS, "StepVerifier: bad op descriptor"
+    return model, abi_decode(op_desc, int256[DESC_WORDS])
+
+
+@internal
+@pure
+def _check_read(_model: Model, _op: int256[DESC_WORDS], _slot: uint256, _read: Read, _job: uint256, _op_index: uint256, _ops_per_step: uint256, _num_ops: uint256, _state_root: bytes32):
+    """
+    @dev The read's tensor is the one slot `_slot` names (in the state or in
+         the model) and its row is in that tensor with the slot's shape.
+    """
+    ref: uint256 = convert(_op[3 + 4 * _slot], uint256)
+    kind: uint256 = ref >> 128
+    index: uint256 = ref & convert(max_value(uint128), uint256)
+    step: uint256 = _op_index // _ops_per_step
+    rows: uint256 = self._dim(_op[4 + 4 * _slot], _job, step)
+    cols: uint256 = self._dim(_op[5 + 4 * _slot], _job, step)
+    width: uint256 = convert(_op[6 + 4 * _slot], uint256)
+    if kind == KIND_WEIGHT:
+        assert index < _model.num_weights, "StepVerifier: weight index out of range"
+        assert len(_read.proof) == self._ceil_log2(_model.num_weights), "StepVerifier: bad weight proof length"
+        assert self._fold(index, _read.root, _read.proof) == _model.weights_root, "StepVerifier: weight tensor not in model"
+    else:
+        base: uint256 = step * _ops_per_step
+        position: uint256 = 0
+        if kind == KIND_SAME:
+            position = 1 + base + index
+        elif kind == KIND_PREV:
+            assert step > 0, "StepVerifier: no previous step"
+            position = 1 + base - _ops_per_step + index
+        else:
+            assert kind == KIND_INPUT, "StepVerifier: bad slot ref"
+        assert position <= _op_index, "StepVerifier: source tensor not yet computed"
+        assert len(_read.proof) == self._ceil_log2(_num_ops + 1), "StepVerifier: bad state proof length"
+        assert self._fold(position, _read.root, _read.proof) == _state_root, "StepVerifier: source tensor not in state"
+    assert _read.row < rows and len(_read.values) == cols, "StepVerifier: row does not fit the slot"
+    assert len(_read.row_proof) == self._ceil_log2(rows), "StepVerifier: bad row proof length"
+    assert self._fold(_read.row, self._row_root(_read.values, width), _read.row_proof) == _read.root, "StepVerifier: row not in tensor"
+
+
+@internal
+@pure
+def _dim(_d: int256, _job: uint256, _step: uint256) -> uint256:
+    d: uint256 = convert(_d, uint256)
+    return (d & MASK32) + ((d >> 32) & MASK32) * (_job & MASK32) + ((d >> 64) & MASK32) * _step
+
+
+@internal
+@pure
+def _input_words(_input: Bytes[MAX_INPUT]) -> DynArray[int256, MAX_ROW]:
+    words: DynArray[int256, MAX_ROW] = []
+    for i: uint256 in range(MAX_ROW):
+        if 2 * i + 1 >= len(_input):
+            break
+        words.append(convert(convert(convert(slice(_input, 2 * i, 2), bytes2), uint16), int256))
+    return words
 
 
 @internal
@@ -387,20 +505,18 @@ def _ceil_log2(_n: uint256) -> uint256:
 
 @internal
 @pure
-def _row_in_tensor(_tensor_root: bytes32, _rows: uint256, _row: uint256, _row_root: bytes32, _proof: DynArray[bytes32, MAX_PROOF]) -> bool:
-    if len(_proof) != self._ceil_log2(_rows):
-        return False
-    return self._fold(_row, _row_root, _proof) == _tensor_root
-
-
-@internal
-@pure
-def _row_root(_values: DynArray[int256, MAX_ROW]) -> bytes32:
+def _row_root(_values: DynArray[int256, MAX_ROW], _width: uint256) -> bytes32:
     cols: uint256 = len(_values)
     assert cols > 0, "StepVerifier: empty row"
-    chunks: uint256 = (cols + CHUNK - 1) // CHUNK
+    assert _width in [1, 2, 4, 8, 32], "StepVerifier: bad width"
+    per_word: uint256 = 32 // _width
+    chunks: uint256 = (cols + CHUNK * per_word - 1) // (CHUNK * per_word)
     width: uint256 = 1 << self._ceil_log2(chunks)
-    zero_chunk: bytes32 = keccak256(abi_encode(empty(int256[CHUNK])))
+    zero_chunk: bytes32 = keccak256(abi_encode(empty(uint256[CHUNK])))
+    bits: uint256 = 8 * _width
+    top: int256 = 0
+    if _width < 32:
+        top = convert(1 << (bits - 1), int256)
     layer: DynArray[bytes32, MAX_CHUNKS] = []
     for c: uint256 in range(MAX_CHUNKS):
         if c >= width:
@@ -408,11 +524,22 @@ def _row_root(_values: DynArray[int256, MAX_ROW]) -> bytes32:
         if c >= chunks:
             layer.append(zero_chunk)
             continue
-        chunk: int256[CHUNK] = empty(int256[CHUNK])
+        chunk: uint256[CHUNK] = empty(uint256[CHUNK])
         for j: uint256 in range(CHUNK):
-            idx: uint256 = c * CHUNK + j
-            if idx < cols:
-                chunk[j] = _values[idx]
+            word: uint256 = 0
+            for k: uint256 in range(32):
+                if k >= per_word:
+                    break
+                idx: uint256 = (c * CHUNK + j) * per_word + k
+                v: int256 = 0
+                if idx < cols:
+                    v = _values[idx]
+                if _width == 32:
+                    word = convert(convert(v, bytes32), uint256)
+                else:
+                    assert v >= -top and v < top, "StepVerifier: value out of range for its width"
+                    word = (word << bits) | (convert(convert(v, bytes32), uint256) & ((1 << bits) - 1))
+            chunk[j] = word
         layer.append(keccak256(abi_encode(chunk)))
     for level: uint256 in range(8):
         if width == 1:

@@ -152,3 +152,7 @@ class Batch:
 
     def proof(self, index: int) -> list[bytes]:
         return merkle.proof(self.tree, index)
+
+    def challenge_args(self, batch_id: int, index: int, model_header: bytes) -> tuple:
+        """The arguments of DisputeGame.challenge for leaf `index`."""
+        return batch_id, index, self.records[index], self.proof(index), self.leaves[index].input, model_header

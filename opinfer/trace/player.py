@@ -18,7 +18,7 @@ NODE_PHASES = frozenset({OPEN, BISECT, TENSOR, DESCEND, CHUNK})
 ACTIVE, NODE_WON, CHALLENGER_WON, VOID = 1, 2, 3, 4
 
 # Field order of DisputeGame.games(id).
-GAME_FIELDS = ("batch_id", "leaf_index", "node", "challenger", "bond", "model_root", "num_ops", "status", "phase",
+GAME_FIELDS = ("batch_id", "leaf_index", "node", "challenger", "bond", "model_root", "ops_per_step", "job", "num_ops", "status", "phase",
                "node_clock", "challenger_clock", "last_move_at", "lo", "hi", "lo_root", "hi_root", "pending",
                "rows", "cols", "col_bits", "depth", "level", "index", "subtree", "row", "col", "claimed")
 
@@ -87,7 +87,7 @@ def challenger_move(gid: int, g: dict, trace: Trace, arity: int, arity_bits: int
 
 def step_move(gid: int, g: dict, trace: Trace) -> Move:
     op = g["hi"] - 1
-    return Move("step", (gid, trace.program.header(op), trace.dot_witness(op, g["row"], g["col"])))
+    return Move("step", (gid, trace.program.header(op), trace.witness(op, g["row"], g["col"])))
 
 
 # The event (and field) in which each node move publishes what the challenger needs.

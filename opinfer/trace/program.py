@@ -1,8 +1,10 @@
-"""Integer programs as the StepVerifier sees them: op descriptors, weights,
-model roots, execution traces, state roots and one-step witnesses.
+"""Integer programs as the StepVerifier sees them: weights, model roots,
+execution traces, state roots and one-step witnesses (docs/ops.md).
 
-Only the op the contracts support so far is here: OP_DOT, a requantised
-integer dot product (see contracts/StepVerifier.vy for its exact rule).
+A program is a template of P ops run once per step: once for an encoder
+(steps_mode ONE_STEP), L + M - 1 times for a decoder that processes one
+position per step (steps_mode PER_POSITION; L prompt tokens, M new tokens).
+Op j of step s produces tensor 1 + s*P + j; tensor 0 is the job input T_0.
 """
 
 from __future__ import annotations
@@ -13,53 +15,40 @@ from functools import cached_property
 import numpy as np
 from eth_abi import encode
 
-from opinfer.engine.quant import exact_matmul, requant
 from opinfer.errors import CommitmentError
 from opinfer.trace import merkle
+from opinfer.trace.jobinput import JobInput
+from opinfer.trace.ops import INPUT, PREV, SAME, WEIGHT, JobCtx, Op
 from opinfer.trace.tensor import TensorTree
 
-OP_DOT = 1
+ONE_STEP, PER_POSITION = 0, 1
 
 
-@dataclass(frozen=True)
-class DotOp:
-    """out[r, c] = requant(sum_i T[src][r, i] * W[weight][c, i]) (opinfer.engine.quant)."""
-
-    src: int
-    weight: int
-    rows: int
-    cols: int
-    k: int
-    multiplier: int
-    shift: int
-    qmin: int = -128
-    qmax: int = 127
-
-    def encode(self) -> bytes:
-        return encode(
-            ["uint256"] * 6 + ["int256", "uint256", "int256", "int256"],
-            [OP_DOT, self.src, self.weight, self.rows, self.cols, self.k,
-             self.multiplier, self.shift, self.qmin, self.qmax],
-        )
-
-    def run(self, tensors: list[np.ndarray], weights: list[np.ndarray]) -> np.ndarray:
-        a, w = tensors[self.src], weights[self.weight]
-        if a.shape != (self.rows, self.k) or w.shape != (self.cols, self.k):
-            raise CommitmentError(f"dot op shapes {a.shape} x {w.shape} do not match {self}")
-        acc = exact_matmul(a, w.T, int(np.abs(a).max()) + 1, int(np.abs(w).max()) + 1)
-        return requant(acc, self.multiplier, self.shift, self.qmin, self.qmax)
+def job_steps(steps_mode: int, job: JobInput) -> int:
+    if steps_mode == ONE_STEP:
+        return 1
+    return len(job.tokens) + max(job.max_tokens, 1) - 1
 
 
 @dataclass
 class Program:
-    """A model: ops over tensors plus the weights they read."""
+    """A model: a template of ops plus the weights they read."""
 
-    ops: list[DotOp]
+    ops: list[Op]
     weights: list[np.ndarray]
+    widths: list[int]
+    steps_mode: int = ONE_STEP
+    name: str = "program"
+
+    def __post_init__(self):
+        if len(self.widths) != len(self.weights):
+            raise CommitmentError("one width per weight tensor")
+        self.weights = [np.asarray(w, dtype=np.int64).reshape(w.shape if np.ndim(w) == 2 else (1, -1))
+                        for w in self.weights]
 
     @cached_property
     def weight_trees(self) -> list[TensorTree]:
-        return [TensorTree.build(w) for w in self.weights]
+        return [TensorTree.build(w, width) for w, width in zip(self.weights, self.widths)]
 
     @cached_property
     def program_tree(self) -> list[list[bytes]]:
@@ -71,29 +60,66 @@ class Program:
 
     @property
     def num_ops(self) -> int:
+        """Ops per step (P): what the registry stores."""
         return len(self.ops)
 
     @cached_property
     def model_root(self) -> bytes:
         return merkle.keccak(encode(
-            ["bytes32", "bytes32", "uint256", "uint256"],
-            [self.program_tree[-1][0], self.weights_tree[-1][0], self.num_ops, len(self.weights)],
+            ["bytes32", "bytes32", "uint256", "uint256", "uint256"],
+            [self.program_tree[-1][0], self.weights_tree[-1][0], self.num_ops, len(self.weights), self.steps_mode],
         ))
 
+    def model_header(self) -> bytes:
+        """What a challenge passes to fix the job's length: the model root's preimage."""
+        return encode(["bytes32", "bytes32", "uint256", "uint256"],
+                      [self.program_tree[-1][0], self.weights_tree[-1][0], len(self.weights), self.steps_mode])
+
     def header(self, op_index: int) -> bytes:
-        """What the verifier needs to prove op `op_index` against the model root."""
+        """What the verifier needs to prove op `op_index` (of any step) against the model root."""
+        j = op_index % self.num_ops
         return encode(
-            ["bytes32", "bytes32", "uint256", "bytes", "bytes32[]"],
-            [self.program_tree[-1][0], self.weights_tree[-1][0], len(self.weights),
-             self.ops[op_index].encode(), merkle.proof(self.program_tree, op_index)],
+            ["bytes32", "bytes32", "uint256", "uint256", "bytes", "bytes32[]"],
+            [self.program_tree[-1][0], self.weights_tree[-1][0], len(self.weights), self.steps_mode,
+             self.ops[j].encode(), merkle.proof(self.program_tree, j)],
         )
 
-    def run(self, x: np.ndarray) -> list[np.ndarray]:
-        """All tensors of the trace: [input, out_0, ..., out_{N-1}]."""
-        tensors = [np.asarray(x, dtype=np.int64)]
-        for op in self.ops:
-            tensors.append(op.run(tensors, self.weights))
+    def job_ops(self, job: JobInput) -> int:
+        return self.num_ops * job_steps(self.steps_mode, job)
+
+    def ctx(self, job: JobInput, op_index: int) -> JobCtx:
+        return JobCtx(tokens=len(job.tokens), step=op_index // self.num_ops, tokens_at=job.tokens_at)
+
+    def tensor_index(self, slot_ref: int, op_index: int) -> int:
+        """Index in the state of the tensor a state slot names (op `op_index` reads it)."""
+        kind, idx = slot_ref >> 128, slot_ref & ((1 << 128) - 1)
+        base = op_index - op_index % self.num_ops
+        if kind == INPUT:
+            return 0
+        if kind == SAME:
+            return 1 + base + idx
+        if kind == PREV and base >= self.num_ops:
+            return 1 + base - self.num_ops + idx
+        raise CommitmentError(f"op {op_index} reads a tensor that does not exist (ref {slot_ref:#x})")
+
+    def run(self, job: JobInput, on_op=None) -> list[np.ndarray]:
+        """All tensors of the trace: [T_0, out_0, ..., out_{N-1}]. `on_op(i, out)`
+        may replace an op's output (used to build dishonest traces in tests)."""
+        tensors = [job.tensor()]
+        for i in range(self.job_ops(job)):
+            op = self.ops[i % self.num_ops]
+            out = op.run(self.slot_tensors(op, i, tensors), self.ctx(job, i))
+            tensors.append(on_op(i, out) if on_op else out)
         return tensors
+
+    def slot_tensors(self, op: Op, op_index: int, tensors: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for s in op.slots:
+            if s.ref >> 128 == WEIGHT:
+                out.append(self.weights[s.ref & ((1 << 128) - 1)])
+            else:
+                out.append(tensors[self.tensor_index(s.ref, op_index)])
+        return out
 
 
 @dataclass
@@ -101,11 +127,17 @@ class Trace:
     """A job's full trace with the state commitments the game asks for."""
 
     program: Program
+    job: JobInput
     tensors: list[np.ndarray]
     trees: list[TensorTree] = field(init=False)
 
     def __post_init__(self) -> None:
         self.trees = [TensorTree.build(t) for t in self.tensors]
+        self._state_leaves = [t.root for t in self.trees]
+
+    @classmethod
+    def of(cls, program: Program, job: JobInput, on_op=None) -> "Trace":
+        return cls(program, job, program.run(job, on_op))
 
     @property
     def n(self) -> int:
@@ -119,10 +151,13 @@ class Trace:
     def output_root(self) -> bytes:
         return self.trees[-1].root
 
+    @property
+    def output(self) -> np.ndarray:
+        return self.tensors[-1]
+
     def state_tree(self, i: int) -> list[list[bytes]]:
         """S_i: tensor roots 0..i, zero beyond."""
-        roots = [t.root for t in self.trees[: i + 1]]
-        return merkle.levels(roots + [merkle.ZERO32] * (self.n - i))
+        return merkle.levels(self._state_leaves[: i + 1] + [merkle.ZERO32] * (self.n - i))
 
     def state_root(self, i: int) -> bytes:
         return self.state_tree(i)[-1][0]
@@ -130,29 +165,24 @@ class Trace:
     def state_proof(self, i: int, position: int) -> list[bytes]:
         return merkle.proof(self.state_tree(i), position)
 
-    def dot_witness(self, op_index: int, row: int, col: int) -> bytes:
+    def witness(self, op_index: int, row: int, col: int) -> bytes:
         """Witness for element (row, col) of op `op_index`, against S_op_index."""
-        op = self.program.ops[op_index]
-        if row >= op.rows or col >= op.cols:
+        p = self.program
+        op = p.ops[op_index % p.num_ops]
+        ctx = p.ctx(self.job, op_index)
+        rows, cols = op.shape(ctx)
+        if row >= rows or col >= cols:
             return b""  # padding: the verifier knows the answer (0) without inputs
-        src_tree = self.trees[op.src]
-        w_tree = self.program.weight_trees[op.weight]
-        return encode(
-            ["bytes32", "bytes32[]", "int256[]", "bytes32[]", "bytes32", "bytes32[]", "int256[]", "bytes32[]"],
-            [
-                src_tree.root, self.state_proof(op_index, op.src),
-                [int(v) for v in src_tree.values[row]], src_tree.row_proof(row),
-                w_tree.root, merkle.proof(self.program.weights_tree, op.weight),
-                [int(v) for v in w_tree.values[col]], w_tree.row_proof(col),
-            ],
-        )
-
-
-def random_program(rng: np.random.Generator, dims: list[int], rows: int = 2) -> Program:
-    """A chain of dot ops (dims[0] -> dims[1] -> ...), int8 weights: test models."""
-    ops, weights = [], []
-    for i, (k, c) in enumerate(zip(dims[:-1], dims[1:])):
-        weights.append(rng.integers(-128, 128, size=(c, k)))
-        ops.append(DotOp(src=i, weight=i, rows=rows, cols=c, k=k,
-                         multiplier=int(rng.integers(1 << 14, 1 << 15)), shift=int(rng.integers(20, 24))))
-    return Program(ops, weights)
+        ins = p.slot_tensors(op, op_index, self.tensors)
+        state = None
+        reads = []
+        for s, r in zip(op.slots, op.reads(row, col, ins, ctx)):
+            if s.ref >> 128 == WEIGHT:
+                w = s.ref & ((1 << 128) - 1)
+                tree, proof = p.weight_trees[w], merkle.proof(p.weights_tree, w)
+            else:
+                t = p.tensor_index(s.ref, op_index)
+                state = state or self.state_tree(op_index)
+                tree, proof = self.trees[t], merkle.proof(state, t)
+            reads.append((tree.root, proof, r, [int(v) for v in tree.values[r]], tree.row_proof(r)))
+        return encode(["(bytes32,bytes32[],uint256,int256[],bytes32[])[]"], [reads])

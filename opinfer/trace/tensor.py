@@ -1,7 +1,11 @@
 """Tensor, state and model commitments (twin of contracts/StepVerifier.vy).
 
 A tensor [R, C] of signed integers: rows are cut into chunks of CHUNK
-elements (zero padded); chunk hash = keccak256(abi_encode(int256[CHUNK]));
+words (zero padded); chunk hash = keccak256(abi_encode(int256[CHUNK]));
+activations use one value per word; weights are packed: a tensor of width
+b bytes (1, 2, 4 or 8) holds 32 / b values per word, big-endian two's
+complement, first value in the most significant bytes (so one chunk holds
+512 / b values and a 135M-parameter model hashes 135 MB, not 4 GB);
 row root = Merkle root of chunk hashes padded with zero-chunk hashes; tensor
 root = Merkle root of row roots padded with zero-row roots. Phase 2 of a
 dispute descends this tree as one binary tree whose leaves are chunk hashes
@@ -19,6 +23,22 @@ from opinfer.errors import CommitmentError
 from opinfer.trace import merkle
 
 CHUNK = 16
+CHUNK_BYTES = 32 * CHUNK
+WIDTHS = (1, 2, 4, 8, 32)
+
+
+def per_chunk(width: int = 32) -> int:
+    """Values per chunk for a tensor of `width` bytes per value."""
+    return CHUNK_BYTES // width
+
+
+def _packed(values: np.ndarray, width: int) -> bytes:
+    """Values as `width`-byte big-endian two's complement (width < 32)."""
+    v = np.asarray(values, dtype=np.int64).reshape(-1)
+    lo, hi = -(1 << (8 * width - 1)), (1 << (8 * width - 1)) - 1
+    if v.size and (v.min() < lo or v.max() > hi):
+        raise CommitmentError(f"value out of range for a {width}-byte tensor")
+    return v.astype(f">i{width}").tobytes()
 
 
 def _words(values: np.ndarray) -> bytes:
@@ -30,15 +50,15 @@ def _words(values: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def chunk_hashes(row: np.ndarray) -> list[bytes]:
+def chunk_hashes(row: np.ndarray, width: int = 32) -> list[bytes]:
     """Chunk hashes of one row (the last chunk zero padded)."""
     row = np.asarray(row, dtype=np.int64).reshape(-1)
-    n_chunks = -(-row.size // CHUNK)
-    padded = np.zeros(n_chunks * CHUNK, dtype=np.int64)
+    n = per_chunk(width)
+    n_chunks = -(-row.size // n)
+    padded = np.zeros(n_chunks * n, dtype=np.int64)
     padded[: row.size] = row
-    data = _words(padded)
-    step = CHUNK * 32
-    return [merkle.keccak(data[i : i + step]) for i in range(0, len(data), step)]
+    data = _words(padded) if width == 32 else _packed(padded, width)
+    return [merkle.keccak(data[i : i + CHUNK_BYTES]) for i in range(0, len(data), CHUNK_BYTES)]
 
 
 @lru_cache(maxsize=None)
@@ -47,16 +67,16 @@ def zero_chunk() -> bytes:
 
 
 @lru_cache(maxsize=None)
-def zero_row_root(cols: int) -> bytes:
-    return merkle.root([zero_chunk()] * -(-cols // CHUNK), pad=zero_chunk())
+def zero_row_root(cols: int, width: int = 32) -> bytes:
+    return merkle.root([zero_chunk()] * -(-cols // per_chunk(width)), pad=zero_chunk())
 
 
-def row_tree(row: np.ndarray) -> list[list[bytes]]:
-    return merkle.levels(chunk_hashes(row), pad=zero_chunk())
+def row_tree(row: np.ndarray, width: int = 32) -> list[list[bytes]]:
+    return merkle.levels(chunk_hashes(row, width), pad=zero_chunk())
 
 
-def row_root(row: np.ndarray) -> bytes:
-    return row_tree(row)[-1][0]
+def row_root(row: np.ndarray, width: int = 32) -> bytes:
+    return row_tree(row, width)[-1][0]
 
 
 @dataclass
@@ -66,17 +86,20 @@ class TensorTree:
     values: np.ndarray
     row_trees: list[list[list[bytes]]]
     rows_tree: list[list[bytes]]
+    width: int = 32
 
     @classmethod
-    def build(cls, values: np.ndarray) -> "TensorTree":
+    def build(cls, values: np.ndarray, width: int = 32) -> "TensorTree":
         values = np.asarray(values, dtype=np.int64)
         if values.ndim == 1:
             values = values.reshape(1, -1)
         if values.ndim != 2 or values.size == 0:
             raise CommitmentError(f"a tensor must be a non-empty 2-D array, got shape {values.shape}")
-        row_trees = [row_tree(r) for r in values]
-        rows_tree = merkle.levels([t[-1][0] for t in row_trees], pad=zero_row_root(values.shape[1]))
-        return cls(values, row_trees, rows_tree)
+        if width not in WIDTHS:
+            raise CommitmentError(f"tensor width must be one of {WIDTHS} bytes, got {width}")
+        row_trees = [row_tree(r, width) for r in values]
+        rows_tree = merkle.levels([t[-1][0] for t in row_trees], pad=zero_row_root(values.shape[1], width))
+        return cls(values, row_trees, rows_tree, width)
 
     @property
     def root(self) -> bytes:

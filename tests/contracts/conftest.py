@@ -10,7 +10,9 @@ from brownie import accounts, chain
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.program import Trace
-from opinfer.trace.testing import corrupted_trace, toy_program  # noqa: F401  (re-exported for tests)
+from opinfer.trace.testing import corrupted_trace, toy_job, toy_program  # noqa: F401  (re-exported for tests)
+
+PROGRAM_HEADER = toy_program().model_header()
 from scripts.deploy import DeployParams, deploy_system
 
 ETHER = 10**18
@@ -85,18 +87,18 @@ def staked(system, nodes, challengers, params):
 
 @pytest.fixture(scope="module")
 def job_input():
-    return np.random.default_rng(11).integers(-128, 128, size=(2, 24))
+    return toy_job(11)
 
 
 @pytest.fixture(scope="module")
 def honest_trace(program, job_input):
-    return Trace(program, program.run(job_input))
+    return Trace.of(program, job_input)
 
 
 def make_leaf(trace: Trace, node, model_id: int, rollup, job: int = 1) -> ResultLeaf:
     leaf = ResultLeaf(
         job_id=job.to_bytes(16, "big"), model_id=model_id, input_root=trace.input_root,
-        output_root=trace.output_root, node=node.address, input=b"job-input-%d" % job,
+        output_root=trace.output_root, node=node.address, input=trace.job.to_bytes(),
     )
     return leaf.signed(node.private_key, chain.id, rollup.address)
 

@@ -12,7 +12,7 @@ from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from conftest import make_leaf, post
+from conftest import PROGRAM_HEADER, make_leaf, post
 from opinfer.trace import bisection
 
 ETHER = 10**18
@@ -126,7 +126,7 @@ class Accounting(RuleBasedStateMachine):
         self.job += 1
         batch_id, batch, _ = post(self.s, self.coordinator, [make_leaf(self.trace, node, self.model_id,
                                                                        self.s.rollup, job=self.job)])
-        tx = self.s.game.challenge(batch_id, 0, batch.records[0], batch.proof(0), {"from": c})
+        tx = self.s.game.challenge(*batch.challenge_args(batch_id, 0, PROGRAM_HEADER), {"from": c})
         self.games.append((tx.return_value, node, c))
         b.bond[c] -= bond
         b.locked[c] += bond

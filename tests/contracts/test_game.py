@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from brownie import chain
 
-from opinfer.trace.tensor import TensorTree
+from opinfer.trace.program import Trace
 
-from conftest import (ACTIVE, CHALLENGER_WON, NODE_WON, VOID, Driver, corrupted_trace, game_state,
+from conftest import (ACTIVE, CHALLENGER_WON, NODE_WON, PROGRAM_HEADER, VOID, Driver, corrupted_trace, game_state,
                       make_leaf, post)
 
 STATUS_POSTED, STATUS_DISPUTED, STATUS_FINAL, STATUS_INVALID = 1, 2, 3, 4
@@ -23,7 +23,7 @@ def posted(system, staked, coordinator, nodes, model_id, honest_trace):
 
 
 def open_game(system, batch_id, batch, index, challenger):
-    tx = system.game.challenge(batch_id, index, batch.records[index], batch.proof(index), {"from": challenger})
+    tx = system.game.challenge(*batch.challenge_args(batch_id, index, PROGRAM_HEADER), {"from": challenger})
     return tx.return_value
 
 
@@ -31,7 +31,7 @@ def balances(system, accounts_):
     return {a.address: system.stake.claimable(a) for a in accounts_}
 
 
-@pytest.mark.parametrize("position,row,col", [(4, 1, 5), (1, 0, 33), (1, 1, 39), (3, 0, 15)])
+@pytest.mark.parametrize("position,row,col", [(4, 0, 5), (1, 0, 33), (1, 0, 39), (3, 0, 15)])
 def test_cheating_node_loses_and_is_slashed(system, staked, coordinator, nodes, challengers, model_id,
                                             program, job_input, honest_trace, treasury, position, row, col):
     node, challenger = nodes[0], challengers[0]
@@ -66,7 +66,7 @@ def test_honest_node_wins_and_takes_the_bond(system, posted, nodes, challengers,
     batch_id, batch = posted
     node, challenger = nodes[0], challengers[0]
     # A wrong (or malicious) challenger: its trace differs at op 2.
-    wrong = corrupted_trace(program, job_input, 2, 1, 7)
+    wrong = corrupted_trace(program, job_input, 2, 0, 7)
     gid = open_game(system, batch_id, batch, 0, challenger)
     end = Driver(system, gid, node, honest_trace, challenger, wrong).play()
     assert end["status"] == NODE_WON
@@ -106,7 +106,7 @@ def test_rechallenge_after_failed_challenge(system, posted, nodes, challengers, 
 
 def test_concurrent_challenges_second_voided_after_fraud(system, staked, coordinator, nodes, challengers,
                                                           model_id, program, job_input, honest_trace):
-    bad = corrupted_trace(program, job_input, 4, 1, 1)
+    bad = corrupted_trace(program, job_input, 4, 0, 1)
     batch_id, batch, _ = post(system, coordinator, [make_leaf(bad, nodes[2], model_id, system.rollup)])
     g1 = open_game(system, batch_id, batch, 0, challengers[0])
     g2 = open_game(system, batch_id, batch, 0, challengers[1])
@@ -200,25 +200,25 @@ def test_wrong_party_and_wrong_phase_revert(system, posted, nodes, challengers, 
 
 def test_challenge_rejections(system, posted, nodes, challengers, coordinator, honest_trace, model_id):
     batch_id, batch = posted
-    record, proof = batch.records[0], batch.proof(0)
+    record, proof, data = batch.records[0], batch.proof(0), batch.leaves[0].input
     with brownie.reverts("DisputeGame: leaf not in batch"):
-        system.game.challenge(batch_id, 1, record, proof, {"from": challengers[0]})
+        system.game.challenge(batch_id, 1, record, proof, data, PROGRAM_HEADER, {"from": challengers[0]})
     with brownie.reverts("DisputeGame: leaf not in batch"):
-        system.game.challenge(batch_id + 5, 0, record, proof, {"from": challengers[0]})
+        system.game.challenge(batch_id + 5, 0, record, proof, data, PROGRAM_HEADER, {"from": challengers[0]})
     with brownie.reverts("DisputeGame: node cannot challenge itself"):
-        system.game.challenge(batch_id, 0, record, proof, {"from": nodes[0]})
+        system.game.challenge(batch_id, 0, record, proof, data, PROGRAM_HEADER, {"from": nodes[0]})
     with brownie.reverts("StakeManager: insufficient free bond"):
-        system.game.challenge(batch_id, 0, record, proof, {"from": coordinator})
+        system.game.challenge(batch_id, 0, record, proof, data, PROGRAM_HEADER, {"from": coordinator})
     # A leaf whose signature is not the node's cannot be disputed (it is voided instead).
     forged = make_leaf(honest_trace, nodes[1], model_id, system.rollup, job=9)
     forged = forged.__class__(**{**forged.__dict__, "node": nodes[2].address})
     fid, fbatch, _ = post(system, coordinator, [forged])
     with brownie.reverts("DisputeGame: bad node signature"):
-        system.game.challenge(fid, 0, fbatch.records[0], fbatch.proof(0), {"from": challengers[0]})
+        system.game.challenge(*fbatch.challenge_args(fid, 0, PROGRAM_HEADER), {"from": challengers[0]})
     chain.sleep(system.params.challenge_window + 1)
     chain.mine()
     with brownie.reverts("DisputeGame: challenge window closed"):
-        system.game.challenge(batch_id, 0, record, proof, {"from": challengers[0]})
+        system.game.challenge(batch_id, 0, record, proof, data, PROGRAM_HEADER, {"from": challengers[0]})
 
 
 def test_game_over_rejects_moves(system, posted, nodes, challengers, honest_trace):
@@ -252,7 +252,7 @@ def test_bad_step_witness_reverts_and_changes_nothing(system, posted, nodes, cha
 def test_phase_two_rejects_malformed_moves(system, posted, nodes, challengers, program, job_input, honest_trace):
     """Drive an honest-node game to each phase-2 move and try the ways to get it wrong."""
     batch_id, batch = posted
-    wrong = corrupted_trace(program, job_input, 1, 1, 20)
+    wrong = corrupted_trace(program, job_input, 1, 0, 20)
     gid = open_game(system, batch_id, batch, 0, challengers[0])
     driver = Driver(system, gid, nodes[0], honest_trace, challengers[0], wrong)
     game, node, chal = system.game, {"from": nodes[0]}, {"from": challengers[0]}
@@ -292,16 +292,15 @@ def test_phase_two_rejects_malformed_moves(system, posted, nodes, challengers, p
 def test_padding_element_is_zero_in_a_step(system, staked, coordinator, nodes, challengers, model_id, program,
                                            job_input, honest_trace):
     """A node that puts a non-zero value in a padding column loses: the step knows it is 0."""
-    bad = corrupted_trace(program, job_input, 4, 0, 0, delta=0)
-    padded = bad.trees[4].values.copy()
-    bad_tree_values = np.zeros((2, 16), dtype=np.int64)
-    bad_tree_values[:, :8] = padded
+    tensors = list(honest_trace.tensors)
+    widened = np.zeros((1, 16), dtype=np.int64)
+    widened[:, :8] = tensors[4]
     # Same real values, but the committed tensor claims 16 columns with junk in 8..15.
-    bad_tree_values[1, 12] = 5
-    bad.tensors[4] = bad_tree_values
-    bad.trees[4] = TensorTree.build(bad_tree_values)
+    widened[0, 12] = 5
+    tensors[4] = widened
+    bad = Trace(program, job_input, tensors)
     batch_id, batch, _ = post(system, coordinator, [make_leaf(bad, nodes[0], model_id, system.rollup)])
     gid = open_game(system, batch_id, batch, 0, challengers[0])
     end = Driver(system, gid, nodes[0], bad, challengers[0], honest_trace).play()
-    assert (end["hi"], end["row"], end["col"]) == (4, 1, 12)
+    assert (end["hi"], end["row"], end["col"]) == (4, 0, 12)
     assert end["status"] == CHALLENGER_WON

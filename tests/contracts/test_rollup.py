@@ -4,7 +4,7 @@ import brownie
 import pytest
 from brownie import ResultRollup, accounts, chain
 
-from conftest import make_leaf, post
+from conftest import PROGRAM_HEADER, make_leaf, post
 from opinfer.trace.leaf import Batch, ResultLeaf
 
 STATUS_UNKNOWN, STATUS_POSTED, STATUS_DISPUTED, STATUS_FINAL, STATUS_INVALID = 0, 1, 2, 3, 4
@@ -100,7 +100,7 @@ def test_finalize_after_deadline_once(system, coordinator, leaves, params):
 
 def test_disputed_leaf_does_not_finalize_but_the_rest_do(system, coordinator, leaves, challengers, params):
     batch_id, batch, _ = post(system, coordinator, leaves)
-    system.game.challenge(batch_id, 3, batch.records[3], batch.proof(3), {"from": challengers[0]})
+    system.game.challenge(*batch.challenge_args(batch_id, 3, PROGRAM_HEADER), {"from": challengers[0]})
     chain.sleep(params.challenge_window + 1)
     chain.mine()
     system.rollup.finalize(batch_id, {"from": coordinator})

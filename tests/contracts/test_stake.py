@@ -95,12 +95,12 @@ def test_game_only_functions_reject_everyone_else(sm, fn, args, deployer):
 
 def test_open_dispute_locks_unbond_and_withdraw(system, staked, nodes, challengers, coordinator, model_id,
                                                 honest_trace, params):
-    from conftest import make_leaf, post
+    from conftest import PROGRAM_HEADER, make_leaf, post
     sm = system.stake
     node = nodes[0]
     sm.request_unbond(params.min_stake, {"from": node})  # half out, half still active
     batch_id, batch, _ = post(system, coordinator, [make_leaf(honest_trace, node, model_id, system.rollup)])
-    system.game.challenge(batch_id, 0, batch.records[0], batch.proof(0), {"from": challengers[0]})
+    system.game.challenge(*batch.challenge_args(batch_id, 0, PROGRAM_HEADER), {"from": challengers[0]})
     assert sm.open_disputes(node) == 1
     assert sm.locked_bond(challengers[0]) == params.challenge_bond
     with brownie.reverts("StakeManager: dispute open"):

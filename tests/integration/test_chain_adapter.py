@@ -1,7 +1,6 @@
 """The services' chain path (web3 + brownie's artifacts) on one anvil for
 the suite: deploy, post a batch, play a whole game with the pure player."""
 
-import numpy as np
 import pytest
 from web3 import HTTPProvider, Web3
 
@@ -13,7 +12,7 @@ from opinfer.errors import ChainError
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.program import Trace
-from opinfer.trace.testing import corrupted_trace, toy_program
+from opinfer.trace.testing import corrupted_trace, toy_job, toy_program
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +48,20 @@ def test_cheating_node_loses_a_game_played_over_web3(chain):
     model_id = c["ModelRegistry"].functions.model_id_by_name("toy-web3").call()
     node.call(c["StakeManager"].functions.stake_eth(), value=2 * 10**18)
     challenger.call(c["StakeManager"].functions.deposit_bond(), value=10**18)
-    x = np.random.default_rng(3).integers(-128, 128, size=(2, 24))
-    honest = Trace(program, program.run(x))
-    bad = corrupted_trace(program, x, 3, 1, 9, delta=100)
+    x = toy_job(3)
+    honest = Trace.of(program, x)
+    bad = corrupted_trace(program, x, 3, 0, 9, delta=100)
     assert bad.output_root != honest.output_root
-    leaf = ResultLeaf(b"\x07" * 16, model_id, bad.input_root, bad.output_root, node.address, input=b"in")
+    leaf = ResultLeaf(b"\x07" * 16, model_id, bad.input_root, bad.output_root, node.address, input=x.to_bytes())
     leaf = leaf.signed(node.account.key, w3.eth.chain_id, d.addresses["ResultRollup"])
     batch = Batch([leaf])
     coordinator.call(c["ResultRollup"].functions.post_batch(*batch.calldata))
     batch_id = c["ResultRollup"].functions.batch_count().call()
-    challenger.call(c["DisputeGame"].functions.challenge(batch_id, 0, batch.records[0], batch.proof(0)))
+    challenger.call(c["DisputeGame"].functions.challenge(*batch.challenge_args(batch_id, 0, program.model_header())))
     gid = c["DisputeGame"].functions.game_count().call()
     g, moves = play(GameClient(c["DisputeGame"], node), GameClient(c["DisputeGame"], challenger), gid, bad, honest)
     assert [name for name, _ in moves][:2] == ["open_trace", "bisect"] and moves[-1][0] == "step"
     assert g["status"] == player.CHALLENGER_WON
-    assert (g["hi"], g["row"], g["col"]) == (3, 1, 9)
+    assert (g["hi"], g["row"], g["col"]) == (3, 0, 9)
     assert c["StakeManager"].functions.slashable(node.address).call() == 0
     assert c["ResultRollup"].functions.leaf_status(batch_id, 0).call() == 4

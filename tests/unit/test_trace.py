@@ -9,7 +9,9 @@ from opinfer.errors import CommitmentError
 from opinfer.trace import bisection, merkle
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.engine.quant import requant
-from opinfer.trace.program import Program, Trace, random_program
+from opinfer.trace.jobinput import JobInput
+from opinfer.trace.program import Program, Trace
+from opinfer.trace.testing import random_program, toy_job
 from opinfer.trace.tensor import CHUNK, TensorTree, chunk_hash
 
 
@@ -66,7 +68,7 @@ def test_requant_rounds_ties_up_and_clamps():
 def test_trace_state_roots_extend_one_position_at_a_time():
     rng = np.random.default_rng(2)
     program = random_program(rng, [24, 40, 24])
-    trace = Trace(program, program.run(rng.integers(-128, 128, size=(2, 24))))
+    trace = Trace.of(program, toy_job(2))
     for i in range(trace.n):
         proof = trace.state_proof(i, i + 1)
         assert proof == trace.state_proof(i + 1, i + 1)
@@ -77,9 +79,9 @@ def test_trace_state_roots_extend_one_position_at_a_time():
 def test_program_is_deterministic_and_model_root_binds_weights():
     rng = np.random.default_rng(3)
     program = random_program(rng, [16, 16])
-    x = rng.integers(-128, 128, size=(2, 16))
+    x = toy_job(3, tokens=6)
     assert np.array_equal(program.run(x)[-1], program.run(x)[-1])
-    other = Program(program.ops, [w.copy() for w in program.weights])
+    other = Program(program.ops, [w.copy() for w in program.weights], program.widths)
     other.weights[0][0, 0] += 1
     assert other.model_root != program.model_root
 
@@ -162,3 +164,31 @@ def test_brownie_shim_rewrites_vyper_04_source_maps():
     # Strings (older Vyper) pass through untouched.
     shim.normalise_source_maps(output)
     assert output["contracts"]["a.vy"]["A"]["evm"]["deployedBytecode"]["sourceMap"] == "1:2:0:-;"
+
+
+def test_job_input_round_trips_and_rejects_malformed_bytes():
+    job = JobInput((5, 900, 65534), max_tokens=7, temperature_milli=700, top_p_q=60000, seed=(1 << 63) + 9,
+                   stop_sequences=((2,), (17, 18)))
+    data = job.to_bytes()
+    assert JobInput.from_bytes(data) == job
+    t0 = job.tensor()
+    assert t0.shape == (1, 10 + 5 + 3) and t0[0, job.tokens_at:].tolist() == [5, 900, 65534]
+    for bad in (data[:-1], data[:-2], b"\x00\x02" + data[2:], data[:18]):
+        with pytest.raises(CommitmentError):
+            JobInput.from_bytes(bad)
+    with pytest.raises(CommitmentError, match="at least one token"):
+        JobInput(())
+    with pytest.raises(CommitmentError, match="top_p_q"):
+        JobInput((1,), top_p_q=0)
+
+
+def test_packed_weight_rows_hash_like_words_of_packed_values():
+    from opinfer.trace.tensor import chunk_hashes
+    row = np.arange(-300, 300)
+    # 2-byte values: 256 per chunk; the packing is big-endian, first value most significant.
+    packed = chunk_hashes(row, 2)
+    assert len(packed) == 3
+    first = b"".join(int(v).to_bytes(2, "big", signed=True) for v in row[:256])
+    assert packed[0] == merkle.keccak(first)
+    with pytest.raises(CommitmentError, match="out of range"):
+        chunk_hashes(np.array([128]), 1)

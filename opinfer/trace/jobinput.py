@@ -1,0 +1,99 @@
+"""Job input bytes and the input tensor T_0 they define.
+
+A job's input is what the coordinator posts on-chain with the leaf, so a
+challenger needs nothing else and the contract can check the input tensor
+against the bytes (input binding). The bytes are big-endian uint16 words:
+
+    [version=1, n_tokens L, max_tokens M, temperature_milli, top_p_q - 1,
+     seed (4 words, most significant first), S, stop words (S), tokens (L)]
+
+Stop words hold token-level stop sequences, each sequence followed by the
+word 0xFFFF. T_0 is one row: the words as integers, so element j of T_0 is
+word j (StepVerifier.input_tensor_root rebuilds its root from the bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from opinfer.errors import CommitmentError
+
+VERSION = 1
+HEADER_WORDS = 10           # through S
+SEPARATOR = 0xFFFF
+MAX_WORDS = 2048            # one tensor row on-chain (StepVerifier MAX_ROW)
+TOKENS_AT = HEADER_WORDS    # plus S
+
+
+@dataclass(frozen=True)
+class JobInput:
+    tokens: tuple[int, ...]
+    max_tokens: int = 0
+    temperature_milli: int = 0
+    top_p_q: int = 65536
+    seed: int = 0
+    stop_sequences: tuple[tuple[int, ...], ...] = field(default=())
+
+    def __post_init__(self):
+        checks = [
+            (len(self.tokens) >= 1, "a job needs at least one token"),
+            (all(0 <= t < SEPARATOR for t in self.tokens), "token ids must be in [0, 65535)"),
+            (0 <= self.max_tokens < 1 << 16, "max_tokens must be in [0, 65535]"),
+            (0 <= self.temperature_milli < 1 << 16, "temperature_milli must be in [0, 65535]"),
+            (1 <= self.top_p_q <= 1 << 16, "top_p_q must be in [1, 65536]"),
+            (0 <= self.seed < 1 << 64, "seed must be in [0, 2^64)"),
+            (all(s and all(0 <= t < SEPARATOR for t in s) for s in self.stop_sequences),
+             "stop sequences must be non-empty token id lists"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CommitmentError(message)
+        if len(self.words()) > MAX_WORDS:
+            raise CommitmentError(f"job input too long: {len(self.words())} words > {MAX_WORDS}")
+
+    def stop_words(self) -> list[int]:
+        out: list[int] = []
+        for seq in self.stop_sequences:
+            out += list(seq) + [SEPARATOR]
+        return out
+
+    def words(self) -> list[int]:
+        stop = self.stop_words()
+        seed = [(self.seed >> (16 * (3 - i))) & 0xFFFF for i in range(4)]
+        return ([VERSION, len(self.tokens), self.max_tokens, self.temperature_milli, self.top_p_q - 1]
+                + seed + [len(stop)] + stop + list(self.tokens))
+
+    def to_bytes(self) -> bytes:
+        return np.asarray(self.words(), dtype=">u2").tobytes()
+
+    def tensor(self) -> np.ndarray:
+        return np.asarray(self.words(), dtype=np.int64).reshape(1, -1)
+
+    @property
+    def tokens_at(self) -> int:
+        """Index in T_0 of the first token."""
+        return TOKENS_AT + len(self.stop_words())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "JobInput":
+        if len(data) % 2 or len(data) < 2 * HEADER_WORDS:
+            raise CommitmentError("job input must be an even number of bytes holding at least the header")
+        w = [int(v) for v in np.frombuffer(data, dtype=">u2")]
+        if w[0] != VERSION:
+            raise CommitmentError(f"unknown job input version {w[0]}")
+        n, s = w[1], w[9]
+        if len(w) != HEADER_WORDS + s + n:
+            raise CommitmentError("job input length does not match its token and stop counts")
+        stop_words, seqs, cur = w[HEADER_WORDS:HEADER_WORDS + s], [], []
+        for t in stop_words:
+            if t == SEPARATOR:
+                seqs.append(tuple(cur))
+                cur = []
+            else:
+                cur.append(t)
+        if cur:
+            raise CommitmentError("unterminated stop sequence")
+        seed = (w[5] << 48) | (w[6] << 32) | (w[7] << 16) | w[8]
+        return cls(tuple(w[HEADER_WORDS + s:]), w[2], w[3], w[4] + 1, seed, tuple(seqs))

@@ -63,7 +63,7 @@ interface IStepVerifier:
     def fold(_index: uint256, _leaf: bytes32, _proof: DynArray[bytes32, 32]) -> bytes32: pure
     def job_shape(_model_root: bytes32, _ops_per_step: uint256, _model_header: Bytes[2560], _input: Bytes[4096]) -> (bool, uint256, uint256, bytes32): pure
     def op_output_shape(_model_root: bytes32, _ops_per_step: uint256, _job: uint256, _op_index: uint256, _header: Bytes[2560]) -> (uint256, uint256): pure
-    def compute_element(_model_root: bytes32, _ops_per_step: uint256, _job: uint256, _op_index: uint256, _state_root: bytes32, _row: uint256, _col: uint256, _header: Bytes[2560], _witness: Bytes[272000]) -> int256: pure
+    def compute_element(_model_root: bytes32, _ops_per_step: uint256, _job: uint256, _op_index: uint256, _state_root: bytes32, _row: uint256, _col: uint256, _header: Bytes[2560], _witness: Bytes[120000]) -> int256: view
 
 # ---------------------------------------------------------------- events
 
@@ -140,7 +140,7 @@ CHUNK: constant(uint256) = 16
 MAX_PROOF: constant(uint256) = 32
 MAX_BATCH_DEPTH: constant(uint256) = 7
 MAX_HEADER: constant(uint256) = 2560
-MAX_OP_WITNESS: constant(uint256) = 272000
+MAX_OP_WITNESS: constant(uint256) = 120000
 MAX_INPUT: constant(uint256) = 4096
 
 PHASE_OPEN: constant(uint8) = 1

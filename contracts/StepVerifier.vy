@@ -38,11 +38,14 @@
 CHUNK: constant(uint256) = 16
 MAX_ROW: constant(uint256) = 2048
 MAX_CHUNKS: constant(uint256) = MAX_ROW // CHUNK
+MAX_VALUES: constant(uint256) = 3200
 MAX_PROOF: constant(uint256) = 32
 MAX_OP_DESC: constant(uint256) = 1024
 MAX_HEADER: constant(uint256) = 2560
-MAX_OP_WITNESS: constant(uint256) = 272000
+MAX_OP_WITNESS: constant(uint256) = 120000
 MAX_INPUT: constant(uint256) = 4096
+MIN_INT: constant(int256) = min_value(int256)
+MAX_INT: constant(int256) = max_value(int256)
 MAX_SLOTS: constant(uint256) = 4
 DESC_WORDS: constant(uint256) = 32
 PARAMS_AT: constant(uint256) = 19
@@ -68,23 +71,40 @@ OP_LOOKUP: constant(uint256) = 10
 OP_POOL: constant(uint256) = 11
 OP_L2NORM: constant(uint256) = 12
 
-# Element rules shared with opinfer/engine/elements.py (see there).
-LN_BITS: constant(uint256) = 8
-EXP_INPUT_MAX: constant(int256) = 1 << 20
-INV_LN2_Q8: constant(int256) = 94548
 
 struct Read:
     root: bytes32
     proof: DynArray[bytes32, MAX_PROOF]
     row: uint256
-    values: DynArray[int256, MAX_ROW]
     row_proof: DynArray[bytes32, MAX_PROOF]
+
+struct Witness:
+    values: DynArray[int256, MAX_VALUES]
+    reads: DynArray[Read, MAX_SLOTS]
+
+interface IElementRules:
+    def elem_requant(_acc: int256, _mult: int256, _shift: uint256, _lo: int256, _hi: int256) -> int256: pure
+    def elem_dot(_a: DynArray[int256, MAX_ROW], _w: DynArray[int256, MAX_ROW], _bias: int256, _mult: int256, _shift: uint256, _lo: int256, _hi: int256) -> int256: pure
+    def elem_layer_norm(_row: DynArray[int256, MAX_ROW], _col: uint256, _gain: int256, _beta: int256, _eps: int256, _lo: int256, _hi: int256) -> int256: pure
+    def elem_softmax(_row: DynArray[int256, MAX_ROW], _col: uint256, _mult: int256, _shift: uint256, _one: int256) -> int256: pure
+    def elem_l2_normalise(_row: DynArray[int256, MAX_ROW], _col: uint256, _out_bits: uint256) -> int256: pure
 
 struct Model:
     program_root: bytes32
     weights_root: bytes32
     num_weights: uint256
     steps_mode: uint256
+
+# ---------------------------------------------------------------- storage
+
+# @dev The element rules (shared with the Python engine by test vectors).
+rules: public(IElementRules)
+
+
+@deploy
+def __init__(_rules: IElementRules):
+    self.rules = _rules
+
 
 # ---------------------------------------------------------------- external
 
@@ -162,7 +182,7 @@ def op_output_shape(_model_root: bytes32, _ops_per_step: uint256, _job: uint256,
 
 
 @external
-@pure
+@view
 def compute_element(
     _model_root: bytes32,
     _ops_per_step: uint256,
@@ -178,7 +198,10 @@ def compute_element(
     @notice The true value of element (_row, _col) of the output of op
             `_op_index`, computed from rows proven against `_state_root`
             (the agreed state before the op) and the model root.
-    @dev Reverts when a proof does not hold.
+    @dev Reverts when a proof does not hold. The witness holds the rows the
+         element reads, one after the other in `values` (each as long as its
+         slot's columns), and for each its tensor root, tensor proof, row
+         index and row proof.
     """
     model: Model = empty(Model)
     op: int256[DESC_WORDS] = empty(int256[DESC_WORDS])
@@ -186,211 +209,109 @@ def compute_element(
     step: uint256 = _op_index // _ops_per_step
     if _row >= self._dim(op[1], _job, step) or _col >= self._dim(op[2], _job, step):
         return 0
-    reads: DynArray[Read, MAX_SLOTS] = abi_decode(_witness, DynArray[Read, MAX_SLOTS])
+    w: Witness = abi_decode(_witness, Witness)
     num_ops: uint256 = (_job >> 64) * _ops_per_step
+    at: uint256[MAX_SLOTS + 1] = empty(uint256[MAX_SLOTS + 1])
+    slots: uint256 = 0
     for i: uint256 in range(MAX_SLOTS):
-        if op[3 + 4 * i] == 0:
-            assert len(reads) == i, "StepVerifier: wrong number of reads"
-            break
-        assert i < len(reads), "StepVerifier: wrong number of reads"
-        self._check_read(model, op, i, reads[i], _job, _op_index, _ops_per_step, num_ops, _state_root)
-    return self._element(op, reads, _row, _col, _job, step)
+        if op[3 + 4 * i] != 0:
+            slots = i + 1
+    assert len(w.reads) == slots, "StepVerifier: wrong number of reads"
+    for i: uint256 in range(MAX_SLOTS):
+        if i >= slots:
+            at[i + 1] = at[i]
+            continue
+        cols: uint256 = self._dim(op[5 + 4 * i], _job, step)
+        at[i + 1] = at[i] + cols
+        assert at[i + 1] <= len(w.values), "StepVerifier: witness too short"
+        root: bytes32 = self._row_root(self._slice(w.values, at[i], cols), convert(op[6 + 4 * i], uint256))
+        self._check_read(model, op, i, w.reads[i], root, _job, _op_index, _ops_per_step, num_ops, _state_root)
+    assert at[MAX_SLOTS] == len(w.values), "StepVerifier: witness too long"
 
-
-# ---------------------------------------------------------------- internal: element rules
-
-@internal
-@pure
-def _floor_div(_num: int256, _den: int256) -> int256:
-    """
-    @dev Python's floor division for _den > 0 (Vyper's // truncates towards zero).
-    """
-    q: int256 = _num // _den
-    if _num % _den != 0 and _num < 0:
-        q -= 1
-    return q
-
-
-@internal
-@pure
-def _round_div(_num: int256, _den: int256) -> int256:
-    return self._floor_div(2 * _num + _den, 2 * _den)
-
-
-@internal
-@pure
-def _layer_norm(_row: DynArray[int256, MAX_ROW], _col: uint256, _gain: int256, _beta: int256, _eps: int256, _lo: int256, _hi: int256) -> int256:
-    n: int256 = convert(len(_row), int256)
-    assert n > 0 and _col < len(_row), "StepVerifier: bad layer norm row"
-    total: int256 = 0
-    for x: int256 in _row:
-        total += x
-    mean: int256 = self._round_div(total, n)
-    sq: int256 = 0
-    for x: int256 in _row:
-        sq += (x - mean) * (x - mean)
-    var: int256 = self._round_div(sq, n) + _eps
-    assert var >= 0, "StepVerifier: negative variance"
-    std: int256 = max(convert(isqrt(convert(var, uint256)), int256), 1)
-    y: int256 = self._round_div((_row[_col] - mean) * _gain, std << LN_BITS) + _beta
-    return min(max(y, _lo), _hi)
-
-
-@internal
-@pure
-def _exp_neg(_u: int256) -> int256:
-    """
-    @dev 2^16 * exp(-u / 2^8) for 0 <= u: exp(-x) = 2^-(x / ln 2), the
-         fractional power of two by a degree-6 polynomial at 2^30 (Horner,
-         flooring shifts), then shifted down by the integer part.
-    """
-    assert _u >= 0, "StepVerifier: negative exp input"
-    y: int256 = (_u * INV_LN2_Q8 + 128) >> 8
-    q: int256 = y >> 16
-    f: int256 = y & 65535
-    if q >= 32:
-        return 0
-    p: int256 = 165394
-    p = -1431680 + ((p * f) >> 16)
-    p = 10327387 + ((p * f) >> 16)
-    p = -59597083 + ((p * f) >> 16)
-    p = 257941248 + ((p * f) >> 16)
-    p = -744261118 + ((p * f) >> 16)
-    p = 1073741824 + ((p * f) >> 16)
-    s: uint256 = convert(q, uint256) + 14
-    return (p + (1 << (s - 1))) >> s
-
-
-@internal
-@pure
-def _softmax(_row: DynArray[int256, MAX_ROW], _col: uint256, _mult: int256, _shift: uint256, _one: int256) -> int256:
-    assert len(_row) > 0 and _col < len(_row), "StepVerifier: bad softmax row"
-    top: int256 = _row[0]
-    for x: int256 in _row:
-        top = max(top, x)
-    total: int256 = 0
-    mine: int256 = 0
-    for i: uint256 in range(MAX_ROW):
-        if i >= len(_row):
-            break
-        e: int256 = self._exp_neg(self._requantise(top - _row[i], _mult, _shift, 0, EXP_INPUT_MAX))
-        total += e
-        if i == _col:
-            mine = e
-    return self._round_div(mine * _one, total)
-
-
-@internal
-@pure
-def _l2_normalise(_row: DynArray[int256, MAX_ROW], _col: uint256, _out_bits: uint256) -> int256:
-    assert _col < len(_row), "StepVerifier: column out of range"
-    sq: int256 = 0
-    for x: int256 in _row:
-        sq += x * x
-    norm: int256 = max(convert(isqrt(convert(sq, uint256)), int256), 1)
-    return self._round_div(_row[_col] << _out_bits, norm)
-
-
-@internal
-@pure
-def _requantise(_acc: int256, _multiplier: int256, _shift_bits: uint256, _qmin: int256, _qmax: int256) -> int256:
-    scaled: int256 = _acc * _multiplier
-    if _shift_bits > 0:
-        scaled = (scaled + convert(1 << (_shift_bits - 1), int256)) >> _shift_bits
-    return min(max(scaled, _qmin), _qmax)
-
+    code: uint256 = convert(op[0], uint256)
+    p: int256[13] = empty(int256[13])
+    for i: uint256 in range(13):
+        p[i] = op[PARAMS_AT + i]
+    rows: DynArray[uint256, MAX_SLOTS] = []
+    for r: Read in w.reads:
+        rows.append(r.row)
+    if code == OP_DOT:
+        self._want(rows, _row, _col, 0, 0)
+        return staticcall self.rules.elem_dot(self._slice(w.values, 0, at[1]), self._slice(w.values, at[1], at[2] - at[1]), 0, p[0], convert(p[1], uint256), p[2], p[3])
+    if code == OP_EMBED_SUM:
+        token: uint256 = convert(w.values[(_job >> 32 & MASK32) + _row], uint256)
+        self._want(rows, 0, token, _row, 0)
+        return w.values[at[1] + _col] + w.values[at[2] + _col] + w.values[at[3] + _col]
+    if code == OP_LAYER_NORM:
+        self._want(rows, _row, _col, 0, 0)
+        return staticcall self.rules.elem_layer_norm(self._slice(w.values, 0, at[1]), _col, w.values[at[1]], w.values[at[1] + 1], p[0], -128, 127)
+    if code == OP_DENSE:
+        self._want(rows, _row, _col, _col, 0)
+        return staticcall self.rules.elem_dot(self._slice(w.values, 0, at[1]), self._slice(w.values, at[1], at[2] - at[1]), w.values[at[2]], w.values[at[2] + 1], convert(p[0], uint256), p[1], p[2])
+    if code == OP_SCORES:
+        rq: uint256 = self._dim(op[4], _job, step)
+        d: uint256 = convert(p[0], uint256)
+        h: uint256 = _row // rq
+        self._want(rows, _row % rq, _col, 0, 0)
+        return staticcall self.rules.elem_dot(self._slice(w.values, h * d, d), self._slice(w.values, at[1] + (h // convert(p[1], uint256)) * d, d), 0, 1, 0, MIN_INT, MAX_INT)
+    if code == OP_SOFTMAX:
+        self._want(rows, _row, 0, 0, 0)
+        return staticcall self.rules.elem_softmax(self._slice(w.values, 0, at[1]), _col, p[0], convert(p[1], uint256), p[2])
+    if code == OP_TRANSPOSE:
+        self._want(rows, _col, 0, 0, 0)
+        return w.values[_row]
+    if code == OP_CONTEXT:
+        d: uint256 = convert(p[0], uint256)
+        h: uint256 = _col // d
+        self._want(rows, h * self._dim(op[1], _job, step) + _row, (h // convert(p[1], uint256)) * d + _col % d, 0, 0)
+        return staticcall self.rules.elem_dot(self._slice(w.values, 0, at[1]), self._slice(w.values, at[1], at[2] - at[1]), 0, p[2], convert(p[3], uint256), p[4], p[5])
+    if code == OP_RESIDUAL:
+        self._want(rows, _row, _row, _col, 0)
+        return w.values[_col] + staticcall self.rules.elem_requant(w.values[at[1] + _col], w.values[at[2]], convert(p[0], uint256), p[1], p[2])
+    if code == OP_LOOKUP:
+        idx: int256 = w.values[_col] + p[0]
+        assert idx >= 0, "StepVerifier: lookup index out of range"
+        self._want(rows, _row, convert(idx, uint256) // TABLE_WIDTH, 0, 0)
+        return w.values[at[1] + convert(idx, uint256) % TABLE_WIDTH]
+    if code == OP_POOL:
+        self._want(rows, _col, _col, 0, 0)
+        total: int256 = 0
+        for i: uint256 in range(MAX_VALUES):
+            if i >= at[1]:
+                break
+            total += w.values[i]
+        return total * w.values[at[1]]
+    if code == OP_L2NORM:
+        self._want(rows, _row, 0, 0, 0)
+        return staticcall self.rules.elem_l2_normalise(self._slice(w.values, 0, at[1]), _col, convert(p[0], uint256))
+    raise "StepVerifier: unknown opcode"
 
 
 # ---------------------------------------------------------------- internal: ops
 
 @internal
 @pure
-def _element(_op: int256[DESC_WORDS], _reads: DynArray[Read, MAX_SLOTS], _row: uint256, _col: uint256, _job: uint256, _step: uint256) -> int256:
+def _want(_rows: DynArray[uint256, MAX_SLOTS], _r0: uint256, _r1: uint256, _r2: uint256, _r3: uint256):
     """
-    @dev Check that each slot's proven row is the one the element reads and
-         apply the op's rule (opinfer/trace/ops.py has the vectorised twin).
-    """
-    code: uint256 = convert(_op[0], uint256)
-    p: int256[13] = empty(int256[13])
-    for i: uint256 in range(13):
-        p[i] = _op[PARAMS_AT + i]
-    if code == OP_DOT:
-        self._want(_reads, _row, _col, max_value(uint256), max_value(uint256))
-        return self._requantise(self._dot(_reads[0].values, 0, _reads[1].values, 0, len(_reads[0].values)), p[0], convert(p[1], uint256), p[2], p[3])
-    if code == OP_EMBED_SUM:
-        token: uint256 = convert(_reads[0].values[(_job >> 32 & MASK32) + _row], uint256)
-        self._want(_reads, 0, token, _row, 0)
-        return _reads[1].values[_col] + _reads[2].values[_col] + _reads[3].values[_col]
-    if code == OP_LAYER_NORM:
-        self._want(_reads, _row, _col, max_value(uint256), max_value(uint256))
-        return self._layer_norm(_reads[0].values, _col, _reads[1].values[0], _reads[1].values[1], p[0], -128, 127)
-    if code == OP_DENSE:
-        self._want(_reads, _row, _col, _col, max_value(uint256))
-        acc: int256 = self._dot(_reads[0].values, 0, _reads[1].values, 0, len(_reads[0].values)) + _reads[2].values[0]
-        return self._requantise(acc, _reads[2].values[1], convert(p[0], uint256), p[1], p[2])
-    if code == OP_SCORES:
-        rq: uint256 = self._dim(_op[4], _job, _step)
-        d: uint256 = convert(p[0], uint256)
-        h: uint256 = _row // rq
-        self._want(_reads, _row % rq, _col, max_value(uint256), max_value(uint256))
-        return self._dot(_reads[0].values, h * d, _reads[1].values, (h // convert(p[1], uint256)) * d, d)
-    if code == OP_SOFTMAX:
-        self._want(_reads, _row, max_value(uint256), max_value(uint256), max_value(uint256))
-        return self._softmax(_reads[0].values, _col, p[0], convert(p[1], uint256), p[2])
-    if code == OP_TRANSPOSE:
-        self._want(_reads, _col, max_value(uint256), max_value(uint256), max_value(uint256))
-        return _reads[0].values[_row]
-    if code == OP_CONTEXT:
-        d: uint256 = convert(p[0], uint256)
-        h: uint256 = _col // d
-        rows: uint256 = self._dim(_op[1], _job, _step)
-        self._want(_reads, h * rows + _row, (h // convert(p[1], uint256)) * d + _col % d, max_value(uint256), max_value(uint256))
-        acc: int256 = self._dot(_reads[0].values, 0, _reads[1].values, 0, len(_reads[0].values))
-        return self._requantise(acc, p[2], convert(p[3], uint256), p[4], p[5])
-    if code == OP_RESIDUAL:
-        self._want(_reads, _row, _row, _col, max_value(uint256))
-        return _reads[0].values[_col] + self._requantise(_reads[1].values[_col], _reads[2].values[0], convert(p[0], uint256), p[1], p[2])
-    if code == OP_LOOKUP:
-        idx: int256 = _reads[0].values[_col] + p[0]
-        assert idx >= 0, "StepVerifier: lookup index out of range"
-        self._want(_reads, _row, convert(idx, uint256) // TABLE_WIDTH, max_value(uint256), max_value(uint256))
-        return _reads[1].values[convert(idx, uint256) % TABLE_WIDTH]
-    if code == OP_POOL:
-        self._want(_reads, _col, _col, max_value(uint256), max_value(uint256))
-        total: int256 = 0
-        for v: int256 in _reads[0].values:
-            total += v
-        return total * _reads[1].values[0]
-    if code == OP_L2NORM:
-        self._want(_reads, _row, max_value(uint256), max_value(uint256), max_value(uint256))
-        return self._l2_normalise(_reads[0].values, _col, convert(p[0], uint256))
-    raise "StepVerifier: unknown opcode"
-
-
-@internal
-@pure
-def _want(_reads: DynArray[Read, MAX_SLOTS], _r0: uint256, _r1: uint256, _r2: uint256, _r3: uint256):
-    """
-    @dev The rows the element's rule reads (max_value: slot unused by the rule).
+    @dev The rows each slot's read must be (the element's rule reads those).
     """
     want: uint256[MAX_SLOTS] = [_r0, _r1, _r2, _r3]
     for i: uint256 in range(MAX_SLOTS):
-        if i >= len(_reads):
+        if i >= len(_rows):
             break
-        assert want[i] == max_value(uint256) or _reads[i].row == want[i], "StepVerifier: witness reads the wrong row"
+        assert _rows[i] == want[i], "StepVerifier: witness reads the wrong row"
 
 
 @internal
 @pure
-def _dot(_a: DynArray[int256, MAX_ROW], _a_at: uint256, _w: DynArray[int256, MAX_ROW], _w_at: uint256, _n: uint256) -> int256:
-    assert _a_at + _n <= len(_a) and _w_at + _n <= len(_w), "StepVerifier: dot beyond row"
-    acc: int256 = 0
+def _slice(_values: DynArray[int256, MAX_VALUES], _at: uint256, _n: uint256) -> DynArray[int256, MAX_ROW]:
+    assert _at + _n <= len(_values) and _n <= MAX_ROW, "StepVerifier: row beyond witness"
+    out: DynArray[int256, MAX_ROW] = []
     for i: uint256 in range(MAX_ROW):
         if i >= _n:
             break
-        acc += _a[_a_at + i] * _w[_w_at + i]
-    return acc
-
+        out.append(_values[_at + i])
+    return out
 
 
 # ---------------------------------------------------------------- internal: commitments
@@ -425,7 +346,7 @@ def _proven_op(_model_root: bytes32, _ops_per_step: uint256, _job: uint256, _op_
 
 @internal
 @pure
-def _check_read(_model: Model, _op: int256[DESC_WORDS], _slot: uint256, _read: Read, _job: uint256, _op_index: uint256, _ops_per_step: uint256, _num_ops: uint256, _state_root: bytes32):
+def _check_read(_model: Model, _op: int256[DESC_WORDS], _slot: uint256, _read: Read, _row_root: bytes32, _job: uint256, _op_index: uint256, _ops_per_step: uint256, _num_ops: uint256, _state_root: bytes32):
     """
     @dev The read's tensor is the one slot `_slot` names (in the state or in
          the model) and its row is in that tensor with the slot's shape.
@@ -435,8 +356,6 @@ def _check_read(_model: Model, _op: int256[DESC_WORDS], _slot: uint256, _read: R
     index: uint256 = ref & convert(max_value(uint128), uint256)
     step: uint256 = _op_index // _ops_per_step
     rows: uint256 = self._dim(_op[4 + 4 * _slot], _job, step)
-    cols: uint256 = self._dim(_op[5 + 4 * _slot], _job, step)
-    width: uint256 = convert(_op[6 + 4 * _slot], uint256)
     if kind == KIND_WEIGHT:
         assert index < _model.num_weights, "StepVerifier: weight index out of range"
         assert len(_read.proof) == self._ceil_log2(_model.num_weights), "StepVerifier: bad weight proof length"
@@ -454,9 +373,9 @@ def _check_read(_model: Model, _op: int256[DESC_WORDS], _slot: uint256, _read: R
         assert position <= _op_index, "StepVerifier: source tensor not yet computed"
         assert len(_read.proof) == self._ceil_log2(_num_ops + 1), "StepVerifier: bad state proof length"
         assert self._fold(position, _read.root, _read.proof) == _state_root, "StepVerifier: source tensor not in state"
-    assert _read.row < rows and len(_read.values) == cols, "StepVerifier: row does not fit the slot"
+    assert _read.row < rows, "StepVerifier: row does not fit the slot"
     assert len(_read.row_proof) == self._ceil_log2(rows), "StepVerifier: bad row proof length"
-    assert self._fold(_read.row, self._row_root(_read.values, width), _read.row_proof) == _read.root, "StepVerifier: row not in tensor"
+    assert self._fold(_read.row, _row_root, _read.row_proof) == _read.root, "StepVerifier: row not in tensor"
 
 
 @internal

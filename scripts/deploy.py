@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from brownie import DisputeGame, ModelRegistry, ResultRollup, StakeManager, StepVerifier, accounts
+from brownie import DisputeGame, ElementRules, ModelRegistry, ResultRollup, StakeManager, StepVerifier, accounts
 
 from opinfer.chain.deploy import ProtocolParams as DeployParams
 
@@ -29,7 +29,8 @@ def deploy_system(deployer, treasury, params: DeployParams = DeployParams(), coo
     stake = StakeManager.deploy(params.min_stake, params.delay(), params.challenger_reward_bps, treasury, tx)
     registry = ModelRegistry.deploy(stake, tx)
     rollup = ResultRollup.deploy(stake, registry, params.challenge_window, tx)
-    verifier = StepVerifier.deploy(tx)
+    rules = ElementRules.deploy(tx)
+    verifier = StepVerifier.deploy(rules, tx)
     game = DisputeGame.deploy(stake, rollup, registry, verifier, params.arity, params.clock_budget,
                               params.challenge_bond, tx)
     stake.set_dispute_game(game, tx)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from opinfer.errors import ChainError
 
-CONTRACTS = ("StakeManager", "ModelRegistry", "ResultRollup", "StepVerifier", "DisputeGame")
+CONTRACTS = ("StakeManager", "ModelRegistry", "ResultRollup", "ElementRules", "StepVerifier", "DisputeGame")
 DEFAULT_BUILD = Path(__file__).resolve().parents[2] / "build" / "contracts"
 
 

@@ -52,7 +52,8 @@ def deploy(w3: Web3, sender: TxSender, params: ProtocolParams = ProtocolParams()
     a["ModelRegistry"] = sender.deploy(art["ModelRegistry"].abi, art["ModelRegistry"].bytecode, a["StakeManager"])
     a["ResultRollup"] = sender.deploy(art["ResultRollup"].abi, art["ResultRollup"].bytecode, a["StakeManager"],
                                       a["ModelRegistry"], params.challenge_window)
-    a["StepVerifier"] = sender.deploy(art["StepVerifier"].abi, art["StepVerifier"].bytecode)
+    a["ElementRules"] = sender.deploy(art["ElementRules"].abi, art["ElementRules"].bytecode)
+    a["StepVerifier"] = sender.deploy(art["StepVerifier"].abi, art["StepVerifier"].bytecode, a["ElementRules"])
     a["DisputeGame"] = sender.deploy(art["DisputeGame"].abi, art["DisputeGame"].bytecode, a["StakeManager"],
                                      a["ResultRollup"], a["ModelRegistry"], a["StepVerifier"], params.arity,
                                      params.clock_budget, params.challenge_bond)

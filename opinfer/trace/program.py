@@ -175,6 +175,7 @@ class Trace:
             return b""  # padding: the verifier knows the answer (0) without inputs
         ins = p.slot_tensors(op, op_index, self.tensors)
         state = None
+        values: list[int] = []
         reads = []
         for s, r in zip(op.slots, op.reads(row, col, ins, ctx)):
             if s.ref >> 128 == WEIGHT:
@@ -184,5 +185,6 @@ class Trace:
                 t = p.tensor_index(s.ref, op_index)
                 state = state or self.state_tree(op_index)
                 tree, proof = self.trees[t], merkle.proof(state, t)
-            reads.append((tree.root, proof, r, [int(v) for v in tree.values[r]], tree.row_proof(r)))
-        return encode(["(bytes32,bytes32[],uint256,int256[],bytes32[])[]"], [reads])
+            values += [int(v) for v in tree.values[r]]
+            reads.append((tree.root, proof, r, tree.row_proof(r)))
+        return encode(["(int256[],(bytes32,bytes32[],uint256,bytes32[])[])"], [(values, reads)])

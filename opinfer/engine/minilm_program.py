@@ -1,0 +1,83 @@
+"""all-MiniLM-L6-v2 as an op program (opinfer/trace/ops.py) for disputes.
+
+The fast engine (`minilm.IntMiniLM.forward`) and this program compute the
+same bits (tests/unit/test_model_programs.py); the program exists so that a
+trace, state roots and one-step witnesses can be built for any job, and so
+that the model has an on-chain identity (`model_root`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from opinfer.engine import minilm as mm
+from opinfer.engine.quant import INT32
+from opinfer.trace.ops import (CONTEXT, DENSE, EMBED_SUM, INPUT, L2NORM, LAYER_NORM, LOOKUP, POOL, RESIDUAL, SAME,
+                               SCORES, SOFTMAX, TABLE_WIDTH, TRANSPOSE, WEIGHT, Op, Slot, dim, ref, width_for)
+from opinfer.trace.program import ONE_STEP, Program
+
+NAME = "all-minilm-l6-v2"
+L = dim(0, 1)          # rows = the job's token count
+
+
+class _Builder:
+    def __init__(self):
+        self.ops: list[Op] = []
+        self.weights: list[np.ndarray] = []
+
+    def weight(self, values) -> Slot:
+        values = np.asarray(values, dtype=np.int64)
+        if values.ndim == 1:
+            values = values.reshape(-1, 1)
+        self.weights.append(values)
+        r, c = values.shape
+        return Slot(ref(WEIGHT, len(self.weights) - 1), dim(r), dim(c), width_for(values))
+
+    def op(self, code: int, rows: int, cols: int, slots, params=()) -> Slot:
+        self.ops.append(Op(code, rows, cols, tuple(slots), tuple(int(p) for p in params)))
+        return Slot(ref(SAME, len(self.ops) - 1), rows, cols)
+
+
+def _dense(b: _Builder, x: Slot, layer: mm.Dense, out_cols: int) -> Slot:
+    params = b.weight(np.stack([layer.bias, np.broadcast_to(layer.mult, layer.bias.shape)], axis=1))
+    return b.op(DENSE, L, dim(out_cols), [x, b.weight(layer.w), params], [layer.shift, layer.lo, layer.hi])
+
+
+def _layer_norm(b: _Builder, x: Slot, ln: mm.LayerNorm, cols: int) -> Slot:
+    return b.op(LAYER_NORM, L, dim(cols), [x, b.weight(np.stack([ln.gain, ln.beta], axis=1))], [ln.eps])
+
+
+def build_program(model: mm.IntMiniLM) -> Program:
+    b = _Builder()
+    width = model.word.shape[1]
+    heads, head_dim = model.heads, width // model.heads
+    t0 = Slot(ref(INPUT), dim(1), dim(10, 1))
+    e = b.op(EMBED_SUM, L, dim(width), [t0, b.weight(model.word), b.weight(model.pos), b.weight(model.typ.reshape(1, -1))])
+    x = _layer_norm(b, e, model.ln0, width)
+    for layer in model.layers:
+        q, k, v = (_dense(b, x, d, width) for d in (layer.q, layer.k, layer.v))
+        scores = b.op(SCORES, dim(0, heads), L, [q, k], [head_dim, 1])
+        probs = b.op(SOFTMAX, dim(0, heads), L, [scores], [layer.score_mult, layer.score_shift, mm.PROB_ONE])
+        vt = b.op(TRANSPOSE, dim(width), L, [v])
+        ctx = b.op(CONTEXT, L, dim(width), [probs, vt], [head_dim, 1, layer.ctx_mult, layer.ctx_shift, -128, 127])
+        o = _dense(b, ctx, layer.o, width)
+        r1 = b.op(RESIDUAL, L, dim(width), [o, x, b.weight(layer.x_mult)], [layer.x_shift, *INT32])
+        h = _layer_norm(b, r1, layer.ln1, width)
+        up = _dense(b, h, layer.up, layer.up.w.shape[0])
+        table = np.asarray(layer.gelu, dtype=np.int64).reshape(-1, TABLE_WIDTH)
+        g = b.op(LOOKUP, L, up.cols, [up, b.weight(table)], [mm.GELU_HALF])
+        down = _dense(b, g, layer.down, width)
+        r2 = b.op(RESIDUAL, L, dim(width), [down, h, b.weight(layer.h_mult)], [layer.h_shift, *INT32])
+        x = _layer_norm(b, r2, layer.ln2, width)
+    xt = b.op(TRANSPOSE, dim(width), L, [x])
+    pooled = b.op(POOL, dim(1), dim(width), [xt, b.weight(model.pool_mult)])
+    b.op(L2NORM, dim(1), dim(width), [pooled], [mm.OUT_BITS])
+    widths = [width_for(w) for w in b.weights]
+    return Program(b.ops, b.weights, widths, ONE_STEP, NAME)
+
+
+@lru_cache(maxsize=1)
+def default_program() -> Program:
+    return build_program(mm.IntMiniLM.build())

@@ -1,0 +1,55 @@
+"""The real models as op programs: the same bits as the fast engines, a
+deterministic model root, and witnesses that read what the rules read."""
+
+import numpy as np
+import pytest
+
+from bench.corpus import SENTENCES
+from opinfer.engine import minilm_weights as fw
+from opinfer.engine.minilm import IntMiniLM
+from opinfer.engine.minilm_program import build_program
+from opinfer.errors import CommitmentError
+from opinfer.trace.jobinput import JobInput
+from opinfer.trace.program import Trace
+
+
+@pytest.fixture(scope="module")
+def model():
+    return IntMiniLM.build()
+
+
+@pytest.fixture(scope="module")
+def program(model):
+    return build_program(model)
+
+
+def test_minilm_program_computes_the_engines_bits(model, program):
+    for text in SENTENCES[:8]:
+        ids = fw.encode(text)
+        out = program.run(JobInput(tuple(int(i) for i in ids)))[-1]
+        assert out.shape == (1, 384) and np.array_equal(out[0], model.forward(ids))
+
+
+def test_model_root_is_deterministic_and_binds_every_weight(model, program):
+    again = build_program(IntMiniLM.build())
+    assert again.model_root == program.model_root
+    tampered = build_program(model)
+    tampered.weights[5] = tampered.weights[5].copy()
+    tampered.weights[5][0, 0] += 1
+    assert tampered.model_root != program.model_root
+
+
+def test_trace_witness_rows_are_the_rows_each_op_reads(program):
+    job = JobInput(tuple(int(i) for i in fw.encode("A short job.")))
+    trace = Trace.of(program, job)
+    assert trace.n == program.num_ops and trace.input_root != trace.output_root
+    for i in range(trace.n):
+        rows, cols = trace.tensors[i + 1].shape
+        assert trace.witness(i, rows - 1, cols - 1)  # the last element of every op has a witness
+        assert trace.witness(i, rows, 0) == b""      # padding needs none
+
+
+def test_a_job_with_stop_words_does_not_fit_the_encoder(program):
+    job = JobInput((101, 2023, 102), stop_sequences=((5,),))
+    with pytest.raises(CommitmentError, match="shape"):
+        program.run(job)

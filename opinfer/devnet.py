@@ -16,13 +16,14 @@ from web3 import HTTPProvider, Web3
 
 from opinfer.chain import artifacts
 from opinfer.chain.anvil import Anvil, dev_keys
-from opinfer.chain.deploy import Deployment, ProtocolParams, deploy
+from opinfer.chain.deploy import Deployment, ProtocolParams, deploy, register_program
 from opinfer.chain.sender import TxSender
 from opinfer.errors import ChainError
 
 STATE_DIR = Path(".opinfer")
 STATE_FILE = STATE_DIR / "devnet.json"
 # Roles of anvil's development accounts (public keys: for devnets only).
+MINILM_PRICE_WEI = 10**9  # per job; a devnet figure
 ROLES = ("deployer", "coordinator", "challenger", "node1", "node2", "node3")
 
 
@@ -35,6 +36,7 @@ def start(port: int = 8545, window: int = 600, clock: int = 300) -> tuple[Anvil,
         coordinator = TxSender(w3, keys["coordinator"]).address
         params = ProtocolParams(challenge_window=window, clock_budget=clock)
         deployment = deploy(w3, owner, params, coordinators=(coordinator,))
+        models = register_models(owner, deployment.contracts["ModelRegistry"])
     except Exception:
         anvil.stop()
         raise
@@ -44,6 +46,7 @@ def start(port: int = 8545, window: int = 600, clock: int = 300) -> tuple[Anvil,
         "contracts": deployment.addresses,
         "artifacts": {name: str(artifacts.load(name).path) for name in artifacts.CONTRACTS},
         "params": deployment.to_json()["params"],
+        "models": models,
         "accounts": {role: {"address": TxSender(w3, key).address, "private_key": key} for role, key in keys.items()},
         "pid": os.getpid(),
         "anvil_pid": anvil.proc.pid,
@@ -51,6 +54,19 @@ def start(port: int = 8545, window: int = 600, clock: int = 300) -> tuple[Anvil,
     STATE_DIR.mkdir(exist_ok=True)
     STATE_FILE.write_text(json.dumps(info, indent=2))
     return anvil, deployment, info
+
+
+def register_models(owner: TxSender, registry) -> dict:
+    """Register the models whose programs exist (their model roots are
+    rebuilt from the installed weight packages, deterministically)."""
+    from opinfer.engine.minilm_program import default_program
+
+    out = {}
+    for program, price in ((default_program(), MINILM_PRICE_WEI),):
+        model_id = register_program(owner, registry, program, price)
+        out[program.name] = {"id": model_id, "model_root": "0x" + program.model_root.hex(),
+                             "ops_per_step": program.num_ops}
+    return out
 
 
 def up(port: int, window: int, clock: int) -> int:

@@ -63,3 +63,9 @@ def deploy(w3: Web3, sender: TxSender, params: ProtocolParams = ProtocolParams()
     for coordinator in coordinators:
         sender.call(c["ResultRollup"].functions.set_coordinator(coordinator, True))
     return Deployment(a, params, w3.eth.chain_id, c)
+
+
+def register_program(sender: TxSender, registry, program, price_wei: int) -> int:
+    """Register a model program (its model root and ops per step) and return its id."""
+    sender.call(registry.functions.register_model(program.name, program.model_root, program.num_ops, price_wei))
+    return registry.functions.model_id_by_name(program.name).call()

@@ -24,10 +24,18 @@ def test_devnet_up_writes_state_and_stops_cleanly(tmp_path):
         info = json.loads(state.read_text())
         w3 = Web3(HTTPProvider(info["rpc_url"]))
         assert w3.eth.chain_id == info["chain_id"]
-        assert set(info["contracts"]) == {"StakeManager", "ModelRegistry", "ResultRollup", "StepVerifier", "DisputeGame"}
+        assert set(info["contracts"]) == {"StakeManager", "ModelRegistry", "ResultRollup", "ElementRules",
+                                          "StepVerifier", "DisputeGame"}
         for address in info["contracts"].values():
             assert len(w3.eth.get_code(address)) > 0
         assert info["params"]["challenge_window"] == 60
+        # The embedding model is registered under the root its weights and program give.
+        from opinfer.chain.deploy import contract
+        from opinfer.engine.minilm_program import default_program
+        registry = contract(w3, "ModelRegistry", info["contracts"]["ModelRegistry"])
+        model = info["models"]["all-minilm-l6-v2"]
+        root, ops_per_step, _, active = registry.functions.get_model(model["id"]).call()
+        assert active and root == default_program().model_root and ops_per_step == default_program().num_ops
         assert info["accounts"]["coordinator"]["address"].startswith("0x")
     finally:
         proc.send_signal(signal.SIGINT)

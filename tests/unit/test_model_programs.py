@@ -53,3 +53,27 @@ def test_a_job_with_stop_words_does_not_fit_the_encoder(program):
     job = JobInput((101, 2023, 102), stop_sequences=((5,),))
     with pytest.raises(CommitmentError, match="shape"):
         program.run(job)
+
+
+ROOT_SCRIPT = """
+from opinfer.engine import minilm_weights as fw
+from opinfer.engine.minilm_program import default_program
+from opinfer.trace.jobinput import JobInput
+from opinfer.trace.program import Trace
+p = default_program()
+t = Trace.of(p, JobInput(tuple(int(i) for i in fw.encode("Same bits in every process."))))
+print(p.model_root.hex(), t.output_root.hex(), t.state_root(t.n).hex())
+"""
+
+
+def test_roots_are_identical_across_processes_and_thread_counts():
+    import os
+    import subprocess
+    import sys
+
+    outs = set()
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        run = subprocess.run([sys.executable, "-c", ROOT_SCRIPT], env=env, capture_output=True, text=True, check=True)
+        outs.add(run.stdout.strip())
+    assert len(outs) == 1 and len(next(iter(outs)).split()) == 3

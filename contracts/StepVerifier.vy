@@ -38,7 +38,6 @@
 CHUNK: constant(uint256) = 16
 MAX_ROW: constant(uint256) = 2048
 MAX_CHUNKS: constant(uint256) = MAX_ROW // CHUNK
-MAX_VALUES: constant(uint256) = 3200
 MAX_PROOF: constant(uint256) = 32
 MAX_OP_DESC: constant(uint256) = 1024
 MAX_HEADER: constant(uint256) = 2560
@@ -77,10 +76,6 @@ struct Read:
     proof: DynArray[bytes32, MAX_PROOF]
     row: uint256
     row_proof: DynArray[bytes32, MAX_PROOF]
-
-struct Witness:
-    values: DynArray[int256, MAX_VALUES]
-    reads: DynArray[Read, MAX_SLOTS]
 
 interface IElementRules:
     def elem_requant(_acc: int256, _mult: int256, _shift: uint256, _lo: int256, _hi: int256) -> int256: pure
@@ -198,10 +193,17 @@ def compute_element(
     @notice The true value of element (_row, _col) of the output of op
             `_op_index`, computed from rows proven against `_state_root`
             (the agreed state before the op) and the model root.
-    @dev Reverts when a proof does not hold. The witness holds the rows the
-         element reads, one after the other in `values` (each as long as its
-         slot's columns), and for each its tensor root, tensor proof, row
-         index and row proof.
+    @dev Reverts when a proof does not hold. The witness holds, for each
+         slot in order: its tensor root, row index, the lengths of the two
+         proofs, the tensor proof, the row proof (32-byte words each), the
+         encoding width e of the row and the row:
+         - a packed slot (width < 32) gives its row's chunks as committed
+           (16 words each, e = width);
+         - an unpacked slot (width 32) gives its values as e-byte big-endian
+           two's complement (e in 1, 2, 4, 8, 32, the witness picks), which
+           the verifier widens to words to hash them;
+         then one zero word. Value j of slot s is the e-byte number at
+         pos[s] + j * e (read in place, never copied out).
     """
     model: Model = empty(Model)
     op: int256[DESC_WORDS] = empty(int256[DESC_WORDS])
@@ -209,85 +211,217 @@ def compute_element(
     step: uint256 = _op_index // _ops_per_step
     if _row >= self._dim(op[1], _job, step) or _col >= self._dim(op[2], _job, step):
         return 0
-    w: Witness = abi_decode(_witness, Witness)
     num_ops: uint256 = (_job >> 64) * _ops_per_step
-    at: uint256[MAX_SLOTS + 1] = empty(uint256[MAX_SLOTS + 1])
     slots: uint256 = 0
     for i: uint256 in range(MAX_SLOTS):
         if op[3 + 4 * i] != 0:
             slots = i + 1
-    assert len(w.reads) == slots, "StepVerifier: wrong number of reads"
+    # Prove each slot's row; pos/enc/sh locate its values in the witness:
+    # value j of slot s = convert(extract32(_witness, pos[s] + j * enc[s]), int256) >> sh[s].
+    pos: uint256[MAX_SLOTS] = empty(uint256[MAX_SLOTS])
+    enc: uint256[MAX_SLOTS] = empty(uint256[MAX_SLOTS])
+    sh: uint256[MAX_SLOTS] = empty(uint256[MAX_SLOTS])
+    lens: uint256[MAX_SLOTS] = empty(uint256[MAX_SLOTS])
+    rows: DynArray[uint256, MAX_SLOTS] = []
+    at: uint256 = 0
     for i: uint256 in range(MAX_SLOTS):
         if i >= slots:
-            at[i + 1] = at[i]
-            continue
+            break
+        read: Read = empty(Read)
+        read.root = extract32(_witness, at)
+        read.row = convert(extract32(_witness, at + 32), uint256)
+        n_proof: uint256 = convert(extract32(_witness, at + 64), uint256)
+        n_row_proof: uint256 = convert(extract32(_witness, at + 96), uint256)
+        assert n_proof <= MAX_PROOF and n_row_proof <= MAX_PROOF, "StepVerifier: proof too long"
+        at += 128
+        for j: uint256 in range(MAX_PROOF):
+            if j >= n_proof:
+                break
+            read.proof.append(extract32(_witness, at + 32 * j))
+        at += 32 * n_proof
+        for j: uint256 in range(MAX_PROOF):
+            if j >= n_row_proof:
+                break
+            read.row_proof.append(extract32(_witness, at + 32 * j))
+        at += 32 * n_row_proof
         cols: uint256 = self._dim(op[5 + 4 * i], _job, step)
-        at[i + 1] = at[i] + cols
-        assert at[i + 1] <= len(w.values), "StepVerifier: witness too short"
-        root: bytes32 = self._row_root(self._slice(w.values, at[i], cols), convert(op[6 + 4 * i], uint256))
-        self._check_read(model, op, i, w.reads[i], root, _job, _op_index, _ops_per_step, num_ops, _state_root)
-    assert at[MAX_SLOTS] == len(w.values), "StepVerifier: witness too long"
+        width: uint256 = convert(op[6 + 4 * i], uint256)
+        e: uint256 = convert(extract32(_witness, at), uint256)
+        at += 32
+        assert cols > 0 and cols <= MAX_ROW, "StepVerifier: bad row width"
+        assert e in [1, 2, 4, 8, 32] and (width == 32 or e == width), "StepVerifier: bad width"
+        pos[i] = at
+        enc[i] = e
+        sh[i] = 256 - 8 * e
+        lens[i] = cols
+        hashes: DynArray[bytes32, MAX_CHUNKS] = []
+        if width < 32:
+            # the committed chunks as they are; what follows the last value is zero
+            chunks: uint256 = (cols * width + 32 * CHUNK - 1) // (32 * CHUNK)
+            for c: uint256 in range(MAX_CHUNKS):
+                if c >= chunks:
+                    break
+                hashes.append(keccak256(slice(_witness, at + 32 * CHUNK * c, 32 * CHUNK)))
+            end: uint256 = at + cols * width
+            at += 32 * CHUNK * chunks
+            for j: uint256 in range(CHUNK):
+                if end >= at:
+                    break
+                tail: uint256 = convert(extract32(_witness, end), uint256)
+                if at - end < 32:
+                    tail >>= 8 * (32 - (at - end))
+                assert tail == 0, "StepVerifier: padding not zero"
+                end += 32
+        else:
+            # widen the values to words, 16 per chunk (zero padded); a full
+            # chunk given as words (e = 32) is hashed as it is
+            chunks: uint256 = (cols + CHUNK - 1) // CHUNK
+            si: uint256 = sh[i]
+            o: uint256 = at
+            for c: uint256 in range(MAX_CHUNKS):
+                if c >= chunks:
+                    break
+                left: uint256 = cols - c * CHUNK
+                if e == 32 and left >= CHUNK:
+                    hashes.append(keccak256(slice(_witness, o, 32 * CHUNK)))
+                    o = unsafe_add(o, 32 * CHUNK)
+                    continue
+                chunk: int256[CHUNK] = empty(int256[CHUNK])
+                for j: uint256 in range(CHUNK):
+                    if j >= left:
+                        break
+                    chunk[j] = convert(extract32(_witness, o), int256) >> si
+                    o = unsafe_add(o, e)
+                hashes.append(keccak256(abi_encode(chunk)))
+            at = o
+        self._check_read(model, op, i, read, self._merkle_root(hashes), _job, _op_index, _ops_per_step, num_ops, _state_root)
+        rows.append(read.row)
+    assert at + 32 == len(_witness) and extract32(_witness, at) == empty(bytes32), "StepVerifier: bad witness length"
 
     code: uint256 = convert(op[0], uint256)
     p: int256[13] = empty(int256[13])
     for i: uint256 in range(13):
         p[i] = op[PARAMS_AT + i]
-    rows: DynArray[uint256, MAX_SLOTS] = []
-    for r: Read in w.reads:
-        rows.append(r.row)
+    # The ops whose rule reads a whole row get slot 0's values.
+    row: DynArray[int256, MAX_ROW] = []
+    if code in [OP_LAYER_NORM, OP_SOFTMAX, OP_L2NORM, OP_POOL]:
+        for j: uint256 in range(MAX_ROW):
+            if j >= lens[0]:
+                break
+            row.append(convert(extract32(_witness, pos[0] + j * enc[0]), int256) >> sh[0])
+    # The dot-product ops only set what to multiply (n values of slot 0 from
+    # a, of slot 1 from b, plus bias) and how to requantise it (q = mult,
+    # shift, lo, hi); the product is taken in place after the dispatch.
+    a: uint256 = 0
+    b: uint256 = 0
+    n: uint256 = 0
+    bias: int256 = 0
+    q: int256[4] = empty(int256[4])
     if code == OP_DOT:
         self._want(rows, _row, _col, 0, 0)
-        return staticcall self.rules.elem_dot(self._slice(w.values, 0, at[1]), self._slice(w.values, at[1], at[2] - at[1]), 0, p[0], convert(p[1], uint256), p[2], p[3])
-    if code == OP_EMBED_SUM:
-        token: uint256 = convert(w.values[(_job >> 32 & MASK32) + _row], uint256)
+        n = lens[0]
+        q = [p[0], p[1], p[2], p[3]]
+    elif code == OP_EMBED_SUM:
+        at = (_job >> 32 & MASK32) + _row
+        token: uint256 = convert(self._value(extract32(_witness, pos[0] + at * enc[0]), sh[0], at < lens[0]), uint256)
         self._want(rows, 0, token, _row, 0)
-        return w.values[at[1] + _col] + w.values[at[2] + _col] + w.values[at[3] + _col]
-    if code == OP_LAYER_NORM:
+        word: int256 = self._value(extract32(_witness, pos[1] + _col * enc[1]), sh[1], _col < lens[1])
+        position: int256 = self._value(extract32(_witness, pos[2] + _col * enc[2]), sh[2], _col < lens[2])
+        return word + position + self._value(extract32(_witness, pos[3] + _col * enc[3]), sh[3], _col < lens[3])
+    elif code == OP_LAYER_NORM:
         self._want(rows, _row, _col, 0, 0)
-        return staticcall self.rules.elem_layer_norm(self._slice(w.values, 0, at[1]), _col, w.values[at[1]], w.values[at[1] + 1], p[0], -128, 127)
-    if code == OP_DENSE:
+        gain: int256 = self._value(extract32(_witness, pos[1]), sh[1], True)
+        beta: int256 = self._value(extract32(_witness, pos[1] + enc[1]), sh[1], 1 < lens[1])
+        return staticcall self.rules.elem_layer_norm(row, _col, gain, beta, p[0], -128, 127)
+    elif code == OP_DENSE:
         self._want(rows, _row, _col, _col, 0)
-        return staticcall self.rules.elem_dot(self._slice(w.values, 0, at[1]), self._slice(w.values, at[1], at[2] - at[1]), w.values[at[2]], w.values[at[2] + 1], convert(p[0], uint256), p[1], p[2])
-    if code == OP_SCORES:
+        n = lens[0]
+        bias = self._value(extract32(_witness, pos[2]), sh[2], True)
+        q = [self._value(extract32(_witness, pos[2] + enc[2]), sh[2], 1 < lens[2]), p[0], p[1], p[2]]
+    elif code == OP_SCORES:
         rq: uint256 = self._dim(op[4], _job, step)
         d: uint256 = convert(p[0], uint256)
         h: uint256 = _row // rq
         self._want(rows, _row % rq, _col, 0, 0)
-        return staticcall self.rules.elem_dot(self._slice(w.values, h * d, d), self._slice(w.values, at[1] + (h // convert(p[1], uint256)) * d, d), 0, 1, 0, MIN_INT, MAX_INT)
-    if code == OP_SOFTMAX:
+        a = h * d
+        b = (h // convert(p[1], uint256)) * d
+        n = d
+        q = [1, 0, MIN_INT, MAX_INT]
+    elif code == OP_SOFTMAX:
         self._want(rows, _row, 0, 0, 0)
-        return staticcall self.rules.elem_softmax(self._slice(w.values, 0, at[1]), _col, p[0], convert(p[1], uint256), p[2])
-    if code == OP_TRANSPOSE:
+        return staticcall self.rules.elem_softmax(row, _col, p[0], convert(p[1], uint256), p[2])
+    elif code == OP_TRANSPOSE:
         self._want(rows, _col, 0, 0, 0)
-        return w.values[_row]
-    if code == OP_CONTEXT:
+        return self._value(extract32(_witness, pos[0] + _row * enc[0]), sh[0], _row < lens[0])
+    elif code == OP_CONTEXT:
         d: uint256 = convert(p[0], uint256)
         h: uint256 = _col // d
         self._want(rows, h * self._dim(op[1], _job, step) + _row, (h // convert(p[1], uint256)) * d + _col % d, 0, 0)
-        return staticcall self.rules.elem_dot(self._slice(w.values, 0, at[1]), self._slice(w.values, at[1], at[2] - at[1]), 0, p[2], convert(p[3], uint256), p[4], p[5])
-    if code == OP_RESIDUAL:
+        n = lens[0]
+        q = [p[2], p[3], p[4], p[5]]
+    elif code == OP_RESIDUAL:
         self._want(rows, _row, _row, _col, 0)
-        return w.values[_col] + staticcall self.rules.elem_requant(w.values[at[1] + _col], w.values[at[2]], convert(p[0], uint256), p[1], p[2])
-    if code == OP_LOOKUP:
-        idx: int256 = w.values[_col] + p[0]
+        x: int256 = self._value(extract32(_witness, pos[1] + _col * enc[1]), sh[1], _col < lens[1])
+        mult: int256 = self._value(extract32(_witness, pos[2]), sh[2], True)
+        return self._value(extract32(_witness, pos[0] + _col * enc[0]), sh[0], _col < lens[0]) + staticcall self.rules.elem_requant(x, mult, convert(p[0], uint256), p[1], p[2])
+    elif code == OP_LOOKUP:
+        idx: int256 = self._value(extract32(_witness, pos[0] + _col * enc[0]), sh[0], _col < lens[0]) + p[0]
         assert idx >= 0, "StepVerifier: lookup index out of range"
         self._want(rows, _row, convert(idx, uint256) // TABLE_WIDTH, 0, 0)
-        return w.values[at[1] + convert(idx, uint256) % TABLE_WIDTH]
-    if code == OP_POOL:
+        return self._value(extract32(_witness, pos[1] + (convert(idx, uint256) % TABLE_WIDTH) * enc[1]), sh[1], convert(idx, uint256) % TABLE_WIDTH < lens[1])
+    elif code == OP_POOL:
         self._want(rows, _col, _col, 0, 0)
         total: int256 = 0
-        for i: uint256 in range(MAX_VALUES):
-            if i >= at[1]:
-                break
-            total += w.values[i]
-        return total * w.values[at[1]]
-    if code == OP_L2NORM:
+        for v: int256 in row:
+            total += v
+        return total * self._value(extract32(_witness, pos[1]), sh[1], True)
+    elif code == OP_L2NORM:
         self._want(rows, _row, 0, 0, 0)
-        return staticcall self.rules.elem_l2_normalise(self._slice(w.values, 0, at[1]), _col, convert(p[0], uint256))
-    raise "StepVerifier: unknown opcode"
+        return staticcall self.rules.elem_l2_normalise(row, _col, convert(p[0], uint256))
+    else:
+        raise "StepVerifier: unknown opcode"
+    # Dot product (elem_dot's rule): both rows lie in their slots and are as long.
+    assert a + n <= lens[0] and b + n <= lens[1], "StepVerifier: row beyond witness"
+    assert code == OP_SCORES or lens[0] == lens[1], "StepVerifier: row lengths differ"
+    o0: uint256 = pos[0] + a * enc[0]
+    o1: uint256 = pos[1] + b * enc[1]
+    e0: uint256 = enc[0]
+    e1: uint256 = enc[1]
+    s0: uint256 = sh[0]
+    s1: uint256 = sh[1]
+    acc: int256 = bias
+    if e0 <= 8 and e1 <= 8 and bias > -(1 << 200) and bias < (1 << 200):
+        # |products| < 2^126, at most MAX_ROW of them: no partial sum overflows,
+        # so unchecked arithmetic gives the checked result
+        for i: uint256 in range(MAX_ROW):
+            if i >= n:
+                break
+            acc = unsafe_add(acc, unsafe_mul(convert(extract32(_witness, o0), int256) >> s0, convert(extract32(_witness, o1), int256) >> s1))
+            o0 = unsafe_add(o0, e0)
+            o1 = unsafe_add(o1, e1)
+    else:
+        for i: uint256 in range(MAX_ROW):
+            if i >= n:
+                break
+            acc += (convert(extract32(_witness, o0), int256) >> s0) * (convert(extract32(_witness, o1), int256) >> s1)
+            o0 = unsafe_add(o0, e0)
+            o1 = unsafe_add(o1, e1)
+    return staticcall self.rules.elem_requant(acc, q[0], convert(q[1], uint256), q[2], q[3])
 
 
 # ---------------------------------------------------------------- internal: ops
+
+@internal
+@pure
+def _value(_word: bytes32, _shift: uint256, _in_row: bool) -> int256:
+    """
+    @dev The value at the start of `_word` (its top 256 - _shift bits, signed);
+         it must lie in its slot's row.
+    """
+    assert _in_row, "StepVerifier: value beyond its row"
+    return convert(_word, int256) >> _shift
+
+
 
 @internal
 @pure
@@ -300,18 +434,6 @@ def _want(_rows: DynArray[uint256, MAX_SLOTS], _r0: uint256, _r1: uint256, _r2: 
         if i >= len(_rows):
             break
         assert _rows[i] == want[i], "StepVerifier: witness reads the wrong row"
-
-
-@internal
-@pure
-def _slice(_values: DynArray[int256, MAX_VALUES], _at: uint256, _n: uint256) -> DynArray[int256, MAX_ROW]:
-    assert _at + _n <= len(_values) and _n <= MAX_ROW, "StepVerifier: row beyond witness"
-    out: DynArray[int256, MAX_ROW] = []
-    for i: uint256 in range(MAX_ROW):
-        if i >= _n:
-            break
-        out.append(_values[_at + i])
-    return out
 
 
 # ---------------------------------------------------------------- internal: commitments
@@ -420,6 +542,31 @@ def _ceil_log2(_n: uint256) -> uint256:
             break
         depth += 1
     return depth
+
+
+@internal
+@pure
+def _merkle_root(_hashes: DynArray[bytes32, MAX_CHUNKS]) -> bytes32:
+    """
+    @dev Root of a row from its chunk hashes, padded with zero-chunk hashes.
+    """
+    layer: DynArray[bytes32, MAX_CHUNKS] = _hashes
+    width: uint256 = 1 << self._ceil_log2(len(layer))
+    zero_chunk: bytes32 = keccak256(abi_encode(empty(uint256[CHUNK])))
+    for c: uint256 in range(MAX_CHUNKS):
+        if c >= width:
+            break
+        if c >= len(_hashes):
+            layer.append(zero_chunk)
+    for level: uint256 in range(8):
+        if width == 1:
+            break
+        width //= 2
+        for j: uint256 in range(MAX_CHUNKS // 2):
+            if j >= width:
+                break
+            layer[j] = keccak256(concat(layer[2 * j], layer[2 * j + 1]))
+    return layer[0]
 
 
 @internal

@@ -19,9 +19,28 @@ from opinfer.errors import CommitmentError
 from opinfer.trace import merkle
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.ops import INPUT, PREV, SAME, WEIGHT, JobCtx, Op
-from opinfer.trace.tensor import TensorTree
+from opinfer.trace.tensor import TensorTree, per_chunk
 
 ONE_STEP, PER_POSITION = 0, 1
+
+
+def value_bytes(row: np.ndarray) -> tuple[int, bytes]:
+    """An unpacked row as the witness carries it: (e, values as e-byte
+    big-endian two's complement) for the narrowest e in 1, 2, 4, 8 that holds
+    them (StepVerifier widens them back to the committed words)."""
+    row = np.asarray(row, dtype=np.int64).reshape(-1)
+    top = max(int(row.max()), -int(row.min()) - 1, 0)
+    e = next(e for e in (1, 2, 4, 8) if top < 1 << (8 * e - 1))
+    return e, row.astype(f">i{e}").tobytes()
+
+
+def packed_chunks(row: np.ndarray, width: int) -> bytes:
+    """A packed row's chunks as committed (the last one zero padded)."""
+    row = np.asarray(row, dtype=np.int64).reshape(-1)
+    n = per_chunk(width)
+    padded = np.zeros(-(-row.size // n) * n, dtype=np.int64)
+    padded[: row.size] = row
+    return padded.astype(f">i{width}").tobytes()
 
 
 def job_steps(steps_mode: int, job: JobInput) -> int:
@@ -166,7 +185,13 @@ class Trace:
         return merkle.proof(self.state_tree(i), position)
 
     def witness(self, op_index: int, row: int, col: int) -> bytes:
-        """Witness for element (row, col) of op `op_index`, against S_op_index."""
+        """Witness for element (row, col) of op `op_index`, against S_op_index.
+
+        For each slot, in order: tensor root, row index, the lengths of the
+        tensor proof and of the row proof, the two proofs (32-byte words),
+        the row's encoding width e (a word) and the row: its committed chunks
+        for a packed slot (e = width), its values as e-byte numbers for an
+        unpacked one (see value_bytes). Then one zero word."""
         p = self.program
         op = p.ops[op_index % p.num_ops]
         ctx = p.ctx(self.job, op_index)
@@ -175,8 +200,7 @@ class Trace:
             return b""  # padding: the verifier knows the answer (0) without inputs
         ins = p.slot_tensors(op, op_index, self.tensors)
         state = None
-        values: list[int] = []
-        reads = []
+        out = b""
         for s, r in zip(op.slots, op.reads(row, col, ins, ctx)):
             if s.ref >> 128 == WEIGHT:
                 w = s.ref & ((1 << 128) - 1)
@@ -185,6 +209,11 @@ class Trace:
                 t = p.tensor_index(s.ref, op_index)
                 state = state or self.state_tree(op_index)
                 tree, proof = self.trees[t], merkle.proof(state, t)
-            values += [int(v) for v in tree.values[r]]
-            reads.append((tree.root, proof, r, tree.row_proof(r)))
-        return encode(["(int256[],(bytes32,bytes32[],uint256,bytes32[])[])"], [(values, reads)])
+            row_proof = tree.row_proof(r)
+            if s.width < 32:
+                e, data = s.width, packed_chunks(tree.values[r], s.width)
+            else:
+                e, data = value_bytes(tree.values[r])
+            out += encode(["bytes32", "uint256", "uint256", "uint256"], [tree.root, r, len(proof), len(row_proof)])
+            out += b"".join(proof) + b"".join(row_proof) + encode(["uint256"], [e]) + data
+        return out + bytes(32)

@@ -31,6 +31,7 @@ from opinfer.chain.sender import TxSender
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.merkle import keccak
+from opinfer.trace.ops import DENSE, SAME, WEIGHT, Op, Slot, dim, ref
 from opinfer.trace.program import Program, Trace
 from opinfer.trace.testing import corrupted_trace, dot_op, toy_job, toy_program
 
@@ -46,6 +47,19 @@ def job_id(n: int) -> bytes:
 def wide_program(k: int, cols: int = 32) -> Program:
     rng = np.random.default_rng(k)
     return Program([dot_op(0, 0, cols, k, 1 << 10, 30)], [rng.integers(-128, 128, size=(cols, k))], [1])
+
+
+def dense_program(k: int, cols: int = 32, k_in: int = 40) -> Program:
+    """A DENSE over an int8 activation row of width k (what op 0 makes from
+    T_0), an int8 weight row and an int32 (bias, multiplier) row: the
+    widest one-step reading the state rather than the job input."""
+    rng = np.random.default_rng(k + 1)
+    w0 = rng.integers(-128, 128, size=(k, k_in))
+    w1 = rng.integers(-128, 128, size=(cols, k))
+    p1 = np.stack([rng.integers(-1000, 1000, size=cols), rng.integers(1 << 12, 1 << 13, size=cols)], 1)
+    dense = Op(DENSE, dim(1), dim(cols), (Slot(ref(SAME, 0), dim(1), dim(k)), Slot(ref(WEIGHT, 1), dim(cols), dim(k), 1),
+                                           Slot(ref(WEIGHT, 2), dim(cols), dim(2), 4)), (30, -128, 127))
+    return Program([dot_op(0, 0, k, k_in, 1 << 14, 15), dense], [w0, w1, p1], [1, 1, 4])
 
 
 def run() -> dict:
@@ -75,6 +89,7 @@ def measure(hardfork: str, games: bool, out: dict) -> dict:
         programs = {"toy": toy_program()}
         for k in (576, 1536):
             programs[f"dot{k}"] = wide_program(k)
+        programs["dense1536"] = dense_program(1536)
         model_ids = {}
         for name, program in programs.items():
             owner.call(c["ModelRegistry"].functions.register_model(name, program.model_root, program.num_ops, 1000))
@@ -127,6 +142,19 @@ def measure(hardfork: str, games: bool, out: dict) -> dict:
             g = play(w3, c, bid, wbatch, nodes[1], challenger, good, wrong, program)
             steps[f"dot_k{k}"] = g["moves"]["step"]
             assert g["outcome"] == "node won", g
+        # A DENSE reading a k = 1536 int8 activation row of the state (op 0's output).
+        program = programs["dense1536"]
+        xk = toy_job(5, tokens=30)
+        good = Trace.of(program, xk)
+        wrong = corrupted_trace(program, xk, 2, 0, 17, delta=5)
+        wleaf = leaf(good, "dense1536", nodes[1], 77, input_bytes=0)
+        wbatch = Batch([wleaf])
+        coordinator.call(rollup.functions.post_batch(*wbatch.calldata))
+        bid = rollup.functions.batch_count().call()
+        g = play(w3, c, bid, wbatch, nodes[1], challenger, good, wrong, program)
+        assert g["outcome"] == "node won", g
+        steps["dense_k1536_state"] = g["moves"]["step"]
+        out["toy_step"] = out["game"]["moves"]["step"]
         out["one_step"] = steps
         out["largest_one_step_under_5M"] = max(steps.values()) < 5_000_000
     return batches

@@ -53,7 +53,7 @@ def smollm2() -> dict:
     ref_top1 = SmolLM2Reference(max_ctx=len(ids)).forward(ids[:-1], all_logits=True).argmax(-1)
     agreement = float(np.mean(int_top1 == ref_top1))
     chat = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
-    answer = tok.decode(model.session().generate(chat, 20, stop_ids=[tok.eos_id]))
+    answer = tok.decode(model.session().generate(chat, 20, stop_ids=[tok.eos_id]).ids)
     return {"positions": len(ref_top1), "top1_agreement": round(agreement, 4), "target": 0.9,
             "paris_answer": answer, "names_paris": "Paris" in answer,
             "meets_target": agreement >= 0.9 and "Paris" in answer}

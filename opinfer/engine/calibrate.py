@@ -27,3 +27,13 @@ def quantize_rows(w: np.ndarray, s_in) -> tuple[np.ndarray, np.ndarray]:
     w = w.astype(np.float64) * np.broadcast_to(np.asarray(s_in, dtype=np.float64), (w.shape[1],))[None, :]
     s_w = np.maximum(np.abs(w).max(1), 1e-30) / 127.0
     return quantize_symmetric(w, s_w[:, None], -127, 127), s_w
+
+
+def quantize_rows_bits(w: np.ndarray, s_in, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Signed `bits`-bit weights [out, in] per output row (|w| <= 2^(bits-1) - 1)
+    after folding the input's (per-channel or scalar) scale into the columns;
+    returns (values, row scales). Model build time only."""
+    w = np.asarray(w, dtype=np.float64) * np.broadcast_to(np.asarray(s_in, dtype=np.float64), (w.shape[1],))[None, :]
+    top = (1 << (bits - 1)) - 1
+    s_w = np.maximum(np.abs(w).max(1), 1e-30) / top
+    return quantize_symmetric(w, s_w[:, None], -top, top), s_w

@@ -10,6 +10,8 @@ int64 arithmetic.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 INT8 = (-128, 127)
@@ -75,6 +77,36 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int) -> np.nda
     if per_term * k >= 1 << 53:
         raise OverflowError("integer matmul would not be exact in float64")
     return (a.astype(np.float64, copy=False) @ b.astype(np.float64, copy=False)).astype(np.int64)
+
+
+@lru_cache(maxsize=64)
+def _exact_block(k: int, per_term: int) -> int:
+    """The largest divisor B of k with per_term * B < 2^24."""
+    limit = ((1 << 24) - 1) // max(per_term, 1)
+    return max(d for d in range(1, min(limit, k) + 1) if k % d == 0) if limit >= 1 else 0
+
+
+def exact_matmul_blocked(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int) -> np.ndarray:
+    """a @ b for an integer matrix a [T, K] with |a| <= a_max and integer
+    weights b [K, N] (float32 holding integers) with |b| <= b_max, exact.
+
+    One row (decoding): K is split into blocks of B, the largest divisor of K
+    with a_max * b_max * B < 2^24, so every partial sum of a block's float32
+    product is an integer below 2^24 (exact whatever the summation order);
+    the block results are added in float64, exact below 2^53. This reads the
+    float32 weights once, in one batched call. Several rows: float64 products
+    (exact while a_max * b_max * K < 2^53). Every path gives the same bits."""
+    k, n = b.shape
+    per_term = a_max * b_max
+    if per_term * k >= 1 << 53:
+        raise OverflowError("integer matmul would not be exact in float64")
+    rows = a.shape[0]
+    block = _exact_block(k, per_term)
+    if rows == 1 and block >= 8:
+        nb = k // block
+        parts = np.matmul(a.reshape(nb, 1, block).astype(np.float32), b.reshape(nb, block, n))
+        return parts.sum(0, dtype=np.float64).astype(np.int64)
+    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
 
 
 def quantize_symmetric(x: np.ndarray, scale, lo: int, hi: int) -> np.ndarray:

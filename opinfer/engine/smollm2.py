@@ -1,25 +1,28 @@
 """SmolLM2-135M-Instruct as an integer program, with a KV cache.
 
-Same recipe as MiniLM (docs/quantisation.md): int8 weights per output
-channel, int8 activations with per-channel scales after every RMSNorm and
-before the down projection (folded into the next weights), an int32 residual
-stream at one fixed scale, integer RMSNorm with an exact integer square root,
-RoPE from integer cos/sin tables, integer-exp softmax with int16
-probabilities, a SiLU table, and an exact int32 logits row; greedy decoding
-takes its argmax (ties to the lowest id).
+Recipe (docs/quantisation.md): W_BITS-bit weights per output row, int16
+activations with per-channel scales after every RMSNorm (folded into the next
+weights), brought to LINEAR_IN_BITS magnitude bits per row inside every
+Linear, an int32 residual stream at one fixed scale, integer RMSNorm with an
+exact integer square root, RoPE from integer cos/sin tables, 12-bit q/k/v,
+integer-exp softmax with int16 probabilities, a SiLU table, and an exact
+int32 logits row; greedy decoding takes its argmax (ties to the lowest id),
+sampling goes through opinfer.engine.sampling.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
-from opinfer.engine.calibrate import absmax, channel_absmax, quantize_rows
+from opinfer.engine.calibrate import absmax, channel_absmax, quantize_rows_bits
 from opinfer.engine.gguf_loader import SmolLM2Weights, load_weights
-from opinfer.engine.quant import (INT8, INT16, INT32, channel_multipliers, exact_matmul, isqrt, multiplier_shift,
-                                  quantize_symmetric, requant, round_div, softmax_rows)
+from opinfer.engine.quant import (INT16, INT32, channel_multipliers, exact_matmul, exact_matmul_blocked, isqrt,
+                                  multiplier_shift, quantize_symmetric, requant, round_div, softmax_rows)
 from opinfer.engine.smollm2_reference import apply_rope, rms_norm, rope_tables, silu, softmax
 
 RESIDUAL_BITS = 24      # calibrated |residual| maps to 2^24 (int32 leaves 2^7 headroom)
@@ -31,10 +34,13 @@ SILU_HALF = 2048
 PROB_ONE = 32767
 MASKED = -(1 << 40)     # score of a masked (future) position: exp underflows to 0
 LOGIT_BITS = 16         # logits share one scale, 2^-16
-WIDE = 1 << 15          # int16 activations, brought to 8 bits per row inside Linear
-QKV_MAX = 127
+WIDE = 1 << 15          # int16 activations, brought to LINEAR_IN_BITS per row inside Linear
+LINEAR_IN_BITS = 9      # Linear inputs: each row shifted right until |x| <= 2^9 (10-bit signed values)
+W_BITS = 10             # Linear weights: signed 10-bit per output row, |w| <= 511
+QKV_MAX = 2047          # q, k, v: 12-bit signed
 UP_MAX = 32767
 
+CHAT_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 CALIBRATION = [
     "Write a short poem about the sea and the stars at night.",
     "Explain how a refrigerator keeps food cold, step by step.",
@@ -43,38 +49,139 @@ CALIBRATION = [
     "debate its causes: debt, bad harvests, new ideas about rights, and a monarchy unable to reform.",
     "Q: What is 17 times 23? A: 17 times 23 is 391. Q: And 391 divided by 17? A: 23.",
     "Dear team, the quarterly review has moved to Thursday at 3 pm. Please bring your updated figures.",
+    # Chat turns (the default system prompt, special tokens): their activations
+    # differ from plain text's, and the served model sees them first.
+    CHAT_SYSTEM + "<|im_start|>user\nHow many legs does a spider have?<|im_end|>\n"
+    "<|im_start|>assistant\nA spider has eight legs.<|im_end|>\n",
+    CHAT_SYSTEM + "<|im_start|>user\nWrite a haiku about autumn rain.<|im_end|>\n<|im_start|>assistant\n"
+    "Soft rain on red leaves,\nthe garden exhales slowly,\nsummer's last whisper.<|im_end|>\n",
 ]
 
 
 @dataclass
 class Linear:
-    """int8 weights (float32 copy for exact BLAS), per-channel requantisation."""
+    """Integer weights per output row (float32 copy for exact BLAS),
+    per-channel requantisation.
 
-    wt: np.ndarray      # [in, out] float32 holding int8 values
+    Rule for one row x: d = max(bit_length(max |x|) - in_bits, 0),
+    xs = (x + 2^(d-1)) >> d (round half up; xs = x when d = 0), so
+    |xs| <= 2^in_bits; acc = (xs . w) << d;
+    y = clamp((acc * mult[c] + 2^(shift-1)) >> shift, lo, hi)
+    (elements.dense_wide). The model uses in_bits = LINEAR_IN_BITS for every
+    Linear."""
+
+    wt: np.ndarray      # [in, out] float32 holding integers
     mult: np.ndarray
     shift: int
     lo: int
     hi: int
-    in_max: int = 128
+    in_max: int = WIDE  # bound on |input| (shapes d's range, not the rule)
+    in_bits: int = 7    # magnitude bits of the shifted input (8-bit signed: the original rule)
+    w_max: int | None = None  # bound on |weight| (computed when None)
+
+    def __post_init__(self):
+        if self.w_max is None:
+            self.w_max = int(np.abs(self.wt).max()) if self.wt.size else 0
+
+    def shift_in(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The row shift: (xs, d), d per row ([T, 1])."""
+        x = np.asarray(x, dtype=np.int64)
+        d = np.maximum(bit_length(np.abs(x).max(-1, keepdims=True)) - self.in_bits, 0)
+        half = np.where(d > 0, np.int64(1) << np.maximum(d - 1, 0), 0)
+        return (x + half) >> d, d
+
+    def dot(self, xs: np.ndarray) -> np.ndarray:
+        """xs . w, exact (|xs| <= 2^in_bits)."""
+        return exact_matmul_blocked(xs, self.wt, 1 << self.in_bits, self.w_max)
 
     def acc(self, x: np.ndarray) -> np.ndarray:
-        if self.in_max <= 128:
-            return exact_matmul(x, self.wt, self.in_max, 128)
-        # Wider inputs are brought to 8 bits per row: each row is shifted
-        # right by d = max(bit_length(max |x|) - 7, 0) (round half up) and the
-        # accumulator shifted back left by d.
-        d = np.maximum(bit_length(np.abs(x).max(-1, keepdims=True)) - 7, 0)
-        half = np.where(d > 0, np.int64(1) << np.maximum(d - 1, 0), 0)
-        return exact_matmul((x + half) >> d, self.wt, 128, 128) << d
+        xs, d = self.shift_in(x)
+        return self.dot(xs) << d
+
+    def finish(self, dot: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """requant(dot << d): computed as (dot * mult + 2^(e-1)) >> e with
+        e = shift - d, which is the same number and keeps int64 far from
+        overflow; when e <= 0 the rounding term vanishes (an exact left shift)."""
+        p = np.asarray(dot, dtype=np.int64) * np.asarray(self.mult, dtype=np.int64)
+        e = self.shift - d
+        if np.all(e >= 1):
+            return np.clip((p + (np.int64(1) << (e - 1))) >> e, self.lo, self.hi)
+        left = np.clip(p, self.lo, self.hi) << np.maximum(-e, 0)    # clamping first keeps the clamp's result
+        right = (p + (np.int64(1) << np.maximum(e - 1, 0))) >> np.maximum(e, 0)
+        return np.clip(np.where(e >= 1, right, left), self.lo, self.hi)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return requant(self.acc(x), self.mult, self.shift, self.lo, self.hi)
+        x = np.asarray(x, dtype=np.int64)
+        if x.shape[0] == 1:                          # decoding: the same rule with Python ints
+            xs, d = _shift_row(x, self.in_bits)
+            e = self.shift - d
+            if e >= 1:
+                y = (self.dot(xs) * self.mult + (1 << (e - 1))) >> e
+                return np.minimum(np.maximum(y, self.lo), self.hi)
+        xs, d = self.shift_in(x)
+        return self.finish(self.dot(xs), d)
 
 
-def _linear(w: np.ndarray, s_in, s_out, lo: int, hi: int, in_max: int = 128) -> Linear:
-    wq, s_w = quantize_rows(w, s_in)
+def _linear(w: np.ndarray, s_in, s_out, lo: int, hi: int, in_max: int = WIDE) -> Linear:
+    wq, s_w = quantize_rows_bits(w, s_in, W_BITS)
     mult, shift = channel_multipliers(s_w / s_out)
-    return Linear(wq.T.astype(np.float32).copy(), mult, shift, lo, hi, in_max)
+    return Linear(wq.T.astype(np.float32).copy(), mult, shift, lo, hi, in_max, LINEAR_IN_BITS,
+                  (1 << (W_BITS - 1)) - 1)
+
+
+@dataclass
+class Fused:
+    """Linears that read the same input (q, k, v; gate, up), run as one:
+    the same row shift (they share in_bits), one matmul over their weights
+    side by side, each column requantised with its own Linear's multiplier,
+    shift and clamp. Exactly the bits of calling the Linears one by one;
+    after fusing, each Linear's wt is a view of `wt` (no second copy)."""
+
+    linears: list[Linear]
+    wt: np.ndarray = None
+    mult: np.ndarray = None     # per column, from the Linears
+    shift: np.ndarray = None
+    lo: np.ndarray = None
+    hi: np.ndarray = None
+
+    def __post_init__(self):
+        lins = self.linears
+        if len({lin.in_bits for lin in lins}) != 1:
+            raise ValueError("fused Linears must share in_bits")
+        self.wt = np.ascontiguousarray(np.concatenate([lin.wt for lin in lins], axis=1))
+        start = 0
+        for lin in lins:
+            n = lin.wt.shape[1]
+            lin.wt = self.wt[:, start:start + n]
+            start += n
+        col = lambda f: np.concatenate([np.broadcast_to(np.asarray(f(lin), dtype=np.int64),  # noqa: E731
+                                                        (lin.wt.shape[1],)) for lin in lins])
+        self.mult, self.shift = col(lambda lin: lin.mult), col(lambda lin: lin.shift)
+        self.lo, self.hi = col(lambda lin: lin.lo), col(lambda lin: lin.hi)
+        self.in_bits = lins[0].in_bits
+        self.w_max = max(lin.w_max for lin in lins)
+        self.bounds = np.cumsum([lin.wt.shape[1] for lin in lins])[:-1]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The Linears' outputs side by side, [T, sum of outs]."""
+        x = np.asarray(x, dtype=np.int64)
+        if x.shape[0] == 1:
+            xs, d = _shift_row(x, self.in_bits)
+            dot = exact_matmul_blocked(xs, self.wt, 1 << self.in_bits, self.w_max)
+            e = self.shift - d
+            if e.min() >= 1:
+                y = (dot * self.mult + (np.int64(1) << (e - 1))) >> e
+                return np.minimum(np.maximum(y, self.lo), self.hi)
+        return np.concatenate([lin(x) for lin in self.linears], axis=1)
+
+    def split(self, x: np.ndarray) -> list[np.ndarray]:
+        return np.split(self(x), self.bounds, axis=1)
+
+
+def _shift_row(x: np.ndarray, in_bits: int) -> tuple[np.ndarray, int]:
+    """Linear's row shift for a single row (decoding), with Python ints."""
+    d = max(int(np.abs(x).max()).bit_length() - in_bits, 0)
+    return ((x + (1 << (d - 1))) >> d, d) if d else (x, 0)
 
 
 def bit_length(x: np.ndarray) -> np.ndarray:
@@ -92,6 +199,13 @@ class RMSNorm:
     eps: int
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] == 1:                          # decoding: the same rule with Python ints
+            d = max(int(np.abs(x).max()).bit_length() - SQUARE_BITS, 0)
+            xs = x >> d
+            ms = (2 * int(np.dot(xs[0], xs[0])) + x.shape[-1]) // (2 * x.shape[-1]) + (self.eps >> (2 * d))
+            den = max(math.isqrt(ms), 1) << (NORM_BITS + d)
+            y = (2 * (x * self.gain) + den) // (2 * den)
+            return np.minimum(np.maximum(y, INT16[0]), INT16[1])
         d = np.maximum(bit_length(np.abs(x).max(-1, keepdims=True)) - SQUARE_BITS, 0)
         xs = x >> d
         ms = round_div((xs * xs).sum(-1, keepdims=True), x.shape[-1]) + (self.eps >> (2 * d))
@@ -120,7 +234,13 @@ class Block:
     up: Linear          # to int8
     silu: np.ndarray    # int16 table over [-SILU_HALF, SILU_HALF)
     down: Linear        # to the residual scale
+    qkv: Fused | None = None        # q, k, v run as one (their wt are views of qkv.wt)
+    gate_up: Fused | None = None    # gate, up run as one
 
+    def fuse(self) -> "Block":
+        self.qkv = Fused([self.q, self.k, self.v])
+        self.gate_up = Fused([self.gate, self.up])
+        return self
 
 
 def calibration_forward(w: SmolLM2Weights, ids: np.ndarray, rec: dict) -> None:
@@ -210,8 +330,8 @@ class IntSmolLM2:
                 gate=_linear(L.w_gate, s_f, s_g, -SILU_HALF, SILU_HALF - 1, in_max=WIDE),
                 up=_linear(L.w_up, s_f, s_u, -UP_MAX, UP_MAX, in_max=WIDE),
                 silu=quantize_symmetric(grid / (1 + np.exp(-grid)), s_s, *INT16),
-                down=_linear(L.w_down, s_s * s_u, s_res, *INT32, in_max=1 << 62),
-            ))
+                down=_linear(L.w_down, s_s * s_u, s_res, *INT32, in_max=1 << 30),
+            ).fuse())
         s_o = channel_absmax(records, "final_in", HEADROOM) / INT16[1]
         head = _linear(w.output, s_o, 2.0 ** -LOGIT_BITS, *INT32, in_max=WIDE)
         cos, sin = rope_tables(max_ctx, D, w.rope_theta)
@@ -240,8 +360,10 @@ class Session:
     def __init__(self, model: IntSmolLM2, max_ctx: int):
         self.m = model
         nl, nkv, D = len(model.blocks), model.n_kv_heads, model.head_dim
-        self.k = np.zeros((nl, nkv, max_ctx, D), dtype=np.int64)
-        self.v = np.zeros((nl, nkv, max_ctx, D), dtype=np.int64)
+        # Integers held exactly in float64 (|k| < 2^13, |v| <= QKV_MAX), so
+        # the attention products below need no conversion.
+        self.k = np.zeros((nl, nkv, max_ctx, D), dtype=np.float64)
+        self.v = np.zeros((nl, nkv, max_ctx, D), dtype=np.float64)
         self.pos = 0
         self.max_ctx = max_ctx
 
@@ -250,15 +372,17 @@ class Session:
         T, D, nh, nkv = h.shape[0], m.head_dim, m.n_heads, m.n_kv_heads
         start, end = self.pos, self.pos + T
         cos, sin = m.cos[start:end], m.sin[start:end]
-        q = rope(b.q(h).reshape(T, nh, D), cos, sin)
-        k = rope(b.k(h).reshape(T, nkv, D), cos, sin)
-        self.k[i, :, start:end] = k.transpose(1, 0, 2)
-        self.v[i, :, start:end] = b.v(h).reshape(T, nkv, D).transpose(1, 0, 2)
+        qkv = b.qkv(h)                                          # [T, (nh + 2 nkv) D]
+        qk = rope(qkv[:, :(nh + nkv) * D].reshape(T, nh + nkv, D), cos, sin)   # q and k heads at once
+        q = qk[:, :nh]
+        self.k[i, :, start:end] = qk[:, nh:].transpose(1, 0, 2)
+        self.v[i, :, start:end] = qkv[:, (nh + nkv) * D:].reshape(T, nkv, D).transpose(1, 0, 2)
         group = nh // nkv
         qg = q.transpose(1, 0, 2).reshape(nkv, group * T, D)
         scores = exact_matmul(qg, self.k[i, :, :end].transpose(0, 2, 1), 2 * QKV_MAX, 2 * QKV_MAX)
-        future = np.arange(end)[None, :] > (start + np.arange(T))[:, None]          # [T, S]
-        scores = np.where(np.tile(future, (group, 1))[None], MASKED, scores)
+        if T > 1:                                   # one new position sees every cached one
+            future = np.arange(end)[None, :] > (start + np.arange(T))[:, None]      # [T, S]
+            scores = np.where(np.tile(future, (group, 1))[None], MASKED, scores)
         probs = softmax_rows(scores, b.score_mult, b.score_shift, PROB_ONE)
         ctx = exact_matmul(probs, self.v[i, :, :end], PROB_ONE, QKV_MAX + 1)         # [nkv, group*T, D]
         ctx = ctx.reshape(nh, T, D).transpose(1, 0, 2).reshape(T, nh * D)
@@ -273,26 +397,52 @@ class Session:
         x = m.embed[ids]
         for i, b in enumerate(m.blocks):
             x = x + b.o(self._attention(i, b, b.attn_norm(x)))
-            h = b.ffn_norm(x)
-            s = b.silu[b.gate(h) + SILU_HALF]
-            x = x + b.down(s * b.up(h))
+            gate, up = b.gate_up.split(b.ffn_norm(x))
+            x = x + b.down(b.silu[gate + SILU_HALF] * up)
         self.pos += len(ids)
         if not all_logits:
             x = x[-1:]
         logits = m.lm_head(m.final_norm(x))
         return logits if all_logits else logits[0]
 
-    def generate(self, ids, max_tokens: int, stop_ids=()) -> list[int]:
-        """Greedy decoding (argmax, ties to the lowest id)."""
-        stop, out = set(stop_ids), []
+    def generate(self, ids, max_tokens: int, stop_ids=(), sampler=None,
+                 stop_sequences=()) -> "Generation":
+        """Append the prompt `ids`, then generate at most `max_tokens` tokens.
+
+        Each token is the argmax of the int64 logits (ties to the lowest id)
+        when `sampler` is None or has temperature 0, otherwise
+        opinfer.engine.sampling.next_token(logits, sampler, step) with step
+        the index of the generated token (0 for the first). Generation stops
+        after a token of `stop_ids` (kept in the output) or as soon as the
+        generated ids end with one of `stop_sequences` (token-id sequences,
+        kept too): finish reason "stop"; otherwise after `max_tokens`
+        tokens: "length". Returns Generation(ids, finish_reason), a named
+        tuple: `ids, reason = session.generate(...)`."""
+        stop = {int(t) for t in stop_ids}
+        sequences = [tuple(int(t) for t in seq) for seq in stop_sequences if len(seq)]
+        greedy = sampler is None or getattr(sampler, "temperature_milli", 0) == 0
+        if not greedy:
+            from opinfer.engine.sampling import next_token
+        out: list[int] = []
+        if max_tokens <= 0:
+            return Generation(out, "length")
         logits = self.forward(ids)
-        while len(out) < max_tokens:
-            token = int(np.argmax(logits))
+        while True:
+            token = int(np.argmax(logits)) if greedy else int(next_token(logits, sampler, len(out)))
             out.append(token)
-            if token in stop or len(out) >= max_tokens:
-                break
+            if token in stop or any(len(out) >= len(q) and tuple(out[-len(q):]) == q for q in sequences):
+                return Generation(out, "stop")
+            if len(out) >= max_tokens:
+                return Generation(out, "length")
             logits = self.forward([token])
-        return out
+
+
+class Generation(NamedTuple):
+    """Generated token ids and why generation ended: "stop" (a stop id or a
+    stop sequence, included in ids) or "length" (max_tokens reached)."""
+
+    ids: list[int]
+    finish_reason: str
 
 
 @lru_cache(maxsize=1)

@@ -86,27 +86,52 @@ def _exact_block(k: int, per_term: int) -> int:
     return max(d for d in range(1, min(limit, k) + 1) if k % d == 0) if limit >= 1 else 0
 
 
-def exact_matmul_blocked(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int) -> np.ndarray:
+def exact_matmul_blocked(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int,
+                         b_row_max: np.ndarray | None = None) -> np.ndarray:
     """a @ b for an integer matrix a [T, K] with |a| <= a_max and integer
     weights b [K, N] (float32 holding integers) with |b| <= b_max, exact.
 
-    One row (decoding): K is split into blocks of B, the largest divisor of K
-    with a_max * b_max * B < 2^24, so every partial sum of a block's float32
-    product is an integer below 2^24 (exact whatever the summation order);
-    the block results are added in float64, exact below 2^53. This reads the
-    float32 weights once, in one batched call. Several rows: float64 products
-    (exact while a_max * b_max * K < 2^53). Every path gives the same bits."""
+    One row (decoding): K is split into nb equal blocks so that, for every
+    block and output column, sum over the block of |a_k| * |b_kn| < 2^24:
+    then every partial sum of a block's float32 product is an integer below
+    2^24, exact whatever the summation order. The block results are added in
+    float64, exact below 2^53. nb is the smallest divisor of K (from the
+    candidates below) whose blocks pass the bound, checked with integers
+    against `b_row_max` (max_n |b_kn| per k) when given; without it, or as
+    the last resort, blocks of B with a_max * b_max * B < 2^24 (the largest
+    such divisor of K). This reads the float32 weights once. Several rows:
+    float64 products (exact while a_max * b_max * K < 2^53). Every path gives
+    the same bits; only the speed differs."""
     k, n = b.shape
     per_term = a_max * b_max
     if per_term * k >= 1 << 53:
         raise OverflowError("integer matmul would not be exact in float64")
-    rows = a.shape[0]
-    block = _exact_block(k, per_term)
-    if rows == 1 and block >= 8:
-        nb = k // block
-        parts = np.matmul(a.reshape(nb, 1, block).astype(np.float32), b.reshape(nb, block, n))
-        return parts.sum(0, dtype=np.float64).astype(np.int64)
+    if a.shape[0] == 1:
+        nb = _blocks_needed(a[0], b_row_max, k) if b_row_max is not None else 0
+        if not nb:
+            block = _exact_block(k, per_term)
+            nb = k // block if block >= 8 else 0
+        if nb == 1:
+            return (a.astype(np.float32) @ b).astype(np.int64)
+        if nb:
+            parts = np.matmul(a.reshape(nb, 1, k // nb).astype(np.float32), b.reshape(nb, k // nb, n))
+            return parts.sum(0, dtype=np.float64).astype(np.int64)
     return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+
+
+_EXACT = 1 << 24
+
+
+def _blocks_needed(row: np.ndarray, b_row_max: np.ndarray, k: int) -> int:
+    """The fewest equal blocks (1, 2, 3, 4, 6 or 8, dividing k) over which
+    sum |row_k| * b_row_max_k stays below 2^24 in every block; 0 if none."""
+    c = np.abs(row) * b_row_max
+    if int(c.sum()) < _EXACT:
+        return 1
+    for nb in (2, 3, 4, 6, 8):
+        if k % nb == 0 and int(c.reshape(nb, -1).sum(1).max()) < _EXACT:
+            return nb
+    return 0
 
 
 def quantize_symmetric(x: np.ndarray, scale, lo: int, hi: int) -> np.ndarray:

@@ -82,6 +82,7 @@ class Linear:
     def __post_init__(self):
         if self.w_max is None:
             self.w_max = int(np.abs(self.wt).max()) if self.wt.size else 0
+        self.row_max = _row_max(self.wt)
 
     def shift_in(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The row shift: (xs, d), d per row ([T, 1])."""
@@ -92,7 +93,7 @@ class Linear:
 
     def dot(self, xs: np.ndarray) -> np.ndarray:
         """xs . w, exact (|xs| <= 2^in_bits)."""
-        return exact_matmul_blocked(xs, self.wt, 1 << self.in_bits, self.w_max)
+        return exact_matmul_blocked(xs, self.wt, 1 << self.in_bits, self.w_max, self.row_max)
 
     def acc(self, x: np.ndarray) -> np.ndarray:
         xs, d = self.shift_in(x)
@@ -160,6 +161,7 @@ class Fused:
         self.lo, self.hi = col(lambda lin: lin.lo), col(lambda lin: lin.hi)
         self.in_bits = lins[0].in_bits
         self.w_max = max(lin.w_max for lin in lins)
+        self.row_max = _row_max(self.wt)
         self.bounds = np.cumsum([lin.wt.shape[1] for lin in lins])[:-1]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -167,7 +169,7 @@ class Fused:
         x = np.asarray(x, dtype=np.int64)
         if x.shape[0] == 1:
             xs, d = _shift_row(x, self.in_bits)
-            dot = exact_matmul_blocked(xs, self.wt, 1 << self.in_bits, self.w_max)
+            dot = exact_matmul_blocked(xs, self.wt, 1 << self.in_bits, self.w_max, self.row_max)
             e = self.shift - d
             if e.min() >= 1:
                 y = (dot * self.mult + (np.int64(1) << (e - 1))) >> e
@@ -176,6 +178,12 @@ class Fused:
 
     def split(self, x: np.ndarray) -> list[np.ndarray]:
         return np.split(self(x), self.bounds, axis=1)
+
+
+def _row_max(wt: np.ndarray) -> np.ndarray:
+    """max |w| over each input row k of wt [in, out] (int64): bounds the
+    partial sums of a decoding row's product (quant.exact_matmul_blocked)."""
+    return np.abs(wt).max(1).astype(np.int64) if wt.size else np.zeros(wt.shape[0], dtype=np.int64)
 
 
 def _shift_row(x: np.ndarray, in_bits: int) -> tuple[np.ndarray, int]:

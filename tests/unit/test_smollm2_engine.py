@@ -114,13 +114,21 @@ RNG = np.random.default_rng(7)
 
 
 def test_blocked_exact_matmul_is_exact():
+    from opinfer.engine.quant import _blocks_needed
+
+    seen = set()
     for k, n, a_max, b_max in ((576, 40, 512, 511), (1536, 30, 512, 511), (576, 20, 1024, 1023), (64, 8, 128, 127)):
         b = RNG.integers(-b_max, b_max + 1, size=(k, n))
         b[0] = b_max
+        row_max = np.abs(b).max(1)
         for rows in (1, 3):
-            a = RNG.integers(-a_max, a_max + 1, size=(rows, k))
-            a[:, 0] = a_max
-            assert np.array_equal(exact_matmul_blocked(a, b.astype(np.float32), a_max, b_max), a @ b)
+            for scale in (0, 3, 6, 9, 12):    # small rows need fewer blocks (down to one plain product)
+                a = RNG.integers(-a_max, a_max + 1, size=(rows, k)) >> scale
+                a[:, 0] = a_max
+                for bound in (None, row_max):
+                    assert np.array_equal(exact_matmul_blocked(a, b.astype(np.float32), a_max, b_max, bound), a @ b)
+                seen.add(_blocks_needed(a[0], row_max, k))
+    assert {0, 1, 2} <= seen
 
 
 def test_linear_follows_the_dense_element_rule_and_fusing_changes_no_bit():

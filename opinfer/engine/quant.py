@@ -99,9 +99,12 @@ def exact_matmul_blocked(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int,
     candidates below) whose blocks pass the bound, checked with integers
     against `b_row_max` (max_n |b_kn| per k) when given; without it, or as
     the last resort, blocks of B with a_max * b_max * B < 2^24 (the largest
-    such divisor of K). This reads the float32 weights once. Several rows:
-    float64 products (exact while a_max * b_max * K < 2^53). Every path gives
-    the same bits; only the speed differs."""
+    such divisor of K). This reads the float32 weights once. Several rows
+    (prefill): each value is split as a = R * hi + lo with |hi|, |lo| <= R/2
+    (R a power of two near sqrt(a_max)); when (R/2) * b_max * K < 2^24 the
+    stacked [hi; lo] rows go through one exact float32 product, else float64
+    (exact while a_max * b_max * K < 2^53). Every path gives the same bits;
+    only the speed differs."""
     k, n = b.shape
     per_term = a_max * b_max
     if per_term * k >= 1 << 53:
@@ -116,6 +119,20 @@ def exact_matmul_blocked(a: np.ndarray, b: np.ndarray, a_max: int, b_max: int,
         if nb:
             parts = np.matmul(a.reshape(nb, 1, k // nb).astype(np.float32), b.reshape(nb, k // nb, n))
             return parts.sum(0, dtype=np.float64).astype(np.int64)
+    radix_bits = (max(a_max, 1).bit_length() + 1) // 2
+    half = 1 << (radix_bits - 1)
+    if max((a_max + half) >> radix_bits, half) * b_max * k < _EXACT:
+        rows = a.shape[0]
+        out = np.empty((rows, n), dtype=np.int64)
+        step = max(1, (1 << 22) // max(n, 1))          # bounded temporaries for wide outputs
+        for start in range(0, rows, step):
+            part = np.asarray(a[start:start + step], dtype=np.int64)
+            hi = (part + half) >> radix_bits                # |hi| <= (a_max + R/2) / R
+            lo = part - (hi << radix_bits)                  # -R/2 <= lo < R/2
+            both = np.concatenate([hi, lo]).astype(np.float32) @ b
+            m = part.shape[0]
+            out[start:start + m] = (both[:m].astype(np.int64) << radix_bits) + both[m:].astype(np.int64)
+        return out
     return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
 
 

@@ -113,7 +113,7 @@ class Linear:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.int64)
-        if x.shape[0] == 1:                          # decoding: the same rule with Python ints
+        if x.ndim == 2 and x.shape[0] == 1:          # decoding: the same rule with Python ints
             xs, d = _shift_row(x, self.in_bits)
             e = self.shift - d
             if e >= 1:
@@ -167,7 +167,7 @@ class Fused:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The Linears' outputs side by side, [T, sum of outs]."""
         x = np.asarray(x, dtype=np.int64)
-        if x.shape[0] == 1:
+        if x.ndim == 2 and x.shape[0] == 1:
             xs, d = _shift_row(x, self.in_bits)
             dot = exact_matmul_blocked(xs, self.wt, 1 << self.in_bits, self.w_max, self.row_max)
             e = self.shift - d
@@ -207,7 +207,7 @@ class RMSNorm:
     eps: int
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if x.shape[0] == 1:                          # decoding: the same rule with Python ints
+        if x.ndim == 2 and x.shape[0] == 1:          # decoding: the same rule with Python ints
             d = max(int(np.abs(x).max()).bit_length() - SQUARE_BITS, 0)
             xs = x >> d
             ms = (2 * int(np.dot(xs[0], xs[0])) + x.shape[-1]) // (2 * x.shape[-1]) + (self.eps >> (2 * d))

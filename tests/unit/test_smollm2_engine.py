@@ -160,3 +160,15 @@ def test_next_token_agreement_with_the_float_reference(model, tok):
 def test_context_overflow_is_a_clear_error(model):
     with pytest.raises(ValueError, match="context overflow"):
         model.session(4).forward([1, 2, 3, 4, 5])
+
+
+def test_one_row_rms_norm_path_equals_the_batch_path():
+    from opinfer.engine.smollm2 import RMSNorm
+
+    x = RNG.integers(-(1 << 31), 1 << 31, size=(8, 576)) >> RNG.integers(0, 31, size=(8, 1))
+    x[0] = 0
+    gain = RNG.integers(-2**15, 2**15, size=576)
+    for eps in (0, 5, 2**30):
+        norm = RMSNorm(gain, eps)
+        batch = norm(x)
+        assert all(np.array_equal(norm(x[r:r + 1]), batch[r:r + 1]) for r in range(len(x)))

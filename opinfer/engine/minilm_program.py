@@ -26,14 +26,16 @@ class _Builder:
     def __init__(self):
         self.ops: list[Op] = []
         self.weights: list[np.ndarray] = []
+        self.widths: list[int] = []
 
     def weight(self, values) -> Slot:
         values = np.asarray(values, dtype=np.int64)
         if values.ndim == 1:
             values = values.reshape(-1, 1)
         self.weights.append(values)
+        self.widths.append(width_for(values))
         r, c = values.shape
-        return Slot(ref(WEIGHT, len(self.weights) - 1), dim(r), dim(c), width_for(values))
+        return Slot(ref(WEIGHT, len(self.weights) - 1), dim(r), dim(c), self.widths[-1])
 
     def op(self, code: int, rows: int, cols: int, slots, params=()) -> Slot:
         self.ops.append(Op(code, rows, cols, tuple(slots), tuple(int(p) for p in params)))
@@ -74,8 +76,7 @@ def build_program(model: mm.IntMiniLM) -> Program:
     xt = b.op(TRANSPOSE, dim(width), L, [x])
     pooled = b.op(POOL, dim(1), dim(width), [xt, b.weight(model.pool_mult)])
     b.op(L2NORM, dim(1), dim(width), [pooled], [mm.OUT_BITS])
-    widths = [width_for(w) for w in b.weights]
-    return Program(b.ops, b.weights, widths, ONE_STEP, NAME)
+    return Program(b.ops, b.weights, b.widths, ONE_STEP, NAME)
 
 
 @lru_cache(maxsize=1)

@@ -157,14 +157,10 @@ def _dense(op, ins, ctx):
     return quant.requant(_matmul(x, w.T) + p[:, 0], p[:, 1], shift, lo, hi)
 
 
-def _heads(op, rows_q: int):
-    d, g = op.params[:2]
-    return d, g, rows_q
-
-
 def _scores(op, ins, ctx):
     q, k = ins
-    d, g, rq = _heads(op, q.shape[0])
+    d, g = op.params[:2]
+    rq = q.shape[0]
     h = q.shape[1] // d
     qh = q.reshape(rq, h, d).transpose(1, 0, 2)                       # [h, rq, d]
     kh = k.reshape(k.shape[0], -1, d)[:, np.arange(h) // g].transpose(1, 2, 0)  # [h, d, S]
@@ -224,15 +220,12 @@ RUN = {DOT: _dot, EMBED_SUM: _embed_sum, LAYER_NORM: _layer_norm, DENSE: _dense,
 
 # ---------------------------------------------------------------- rows an element reads
 
-def _reads_dot(op, r, c, ins, ctx):
-    return [r, c]
-
-
 def _reads_embed(op, r, c, ins, ctx):
     return [0, int(ins[0][0, ctx.tokens_at + r]), r, 0]
 
 
 def _reads_row_and_channel(op, r, c, ins, ctx):
+    """Row r of the input, row c of the weight (or per-channel params)."""
     return [r, c]
 
 
@@ -272,7 +265,7 @@ def _reads_pool(op, r, c, ins, ctx):
     return [c, c]
 
 
-READS = {DOT: _reads_dot, EMBED_SUM: _reads_embed, LAYER_NORM: _reads_row_and_channel, DENSE: _reads_dense,
+READS = {DOT: _reads_row_and_channel, EMBED_SUM: _reads_embed, LAYER_NORM: _reads_row_and_channel, DENSE: _reads_dense,
          SCORES: _reads_scores, SOFTMAX: _reads_row, TRANSPOSE: _reads_transpose, CONTEXT: _reads_context,
          RESIDUAL: _reads_residual, LOOKUP: _reads_lookup, POOL: _reads_pool, L2NORM: _reads_row}
 

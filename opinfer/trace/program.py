@@ -18,8 +18,8 @@ from eth_abi import encode
 from opinfer.errors import CommitmentError
 from opinfer.trace import merkle
 from opinfer.trace.jobinput import JobInput
-from opinfer.trace.ops import INPUT, PREV, SAME, WEIGHT, JobCtx, Op
-from opinfer.trace.tensor import TensorTree, per_chunk
+from opinfer.trace.ops import INPUT, PREV, SAME, WEIGHT, JobCtx, Op, width_for
+from opinfer.trace.tensor import TensorTree, row_bytes
 
 ONE_STEP, PER_POSITION = 0, 1
 
@@ -29,18 +29,8 @@ def value_bytes(row: np.ndarray) -> tuple[int, bytes]:
     big-endian two's complement) for the narrowest e in 1, 2, 4, 8 that holds
     them (StepVerifier widens them back to the committed words)."""
     row = np.asarray(row, dtype=np.int64).reshape(-1)
-    top = max(int(row.max()), -int(row.min()) - 1, 0)
-    e = next(e for e in (1, 2, 4, 8) if top < 1 << (8 * e - 1))
+    e = width_for(row)
     return e, row.astype(f">i{e}").tobytes()
-
-
-def packed_chunks(row: np.ndarray, width: int) -> bytes:
-    """A packed row's chunks as committed (the last one zero padded)."""
-    row = np.asarray(row, dtype=np.int64).reshape(-1)
-    n = per_chunk(width)
-    padded = np.zeros(-(-row.size // n) * n, dtype=np.int64)
-    padded[: row.size] = row
-    return padded.astype(f">i{width}").tobytes()
 
 
 def job_steps(steps_mode: int, job: JobInput) -> int:
@@ -211,7 +201,7 @@ class Trace:
                 tree, proof = self.trees[t], merkle.proof(state, t)
             row_proof = tree.row_proof(r)
             if s.width < 32:
-                e, data = s.width, packed_chunks(tree.values[r], s.width)
+                e, data = s.width, row_bytes(tree.values[r], s.width)
             else:
                 e, data = value_bytes(tree.values[r])
             out += encode(["bytes32", "uint256", "uint256", "uint256"], [tree.root, r, len(proof), len(row_proof)])

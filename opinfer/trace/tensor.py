@@ -50,14 +50,19 @@ def _words(values: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def chunk_hashes(row: np.ndarray, width: int = 32) -> list[bytes]:
-    """Chunk hashes of one row (the last chunk zero padded)."""
+def row_bytes(row: np.ndarray, width: int = 32) -> bytes:
+    """One row's chunks as committed: values zero padded to whole chunks,
+    one per word (width 32) or packed `width` bytes each."""
     row = np.asarray(row, dtype=np.int64).reshape(-1)
     n = per_chunk(width)
-    n_chunks = -(-row.size // n)
-    padded = np.zeros(n_chunks * n, dtype=np.int64)
+    padded = np.zeros(-(-row.size // n) * n, dtype=np.int64)
     padded[: row.size] = row
-    data = _words(padded) if width == 32 else _packed(padded, width)
+    return _words(padded) if width == 32 else _packed(padded, width)
+
+
+def chunk_hashes(row: np.ndarray, width: int = 32) -> list[bytes]:
+    """Chunk hashes of one row (the last chunk zero padded)."""
+    data = row_bytes(row, width)
     return [merkle.keccak(data[i : i + CHUNK_BYTES]) for i in range(0, len(data), CHUNK_BYTES)]
 
 

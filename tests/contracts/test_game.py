@@ -79,13 +79,19 @@ def test_honest_node_wins_and_takes_the_bond(system, posted, nodes, challengers,
     assert system.rollup.leaf_status(batch_id, 0) == STATUS_FINAL
 
 
+def game_at_step(system, posted, node, challenger, honest_trace, wrong) -> tuple[int, Driver]:
+    """An honest node against a challenger holding `wrong`, played up to the step."""
+    batch_id, batch = posted
+    gid = open_game(system, batch_id, batch, 0, challenger)
+    driver = Driver(system, gid, node, honest_trace, challenger, wrong)
+    driver.play(until_phase=9)
+    return gid, driver
+
+
 def test_step_called_by_node_upholds_honest_claim(system, posted, nodes, challengers, program, job_input,
                                                   honest_trace):
-    batch_id, batch = posted
     wrong = corrupted_trace(program, job_input, 4, 0, 0)
-    gid = open_game(system, batch_id, batch, 0, challengers[0])
-    driver = Driver(system, gid, nodes[0], honest_trace, challengers[0], wrong)
-    driver.play(until_phase=9)
+    gid, driver = game_at_step(system, posted, nodes[0], challengers[0], honest_trace, wrong)
     # The challenger refuses to step; the node steps itself with its own witness.
     driver.step(nodes[0], trace=honest_trace)
     assert game_state(system.game, gid)["status"] == NODE_WON
@@ -235,11 +241,8 @@ def test_game_over_rejects_moves(system, posted, nodes, challengers, honest_trac
 
 def test_bad_step_witness_reverts_and_changes_nothing(system, posted, nodes, challengers, program, job_input,
                                                       honest_trace):
-    batch_id, batch = posted
     wrong = corrupted_trace(program, job_input, 4, 0, 1)
-    gid = open_game(system, batch_id, batch, 0, challengers[0])
-    driver = Driver(system, gid, nodes[0], honest_trace, challengers[0], wrong)
-    driver.play(until_phase=9)
+    gid, driver = game_at_step(system, posted, nodes[0], challengers[0], honest_trace, wrong)
     before = game_state(system.game, gid)
     with brownie.reverts():
         system.game.step(gid, program.header(3), b"\x00" * 64, {"from": challengers[0]})

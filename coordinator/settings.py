@@ -1,0 +1,80 @@
+"""Coordinator settings, read from the environment (prefix OPINFER_) or a .env file.
+
+Chain coordinates come either from the settings themselves or from a devnet
+description (.opinfer/devnet.json) named by OPINFER_DEVNET_FILE."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPINFER_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///.opinfer/coordinator.db"
+    # Chain. Left empty, they are read from devnet_file.
+    devnet_file: str = ".opinfer/devnet.json"
+    rpc_url: str = ""
+    chain_id: int = 0
+    rollup_address: str = ""
+    registry_address: str = ""
+    stake_manager_address: str = ""
+    coordinator_key: str = Field("", repr=False)
+
+    # API keys: when false, requests without a key are served (devnet).
+    require_api_key: bool = False
+    rate_limit_rpm: int = 600           # per key; 0 = unlimited
+    anonymous_rate_limit_rpm: int = 0   # keyless requests, all together; 0 = unlimited
+
+    # Request limits (each error names the one it hit).
+    max_body_bytes: int = 1_000_000
+    max_embedding_inputs: int = 64
+    max_completion_tokens: int = 256
+    default_max_tokens: int = 64
+    max_context_tokens: int = 2000      # prompt + completion (the job input holds 2048 words)
+    max_stop_sequences: int = 4
+    max_consensus: int = 5
+
+    # Nodes.
+    node_timeout_s: float = 60.0
+    node_connect_timeout_s: float = 2.0
+    max_attempts: int = 3
+    backoff_base_s: float = 0.05
+    backoff_cap_s: float = 1.0
+    eject_after_failures: int = 3
+    eject_for_s: float = 30.0
+    static_nodes: str = ""              # "address@http://host:port,..." in addition to the registry
+
+    # Cache.
+    cache_ttl_s: float = 300.0
+    cache_stale_s: float = 3600.0       # how long past the TTL a stale answer may still be served
+    cache_entries: int = 10_000
+
+    # Scheduler.
+    batch_interval_s: float = 5.0
+    batch_max_jobs: int = 64            # a batch is posted as soon as this many leaves wait
+    finalize_interval_s: float = 5.0
+    node_refresh_s: float = 15.0
+    confirmations: int = 0
+    receipt_timeout_s: float = 120.0
+    scheduler: bool = True              # tests drive the jobs by hand
+
+    def chain(self) -> dict:
+        """rpc_url, chain_id and contract addresses, filled from devnet_file where empty."""
+        out = {"rpc_url": self.rpc_url, "chain_id": self.chain_id, "rollup": self.rollup_address,
+               "registry": self.registry_address, "stake_manager": self.stake_manager_address,
+               "key": self.coordinator_key}
+        path = Path(self.devnet_file)
+        if (not out["rpc_url"] or not out["rollup"]) and path.exists():
+            info = json.loads(path.read_text())
+            out["rpc_url"] = out["rpc_url"] or info["rpc_url"]
+            out["chain_id"] = out["chain_id"] or info["chain_id"]
+            out["rollup"] = out["rollup"] or info["contracts"]["ResultRollup"]
+            out["registry"] = out["registry"] or info["contracts"]["ModelRegistry"]
+            out["stake_manager"] = out["stake_manager"] or info["contracts"]["StakeManager"]
+            out["key"] = out["key"] or info["accounts"]["coordinator"]["private_key"]
+        return out

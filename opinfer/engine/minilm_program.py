@@ -55,7 +55,7 @@ def build_program(model: mm.IntMiniLM) -> Program:
     b = _Builder()
     width = model.word.shape[1]
     heads, head_dim = model.heads, width // model.heads
-    t0 = Slot(ref(INPUT), dim(1), dim(10, 1))
+    t0 = Slot(ref(INPUT), dim(1), dim(0, 1, 0, 1))   # L + tokens_at words
     e = b.op(EMBED_SUM, L, dim(width), [t0, b.weight(model.word), b.weight(model.pos), b.weight(model.typ.reshape(1, -1))])
     x = _layer_norm(b, e, model.ln0, width)
     for layer in model.layers:

@@ -6,9 +6,12 @@ only a few rows of its slots. Every op is described by 32 words:
 
     [opcode, rows, cols, (ref, rows, cols, width) x 4, params x 13]
 
-Dimensions may depend on the job: dim = c + a*L + b*s for L the job's token
-count and s the step (dim_value). A ref names a tensor: the job input T_0,
-an op of the same step, an op of the previous step, or a weight.
+Dimensions may depend on the job: dim = c + a*L + b*s + t*ta + m*M for L
+the job's token count, s the step, ta the index of the first token in T_0
+and M the number of tokens to generate (dim_value). A ref names a tensor:
+the job input T_0, an op of the same step, an op of the previous step, or a
+weight. An element may leave a slot unread (reads gives None, the witness
+NOT_READ): a previous-step slot at step 0, or a branch of its rule not taken.
 
 For each opcode this module has the vectorised rule (`run`, used to build a
 trace) and the rows an element reads (`reads`, used to build a witness);
@@ -31,21 +34,29 @@ MAX_SLOTS = 4
 MAX_PARAMS = 13
 DESC_WORDS = 3 + 4 * MAX_SLOTS + MAX_PARAMS
 
-# opcodes
+# opcodes (13..27: the decoder's, opinfer/trace/decoder_ops.py)
 DOT, EMBED_SUM, LAYER_NORM, DENSE, SCORES, SOFTMAX, TRANSPOSE, CONTEXT, RESIDUAL, LOOKUP, POOL, L2NORM = range(1, 13)
+(EMBED_TOKEN, RMS_NORM, DENSE_WIDE, ROPE, APPEND, SWIGLU, CHUNK_ARGMAX, SAMPLE_WEIGHTS, MASKED_SUMS, BISECT, PICK,
+ PICK_TOKEN, NEXT, MATCH, GEN) = range(13, 28)
 NAMES = {DOT: "dot", EMBED_SUM: "embed_sum", LAYER_NORM: "layer_norm", DENSE: "dense", SCORES: "scores",
          SOFTMAX: "softmax", TRANSPOSE: "transpose", CONTEXT: "context", RESIDUAL: "residual", LOOKUP: "lookup",
-         POOL: "pool", L2NORM: "l2norm"}
+         POOL: "pool", L2NORM: "l2norm", EMBED_TOKEN: "embed_token", RMS_NORM: "rms_norm", DENSE_WIDE: "dense_wide",
+         ROPE: "rope", APPEND: "append", SWIGLU: "swiglu", CHUNK_ARGMAX: "chunk_argmax",
+         SAMPLE_WEIGHTS: "sample_weights", MASKED_SUMS: "masked_sums", BISECT: "bisect", PICK: "pick",
+         PICK_TOKEN: "pick_token", NEXT: "next", MATCH: "match", GEN: "gen"}
+NOT_READ = (1 << 256) - 1   # the witness's row of a slot an element does not read
 TABLE_WIDTH = 256  # lookup tables are stored as [n / 256, 256]
 LN_BITS = 8
 
 
-def dim(c: int = 0, per_token: int = 0, per_step: int = 0) -> int:
-    return c | per_token << 32 | per_step << 64
+def dim(c: int = 0, per_token: int = 0, per_step: int = 0, per_tokens_at: int = 0, per_gen: int = 0) -> int:
+    return c | per_token << 32 | per_step << 64 | per_tokens_at << 96 | per_gen << 128
 
 
-def dim_value(d: int, tokens: int, step: int) -> int:
-    return (d & 0xFFFFFFFF) + ((d >> 32) & 0xFFFFFFFF) * tokens + ((d >> 64) & 0xFFFFFFFF) * step
+def dim_value(d: int, ctx: "JobCtx") -> int:
+    m = 0xFFFFFFFF
+    return ((d & m) + ((d >> 32) & m) * ctx.tokens + ((d >> 64) & m) * ctx.step
+            + ((d >> 96) & m) * ctx.tokens_at + ((d >> 128) & m) * ctx.gen)
 
 
 def ref(kind: int, index: int = 0) -> int:
@@ -67,6 +78,7 @@ class JobCtx:
     tokens: int          # L
     step: int            # s
     tokens_at: int       # index of the first token in T_0
+    gen: int = 0         # M = steps + 1 - L: tokens a decoder generates
 
 
 @dataclass(frozen=True)
@@ -92,11 +104,11 @@ class Op:
         return encode([f"int256[{DESC_WORDS}]"], [self.words()])
 
     def shape(self, ctx: JobCtx) -> tuple[int, int]:
-        return dim_value(self.rows, ctx.tokens, ctx.step), dim_value(self.cols, ctx.tokens, ctx.step)
+        return dim_value(self.rows, ctx), dim_value(self.cols, ctx)
 
     def slot_shape(self, i: int, ctx: JobCtx) -> tuple[int, int]:
         s = self.slots[i]
-        return dim_value(s.rows, ctx.tokens, ctx.step), dim_value(s.cols, ctx.tokens, ctx.step)
+        return dim_value(s.rows, ctx), dim_value(s.cols, ctx)
 
     @property
     def name(self) -> str:
@@ -104,15 +116,15 @@ class Op:
 
     def run(self, ins: list[np.ndarray], ctx: JobCtx) -> np.ndarray:
         for i, x in enumerate(ins):
-            if x.shape != self.slot_shape(i, ctx):
+            if x is not None and x.shape != self.slot_shape(i, ctx):
                 raise CommitmentError(f"{self.name}: slot {i} has shape {x.shape}, expected {self.slot_shape(i, ctx)}")
         out = np.asarray(RUN[self.code](self, ins, ctx), dtype=np.int64)
         if out.shape != self.shape(ctx):
             raise CommitmentError(f"{self.name}: output shape {out.shape}, expected {self.shape(ctx)}")
         return out
 
-    def reads(self, r: int, c: int, ins: list[np.ndarray], ctx: JobCtx) -> list[int]:
-        """The row of each slot that element (r, c) reads."""
+    def reads(self, r: int, c: int, ins: list[np.ndarray], ctx: JobCtx) -> list[int | None]:
+        """The row of each slot that element (r, c) reads (None: not read)."""
         return READS[self.code](self, r, c, ins, ctx)
 
 
@@ -161,8 +173,8 @@ def _scores(op, ins, ctx):
     q, k = ins
     d, g = op.params[:2]
     rq = q.shape[0]
-    h = q.shape[1] // d
-    qh = q.reshape(rq, h, d).transpose(1, 0, 2)                       # [h, rq, d]
+    h = dim_value(op.rows, ctx) // rq                                 # q may hold more columns (the decoder's k)
+    qh = q[:, :h * d].reshape(rq, h, d).transpose(1, 0, 2)            # [h, rq, d]
     kh = k.reshape(k.shape[0], -1, d)[:, np.arange(h) // g].transpose(1, 2, 0)  # [h, d, S]
     return _matmul(qh, kh).reshape(h * rq, k.shape[0])
 
@@ -179,7 +191,7 @@ def _transpose(op, ins, ctx):
 def _context(op, ins, ctx):
     p, vt = ins
     d, g, mult, shift, lo, hi = op.params[:6]
-    rows = dim_value(op.rows, ctx.tokens, ctx.step)
+    rows = dim_value(op.rows, ctx)
     h = p.shape[0] // rows
     ph = p.reshape(h, rows, p.shape[1])                               # [h, rows, S]
     vh = vt.reshape(-1, d, vt.shape[1])[np.arange(h) // g].transpose(0, 2, 1)   # [h, S, d]
@@ -234,7 +246,7 @@ def _reads_dense(op, r, c, ins, ctx):
 
 
 def _reads_scores(op, r, c, ins, ctx):
-    rq = dim_value(op.slots[0].rows, ctx.tokens, ctx.step)
+    rq = dim_value(op.slots[0].rows, ctx)
     return [r % rq, c]
 
 
@@ -248,7 +260,7 @@ def _reads_transpose(op, r, c, ins, ctx):
 
 def _reads_context(op, r, c, ins, ctx):
     d, g = op.params[:2]
-    rows = dim_value(op.rows, ctx.tokens, ctx.step)
+    rows = dim_value(op.rows, ctx)
     h = c // d
     return [h * rows + r, (h // g) * d + c % d]
 
@@ -277,3 +289,6 @@ def width_for(values: np.ndarray) -> int:
         if top < 1 << (8 * w - 1):
             return w
     raise CommitmentError("weight values beyond int64")
+
+
+from opinfer.trace import decoder_ops  # noqa: E402,F401  (registers opcodes 13..27 in RUN and READS)

@@ -18,7 +18,7 @@ from eth_abi import encode
 from opinfer.errors import CommitmentError
 from opinfer.trace import merkle
 from opinfer.trace.jobinput import JobInput
-from opinfer.trace.ops import INPUT, PREV, SAME, WEIGHT, JobCtx, Op, width_for
+from opinfer.trace.ops import INPUT, NOT_READ, PREV, SAME, WEIGHT, JobCtx, Op, width_for
 from opinfer.trace.tensor import TensorTree, row_bytes
 
 ONE_STEP, PER_POSITION = 0, 1
@@ -97,7 +97,9 @@ class Program:
         return self.num_ops * job_steps(self.steps_mode, job)
 
     def ctx(self, job: JobInput, op_index: int) -> JobCtx:
-        return JobCtx(tokens=len(job.tokens), step=op_index // self.num_ops, tokens_at=job.tokens_at)
+        steps = job_steps(self.steps_mode, job)
+        return JobCtx(tokens=len(job.tokens), step=op_index // self.num_ops, tokens_at=job.tokens_at,
+                      gen=max(steps + 1 - len(job.tokens), 0))
 
     def tensor_index(self, slot_ref: int, op_index: int) -> int:
         """Index in the state of the tensor a state slot names (op `op_index` reads it)."""
@@ -121,11 +123,14 @@ class Program:
             tensors.append(on_op(i, out) if on_op else out)
         return tensors
 
-    def slot_tensors(self, op: Op, op_index: int, tensors: list[np.ndarray]) -> list[np.ndarray]:
+    def slot_tensors(self, op: Op, op_index: int, tensors: list[np.ndarray]) -> list[np.ndarray | None]:
+        """The tensors op `op_index` reads; None for a previous-step slot at step 0."""
         out = []
         for s in op.slots:
             if s.ref >> 128 == WEIGHT:
                 out.append(self.weights[s.ref & ((1 << 128) - 1)])
+            elif s.ref >> 128 == PREV and op_index < self.num_ops:
+                out.append(None)
             else:
                 out.append(tensors[self.tensor_index(s.ref, op_index)])
         return out
@@ -181,7 +186,8 @@ class Trace:
         tensor proof and of the row proof, the two proofs (32-byte words),
         the row's encoding width e (a word) and the row: its committed chunks
         for a packed slot (e = width), its values as e-byte numbers for an
-        unpacked one (see value_bytes). Then one zero word."""
+        unpacked one (see value_bytes); a slot the element does not read is
+        the two words (0, NOT_READ). Then one zero word."""
         p = self.program
         op = p.ops[op_index % p.num_ops]
         ctx = p.ctx(self.job, op_index)
@@ -192,6 +198,9 @@ class Trace:
         state = None
         out = b""
         for s, r in zip(op.slots, op.reads(row, col, ins, ctx)):
+            if r is None:
+                out += encode(["uint256", "uint256"], [0, NOT_READ])
+                continue
             if s.ref >> 128 == WEIGHT:
                 w = s.ref & ((1 << 128) - 1)
                 tree, proof = p.weight_trees[w], merkle.proof(p.weights_tree, w)

@@ -1,0 +1,141 @@
+"""SmolLM2-135M-Instruct's decode step as an op program (docs/ops.md, "Decoder ops").
+
+The template (496 ops) processes one position per step, so a job of L
+prompt tokens and M new tokens is L + M - 1 steps; the K and V^T caches are
+tensors that each step extends (APPEND reads the previous step's). The
+program and the fast engine (`smollm2.Session.generate`) compute the same
+tokens bit for bit (tests/unit/test_smollm2_program.py); the program exists
+so that a trace, state roots and one-step witnesses can be built for any
+job, and so that the model has an on-chain identity (`model_root`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import lru_cache
+
+import numpy as np
+
+from opinfer.engine import elements as el
+from opinfer.engine import smollm2 as sm
+from opinfer.engine.quant import INT16, INT32
+from opinfer.trace.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_WIDE, EMBED_TOKEN, GEN, INPUT, MASKED_SUMS,
+                               MATCH, NEXT, PICK, PICK_TOKEN, PREV, RESIDUAL, RMS_NORM, ROPE, SAME, SAMPLE_WEIGHTS,
+                               SCORES, SOFTMAX, SWIGLU, TABLE_WIDTH, WEIGHT, Op, Slot, dim, ref, width_for)
+from opinfer.trace.program import PER_POSITION, Program
+
+NAME = "smollm2-135m-instruct"
+ONE = dim(1)
+CACHE = dim(1, per_step=1)      # s + 1 positions
+PREV_CACHE = dim(per_step=1)    # the previous step's s positions
+T0 = Slot(ref(INPUT), ONE, dim(0, 1, 0, 1))
+
+
+class _Builder:
+    def __init__(self):
+        self.ops: list[Op] = []
+        self.weights: list[np.ndarray] = []
+        self.widths: list[int] = []
+
+    def weight(self, values) -> Slot:
+        values = np.asarray(values, dtype=np.int64)
+        if values.ndim == 1:
+            values = values.reshape(-1, 1)
+        self.weights.append(values)
+        self.widths.append(width_for(values))
+        r, c = values.shape
+        return Slot(ref(WEIGHT, len(self.weights) - 1), dim(r), dim(c), self.widths[-1])
+
+    def op(self, code: int, rows: int, cols: int, slots, params=()) -> Slot:
+        self.ops.append(Op(code, rows, cols, tuple(slots), tuple(int(p) for p in params)))
+        return Slot(ref(SAME, len(self.ops) - 1), rows, cols)
+
+    def prev(self, index: int, rows: int, cols: int) -> Slot:
+        """Op `index` of the previous step, with its shape seen from this step."""
+        return Slot(ref(PREV, index), rows, cols)
+
+
+def _channels(lin) -> np.ndarray:
+    """Per output column (mult, shift, lo, hi) of a Linear or a Fused."""
+    n = lin.wt.shape[1]
+    cols = [np.broadcast_to(np.asarray(v, dtype=np.int64), (n,)) for v in (lin.mult, lin.shift, lin.lo, lin.hi)]
+    return np.stack(cols, axis=1)
+
+
+def _dense(b: _Builder, x: Slot, lin, fold: int = 0) -> Slot:
+    w = b.weight(np.asarray(lin.wt, dtype=np.int64).T)
+    params = b.weight(_channels(lin))
+    n = lin.wt.shape[1]
+    rows, cols = (dim(n // fold), dim(fold)) if fold else (ONE, dim(n))
+    return b.op(DENSE_WIDE, rows, cols, [x, w, params], [lin.in_bits, fold])
+
+
+def _norm(b: _Builder, x: Slot, norm: sm.RMSNorm, width: int) -> Slot:
+    return b.op(RMS_NORM, ONE, dim(width), [x, b.weight(norm.gain)], [norm.eps, *INT16])
+
+
+def build_program(model: sm.IntSmolLM2) -> Program:
+    b = _Builder()
+    nh, nkv, D = model.n_heads, model.n_kv_heads, model.head_dim
+    width = model.embed.shape[1]
+    kv = nkv * D
+    vocab = model.embed.shape[0]
+    if vocab % TABLE_WIDTH:
+        raise ValueError("the vocabulary must be a multiple of 256 (logits are folded into chunks of 256)")
+    chunks = vocab // TABLE_WIDTH
+
+    # EMBED_TOKEN reads the previous step's NEXT, whose index is known once
+    # the template is complete: built with a placeholder, patched below.
+    x = b.op(EMBED_TOKEN, ONE, dim(width), [T0, b.prev(0, ONE, ONE), b.weight(model.embed)])
+    rope_table = b.weight(np.concatenate([model.cos, model.sin], axis=1))
+    ones = b.weight(np.ones(width, dtype=np.int64))
+    for blk in model.blocks:
+        h = _norm(b, x, blk.attn_norm, width)
+        qkv = _dense(b, h, blk.qkv)
+        qk = b.op(ROPE, ONE, dim((nh + nkv) * D), [qkv, rope_table], [D])
+        k_at = len(b.ops)
+        k_cache = b.op(APPEND, CACHE, dim(kv), [b.prev(k_at, PREV_CACHE, dim(kv)), qk], [0, nh * D])
+        v_at = len(b.ops)
+        vt_cache = b.op(APPEND, dim(kv), CACHE, [b.prev(v_at, dim(kv), PREV_CACHE), qkv], [1, (nh + nkv) * D])
+        scores = b.op(SCORES, dim(nh), CACHE, [qk, k_cache], [D, nh // nkv])
+        probs = b.op(SOFTMAX, dim(nh), CACHE, [scores], [blk.score_mult, blk.score_shift, sm.PROB_ONE])
+        ctx = b.op(CONTEXT, ONE, dim(nh * D), [probs, vt_cache],
+                   [D, nh // nkv, blk.ctx_mult, blk.ctx_shift, *INT16])
+        o = _dense(b, ctx, blk.o)
+        x = b.op(RESIDUAL, ONE, dim(width), [x, o, ones], [0, *INT32])
+        h = _norm(b, x, blk.ffn_norm, width)
+        gate_up = _dense(b, h, blk.gate_up)
+        table = np.asarray(blk.silu, dtype=np.int64).reshape(-1, TABLE_WIDTH)
+        hidden = blk.gate.wt.shape[1]
+        m = b.op(SWIGLU, ONE, dim(hidden), [gate_up, b.weight(table)], [sm.SILU_HALF])
+        down = _dense(b, m, blk.down)
+        x = b.op(RESIDUAL, ONE, dim(width), [x, down, ones], [0, *INT32])
+
+    h = _norm(b, x, model.final_norm, width)
+    logits = _dense(b, h, model.lm_head, fold=TABLE_WIDTH)
+    row = dim(chunks)
+    packs = b.op(CHUNK_ARGMAX, ONE, row, [logits])
+    weights = b.op(SAMPLE_WEIGHTS, dim(chunks), dim(TABLE_WIDTH), [logits, packs, T0])
+    totals = b.op(MASKED_SUMS, ONE, row, [weights, b.weight([[0, 0]])], [1])
+    bounds = b.weight([[1, el.WEIGHT_MAX]])
+    for _ in range(el.BISECT_STEPS):
+        sums = b.op(MASKED_SUMS, ONE, row, [weights, bounds], [0])
+        bounds = b.op(BISECT, ONE, dim(2), [sums, bounds, totals, T0])
+    kept = b.op(MASKED_SUMS, ONE, row, [weights, bounds], [1])
+    pick = b.op(PICK, ONE, dim(2), [kept, T0])
+    picked = b.op(PICK_TOKEN, ONE, ONE, [pick, weights, bounds, T0])
+    next_at = len(b.ops)
+    nxt = b.op(NEXT, ONE, ONE, [T0, packs, picked])
+    gen_cols = dim(1, per_gen=1)
+    gen_at = len(b.ops) + 1
+    match = b.op(MATCH, ONE, ONE, [T0, b.prev(gen_at, ONE, gen_cols), nxt])
+    b.op(GEN, ONE, gen_cols, [b.prev(gen_at, ONE, gen_cols), nxt, match])
+
+    first = b.ops[0]
+    b.ops[0] = replace(first, slots=(first.slots[0], b.prev(next_at, ONE, ONE), first.slots[2]))
+    return Program(b.ops, b.weights, b.widths, PER_POSITION, NAME)
+
+
+@lru_cache(maxsize=1)
+def default_program() -> Program:
+    return build_program(sm.default_model())

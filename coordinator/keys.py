@@ -1,0 +1,40 @@
+"""API keys: random secrets shown once, stored as SHA-256 (the secrets
+carry 256 bits of entropy, so a fast hash is enough: nothing to brute-force)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+
+from coordinator import models as m
+from coordinator.errors import Unauthorized
+
+PREFIX = "sk-opi-"
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create(session, name: str, now: float, rate_limit_rpm: int | None = None) -> tuple[m.ApiKey, str]:
+    """A new key row and its secret (the only time the secret exists in clear)."""
+    secret = PREFIX + secrets.token_urlsafe(32)
+    row = m.ApiKey(name=name, key_hash=hash_key(secret), prefix=secret[:12], rate_limit_rpm=rate_limit_rpm,
+                   revoked=False, created_at=now)
+    session.add(row)
+    session.flush()
+    return row, secret
+
+
+def lookup(session, authorization: str | None) -> m.ApiKey:
+    if not authorization:
+        raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("malformed Authorization header: expected `Bearer <key>`")
+    row = session.scalars(select(m.ApiKey).where(m.ApiKey.key_hash == hash_key(secret.strip()))).first()
+    if row is None or row.revoked:
+        raise Unauthorized("invalid API key")
+    return row

@@ -1,0 +1,213 @@
+"""Batch posting with crash safety: every answered leaf is posted exactly once.
+
+The steps, each a point where the process may die:
+
+1. prepare: in one DB transaction, pick pending leaves, sign the
+   post_batch transaction with an explicit nonce, record the batch (state
+   `prepared`, raw tx, tx hash, nonce) and assign its leaves.  -- before_send
+2. broadcast the raw transaction.                                 -- after_send
+3. record state `sent`, wait for the receipt.         -- before_receipt_recorded
+4. record the receipt: `posted` with the chain's batch id and deadline
+   (or `failed` when it reverted: the leaves go back to pending).
+
+On every run (and so on restart) unfinished batches are reconciled first:
+a receipt for the recorded hash settles the batch; otherwise, while the
+nonce is still unused, the same signed bytes are broadcast again (the same
+hash: it cannot be mined twice); once the nonce is used by another
+transaction the batch can never be mined, so it is `failed` and its leaves
+are released. A leaf belongs to at most one live batch at a time, so no job
+is posted twice and none is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from eth_account import Account
+from sqlalchemy import select
+
+from coordinator import models as m
+from coordinator.chain import Chain
+from coordinator.errors import PostingError
+from coordinator.metrics import Metrics
+from coordinator.wallet import Wallet
+from opinfer.trace.leaf import MAX_INPUTS_BYTES, MAX_LEAVES, Batch, ResultLeaf
+
+log = logging.getLogger("opinfer.coordinator.poster")
+MAX_RUNS = 32            # ResultRollup.MAX_RUNS
+CRASH_POINTS = ("before_send", "after_send", "before_receipt_recorded")
+
+
+def no_crash(point: str) -> None:
+    pass
+
+
+def result_leaf(leaf: m.Leaf) -> ResultLeaf:
+    return ResultLeaf(bytes.fromhex(leaf.job_id), leaf.job.model_id, leaf.input_root, leaf.output_root, leaf.node,
+                      leaf.job.input, leaf.signature)
+
+
+def signature_ok(leaf: ResultLeaf, chain_id: int, rollup: str) -> bool:
+    try:
+        return Account._recover_hash(leaf.digest(chain_id, rollup), signature=leaf.signature) == leaf.node
+    except Exception:  # noqa: BLE001 - malformed signatures of any kind
+        return False
+
+
+def pack(leaves: list[m.Leaf], max_leaves: int = MAX_LEAVES) -> list[m.Leaf]:
+    """Leaves for one batch in order: grouped by (node, model) so the runs
+    stay few, within the rollup's limits on leaves, runs and input bytes."""
+    groups: dict[tuple, list[m.Leaf]] = {}
+    for leaf in leaves:
+        groups.setdefault((leaf.node, leaf.job.model_id), []).append(leaf)
+    out, size = [], 0
+    for group in list(groups.values())[:MAX_RUNS]:
+        for leaf in group:
+            if len(out) == max_leaves:
+                return out
+            if size + len(leaf.job.input) > MAX_INPUTS_BYTES:
+                continue
+            out.append(leaf)
+            size += len(leaf.job.input)
+    return out
+
+
+class BatchPoster:
+    def __init__(self, sessions, chain: Chain, wallet: Wallet, clock: Callable[[], float], metrics: Metrics,
+                 max_leaves: int = MAX_LEAVES, receipt_timeout: float = 120.0,
+                 crash: Callable[[str], None] = no_crash, on_reject: Callable[[str, str], None] | None = None):
+        self.sessions = sessions
+        self.chain = chain
+        self.wallet = wallet
+        self.clock = clock
+        self.metrics = metrics
+        self.max_leaves = max_leaves
+        self.receipt_timeout = receipt_timeout
+        self.crash = crash
+        self.on_reject = on_reject or (lambda node, reason: None)
+        self._lock = threading.Lock()
+
+    def pending_count(self) -> int:
+        with self.sessions() as s:
+            return len(s.scalars(select(m.Leaf.id).where(m.Leaf.status == m.PENDING, m.Leaf.batch_pk.is_(None)))
+                       .all())
+
+    def run_once(self) -> list[int]:
+        """Reconcile unfinished batches, then post every pending leaf; returns the chain batch ids posted."""
+        with self._lock, self.wallet.lock:
+            posted = self.reconcile()
+            while True:
+                batch_pk = self.prepare()
+                if batch_pk is None:
+                    return posted
+                posted += self.send(batch_pk)
+
+    # ------------------------------------------------------------ steps
+
+    def prepare(self) -> int | None:
+        with self.sessions() as s, s.begin():
+            candidates = s.scalars(select(m.Leaf).where(m.Leaf.status == m.PENDING, m.Leaf.batch_pk.is_(None))
+                                   .order_by(m.Leaf.id).limit(4 * MAX_LEAVES)).all()
+            if not candidates:
+                return None
+            chosen = pack(self._postable(s, candidates), self.max_leaves)
+            if not chosen:
+                return None
+            batch = Batch([result_leaf(leaf) for leaf in chosen])
+            nonce = self.wallet.next_nonce()
+            raw, tx_hash = self.wallet.sign(self.chain.rollup.functions.post_batch(*batch.calldata), nonce)
+            row = m.Batch(state=m.PREPARED, root=batch.root, leaf_count=len(chosen), nonce=nonce, tx_hash=tx_hash,
+                          raw_tx=raw, created_at=self.clock())
+            s.add(row)
+            s.flush()
+            for index, leaf in enumerate(chosen):
+                leaf.batch_pk, leaf.leaf_index = row.id, index
+            return row.id
+
+    def _postable(self, s, leaves: list[m.Leaf]) -> list[m.Leaf]:
+        """Drop (as `rejected`) leaves the rollup would refuse or a challenger could void."""
+        out, staked, active = [], {}, {}
+        for leaf in leaves:
+            rl = result_leaf(leaf)
+            if leaf.node not in staked:
+                staked[leaf.node] = self.chain.node_active(leaf.node)
+            if rl.model_id not in active:
+                active[rl.model_id] = self.chain.model_active(rl.model_id)
+            reason = None
+            if not signature_ok(rl, self.chain.chain_id, self.chain.rollup.address):
+                reason = "signature does not recover to the node"
+            elif not staked[leaf.node]:
+                reason = "node not staked"
+            elif not active[rl.model_id]:
+                reason = "model not active"
+            if reason:
+                leaf.status, leaf.note = m.REJECTED, reason
+                self.on_reject(leaf.node, reason)
+                log.warning("leaf %s of job %s rejected: %s", leaf.id, leaf.job_id, reason)
+            else:
+                out.append(leaf)
+        return out
+
+    def send(self, batch_pk: int) -> list[int]:
+        with self.sessions() as s:
+            raw = s.get(m.Batch, batch_pk).raw_tx
+        self.crash("before_send")
+        self.wallet.broadcast(raw)
+        self.crash("after_send")
+        with self.sessions() as s, s.begin():
+            row = s.get(m.Batch, batch_pk)
+            row.state = m.SENT
+            tx_hash = row.tx_hash
+        receipt = self.wallet.wait(tx_hash, self.receipt_timeout)
+        if receipt is None:
+            raise PostingError(f"no receipt for batch tx 0x{tx_hash.hex()} within {self.receipt_timeout} s")
+        self.crash("before_receipt_recorded")
+        return self.record(batch_pk, receipt)
+
+    def record(self, batch_pk: int, receipt) -> list[int]:
+        now = self.clock()
+        with self.sessions() as s, s.begin():
+            row = s.get(m.Batch, batch_pk)
+            if receipt["status"] != 1:
+                self._fail(row, "transaction reverted")
+                return []
+            event = self.chain.rollup.events.BatchPosted().process_receipt(receipt)[0]["args"]
+            if bytes(event["root"]) != row.root:
+                raise PostingError(f"batch {batch_pk}: chain root differs from the recorded one")
+            row.state, row.chain_batch_id = m.BATCH_POSTED, event["batch_id"]
+            row.deadline, row.block_number, row.posted_at = event["deadline"], receipt["blockNumber"], now
+            for leaf in row.leaves:
+                leaf.status = m.POSTED
+                self.metrics.posting_lag.observe(max(0.0, now - leaf.created_at))
+            self.metrics.batch_size.observe(row.leaf_count)
+            log.info("batch %s posted as #%s (%s leaves)", batch_pk, row.chain_batch_id, row.leaf_count)
+            return [row.chain_batch_id]
+
+    def _fail(self, row: m.Batch, reason: str) -> None:
+        row.state, row.error = m.FAILED, reason
+        for leaf in list(row.leaves):
+            leaf.batch_pk, leaf.leaf_index = None, None  # back to the pending pool
+        log.warning("batch %s failed (%s); its leaves wait for the next batch", row.id, reason)
+
+    def reconcile(self) -> list[int]:
+        posted = []
+        with self.sessions() as s:
+            open_batches = s.scalars(select(m.Batch).where(m.Batch.state.in_((m.PREPARED, m.SENT)))
+                                     .order_by(m.Batch.nonce)).all()
+        for row in open_batches:
+            receipt = self.wallet.receipt(row.tx_hash)
+            if receipt is None and self.wallet.mined_nonce() > row.nonce:
+                receipt = self.wallet.receipt(row.tx_hash)  # mined in between?
+                if receipt is None:
+                    with self.sessions() as s, s.begin():
+                        self._fail(s.get(m.Batch, row.id), f"nonce {row.nonce} used by another transaction")
+                    continue
+            if receipt is None:
+                self.wallet.broadcast(row.raw_tx)
+                receipt = self.wallet.wait(row.tx_hash, self.receipt_timeout)
+                if receipt is None:
+                    raise PostingError(f"batch {row.id}: tx 0x{row.tx_hash.hex()} still not mined")
+            posted += self.record(row.id, receipt)
+        return posted

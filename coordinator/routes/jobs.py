@@ -1,0 +1,18 @@
+"""GET /v1/jobs/{job_id}, GET /v1/batches/{batch_id}: status, batch, leaf index, Merkle proof, tx hash."""
+
+import anyio
+from fastapi import APIRouter, Depends, Path
+
+from coordinator.deps import principal, service
+
+router = APIRouter()
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get_job(job_id: str = Path(max_length=66), svc=Depends(service), _who=Depends(principal)) -> dict:
+    return await anyio.to_thread.run_sync(svc.job_view, job_id)
+
+
+@router.get("/v1/batches/{batch_id}")
+async def get_batch(batch_id: int = Path(ge=1, le=2**62), svc=Depends(service), _who=Depends(principal)) -> dict:
+    return await anyio.to_thread.run_sync(svc.batch_view, batch_id)

@@ -1,0 +1,491 @@
+"""The service layer behind the HTTP routes: turn requests into job inputs,
+run them on nodes (with cache, retries, consensus), record jobs, leaves and
+usage, and describe jobs and batches with their proofs."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+import numpy as np
+from sqlalchemy import case, func, select
+
+from coordinator import models as m
+from coordinator.cache import ResponseCache, cache_key
+from coordinator.chain import Chain, ModelInfo
+from coordinator.errors import BadRequest, ModelNotFound, NodeFailure, NoNodeAvailable, NotFound
+from coordinator.metrics import Metrics
+from coordinator.nodes import NodePool
+from coordinator.schemas import ChatRequest, EmbeddingRequest, OpinferOptions
+from coordinator.settings import Settings
+from node.engines import MINILM, SMOLLM2
+from opinfer.errors import CommitmentError
+from opinfer.trace.jobinput import JobInput
+from opinfer.trace.leaf import Batch as LeafBatch
+from opinfer.trace.outputs import embedding_output, generation_output, input_root, tensor_root
+
+KINDS = {MINILM: "embedding", SMOLLM2: "chat"}
+EMBED_DIM = 384
+MINILM_VOCAB, MINILM_POSITIONS = 30522, 512
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key (id, rate limit) or the anonymous devnet user."""
+
+    key_id: int | None
+    name: str
+    rpm: int
+
+
+@dataclass
+class Answer:
+    job: m.Job
+    leaf: m.Leaf
+    cached: bool = False
+    stale: bool = False
+    agreed: int = 1
+
+    def opinfer(self) -> dict:
+        job, leaf = self.job, self.leaf
+        out = {"job_id": "0x" + job.id, "status": leaf.status, "node": leaf.node, "model_id": job.model_id,
+               "model_root": "0x" + job.model_root.hex(), "input_root": "0x" + leaf.input_root.hex(),
+               "output_root": "0x" + leaf.output_root.hex(), "seed": job.seed, "cached": self.cached}
+        if self.stale:
+            out["stale"] = True
+        if job.consensus > 1:
+            out["consensus"] = {"k": job.consensus, "agreed": self.agreed}
+        return out
+
+
+@dataclass
+class ChatAnswer:
+    answer: Answer
+    ids: list[int]
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    pieces: list[str] = field(default_factory=list)  # text per generated token, for streaming
+
+
+class Catalog:
+    """The models the registry holds and this coordinator knows how to serve."""
+
+    def __init__(self, chain: Chain):
+        self.chain = chain
+        self.models: dict[str, ModelInfo] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.models = {mi.name: mi for mi in self.chain.models()}
+
+    def served(self) -> list[ModelInfo]:
+        return [mi for mi in self.models.values() if mi.active and mi.name in KINDS]
+
+    def get(self, name: str, kind: str) -> ModelInfo:
+        mi = self.models.get(name)
+        if mi is None or not mi.active or name not in KINDS:
+            raise ModelNotFound(f"The model `{name}` does not exist or is not served here", param="model")
+        if KINDS[name] != kind:
+            raise BadRequest(f"`{name}` is a {KINDS[name]} model, not a {kind} model", param="model",
+                             code="wrong_model_kind")
+        return mi
+
+
+class Tokenizers:
+    """Loaded on first use: the coordinator tokenizes, nodes only see token ids."""
+
+    def __init__(self):
+        self._chat = None
+
+    @property
+    def chat(self):
+        if self._chat is None:
+            from opinfer.engine.bpe_tokenizer import load_tokenizer
+
+            self._chat = load_tokenizer()
+        return self._chat
+
+    def embedding(self, text: str) -> list[int]:
+        from opinfer.engine import minilm_weights as fw
+
+        return [int(i) for i in fw.encode(text)]
+
+    def chat_prompt(self, messages: list[tuple[str, str]]) -> list[int]:
+        """ChatML ids with message text encoded as plain text, so a message
+        cannot forge role markers by containing "<|im_end|>"."""
+        tok = self.chat
+        start, end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
+        if not messages or messages[0][0] != "system":
+            messages = [("system", tok.default_system_prompt)] + messages
+        ids: list[int] = []
+        for role, content in messages:
+            ids += [start] + tok.encode_ordinary(f"{role}\n{content}") + [end] + tok.encode_ordinary("\n")
+        return ids + [start] + tok.encode_ordinary("assistant\n")
+
+    @property
+    def chat_end(self) -> int:
+        return self.chat.token_to_id("<|im_end|>")
+
+
+class InferenceService:
+    def __init__(self, settings: Settings, sessions, catalog: Catalog, pool: NodePool, cache: ResponseCache,
+                 metrics: Metrics, clock: Callable[[], float], tokenizers: Tokenizers | None = None,
+                 on_batch_due: Callable[[], None] = lambda: None):
+        self.settings = settings
+        self.sessions = sessions
+        self.catalog = catalog
+        self.pool = pool
+        self.cache = cache
+        self.metrics = metrics
+        self.clock = clock
+        self.tokenizers = tokenizers or Tokenizers()
+        self.on_batch_due = on_batch_due
+        self.unbatched = 0
+        self._proofs: OrderedDict[int, LeafBatch] = OrderedDict()
+
+    # ------------------------------------------------------------ embeddings
+
+    async def embeddings(self, req: EmbeddingRequest, who: Principal) -> list[Answer]:
+        model = self.catalog.get(req.model, "embedding")
+        if req.dimensions is not None and req.dimensions != EMBED_DIM:
+            raise BadRequest(f"`{req.model}` has {EMBED_DIM} dimensions; `dimensions` must be {EMBED_DIM} or left out",
+                             param="dimensions")
+        items = req.input
+        if isinstance(items, str) or (isinstance(items, list) and items and isinstance(items[0], int)):
+            items = [items]
+        if not items:
+            raise BadRequest("`input` must not be empty", param="input")
+        if len(items) > self.settings.max_embedding_inputs:
+            raise BadRequest(f"at most {self.settings.max_embedding_inputs} inputs per request (max_embedding_inputs)",
+                             param="input")
+        jobs = []
+        for item in items:
+            if isinstance(item, str):
+                if not item:
+                    raise BadRequest("`input` must not contain empty strings", param="input")
+                tokens = self.tokenizers.embedding(item)
+            else:
+                tokens = list(item)
+                if not tokens or not all(0 <= t < MINILM_VOCAB for t in tokens):
+                    raise BadRequest(f"token ids must be in [0, {MINILM_VOCAB})", param="input")
+                if len(tokens) > MINILM_POSITIONS:
+                    raise BadRequest(f"at most {MINILM_POSITIONS} tokens per input", param="input",
+                                     code="context_length_exceeded")
+            jobs.append(JobInput(tuple(tokens)))
+        return list(await asyncio.gather(*(self.run(model, job, "embedding", who, req.opinfer) for job in jobs)))
+
+    # ------------------------------------------------------------ chat
+
+    async def chat(self, req: ChatRequest, who: Principal) -> ChatAnswer:
+        from opinfer.engine.sampling import from_openai
+
+        model = self.catalog.get(req.model, "chat")
+        self._reject_unsupported(req)
+        max_tokens = req.max_completion_tokens or req.max_tokens or self.settings.default_max_tokens
+        if max_tokens > self.settings.max_completion_tokens:
+            raise BadRequest(f"max_tokens is {max_tokens}; the limit is {self.settings.max_completion_tokens}",
+                             param="max_tokens")
+        try:
+            sampling = from_openai(req.temperature, req.top_p, req.seed)
+        except ValueError as exc:
+            raise BadRequest(str(exc), param=str(exc).split()[0]) from None
+        seed = sampling.seed
+        if req.seed is None and sampling.temperature_milli > 0:
+            seed = secrets.randbits(64)  # recorded with the job: anyone can replay the draw
+        stops = req.stop if isinstance(req.stop, list) else ([req.stop] if req.stop else [])
+        if len(stops) > self.settings.max_stop_sequences or any(not s for s in stops):
+            raise BadRequest(f"`stop` takes 1 to {self.settings.max_stop_sequences} non-empty strings", param="stop")
+        tok = self.tokenizers
+        stop_sequences = [(tok.chat_end,)] + [tuple(tok.chat.encode_ordinary(s)) for s in stops]
+        prompt = tok.chat_prompt([("system" if msg.role == "developer" else msg.role, msg.text())
+                                  for msg in req.messages])
+        limit = self.settings.max_context_tokens
+        if len(prompt) + max_tokens > limit:
+            raise BadRequest(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the context limit "
+                             f"of {limit} tokens", param="messages", code="context_length_exceeded")
+        try:
+            job = JobInput(tuple(prompt), max_tokens, sampling.temperature_milli, sampling.top_p_q, seed,
+                           tuple(stop_sequences))
+        except CommitmentError as exc:
+            raise BadRequest(f"request does not fit a job input: {exc}", param="messages") from None
+        answer = await self.run(model, job, "chat", who, req.opinfer)
+        ids, reason = answer.job.result["ids"], answer.job.result["finish_reason"]
+        shown = list(ids)
+        if reason == "stop":
+            for seq in stop_sequences:
+                if tuple(shown[-len(seq):]) == seq:
+                    shown = shown[:-len(seq)]
+                    break
+        pieces, previous = [], ""
+        for i in range(len(shown)):
+            text = tok.chat.decode(shown[:i + 1], skip_special_tokens=True)
+            if text.endswith("\ufffd") and i + 1 < len(shown):
+                pieces.append("")  # half of a UTF-8 character: wait for the rest
+                continue
+            pieces.append(text[len(previous):])
+            previous = text
+        return ChatAnswer(answer, ids, previous, reason, len(prompt), pieces)
+
+    def _reject_unsupported(self, req: ChatRequest) -> None:
+        neutral = [
+            ("n", req.n in (None, 1), "only n=1 is supported"),
+            ("presence_penalty", not req.presence_penalty, "penalties are not part of the deterministic sampler"),
+            ("frequency_penalty", not req.frequency_penalty, "penalties are not part of the deterministic sampler"),
+            ("logit_bias", not req.logit_bias, "logit_bias is not supported"),
+            ("logprobs", not req.logprobs, "logprobs are not returned"),
+            ("top_logprobs", req.top_logprobs in (None, 0), "logprobs are not returned"),
+            ("tools", not req.tools, "tool calling is not supported"),
+            ("tool_choice", req.tool_choice in (None, "none"), "tool calling is not supported"),
+            ("functions", not req.functions, "function calling is not supported"),
+            ("function_call", req.function_call in (None, "none"), "function calling is not supported"),
+            ("response_format", req.response_format in (None, {"type": "text"}), "only text responses"),
+            ("modalities", req.modalities in (None, ["text"]), "only text output"),
+            ("audio", req.audio is None, "audio is not supported"),
+            ("prediction", req.prediction is None, "predicted outputs are not supported"),
+            ("web_search_options", req.web_search_options is None, "web search is not supported"),
+        ]
+        for param, ok, why in neutral:
+            if not ok:
+                raise BadRequest(f"`{param}` is not supported: {why}", param=param, code="unsupported_parameter")
+        if any(msg.role == "assistant" and msg.content is None for msg in req.messages):
+            raise BadRequest("assistant messages need content (tool calls are not supported)", param="messages")
+
+    # ------------------------------------------------------------ one job
+
+    async def run(self, model: ModelInfo, job: JobInput, kind: str, who: Principal, options: OpinferOptions) -> Answer:
+        data = job.to_bytes()
+        key = cache_key(model.model_root, data)
+        k = options.consensus
+        if k > self.settings.max_consensus:
+            raise BadRequest(f"consensus k is {k}; the limit is {self.settings.max_consensus}", param="opinfer.consensus")
+        if options.cache and k == 1:
+            entry = self.cache.get(key)
+            answer = entry and await anyio.to_thread.run_sync(self._load_answer, entry.job_id)
+            if answer:
+                self.metrics.cache.labels("hit").inc()
+                await anyio.to_thread.run_sync(self._record_usage, answer.job, who, True)
+                return answer
+            self.metrics.cache.labels("miss").inc()
+        job_id = secrets.token_bytes(16)
+        try:
+            results = await self._execute(model, job_id, job, data, kind, k)
+        except NoNodeAvailable:
+            entry = options.allow_stale and self.cache.get(key, allow_stale=True)
+            answer = entry and await anyio.to_thread.run_sync(self._load_answer, entry.job_id)
+            if answer:
+                self.metrics.cache.labels("stale").inc()
+                answer.cached = answer.stale = True
+                await anyio.to_thread.run_sync(self._record_usage, answer.job, who, True)
+                return answer
+            raise
+        votes = Counter(r["output_root"] for r in results)
+        winner, agreed = votes.most_common(1)[0]  # ties: the first (best-ranked) node's answer
+        answer = await anyio.to_thread.run_sync(self._record, model, job_id, job, data, kind, results, winner, who)
+        answer.agreed = agreed
+        self.cache.put(key, answer.job.id)
+        self.metrics.jobs.labels(model.name, "node").inc()
+        self.unbatched += len(results)
+        if self.unbatched >= self.settings.batch_max_jobs:
+            self.unbatched = 0
+            self.on_batch_due()
+        return answer
+
+    async def _execute(self, model: ModelInfo, job_id: bytes, job: JobInput, data: bytes, kind: str,
+                       k: int) -> list[dict]:
+        """k results from k distinct nodes, each slot retried on other nodes."""
+        if len(self.pool.serving(model.id)) < k:
+            raise NoNodeAvailable(f"consensus of {k} needs {k} nodes serving `{model.name}`; "
+                                  f"{len(self.pool.serving(model.id))} are registered", param="opinfer.consensus")
+        body = {"job_id": "0x" + job_id.hex(), "model": model.name, "model_id": model.id, "input": "0x" + data.hex()}
+        expected_in = input_root(job)
+        tried: set[str] = set()
+        reasons: list[str] = []
+
+        async def slot() -> dict:
+            for attempt in range(self.settings.max_attempts):
+                ranked = self.pool.rank(model.id, tried)
+                if not ranked:
+                    break
+                node = ranked[0]
+                tried.add(node.address)
+                if attempt:
+                    await asyncio.sleep(self.pool.backoff(attempt - 1, self.settings.backoff_base_s,
+                                                          self.settings.backoff_cap_s))
+                try:
+                    answer = await self.pool.execute(node, body)
+                    checked = self._check(node.address, answer, body, expected_in, kind, job)
+                except NodeFailure as exc:
+                    reasons.append(exc.reason)
+                    if exc.fault:
+                        self.pool.failure(node, exc.reason)
+                    continue
+                self.pool.success(node, answer["_latency_ms"])
+                return checked
+            raise NoNodeAvailable(f"no node answered for `{model.name}` "
+                                  f"({'; '.join(reasons[-3:]) or 'none in rotation'})")
+
+        return list(await asyncio.gather(*(slot() for _ in range(k))))
+
+    @staticmethod
+    def _check(address: str, answer: dict, body: dict, expected_in: bytes, kind: str, job: JobInput) -> dict:
+        """The answer must be bound to what the client will get: recompute the
+        output root from the returned output (signatures are checked before
+        posting, off the hot path)."""
+        try:
+            if (str(answer["node"]).lower() != address.lower() or answer["job_id"] != body["job_id"]
+                    or answer["model_id"] != body["model_id"]):
+                raise ValueError("answer names another node, job or model")
+            if bytes.fromhex(answer["input_root"][2:]) != expected_in:
+                raise ValueError("input root differs from the job's")
+            payload = answer["output"]
+            if kind == "embedding":
+                vector = [int(v) for v in payload["embedding"]]
+                if len(vector) != EMBED_DIM:
+                    raise ValueError(f"embedding has {len(vector)} dimensions")
+                output = embedding_output(vector)
+                result = {"embedding": vector}
+            else:
+                ids = [int(t) for t in payload["ids"]]
+                if not all(0 <= t < 49152 for t in ids):
+                    raise ValueError("token id outside the vocabulary")
+                output = generation_output(ids, payload["finish_reason"], job.max_tokens)
+                result = {"ids": ids, "finish_reason": payload["finish_reason"]}
+            output_root = bytes.fromhex(answer["output_root"][2:])
+            if tensor_root(output) != output_root:
+                raise ValueError("output root does not commit to the returned output")
+            signature = bytes.fromhex(answer["signature"][2:])
+            if len(signature) != 65:
+                raise ValueError("signature is not 65 bytes")
+        except (KeyError, TypeError, ValueError, AttributeError, CommitmentError) as exc:
+            raise NodeFailure(address, f"bad answer: {exc}") from None
+        return {"node": address, "output_root": output_root, "input_root": expected_in, "signature": signature,
+                "result": result}
+
+    # ------------------------------------------------------------ records (run in a worker thread)
+
+    def _record(self, model: ModelInfo, job_id: bytes, job: JobInput, data: bytes, kind: str, results: list[dict],
+                winner: bytes, who: Principal) -> Answer:
+        now = self.clock()
+        chosen = next(r for r in results if r["output_root"] == winner)
+        completion = len(chosen["result"].get("ids", []))
+        with self.sessions() as s, s.begin():
+            row = m.Job(id=job_id.hex(), kind=kind, model=model.name, model_id=model.id, model_root=model.model_root,
+                        input=data, seed=str(job.seed), result=chosen["result"], prompt_tokens=len(job.tokens),
+                        completion_tokens=completion, consensus=len(results), api_key_id=who.key_id, created_at=now)
+            s.add(row)
+            leaves = [m.Leaf(job_id=row.id, node=r["node"], input_root=r["input_root"], output_root=r["output_root"],
+                             signature=r["signature"], agrees=r["output_root"] == winner, status=m.PENDING,
+                             created_at=now) for r in results]
+            s.add_all(leaves)
+            self._usage_row(s, row, who, False)
+            s.flush()
+            primary = next(leaf for leaf in leaves if leaf.agrees)
+        return Answer(row, primary)
+
+    def _usage_row(self, s, job: m.Job, who: Principal, cached: bool) -> None:
+        tokens = job.prompt_tokens + job.completion_tokens
+        mi = self.catalog.models.get(job.model)
+        cost = mi.cost_wei(tokens) if mi else 0
+        s.add(m.Usage(api_key_id=who.key_id, job_id=job.id, model=job.model, prompt_tokens=job.prompt_tokens,
+                      completion_tokens=job.completion_tokens, cost_wei=str(cost), cached=cached,
+                      created_at=self.clock()))
+
+    def _record_usage(self, job: m.Job, who: Principal, cached: bool) -> None:
+        with self.sessions() as s, s.begin():
+            self._usage_row(s, job, who, cached)
+
+    def _load_answer(self, job_id: str) -> Answer | None:
+        with self.sessions() as s:
+            job = s.get(m.Job, job_id)
+            if job is None:
+                return None
+            leaves = list(job.leaves)
+            primary = next(leaf for leaf in leaves if leaf.agrees)
+            return Answer(job, primary, cached=True, agreed=sum(leaf.agrees for leaf in leaves))
+
+    # ------------------------------------------------------------ views (blocking; routes run them in threads)
+
+    def job_view(self, job_id: str) -> dict:
+        job_id = job_id.lower().removeprefix("0x")
+        with self.sessions() as s:
+            job = s.get(m.Job, job_id) if len(job_id) == 32 else None
+            if job is None:
+                raise NotFound(f"no job {job_id!r}", param="job_id", code="job_not_found")
+            leaves = []
+            for leaf in job.leaves:
+                item = {"node": leaf.node, "status": leaf.status, "agrees": leaf.agrees,
+                        "input_root": "0x" + leaf.input_root.hex(), "output_root": "0x" + leaf.output_root.hex(),
+                        "signature": "0x" + leaf.signature.hex(), "batch_id": None, "leaf_index": None,
+                        "proof": None, "tx_hash": None, "batch_root": None, "deadline": None}
+                if leaf.note:
+                    item["note"] = leaf.note
+                batch = leaf.batch
+                if batch is not None and batch.state in (m.BATCH_POSTED, m.BATCH_FINAL):
+                    tree = self._batch_tree(batch)
+                    item.update(batch_id=batch.chain_batch_id, leaf_index=leaf.leaf_index,
+                                proof=["0x" + p.hex() for p in tree.proof(leaf.leaf_index)],
+                                leaf_hash="0x" + tree.leaves[leaf.leaf_index].hash.hex(),
+                                tx_hash="0x" + batch.tx_hash.hex(), batch_root="0x" + batch.root.hex(),
+                                deadline=batch.deadline)
+                leaves.append(item)
+            primary = next(i for i, leaf in zip(leaves, job.leaves) if leaf.agrees)
+            out = {"id": "0x" + job.id, "object": "opinfer.job", "kind": job.kind, "model": job.model,
+                   "model_id": job.model_id, "model_root": "0x" + job.model_root.hex(), "created": int(job.created_at),
+                   "input": "0x" + job.input.hex(), "seed": job.seed, "result": job.result,
+                   "usage": {"prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens,
+                             "total_tokens": job.prompt_tokens + job.completion_tokens}}
+            out.update({k: primary[k] for k in ("status", "node", "input_root", "output_root", "signature",
+                                                "batch_id", "leaf_index", "proof", "tx_hash", "batch_root",
+                                                "deadline")})
+            out["leaf_hash"] = primary.get("leaf_hash")
+            out["leaves"] = leaves
+            return out
+
+    def _batch_tree(self, batch: m.Batch) -> LeafBatch:
+        from coordinator.poster import result_leaf
+
+        tree = self._proofs.get(batch.id)
+        if tree is None:
+            tree = LeafBatch([result_leaf(leaf) for leaf in batch.leaves])
+            self._proofs[batch.id] = tree
+            while len(self._proofs) > 256:
+                self._proofs.popitem(last=False)
+        return tree
+
+    def batch_view(self, batch_id: int) -> dict:
+        with self.sessions() as s:
+            batch = s.scalars(select(m.Batch).where(m.Batch.chain_batch_id == batch_id)).first()
+            if batch is None:
+                raise NotFound(f"no batch {batch_id}", param="batch_id", code="batch_not_found")
+            return {"id": batch.chain_batch_id, "object": "opinfer.batch", "state": batch.state,
+                    "root": "0x" + batch.root.hex(), "leaf_count": batch.leaf_count,
+                    "tx_hash": "0x" + batch.tx_hash.hex(), "block_number": batch.block_number,
+                    "deadline": batch.deadline, "posted_at": batch.posted_at, "finalized_at": batch.finalized_at,
+                    "leaves": [{"index": leaf.leaf_index, "job_id": "0x" + leaf.job_id, "node": leaf.node,
+                                "status": leaf.status} for leaf in batch.leaves]}
+
+    def usage(self, who: Principal) -> dict:
+        with self.sessions() as s:
+            cond = m.Usage.api_key_id.is_(None) if who.key_id is None else m.Usage.api_key_id == who.key_id
+            rows = s.execute(select(m.Usage.model, func.count(), func.sum(m.Usage.prompt_tokens),
+                                    func.sum(m.Usage.completion_tokens), func.sum(case((m.Usage.cached, 1), else_=0)))
+                             .where(cond).group_by(m.Usage.model)).all()
+            costs: dict[str, int] = {}
+            for model, cost in s.execute(select(m.Usage.model, m.Usage.cost_wei).where(cond)):
+                costs[model] = costs.get(model, 0) + int(cost)  # 256-bit sums in Python, not SQL
+        data = [{"model": model, "requests": n, "cached_requests": int(cached or 0), "prompt_tokens": int(p or 0),
+                 "completion_tokens": int(c or 0), "total_tokens": int((p or 0) + (c or 0)),
+                 "cost_wei": str(costs.get(model, 0))} for model, n, p, c, cached in rows]
+        return {"object": "opinfer.usage", "key": who.name, "data": data,
+                "total_cost_wei": str(sum(costs.values()))}
+
+
+def embedding_floats(vector: list[int]) -> np.ndarray:
+    from opinfer.engine.minilm import to_float
+
+    return to_float(np.asarray(vector, dtype=np.int64))

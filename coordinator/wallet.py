@@ -1,0 +1,75 @@
+"""The coordinator's transaction signer: nonces from the chain, signed raw
+transactions whose hash is known before they are sent (so the poster can
+record it first), re-broadcast and receipt lookup.
+
+One lock serialises every transaction of this key (batches and finalize
+calls), so two jobs never pick the same nonce."""
+
+from __future__ import annotations
+
+import threading
+
+from eth_account import Account
+from web3 import Web3
+from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound
+
+from coordinator.errors import PostingError
+
+
+class Wallet:
+    def __init__(self, w3: Web3, private_key: str, gas_margin: float = 1.25):
+        self.w3 = w3
+        self.account = Account.from_key(private_key)
+        self.gas_margin = gas_margin
+        self.lock = threading.RLock()
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    def next_nonce(self) -> int:
+        return self.w3.eth.get_transaction_count(self.address, "pending")
+
+    def mined_nonce(self) -> int:
+        """Nonces below this one are used by mined transactions."""
+        return self.w3.eth.get_transaction_count(self.address, "latest")
+
+    def sign(self, fn, nonce: int) -> tuple[bytes, bytes]:
+        """(raw transaction, tx hash) of a contract call; reverts surface here, before anything is recorded."""
+        try:
+            gas = fn.estimate_gas({"from": self.address})
+        except ContractLogicError as exc:
+            raise PostingError(f"call would revert: {exc}") from None
+        tx = fn.build_transaction({"from": self.address, "nonce": nonce, "gas": int(gas * self.gas_margin),
+                                   "gasPrice": self.w3.eth.gas_price, "chainId": self.w3.eth.chain_id})
+        signed = self.account.sign_transaction(tx)
+        return bytes(signed.raw_transaction), bytes(signed.hash)
+
+    def broadcast(self, raw: bytes) -> None:
+        """Send a signed transaction; sending one the node already has is not an error."""
+        try:
+            self.w3.eth.send_raw_transaction(raw)
+        except ValueError as exc:  # JSON-RPC errors
+            text = str(exc).lower()
+            if "already known" in text or "already imported" in text or "nonce too low" in text:
+                return  # the caller learns the outcome from the receipt / nonce
+            raise PostingError(f"broadcast failed: {exc}") from None
+
+    def receipt(self, tx_hash: bytes):
+        try:
+            return self.w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            return None
+
+    def wait(self, tx_hash: bytes, timeout: float):
+        try:
+            return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)
+        except TimeExhausted:
+            return None
+
+    def transact(self, fn, timeout: float = 120.0):
+        """Sign, send and wait for a call that needs no crash record (finalize: idempotent)."""
+        with self.lock:
+            raw, tx_hash = self.sign(fn, self.next_nonce())
+            self.broadcast(raw)
+        return self.wait(tx_hash, timeout)

@@ -1,0 +1,149 @@
+"""The OpenAI-compatible API through the official `openai` package, against
+real nodes over HTTP and a real chain."""
+
+import json
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from opinfer.engine import minilm_weights as fw
+from opinfer.engine.minilm import IntMiniLM, to_float
+
+MINILM, SMOL = "all-minilm-l6-v2", "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def client(coord):
+    return openai.OpenAI(base_url=coord.url + "/v1", api_key="unused-on-a-devnet", max_retries=0)
+
+
+def test_models_lists_registry_models_with_roots(client, coord, net):
+    models = {m.id: m for m in client.models.list().data}
+    assert set(models) == {MINILM, SMOL}
+    extra = models[MINILM].model_extra["opinfer"]
+    root = net.deployment.contracts["ModelRegistry"].functions.get_model(net.models[MINILM]).call()[0]
+    assert extra["model_root"] == "0x" + bytes(root).hex() and extra["nodes"] == 3
+    assert client.models.retrieve(SMOL).id == SMOL
+
+
+def test_embeddings_equal_the_engine_and_carry_the_job(client, coord):
+    texts = ["The cat sat on the mat.", "Proofs make fraud expensive."]
+    raw = client.embeddings.with_raw_response.create(model=MINILM, input=texts)
+    resp = raw.parse()  # the openai package asks for base64 and decodes it
+    ids = raw.headers["x-opinfer-job-id"].split(",")
+    assert len(resp.data) == 2 and len(ids) == 2
+    model = IntMiniLM.build()
+    for text, item in zip(texts, resp.data):
+        expected = to_float(model.forward(fw.encode(text)))
+        assert np.allclose(item.embedding, expected, atol=1e-6)
+    assert resp.usage.prompt_tokens == sum(len(fw.encode(t)) for t in texts)
+    job = httpx.get(f"{coord.url}/v1/jobs/{ids[0]}").json()
+    assert job["status"] == "pending" and job["kind"] == "embedding" and job["result"]["embedding"]
+
+
+def test_float_encoding_and_token_input(coord):
+    ids = [int(i) for i in fw.encode("Same bits either way.")]
+    a = httpx.post(f"{coord.url}/v1/embeddings", json={"model": MINILM, "input": "Same bits either way.",
+                                                       "encoding_format": "float"}).json()
+    b = httpx.post(f"{coord.url}/v1/embeddings", json={"model": MINILM, "input": ids}).json()
+    assert a["data"][0]["embedding"] == b["data"][0]["embedding"]
+    # Same job input, so the second is an exact cache hit of the first job.
+    assert b["opinfer"]["cached"] and b["opinfer"]["job_id"] == a["opinfer"]["job_id"]
+
+
+def test_chat_completion_greedy_is_deterministic(client, coord):
+    kwargs = dict(model=SMOL, messages=[{"role": "user", "content": "What is the capital of France?"}],
+                  max_tokens=8, temperature=0)
+    raw = client.chat.completions.with_raw_response.create(**kwargs, extra_body={"opinfer": {"cache": False}})
+    first = raw.parse()
+    again = client.chat.completions.create(**kwargs, extra_body={"opinfer": {"cache": False}})
+    assert first.choices[0].message.content == again.choices[0].message.content
+    assert "Paris" in first.choices[0].message.content
+    assert first.choices[0].finish_reason in ("stop", "length")
+    assert first.usage.completion_tokens <= 8 and first.usage.prompt_tokens > 10
+    info = first.model_extra["opinfer"]
+    assert raw.headers["x-opinfer-job-id"] == info["job_id"] and info["status"] == "pending"
+    assert info["job_id"] != again.model_extra["opinfer"]["job_id"]
+    assert info["output_root"] == again.model_extra["opinfer"]["output_root"]
+
+
+def test_chat_stream_matches_the_plain_answer(client):
+    kwargs = dict(model=SMOL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=6, temperature=0)
+    plain = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].usage.total_tokens == plain.usage.total_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == plain.choices[0].finish_reason
+
+
+def test_stream_ends_with_done(coord):
+    body = {"model": SMOL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0,
+            "stream": True}
+    with httpx.stream("POST", f"{coord.url}/v1/chat/completions", json=body, timeout=120) as r:
+        lines = [line for line in r.iter_lines() if line]
+        assert r.headers["content-type"].startswith("text/event-stream") and r.headers["x-opinfer-job-id"]
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["opinfer"]["job_id"] == r.headers["x-opinfer-job-id"]
+
+
+def test_sampling_without_seed_records_one(client, coord):
+    kwargs = dict(model=SMOL, messages=[{"role": "user", "content": "Tell me a word."}], max_tokens=4,
+                  temperature=0.9)
+    resp = client.chat.completions.create(**kwargs)
+    seed = int(resp.model_extra["opinfer"]["seed"])
+    job = httpx.get(f"{coord.url}/v1/jobs/{resp.model_extra['opinfer']['job_id']}").json()
+    assert job["seed"] == str(seed)
+    replay = client.chat.completions.create(**kwargs, seed=seed, extra_body={"opinfer": {"cache": False}})
+    assert replay.choices[0].message.content == resp.choices[0].message.content
+    assert replay.model_extra["opinfer"]["output_root"] == resp.model_extra["opinfer"]["output_root"]
+
+
+@pytest.mark.parametrize("kwargs,status,param", [
+    (dict(model="gpt-4o"), 404, "model"),
+    (dict(model=MINILM), 400, "model"),
+    (dict(max_tokens=100_000), 400, "max_tokens"),
+    (dict(n=2), 400, "n"),
+    (dict(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
+    (dict(temperature=3), 400, "temperature"),
+    (dict(logprobs=True), 400, "logprobs"),
+    (dict(extra_body={"opinfer": {"consensus": 9}}), 400, "opinfer.consensus"),
+])
+def test_openai_errors(client, kwargs, status, param):
+    base = dict(model=SMOL, messages=[{"role": "user", "content": "x"}], max_tokens=2)
+    with pytest.raises(openai.APIStatusError) as exc:
+        client.chat.completions.create(**{**base, **kwargs})
+    assert exc.value.status_code == status
+    assert exc.value.body["param"] == param and exc.value.body["message"]
+
+
+def test_malformed_and_oversized_bodies(coord):
+    url = f"{coord.url}/v1/chat/completions"
+    r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(url, json={"model": SMOL, "messages": [], "bogus": 1})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(url, content=b"x" * 1_000_001, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]["message"]
+    long = "word " * 3000
+    r = httpx.post(url, json={"model": SMOL, "messages": [{"role": "user", "content": long}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    r = httpx.post(f"{coord.url}/v1/embeddings", json={"model": MINILM, "input": ["a"] * 65})
+    assert r.status_code == 400 and "max_embedding_inputs" in r.json()["error"]["message"]
+    r = httpx.get(f"{coord.url}/v1/jobs/0x" + "ab" * 16)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
+    r = httpx.get(f"{coord.url}/v1/batches/99999999999999999999999")
+    assert r.status_code == 400
+
+
+def test_healthz_metrics_and_usage(coord):
+    health = httpx.get(f"{coord.url}/healthz").json()
+    assert health["status"] == "ok" and health["nodes_in_rotation"] == 3
+    text = httpx.get(f"{coord.url}/metrics").text
+    assert 'opinfer_request_seconds_count{route="/v1/chat/completions",status="200"}' in text
+    assert "opinfer_node_seconds_bucket" in text
+    usage = httpx.get(f"{coord.url}/v1/usage").json()
+    by_model = {row["model"]: row for row in usage["data"]}
+    assert by_model[SMOL]["completion_tokens"] > 0 and int(by_model[MINILM]["cost_wei"]) > 0

@@ -49,10 +49,13 @@ def test_trace_witness_rows_are_the_rows_each_op_reads(program):
         assert trace.witness(i, rows, 0) == b""      # padding needs none
 
 
-def test_a_job_with_stop_words_does_not_fit_the_encoder(program):
-    job = JobInput((101, 2023, 102), stop_sequences=((5,),))
-    with pytest.raises(CommitmentError, match="shape"):
-        program.run(job)
+def test_stop_words_move_the_tokens_but_not_the_embedding(program):
+    # T_0's slot is L + tokens_at wide, so stop words (meaningless to an
+    # encoder) shift where the tokens start without changing the output.
+    plain = program.run(JobInput((101, 2023, 102)))
+    with_stops = program.run(JobInput((101, 2023, 102), stop_sequences=((5,), (7, 8))))
+    assert with_stops[0].shape[1] == plain[0].shape[1] + 5
+    assert np.array_equal(with_stops[-1], plain[-1])
 
 
 ROOT_SCRIPT = """

@@ -23,7 +23,8 @@ from opinfer.errors import ChainError
 STATE_DIR = Path(".opinfer")
 STATE_FILE = STATE_DIR / "devnet.json"
 # Roles of anvil's development accounts (public keys: for devnets only).
-MINILM_PRICE_WEI = 10**9  # per job; a devnet figure
+MINILM_PRICE_WEI = 10**9  # per job; devnet figures
+SMOLLM2_PRICE_WEI = 5 * 10**9
 ROLES = ("deployer", "coordinator", "challenger", "node1", "node2", "node3")
 
 
@@ -57,15 +58,20 @@ def start(port: int = 8545, window: int = 600, clock: int = 300) -> tuple[Anvil,
 
 
 def register_models(owner: TxSender, registry) -> dict:
-    """Register the models whose programs exist (their model roots are
-    rebuilt from the installed weight packages, deterministically)."""
-    from opinfer.engine.minilm_program import default_program
+    """Register both models under the roots of their programs, rebuilt from
+    the installed weight packages (deterministic on a machine: the same root
+    in every process and thread count; about 30 s and 4 GB for both)."""
+    from opinfer.engine import minilm_program, smollm2, smollm2_program
 
     out = {}
-    for program, price in ((default_program(), MINILM_PRICE_WEI),):
+    for module, price in ((minilm_program, MINILM_PRICE_WEI), (smollm2_program, SMOLLM2_PRICE_WEI)):
+        program = module.default_program()
         model_id = register_program(owner, registry, program, price)
         out[program.name] = {"id": model_id, "model_root": "0x" + program.model_root.hex(),
                              "ops_per_step": program.num_ops}
+    # The devnet only needed the roots: give the programs' memory back.
+    for cached in (minilm_program.default_program, smollm2_program.default_program, smollm2.default_model):
+        cached.cache_clear()
     return out
 
 

@@ -2,6 +2,7 @@
 that StepVerifier re-executes (opinfer/engine/elements.py)."""
 
 import numpy as np
+import pytest
 
 from opinfer.engine import elements as el
 from opinfer.engine import quant
@@ -71,7 +72,8 @@ def test_exact_matmul_batched_and_wide_operands():
 # ---------------------------------------------------------------- SmolLM2 rules and sampling
 
 from opinfer.engine import sampling  # noqa: E402
-from opinfer.engine.smollm2 import SILU_HALF, WIDE, Linear, RMSNorm, rope  # noqa: E402
+from opinfer.engine.smollm2 import LINEAR_IN_BITS, SILU_HALF, WIDE, Linear, RMSNorm, rope  # noqa: E402
+from opinfer.trace.ops import DENSE_WIDE, RUN, JobCtx, Op, dim  # noqa: E402
 
 
 def _wide_rows(shape, rng=RNG):
@@ -96,20 +98,31 @@ def test_rms_norm_rows_match():
                 el.rms_norm(row, c, int(gain[c]), eps, -32768, 32767) for c in cols]
 
 
-def test_dense_wide_rows_match_linear():
+@pytest.mark.parametrize("in_bits,w_max", [(el.DENSE_IN_BITS, 127), (LINEAR_IN_BITS, 511)])
+def test_dense_wide_rows_match_linear(in_bits, w_max):
+    """The engine's Linear (batch and one-row decoding paths) and the decoder
+    program's DENSE_WIDE rule (per-column shifts, so e = shift - d <= 0 too)
+    against elements.dense_wide; the engine runs in_bits = LINEAR_IN_BITS
+    with 10-bit weights."""
     for k, out, in_max, lo, hi, in_rows in (
         (576, 24, WIDE, -127, 127, _wide_rows((6, 576)) >> 17),       # int16 inputs (q/k/v, gate, up, lm_head)
         (1536, 12, 1 << 62, -(2**31), 2**31 - 1, _wide_rows((5, 1536))),  # the down projection's int32 products
         (64, 8, WIDE, -2048, 2047, np.full((2, 64), -32768)),          # all equal, saturating
     ):
-        w = RNG.integers(-127, 128, size=(out, k))
+        w = RNG.integers(-w_max, w_max + 1, size=(out, k))
         mult, shift = RNG.integers(1, 2**20, size=out), 24
-        lin = Linear(w.T.astype(np.float32).copy(), mult, shift, lo, hi, in_max)
+        lin = Linear(w.T.astype(np.float32).copy(), mult, shift, lo, hi, in_max, in_bits, w_max)
         got = lin(in_rows)
+        shifts = RNG.integers(0, 40, size=out)
+        params = np.stack([mult, shifts, np.full(out, lo), np.full(out, hi)], axis=1)
+        op = Op(DENSE_WIDE, dim(in_rows.shape[0]), dim(out), (), (in_bits, 0))
+        wide = RUN[DENSE_WIDE](op, [in_rows, w, params], JobCtx(1, 0, 10))
         for r in range(in_rows.shape[0]):
             a = in_rows[r].tolist()
-            assert got[r].tolist() == [
-                el.dense_wide(a, w[c].tolist(), int(mult[c]), shift, lo, hi, el.DENSE_IN_BITS) for c in range(out)]
+            assert got[r].tolist() == lin(in_rows[r:r + 1])[0].tolist() == [
+                el.dense_wide(a, w[c].tolist(), int(mult[c]), shift, lo, hi, in_bits) for c in range(out)]
+            assert wide[r].tolist() == [
+                el.dense_wide(a, w[c].tolist(), int(mult[c]), int(shifts[c]), lo, hi, in_bits) for c in range(out)]
 
 
 def test_rope_rows_match():

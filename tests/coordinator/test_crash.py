@@ -1,0 +1,90 @@
+"""Crash safety of batch posting: a process killed at each point of posting
+(before send, after send, before the receipt is recorded) is restarted, and
+every answered job ends up on-chain exactly once."""
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from sqlalchemy import select
+
+from coordinator import models as m
+from coordinator.app import Coordinator
+from coordinator.schemas import EmbeddingRequest
+from coordinator.service import Principal
+from opinfer.trace.leaf import Batch
+
+SCRIPT = Path(__file__).with_name("crash_poster.py")
+REPO = Path(__file__).resolve().parents[2]
+ANON = Principal(None, "test", 0)
+
+
+def answer_jobs(c: Coordinator, texts: list[str]) -> list[str]:
+    c.refresh_nodes()
+    req = EmbeddingRequest(model="all-minilm-l6-v2", input=texts, opinfer={"cache": False})
+    return [a.job.id for a in asyncio.run(c.service.embeddings(req, ANON))]
+
+
+def chain_job_counts(net) -> Counter:
+    """How often each job id occurs in all batches ever posted (from calldata)."""
+    rollup = net.deployment.contracts["ResultRollup"]
+    counts: Counter = Counter()
+    for event in rollup.events.BatchPosted().get_logs(from_block=0):
+        tx = net.w3.eth.get_transaction(event["transactionHash"])
+        _, args = rollup.decode_function_input(tx["input"])
+        plain = lambda rows: [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]  # noqa: E731
+        batch = Batch.from_calldata(plain(args["_leaves"]), plain(args["_runs"]), args["_inputs"])
+        counts.update(leaf.job_id.hex() for leaf in batch.leaves)
+    return counts
+
+
+def crash(net, db: Path, point: str) -> int:
+    env = {**os.environ, **net.coordinator_env(), "OPINFER_DATABASE_URL": f"sqlite:///{db}",
+           "OPINFER_DEVNET_FILE": "/nonexistent", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(SCRIPT), point], env=env, cwd=REPO, timeout=120).returncode
+
+
+@pytest.mark.parametrize("point", ["before_send", "after_send", "before_receipt_recorded"])
+def test_killed_while_posting_then_restarted_posts_each_job_once(net, tmp_path, point):
+    db = tmp_path / "c.db"
+    settings = net.settings(database_url=f"sqlite:///{db}", scheduler=False)
+    c = Coordinator(settings)
+    ids = answer_jobs(c, [f"{point}: job {i}" for i in range(3)])
+    assert crash(net, db, point) == 17
+    with c.sessions() as s:
+        batch = s.scalars(select(m.Batch)).one()
+        assert batch.state in (m.PREPARED, m.SENT)  # the crash left it unfinished
+    posted = Coordinator(settings).post_batches()  # the restart reconciles
+    assert len(posted) == 1
+    counts = chain_job_counts(net)
+    assert all(counts[job_id] == 1 for job_id in ids)
+    with c.sessions() as s:
+        leaves = s.scalars(select(m.Leaf).where(m.Leaf.job_id.in_(ids))).all()
+        assert {leaf.status for leaf in leaves} == {m.POSTED}
+        assert {leaf.batch.chain_batch_id for leaf in leaves} == set(posted)
+        assert s.scalars(select(m.Batch.state)).all() == [m.BATCH_POSTED]
+
+
+def test_a_batch_whose_nonce_went_elsewhere_is_reposted(net, tmp_path):
+    db = tmp_path / "c.db"
+    settings = net.settings(database_url=f"sqlite:///{db}", scheduler=False)
+    c = Coordinator(settings)
+    ids = answer_jobs(c, ["nonce taken: a", "nonce taken: b"])
+    assert crash(net, db, "before_send") == 17
+    # Meanwhile the coordinator's key sends something else with that nonce.
+    me = Account.from_key(net.keys["coordinator"])
+    tx = me.sign_transaction({"to": me.address, "value": 0, "gas": 21000, "gasPrice": net.w3.eth.gas_price,
+                              "nonce": net.w3.eth.get_transaction_count(me.address), "chainId": net.w3.eth.chain_id})
+    net.w3.eth.wait_for_transaction_receipt(net.w3.eth.send_raw_transaction(tx.raw_transaction))
+    posted = Coordinator(settings).post_batches()
+    assert len(posted) == 1
+    counts = chain_job_counts(net)
+    assert all(counts[job_id] == 1 for job_id in ids)
+    with c.sessions() as s:
+        states = Counter(s.scalars(select(m.Batch.state)).all())
+        assert states == {m.FAILED: 1, m.BATCH_POSTED: 1}

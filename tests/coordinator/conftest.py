@@ -38,7 +38,7 @@ class Running:
 
 
 def run_coordinator(net, db_path, **overrides) -> Running:
-    settings = net.settings(database_url=f"sqlite:///{db_path}", scheduler=False, **overrides)
+    settings = net.settings(**{"database_url": f"sqlite:///{db_path}", "scheduler": False, **overrides})
     c = Coordinator(settings)
     return Running(c, ServerThread(create_app(coordinator=c)).start())
 

@@ -1,0 +1,88 @@
+"""Pure parts of the coordinator: routing scores, backoff, ejection, cache, rate limits."""
+
+import random
+
+import pytest
+
+from coordinator import routing
+from coordinator.cache import ResponseCache, cache_key
+from coordinator.errors import RateLimited
+from coordinator.ratelimit import RateLimiter
+
+
+class Clock:
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def node(address, latency=None, stake=10**18, models=(1,), errors=0.0):
+    return routing.NodeHealth(address, f"http://{address}", frozenset(models), stake, True, latency, errors)
+
+
+def test_rank_prefers_fast_reliable_well_staked_nodes():
+    fast, slow = node("a", 10), node("b", 50)
+    assert [n.address for n in routing.rank([slow, fast], 1, 0)] == ["a", "b"]
+    flaky = node("c", 10, errors=0.9)
+    assert routing.rank([flaky, node("b2", 30)], 1, 0)[0].address == "b2"  # 10 ms at 90% errors costs 46
+    poor = node("d", 10, stake=10**15)
+    rich = node("e", 14, stake=10**19)
+    assert routing.rank([poor, rich], 1, 0)[0].address == "e"
+    busy = node("f", 10)
+    busy.inflight = 5  # 10 ms x 6 > 50 ms
+    assert routing.rank([busy, slow], 1, 0)[0].address == "b"
+    assert routing.rank([fast], 2, 0) == []            # does not serve model 2
+    assert routing.rank([fast], 1, 0, {"a"}) == []     # already tried
+
+
+def test_full_jitter_backoff_stays_within_the_exponential_cap():
+    rng = random.Random(1)
+    for attempt in range(8):
+        draws = [routing.backoff(attempt, 0.05, 1.0, rng) for _ in range(200)]
+        cap = min(1.0, 0.05 * 2 ** attempt)
+        assert all(0 <= d <= cap for d in draws)
+        assert max(draws) > 0.8 * cap and min(draws) < 0.2 * cap  # spread over the whole range
+
+
+def test_failing_node_leaves_rotation_and_comes_back_for_one_try():
+    n = node("a", 10)
+    assert not routing.record_failure(n, "timeout", 100.0, 3, 30.0)
+    assert not routing.record_failure(n, "timeout", 100.0, 3, 30.0)
+    assert routing.record_failure(n, "timeout", 100.0, 3, 30.0)
+    assert not n.in_rotation(129.0) and n.in_rotation(130.0)
+    assert routing.record_failure(n, "timeout", 130.0, 3, 30.0)   # the try failed: twice as long
+    assert not n.in_rotation(189.0) and n.in_rotation(190.0)
+    routing.record_success(n, 12.0)
+    assert n.failures == 0 and n.in_rotation(190.0) and n.error_rate < 0.9
+
+
+def test_cache_ttl_and_stale_fallback():
+    clock = Clock()
+    cache = ResponseCache(clock, ttl=10, stale=100, max_entries=2)
+    k1, k2, k3 = (cache_key(b"root", bytes([i])) for i in range(3))
+    assert cache_key(b"root", b"x") != cache_key(b"other", b"x")
+    cache.put(k1, "job1")
+    assert cache.get(k1).job_id == "job1"
+    clock.now += 11
+    assert cache.get(k1) is None and cache.get(k1, allow_stale=True).job_id == "job1"
+    clock.now += 100
+    assert cache.get(k1, allow_stale=True) is None
+    cache.put(k1, "a"), cache.put(k2, "b"), cache.put(k3, "c")
+    assert cache.get(k1) is None and cache.get(k3).job_id == "c"  # LRU bound
+
+
+def test_token_bucket_limits_and_says_when_to_retry():
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    for _ in range(3):
+        limiter.take("k", 3)
+    with pytest.raises(RateLimited) as exc:
+        limiter.take("k", 3)
+    assert exc.value.status == 429 and 19 <= exc.value.retry_after <= 20
+    assert exc.value.headers["retry-after"] == "20"
+    limiter.take("other", 3)          # buckets are per key
+    clock.now += 20
+    limiter.take("k", 3)
+    limiter.take("k", 0)              # 0 = unlimited

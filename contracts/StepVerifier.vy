@@ -27,17 +27,22 @@
           top_p - 1, seed x 4, S, stop words x S, tokens x L]; T_0 is one row
           holding the words.
         - op_desc = abi_encode(int256[32]): opcode, rows, cols, then four
-          slots (ref, rows, cols, width), then 13 params. dim = c + a*L + b*s
-          packed as c | a << 32 | b << 64. ref = kind << 128 | index with
-          kind 1 = T_0, 2 = op of this step, 3 = op of the previous step,
-          4 = weight tensor.
+          slots (ref, rows, cols, width), then 13 params. dim = c + a*L +
+          b*s + t*ta + m*M packed as c | a << 32 | b << 64 | t << 96 |
+          m << 128 (L tokens, step s, ta = tokens_at, M = steps + 1 - L
+          tokens to generate). ref = kind << 128 | index with kind 1 = T_0,
+          2 = op of this step, 3 = op of the previous step, 4 = weight
+          tensor.
+        - ops 1..12 are computed here; the decoder's ops 13..27 by
+          `DecoderOps`, which returns the value and the rows it read.
 """
 
 # ---------------------------------------------------------------- constants
 
 CHUNK: constant(uint256) = 16
 MAX_ROW: constant(uint256) = 2048
-MAX_CHUNKS: constant(uint256) = MAX_ROW // CHUNK
+MAX_COLS: constant(uint256) = 4096
+MAX_CHUNKS: constant(uint256) = MAX_COLS // CHUNK
 MAX_PROOF: constant(uint256) = 32
 MAX_OP_DESC: constant(uint256) = 1024
 MAX_HEADER: constant(uint256) = 2560
@@ -51,6 +56,7 @@ PARAMS_AT: constant(uint256) = 19
 HEADER_WORDS: constant(uint256) = 10
 TABLE_WIDTH: constant(uint256) = 256
 MASK32: constant(uint256) = 4294967295
+NOT_READ: constant(uint256) = max_value(uint256)
 
 KIND_INPUT: constant(uint256) = 1
 KIND_SAME: constant(uint256) = 2
@@ -69,6 +75,7 @@ OP_RESIDUAL: constant(uint256) = 9
 OP_LOOKUP: constant(uint256) = 10
 OP_POOL: constant(uint256) = 11
 OP_L2NORM: constant(uint256) = 12
+OP_DECODER_FIRST: constant(uint256) = 13
 
 
 struct Read:
@@ -84,6 +91,9 @@ interface IElementRules:
     def elem_softmax(_row: DynArray[int256, MAX_ROW], _col: uint256, _mult: int256, _shift: uint256, _one: int256) -> int256: pure
     def elem_l2_normalise(_row: DynArray[int256, MAX_ROW], _col: uint256, _out_bits: uint256) -> int256: pure
 
+interface IDecoderOps:
+    def element(_code: uint256, _params: int256[13], _cols: uint256, _job: uint256, _step: uint256, _row: uint256, _col: uint256, _witness: Bytes[MAX_OP_WITNESS], _pos: uint256[MAX_SLOTS], _enc: uint256[MAX_SLOTS], _lens: uint256[MAX_SLOTS]) -> (int256, uint256[MAX_SLOTS]): view
+
 struct Model:
     program_root: bytes32
     weights_root: bytes32
@@ -94,11 +104,18 @@ struct Model:
 
 # @dev The element rules (shared with the Python engine by test vectors).
 rules: public(IElementRules)
+# @dev The decoder's op classes (opcodes 13..27).
+decoder: public(IDecoderOps)
 
 
 @deploy
-def __init__(_rules: IElementRules):
+def __init__(_rules: IElementRules, _decoder: IDecoderOps):
+    """
+    @param _rules The ElementRules contract.
+    @param _decoder The DecoderOps contract (built on the same ElementRules).
+    """
     self.rules = _rules
+    self.decoder = _decoder
 
 
 # ---------------------------------------------------------------- external
@@ -203,7 +220,10 @@ def compute_element(
            two's complement (e in 1, 2, 4, 8, 32, the witness picks), which
            the verifier widens to words to hash them;
          then one zero word. Value j of slot s is the e-byte number at
-         pos[s] + j * e (read in place, never copied out).
+         pos[s] + j * e (read in place, never copied out). A slot the
+         element does not read is the two words (0, NOT_READ) instead, and
+         its row is recorded as NOT_READ: each op states the rows it wants,
+         NOT_READ included.
     """
     model: Model = empty(Model)
     op: int256[DESC_WORDS] = empty(int256[DESC_WORDS])
@@ -230,6 +250,12 @@ def compute_element(
         read: Read = empty(Read)
         read.root = extract32(_witness, at)
         read.row = convert(extract32(_witness, at + 32), uint256)
+        if read.row == NOT_READ:
+            # an unread slot: nothing to prove, no values (lens 0)
+            assert read.root == empty(bytes32), "StepVerifier: unread slot with a root"
+            rows.append(NOT_READ)
+            at += 64
+            continue
         n_proof: uint256 = convert(extract32(_witness, at + 64), uint256)
         n_row_proof: uint256 = convert(extract32(_witness, at + 96), uint256)
         assert n_proof <= MAX_PROOF and n_row_proof <= MAX_PROOF, "StepVerifier: proof too long"
@@ -248,7 +274,7 @@ def compute_element(
         width: uint256 = convert(op[6 + 4 * i], uint256)
         e: uint256 = convert(extract32(_witness, at), uint256)
         at += 32
-        assert cols > 0 and cols <= MAX_ROW, "StepVerifier: bad row width"
+        assert cols > 0 and cols <= MAX_COLS, "StepVerifier: bad row width"
         assert e in [1, 2, 4, 8, 32] and (width == 32 or e == width), "StepVerifier: bad width"
         pos[i] = at
         enc[i] = e
@@ -302,6 +328,15 @@ def compute_element(
     p: int256[13] = empty(int256[13])
     for i: uint256 in range(13):
         p[i] = op[PARAMS_AT + i]
+    if code >= OP_DECODER_FIRST:
+        value: int256 = 0
+        want: uint256[MAX_SLOTS] = empty(uint256[MAX_SLOTS])
+        value, want = staticcall self.decoder.element(code, p, self._dim(op[2], _job, step), _job, step, _row, _col, _witness, pos, enc, lens)
+        self._want(rows, want[0], want[1], want[2], want[3])
+        return value
+    # Rows wider than MAX_ROW (up to MAX_COLS) are for the decoder's single-value reads.
+    for i: uint256 in range(MAX_SLOTS):
+        assert lens[i] <= MAX_ROW, "StepVerifier: bad row width"
     # The ops whose rule reads a whole row get slot 0's values.
     row: DynArray[int256, MAX_ROW] = []
     if code in [OP_LAYER_NORM, OP_SOFTMAX, OP_L2NORM, OP_POOL]:
@@ -503,8 +538,17 @@ def _check_read(_model: Model, _op: int256[DESC_WORDS], _slot: uint256, _read: R
 @internal
 @pure
 def _dim(_d: int256, _job: uint256, _step: uint256) -> uint256:
+    """
+    @dev c + a*L + b*s + t*ta + m*M for _d = c | a << 32 | b << 64 | t << 96 | m << 128,
+         with L = tokens, ta = tokens_at, M = steps + 1 - L (0 if negative).
+    """
     d: uint256 = convert(_d, uint256)
-    return (d & MASK32) + ((d >> 32) & MASK32) * (_job & MASK32) + ((d >> 64) & MASK32) * _step
+    tokens: uint256 = _job & MASK32
+    steps: uint256 = _job >> 64
+    gen: uint256 = 0
+    if steps + 1 > tokens:
+        gen = steps + 1 - tokens
+    return (d & MASK32) + ((d >> 32) & MASK32) * tokens + ((d >> 64) & MASK32) * _step + ((d >> 96) & MASK32) * ((_job >> 32) & MASK32) + ((d >> 128) & MASK32) * gen
 
 
 @internal

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from brownie import DisputeGame, ElementRules, ModelRegistry, ResultRollup, StakeManager, StepVerifier, accounts
+from brownie import (DecoderOps, DisputeGame, ElementRules, ModelRegistry, ResultRollup, StakeManager, StepVerifier,
+                     accounts)
 
 from opinfer.chain.deploy import ProtocolParams as DeployParams
 
@@ -22,6 +23,7 @@ class System:
     verifier: object
     game: object
     params: DeployParams
+    decoder: object = None
 
 
 def deploy_system(deployer, treasury, params: DeployParams = DeployParams(), coordinators=()) -> System:
@@ -30,14 +32,15 @@ def deploy_system(deployer, treasury, params: DeployParams = DeployParams(), coo
     registry = ModelRegistry.deploy(stake, tx)
     rollup = ResultRollup.deploy(stake, registry, params.challenge_window, tx)
     rules = ElementRules.deploy(tx)
-    verifier = StepVerifier.deploy(rules, tx)
+    decoder = DecoderOps.deploy(rules, tx)
+    verifier = StepVerifier.deploy(rules, decoder, tx)
     game = DisputeGame.deploy(stake, rollup, registry, verifier, params.arity, params.clock_budget,
                               params.challenge_bond, tx)
     stake.set_dispute_game(game, tx)
     rollup.set_dispute_game(game, tx)
     for coordinator in coordinators:
         rollup.set_coordinator(coordinator, True, tx)
-    return System(stake, registry, rollup, verifier, game, params)
+    return System(stake, registry, rollup, verifier, game, params, decoder)
 
 
 def main():

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from opinfer.errors import ChainError
 
-CONTRACTS = ("StakeManager", "ModelRegistry", "ResultRollup", "ElementRules", "StepVerifier", "DisputeGame")
+CONTRACTS = ("StakeManager", "ModelRegistry", "ResultRollup", "ElementRules", "DecoderOps", "StepVerifier",
+             "DisputeGame")
 DEFAULT_BUILD = Path(__file__).resolve().parents[2] / "build" / "contracts"
 
 

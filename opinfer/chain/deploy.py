@@ -53,7 +53,9 @@ def deploy(w3: Web3, sender: TxSender, params: ProtocolParams = ProtocolParams()
     a["ResultRollup"] = sender.deploy(art["ResultRollup"].abi, art["ResultRollup"].bytecode, a["StakeManager"],
                                       a["ModelRegistry"], params.challenge_window)
     a["ElementRules"] = sender.deploy(art["ElementRules"].abi, art["ElementRules"].bytecode)
-    a["StepVerifier"] = sender.deploy(art["StepVerifier"].abi, art["StepVerifier"].bytecode, a["ElementRules"])
+    a["DecoderOps"] = sender.deploy(art["DecoderOps"].abi, art["DecoderOps"].bytecode, a["ElementRules"])
+    a["StepVerifier"] = sender.deploy(art["StepVerifier"].abi, art["StepVerifier"].bytecode, a["ElementRules"],
+                                      a["DecoderOps"])
     a["DisputeGame"] = sender.deploy(art["DisputeGame"].abi, art["DisputeGame"].bytecode, a["StakeManager"],
                                      a["ResultRollup"], a["ModelRegistry"], a["StepVerifier"], params.arity,
                                      params.clock_budget, params.challenge_bond)

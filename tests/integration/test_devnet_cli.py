@@ -25,7 +25,7 @@ def test_devnet_up_writes_state_and_stops_cleanly(tmp_path):
         w3 = Web3(HTTPProvider(info["rpc_url"]))
         assert w3.eth.chain_id == info["chain_id"]
         assert set(info["contracts"]) == {"StakeManager", "ModelRegistry", "ResultRollup", "ElementRules",
-                                          "StepVerifier", "DisputeGame"}
+                                          "DecoderOps", "StepVerifier", "DisputeGame"}
         for address in info["contracts"].values():
             assert len(w3.eth.get_code(address)) > 0
         assert info["params"]["challenge_window"] == 60

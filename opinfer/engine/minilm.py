@@ -190,8 +190,10 @@ class IntMiniLM:
     # ---------------------------------------------------------------- inference
 
     def attention(self, layer: Layer, x: np.ndarray) -> np.ndarray:
-        T, H = x.shape[0], self.heads
-        q, k, v = layer.q(x), layer.k(x), layer.v(x)
+        return self._attend(layer, layer.q(x), layer.k(x), layer.v(x))
+
+    def _attend(self, layer: Layer, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        T, H = q.shape[0], self.heads
         D = q.shape[1] // H
         qh = q.reshape(T, H, D).transpose(1, 0, 2)
         kh = k.reshape(T, H, D).transpose(1, 2, 0)
@@ -217,6 +219,29 @@ class IntMiniLM:
         # Mean pooling without the division by T (the L2 norm removes it),
         # channels brought to one scale first.
         return l2_normalise(x.sum(0) * self.pool_mult, OUT_BITS)
+
+    def forward_batch(self, batch) -> list[np.ndarray]:
+        """forward() of several sequences in one pass: the row-wise ops (dense
+        layers, norms, GELU, residuals) run over all sequences' rows stacked,
+        attention and pooling per sequence. Every op is exact and row-local
+        or per-sequence, so each result is bit for bit forward(ids), whatever
+        else is in the batch (tests/unit/test_batch_determinism.py)."""
+        seqs = [np.asarray(ids, dtype=np.int64) for ids in batch]
+        if not seqs:
+            return []
+        bounds = np.cumsum([0] + [len(s) for s in seqs])
+        ids = np.concatenate(seqs)
+        positions = np.concatenate([np.arange(len(s)) for s in seqs])
+        x = self.ln0(self.word[ids] + self.pos[positions] + self.typ)
+        for layer in self.layers:
+            q, k, v = layer.q(x), layer.k(x), layer.v(x)
+            ctx = np.concatenate([self._attend(layer, q[a:b], k[a:b], v[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+            r = layer.o(ctx) + requant(x, layer.x_mult, layer.x_shift, *INT32)
+            h = layer.ln1(r)
+            g = layer.gelu[layer.up(h) + GELU_HALF]
+            r2 = layer.down(g) + requant(h, layer.h_mult, layer.h_shift, *INT32)
+            x = layer.ln2(r2)
+        return [l2_normalise(x[a:b].sum(0) * self.pool_mult, OUT_BITS) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def embed(self, text: str) -> np.ndarray:
         return self.forward(fw.encode(text))

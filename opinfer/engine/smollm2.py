@@ -376,11 +376,14 @@ class Session:
         self.max_ctx = max_ctx
 
     def _attention(self, i: int, b: Block, h: np.ndarray) -> np.ndarray:
+        return self._attend(i, b, b.qkv(h))
+
+    def _attend(self, i: int, b: Block, qkv: np.ndarray) -> np.ndarray:
+        """Attention of this session's new rows given their fused q|k|v [T, (nh + 2 nkv) D]."""
         m = self.m
-        T, D, nh, nkv = h.shape[0], m.head_dim, m.n_heads, m.n_kv_heads
+        T, D, nh, nkv = qkv.shape[0], m.head_dim, m.n_heads, m.n_kv_heads
         start, end = self.pos, self.pos + T
         cos, sin = m.cos[start:end], m.sin[start:end]
-        qkv = b.qkv(h)                                          # [T, (nh + 2 nkv) D]
         qk = rope(qkv[:, :(nh + nkv) * D].reshape(T, nh + nkv, D), cos, sin)   # q and k heads at once
         q = qk[:, :nh]
         self.k[i, :, start:end] = qk[:, nh:].transpose(1, 0, 2)
@@ -443,6 +446,68 @@ class Session:
             if len(out) >= max_tokens:
                 return Generation(out, "length")
             logits = self.forward([token])
+
+
+def forward_many(sessions: list["Session"], batch: list) -> list[np.ndarray]:
+    """Session.forward of several sessions in one pass (each appends its own
+    ids; int64 logits of each one's last new position). The row-wise ops
+    (RMSNorm, every Linear, SwiGLU, residuals, the LM head) run over all
+    sessions' rows stacked; attention runs per session on its own cache. Each
+    op is exact and row-local, so every session gets the bits it would get
+    alone, whatever else is in the batch (tests/unit/test_batch_determinism.py)."""
+    if not sessions:
+        return []
+    m = sessions[0].m
+    seqs = [np.asarray(list(ids), dtype=np.int64) for ids in batch]
+    for s, ids in zip(sessions, seqs):
+        if s.m is not m or s.pos + len(ids) > s.max_ctx or not len(ids):
+            raise ValueError("forward_many: sessions of one model, non-empty ids within each context")
+    bounds = np.cumsum([0] + [len(ids) for ids in seqs])
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    x = m.embed[np.concatenate(seqs)]
+    for i, b in enumerate(m.blocks):
+        qkv = b.qkv(b.attn_norm(x))
+        x = x + b.o(np.concatenate([s._attend(i, b, qkv[a:e]) for s, (a, e) in zip(sessions, spans)]))
+        gate, up = b.gate_up.split(b.ffn_norm(x))
+        x = x + b.down(b.silu[gate + SILU_HALF] * up)
+    for s, ids in zip(sessions, seqs):
+        s.pos += len(ids)
+    last = x[bounds[1:] - 1]
+    return list(m.lm_head(m.final_norm(last)))
+
+
+def generate_many(model: IntSmolLM2, requests: list[dict], max_ctx: int = 2048) -> list["Generation"]:
+    """Session.generate for several requests at once (continuous batching of
+    their decode steps through forward_many): request = dict(ids, max_tokens,
+    stop_ids=(), sampler=None, stop_sequences=()). The same tokens as each
+    request alone."""
+    from opinfer.engine.sampling import next_token
+
+    sessions = [model.session(max_ctx) for _ in requests]
+    outs: list[list[int]] = [[] for _ in requests]
+    reasons: list[str | None] = [None if r["max_tokens"] > 0 else "length" for r in requests]
+    active = [k for k, r in enumerate(requests) if reasons[k] is None]
+    logits = dict(zip(active, forward_many([sessions[k] for k in active], [requests[k]["ids"] for k in active])))
+    while active:
+        feed = []
+        for k in active:
+            r, out = requests[k], outs[k]
+            sampler = r.get("sampler")
+            greedy = sampler is None or sampler.temperature_milli == 0
+            token = int(np.argmax(logits[k])) if greedy else int(next_token(logits[k], sampler, len(out)))
+            out.append(token)
+            stops = [tuple(int(t) for t in q) for q in r.get("stop_sequences", ()) if len(q)]
+            if token in {int(t) for t in r.get("stop_ids", ())} or any(
+                    len(out) >= len(q) and tuple(out[-len(q):]) == q for q in stops):
+                reasons[k] = "stop"
+            elif len(out) >= r["max_tokens"]:
+                reasons[k] = "length"
+            else:
+                feed.append(k)
+        active = feed
+        if active:
+            logits = dict(zip(active, forward_many([sessions[k] for k in active], [[outs[k][-1]] for k in active])))
+    return [Generation(out, reason) for out, reason in zip(outs, reasons)]
 
 
 class Generation(NamedTuple):

@@ -44,7 +44,7 @@ class NodePool:
         self.rng = rng or random.Random()
         self.nodes: dict[str, routing.NodeHealth] = {}
         self._lock = threading.Lock()
-        self._clients: dict[int, httpx.AsyncClient] = {}
+        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
 
     # ------------------------------------------------------------ membership
 
@@ -119,8 +119,11 @@ class NodePool:
     # ------------------------------------------------------------ HTTP
 
     def _client(self) -> httpx.AsyncClient:
-        # One client per event loop (keep-alive connections belong to a loop).
-        loop = id(asyncio.get_running_loop())
+        # One client per event loop (keep-alive connections belong to a loop);
+        # clients of loops that have closed are dropped.
+        loop = asyncio.get_running_loop()
+        for other in [lp for lp in self._clients if lp.is_closed()]:
+            del self._clients[other]
         client = self._clients.get(loop)
         if client is None:
             client = self._clients[loop] = httpx.AsyncClient(timeout=self.timeout,
@@ -170,6 +173,7 @@ class NodePool:
         return True
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
+        """Close this loop's client (others belong to loops that cannot run it)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
             await client.aclose()
-        self._clients.clear()

@@ -106,3 +106,12 @@ def create_app(settings: NodeSettings | None = None, node: Node | None = None) -
         return {"status": "ok", "address": node.address, "models": node.model_ids, "running": node.running}
 
     return app
+
+
+def serve(host: str | None = None, port: int | None = None) -> int:
+    """`opinfer node run`: serve this node until interrupted."""
+    import uvicorn
+
+    settings = NodeSettings()
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
+    return 0

@@ -18,6 +18,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--window", type=int, default=600, help="challenge window in seconds (default 600)")
     up.add_argument("--clock", type=int, default=300, help="dispute clock per party in seconds (default 300)")
     dsub.add_parser("down", help="stop a devnet started by `devnet up`")
+    coord = sub.add_parser("coordinator", help="the OpenAI-compatible coordinator (settings: OPINFER_* env)")
+    csub = coord.add_subparsers(dest="action", required=True)
+    crun = csub.add_parser("run", help="serve the API, post batches, finalize them")
+    crun.add_argument("--host", default="127.0.0.1")
+    crun.add_argument("--port", type=int, default=8000)
+    csub.add_parser("migrate", help="bring the database to the latest schema")
+    key = csub.add_parser("create-key", help="create an API key (printed once)")
+    key.add_argument("name")
+    key.add_argument("--rpm", type=int, default=None, help="requests per minute (default: OPINFER_RATE_LIMIT_RPM)")
+    node = sub.add_parser("node", help="an inference node (settings: OPINFER_NODE_* env)")
+    nsub = node.add_subparsers(dest="action", required=True)
+    nrun = nsub.add_parser("run", help="serve POST /v1/execute")
+    nrun.add_argument("--host", default=None)
+    nrun.add_argument("--port", type=int, default=None)
     return parser
 
 
@@ -30,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.action == "up":
                 return devnet.up(args.port, args.window, args.clock)
             return devnet.down()
+        if args.command == "coordinator":
+            from coordinator import cli as coordinator_cli
+
+            return coordinator_cli.main(args)
+        if args.command == "node":
+            from node.app import serve
+
+            return serve(args.host, args.port)
     except OpinferError as exc:
         print(f"opinfer: {exc}", file=sys.stderr)
         return 2

@@ -10,9 +10,9 @@ import pytest
 from coordinator.app import Coordinator, create_app
 from coordinator.local import ServerThread, serve_nodes, start_network
 
-# SmolLM2's program (its real model root) takes minutes to build on a small
-# machine; set OPINFER_TEST_CHAT_ROOT=program to register the real root.
-CHAT_ROOT = os.environ.get("OPINFER_TEST_CHAT_ROOT", "placeholder")
+# SmolLM2 is registered under its real model root (its program takes ~20 s
+# to build); OPINFER_TEST_CHAT_ROOT=placeholder registers a stand-in root.
+CHAT_ROOT = os.environ.get("OPINFER_TEST_CHAT_ROOT", "program")
 
 
 @pytest.fixture(scope="session")

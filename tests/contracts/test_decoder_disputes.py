@@ -1,0 +1,214 @@
+"""Disputes of toy decoder jobs on anvil, one per decoder op class.
+
+The toy decoder (opinfer.trace.testing.toy_decoder_program: SmolLM2 cut to
+two blocks and 512 tokens, every decoder op class, 76 ops per step) runs a
+greedy job, a sampling job (temperature 0.9, top_p 0.8) and a greedy job with
+stop sequences. First the StepVerifier (with DecoderOps) recomputes elements
+of every op class at step 0 (previous-step slots NOT_READ), in the prompt and
+in the generated steps and must agree with the trace. Then, for each op class,
+a node corrupts one element (every later op recomputed from it); the real
+bisection narrows the game to that element and the StepVerifier rules against
+the node; the same position honestly computed is upheld against a challenger
+holding the corrupted value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import CHALLENGER_WON, NODE_WON, Driver, make_leaf, post
+from opinfer.trace import ops
+from opinfer.trace.program import Trace, job_steps
+from opinfer.trace.testing import corrupted_trace, toy_decoder_job, toy_decoder_program
+
+KINDS = ("greedy", "sample", "stop")
+# The op classes a decoder step runs (SCORES, SOFTMAX, CONTEXT and RESIDUAL are the encoder's, reused).
+DECODER_CODES = (ops.SCORES, ops.SOFTMAX, ops.CONTEXT, ops.RESIDUAL) + tuple(range(ops.EMBED_TOKEN, ops.GEN + 1))
+GAS: dict[str, int] = {}
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return toy_decoder_program()
+
+
+@pytest.fixture(scope="module")
+def decoder_id(system, decoder, deployer):
+    tx = system.registry.register_model(decoder.name, decoder.model_root, decoder.num_ops, 1000, {"from": deployer})
+    return tx.return_value
+
+
+@pytest.fixture(scope="module")
+def traces(decoder):
+    return {kind: Trace.of(decoder, toy_decoder_job(kind)) for kind in KINDS}
+
+
+def job_word(trace: Trace) -> int:
+    """What StepVerifier.job_shape returns for the job: L | tokens_at << 32 | steps << 64."""
+    job = trace.job
+    return len(job.tokens) | job.tokens_at << 32 | job_steps(trace.program.steps_mode, job) << 64
+
+
+def compute_args(trace: Trace, op_index: int, row: int, col: int, witness: bytes | None = None) -> tuple:
+    p = trace.program
+    if witness is None:
+        witness = trace.witness(op_index, row, col)
+    return (p.model_root, p.num_ops, job_word(trace), op_index, trace.state_root(op_index), row, col,
+            p.header(op_index), witness)
+
+
+def template_ops(program) -> list[int]:
+    """One template op per (opcode, params[:2]) (e.g. both DENSE_WIDE folds, both
+    APPEND orientations, both MASKED_SUMS modes), plus the last BISECT."""
+    seen, out = set(), []
+    for j, op in enumerate(program.ops):
+        key = (op.code, op.params[:2])
+        if op.code in DECODER_CODES and key not in seen:
+            seen.add(key)
+            out.append(j)
+    out.append(max(j for j, op in enumerate(program.ops) if op.code == ops.BISECT))
+    return out
+
+
+def steps_of(trace: Trace) -> list[int]:
+    """Step 0, the last prompt step, the first generated step and the last step."""
+    n, steps = len(trace.job.tokens), job_steps(trace.program.steps_mode, trace.job)
+    return sorted({0, n - 2 if n > 1 else 0, n - 1, steps - 1})
+
+
+def test_job_shape_and_dims(system, decoder, traces):
+    """job_shape packs (L, tokens_at, steps); every op's output shape on chain
+    (dims with the tokens_at and M fields) is the trace's."""
+    for trace in traces.values():
+        ok, num_ops, job, root = system.verifier.job_shape(decoder.model_root, decoder.num_ops,
+                                                           decoder.model_header(), trace.job.to_bytes())
+        assert ok and num_ops == trace.n and job == job_word(trace) and bytes(root) == trace.input_root
+    trace = traces["stop"]  # stop words: tokens_at > 10
+    for i in range(0, trace.n, 7):
+        shape = system.verifier.op_output_shape(decoder.model_root, decoder.num_ops, job_word(trace), i,
+                                                decoder.header(i))
+        assert tuple(shape) == trace.tensors[i + 1].shape, i
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_decoder_op_class_matches_the_trace(system, decoder, traces, kind):
+    trace = traces[kind]
+    rng = np.random.default_rng(len(kind))
+    for j in template_ops(decoder):
+        for step in steps_of(trace):
+            i = step * decoder.num_ops + j
+            out = trace.tensors[i + 1]
+            elements = {(0, 0), (out.shape[0] - 1, out.shape[1] - 1),
+                        (int(rng.integers(out.shape[0])), int(rng.integers(out.shape[1])))}
+            for r, c in sorted(elements):
+                args = compute_args(trace, i, r, c)
+                got = system.verifier.compute_element(*args)
+                assert got == int(out[r, c]), (kind, ops.NAMES[decoder.ops[j].code], j, step, r, c)
+                name = ops.NAMES[decoder.ops[j].code]
+                GAS[name] = max(GAS.get(name, 0), system.verifier.compute_element.estimate_gas(*args))
+
+
+
+# (job kind, template op, step, element, delta): every decoder op class (and the
+# encoder classes the decoder reuses), both branches of the rules that have two
+# (APPEND's cache row vs new row, EMBED_TOKEN's prompt vs picked token, NEXT's
+# prompt / argmax / pick), step 0 where a previous-step slot is NOT_READ, the
+# three dense layers (q|k|v, the 3,072-wide gate|up, the 1,536-wide down) and
+# the folded LM head. Template ops: 0 EMBED_TOKEN, 1 RMS_NORM, 2 DENSE_WIDE
+# (q|k|v), 3 ROPE, 4 APPEND (K), 5 APPEND (V^T), 6 SCORES, 7 SOFTMAX, 8 CONTEXT,
+# 10 RESIDUAL, 12 DENSE_WIDE (gate|up), 13 SWIGLU, 14 DENSE_WIDE (down), 32 the LM
+# head, 33 CHUNK_ARGMAX, 34 SAMPLE_WEIGHTS, 35 MASKED_SUMS (totals), 36
+# MASKED_SUMS (mode 0), 37 the first BISECT, 69 the last, 71 PICK, 72
+# PICK_TOKEN, 73 NEXT, 74 MATCH, 75 GEN. The toy jobs have L = 4, M = 3: steps
+# 0..2 are the prompt's, 3..5 produce the generated tokens.
+CASES = [
+    ("greedy", 0, 0, (0, 7), 50),            # EMBED_TOKEN, prompt token, previous NEXT not read
+    ("sample", 0, 4, (0, 100), 50),          # EMBED_TOKEN, the token picked at step 3
+    ("greedy", 1, 1, (0, 30), 500),          # RMS_NORM
+    ("greedy", 2, 0, (0, 11), 300),          # DENSE_WIDE q|k|v
+    ("sample", 12, 2, (0, 2500), 300),       # DENSE_WIDE gate|up, a column past 2,048
+    ("greedy", 14, 3, (0, 100), 1 << 12),    # DENSE_WIDE down, K = 1,536
+    ("sample", 32, 5, (1, 7), 1 << 20),      # DENSE_WIDE folded LM head
+    ("greedy", 3, 2, (0, 65), 300),          # ROPE
+    ("greedy", 4, 0, (0, 5), 40),            # APPEND K, new row at step 0 (cache not read)
+    ("sample", 19, 3, (1, 9), 40),           # APPEND K, cached row
+    ("greedy", 5, 4, (3, 2), 40),            # APPEND V^T, cached column
+    ("stop", 20, 2, (100, 2), 40),           # APPEND V^T, new column
+    ("greedy", 6, 3, (5, 2), 3000),          # SCORES
+    ("sample", 7, 4, (4, 1), 900),           # SOFTMAX
+    ("greedy", 8, 3, (0, 40), 70),           # CONTEXT
+    ("sample", 10, 2, (0, 50), 1 << 16),     # RESIDUAL
+    ("greedy", 13, 1, (0, 700), 1 << 14),    # SWIGLU
+    ("greedy", 33, 3, (0, 1), 1 << 17),      # CHUNK_ARGMAX
+    ("greedy", 34, 3, (1, 3), 7),            # SAMPLE_WEIGHTS, greedy (all zero)
+    ("sample", 34, 4, (0, 30), 7),           # SAMPLE_WEIGHTS
+    ("sample", 35, 3, (0, 1), 5),            # MASKED_SUMS, totals (mode 1)
+    ("sample", 36, 4, (0, 0), 5),            # MASKED_SUMS, mode 0
+    ("sample", 37, 3, (0, 1), -1),           # BISECT, the first (weight bounds)
+    ("sample", 69, 5, (0, 0), 1),            # BISECT, the last
+    ("sample", 71, 4, (0, 1), -7),           # PICK
+    ("greedy", 71, 3, (0, 1), 3),            # PICK, greedy (0, 0)
+    ("sample", 72, 3, (0, 0), 1),            # PICK_TOKEN
+    ("greedy", 72, 4, (0, 0), 2),            # PICK_TOKEN, greedy (0)
+    ("greedy", 73, 1, (0, 0), 1),            # NEXT, the prompt's next token
+    ("greedy", 73, 4, (0, 0), 1),            # NEXT, argmax
+    ("sample", 73, 5, (0, 0), 1),            # NEXT, picked
+    ("stop", 74, 0, (0, 0), 1),              # MATCH at step 0 (previous GEN not read)
+    ("stop", 74, 3, (0, 0), 1),              # MATCH, the first generated token ends a stop sequence
+    ("greedy", 74, 5, (0, 0), 1),            # MATCH, no stop sequence
+    ("stop", 75, 0, (0, 3), 1),              # GEN at step 0 (previous GEN not read)
+    ("greedy", 75, 4, (0, 0), 1),            # GEN, a copied id
+    ("stop", 75, 5, (0, 1), 5),              # GEN after the stop: PAD
+]
+
+
+def _case_id(case) -> str:
+    kind, j, step, (r, c), _ = case
+    return f"{kind}-op{j}-s{step}-{r}.{c}"
+
+
+@pytest.mark.parametrize("kind,j,step,element,delta", CASES, ids=[_case_id(c) for c in CASES])
+def test_corrupted_decoder_element_is_narrowed_and_refuted(system, staked, coordinator, nodes, challengers, decoder,
+                                                           decoder_id, traces, kind, j, step, element, delta):
+    honest = traces[kind]
+    position = step * decoder.num_ops + j + 1
+    row, col = element
+    bad = corrupted_trace(decoder, honest.job, position, row, col, delta)
+    assert bad.state_root(position) != honest.state_root(position)
+    batch_id, batch, _ = post(system, coordinator, [make_leaf(bad, nodes[0], decoder_id, system.rollup)])
+    gid = system.game.challenge(*batch.challenge_args(batch_id, 0, decoder.model_header()),
+                                {"from": challengers[0]}).return_value
+    driver = Driver(system, gid, nodes[0], bad, challengers[0], honest)
+    end = driver.play()
+    assert (end["hi"], end["row"], end["col"]) == (position, row, col)
+    assert end["status"] == CHALLENGER_WON
+    assert system.stake.slashable(nodes[0]) == 0
+    step_tx = driver.txs[-1]
+    assert step_tx.fn_name == "step"
+    name = ops.NAMES[decoder.ops[j].code]
+    STEP_GAS[name] = max(STEP_GAS.get(name, 0), step_tx.gas_used)
+
+    # The same position, honestly computed, is upheld against a challenger
+    # who claims the corrupted value.
+    batch_id, batch, _ = post(system, coordinator, [make_leaf(honest, nodes[1], decoder_id, system.rollup, job=2)])
+    gid = system.game.challenge(*batch.challenge_args(batch_id, 0, decoder.model_header()),
+                                {"from": challengers[1]}).return_value
+    end = Driver(system, gid, nodes[1], honest, challengers[1], bad).play()
+    assert (end["hi"], end["row"], end["col"]) == (position, row, col)
+    assert end["status"] == NODE_WON
+    assert system.stake.slashable(nodes[1]) > 0
+
+
+STEP_GAS: dict[str, int] = {}
+
+
+def test_one_step_gas_per_decoder_op_class():
+    """Gas of DisputeGame.step (the largest seen per op class above; run with -s
+    to print) and of StepVerifier.compute_element alone: all well under 5M."""
+    for title, table in (("DisputeGame.step", STEP_GAS), ("compute_element", GAS)):
+        if table:
+            print(f"\n{title}:")
+        for name, gas in sorted(table.items(), key=lambda kv: -kv[1]):
+            print(f"  {name:<16}{gas:>10}")
+            assert gas < 5_000_000

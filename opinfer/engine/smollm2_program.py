@@ -19,12 +19,19 @@ import numpy as np
 from opinfer.engine import elements as el
 from opinfer.engine import smollm2 as sm
 from opinfer.engine.quant import INT16, INT32
+from opinfer.errors import CommitmentError
 from opinfer.trace.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_WIDE, EMBED_TOKEN, GEN, INPUT, MASKED_SUMS,
                                MATCH, NEXT, PICK, PICK_TOKEN, PREV, RESIDUAL, RMS_NORM, ROPE, SAME, SAMPLE_WEIGHTS,
                                SCORES, SOFTMAX, SWIGLU, TABLE_WIDTH, WEIGHT, Op, Slot, dim, ref, width_for)
 from opinfer.trace.program import PER_POSITION, Program
 
 NAME = "smollm2-135m-instruct"
+# Positions a job may use (prompt + max_tokens - 1 < MAX_CONTEXT): the RoPE
+# table has this many rows, so a longer job has no honest trace. It bounds
+# the widest whole-row rule, the attention SOFTMAX over s + 1 scores, to
+# 1,024 entries: about 3M gas for its one-step (2,048 would cost about 6M,
+# over the 5M budget; docs/ops.md, "Gas of the one-step").
+MAX_CONTEXT = 1024
 ONE = dim(1)
 CACHE = dim(1, per_step=1)      # s + 1 positions
 PREV_CACHE = dim(per_step=1)    # the previous step's s positions
@@ -87,7 +94,7 @@ def build_program(model: sm.IntSmolLM2) -> Program:
     # EMBED_TOKEN reads the previous step's NEXT, whose index is known once
     # the template is complete: built with a placeholder, patched below.
     x = b.op(EMBED_TOKEN, ONE, dim(width), [T0, b.prev(0, ONE, ONE), b.weight(model.embed)])
-    rope_table = b.weight(np.concatenate([model.cos, model.sin], axis=1))
+    rope_table = b.weight(np.concatenate([model.cos[:MAX_CONTEXT], model.sin[:MAX_CONTEXT]], axis=1))
     ones = b.weight(np.ones(width, dtype=np.int64))
     for blk in model.blocks:
         h = _norm(b, x, blk.attn_norm, width)
@@ -134,6 +141,19 @@ def build_program(model: sm.IntSmolLM2) -> Program:
     first = b.ops[0]
     b.ops[0] = replace(first, slots=(first.slots[0], b.prev(next_at, ONE, ONE), first.slots[2]))
     return Program(b.ops, b.weights, b.widths, PER_POSITION, NAME)
+
+
+def check_job(job, vocab: int = 49152) -> None:
+    """Refuse a job that has no honest trace (what a coordinator or node checks
+    before serving it): token ids beyond the vocabulary, no token to
+    generate, or more positions than MAX_CONTEXT."""
+    if job.max_tokens < 1:
+        raise CommitmentError("max_tokens must be at least 1")
+    if max(job.tokens) >= vocab:
+        raise CommitmentError(f"token id {max(job.tokens)} outside the vocabulary of {vocab}")
+    if len(job.tokens) + job.max_tokens - 1 > MAX_CONTEXT:
+        raise CommitmentError(f"prompt ({len(job.tokens)} tokens) + max_tokens ({job.max_tokens}) exceeds the "
+                              f"context of {MAX_CONTEXT} + 1 tokens")
 
 
 @lru_cache(maxsize=1)

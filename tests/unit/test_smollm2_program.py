@@ -105,6 +105,17 @@ def test_unread_slots_are_marked_in_the_witness():
     assert trace.witness(first_generated, 0, 0).startswith(not_read)
 
 
+def test_the_real_program_has_a_bounded_context_and_refuses_what_it_cannot_run(program):
+    from opinfer.engine.smollm2_program import MAX_CONTEXT, check_job
+    assert program.weights[1].shape == (MAX_CONTEXT, 64)      # the RoPE table: cos | sin
+    check_job(JobInput(tuple(range(MAX_CONTEXT)), max_tokens=1))
+    for job, problem in ((JobInput(tuple(range(MAX_CONTEXT)), max_tokens=2), "context"),
+                         (JobInput((49152, 1), max_tokens=1), "vocabulary"),
+                         (JobInput((1, 2), max_tokens=0), "max_tokens")):
+        with pytest.raises(CommitmentError, match=problem):
+            check_job(job)
+
+
 def test_jobs_without_an_honest_trace_are_refused():
     program, _ = toy_decoder()
     with pytest.raises(CommitmentError, match="vocabulary"):

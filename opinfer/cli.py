@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     nrun = nsub.add_parser("run", help="serve POST /v1/execute")
     nrun.add_argument("--host", default=None)
     nrun.add_argument("--port", type=int, default=None)
+    chal = sub.add_parser("challenger", help="watch batches, re-execute samples, dispute fraud")
+    chsub = chal.add_subparsers(dest="action", required=True)
+    from challenger.cli import add_arguments as challenger_arguments
+
+    challenger_arguments(chsub.add_parser("run", help="follow the chain and play disputes (see docs/security.md)"))
     return parser
 
 
@@ -52,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             from node.app import serve
 
             return serve(args.host, args.port)
+        if args.command == "challenger":
+            from challenger.cli import main as challenger_main
+
+            return challenger_main(args)
     except OpinferError as exc:
         print(f"opinfer: {exc}", file=sys.stderr)
         return 2

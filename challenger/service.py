@@ -1,0 +1,313 @@
+"""The challenger's monitor loop (op-challenger style).
+
+Each tick:
+1. scan: follow BatchPosted (and Slashed) events from the persisted cursor up
+   to head - confirmations; rebuild each batch from calldata, sample leaves,
+   re-execute them, record verdicts; a wrong leaf gives its node a fraud
+   record, which re-checks every leaf of that node still inside a window;
+2. open: bond and challenge each wrong leaf (after confirming it with the
+   full trace against the registry's model root);
+3. play: one player per open game makes its move;
+4. collect: claim rewards.
+Every step is idempotent against the store and the chain, so a process
+killed anywhere redoes at most the step it was in."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from challenger import solver
+from challenger.errors import ChallengerError, DecodeError, Unverifiable
+from challenger.executors import Executor
+from challenger.game import GamePlayer
+from challenger.logs import event
+from challenger.metrics import Metrics
+from challenger.sampler import Sampler
+from challenger.store import (DETECTED, DROPPED, EXPIRED, LOST, OPEN, VOID, WON, BatchRecord, Dispute, Store)
+from opinfer.errors import OpinferError
+from opinfer.trace import merkle
+from opinfer.trace.jobinput import JobInput
+from opinfer.trace.leaf import Batch, ResultLeaf
+from opinfer.trace.outputs import input_root
+from opinfer.trace.program import Trace
+
+DONE, EXPIRED_BATCH, UNDECODABLE = "done", "expired", "undecodable"
+
+
+class Challenger:
+    def __init__(self, chain, store: Store, executors: dict[str, Executor], sampler: Sampler, metrics: Metrics,
+                 log: logging.Logger, confirmations: int = 0, start_block: int = 0, log_span: int = 2000,
+                 bond_top_up: int = 0, clock: Callable[[], float] = time.monotonic):
+        self.chain, self.store, self.executors, self.sampler = chain, store, executors, sampler
+        self.metrics, self.log, self.clock = metrics, log, clock
+        self.confirmations, self.start_block, self.log_span = confirmations, start_block, log_span
+        self.bond_top_up = bond_top_up
+        self.players: dict[int, GamePlayer] = {}
+        self._batches: OrderedDict[int, Batch] = OrderedDict()
+        self._traces: OrderedDict[tuple, Trace] = OrderedDict()
+        store.bind(chain.chain_id, chain.rollup.address)
+        for node in store.suspects():
+            sampler.mark(node)
+
+    # ------------------------------------------------------------ loop
+
+    def tick(self) -> None:
+        for stage in (self.scan, self.open_disputes, self.play, self.collect):
+            try:
+                stage()
+            except (OpinferError, OSError, ValueError) as exc:
+                # An RPC hiccup or one bad record must not stop the service: the
+                # stage is idempotent and runs again next tick.
+                self.metrics.errors.labels(stage.__name__).inc()
+                event(self.log, "stage failed", logging.ERROR, stage=stage.__name__, error=repr(exc))
+
+    def run(self, stop: threading.Event, poll_interval: float = 2.0, once: bool = False) -> None:
+        event(self.log, "challenger started", address=self.chain.address, cursor=self.store.cursor,
+              sample_rate=self.sampler.rate, confirmations=self.confirmations)
+        while True:
+            self.tick()
+            if once or stop.wait(poll_interval):
+                break
+
+    # ------------------------------------------------------------ 1. scan
+
+    def scan(self) -> None:
+        head = self.chain.head()
+        safe = head - self.confirmations
+        cursor = self.store.cursor
+        if cursor is None:
+            cursor = self.start_block - 1
+        while cursor < safe:
+            hi = min(safe, cursor + self.log_span)
+            for node in self.chain.slashed_nodes(cursor + 1, hi):
+                self.add_suspect(node, "slashed")
+            for ev in self.chain.batch_events(cursor + 1, hi):
+                self.handle_batch(ev)
+            # Only now is every batch of the range recorded: a crash before this
+            # line re-reads the range and skips handled batches by id.
+            self.store.cursor = cursor = hi
+        self.metrics.cursor.set(cursor)
+        self.metrics.lag_blocks.set(max(head - cursor, 0))
+        if cursor >= 0 and head > cursor:
+            self.metrics.lag_seconds.set(self.chain.timestamp(head) - self.chain.timestamp(cursor))
+        else:
+            self.metrics.lag_seconds.set(0)
+
+    def handle_batch(self, ev) -> None:
+        known = self.store.batch(ev.batch_id)
+        if known and known.status in (DONE, EXPIRED_BATCH, UNDECODABLE):
+            return
+        record = BatchRecord(ev.batch_id, ev.block_number, ev.block_hash, ev.tx_hash, ev.deadline, ev.leaf_count,
+                             "scanning")
+        self.metrics.batches_seen.inc()
+        if ev.deadline <= self.chain.timestamp():
+            self.store.add_batch(_with(record, EXPIRED_BATCH))
+            self.metrics.batches_expired.inc()
+            event(self.log, "batch past its window", logging.WARNING, batch=ev.batch_id, deadline=ev.deadline)
+            return
+        self.store.add_batch(record)
+        try:
+            batch = self.load(record)
+        except DecodeError as exc:
+            self.store.add_batch(_with(record, UNDECODABLE))
+            self.metrics.errors.labels("decode").inc()
+            event(self.log, "batch does not decode", logging.ERROR, batch=ev.batch_id, error=str(exc))
+            return
+        self.metrics.leaves_seen.inc(len(batch.leaves))
+        picked = self.sampler.select(ev.block_hash, ev.batch_id, [leaf.node for leaf in batch.leaves])
+        self.check_leaves(ev.batch_id, batch, picked)
+        self.store.add_batch(_with(record, DONE))
+        event(self.log, "batch checked", batch=ev.batch_id, leaves=len(batch.leaves), sampled=len(picked),
+              block=ev.block_number)
+
+    def load(self, record) -> Batch:
+        batch = self._batches.get(record.batch_id)
+        if batch is None:
+            batch = self.chain.load_batch(record.batch_id, record.tx_hash)
+            self._batches[record.batch_id] = batch
+            while len(self._batches) > 256:
+                self._batches.popitem(last=False)
+        return batch
+
+    def check_leaves(self, batch_id: int, batch: Batch, indices: list[int]) -> None:
+        done = self.store.checked(batch_id)
+        queue = [i for i in indices if i not in done]
+        while queue:
+            i = queue.pop(0)
+            leaf = batch.leaves[i]
+            verdict = self.check_leaf(leaf)
+            self.store.add_check(batch_id, i, leaf.node, leaf.model_id, verdict)
+            done[i] = verdict
+            if verdict in (solver.WRONG_OUTPUT, solver.WRONG_INPUT):
+                self.metrics.mismatches.inc()
+                event(self.log, "wrong leaf", logging.WARNING, batch=batch_id, index=i, node=leaf.node,
+                      reason=verdict, job_id=leaf.job_id)
+                self.store.add_dispute(batch_id, i, leaf.node, leaf.model_id, verdict)
+                if self.sampler.mark(leaf.node):
+                    self.store.add_suspect(leaf.node, f"batch {batch_id} leaf {i}")
+                    queue += [j for j, other in enumerate(batch.leaves)
+                              if other.node == leaf.node and j not in done and j not in queue]
+                    self.recheck(leaf.node, skip=batch_id)
+
+    def add_suspect(self, node: str, reason: str) -> None:
+        if self.sampler.mark(node):
+            self.store.add_suspect(node, reason)
+            event(self.log, "node has a fraud record: checking all its leaves", node=node, reason=reason)
+            self.recheck(node)
+
+    def recheck(self, node: str, skip: int | None = None) -> None:
+        """Check every leaf of `node` in handled batches still inside their window."""
+        for record in self.store.open_batches(self.chain.timestamp()):
+            if record.batch_id == skip:
+                continue
+            batch = self.load(record)
+            self.check_leaves(record.batch_id, batch, [i for i, leaf in enumerate(batch.leaves)
+                                                       if leaf.node.lower() == node.lower()])
+
+    def check_leaf(self, leaf: ResultLeaf) -> str:
+        try:
+            job = JobInput.from_bytes(leaf.input)
+        except OpinferError:
+            # The contract may or may not call this input malformed; never bet a bond on a guess.
+            self.metrics.leaves_unverifiable.labels("malformed-input").inc()
+            return "unverifiable:malformed-input"
+        if leaf.input_root != input_root(job):
+            return solver.WRONG_INPUT
+        model = self.chain.model(leaf.model_id)
+        executor = self.executors.get(model.name)
+        if executor is None:
+            self.metrics.leaves_unverifiable.labels("unknown-model").inc()
+            return "unverifiable:unknown-model"
+        started = self.clock()
+        try:
+            root = executor.output_root(job)
+        except Unverifiable:
+            self.metrics.leaves_unverifiable.labels("job-refused").inc()
+            return "unverifiable:job-refused"
+        except Exception as exc:  # noqa: BLE001 - an engine failure is not evidence of fraud
+            self.metrics.leaves_unverifiable.labels("engine-error").inc()
+            event(self.log, "re-execution failed", logging.ERROR, model=model.name, error=repr(exc))
+            return "unverifiable:engine-error"
+        self.metrics.reexec_seconds.labels(model.name).observe(self.clock() - started)
+        self.metrics.leaves_checked.labels(model.name).inc()
+        return solver.verdict(leaf.input_root, leaf.output_root, leaf.input_root, root)
+
+    # ------------------------------------------------------------ 2. open
+
+    def open_disputes(self) -> None:
+        for d in self.store.disputes(DETECTED):
+            try:
+                self.open_dispute(d)
+            except (OpinferError, OSError, ValueError) as exc:
+                self.metrics.errors.labels("open").inc()
+                event(self.log, "could not open dispute", logging.ERROR, batch=d.batch_id, index=d.leaf_index,
+                      error=repr(exc))
+
+    def open_dispute(self, d: Dispute) -> None:
+        record = self.store.batch(d.batch_id)
+        if self.chain.has_challenged(d.batch_id, d.leaf_index):
+            # We sent the challenge and died before recording it: adopt the game.
+            gid, block = self.chain.find_game(d.batch_id, d.leaf_index, record.block_number)
+            self.store.set_dispute(d.batch_id, d.leaf_index, OPEN, gid, block)
+            event(self.log, "adopted game", game=gid, batch=d.batch_id, index=d.leaf_index)
+            return
+        if record.deadline <= self.chain.timestamp():
+            self.store.set_dispute(d.batch_id, d.leaf_index, EXPIRED)
+            self.metrics.disputes_expired.inc()
+            event(self.log, "wrong leaf found too late", logging.ERROR, batch=d.batch_id, index=d.leaf_index)
+            return
+        batch = self.load(record)
+        leaf = batch.leaves[d.leaf_index]
+        model = self.chain.model(leaf.model_id)
+        program = self.executors[model.name].program()
+        if program.model_root != model.model_root:
+            self.store.set_dispute(d.batch_id, d.leaf_index, DROPPED)
+            event(self.log, "cannot prove: our program is not the registered model", logging.ERROR,
+                  model=model.name, ours=program.model_root, registered=model.model_root)
+            return
+        if d.reason == solver.WRONG_OUTPUT and self.trace(leaf).output_root == leaf.output_root:
+            # The fast engine disagreed but the program (what the contract checks) agrees with the node.
+            self.store.set_dispute(d.batch_id, d.leaf_index, DROPPED)
+            self.store.add_check(d.batch_id, d.leaf_index, leaf.node, leaf.model_id, solver.OK)
+            event(self.log, "engine and program disagree; not disputing", logging.ERROR, batch=d.batch_id,
+                  index=d.leaf_index, model=model.name)
+            return
+        if not self.chain.leaf_signed(batch.records[d.leaf_index]):
+            # The node never signed this: nobody to slash, but the result must not finalize.
+            self.chain.void_forged(batch, d.batch_id, d.leaf_index)
+            self.store.set_dispute(d.batch_id, d.leaf_index, VOID)
+            event(self.log, "forged leaf voided", logging.WARNING, batch=d.batch_id, index=d.leaf_index)
+            return
+        self.ensure_bond()
+        gid, block = self.chain.challenge(batch, d.batch_id, d.leaf_index, program.model_header())
+        self.store.set_dispute(d.batch_id, d.leaf_index, OPEN, gid, block)
+        self.metrics.disputes_opened.inc()
+        event(self.log, "dispute opened", game=gid, batch=d.batch_id, index=d.leaf_index, node=leaf.node,
+              reason=d.reason)
+
+    def ensure_bond(self) -> None:
+        need = self.chain.challenge_bond()
+        free = self.chain.free_bond()
+        if free >= need:
+            return
+        if self.bond_top_up <= 0:
+            raise ChallengerError(f"free bond {free} wei < challenge bond {need} wei and no --bond-top-up set")
+        self.chain.deposit_bond(max(self.bond_top_up, need - free))
+
+    def trace(self, leaf: ResultLeaf) -> Trace:
+        key = (leaf.model_id, merkle.keccak(leaf.input))
+        trace = self._traces.get(key)
+        if trace is None:
+            program = self.executors[self.chain.model(leaf.model_id).name].program()
+            trace = Trace.of(program, JobInput.from_bytes(leaf.input))
+            self._traces[key] = trace
+            while len(self._traces) > 8:  # a SmolLM2 trace is large: keep a few
+                self._traces.popitem(last=False)
+        return trace
+
+    # ------------------------------------------------------------ 3. play
+
+    def play(self) -> None:
+        now = self.chain.timestamp()
+        open_disputes = self.store.disputes(OPEN)
+        for d in open_disputes:
+            p = self.players.get(d.game_id)
+            if p is None:
+                leaf = self.load(self.store.batch(d.batch_id)).leaves[d.leaf_index]
+                p = self.players[d.game_id] = GamePlayer(d, self.chain, self.store, lambda leaf=leaf: self.trace(leaf),
+                                                         self.metrics, self.log)
+            try:
+                action = p.act(now)
+            except (OpinferError, OSError, ValueError) as exc:
+                self.metrics.errors.labels("play").inc()
+                event(self.log, "move failed", logging.ERROR, game=d.game_id, error=repr(exc))
+                continue
+            if action.kind == solver.OVER:
+                self.finish(d, action.outcome)
+        self.metrics.games_active.set(len(self.store.disputes(OPEN)))
+
+    def finish(self, d: Dispute, outcome: str) -> None:
+        status = {"won": WON, "lost": LOST}.get(outcome, VOID)
+        self.store.set_dispute(d.batch_id, d.leaf_index, status)
+        {WON: self.metrics.disputes_won, LOST: self.metrics.disputes_lost, VOID: self.metrics.disputes_void}[
+            status].inc()
+        self.players.pop(d.game_id, None)
+        event(self.log, "game over", logging.INFO if status != LOST else logging.ERROR, game=d.game_id,
+              outcome=status, batch=d.batch_id, index=d.leaf_index, node=d.node)
+
+    # ------------------------------------------------------------ 4. collect
+
+    def collect(self) -> None:
+        amount = self.chain.claim()
+        if amount:
+            self.metrics.rewards_claimed.inc(amount)
+            event(self.log, "reward claimed", wei=amount)
+
+
+def _with(record: BatchRecord, status: str) -> BatchRecord:
+    return BatchRecord(record.batch_id, record.block_number, record.block_hash, record.tx_hash, record.deadline,
+                       record.leaf_count, status)

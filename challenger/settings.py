@@ -1,0 +1,87 @@
+"""Challenger settings: command-line flags, else OPINFER_CHALLENGER_* environment
+variables, else (for rpc, rollup and key only) a running devnet's
+.opinfer/devnet.json. The key is best passed in the environment (systemd
+EnvironmentFile), not on the command line where `ps` shows it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from challenger.errors import ConfigError
+from opinfer.trace import merkle
+
+ENV = "OPINFER_CHALLENGER_"
+DEVNET_FILE = Path(".opinfer/devnet.json")
+
+
+@dataclass
+class Settings:
+    rpc_url: str = ""
+    private_key: str = ""
+    rollup: str = ""
+    state_path: str = ".opinfer/challenger.db"
+    sample_rate: float = 0.2
+    confirmations: int = 0
+    poll_interval: float = 2.0
+    start_block: int = 0
+    log_span: int = 2000
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9465        # 0 or less: no metrics server
+    secret: str = ""                # hex; default: derived from the private key
+    bond_top_up: int = 0            # wei to deposit when the free bond runs short (0: never)
+    log_level: str = "info"
+    devnet_file: str = str(DEVNET_FILE)
+
+    @classmethod
+    def load(cls, overrides: dict | None = None, env: dict | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get(ENV + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.type, raw, f.name)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        s = cls(**values)
+        s._from_devnet()
+        s.validate()
+        return s
+
+    def _from_devnet(self) -> None:
+        path = Path(self.devnet_file)
+        if (self.rpc_url and self.rollup and self.private_key) or not path.exists():
+            return
+        info = json.loads(path.read_text())
+        self.rpc_url = self.rpc_url or info["rpc_url"]
+        self.rollup = self.rollup or info["contracts"]["ResultRollup"]
+        self.private_key = self.private_key or info.get("accounts", {}).get("challenger", {}).get("private_key", "")
+
+    def validate(self) -> None:
+        missing = [name for name in ("rpc_url", "rollup", "private_key") if not getattr(self, name)]
+        if missing:
+            raise ConfigError(f"missing settings: {', '.join(missing)} (flags, {ENV}* or a devnet file)")
+        if not 0.0 <= self.sample_rate <= 1.0:
+            raise ConfigError(f"sample rate must lie in [0, 1], got {self.sample_rate}")
+        if self.confirmations < 0 or self.log_span < 1 or self.poll_interval <= 0:
+            raise ConfigError("confirmations >= 0, log span >= 1 and poll interval > 0 are required")
+
+    def secret_bytes(self) -> bytes:
+        """The sampling key. Derived from the private key by default: nodes
+        never see it, and it stays the same across restarts."""
+        if self.secret:
+            return bytes.fromhex(self.secret.removeprefix("0x"))
+        return merkle.keccak(b"opinfer-challenger-sampling" + bytes.fromhex(self.private_key.removeprefix("0x")))
+
+
+def _convert(kind, raw: str, name: str):
+    kind = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if kind == "int":
+            return int(raw, 0)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV}{name.upper()}: not a {kind}: {raw!r}") from None
+    return raw

@@ -1,0 +1,144 @@
+"""Gas of the one-step for every op class of both real models, on a fresh anvil.
+
+    python -m bench.onestep [--json]
+
+For each op class (and each variant of it, e.g. the folded LM head) of
+all-MiniLM-L6-v2 on a 512-token job (its longest) and of SmolLM2-135M-Instruct
+on a real sampled chat job, the StepVerifier recomputes elements of the
+trace (first and last element, every step's worst for the decoder) and the
+largest `compute_element` gas is printed. The decoder's rows that grow with
+the context (attention scores, probabilities, the V^T cache) are also
+measured at MAX_CONTEXT = 1,024 positions with a synthetic program holding
+SOFTMAX and CONTEXT over 1,024-wide rows, the widest the protocol accepts.
+DisputeGame.step adds the game's own checks to these figures (bench.gas
+measures whole steps through the game). Target: the largest under 5M gas.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from web3 import HTTPProvider, Web3
+
+from bench.common import run as run_cli
+from bench.common import verdict
+from opinfer.chain.anvil import Anvil, dev_keys
+from opinfer.chain.deploy import ProtocolParams, deploy
+from opinfer.chain.sender import TxSender
+from opinfer.trace import ops
+from opinfer.trace.jobinput import JobInput
+from opinfer.trace.ops import CONTEXT, DOT, INPUT, SAME, SOFTMAX, WEIGHT, Op, Slot, dim, ref
+from opinfer.trace.program import Program, Trace, job_steps
+
+TARGET = 5_000_000
+
+
+def job_word(trace: Trace) -> int:
+    job = trace.job
+    return len(job.tokens) | job.tokens_at << 32 | job_steps(trace.program.steps_mode, job) << 64
+
+
+def element_gas(verifier, trace: Trace, i: int, r: int, c: int) -> int:
+    p = trace.program
+    args = (p.model_root, p.num_ops, job_word(trace), i, trace.state_root(i), r, c, p.header(i),
+            trace.witness(i, r, c))
+    value = verifier.functions.compute_element(*args).call()
+    assert value == int(trace.tensors[i + 1][r, c]), (p.name, i, r, c)
+    return verifier.functions.compute_element(*args).estimate_gas()
+
+
+def per_class(verifier, trace: Trace, steps: list[int]) -> dict:
+    """Largest gas per op class variant (code, first two params: e.g. the
+    folded LM head, both APPEND orientations), measured on the variant's
+    first template op at each of `steps`, first and last element."""
+    p = trace.program
+    variants: dict = {}
+    for j, op in enumerate(p.ops):
+        variants.setdefault((op.code, op.params[:2]), j)
+    out: dict = {}
+    for (code, params), j in variants.items():
+        name = ops.NAMES[code] + ("_folded" if code == ops.DENSE_WIDE and params[1] else "")
+        for step in steps:
+            i = step * p.num_ops + j
+            rows, cols = trace.tensors[i + 1].shape
+            for r, c in {(0, 0), (rows - 1, cols - 1)}:
+                out[name] = max(out.get(name, 0), element_gas(verifier, trace, i, r, c))
+    return out
+
+
+def long_rows_program(width: int = 1024, k: int = 32) -> Program:
+    """SOFTMAX and CONTEXT over `width`-wide rows (the decoder's at MAX_CONTEXT):
+    scores from a DOT of T_0's tokens ([1, k]) with a [width, k] weight, a small
+    spread, so that every exp is computed in full (the costliest case); CONTEXT = probabilities . a
+    [64, width] weight row (V^T), requantised."""
+    rng = np.random.default_rng(width)
+    w = rng.integers(-1, 2, size=(width, k))
+    w[:, :10] = 0            # the header words (top_p_q - 1 = 65535) would spread the scores
+    vt = rng.integers(-2047, 2048, size=(64, width))
+    t0 = Slot(ref(INPUT), dim(1), dim(0, 1, 0, 1))
+    scores = Op(DOT, dim(1), dim(width), (t0, Slot(ref(WEIGHT, 0), dim(width), dim(k), 1)),
+                (1, 0, -(1 << 40), 1 << 40))
+    probs = Op(SOFTMAX, dim(1), dim(width), (Slot(ref(SAME, 0), dim(1), dim(width)),), (1 << 14, 12, 32767))
+    ctx = Op(CONTEXT, dim(1), dim(64), (Slot(ref(SAME, 1), dim(1), dim(width)), Slot(ref(WEIGHT, 1), dim(64), dim(width), 2)),
+             (64, 1, 1 << 15, 30, -32768, 32767))
+    return Program([scores, probs, ctx], [w, vt], [1, 2], name="long-rows")
+
+
+def run() -> dict:
+    from opinfer.engine import minilm_weights as fw
+    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.engine.minilm_program import default_program as minilm_program
+    from opinfer.engine.smollm2_program import MAX_CONTEXT
+    from opinfer.engine.smollm2_program import default_program as smollm2_program
+
+    with Anvil(accounts=2) as anvil:
+        w3 = Web3(HTTPProvider(anvil.url))
+        owner = TxSender(w3, dev_keys(1)[0])
+        verifier = deploy(w3, owner, ProtocolParams(), coordinators=()).contracts["StepVerifier"]
+        out: dict = {}
+
+        minilm = minilm_program()
+        ids = fw.encode(" ".join(["word"] * 510))[:512]
+        trace = Trace.of(minilm, JobInput(tuple(int(t) for t in ids)))
+        out["minilm"] = {"tokens": len(ids), "gas": per_class(verifier, trace, [0])}
+
+        smollm2 = smollm2_program()
+        tok = load_tokenizer()
+        im_end = tok.token_to_id("<|im_end|>")
+        prompt = tok.encode_chat([{"role": "user", "content": "Name three colours."}])
+        job = JobInput(tuple(prompt), max_tokens=4, temperature_milli=700, top_p_q=58982, seed=1,
+                       stop_sequences=((im_end,),))
+        trace = Trace.of(smollm2, job)
+        steps = trace.n // smollm2.num_ops
+        out["smollm2"] = {"positions": steps, "gas": per_class(verifier, trace, [0, len(prompt) - 1, steps - 1])}
+
+        program = long_rows_program(MAX_CONTEXT)
+        trace = Trace.of(program, JobInput(tuple(range(1, 23))))
+        out["long_rows"] = {"width": MAX_CONTEXT,
+                            "gas": {"softmax": max(element_gas(verifier, trace, 1, 0, c) for c in (0, MAX_CONTEXT - 1)),
+                                    "context": element_gas(verifier, trace, 2, 0, 63)}}
+    largest = max(g for section in out.values() for g in section["gas"].values())
+    out["largest"] = largest
+    out["target"] = TARGET
+    out["meets_target"] = largest < TARGET
+    return out
+
+
+def report(result: dict) -> None:
+    print("one-step gas (StepVerifier.compute_element), largest per op class")
+    for model in ("minilm", "smollm2", "long_rows"):
+        section = result[model]
+        size = {k: v for k, v in section.items() if k != "gas"}
+        print(f"  {model} {size}")
+        for name, gas in sorted(section["gas"].items(), key=lambda kv: -kv[1]):
+            print(f"    {name:<18}{gas:>12,}")
+    print(f"  largest {result['largest']:,} (target < {result['target']:,}: {verdict(result['meets_target'])})")
+
+
+def main(argv=None) -> int:
+    return run_cli(argv, __doc__, run, report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

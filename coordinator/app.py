@@ -53,6 +53,7 @@ class Coordinator:
         self.catalog = Catalog(self.chain)
         self.cache = ResponseCache(clock, settings.cache_ttl_s, settings.cache_stale_s, settings.cache_entries)
         self.limiter = RateLimiter(clock)
+        self.key_cache: dict = {}   # Authorization header -> (expires, (id, prefix, rpm) or None)
         self.poster = BatchPoster(self.sessions, self.chain, self.wallet, clock, self.metrics,
                                   receipt_timeout=settings.receipt_timeout_s, crash=crash,
                                   on_reject=self._reject_node)

@@ -28,12 +28,18 @@ def create(session, name: str, now: float, rate_limit_rpm: int | None = None) ->
     return row, secret
 
 
-def lookup(session, authorization: str | None) -> m.ApiKey:
+def check_header(authorization: str | None) -> str:
+    """The secret of a `Bearer <key>` header; Unauthorized saying what is wrong otherwise."""
     if not authorization:
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
     scheme, _, secret = authorization.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("malformed Authorization header: expected `Bearer <key>`")
+    return secret
+
+
+def lookup(session, authorization: str | None) -> m.ApiKey:
+    secret = check_header(authorization)
     row = session.scalars(select(m.ApiKey).where(m.ApiKey.key_hash == hash_key(secret.strip()))).first()
     if row is None or row.revoked:
         raise Unauthorized("invalid API key")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from web3 import Web3
+from web3.logs import DISCARD
 
 from challenger.errors import DecodeError
 from opinfer.chain.deploy import contract
@@ -146,7 +147,7 @@ class Chain:
     def challenge(self, batch: Batch, batch_id: int, index: int, model_header: bytes) -> tuple[int, int]:
         receipt = self.sender.call(self.game_contract.functions.challenge(
             *batch.challenge_args(batch_id, index, model_header)))
-        event = self.game_contract.events.GameStarted().process_receipt(receipt)[0]
+        event = self.game_contract.events.GameStarted().process_receipt(receipt, errors=DISCARD)[0]
         return event["args"]["game_id"], receipt["blockNumber"]
 
     def void_forged(self, batch: Batch, batch_id: int, index: int) -> None:

@@ -1,0 +1,110 @@
+"""The challenger against the real contracts on anvil, in-process: honest
+leaves are checked and left alone; dishonest ones are disputed, played to
+the one-step proof and won (node slashed, reward claimed), several games at
+once; a node that stops answering loses on time."""
+
+import logging
+
+import pytest
+
+from challenger.chain import Chain
+from challenger.executors import ProgramExecutor
+from challenger.metrics import Metrics
+from challenger.sampler import Sampler
+from challenger.service import Challenger
+from challenger.store import OPEN, WON, Store
+from opinfer.chain.sender import TxSender
+from opinfer.trace import player
+from tests.challenger.chainkit import Defender, Net
+
+POSTED, INVALID = 1, 4
+
+
+@pytest.fixture(scope="module")
+def net():
+    n = Net()
+    yield n
+    n.stop()
+
+
+def make_challenger(net, tmp_path, rate=1.0):
+    chain = Chain(net.w3, TxSender(net.w3, net.keys["challenger"]), net.rollup)
+    return Challenger(chain, Store(tmp_path / "challenger.db"), {"toy-dot": ProgramExecutor(net.program)},
+                      Sampler(b"k" * 32, rate), Metrics(), logging.getLogger("test.challenger.chain"),
+                      bond_top_up=10**18, start_block=net.w3.eth.block_number + 1)  # this test's batches only
+
+
+def metric(c, name):
+    """The sum of a metric over its labels."""
+    total = 0.0
+    for line in c.metrics.render().decode().splitlines():
+        metric_name = line.split("{")[0].split(" ")[0]
+        if metric_name in (f"opinfer_challenger_{name}_total", f"opinfer_challenger_{name}"):
+            total += float(line.split()[-1])
+    return total
+
+
+def play_out(c, defenders, open_left=0, rounds=60):
+    for _ in range(rounds):
+        c.tick()
+        moved = sum(d.respond() for d in defenders)
+        if len(c.store.disputes(OPEN)) <= open_left and not moved:
+            return
+    raise AssertionError("games did not end")
+
+
+def test_honest_leaves_are_checked_and_never_disputed(net, tmp_path):
+    c = make_challenger(net, tmp_path)
+    batches = [net.post([net.leaf("honest", s) for s in range(i, i + 4)]) for i in range(0, 12, 4)]
+    c.tick()
+    c.tick()
+    assert c.store.disputes() == [] and metric(c, "leaves_checked") == 12
+    assert all(c.store.batch(b).status == "done" for b in batches)
+    assert all(net.leaf_status(b, i) == POSTED for b in batches for i in range(4))
+    assert net.c["DisputeGame"].functions.game_count().call() == 0
+
+
+def test_a_lie_is_disputed_bisected_to_one_step_and_won(net, tmp_path):
+    c = make_challenger(net, tmp_path)
+    sm = net.c["StakeManager"].functions
+    me = net.addr["challenger"]
+    before = net.w3.eth.get_balance(me)
+    batch_id = net.post([net.leaf("honest", 20), net.leaf("cheat", 21, lie=True), net.leaf("honest", 22)])
+    c.tick()
+    (d,) = c.store.disputes()
+    assert (d.batch_id, d.leaf_index, d.status) == (batch_id, 1, OPEN)
+    play_out(c, [Defender(net, "cheat")])
+    (d,) = c.store.disputes()
+    g = c.chain.game(d.game_id)
+    assert d.status == WON and g["status"] == player.CHALLENGER_WON and g["phase"] == player.STEP
+    assert (g["hi"], g["row"], g["col"]) == (3, 0, 5)  # the one wrong element, found by bisection
+    assert sm.slashable(net.addr["cheat"]).call() == 0
+    assert net.leaf_status(batch_id, 1) == INVALID
+    assert net.leaf_status(batch_id, 0) == POSTED and net.leaf_status(batch_id, 2) == POSTED
+    # reward (half the stake) claimed; the bond is back in the free bond
+    assert sm.claimable(me).call() == 0 and metric(c, "rewards_claimed_wei") == 10**18
+    # 1 ETH deposited as bond (still ours, free again) and 1 ETH of reward paid out: only gas is spent
+    assert before - 10**16 < net.w3.eth.get_balance(me) < before
+    assert sm.bond(me).call() == 10**18 and sm.locked_bond(me).call() == 0
+    assert metric(c, "disputes_won") == 1 and metric(c, "disputes_lost") == 0
+    moves = [line for line in c.metrics.render().decode().splitlines() if line.startswith("opinfer_challenger_moves_total")]
+    assert any('function="step"' in m for m in moves) and any('function="pick"' in m for m in moves)
+
+
+def test_many_games_at_once_and_a_silent_node_loses_on_time(net, tmp_path):
+    c = make_challenger(net, tmp_path)
+    b1 = net.post([net.leaf("cheat2", 30, lie=True), net.leaf("honest", 31)])
+    b2 = net.post([net.leaf("cheat2", 32, lie=True), net.leaf("cheat3", 33, lie=True)])
+    b3 = net.post([net.leaf("honest", 34), net.leaf("cheat2", 35, lie=True)])
+    c.tick()
+    assert len(c.store.disputes(OPEN)) == 4
+    # cheat2 defends all its games, interleaved in the same ticks; cheat3 stays silent
+    play_out(c, [Defender(net, "cheat2")], open_left=1)
+    results = {(d.batch_id, d.leaf_index): d.status for d in c.store.disputes()}
+    assert results == {(b1, 0): WON, (b2, 0): WON, (b3, 1): WON, (b2, 1): OPEN}
+    net.time_travel(net.params.clock_budget + 1)
+    c.tick()
+    c.tick()
+    assert {d.status for d in c.store.disputes()} == {WON}
+    assert all(net.leaf_status(b, i) == INVALID for b, i in results)
+    assert net.leaf_status(b1, 1) == POSTED and net.leaf_status(b3, 0) == POSTED

@@ -30,10 +30,24 @@ class Executor(Protocol):
 
     def output_root(self, job: JobInput) -> bytes: ...
 
+    def output_roots(self, jobs: list[JobInput]) -> list[bytes | Exception]: ...
+
     def program(self) -> Program: ...
 
 
-class _Lazy:
+class _PerJob:
+    def output_roots(self, jobs: list[JobInput]) -> list[bytes | Exception]:
+        """Roots of several jobs; a job that cannot run gets its exception instead."""
+        out: list[bytes | Exception] = []
+        for job in jobs:
+            try:
+                out.append(self.output_root(job))
+            except Exception as exc:  # noqa: BLE001 - reported per job
+                out.append(exc)
+        return out
+
+
+class _Lazy(_PerJob):
     """Builds its model on first use, once, under a lock (a SmolLM2 build
     takes gigabytes: never two at a time)."""
 
@@ -67,11 +81,27 @@ class MiniLMExecutor(_Lazy):
         from opinfer.engine.minilm_program import default_program
         return default_program()
 
+    def _refusal(self, job: JobInput) -> Unverifiable | None:
+        # What an honest node refuses (node/engines.py): the program has no trace for it either.
+        if job.max_tokens or job.stop_sequences or len(job.tokens) > 512 or max(job.tokens) >= len(self.model().word):
+            return Unverifiable("not an embedding job")
+        return None
+
     def output_root(self, job: JobInput) -> bytes:
-        if job.max_tokens or job.stop_sequences or len(job.tokens) > 512:
-            raise Unverifiable("not an embedding job")
-        vector = self.model().forward(np.asarray(job.tokens, dtype=np.int64))
-        return tensor_root(embedding_output(vector))
+        root = self.output_roots([job])[0]
+        if isinstance(root, Exception):
+            raise root
+        return root
+
+    def output_roots(self, jobs: list[JobInput]) -> list[bytes | Exception]:
+        # One stacked pass (bit-identical to one job at a time; engine's
+        # batch-determinism tests): several times the throughput on small jobs.
+        out: list[bytes | Exception] = [self._refusal(job) or b"" for job in jobs]
+        ok = [k for k, r in enumerate(out) if r == b""]
+        if ok:
+            for k, vector in zip(ok, self.model().forward_batch([list(jobs[k].tokens) for k in ok])):
+                out[k] = tensor_root(embedding_output(vector))
+        return out
 
 
 class SmolLM2Executor(_Lazy):
@@ -99,8 +129,37 @@ class SmolLM2Executor(_Lazy):
                                        stop_sequences=job.stop_sequences)
         return tensor_root(generation_output(ids, reason, job.max_tokens))
 
+    def output_roots(self, jobs: list[JobInput]) -> list[bytes | Exception]:
+        # Continuous batching of the decode steps (generate_many): the same
+        # tokens as each job alone, with the weights read once per step for all.
+        from opinfer.engine.sampling import SamplingParams
+        from opinfer.engine.smollm2 import generate_many
+        from opinfer.engine.smollm2_program import check_job
 
-class ProgramExecutor:
+        out: list[bytes | Exception] = []
+        requests, ok = [], []
+        for k, job in enumerate(jobs):
+            try:
+                check_job(job)
+                sampler = SamplingParams(job.temperature_milli, job.top_p_q, job.seed)
+            except Exception as exc:  # noqa: BLE001
+                out.append(Unverifiable(f"not a chat job: {exc}"))
+                continue
+            out.append(b"")
+            ok.append(k)
+            requests.append({"ids": list(job.tokens), "max_tokens": job.max_tokens, "sampler": sampler,
+                             "stop_sequences": job.stop_sequences})
+        if requests:
+            ctx = max(len(r["ids"]) + r["max_tokens"] for r in requests)
+            for k, (ids, reason) in zip(ok, generate_many(self.model(), requests, max_ctx=ctx)):
+                try:
+                    out[k] = tensor_root(generation_output(ids, reason, jobs[k].max_tokens))
+                except Exception as exc:  # noqa: BLE001
+                    out[k] = exc
+        return out
+
+
+class ProgramExecutor(_PerJob):
     """Any program run op by op (toy programs in tests and demos; also a
     reference for a model without a fast engine)."""
 

@@ -135,13 +135,13 @@ class Challenger:
 
     def check_leaves(self, batch_id: int, batch: Batch, indices: list[int]) -> None:
         done = self.store.checked(batch_id)
-        queue = [i for i in indices if i not in done]
-        while queue:
-            i = queue.pop(0)
+        todo = [i for i in dict.fromkeys(indices) if i not in done]
+        if not todo:
+            return
+        new_suspects = []
+        for i, verdict in zip(todo, self.check_many([batch.leaves[i] for i in todo])):
             leaf = batch.leaves[i]
-            verdict = self.check_leaf(leaf)
             self.store.add_check(batch_id, i, leaf.node, leaf.model_id, verdict)
-            done[i] = verdict
             if verdict in (solver.WRONG_OUTPUT, solver.WRONG_INPUT):
                 self.metrics.mismatches.inc()
                 event(self.log, "wrong leaf", logging.WARNING, batch=batch_id, index=i, node=leaf.node,
@@ -149,9 +149,11 @@ class Challenger:
                 self.store.add_dispute(batch_id, i, leaf.node, leaf.model_id, verdict)
                 if self.sampler.mark(leaf.node):
                     self.store.add_suspect(leaf.node, f"batch {batch_id} leaf {i}")
-                    queue += [j for j, other in enumerate(batch.leaves)
-                              if other.node == leaf.node and j not in done and j not in queue]
-                    self.recheck(leaf.node, skip=batch_id)
+                    new_suspects.append(leaf.node)
+        for node in new_suspects:
+            # A node caught once is checked everywhere: this batch, then every open one.
+            self.check_leaves(batch_id, batch, [j for j, leaf in enumerate(batch.leaves) if leaf.node == node])
+            self.recheck(node, skip=batch_id)
 
     def add_suspect(self, node: str, reason: str) -> None:
         if self.sampler.mark(node):
@@ -168,33 +170,48 @@ class Challenger:
             self.check_leaves(record.batch_id, batch, [i for i, leaf in enumerate(batch.leaves)
                                                        if leaf.node.lower() == node.lower()])
 
-    def check_leaf(self, leaf: ResultLeaf) -> str:
-        try:
-            job = JobInput.from_bytes(leaf.input)
-        except OpinferError:
-            # The contract may or may not call this input malformed; never bet a bond on a guess.
-            self.metrics.leaves_unverifiable.labels("malformed-input").inc()
-            return "unverifiable:malformed-input"
-        if leaf.input_root != input_root(job):
-            return solver.WRONG_INPUT
-        model = self.chain.model(leaf.model_id)
-        executor = self.executors.get(model.name)
-        if executor is None:
-            self.metrics.leaves_unverifiable.labels("unknown-model").inc()
-            return "unverifiable:unknown-model"
-        started = self.clock()
-        try:
-            root = executor.output_root(job)
-        except Unverifiable:
-            self.metrics.leaves_unverifiable.labels("job-refused").inc()
-            return "unverifiable:job-refused"
-        except Exception as exc:  # noqa: BLE001 - an engine failure is not evidence of fraud
-            self.metrics.leaves_unverifiable.labels("engine-error").inc()
-            event(self.log, "re-execution failed", logging.ERROR, model=model.name, error=repr(exc))
-            return "unverifiable:engine-error"
-        self.metrics.reexec_seconds.labels(model.name).observe(self.clock() - started)
-        self.metrics.leaves_checked.labels(model.name).inc()
-        return solver.verdict(leaf.input_root, leaf.output_root, leaf.input_root, root)
+    def check_many(self, leaves: list[ResultLeaf]) -> list[str]:
+        """Verdicts for leaves, re-executing those of one model in one batched pass."""
+        verdicts: list[str | None] = [None] * len(leaves)
+        groups: dict[str, list[tuple[int, JobInput]]] = {}
+        for k, leaf in enumerate(leaves):
+            try:
+                job = JobInput.from_bytes(leaf.input)
+            except OpinferError:
+                # The contract may or may not call this input malformed: never bet a bond on a guess.
+                verdicts[k] = self._unverifiable("malformed-input")
+                continue
+            if leaf.input_root != input_root(job):
+                verdicts[k] = solver.WRONG_INPUT
+                continue
+            name = self.chain.model(leaf.model_id).name
+            if name not in self.executors:
+                verdicts[k] = self._unverifiable("unknown-model")
+                continue
+            groups.setdefault(name, []).append((k, job))
+        for name, items in groups.items():
+            started = self.clock()
+            try:
+                roots = self.executors[name].output_roots([job for _, job in items])
+            except Exception as exc:  # noqa: BLE001 - an engine failure is not evidence of fraud
+                event(self.log, "re-execution failed", logging.ERROR, model=name, error=repr(exc))
+                roots = [exc] * len(items)
+            per_leaf = (self.clock() - started) / len(items)
+            for (k, _), root in zip(items, roots):
+                if isinstance(root, Unverifiable):
+                    verdicts[k] = self._unverifiable("job-refused")
+                elif isinstance(root, Exception):
+                    verdicts[k] = self._unverifiable("engine-error")
+                else:
+                    self.metrics.reexec_seconds.labels(name).observe(per_leaf)
+                    self.metrics.leaves_checked.labels(name).inc()
+                    verdicts[k] = solver.verdict(leaves[k].input_root, leaves[k].output_root,
+                                                 leaves[k].input_root, root)
+        return verdicts
+
+    def _unverifiable(self, reason: str) -> str:
+        self.metrics.leaves_unverifiable.labels(reason).inc()
+        return "unverifiable:" + reason
 
     # ------------------------------------------------------------ 2. open
 

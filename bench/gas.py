@@ -5,8 +5,9 @@
 Prints gas per leaf for batches of 1, 10 and 100 leaves (and the same with
 the calldata of the job inputs taken out, which the target excludes), gas per
 game move over a full game against a cheating node, the one-step for dot
-products of realistic widths, and how much cheaper a result is in a batch
-of 100 than posted alone (one transaction per result).
+products of realistic widths, the one-step of every decoder op class (the
+toy decoder: SmolLM2's widths, two blocks, 512 tokens), and how much cheaper
+a result is in a batch of 100 than posted alone (one transaction per result).
 
 Batches are measured twice, side by side: under Cancun calldata pricing
 (16 gas per non-zero byte, 4 per zero byte: the pricing the target assumes)
@@ -33,7 +34,7 @@ from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.merkle import keccak
 from opinfer.trace.ops import DENSE, SAME, WEIGHT, Op, Slot, dim, ref
 from opinfer.trace.program import Program, Trace
-from opinfer.trace.testing import corrupted_trace, dot_op, toy_job, toy_program
+from opinfer.trace.testing import corrupted_trace, dot_op, toy_decoder_job, toy_decoder_program, toy_job, toy_program
 
 INPUT_BYTES = 64  # a short prompt's token ids, compressed
 TARGET_PER_LEAF = 5_000
@@ -60,6 +61,33 @@ def dense_program(k: int, cols: int = 32, k_in: int = 40) -> Program:
     dense = Op(DENSE, dim(1), dim(cols), (Slot(ref(SAME, 0), dim(1), dim(k)), Slot(ref(WEIGHT, 1), dim(cols), dim(k), 1),
                                            Slot(ref(WEIGHT, 2), dim(cols), dim(2), 4)), (30, -128, 127))
     return Program([dot_op(0, 0, k, k_in, 1 << 14, 15), dense], [w0, w1, p1], [1, 1, 4])
+
+
+# One element per decoder op class, at its widest (template op of the toy
+# decoder, step, element, job kind): the down projection reads a 1,536-value
+# row, gate|up's output is 3,072 wide, the LM head is folded [2, 256].
+DECODER_STEPS = {
+    "embed_token": (0, 4, (0, 100), "sample"),
+    "rms_norm": (1, 1, (0, 30), "greedy"),
+    "dense_wide": (14, 3, (0, 100), "greedy"),
+    "dense_wide_lm_head": (32, 5, (1, 7), "sample"),
+    "rope": (3, 2, (0, 65), "greedy"),
+    "append": (19, 3, (1, 9), "sample"),
+    "scores": (6, 3, (5, 2), "greedy"),
+    "softmax": (7, 4, (4, 1), "sample"),
+    "context": (8, 3, (0, 40), "greedy"),
+    "residual": (10, 2, (0, 50), "sample"),
+    "swiglu": (13, 1, (0, 700), "greedy"),
+    "chunk_argmax": (33, 3, (0, 1), "greedy"),
+    "sample_weights": (34, 4, (0, 30), "sample"),
+    "masked_sums": (36, 4, (0, 0), "sample"),
+    "bisect": (37, 3, (0, 1), "sample"),
+    "pick": (71, 4, (0, 1), "sample"),
+    "pick_token": (72, 3, (0, 0), "sample"),
+    "next": (73, 5, (0, 0), "sample"),
+    "match": (74, 3, (0, 0), "stop"),
+    "gen": (75, 5, (0, 1), "stop"),
+}
 
 
 def run() -> dict:
@@ -156,7 +184,25 @@ def measure(hardfork: str, games: bool, out: dict) -> dict:
         steps["dense_k1536_state"] = g["moves"]["step"]
         out["toy_step"] = out["game"]["moves"]["step"]
         out["one_step"] = steps
-        out["largest_one_step_under_5M"] = max(steps.values()) < 5_000_000
+
+        # The decoder: an honest node defends one element of each op class.
+        decoder = toy_decoder_program()
+        owner.call(c["ModelRegistry"].functions.register_model(decoder.name, decoder.model_root, decoder.num_ops, 1000))
+        model_ids[decoder.name] = c["ModelRegistry"].functions.model_id_by_name(decoder.name).call()
+        traces = {kind: Trace.of(decoder, toy_decoder_job(kind)) for kind in ("greedy", "sample", "stop")}
+        decoder_steps = {}
+        for n, (name, (j, step, (r, col), kind)) in enumerate(DECODER_STEPS.items()):
+            good = traces[kind]
+            wrong = corrupted_trace(decoder, good.job, step * decoder.num_ops + j + 1, r, col, delta=1)
+            wleaf = leaf(good, decoder.name, nodes[2], 9000 + n, input_bytes=0)
+            wbatch = Batch([wleaf])
+            coordinator.call(rollup.functions.post_batch(*wbatch.calldata))
+            bid = rollup.functions.batch_count().call()
+            g = play(w3, c, bid, wbatch, nodes[2], challenger, good, wrong, decoder)
+            assert g["outcome"] == "node won", (name, g)
+            decoder_steps[name] = g["moves"]["step"]
+        out["decoder_one_step"] = decoder_steps
+        out["largest_one_step_under_5M"] = max(list(steps.values()) + list(decoder_steps.values())) < 5_000_000
     return batches
 
 
@@ -190,6 +236,9 @@ def report(result: dict) -> None:
     print("\none-step (StepVerifier via DisputeGame.step):")
     for name, gas in result["one_step"].items():
         print(f"  {name:<14} {gas:>9} gas")
+    print("\none-step of each decoder op class (toy decoder, SmolLM2's widths):")
+    for name, gas in result["decoder_one_step"].items():
+        print(f"  {name:<19} {gas:>9} gas")
     print(f"largest one-step under 5M gas: {result['largest_one_step_under_5M']}")
 
 

@@ -164,6 +164,7 @@ CHUNK_WIDTH = 256         # logits are verified in chunks of 256
 TOP_P_ONE = 1 << 16       # top_p_q = round(top_p * 2^16) in [1, 2^16]
 WEIGHT_MAX = 1 << 16      # sample weights lie in [0, 2^16]
 BISECT_STEPS = 17         # enough for the threshold range [1, 2^16]
+TEMPERATURE_MILLI_MAX = 2000  # temperature 2.0, as ElementRules.elem_sample_weight
 
 
 def chunk_argmax(values: list[int], base: int) -> int:
@@ -186,8 +187,8 @@ def packed_value(packed: int) -> int:
 def sample_weight(logit: int, top: int, temperature_milli: int) -> int:
     """2^16 exp(-(top - logit) / T) with logits at 2^-16 and T = temperature_milli / 1000:
     u = min(round_div((top - logit) * 1000, temperature_milli << 8), EXP_INPUT_MAX)."""
-    if logit > top or temperature_milli <= 0:
-        raise ValueError("sample_weight: logit above top or temperature not positive")
+    if logit > top or not 0 < temperature_milli <= TEMPERATURE_MILLI_MAX:
+        raise ValueError("sample_weight: logit above top or temperature outside (0, 2000]")
     u = min(round_div((top - logit) * 1000, temperature_milli << 8), EXP_INPUT_MAX)
     return exp_neg(u)
 

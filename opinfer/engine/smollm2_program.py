@@ -146,9 +146,11 @@ def build_program(model: sm.IntSmolLM2) -> Program:
 def check_job(job, vocab: int = 49152) -> None:
     """Refuse a job that has no honest trace (what a coordinator or node checks
     before serving it): token ids beyond the vocabulary, no token to
-    generate, or more positions than MAX_CONTEXT."""
+    generate, a temperature above 2.0, or more positions than MAX_CONTEXT."""
     if job.max_tokens < 1:
         raise CommitmentError("max_tokens must be at least 1")
+    if job.temperature_milli > el.TEMPERATURE_MILLI_MAX:
+        raise CommitmentError(f"temperature_milli must be at most {el.TEMPERATURE_MILLI_MAX} (temperature 2.0)")
     if max(job.tokens) >= vocab:
         raise CommitmentError(f"token id {max(job.tokens)} outside the vocabulary of {vocab}")
     if len(job.tokens) + job.max_tokens - 1 > MAX_CONTEXT:

@@ -172,6 +172,8 @@ def _sample_weights(op, ins, ctx):
     temperature = _word(t0, TEMPERATURE)
     if temperature == 0:
         return np.zeros_like(z)
+    if temperature > el.TEMPERATURE_MILLI_MAX:
+        raise CommitmentError(f"temperature_milli {temperature} above {el.TEMPERATURE_MILLI_MAX}: not verifiable")
     u = np.minimum(quant.round_div((_top(packs) - z) * 1000, temperature << 8), el.EXP_INPUT_MAX)
     return quant.exp_neg(u)
 

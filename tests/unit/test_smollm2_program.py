@@ -111,7 +111,8 @@ def test_the_real_program_has_a_bounded_context_and_refuses_what_it_cannot_run(p
     check_job(JobInput(tuple(range(MAX_CONTEXT)), max_tokens=1))
     for job, problem in ((JobInput(tuple(range(MAX_CONTEXT)), max_tokens=2), "context"),
                          (JobInput((49152, 1), max_tokens=1), "vocabulary"),
-                         (JobInput((1, 2), max_tokens=0), "max_tokens")):
+                         (JobInput((1, 2), max_tokens=0), "max_tokens"),
+                         (JobInput((1, 2), max_tokens=1, temperature_milli=2001), "temperature")):
         with pytest.raises(CommitmentError, match=problem):
             check_job(job)
 

@@ -7,6 +7,8 @@ leaf upwards.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from sha3 import keccak_256
 
 from opinfer.errors import CommitmentError
@@ -62,6 +64,7 @@ def fold(index: int, leaf: bytes, siblings: list[bytes]) -> bytes:
     return node
 
 
+@lru_cache(maxsize=None)
 def zero_subtree(level: int) -> bytes:
     """Root of a subtree of 2^level zero leaves."""
     node = ZERO32

@@ -5,7 +5,6 @@ Nothing here is used by a node or challenger in normal operation.
 
 from __future__ import annotations
 
-import copy
 from functools import lru_cache
 
 import numpy as np
@@ -13,7 +12,6 @@ import numpy as np
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.ops import DOT, INPUT, SAME, WEIGHT, Op, Slot, dim, ref
 from opinfer.trace.program import Program, Trace
-from opinfer.trace.tensor import TensorTree
 
 TOY_TOKENS = 14  # T_0 = 10 header words + 14 tokens = 24 columns
 
@@ -70,18 +68,11 @@ def corrupted_trace(program: Program, job: JobInput, position: int, row: int, co
 def patched_trace(trace: Trace, position: int, row: int, col: int, delta: int = 1) -> Trace:
     """A cheater's trace with one wrong element in tensor `position` and every
     other tensor honest: its state roots differ from S_position on, which is
-    all a dispute looks at, and it costs one tensor's hashing instead of a
-    rerun (a large program's later ops may not even run on a corrupted value,
-    e.g. a token id beyond the vocabulary)."""
-    bad = copy.copy(trace)
+    all a dispute looks at (a large program's later ops may not even run on a
+    corrupted value, e.g. a token id beyond the vocabulary)."""
     tensor = trace.tensors[position].copy()
     tensor[row, col] += delta
-    bad.tensors = list(trace.tensors)
-    bad.tensors[position] = tensor
-    bad.trees = list(trace.trees)
-    bad.trees[position] = TensorTree.build(tensor)
-    bad._state_leaves = [t.root for t in bad.trees]
-    return bad
+    return trace.patched(position, tensor)
 
 
 @lru_cache(maxsize=2)

@@ -23,7 +23,8 @@ from opinfer.errors import ChainError
 STATE_DIR = Path(".opinfer")
 STATE_FILE = STATE_DIR / "devnet.json"
 # Roles of anvil's development accounts (public keys: for devnets only).
-MINILM_PRICE_WEI = 10**9  # per job; devnet figures
+# Prices in wei per 1,000 tokens (ModelRegistry.price_per_1k); devnet figures.
+MINILM_PRICE_WEI = 10**9
 SMOLLM2_PRICE_WEI = 5 * 10**9
 ROLES = ("deployer", "coordinator", "challenger", "node1", "node2", "node3")
 

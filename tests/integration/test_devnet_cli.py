@@ -17,7 +17,7 @@ def test_devnet_up_writes_state_and_stops_cleanly(tmp_path):
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     state = tmp_path / ".opinfer" / "devnet.json"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300   # both model roots are rebuilt from the weights (~30 s idle)
         while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert state.exists(), proc.stdout.read() if proc.poll() is not None else "devnet.json not written"
@@ -29,13 +29,15 @@ def test_devnet_up_writes_state_and_stops_cleanly(tmp_path):
         for address in info["contracts"].values():
             assert len(w3.eth.get_code(address)) > 0
         assert info["params"]["challenge_window"] == 60
-        # The embedding model is registered under the root its weights and program give.
+        # Both models are registered under the roots their weights and programs give.
         from opinfer.chain.deploy import contract
-        from opinfer.engine.minilm_program import default_program
+        from opinfer.engine import minilm_program, smollm2_program
         registry = contract(w3, "ModelRegistry", info["contracts"]["ModelRegistry"])
-        model = info["models"]["all-minilm-l6-v2"]
-        root, ops_per_step, _, active = registry.functions.get_model(model["id"]).call()
-        assert active and root == default_program().model_root and ops_per_step == default_program().num_ops
+        for module in (minilm_program, smollm2_program):
+            program = module.default_program()
+            model = info["models"][program.name]
+            root, ops_per_step, _, active = registry.functions.get_model(model["id"]).call()
+            assert active and root == program.model_root and ops_per_step == program.num_ops
         assert info["accounts"]["coordinator"]["address"].startswith("0x")
     finally:
         proc.send_signal(signal.SIGINT)

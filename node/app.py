@@ -2,25 +2,36 @@
 
 POST /v1/execute  {job_id, model, model_id, input}  (hex strings; input =
                   JobInput bytes) -> the engine's output, its roots and the
-                  EIP-712-signed ResultLeaf.
-GET  /healthz     address, served models, jobs running.
+                  EIP-712-signed ResultLeaf. Authenticated when the node is
+                  configured with a token or trusted coordinators (node/auth.py).
+GET  /healthz     address, served models, jobs running, draining.
+GET  /metrics     Prometheus text (jobs, latency, batch sizes, games).
+
+Errors: {"error": {"message", "type"}} with 400 (bad job), 401/403 (auth),
+413 (body too large), 503 (draining / engine unavailable).
 
 The node signs only for models it was configured with (name -> on-chain
-id), under the chain id and rollup address of its deployment."""
+id), under the chain id and rollup address of its deployment. Concurrent
+jobs of one model run through a Batcher (one stacked engine pass, the same
+bits as one at a time)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import asynccontextmanager
 
 from eth_account import Account
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from node import engines
-from node.errors import BadJob, NodeError
+from node.auth import Authenticator, AuthError
+from node.batching import Batcher
+from node.errors import BadJob, EngineUnavailable, NodeError
+from node.metrics import Metrics
 from node.settings import NodeSettings
 from opinfer.errors import CommitmentError
 from opinfer.trace.jobinput import JobInput
@@ -28,6 +39,7 @@ from opinfer.trace.leaf import MAX_INPUT_BYTES, ResultLeaf
 from opinfer.trace.outputs import input_root, tensor_root
 
 HEX = r"^0x[0-9a-fA-F]*$"
+MAX_BODY = 2 * MAX_INPUT_BYTES + 4096
 
 
 class ExecuteRequest(BaseModel):
@@ -38,64 +50,155 @@ class ExecuteRequest(BaseModel):
 
 
 class Node:
-    """Runs jobs and signs their leaves (no HTTP here: tests and benches call it directly too)."""
+    """Runs jobs and signs their leaves (no HTTP here: tests and benches call it directly too).
 
-    def __init__(self, private_key: str, chain_id: int, rollup: str, model_ids: dict[str, int], concurrency: int = 1):
+    engines: name -> engine (node/engines.py); by default the shared real
+    engines by model name. max_batch: jobs of one model per engine pass."""
+
+    def __init__(self, private_key: str, chain_id: int, rollup: str, model_ids: dict[str, int], concurrency: int = 1,
+                 engines_by_name: dict | None = None, metrics: Metrics | None = None, max_batch: int = 8):
         self.account = Account.from_key(private_key)
         self.key = private_key
         self.chain_id, self.rollup = chain_id, rollup
         self.model_ids = dict(model_ids)
-        self.slots = threading.Semaphore(max(1, concurrency))
+        self.engines = dict(engines_by_name or {})
+        self.metrics = metrics or Metrics()
+        self.max_batch = max_batch if concurrency <= 1 else max(max_batch, concurrency)
+        self._batchers: dict[str, Batcher] = {}
+        self._lock = threading.Lock()
         self.running = 0
+        self.draining = False
 
     @property
     def address(self) -> str:
         return self.account.address
 
-    def execute(self, req: ExecuteRequest) -> dict:
-        if self.model_ids.get(req.model) != req.model_id:
-            raise BadJob(f"this node does not serve model {req.model!r} with id {req.model_id}")
-        data = bytes.fromhex(req.input[2:])
+    def engine(self, name: str):
+        if name in self.engines:
+            return self.engines[name]
         try:
-            job = JobInput.from_bytes(data)
-        except CommitmentError as exc:
-            raise BadJob(f"malformed job input: {exc}") from None
-        engine = engines.load(req.model)
-        with self.slots:
-            self.running += 1
-            started = time.perf_counter()
+            return engines.load(name)
+        except BadJob:
+            raise
+        except Exception as exc:  # noqa: BLE001 - weights missing, out of memory...
+            raise EngineUnavailable(f"engine for {name} could not be loaded: {exc}") from None
+
+    def program(self, name: str):
+        """The integer program of a served model (the defender's traces)."""
+        return self.engine(name).program()
+
+    def batcher(self, name: str) -> Batcher:
+        with self._lock:
+            b = self._batchers.get(name)
+            if b is None:
+                engine = self.engine(name)
+                hist = self.metrics.batch_size.labels(name)
+                b = self._batchers[name] = Batcher(engine.run_many, self.max_batch, f"batch-{name}", hist.observe)
+            return b
+
+    def close(self) -> None:
+        with self._lock:
+            batchers, self._batchers = list(self._batchers.values()), {}
+        for b in batchers:
+            b.close()
+
+    def commit(self, name: str, job: JobInput, output, payload: dict):
+        """The output the node signs (dishonest test nodes override this)."""
+        return output, payload
+
+    def execute(self, req: ExecuteRequest) -> dict:
+        if self.draining:
+            raise EngineUnavailable("node is shutting down")
+        started = time.perf_counter()
+        name = req.model
+        try:
+            if self.model_ids.get(name) != req.model_id:
+                raise BadJob(f"this node does not serve model {name!r} with id {req.model_id}")
+            data = bytes.fromhex(req.input[2:])
             try:
-                output, payload = engine.run(job)
+                job = JobInput.from_bytes(data)
+            except CommitmentError as exc:
+                raise BadJob(f"malformed job input: {exc}") from None
+            with self._lock:
+                self.running += 1
+            self.metrics.inflight.inc()
+            try:
+                output, payload = self.batcher(name).submit(job).result()
             finally:
-                self.running -= 1
-            engine_ms = (time.perf_counter() - started) * 1000
+                with self._lock:
+                    self.running -= 1
+                self.metrics.inflight.dec()
+            output, payload = self.commit(name, job, output, payload)
+        except BadJob:
+            self.metrics.jobs.labels(name[:64], "refused").inc()
+            raise
+        except Exception:
+            self.metrics.jobs.labels(name[:64], "error").inc()
+            raise
+        engine_ms = (time.perf_counter() - started) * 1000
         leaf = ResultLeaf(bytes.fromhex(req.job_id[2:]), req.model_id, input_root(job), tensor_root(output),
                           self.address, data).signed(self.key, self.chain_id, self.rollup)
+        self.metrics.jobs.labels(name, "ok").inc()
+        self.metrics.job_seconds.labels(name).observe((time.perf_counter() - started))
         return {"job_id": req.job_id, "model_id": req.model_id, "node": self.address,
                 "input_root": "0x" + leaf.input_root.hex(), "output_root": "0x" + leaf.output_root.hex(),
                 "signature": "0x" + leaf.signature.hex(), "output": payload, "engine_ms": round(engine_ms, 3)}
 
 
-def create_app(settings: NodeSettings | None = None, node: Node | None = None) -> FastAPI:
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+
+def create_app(settings: NodeSettings | None = None, node: Node | None = None, auth: Authenticator | None = None,
+               on_shutdown=None) -> FastAPI:
     if node is None:
         settings = settings or NodeSettings()
         chain_id, rollup = settings.domain()
-        node = Node(settings.key, chain_id, rollup, settings.model_ids(), settings.concurrency)
+        node = Node(settings.key, chain_id, rollup, settings.model_ids(), settings.concurrency,
+                    max_batch=settings.max_batch)
         if settings.preload:
             for name in node.model_ids:
                 if name in engines.ENGINES:
                     engines.load(name)
-    app = FastAPI(title="opinfer node", version="0.1.0")
+    if auth is None:
+        auth = settings.authenticator() if settings is not None else Authenticator()
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        # uvicorn has stopped accepting and let in-flight requests finish: stop the rest.
+        node.draining = True
+        if on_shutdown:
+            on_shutdown()
+        node.close()
+
+    app = FastAPI(title="opinfer node", version="0.2.0", lifespan=lifespan)
     app.state.node = node
+    app.state.auth = auth
 
     @app.exception_handler(NodeError)
     async def node_error(_request, exc: NodeError):
-        status = 400 if isinstance(exc, BadJob) else 503
-        return JSONResponse({"error": {"message": str(exc), "type": type(exc).__name__}}, status_code=status)
+        return _error(400 if isinstance(exc, BadJob) else 503, str(exc), type(exc).__name__)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):
-        return JSONResponse({"error": {"message": str(exc.errors()[:3]), "type": "BadJob"}}, status_code=400)
+        return _error(400, "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]),
+                      "BadJob")
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        if request.url.path == "/v1/execute":
+            body = await request.body()
+            if len(body) > MAX_BODY:
+                return _error(413, f"request body over {MAX_BODY} bytes", "BadJob")
+            try:
+                request.state.caller = auth.check(request.headers, body)
+            except AuthError as exc:
+                node.metrics.auth_failures.inc()
+                return _error(exc.status, str(exc), "AuthError")
+            if node.draining:
+                return _error(503, "node is shutting down", "EngineUnavailable")
+        return await call_next(request)
 
     @app.post("/v1/execute")
     def execute(req: ExecuteRequest) -> dict:
@@ -103,15 +206,23 @@ def create_app(settings: NodeSettings | None = None, node: Node | None = None) -
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "address": node.address, "models": node.model_ids, "running": node.running}
+        return {"status": "draining" if node.draining else "ok", "address": node.address, "models": node.model_ids,
+                "running": node.running}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(node.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
 
 def serve(host: str | None = None, port: int | None = None) -> int:
-    """`opinfer node run`: serve this node until interrupted."""
+    """Serve this node from OPINFER_NODE_* settings only (no chain setup); see node/service.py for `node run`."""
     import uvicorn
 
     settings = NodeSettings()
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info")
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info",
+                timeout_graceful_shutdown=settings.drain_seconds)
     return 0

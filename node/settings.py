@@ -1,6 +1,6 @@
-"""Node settings from the environment (prefix OPINFER_NODE_); chain id and
-rollup address (the EIP-712 domain the node signs under) fall back to the
-devnet description."""
+"""Node settings from the environment (prefix OPINFER_NODE_), overridden by
+`opinfer node run` flags; chain id, rollup address and RPC URL fall back to
+the devnet description (.opinfer/devnet.json)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from node.errors import NodeError
+
 
 class NodeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPINFER_NODE_", extra="ignore")
@@ -17,26 +19,61 @@ class NodeSettings(BaseSettings):
     key: str = Field("", repr=False)    # the staked node's private key
     chain_id: int = 0
     rollup_address: str = ""
+    rpc_url: str = ""
     # name=model_id pairs, e.g. "all-minilm-l6-v2=1,smollm2-135m-instruct=2"
     models: str = ""
     host: str = "127.0.0.1"
     port: int = 8100
-    concurrency: int = 1                # jobs run at once (the engines use every core)
+    endpoint: str = ""                  # URL announced in the registry (default http://host:port)
+    stake_eth: float = 0.0              # stake to hold; 0: require an existing stake
+    concurrency: int = 1                # engine passes at once per model (the engines use every core)
+    max_batch: int = 8                  # jobs per engine pass
     preload: bool = True
+    drain_seconds: int = 60             # graceful shutdown: wait this long for in-flight jobs
+    auth_token: str = Field("", repr=False)   # Authorization: Bearer <token>
+    trusted: str = ""                   # comma-separated coordinator addresses (signed requests)
+    state_path: str = ""                # defender state (default .opinfer/node-<address>.db)
+    poll_interval: float = 1.0          # defender: seconds between passes
+    start_block: int = -1               # defender: first block to scan for a new state file (-1: head)
+    log_level: str = "info"
     devnet_file: str = ".opinfer/devnet.json"
+
+    def _devnet(self) -> dict:
+        path = Path(self.devnet_file)
+        return json.loads(path.read_text()) if path.exists() else {}
 
     def model_ids(self) -> dict[str, int]:
         out = {}
         for pair in filter(None, (p.strip() for p in self.models.split(","))):
             name, _, model_id = pair.partition("=")
             out[name.strip()] = int(model_id)
-        if not out and Path(self.devnet_file).exists():
-            info = json.loads(Path(self.devnet_file).read_text())
-            out = {name: m["id"] for name, m in info.get("models", {}).items()}
+        if not out:
+            out = {name: m["id"] for name, m in self._devnet().get("models", {}).items()}
         return out
 
     def domain(self) -> tuple[int, str]:
         if self.chain_id and self.rollup_address:
             return self.chain_id, self.rollup_address
-        info = json.loads(Path(self.devnet_file).read_text())
+        info = self._devnet()
+        if not info:
+            raise NodeError("no chain id / rollup address: set OPINFER_NODE_CHAIN_ID and OPINFER_NODE_ROLLUP_ADDRESS "
+                            "or start a devnet")
         return info["chain_id"], info["contracts"]["ResultRollup"]
+
+    def chain(self) -> tuple[str, str]:
+        """(rpc url, rollup address)."""
+        info = self._devnet()
+        rpc = self.rpc_url or info.get("rpc_url", "")
+        rollup = self.rollup_address or info.get("contracts", {}).get("ResultRollup", "")
+        if not rpc or not rollup:
+            raise NodeError("no chain: pass --rpc and --rollup (or OPINFER_NODE_RPC_URL / OPINFER_NODE_ROLLUP_ADDRESS),"
+                            " or start a devnet")
+        return rpc, rollup
+
+    def trusted_list(self) -> list[str]:
+        return [a.strip() for a in self.trusted.split(",") if a.strip()]
+
+    def authenticator(self):
+        from node.auth import Authenticator
+
+        return Authenticator(self.auth_token, self.trusted_list())

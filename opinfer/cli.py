@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("--rpm", type=int, default=None, help="requests per minute (default: OPINFER_RATE_LIMIT_RPM)")
     node = sub.add_parser("node", help="an inference node (settings: OPINFER_NODE_* env)")
     nsub = node.add_subparsers(dest="action", required=True)
-    nrun = nsub.add_parser("run", help="serve POST /v1/execute")
-    nrun.add_argument("--host", default=None)
-    nrun.add_argument("--port", type=int, default=None)
+    from node.cli import add_arguments as node_arguments
+
+    node_arguments(nsub)
     chal = sub.add_parser("challenger", help="watch batches, re-execute samples, dispute fraud")
     chsub = chal.add_subparsers(dest="action", required=True)
     from challenger.cli import add_arguments as challenger_arguments
@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return coordinator_cli.main(args)
         if args.command == "node":
-            from node.app import serve
+            from node.cli import main as node_main
 
-            return serve(args.host, args.port)
+            return node_main(args)
         if args.command == "challenger":
             from challenger.cli import main as challenger_main
 

@@ -1,0 +1,160 @@
+"""`opinfer node run | unbond | withdraw`: the node as a service.
+
+run: connect to the chain (the rollup gives every other address), stake up
+to --stake if the stake is short (idempotent: a restart stakes nothing
+more), load the models' engines, announce endpoint and model ids in the
+registry when they differ from the listing, start the defender thread and
+serve the execution API until SIGTERM/SIGINT; then drain: uvicorn stops
+accepting, in-flight jobs finish (up to drain_seconds), the batchers and
+the defender stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from node import engines as engine_mod
+from node.chain import NodeChain, connect
+from node.defender import HONEST, Defender, Strategy
+from node.errors import NodeError
+from node.logs import event, setup
+from node.metrics import Metrics
+from node.settings import NodeSettings
+from node.store import Store
+
+WEI = 10**18
+
+
+def eth_to_wei(eth: float | str) -> int:
+    from decimal import Decimal
+
+    return int(Decimal(str(eth)) * WEI)
+
+
+def resolve_models(chain: NodeChain, refs: list[str], available: dict) -> dict[str, int]:
+    """name -> on-chain id for model refs (names or ids), each with an engine here."""
+    out = {}
+    for ref in refs:
+        model_id = chain.model_id(str(ref))
+        name, _ = chain.model(model_id)
+        if name not in available:
+            raise NodeError(f"model {name!r} (id {model_id}) has no engine on this node "
+                            f"(engines: {', '.join(sorted(available))})")
+        out[name] = model_id
+    if not out:
+        raise NodeError("no models to serve: pass --model NAME_OR_ID (repeatable)")
+    return out
+
+
+def ensure_registered(chain: NodeChain, stake_wei: int, endpoint: str, model_ids: list[int], log) -> dict:
+    """Stake up to `stake_wei` and announce (endpoint, models); a no-op when already so. Returns what it did."""
+    done = {"staked_wei": 0, "announced": False}
+    have, minimum = chain.stake(), chain.min_stake()
+    if stake_wei and have < stake_wei:
+        if stake_wei < minimum:
+            raise NodeError(f"--stake {stake_wei / WEI} ETH is below the minimum stake of {minimum / WEI} ETH")
+        chain.add_stake(stake_wei - have)
+        done["staked_wei"] = stake_wei - have
+        event(log, "staked", node=chain.address, added_wei=stake_wei - have, total_wei=stake_wei)
+    elif have < minimum:
+        raise NodeError(f"stake {have / WEI} ETH is below the minimum of {minimum / WEI} ETH: pass --stake ETH")
+    want = (endpoint, sorted(model_ids))
+    listing = chain.listing()
+    if listing is None or (listing[0], sorted(listing[1])) != want:
+        chain.announce(endpoint, sorted(model_ids))
+        done["announced"] = True
+        event(log, "announced", node=chain.address, endpoint=endpoint, model_ids=sorted(model_ids))
+    return done
+
+
+def default_state(address: str) -> str:
+    return str(Path(".opinfer") / f"node-{address.lower()}.db")
+
+
+def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = None,
+        strategy: Strategy = HONEST, node_factory=None) -> int:
+    """Register, serve and defend until stopped. `engines` (name -> engine)
+    replaces the real engines (tests: toy programs); `strategy` and
+    `node_factory` exist for node/dishonest.py only."""
+    import uvicorn
+
+    from node.app import Node, create_app
+
+    log = setup(settings.log_level)
+    if not settings.key:
+        raise NodeError("no node key: pass --key or set OPINFER_NODE_KEY")
+    rpc, rollup = settings.chain()
+    chain = connect(rpc, settings.key, rollup)
+    available = engines if engines is not None else engine_mod.ENGINES
+    refs = model_refs or list(settings.model_ids()) or []
+    model_ids = resolve_models(chain, refs, available)
+    endpoint = settings.endpoint or f"http://{settings.host}:{settings.port}"
+    metrics = Metrics()
+    by_name = dict(engines) if engines is not None else {}
+    for name in model_ids:  # load before announcing: a listed node is ready to serve
+        engine = by_name.get(name) or engine_mod.load(name)
+        by_name[name] = engine
+        event(log, "model loaded", model=name, model_id=model_ids[name])
+    ensure_registered(chain, eth_to_wei(settings.stake_eth) if settings.stake_eth else 0, endpoint,
+                      list(model_ids.values()), log)
+    auth = settings.authenticator()
+    if auth.open:
+        event(log, "execution API is open to anyone: set --auth-token or --trust for a public node",
+              logging.WARNING)
+    factory = node_factory or Node
+    node = factory(settings.key, chain.chain_id, chain.rollup.address, model_ids, settings.concurrency,
+                   engines_by_name=by_name, metrics=metrics, max_batch=settings.max_batch)
+    store = Store(settings.state_path or default_state(chain.address))
+    start = settings.start_block if settings.start_block >= 0 else max(chain.head() - 0, 0)
+    defender = Defender(chain, store, node.program, metrics, log, strategy=strategy, start_block=start)
+    thread, stop = defender.start(settings.poll_interval)
+
+    def shutdown():
+        stop.set()
+        thread.join(30)
+        store.close()
+        event(log, "node stopped", node=chain.address)
+
+    app = create_app(node=node, auth=auth, on_shutdown=shutdown)
+    event(log, "serving", node=chain.address, url=f"http://{settings.host}:{settings.port}", endpoint=endpoint,
+          models=model_ids, pid=os.getpid())
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                timeout_graceful_shutdown=settings.drain_seconds)
+    return 0
+
+
+def unbond(settings: NodeSettings, amount_eth: float | None = None) -> int:
+    log = setup(settings.log_level)
+    rpc, rollup = settings.chain()
+    chain = connect(rpc, settings.key, rollup)
+    if chain.listing() is not None:
+        chain.retire()  # coordinators stop routing here first
+        event(log, "retired from the registry", node=chain.address)
+    stake = chain.stake()
+    amount = eth_to_wei(amount_eth) if amount_eth else stake
+    if amount <= 0:
+        raise NodeError("nothing staked to unbond")
+    if amount > stake:
+        raise NodeError(f"--amount {amount / WEI} ETH is above the stake of {stake / WEI} ETH")
+    chain.request_unbond(amount)
+    total, unlock = chain.unbonding()
+    event(log, "unbonding", node=chain.address, amount_wei=amount, unbonding_wei=total, unlock_at=unlock)
+    print(f"unbonding {total / WEI} ETH; withdraw after unix time {unlock} (`opinfer node withdraw`)")
+    return 0
+
+
+def withdraw(settings: NodeSettings) -> int:
+    log = setup(settings.log_level)
+    rpc, rollup = settings.chain()
+    chain = connect(rpc, settings.key, rollup)
+    total, unlock = chain.unbonding()
+    if total == 0:
+        raise NodeError("nothing unbonding: run `opinfer node unbond` first")
+    now = chain.timestamp()
+    if now < unlock:
+        raise NodeError(f"still unbonding: {unlock - now} s left (unlocks at unix time {unlock})")
+    chain.withdraw()
+    event(log, "withdrawn", node=chain.address, amount_wei=total)
+    print(f"withdrew {total / WEI} ETH")
+    return 0

@@ -14,45 +14,26 @@ import numpy as np
 
 from opinfer.engine import minilm as mm
 from opinfer.engine.quant import INT32
-from opinfer.trace.ops import (CONTEXT, DENSE, EMBED_SUM, INPUT, L2NORM, LAYER_NORM, LOOKUP, POOL, RESIDUAL, SAME,
-                               SCORES, SOFTMAX, TABLE_WIDTH, TRANSPOSE, WEIGHT, Op, Slot, dim, ref, width_for)
+from opinfer.trace.builder import ProgramBuilder
+from opinfer.trace.ops import (CONTEXT, DENSE, EMBED_SUM, INPUT, L2NORM, LAYER_NORM, LOOKUP, POOL, RESIDUAL, SCORES,
+                               SOFTMAX, TABLE_WIDTH, TRANSPOSE, Slot, dim, ref)
 from opinfer.trace.program import ONE_STEP, Program
 
 NAME = "all-minilm-l6-v2"
 L = dim(0, 1)          # rows = the job's token count
 
 
-class _Builder:
-    def __init__(self):
-        self.ops: list[Op] = []
-        self.weights: list[np.ndarray] = []
-        self.widths: list[int] = []
-
-    def weight(self, values) -> Slot:
-        values = np.asarray(values, dtype=np.int64)
-        if values.ndim == 1:
-            values = values.reshape(-1, 1)
-        self.weights.append(values)
-        self.widths.append(width_for(values))
-        r, c = values.shape
-        return Slot(ref(WEIGHT, len(self.weights) - 1), dim(r), dim(c), self.widths[-1])
-
-    def op(self, code: int, rows: int, cols: int, slots, params=()) -> Slot:
-        self.ops.append(Op(code, rows, cols, tuple(slots), tuple(int(p) for p in params)))
-        return Slot(ref(SAME, len(self.ops) - 1), rows, cols)
-
-
-def _dense(b: _Builder, x: Slot, layer: mm.Dense, out_cols: int) -> Slot:
+def _dense(b: ProgramBuilder, x: Slot, layer: mm.Dense, out_cols: int) -> Slot:
     params = b.weight(np.stack([layer.bias, np.broadcast_to(layer.mult, layer.bias.shape)], axis=1))
     return b.op(DENSE, L, dim(out_cols), [x, b.weight(layer.w), params], [layer.shift, layer.lo, layer.hi])
 
 
-def _layer_norm(b: _Builder, x: Slot, ln: mm.LayerNorm, cols: int) -> Slot:
+def _layer_norm(b: ProgramBuilder, x: Slot, ln: mm.LayerNorm, cols: int) -> Slot:
     return b.op(LAYER_NORM, L, dim(cols), [x, b.weight(np.stack([ln.gain, ln.beta], axis=1))], [ln.eps])
 
 
 def build_program(model: mm.IntMiniLM) -> Program:
-    b = _Builder()
+    b = ProgramBuilder()
     width = model.word.shape[1]
     heads, head_dim = model.heads, width // model.heads
     t0 = Slot(ref(INPUT), dim(1), dim(0, 1, 0, 1))   # L + tokens_at words

@@ -20,9 +20,10 @@ from opinfer.engine import elements as el
 from opinfer.engine import smollm2 as sm
 from opinfer.engine.quant import INT16, INT32
 from opinfer.errors import CommitmentError
+from opinfer.trace.builder import ProgramBuilder
 from opinfer.trace.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_WIDE, EMBED_TOKEN, GEN, INPUT, MASKED_SUMS,
-                               MATCH, NEXT, PICK, PICK_TOKEN, PREV, RESIDUAL, RMS_NORM, ROPE, SAME, SAMPLE_WEIGHTS,
-                               SCORES, SOFTMAX, SWIGLU, TABLE_WIDTH, WEIGHT, Op, Slot, dim, ref, width_for)
+                               MATCH, NEXT, PICK, PICK_TOKEN, RESIDUAL, RMS_NORM, ROPE, SAMPLE_WEIGHTS, SCORES, SOFTMAX,
+                               SWIGLU, TABLE_WIDTH, Slot, dim, ref)
 from opinfer.trace.program import PER_POSITION, Program
 
 NAME = "smollm2-135m-instruct"
@@ -38,30 +39,6 @@ PREV_CACHE = dim(per_step=1)    # the previous step's s positions
 T0 = Slot(ref(INPUT), ONE, dim(0, 1, 0, 1))
 
 
-class _Builder:
-    def __init__(self):
-        self.ops: list[Op] = []
-        self.weights: list[np.ndarray] = []
-        self.widths: list[int] = []
-
-    def weight(self, values) -> Slot:
-        values = np.asarray(values, dtype=np.int64)
-        if values.ndim == 1:
-            values = values.reshape(-1, 1)
-        self.weights.append(values)
-        self.widths.append(width_for(values))
-        r, c = values.shape
-        return Slot(ref(WEIGHT, len(self.weights) - 1), dim(r), dim(c), self.widths[-1])
-
-    def op(self, code: int, rows: int, cols: int, slots, params=()) -> Slot:
-        self.ops.append(Op(code, rows, cols, tuple(slots), tuple(int(p) for p in params)))
-        return Slot(ref(SAME, len(self.ops) - 1), rows, cols)
-
-    def prev(self, index: int, rows: int, cols: int) -> Slot:
-        """Op `index` of the previous step, with its shape seen from this step."""
-        return Slot(ref(PREV, index), rows, cols)
-
-
 def _channels(lin) -> np.ndarray:
     """Per output column (mult, shift, lo, hi) of a Linear or a Fused."""
     n = lin.wt.shape[1]
@@ -69,7 +46,7 @@ def _channels(lin) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def _dense(b: _Builder, x: Slot, lin, fold: int = 0) -> Slot:
+def _dense(b: ProgramBuilder, x: Slot, lin, fold: int = 0) -> Slot:
     w = b.weight(np.asarray(lin.wt, dtype=np.int64).T)
     params = b.weight(_channels(lin))
     n = lin.wt.shape[1]
@@ -77,12 +54,12 @@ def _dense(b: _Builder, x: Slot, lin, fold: int = 0) -> Slot:
     return b.op(DENSE_WIDE, rows, cols, [x, w, params], [lin.in_bits, fold])
 
 
-def _norm(b: _Builder, x: Slot, norm: sm.RMSNorm, width: int) -> Slot:
+def _norm(b: ProgramBuilder, x: Slot, norm: sm.RMSNorm, width: int) -> Slot:
     return b.op(RMS_NORM, ONE, dim(width), [x, b.weight(norm.gain)], [norm.eps, *INT16])
 
 
 def build_program(model: sm.IntSmolLM2) -> Program:
-    b = _Builder()
+    b = ProgramBuilder()
     nh, nkv, D = model.n_heads, model.n_kv_heads, model.head_dim
     width = model.embed.shape[1]
     kv = nkv * D

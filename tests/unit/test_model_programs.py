@@ -8,7 +8,6 @@ from bench.corpus import SENTENCES
 from opinfer.engine import minilm_weights as fw
 from opinfer.engine.minilm import IntMiniLM
 from opinfer.engine.minilm_program import build_program
-from opinfer.errors import CommitmentError
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.program import Trace
 

@@ -220,9 +220,8 @@ def create_app(settings: NodeSettings | None = None, node: Node | None = None, a
 
 def serve(host: str | None = None, port: int | None = None) -> int:
     """Serve this node from OPINFER_NODE_* settings only (no chain setup); see node/service.py for `node run`."""
-    import uvicorn
+    from node.service import serve_until_signal
 
     settings = NodeSettings()
-    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port, log_level="info",
-                timeout_graceful_shutdown=settings.drain_seconds)
+    serve_until_signal(create_app(settings), host or settings.host, port or settings.port, settings.drain_seconds)
     return 0

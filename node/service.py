@@ -77,8 +77,6 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
     """Register, serve and defend until stopped. `engines` (name -> engine)
     replaces the real engines (tests: toy programs); `strategy` and
     `node_factory` exist for node/dishonest.py only."""
-    import uvicorn
-
     from node.app import Node, create_app
 
     log = setup(settings.log_level)
@@ -119,9 +117,22 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
     app = create_app(node=node, auth=auth, on_shutdown=shutdown)
     event(log, "serving", node=chain.address, url=f"http://{settings.host}:{settings.port}", endpoint=endpoint,
           models=model_ids, pid=os.getpid())
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
-                timeout_graceful_shutdown=settings.drain_seconds)
+    serve_until_signal(app, settings.host, settings.port, settings.drain_seconds)
     return 0
+
+
+def serve_until_signal(app, host: str, port: int, drain_seconds: int) -> None:
+    """uvicorn until SIGTERM/SIGINT, then a graceful drain; exits normally
+    (uvicorn alone re-raises the signal, so a drained node would look killed)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                          timeout_graceful_shutdown=drain_seconds)).run()
 
 
 def unbond(settings: NodeSettings, amount_eth: float | None = None) -> int:

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     max_embedding_inputs: int = 64
     max_completion_tokens: int = 256
     default_max_tokens: int = 64
-    max_context_tokens: int = 2000      # prompt + completion (the job input holds 2048 words)
+    # prompt + completion; a SmolLM2 job past smollm2_program.MAX_CONTEXT + 1 = 1,025 tokens has no
+    # verifiable trace (its RoPE table, which bounds the one-step gas), so the limit stays at or below it
+    max_context_tokens: int = 1024
     max_stop_sequences: int = 4
     max_consensus: int = 5
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from eth_abi import encode
+from eth_abi import decode, encode
 
 from opinfer.engine import quant
 from opinfer.errors import CommitmentError
@@ -102,6 +102,17 @@ class Op:
 
     def encode(self) -> bytes:
         return encode([f"int256[{DESC_WORDS}]"], [self.words()])
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Op":
+        """The op a descriptor encodes (inverse of encode: the same bytes again)."""
+        (words,) = decode([f"int256[{DESC_WORDS}]"], data)
+        slots = []
+        for i in range(MAX_SLOTS):
+            r, rows, cols, width = words[3 + 4 * i: 7 + 4 * i]
+            if r:
+                slots.append(Slot(r, rows, cols, width))
+        return cls(words[0], words[1], words[2], tuple(slots), tuple(words[3 + 4 * MAX_SLOTS:]))
 
     def shape(self, ctx: JobCtx) -> tuple[int, int]:
         return dim_value(self.rows, ctx), dim_value(self.cols, ctx)

@@ -1,0 +1,230 @@
+"""Built integer programs as files, and the fast engines loaded from them.
+
+A model's on-chain identity is the root of its *built* integer program, and
+building it runs a float calibration, which a different BLAS or SIMD `exp`
+could change in a last bit (docs/quantisation.md, "Determinism and
+reproducibility"). So a network ships the built program: `save_program`
+writes it (op descriptors, weight tensors at their packed widths, the root),
+`load_program` reads it back and refuses it unless its root is the one
+expected, and `minilm_from_program` / `smollm2_from_program` rebuild the fast
+engines from nothing but the program's integers, so a node or challenger on
+any machine computes the registered model's bits.
+
+    python -m opinfer.engine.built save all-minilm-l6-v2 minilm.npz
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from opinfer.errors import CommitmentError
+from opinfer.trace.ops import (CONTEXT, DENSE, DENSE_WIDE, EMBED_SUM, EMBED_TOKEN, LAYER_NORM, LOOKUP, POOL,
+                               RESIDUAL, RMS_NORM, ROPE, SOFTMAX, SWIGLU, WEIGHT, Op)
+from opinfer.trace.ops import DESC_WORDS
+from opinfer.trace.program import Program
+
+FORMAT = 1
+DTYPES = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+MASK128 = (1 << 128) - 1
+
+
+def save_program(program: Program, path) -> bytes:
+    """Write the built program to `path` (.npz); returns its model root."""
+    arrays = {f"w{i}": w.astype(DTYPES[width]) for i, (w, width) in enumerate(zip(program.weights, program.widths))}
+    arrays["ops"] = np.frombuffer(b"".join(op.encode() for op in program.ops), dtype=np.uint8)
+    meta = {"format": FORMAT, "name": program.name, "steps_mode": program.steps_mode,
+            "widths": program.widths, "model_root": "0x" + program.model_root.hex()}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return program.model_root
+
+
+def load_program(path, expected_root: bytes | None = None) -> Program:
+    """Read a built program; its recomputed root must be the file's and, when
+    given, `expected_root` (e.g. the registry's)."""
+    try:
+        with np.load(Path(path)) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            if meta.get("format") != FORMAT:
+                raise CommitmentError(f"{path}: unknown program file format {meta.get('format')!r}")
+            raw = bytes(data["ops"])
+            size = 32 * DESC_WORDS
+            ops = [Op.decode(raw[i:i + size]) for i in range(0, len(raw), size)]
+            weights = [data[f"w{i}"].astype(np.int64) for i in range(len(meta["widths"]))]
+    except (OSError, KeyError, ValueError) as exc:
+        raise CommitmentError(f"{path}: not a built program file ({exc})") from None
+    program = Program(ops, weights, list(meta["widths"]), meta["steps_mode"], meta["name"])
+    root = "0x" + program.model_root.hex()
+    if root != meta["model_root"]:
+        raise CommitmentError(f"{path}: contents give root {root}, the file says {meta['model_root']}")
+    if expected_root is not None and program.model_root != expected_root:
+        raise CommitmentError(f"{path}: root {root} is not the expected 0x{expected_root.hex()}")
+    return program
+
+
+def _weight(program: Program, op: Op, slot: int) -> np.ndarray:
+    ref = op.slots[slot].ref
+    if ref >> 128 != WEIGHT:
+        raise CommitmentError("expected a weight slot")
+    return program.weights[ref & MASK128]
+
+
+class _Cursor:
+    """Walks a program's ops in order, checking each one's opcode."""
+
+    def __init__(self, program: Program):
+        self.program, self.at = program, 0
+
+    def take(self, code: int) -> Op:
+        if self.at >= len(self.program.ops) or self.program.ops[self.at].code != code:
+            raise CommitmentError(f"op {self.at}: not the {code} the engine layout expects")
+        self.at += 1
+        return self.program.ops[self.at - 1]
+
+    def w(self, op: Op, slot: int) -> np.ndarray:
+        return _weight(self.program, op, slot)
+
+
+# ---------------------------------------------------------------- all-MiniLM-L6-v2
+
+def minilm_from_program(program: Program):
+    from opinfer.engine import minilm as mm
+
+    cur = _Cursor(program)
+    emb = cur.take(EMBED_SUM)
+    word, pos, typ = cur.w(emb, 1), cur.w(emb, 2), cur.w(emb, 3)[0]
+
+    def layer_norm(op: Op) -> "mm.LayerNorm":
+        p = cur.w(op, 1)
+        return mm.LayerNorm(p[:, 0].copy(), p[:, 1].copy(), op.params[0])
+
+    def dense(op: Op, in_max: int) -> "mm.Dense":
+        p = cur.w(op, 2)
+        return mm.Dense(cur.w(op, 1), p[:, 0].copy(), p[:, 1].copy(), *op.params[:3], in_max=in_max)
+
+    ln0 = layer_norm(cur.take(LAYER_NORM))
+    layers = []
+    heads = None
+    while cur.at < len(program.ops) and program.ops[cur.at].code == DENSE:
+        q, k, v = (dense(cur.take(DENSE), 128) for _ in range(3))
+        scores = program.ops[cur.at]
+        cur.at += 1
+        heads = (scores.rows >> 32) & 0xFFFFFFFF
+        softmax = cur.take(SOFTMAX)
+        cur.at += 1                                           # TRANSPOSE (v)
+        ctx = cur.take(CONTEXT)
+        o = dense(cur.take(DENSE), 128)
+        r1 = cur.take(RESIDUAL)
+        ln1 = layer_norm(cur.take(LAYER_NORM))
+        up = dense(cur.take(DENSE), 128)
+        lookup = cur.take(LOOKUP)
+        gelu = cur.w(lookup, 1).reshape(-1)
+        down = dense(cur.take(DENSE), int(np.abs(gelu).max()) + 1)
+        r2 = cur.take(RESIDUAL)
+        ln2 = layer_norm(cur.take(LAYER_NORM))
+        layers.append(mm.Layer(q, k, v, softmax.params[0], softmax.params[1], ctx.params[2], ctx.params[3], o,
+                               cur.w(r1, 2)[:, 0].copy(), r1.params[0], ln1, up, gelu.copy(), down,
+                               cur.w(r2, 2)[:, 0].copy(), r2.params[0], ln2))
+    cur.at += 1                                               # TRANSPOSE (last hidden state)
+    pool = cur.take(POOL)
+    return mm.IntMiniLM(word, pos, typ, ln0, layers, heads, cur.w(pool, 1)[:, 0].copy())
+
+
+# ---------------------------------------------------------------- SmolLM2-135M-Instruct
+
+def smollm2_from_program(program: Program):
+    from opinfer.engine import smollm2 as sm
+
+    cur = _Cursor(program)
+    embed = cur.w(cur.take(EMBED_TOKEN), 2)
+
+    def norm(op: Op) -> "sm.RMSNorm":
+        return sm.RMSNorm(cur.w(op, 1)[:, 0].copy(), op.params[0])
+
+    def linears(op: Op, sizes: list[int]) -> list["sm.Linear"]:
+        w, p = cur.w(op, 1), cur.w(op, 2)
+        out, start = [], 0
+        for n in sizes:
+            rows = slice(start, start + n)
+            shift, lo, hi = (int(v) for v in p[start, 1:4])
+            if not (np.all(p[rows, 1] == shift) and np.all(p[rows, 2] == lo) and np.all(p[rows, 3] == hi)):
+                raise CommitmentError("a Linear's columns must share shift and clamp")
+            wt = w[rows].T.astype(np.float32)
+            out.append(sm.Linear(np.ascontiguousarray(wt), p[rows, 0].copy(), shift, lo, hi, sm.WIDE, op.params[0],
+                                 int(np.abs(w[rows]).max())))
+            start += n
+        return out
+
+    rope = None
+    blocks = []
+    heads = kv_heads = head_dim = None
+    while program.ops[cur.at].code == RMS_NORM and program.ops[cur.at + 1].code == DENSE_WIDE \
+            and program.ops[cur.at + 2].code == ROPE:
+        attn_norm = norm(cur.take(RMS_NORM))
+        qkv_op = cur.take(DENSE_WIDE)
+        rope_op = cur.take(ROPE)
+        rope = cur.w(rope_op, 1)
+        head_dim = rope_op.params[0]
+        k_append = cur.take(17)
+        cur.take(17)
+        scores = program.ops[cur.at]
+        cur.at += 1
+        heads, group = scores.rows & 0xFFFFFFFF, scores.params[1]
+        kv_heads = heads // group
+        q, k, v = linears(qkv_op, [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
+        if k_append.params[1] != heads * head_dim:
+            raise CommitmentError("the K cache must start after the q heads")
+        softmax = cur.take(SOFTMAX)
+        ctx = cur.take(CONTEXT)
+        (o,) = linears(cur.take(DENSE_WIDE), [embed.shape[1]])
+        cur.take(RESIDUAL)
+        ffn_norm = norm(cur.take(RMS_NORM))
+        gate_up_op = cur.take(DENSE_WIDE)
+        swiglu = cur.take(SWIGLU)
+        hidden = swiglu.cols & 0xFFFFFFFF
+        gate, up = linears(gate_up_op, [hidden, hidden])
+        (down,) = linears(cur.take(DENSE_WIDE), [embed.shape[1]])
+        down.in_max = 1 << 30
+        cur.take(RESIDUAL)
+        blocks.append(sm.Block(attn_norm, q, k, v, softmax.params[0], softmax.params[1], ctx.params[2],
+                               ctx.params[3], o, ffn_norm, gate, up, cur.w(swiglu, 1).reshape(-1).copy(),
+                               down).fuse())
+    final_norm = norm(cur.take(RMS_NORM))
+    head_op = cur.take(DENSE_WIDE)
+    (lm_head,) = linears(head_op, [cur.w(head_op, 1).shape[0]])
+    half = head_dim // 2
+    return sm.IntSmolLM2(embed, blocks, final_norm, lm_head, rope[:, :half].copy(), rope[:, half:head_dim].copy(),
+                         heads, kv_heads, head_dim)
+
+
+def main(argv=None) -> int:
+    """python -m opinfer.engine.built save NAME PATH | check PATH [ROOT]"""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if len(args) == 3 and args[0] == "save":
+            from opinfer.engine import minilm_program, smollm2_program
+            modules = {m.NAME: m for m in (minilm_program, smollm2_program)}
+            if args[1] not in modules:
+                raise CommitmentError(f"unknown model {args[1]!r}; one of {sorted(modules)}")
+            root = save_program(modules[args[1]].default_program(), args[2])
+            print(f"{args[1]}: 0x{root.hex()} -> {args[2]}")
+            return 0
+        if len(args) in (2, 3) and args[0] == "check":
+            expected = bytes.fromhex(args[2].removeprefix("0x")) if len(args) == 3 else None
+            program = load_program(args[1], expected)
+            print(f"{program.name}: 0x{program.model_root.hex()} ok")
+            return 0
+    except CommitmentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(main.__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

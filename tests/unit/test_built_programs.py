@@ -1,0 +1,70 @@
+"""Built programs as files, and engines rebuilt from nothing but their integers.
+
+A network ships the built integer program (docs/quantisation.md): loading
+must give the same model root, refuse a file whose contents or root differ,
+and the engine rebuilt from the file must compute the calibrated engine's
+bits.
+"""
+
+import numpy as np
+import pytest
+
+from opinfer.engine import minilm_weights as fw
+from opinfer.engine.built import load_program, main, minilm_from_program, save_program, smollm2_from_program
+from opinfer.engine.minilm import IntMiniLM
+from opinfer.engine.minilm_program import build_program
+from opinfer.engine.sampling import SamplingParams
+from opinfer.errors import CommitmentError
+from opinfer.trace.testing import toy_decoder, toy_decoder_job
+
+
+def test_minilm_round_trip_and_engine_from_the_file(tmp_path):
+    model = IntMiniLM.build()
+    program = build_program(model)
+    path = tmp_path / "minilm.npz"
+    assert save_program(program, path) == program.model_root
+    loaded = load_program(path, expected_root=program.model_root)
+    assert loaded.model_root == program.model_root and loaded.name == program.name
+    engine = minilm_from_program(loaded)
+    for text in ("Shipped as integers, computed the same everywhere.", "A cat."):
+        ids = fw.encode(text)
+        assert np.array_equal(engine.forward(ids), model.forward(ids))
+
+
+def test_decoder_round_trip_and_engine_from_the_file(tmp_path):
+    program, model = toy_decoder()
+    path = tmp_path / "decoder.npz"
+    save_program(program, path)
+    engine = smollm2_from_program(load_program(path, expected_root=program.model_root))
+    for kind in ("greedy", "sample", "stop"):
+        job = toy_decoder_job(kind, tokens=6, max_tokens=4)
+        sampler = SamplingParams(job.temperature_milli, job.top_p_q, job.seed) if job.temperature_milli else None
+        runs = [m.session(64).generate(list(job.tokens), job.max_tokens, sampler=sampler,
+                                       stop_sequences=job.stop_sequences) for m in (model, engine)]
+        assert runs[0] == runs[1]
+
+
+def test_a_file_with_other_contents_or_another_root_is_refused(tmp_path):
+    program, _ = toy_decoder()
+    path = tmp_path / "decoder.npz"
+    save_program(program, path)
+    with pytest.raises(CommitmentError, match="not the expected"):
+        load_program(path, expected_root=b"\x01" * 32)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["w5"] = arrays["w5"].copy()
+    arrays["w5"].flat[0] += 1                                  # one weight changed
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    with pytest.raises(CommitmentError, match="the file says"):
+        load_program(path)
+    (tmp_path / "junk.npz").write_bytes(b"not a program")
+    with pytest.raises(CommitmentError, match="not a built program"):
+        load_program(tmp_path / "junk.npz")
+
+
+def test_cli_names_the_problem(tmp_path, capsys):
+    assert main(["save", "no-such-model", str(tmp_path / "x.npz")]) == 1
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "missing.npz")]) == 1
+    assert "not a built program" in capsys.readouterr().err

@@ -7,7 +7,7 @@ STAMPS := .stamps
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps compile test test-unit test-integration test-contracts test-coordinator test-challenger bench up clean
+.PHONY: deps compile test test-unit test-integration test-contracts test-coordinator test-challenger test-node bench up clean
 
 ## deps: create .venv, install pinned Python deps, the brownie/Vyper 0.4 shim and anvil.
 deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node
@@ -53,13 +53,17 @@ test-coordinator: compile
 test-challenger: compile
 	$(PY) -m pytest -p no:pytest-brownie -q tests/challenger
 
+## test-node: the node: auth, batching, defender games and dishonest nodes slashed, kill/drain tests on its own anvils.
+test-node: compile
+	$(PY) -m pytest -p no:pytest-brownie -q tests/node
+
 ## test-contracts: every contract path under brownie on one anvil.
 test-contracts: compile
 	brownie test tests/contracts -q
 
 ## test: install what is missing, then run every suite.
 test: deps compile
-	$(PY) -m pytest -p no:pytest-brownie -q tests/unit tests/integration tests/coordinator tests/challenger
+	$(PY) -m pytest -p no:pytest-brownie -q tests/unit tests/integration tests/coordinator tests/challenger tests/node
 	brownie test tests/contracts -q
 
 ## bench: gas figures (bench/gas.py).

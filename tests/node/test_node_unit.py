@@ -1,0 +1,95 @@
+"""The node without a chain: authentication, batching (bit for bit the same
+as one job at a time, also with the real MiniLM), the HTTP errors."""
+
+import threading
+import time
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from node.app import Node, create_app
+from node.auth import Authenticator, AuthError, sign_request
+from node.batching import Batcher
+from node.engines import ProgramEngine
+from opinfer.chain.anvil import dev_keys
+from opinfer.trace.testing import toy_job, toy_program
+
+KEY, COORD, OTHER = dev_keys(3)
+ROLLUP = "0x" + "11" * 20
+
+
+def test_authenticator_token_and_signed_requests():
+    from eth_account import Account
+
+    coord = Account.from_key(COORD).address
+    auth = Authenticator("tok", [coord], clock=lambda: 1000)
+    assert auth.check({"authorization": "Bearer tok"}, b"x") == "token"
+    for headers, status in (({}, 401), ({"authorization": "Bearer bad"}, 401),
+                            (sign_request(OTHER, b"body", ts=1000), 403),
+                            (sign_request(COORD, b"body", ts=900), 401),       # stale
+                            ({**sign_request(COORD, b"other", ts=1000)}, 401)):  # another body
+        try:
+            auth.check(headers, b"body")
+            raise AssertionError(headers)
+        except AuthError as exc:
+            assert exc.status == status
+    assert auth.check(sign_request(COORD, b"body", ts=1010), b"body") == coord
+    assert Authenticator().open and Authenticator().check({}, b"") == "open"
+
+
+def test_batcher_groups_concurrent_jobs_and_keeps_order():
+    seen = []
+    gate = threading.Event()
+
+    def run_many(jobs):
+        gate.wait(5)
+        seen.append(len(jobs))
+        return [j * 2 if j != 3 else ValueError("three") for j in jobs]
+
+    b = Batcher(run_many, max_batch=8)
+    futs = [b.submit(i) for i in range(6)]
+    time.sleep(0.05)
+    gate.set()
+    assert [f.result(5) if i != 3 else f.exception(5).args[0] for i, f in enumerate(futs)] == [0, 2, 4, "three", 8, 10]
+    assert sum(seen) == 6 and len(seen) <= 3  # the jobs that queued meanwhile ran together
+    b.close()
+
+
+def test_minilm_batched_equals_one_at_a_time():
+    from node.engines import EmbeddingEngine
+    from opinfer.trace.jobinput import JobInput
+
+    engine = EmbeddingEngine()
+    jobs = [JobInput(tuple(int(t) for t in np.random.default_rng(s).integers(1000, 20000, size=n)), max_tokens=0)
+            for s, n in ((1, 5), (2, 17), (3, 9), (4, 33))]
+    batched = engine.run_many(jobs)
+    for job, (out, payload) in zip(jobs, batched):
+        alone, _ = engine.run(job)
+        assert np.array_equal(out, alone)
+    bad = engine.run_many([JobInput((1, 2), max_tokens=3), jobs[0]])
+    assert isinstance(bad[0], Exception) and np.array_equal(bad[1][0], batched[0][0])
+
+
+def test_http_errors_and_metrics():
+    program = toy_program()
+    node = Node(KEY, 31337, ROLLUP, {program.name: 1}, engines_by_name={program.name: ProgramEngine(program)})
+    client = TestClient(create_app(node=node, auth=Authenticator("tok")))
+    h = {"authorization": "Bearer tok"}
+    job = toy_job(1).to_bytes()
+    ok = {"job_id": "0x" + "ab" * 16, "model": program.name, "model_id": 1, "input": "0x" + job.hex()}
+    r = client.post("/v1/execute", json=ok, headers=h)
+    assert r.status_code == 200 and r.json()["node"] == node.address
+    assert client.post("/v1/execute", json=ok).status_code == 401
+    r = client.post("/v1/execute", json={**ok, "job_id": "0x12"}, headers=h)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "BadJob" and "job_id" in r.json()["error"]["message"]
+    r = client.post("/v1/execute", json={**ok, "input": "0x0102"}, headers=h)
+    assert r.status_code == 400 and "malformed job input" in r.json()["error"]["message"]
+    r = client.post("/v1/execute", json={**ok, "model": "nope"}, headers=h)
+    assert r.status_code == 400 and "does not serve" in r.json()["error"]["message"]
+    assert client.post("/v1/execute", content=b"x" * 20000, headers=h).status_code == 413
+    text = client.get("/metrics").text
+    assert 'opinfer_node_jobs_total{model="toy-dot",outcome="ok"} 1.0' in text
+    assert 'outcome="refused"' in text and "opinfer_node_auth_failures_total 1.0" in text
+    assert client.get("/healthz").json()["status"] == "ok"
+    node.draining = True
+    assert client.post("/v1/execute", json=ok, headers=h).status_code == 503

@@ -13,11 +13,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     devnet = sub.add_parser("devnet", help="a local chain with the protocol deployed")
     dsub = devnet.add_subparsers(dest="action", required=True)
-    up = dsub.add_parser("up", help="start anvil, deploy, stay in the foreground")
+    up = dsub.add_parser("up", help="start anvil, deploy, coordinator, nodes, challenger; stay in the foreground")
     up.add_argument("--port", type=int, default=8545, help="anvil port (default 8545)")
+    up.add_argument("--api-port", type=int, default=8000, help="coordinator port (default 8000)")
     up.add_argument("--window", type=int, default=600, help="challenge window in seconds (default 600)")
     up.add_argument("--clock", type=int, default=300, help="dispute clock per party in seconds (default 300)")
-    dsub.add_parser("down", help="stop a devnet started by `devnet up`")
+    up.add_argument("--nodes", type=int, default=3, help="staked nodes (default 3)")
+    up.add_argument("--dishonest", type=int, default=0, help="how many of them lie (default 0)")
+    up.add_argument("--sample-rate", type=float, default=1.0, help="challenger sample rate (default 1.0)")
+    up.add_argument("--batch-interval", type=float, default=2.0, help="seconds between batches (default 2)")
+    up.add_argument("--state-dir", default=".opinfer", help="devnet.json, databases, logs (default .opinfer)")
+    up.add_argument("--chain-only", action="store_true", help="only anvil and the contracts, no services")
+    up.add_argument("--detach", action="store_true", help="run in the background; `opinfer devnet down` stops it")
+    down = dsub.add_parser("down", help="stop a devnet started by `devnet up`")
+    down.add_argument("--state-dir", default=".opinfer")
+    from opinfer.sdk.commands import add_arguments as sdk_arguments
+
+    sdk_arguments(sub)
     coord = sub.add_parser("coordinator", help="the OpenAI-compatible coordinator (settings: OPINFER_* env)")
     csub = coord.add_subparsers(dest="action", required=True)
     crun = csub.add_parser("run", help="serve the API, post batches, finalize them")
@@ -47,8 +59,15 @@ def main(argv: list[str] | None = None) -> int:
             from opinfer import devnet
 
             if args.action == "up":
-                return devnet.up(args.port, args.window, args.clock)
-            return devnet.down()
+                return devnet.up(args.port, args.window, args.clock, nodes=args.nodes, dishonest=args.dishonest,
+                                 detach=args.detach, api_port=args.api_port, sample_rate=args.sample_rate,
+                                 state_dir=args.state_dir, services=not args.chain_only,
+                                 batch_interval=args.batch_interval)
+            return devnet.down(args.state_dir)
+        if args.command in ("chat", "embed", "status"):
+            from opinfer.sdk import commands
+
+            return commands.main(args)
         if args.command == "coordinator":
             from coordinator import cli as coordinator_cli
 

@@ -1,0 +1,321 @@
+"""The opinfer client: the shape of the `openai` package's client, plus jobs
+and verification.
+
+    from opinfer import Client
+    client = Client(api_key="sk-devnet", network="devnet")
+    r = client.chat.completions.create(model="smollm2-135m-instruct",
+                                       messages=[{"role": "user", "content": "Hi"}])
+    client.jobs.wait_final(r.opinfer.job_id, timeout=120)
+    client.verify(r)          # raises VerificationError unless final and proven
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable, Iterator
+
+import httpx
+
+from opinfer.sdk import errors
+from opinfer.sdk.cache import TTLCache, cacheable, request_key
+from opinfer.sdk.network import Network, resolve
+from opinfer.sdk.objects import Obj, job_id_of, wrap
+from opinfer.sdk.retry import Retrier, RetryPolicy
+from opinfer.sdk.verify import ChainReader, VerificationReport, check_job, verify_on_chain
+
+TERMINAL = ("final", "invalid", "rejected")
+
+
+class Client:
+    def __init__(self, api_key: str | None = None, network: str | None = "devnet", *, rpc_url: str | None = None,
+                 chain_id: int | None = None, rollup_address: str | None = None,
+                 registry_address: str | None = None, timeout: float = 120.0, max_retries: int = 3,
+                 backoff_base_s: float = 0.25, backoff_cap_s: float = 4.0, cache_ttl_s: float = 300.0,
+                 cache_stale_s: float = 3600.0, allow_stale: bool = False, transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
+        import os
+
+        self.network: Network = resolve(network, rpc_url, chain_id, rollup_address, registry_address)
+        self.api_key = api_key or os.environ.get("OPINFER_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        headers = {"user-agent": "opinfer-sdk/0.1"}
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        self._http = httpx.Client(base_url=self.network.api_url, headers=headers, timeout=timeout,
+                                  transport=transport)
+        self.retrier = Retrier(RetryPolicy(max(1, max_retries), backoff_base_s, backoff_cap_s), sleep)
+        self.cache = TTLCache(cache_ttl_s, cache_stale_s)
+        self.allow_stale = allow_stale
+        self._chain: ChainReader | None = None
+        self._decode = None
+        self.chat = _Chat(self)
+        self.embeddings = _Embeddings(self)
+        self.models = _Models(self)
+        self.jobs = _Jobs(self)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _send(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        try:
+            r = self._http.request(method, path, json=body)
+        except httpx.TimeoutException as exc:
+            raise errors.APITimeoutError(f"{method} {path}: timed out ({exc})") from None
+        except httpx.HTTPError as exc:
+            raise errors.APIConnectionError(f"{method} {path}: {self.network.api_url} unreachable ({exc})") from None
+        if r.status_code >= 400:
+            try:
+                payload = r.json()
+            except ValueError:
+                payload = r.text
+            err = errors.from_response(r.status_code, payload)
+            if r.headers.get("retry-after"):
+                try:
+                    err.retry_after = float(r.headers["retry-after"])
+                except ValueError:
+                    pass
+            raise err
+        return r
+
+    def request(self, method: str, path: str, body: dict | None = None, *, use_cache: bool = False,
+                allow_stale: bool | None = None) -> Obj:
+        """One API call with retries; inference answers are cached when deterministic."""
+        allow_stale = self.allow_stale if allow_stale is None else allow_stale
+        key = request_key(path, body or {}) if use_cache and body is not None and cacheable(path, body) else None
+        if key:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return _mark(hit[0], cached=True)
+        try:
+            data = self.retrier(lambda: self._send(method, path, body).json())
+        except (errors.APIConnectionError, errors.ServiceUnavailableError, errors.RateLimitError):
+            if key and allow_stale:
+                hit = self.cache.get(key, allow_stale=True)
+                if hit is not None:
+                    return _mark(hit[0], cached=True, stale=True)
+            raise
+        if key:
+            self.cache.put(key, data)
+        return wrap(data)
+
+    def stream(self, path: str, body: dict) -> Iterator[Obj]:
+        """Server-sent events of a streaming request (the connection is retried, the stream is not)."""
+        def connect():
+            try:
+                req = self._http.build_request("POST", path, json=body)
+                r = self._http.send(req, stream=True)
+            except httpx.TimeoutException as exc:
+                raise errors.APITimeoutError(f"POST {path}: timed out ({exc})") from None
+            except httpx.HTTPError as exc:
+                raise errors.APIConnectionError(f"POST {path}: unreachable ({exc})") from None
+            if r.status_code >= 400:
+                r.read()
+                try:
+                    payload = r.json()
+                except ValueError:
+                    payload = r.text
+                r.close()
+                raise errors.from_response(r.status_code, payload)
+            return r
+
+        response = self.retrier(connect)
+
+        def events() -> Iterator[Obj]:
+            try:
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    yield wrap(json.loads(data))
+            finally:
+                response.close()
+
+        return events()
+
+    # ------------------------------------------------------------------ API
+
+    def list_models(self) -> list[Obj]:
+        return list(self.models.list().data)
+
+    def health(self) -> Obj:
+        r = self._http.get("/healthz")
+        try:
+            return wrap(r.json())
+        except ValueError:
+            return wrap({"status": r.text})
+
+    def chain(self) -> ChainReader:
+        if not self.network.can_verify:
+            raise errors.ConfigurationError("verification needs the chain: pass rpc_url= and rollup_address= "
+                                            "(or OPINFER_RPC_URL / OPINFER_ROLLUP_ADDRESS), or use network='devnet'")
+        if self._chain is None:
+            self._chain = ChainReader(self.network.rpc_url, self.network.rollup, self.network.registry)
+            if self.network.chain_id is None:
+                self.network.chain_id = self._chain.chain_id()
+        return self._chain
+
+    def verify(self, response, *, require_final: bool = True, check_text: bool = True) -> VerificationReport:
+        """Verify a response (chat or embeddings; every item of a multi-input
+        embedding), a job view or a job id against the chain. Returns the
+        report of the (last) job; raises VerificationError when a check fails
+        or, with require_final, when the leaf is not final on-chain."""
+        answers = _answers(response)
+        report = None
+        for job_id, answer in answers:
+            job = self.jobs.retrieve(job_id)
+            chain = self.chain()
+            decode = self._decoder() if check_text and answer and answer.get("kind") == "chat" else None
+            report = check_job(job, self.network.chain_id, self.network.rollup, answer, decode=decode)
+            verify_on_chain(report, job, chain)
+            if report.status == "invalid":
+                report.add("leaf status on-chain", False, "invalid: fraud was proven against this result")
+            elif require_final:
+                report.add("leaf final on-chain", report.status == "final", f"status {report.status}")
+            report.raise_if_failed()
+        return report
+
+    def _decoder(self):
+        if self._decode is None:
+            try:
+                from opinfer.engine.bpe_tokenizer import load_tokenizer
+
+                tok = load_tokenizer()
+                self._decode = lambda ids: tok.decode(list(ids), skip_special_tokens=True)
+            except Exception:  # noqa: BLE001 - the weights package is optional for clients
+                self._decode = False
+        return self._decode or None
+
+
+def _mark(data: dict, cached: bool = False, stale: bool = False) -> Obj:
+    out = json.loads(json.dumps(data))
+    if isinstance(out.get("opinfer"), dict):
+        out["opinfer"]["client_cached"] = cached
+        if stale:
+            out["opinfer"]["stale"] = True
+    return wrap(out)
+
+
+def _answers(response) -> list[tuple[str, dict | None]]:
+    """(job id, the answer received) for each job behind a response."""
+    if isinstance(response, dict) and response.get("object") == "list" and "data" in response:
+        return [(dict.get(item, "opinfer")["job_id"],
+                 {"kind": "embedding", "embedding": dict.get(item, "embedding")}) for item in dict.get(response, "data")]
+    if isinstance(response, dict) and response.get("object") == "chat.completion":
+        choice = dict.get(response, "choices")[0]
+        return [(dict.get(response, "opinfer")["job_id"],
+                 {"kind": "chat", "content": choice["message"]["content"], "finish_reason": choice["finish_reason"]})]
+    if isinstance(response, _StreamedChat):
+        return [(response.job_id, {"kind": "chat", "content": response.content,
+                                   "finish_reason": response.finish_reason})]
+    return [(job_id_of(response), None)]
+
+
+class _StreamedChat:
+    """What a consumed stream amounts to, for verify()."""
+
+    def __init__(self, job_id: str, content: str, finish_reason: str | None):
+        self.job_id, self.content, self.finish_reason = job_id, content, finish_reason
+
+
+class ChatStream:
+    """Iterate the chunks; afterwards .job_id, .content and .finish_reason hold the whole answer."""
+
+    def __init__(self, events: Iterator[Obj]):
+        self._events = events
+        self.job_id: str | None = None
+        self.content = ""
+        self.finish_reason: str | None = None
+
+    def __iter__(self) -> Iterator[Obj]:
+        for chunk in self._events:
+            if "opinfer" in chunk and self.job_id is None:
+                self.job_id = chunk.opinfer.job_id
+            for choice in chunk.get("choices") or []:
+                self.content += (choice.get("delta") or {}).get("content") or ""
+                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            yield chunk
+
+    def answer(self) -> _StreamedChat:
+        return _StreamedChat(self.job_id, self.content, self.finish_reason)
+
+
+class _Completions:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, *, model: str, messages: list[dict], stream: bool = False, allow_stale: bool | None = None,
+               extra_body: dict | None = None, **params):
+        body = {"model": model, "messages": messages, **{k: v for k, v in params.items() if v is not None},
+                **(extra_body or {})}
+        if stream:
+            body["stream"] = True
+            return ChatStream(self._c.stream("/v1/chat/completions", body))
+        return self._c.request("POST", "/v1/chat/completions", body, use_cache=True, allow_stale=allow_stale)
+
+
+class _Chat:
+    def __init__(self, client: Client):
+        self.completions = _Completions(client)
+
+
+class _Embeddings:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, *, model: str, input, allow_stale: bool | None = None, extra_body: dict | None = None,
+               **params) -> Obj:
+        body = {"model": model, "input": input, **{k: v for k, v in params.items() if v is not None},
+                **(extra_body or {})}
+        return self._c.request("POST", "/v1/embeddings", body, use_cache=True, allow_stale=allow_stale)
+
+
+class _Models:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def list(self) -> Obj:
+        return self._c.request("GET", "/v1/models")
+
+    def retrieve(self, model: str) -> Obj:
+        return self._c.request("GET", f"/v1/models/{model}")
+
+
+class _Jobs:
+    def __init__(self, client: Client):
+        self._c = client
+
+    def retrieve(self, job_id) -> Obj:
+        return self._c.request("GET", f"/v1/jobs/{job_id_of(job_id)}")
+
+    get = retrieve
+
+    def wait_final(self, job_id, timeout: float = 600.0, poll_s: float = 1.0,
+                   on_progress: Callable[[Obj], None] | None = None, raise_on_invalid: bool = True) -> Obj:
+        """Poll the job until it is final (or invalid/rejected); JobTimeoutError after `timeout` s.
+        on_progress(job) is called after each poll (the CLI draws its progress bar from it)."""
+        job_id = job_id_of(job_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.retrieve(job_id)
+            if on_progress:
+                on_progress(job)
+            if job.status in TERMINAL:
+                if job.status == "invalid" and raise_on_invalid:
+                    raise errors.JobInvalidError(job_id)
+                return job
+            if time.monotonic() >= deadline:
+                raise errors.JobTimeoutError(job_id, job.status, timeout)
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+    def batch(self, batch_id: int) -> Obj:
+        return self._c.request("GET", f"/v1/batches/{batch_id}")

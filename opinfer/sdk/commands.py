@@ -1,0 +1,260 @@
+"""`opinfer chat`, `opinfer embed`, `opinfer status`: the SDK from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from opinfer.sdk.client import Client
+from opinfer.sdk.errors import JobInvalidError, SDKError, VerificationError
+
+PHASES = {1: "open", 2: "bisect", 3: "pick", 4: "tensor", 5: "descend", 6: "choose", 7: "chunk", 8: "element",
+          9: "step"}
+GAME_STATUS = {0: "-", 1: "active", 2: "node won", 3: "challenger won", 4: "void"}
+
+
+def add_arguments(sub) -> None:
+    def common(p):
+        p.add_argument("--network", default=None, help="'devnet' (default) or the coordinator's URL")
+        p.add_argument("--api-key", default=None, help="API key (default: OPINFER_API_KEY, or sk-devnet on a devnet)")
+        p.add_argument("--rpc", default=None, help="RPC URL for verification (default: the devnet's)")
+        p.add_argument("--rollup", default=None, help="ResultRollup address (default: the devnet's)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    chat = sub.add_parser("chat", help="ask the chat model (SmolLM2-135M-Instruct)")
+    chat.add_argument("prompt", nargs="+")
+    chat.add_argument("--model", default="smollm2-135m-instruct")
+    chat.add_argument("--system", default=None)
+    chat.add_argument("--max-tokens", type=int, default=None)
+    chat.add_argument("--temperature", type=float, default=None)
+    chat.add_argument("--seed", type=int, default=None)
+    chat.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
+    chat.add_argument("--wait", action="store_true", help="then wait for finality and verify against the chain")
+    chat.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for finality")
+    common(chat)
+    embed = sub.add_parser("embed", help="embed text (all-MiniLM-L6-v2)")
+    embed.add_argument("text", nargs="+", help="one or more texts")
+    embed.add_argument("--model", default="all-minilm-l6-v2")
+    embed.add_argument("--full", action="store_true", help="print every dimension")
+    embed.add_argument("--wait", action="store_true", help="then wait for finality and verify against the chain")
+    embed.add_argument("--timeout", type=float, default=900.0)
+    common(embed)
+    status = sub.add_parser("status", help="batches, windows, games, stakes (as tables)")
+    status.add_argument("--batches", type=int, default=10, help="latest N batches (default 10)")
+    common(status)
+
+
+def client_from(args) -> Client:
+    key = args.api_key
+    if key is None and (args.network in (None, "devnet")):
+        key = "sk-devnet"
+    return Client(api_key=key, network=args.network, rpc_url=args.rpc, rollup_address=args.rollup)
+
+
+def main(args) -> int:
+    try:
+        if args.command == "chat":
+            return chat(args)
+        if args.command == "embed":
+            return embed(args)
+        return status(args)
+    except JobInvalidError as exc:
+        print(f"\nINVALID: {exc}", file=sys.stderr)
+        return 3
+    except VerificationError as exc:
+        print(f"\nverification FAILED: {exc}", file=sys.stderr)
+        if exc.report is not None:
+            print(exc.report.summary(), file=sys.stderr)
+        return 3
+    except SDKError as exc:
+        print(f"opinfer: {exc}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------- chat / embed
+
+
+def chat(args) -> int:
+    client = client_from(args)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+        [{"role": "user", "content": " ".join(args.prompt)}]
+    params = dict(model=args.model, messages=messages, max_tokens=args.max_tokens, temperature=args.temperature,
+                  seed=args.seed)
+    if args.json or args.no_stream:
+        r = client.chat.completions.create(**params)
+        if args.json and not args.wait:
+            print(json.dumps(r.model_dump(), indent=2))
+            return 0
+        print(r.choices[0].message.content)
+        job_id, target = r.opinfer.job_id, r
+    else:
+        stream = client.chat.completions.create(stream=True, **params)
+        for chunk in stream:
+            for choice in chunk.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    print(piece, end="", flush=True)
+        print()
+        job_id, target = stream.job_id, stream.answer()
+    print(f"job {job_id} ({'pending' if not args.wait else 'waiting for finality'})", file=sys.stderr)
+    if args.wait:
+        return wait_and_verify(client, [job_id], target, args.timeout, args.json)
+    return 0
+
+
+def embed(args) -> int:
+    client = client_from(args)
+    inputs = args.text if len(args.text) > 1 else args.text[0]
+    r = client.embeddings.create(model=args.model, input=inputs)
+    if args.json and not args.wait:
+        print(json.dumps(r.model_dump(), indent=2))
+        return 0
+    rows = []
+    for item, text in zip(r.data, args.text):
+        vec = item.embedding
+        shown = ", ".join(f"{v:+.4f}" for v in (vec if args.full else vec[:6]))
+        rows.append([text[:30], str(len(vec)), "[" + shown + ("" if args.full else ", ...") + "]",
+                     item.opinfer.job_id])
+    print(table(["input", "dims", "embedding", "job"], rows))
+    if args.wait:
+        return wait_and_verify(client, [item.opinfer.job_id for item in r.data], r, args.timeout, args.json)
+    return 0
+
+
+def progress_line(job, started: float, now_chain: int | None = None) -> str:
+    status = job.get("status")
+    deadline = job.get("deadline")
+    if status == "posted" and deadline and now_chain:
+        left = max(0, int(deadline) - int(now_chain))
+        return f"  {status:<9} batch {job.get('batch_id')}, window closes in {left:>4} s"
+    if status == "pending":
+        return f"  {status:<9} answered, waiting for the next batch ({time.monotonic() - started:.0f} s)"
+    return f"  {status:<9} ({time.monotonic() - started:.0f} s)"
+
+
+def wait_and_verify(client: Client, job_ids: list[str], response, timeout: float, as_json: bool = False) -> int:
+    started = time.monotonic()
+    chain = None
+    try:
+        chain = client.chain()
+    except SDKError:
+        pass
+    tty = sys.stderr.isatty()
+
+    def show(job):
+        now = None
+        if chain is not None and job.get("status") == "posted":
+            try:
+                now = chain.now()
+            except Exception:  # noqa: BLE001 - progress only
+                now = None
+        line = progress_line(job, started, now)
+        print(("\r" + line.ljust(70)) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    for job_id in job_ids:
+        client.jobs.wait_final(job_id, timeout=timeout, poll_s=1.0, on_progress=show)
+    if tty:
+        print(file=sys.stderr)
+    report = client.verify(response)
+    if as_json:
+        print(json.dumps({"job_ids": job_ids, "status": report.status, "ok": report.ok,
+                          "checks": [c.__dict__ for c in report.checks]}, indent=2))
+    else:
+        print(f"final after {time.monotonic() - started:.0f} s; verified against the chain:")
+        print(report.summary())
+    return 0
+
+
+# ---------------------------------------------------------------- status
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    if not rows:
+        out.append("(none)")
+    return "\n".join(out)
+
+
+def eth(wei: int) -> str:
+    return f"{wei / 10**18:.4f} ETH"
+
+
+def gather_status(client: Client, batches: int = 10) -> dict:
+    """What `opinfer status` shows, read from the chain (and the coordinator's health)."""
+    from opinfer.chain import artifacts
+
+    chain = client.chain()
+    w3 = chain.w3
+
+    def c(name, address):
+        return w3.eth.contract(address=address, abi=artifacts.load(name).abi)
+
+    rollup = chain.rollup
+    registry = c("ModelRegistry", rollup.functions.registry().call())
+    stake = c("StakeManager", rollup.functions.stake_manager().call())
+    game = c("DisputeGame", rollup.functions.dispute_game().call())
+    now = chain.now()
+    out = {"chain_id": w3.eth.chain_id, "block": w3.eth.block_number, "time": now,
+           "window": rollup.functions.challenge_window().call(), "batches": [], "games": [], "nodes": []}
+    try:
+        out["api"] = dict(client.health())
+    except Exception as exc:  # noqa: BLE001 - the chain view works without the coordinator
+        out["api"] = {"status": f"unreachable ({type(exc).__name__})"}
+    count = rollup.functions.batch_count().call()
+    for bid in range(count, max(0, count - batches), -1):
+        root, _, leaves, deadline, poster, finalized = rollup.functions.batch(bid).call()
+        statuses = [rollup.functions.leaf_status(bid, i).call() for i in range(leaves)]
+        out["batches"].append({"id": bid, "leaves": leaves, "deadline": deadline, "left_s": max(0, deadline - now),
+                               "finalized": finalized, "disputed": statuses.count(2), "invalid": statuses.count(4),
+                               "root": "0x" + bytes(root).hex()})
+    for gid in range(game.functions.game_count().call(), 0, -1):
+        g = game.functions.games(gid).call()
+        if len(out["games"]) >= 20:
+            break
+        out["games"].append({"id": gid, "batch": g[0], "leaf": g[1], "node": g[2], "challenger": g[3],
+                             "status": GAME_STATUS.get(g[9], str(g[9])), "phase": PHASES.get(g[10], str(g[10])),
+                             "node_clock": g[11], "challenger_clock": g[12], "lo": g[14], "hi": g[15]})
+    for i in range(registry.functions.node_count().call()):
+        addr = registry.functions.node_list(i).call()
+        endpoint, model_ids, listed = registry.functions.get_node(addr).call()
+        out["nodes"].append({"address": addr, "endpoint": endpoint, "models": list(model_ids),
+                             "stake_wei": stake.functions.stake(addr).call(),
+                             "unbonding_wei": stake.functions.unbonding(addr).call(),
+                             "open_disputes": stake.functions.open_disputes(addr).call(),
+                             "active": stake.functions.is_active(addr).call()})
+    return out
+
+
+def status(args) -> int:
+    client = client_from(args)
+    s = gather_status(client, args.batches)
+    if args.json:
+        print(json.dumps(s, indent=2, default=str))
+        return 0
+    print(f"chain {s['chain_id']}  block {s['block']}  challenge window {s['window']} s  "
+          f"API {client.network.api_url}: {s['api'].get('status')}")
+    print("\nbatches (latest first)")
+    print(table(["batch", "leaves", "window", "state", "disputed", "invalid"],
+                [[b["id"], b["leaves"], f"{b['left_s']} s left" if b["left_s"] else "closed",
+                  "final" if b["finalized"] else "posted", b["disputed"], b["invalid"]] for b in s["batches"]]))
+    print("\ndispute games")
+    print(table(["game", "batch/leaf", "node", "status", "phase", "range", "clocks (node/challenger)"],
+                [[g["id"], f"{g['batch']}/{g['leaf']}", g["node"][:10] + "…", g["status"], g["phase"],
+                  f"[{g['lo']}, {g['hi']}]", f"{g['node_clock']} / {g['challenger_clock']} s"] for g in s["games"]]))
+    print("\nnodes")
+    print(table(["node", "endpoint", "models", "stake", "unbonding", "disputes", "active"],
+                [[n["address"][:10] + "…", n["endpoint"], ",".join(map(str, n["models"])), eth(n["stake_wei"]),
+                  eth(n["unbonding_wei"]), n["open_disputes"], "yes" if n["active"] else "no"] for n in s["nodes"]]))
+    return 0
+
+
+def parser_for_tests() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_arguments(p.add_subparsers(dest="command"))
+    return p

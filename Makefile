@@ -57,6 +57,11 @@ test-challenger: compile
 test-node: compile
 	$(PY) -m pytest -p no:pytest-brownie -q tests/node
 
+## test-e2e: the devnet as processes (anvil, coordinator, nodes, challenger) driven by the SDK and `openai`.
+test-e2e: compile
+	$(PY) -m pytest -p no:pytest-brownie -q -m e2e tests/e2e
+	$(PY) -m pytest -p no:pytest-brownie -q -m "not e2e" tests/e2e
+
 ## test-contracts: every contract path under brownie on one anvil.
 test-contracts: compile
 	brownie test tests/contracts -q
@@ -64,15 +69,22 @@ test-contracts: compile
 ## test: install what is missing, then run every suite.
 test: deps compile
 	$(PY) -m pytest -p no:pytest-brownie -q tests/unit tests/integration tests/coordinator tests/challenger tests/node
+	$(PY) -m pytest -p no:pytest-brownie -q tests/e2e
 	brownie test tests/contracts -q
 
 ## bench: gas figures (bench/gas.py).
 bench: compile
 	$(PY) -m bench.gas
 
-## up: start anvil and deploy the contracts, in the foreground (Ctrl-C stops).
+## up: the whole devnet in the foreground: anvil :8545, contracts, both models,
+## coordinator on 127.0.0.1:8000 (API key sk-devnet), 3 nodes, a challenger. Ctrl-C stops it.
+## Options: make up ARGS="--dishonest 1 --window 60"
 up: compile
-	$(PY) -m opinfer.cli devnet up
+	$(PY) -m opinfer.cli devnet up $(ARGS)
+
+## demo: the scripted story (requests, a dishonest node caught and slashed, honest results verified).
+demo: compile
+	$(PY) -m opinfer.demo
 
 clean:
 	rm -rf build $(STAMPS) .venv node_modules

@@ -38,6 +38,10 @@ MINILM_PRICE_WEI = 10**9
 SMOLLM2_PRICE_WEI = 5 * 10**9
 ROLES = ("deployer", "coordinator", "challenger", "node1", "node2", "node3")
 NODE_STAKE_WEI = 2 * 10**18
+# A dishonest devnet node signs an embedding with one wrong output element and
+# defends it in the game (node/dishonest.py): the bisection narrows on-chain to
+# the last op and the one-step refutes it.
+DISHONEST_BEHAVIOUR = "wrong-output"
 
 
 def roles(nodes: int) -> tuple[str, ...]:
@@ -231,13 +235,17 @@ def _start_services(net: Devnet, log) -> None:
         sender.call(stake.functions.stake_eth(), value=NODE_STAKE_WEI)
         sender.call(registry.functions.announce(url, list(served.values())))
         env = {"OPINFER_NODE_KEY": key, "OPINFER_NODE_CHAIN_ID": str(info["chain_id"]),
-               "OPINFER_NODE_ROLLUP_ADDRESS": info["contracts"]["ResultRollup"],
-               "OPINFER_NODE_MODELS": ",".join(f"{n}={m}" for n, m in served.items()),
-               "OPINFER_NODE_PRELOAD": "false", "OPINFER_NODE_DEVNET_FILE": str(opts.state_file.resolve()),
-               "OPINFER_NODE_STATE_DIR": str(state / role), "OPINFER_NODE_RPC_URL": info["rpc_url"],
-               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        cmd = (_python("opinfer.devnet", "dishonest-node", "--port", str(port)) if dishonest
-               else _python("opinfer.cli", "node", "run", "--host", "127.0.0.1", "--port", str(port)))
+               "OPINFER_NODE_ROLLUP_ADDRESS": info["contracts"]["ResultRollup"], "OPINFER_NODE_RPC_URL": info["rpc_url"],
+               "OPINFER_NODE_DEVNET_FILE": str(opts.state_file.resolve()), "OPINFER_NODE_ENDPOINT": url,
+               "OPINFER_NODE_STATE_PATH": str(state / role / "node.db"), "OPINFER_NODE_START_BLOCK": "0",
+               "OPINFER_NODE_PRELOAD": "false", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        (state / role).mkdir(parents=True, exist_ok=True)
+        flags = ["--host", "127.0.0.1", "--port", str(port)] + [a for n in served for a in ("--model", n)]
+        cmd = (_python("node.dishonest", DISHONEST_BEHAVIOUR, *flags) if dishonest and _has_dishonest()
+               else _python("opinfer.devnet", "dishonest-node", "--port", str(port)) if dishonest
+               else _python("opinfer.cli", "node", "run", *flags))
+        if dishonest and not _has_dishonest():
+            env["OPINFER_NODE_MODELS"] = ",".join(f"{n}={m}" for n, m in served.items())
         net.services.append(Service(role, cmd, env, logs / f"{role}.log").start())
         info["nodes"].append({"role": role, "address": sender.address, "url": url, "dishonest": dishonest,
                               "models": sorted(served)})
@@ -276,6 +284,13 @@ def _start_services(net: Devnet, log) -> None:
     _wait_healthy(net, api_url)
 
 
+def _has_dishonest() -> bool:
+    """node.dishonest (the node package's dishonest behaviours, which also defend their lies in games)."""
+    import importlib.util
+
+    return importlib.util.find_spec("node.dishonest") is not None
+
+
 def _create_devnet_key(db_url: str) -> None:
     from coordinator import db, keys
     from coordinator import models as m
@@ -297,7 +312,9 @@ def _wait_healthy(net: Devnet, api_url: str, timeout: float = 180.0) -> None:
                 tail = svc.log.read_text(errors="replace")[-1500:] if svc.log.exists() else ""
                 raise ChainError(f"{svc.name} exited during start-up (log {svc.log}):\n{tail}")
         try:
-            if httpx.get(api_url + "/healthz", timeout=2).status_code == 200:
+            nodes_up = all(httpx.get(n["url"] + "/healthz", timeout=2).status_code == 200
+                           for n in net.info.get("nodes", []))
+            if nodes_up and httpx.get(api_url + "/healthz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

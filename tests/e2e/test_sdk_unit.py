@@ -1,0 +1,180 @@
+"""The SDK's pure parts: backoff, retries, cache, stale fallback, errors,
+network resolution, local verification checks (no chain, no processes)."""
+
+import json
+import random
+
+import httpx
+import numpy as np
+import pytest
+
+from opinfer.sdk import errors
+from opinfer.sdk.cache import TTLCache, cacheable, request_key
+from opinfer.sdk.client import Client
+from opinfer.sdk.network import resolve
+from opinfer.sdk.retry import Retrier, RetryPolicy
+from opinfer.sdk.verify import check_job, embedding_ints, shown_text_ids
+
+
+def test_full_jitter_backoff_is_bounded_by_the_exponential_ceiling():
+    p = RetryPolicy(attempts=3, base_s=0.5, cap_s=1.5)
+    rng = random.Random(1)
+    for retry, ceiling in ((1, 0.5), (2, 1.0), (3, 1.5), (4, 1.5)):
+        draws = [p.backoff(retry, rng) for _ in range(500)]
+        assert 0 <= min(draws) and max(draws) <= ceiling
+        assert max(draws) > 0.8 * ceiling            # uniform over the whole range, not a fixed delay
+
+
+def test_retrier_retries_transient_errors_three_times_then_raises():
+    slept, calls = [], []
+
+    def flaky():
+        calls.append(1)
+        raise errors.ServiceUnavailableError("no node", 503, "no_node_available")
+
+    r = Retrier(RetryPolicy(3, 0.1, 1.0), sleep=slept.append, rng=random.Random(0))
+    with pytest.raises(errors.ServiceUnavailableError):
+        r(flaky)
+    assert len(calls) == 3 and len(slept) == 2
+    calls.clear()
+
+    def bad_request():
+        calls.append(1)
+        raise errors.BadRequestError("bad", 400)
+
+    with pytest.raises(errors.BadRequestError):
+        r(bad_request)
+    assert len(calls) == 1                           # not retried
+
+
+def test_error_objects_are_typed():
+    e = errors.from_response(404, {"error": {"message": "no model", "code": "model_not_found", "param": "model",
+                                             "type": "invalid_request_error"}})
+    assert isinstance(e, errors.NotFoundError) and e.code == "model_not_found" and "no model" in str(e)
+    assert isinstance(errors.from_response(429, {}), errors.RateLimitError)
+    assert isinstance(errors.from_response(401, "x"), errors.AuthenticationError)
+    assert isinstance(errors.from_response(502, "x"), errors.ServiceUnavailableError)
+
+
+def test_ttl_cache_fresh_stale_expired():
+    now = [0.0]
+    c = TTLCache(ttl_s=10, stale_s=100, clock=lambda: now[0])
+    c.put("k", 1)
+    assert c.get("k") == (1, False)
+    now[0] = 50
+    assert c.get("k") is None and c.get("k", allow_stale=True) == (1, True)
+    now[0] = 200
+    assert c.get("k", allow_stale=True) is None and len(c) == 0
+    assert cacheable("/v1/embeddings", {"input": "x"})
+    assert cacheable("/v1/chat/completions", {"temperature": 0})
+    assert not cacheable("/v1/chat/completions", {"temperature": 0.7})
+    assert cacheable("/v1/chat/completions", {"temperature": 0.7, "seed": 3})
+    assert not cacheable("/v1/chat/completions", {"stream": True})
+    assert request_key("/a", {"x": 1, "y": 2}) == request_key("/a", {"y": 2, "x": 1})
+
+
+def fake_client(handler, **kw):
+    return Client(api_key="sk-test", network="http://coordinator.test", transport=httpx.MockTransport(handler),
+                  sleep=lambda s: None, **kw)
+
+
+def test_client_retries_then_serves_a_stale_answer_only_when_allowed():
+    state = {"up": True, "calls": 0}
+    body = {"object": "list", "data": [{"embedding": [0.5], "opinfer": {"job_id": "0x01"}}],
+            "opinfer": {"job_id": "0x01"}}
+
+    def handler(request):
+        state["calls"] += 1
+        assert request.headers["authorization"] == "Bearer sk-test"
+        if state["up"]:
+            return httpx.Response(200, json=body)
+        return httpx.Response(503, json={"error": {"message": "no node", "code": "no_node_available"}})
+
+    c = fake_client(handler, cache_ttl_s=0.0, cache_stale_s=3600)
+    assert c.embeddings.create(model="m", input="x").data[0].embedding == [0.5]
+    state["up"], state["calls"] = False, 0
+    with pytest.raises(errors.ServiceUnavailableError) as err:
+        c.embeddings.create(model="m", input="x")
+    assert state["calls"] == 3 and err.value.code == "no_node_available"
+    stale = c.embeddings.create(model="m", input="x", allow_stale=True)
+    assert stale.opinfer.stale and stale.opinfer.client_cached
+
+
+def test_client_connection_errors_are_typed():
+    def handler(request):
+        raise httpx.ConnectError("refused")
+
+    with pytest.raises(errors.APIConnectionError) as err:
+        fake_client(handler).list_models()
+    assert "coordinator.test" in str(err.value)
+
+
+def test_streaming_chunks_accumulate():
+    chunks = [{"choices": [{"delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+               "opinfer": {"job_id": "0xab"}},
+              {"choices": [{"delta": {"content": "Hel"}, "finish_reason": None}]},
+              {"choices": [{"delta": {"content": "lo"}, "finish_reason": None}]},
+              {"choices": [{"delta": {}, "finish_reason": "stop"}]}]
+    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+    def handler(request):
+        assert json.loads(request.content)["stream"] is True
+        return httpx.Response(200, text=sse, headers={"content-type": "text/event-stream"})
+
+    s = fake_client(handler).chat.completions.create(model="m", messages=[], stream=True)
+    assert len(list(s)) == 4 and s.content == "Hello" and s.job_id == "0xab" and s.finish_reason == "stop"
+
+
+def test_network_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPINFER_DEVNET_FILE", str(tmp_path / "none.json"))
+    with pytest.raises(errors.ConfigurationError, match="no running devnet"):
+        resolve("devnet")
+    with pytest.raises(errors.ConfigurationError):
+        resolve("ftp://x")
+    f = tmp_path / "devnet.json"
+    f.write_text(json.dumps({"api_url": "http://127.0.0.1:9/v1", "rpc_url": "http://r", "chain_id": 5,
+                             "contracts": {"ResultRollup": "0xR", "ModelRegistry": "0xM"}}))
+    monkeypatch.setenv("OPINFER_DEVNET_FILE", str(f))
+    n = resolve("devnet")
+    assert (n.api_url, n.rpc_url, n.chain_id, n.rollup, n.can_verify) == ("http://127.0.0.1:9", "http://r", 5,
+                                                                          "0xR", True)
+    assert not resolve("https://api.example/v1").can_verify
+
+
+def test_local_checks_of_a_signed_embedding_job():
+    from eth_account import Account
+
+    from opinfer.trace.jobinput import JobInput
+    from opinfer.trace.leaf import ResultLeaf
+    from opinfer.trace.outputs import embedding_output, input_root, tensor_root
+
+    key = "0x" + "11" * 32
+    node = Account.from_key(key).address
+    rollup = "0x" + "22" * 20
+    job_input = JobInput((101, 7592, 102))
+    data = job_input.to_bytes()
+    vector = [3, -16384, 42, 0]
+    leaf = ResultLeaf(b"\x01" * 16, 1, input_root(job_input), tensor_root(embedding_output(vector)), node,
+                      data).signed(key, 31337, rollup)
+    job = {"id": "0x" + "01" * 16, "kind": "embedding", "model_id": 1, "input": "0x" + data.hex(),
+           "result": {"embedding": vector}, "node": node, "input_root": "0x" + leaf.input_root.hex(),
+           "output_root": "0x" + leaf.output_root.hex(), "signature": "0x" + leaf.signature.hex(),
+           "leaf_hash": "0x" + leaf.hash.hex(), "batch_id": 1, "leaf_index": 0}
+    floats = (np.asarray(vector) / 2**14).tolist()
+    report = check_job(job, 31337, rollup, {"kind": "embedding", "embedding": floats})
+    assert report.ok, report.summary()
+    # A different answer, another chain's domain, a forged output root: each caught by name.
+    bad = check_job(job, 31337, rollup, {"kind": "embedding", "embedding": floats[:-1] + [1.0]})
+    assert bad.failed().name == "answer is the job's result"
+    assert check_job(job, 1, rollup).failed().name == "node signature"
+    forged = dict(job, result={"embedding": [4, -16384, 42, 0]})
+    assert check_job(forged, 31337, rollup).failed().name == "output root recomputed"
+    assert embedding_ints([0.5, -1.0]).tolist() == [8192, -16384]
+    with pytest.raises(ValueError):
+        embedding_ints([0.1])
+
+
+def test_stop_sequence_is_cut_from_the_shown_text():
+    assert shown_text_ids([5, 6, 2], "stop", [(2,)]) == [5, 6]
+    assert shown_text_ids([5, 6, 7, 8], "stop", [(2,), (7, 8)]) == [5, 6]
+    assert shown_text_ids([5, 6, 2], "length", [(2,)]) == [5, 6, 2]

@@ -47,7 +47,8 @@ class Coordinator:
         self.chain = chain or Chain(where["rpc_url"], where["rollup"], where["registry"], where["stake_manager"])
         self.wallet = Wallet(self.chain.w3, where["key"])
         self.pool = nodes.NodePool(clock, self.metrics, settings.eject_after_failures, settings.eject_for_s,
-                                   settings.node_timeout_s, settings.node_connect_timeout_s)
+                                   settings.node_timeout_s, settings.node_connect_timeout_s,
+                                   signer_key=where["key"] or "")
         with self.sessions() as s:
             self.pool.restore(s)
         self.catalog = Catalog(self.chain)

@@ -8,6 +8,7 @@ ejections."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import threading
@@ -21,6 +22,7 @@ from coordinator import models as m
 from coordinator import routing
 from coordinator.errors import NodeFailure
 from coordinator.metrics import Metrics
+from opinfer.signing import sign_request
 
 log = logging.getLogger("opinfer.coordinator.nodes")
 
@@ -36,8 +38,10 @@ def parse_static(spec: str) -> list[tuple[str, str]]:
 
 class NodePool:
     def __init__(self, clock: Callable[[], float], metrics: Metrics, eject_after: int = 3, eject_for: float = 30.0,
-                 timeout: float = 60.0, connect_timeout: float = 2.0, rng: random.Random | None = None):
+                 timeout: float = 60.0, connect_timeout: float = 2.0, rng: random.Random | None = None,
+                 signer_key: str = ""):
         self.clock = clock
+        self.signer_key = signer_key   # signs every execute request (nodes trust the coordinator's address)
         self.metrics = metrics
         self.eject_after, self.eject_for = eject_after, eject_for
         self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
@@ -135,7 +139,11 @@ class NodePool:
         node.inflight += 1
         started = time.perf_counter()
         try:
-            resp = await self._client().post(f"{node.endpoint}/v1/execute", json=body)
+            data = json.dumps(body).encode()
+            headers = {"content-type": "application/json"}
+            if self.signer_key:
+                headers.update(sign_request(self.signer_key, data))
+            resp = await self._client().post(f"{node.endpoint}/v1/execute", content=data, headers=headers)
         except httpx.TimeoutException:
             raise NodeFailure(node.address, "timeout") from None
         except httpx.HTTPError as exc:

@@ -23,21 +23,9 @@ import time
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from opinfer.trace import merkle
+from opinfer.signing import request_digest, sign_request  # noqa: F401  (sign_request: re-exported for callers)
 
 MAX_SKEW = 60
-
-
-def request_digest(ts: int, body: bytes) -> bytes:
-    return merkle.keccak(b"opinfer-execute" + int(ts).to_bytes(8, "big") + merkle.keccak(body))
-
-
-def sign_request(private_key: str, body: bytes, ts: int | None = None) -> dict[str, str]:
-    """Headers for a signed request (what a coordinator adds)."""
-    ts = int(time.time()) if ts is None else ts
-    sig = Account.sign_message(encode_defunct(request_digest(ts, body)), private_key)
-    return {"x-opinfer-signer": Account.from_key(private_key).address, "x-opinfer-timestamp": str(ts),
-            "x-opinfer-signature": "0x" + bytes(sig.signature).hex()}
 
 
 class AuthError(Exception):

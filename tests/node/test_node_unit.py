@@ -93,3 +93,35 @@ def test_http_errors_and_metrics():
     assert client.get("/healthz").json()["status"] == "ok"
     node.draining = True
     assert client.post("/v1/execute", json=ok, headers=h).status_code == 503
+
+
+def test_the_coordinators_pool_signs_requests_that_a_trusting_node_accepts():
+    """coordinator.nodes.NodePool signs each execute request with the
+    coordinator's key; a node that trusts that address serves it, a node
+    that trusts another refuses it (403) and the pool reports no fault of the node."""
+    import asyncio
+
+    import httpx
+    import pytest
+
+    from coordinator import routing
+    from coordinator.errors import NodeFailure
+    from coordinator.metrics import Metrics
+    from coordinator.nodes import NodePool
+    from eth_account import Account
+
+    program = toy_program()
+    job = {"job_id": "0x" + "cd" * 16, "model": program.name, "model_id": 1, "input": "0x" + toy_job(2).to_bytes().hex()}
+
+    def call(trusted: str):
+        node = Node(KEY, 31337, ROLLUP, {program.name: 1}, engines_by_name={program.name: ProgramEngine(program)})
+        app = create_app(node=node, auth=Authenticator(trusted=[trusted]))
+        pool = NodePool(time.monotonic, Metrics(), signer_key=COORD)
+        pool._client = lambda: httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node")
+        return asyncio.run(pool.execute(routing.NodeHealth(node.address, "http://node"), job)), node
+
+    answer, node = call(Account.from_key(COORD).address)
+    assert answer["node"] == node.address
+    with pytest.raises(NodeFailure, match="refused") as refused:
+        call(Account.from_key(OTHER).address)
+    assert refused.value.fault is False

@@ -1,11 +1,12 @@
 """`make demo`: the story in a few minutes, on a devnet of its own (free ports).
 
 1. A devnet: anvil, contracts, both models, coordinator, an honest node, a
-   dishonest one (wrong embedding output, defended in the game), a challenger.
+   dishonest one (a wrong embedding element, signed), a challenger.
 2. Requests through the SDK: a chat completion and embeddings.
 3. The challenger re-executes every posted leaf, finds the lie, opens a
-   dispute; the bisection narrows on-chain to one op and one element; the
-   one-step proof refutes the node, which is slashed; its job is `invalid`.
+   dispute; the node is slashed (today's devnet liar does not defend, so
+   the game ends on its clock; a defending liar is bisected to one element
+   and refuted by the one-step proof); its job is `invalid`.
 4. Honest results finalize after the window and verify against the chain.
 Prints a summary table; exits 0 when the story happened as told."""
 

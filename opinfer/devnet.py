@@ -38,9 +38,13 @@ MINILM_PRICE_WEI = 10**9
 SMOLLM2_PRICE_WEI = 5 * 10**9
 ROLES = ("deployer", "coordinator", "challenger", "node1", "node2", "node3")
 NODE_STAKE_WEI = 2 * 10**18
-# A dishonest devnet node signs an embedding with one wrong output element and
-# defends it in the game (node/dishonest.py): the bisection narrows on-chain to
-# the last op and the one-step refutes it.
+# node/dishonest.py's behaviours defend their lie in the game (bisection on
+# chain), but today `wrong-output` returns the honest output with the lying
+# root, which the coordinator refuses ("output root does not commit to the
+# returned output"), so its lie is never posted. Until that is fixed there,
+# the devnet runs its own liar (dishonest_node_main: a consistent wrong
+# embedding, never defended: it loses on time). Set True to use node.dishonest.
+USE_NODE_DISHONEST = False
 DISHONEST_BEHAVIOUR = "wrong-output"
 
 
@@ -250,6 +254,9 @@ def _start_services(net: Devnet, log) -> None:
         info["nodes"].append({"role": role, "address": sender.address, "url": url, "dishonest": dishonest,
                               "models": sorted(served)})
 
+    # Nodes load their models before they listen: the coordinator starts once
+    # they answer, so that none begins out of rotation.
+    _wait_healthy(net, None)
     # Coordinator: a fresh database holding the devnet key.
     db_url = f"sqlite:///{state / 'coordinator.db'}"
     for suffix in ("", "-wal", "-shm"):
@@ -263,7 +270,7 @@ def _start_services(net: Devnet, log) -> None:
             "OPINFER_COORDINATOR_KEY": info["accounts"]["coordinator"]["private_key"],
             "OPINFER_DEVNET_FILE": str(opts.state_file.resolve()),
             "OPINFER_BATCH_INTERVAL_S": str(opts.batch_interval), "OPINFER_FINALIZE_INTERVAL_S": "2",
-            "OPINFER_NODE_REFRESH_S": "3", "OPINFER_NODE_TIMEOUT_S": "120"}
+            "OPINFER_NODE_REFRESH_S": "3", "OPINFER_NODE_TIMEOUT_S": "120", "OPINFER_EJECT_FOR_S": "5"}
     net.services.append(Service("coordinator", _python("opinfer.cli", "coordinator", "run", "--host", "127.0.0.1",
                                                        "--port", str(api_port)),
                                 cenv, logs / "coordinator.log").start())
@@ -288,7 +295,7 @@ def _has_dishonest() -> bool:
     """node.dishonest (the node package's dishonest behaviours, which also defend their lies in games)."""
     import importlib.util
 
-    return importlib.util.find_spec("node.dishonest") is not None
+    return USE_NODE_DISHONEST and importlib.util.find_spec("node.dishonest") is not None
 
 
 def _create_devnet_key(db_url: str) -> None:
@@ -302,7 +309,8 @@ def _create_devnet_key(db_url: str) -> None:
                        revoked=False, created_at=time.time()))
 
 
-def _wait_healthy(net: Devnet, api_url: str, timeout: float = 180.0) -> None:
+def _wait_healthy(net: Devnet, api_url: str | None, timeout: float = 300.0) -> None:
+    """Until every node (and, given api_url, the coordinator) answers /healthz with 200."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -314,12 +322,12 @@ def _wait_healthy(net: Devnet, api_url: str, timeout: float = 180.0) -> None:
         try:
             nodes_up = all(httpx.get(n["url"] + "/healthz", timeout=2).status_code == 200
                            for n in net.info.get("nodes", []))
-            if nodes_up and httpx.get(api_url + "/healthz", timeout=2).status_code == 200:
+            if nodes_up and (api_url is None or httpx.get(api_url + "/healthz", timeout=2).status_code == 200):
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise ChainError(f"the coordinator at {api_url} was not healthy within {timeout:.0f} s "
+    raise ChainError(f"the {'coordinator at ' + api_url if api_url else 'nodes'} were not healthy within {timeout:.0f} s "
                      f"(logs in {net.opts.state_dir / 'logs'})")
 
 

@@ -29,6 +29,41 @@ def test_devnet_describes_itself(devnet, client):
     assert client.health().status == "ok"
 
 
+def test_dishonest_node_is_slashed_and_its_job_invalid(devnet, client):
+    from opinfer.chain import artifacts
+
+    liar = node(devnet, True)["address"]
+    stake = client.chain().w3.eth.contract(address=devnet["contracts"]["StakeManager"],
+                                           abi=artifacts.load("StakeManager").abi)
+    # Plain requests until the router hands one to the liar (it serves embeddings only).
+    lied = None
+    for i in range(12):
+        plain = client.embeddings.create(model=EMBED, input=f"request number {i}", extra_body=NO_CACHE)
+        if plain.data[0].opinfer.node == liar:
+            lied = plain
+            break
+    assert lied is not None, "the router never chose the dishonest node"
+    job_id = lied.data[0].opinfer.job_id
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        job = client.jobs.retrieve(job_id)
+        if job.status == "invalid" and stake.functions.stake(liar).call() == 0:
+            break
+        time.sleep(1)
+    assert job.status == "invalid", job
+    assert stake.functions.stake(liar).call() == 0 and not stake.functions.is_active(liar).call()
+    # A job answered by the liar alone ends `invalid`, and verify says so.
+    final = client.jobs.wait_final(lied.data[0].opinfer.job_id, timeout=150, poll_s=1, raise_on_invalid=False)
+    assert final.status == "invalid"
+    with pytest.raises(VerificationError) as err:
+        client.verify(lied)
+    assert "invalid" in str(err.value)
+    status = run_cli(["status", "--network", devnet["api_url"], "--rpc", devnet["rpc_url"],
+                      "--rollup", devnet["contracts"]["ResultRollup"]], devnet["cwd"], timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "challenger won" in status.stdout and "0.0000 ETH" in status.stdout
+
+
 def test_sdk_chat_goes_pending_to_final_and_verifies(devnet, client):
     r = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Name a color."}],
                                        max_tokens=8)
@@ -81,48 +116,3 @@ def test_openai_package_against_the_devnet(devnet, client):
         assert client.verify(body).final
     client.jobs.wait_final(chat.model_dump()["opinfer"]["job_id"], timeout=120, poll_s=0.5)
     assert client.verify(chat.model_dump()).final
-
-
-def test_dishonest_node_is_slashed_and_its_job_invalid(devnet, client):
-    from opinfer.chain import artifacts
-
-    liar = node(devnet, True)["address"]
-    stake = client.chain().w3.eth.contract(address=devnet["contracts"]["StakeManager"],
-                                           abi=artifacts.load("StakeManager").abi)
-    # Plain requests until the router hands one to the liar (it serves embeddings only).
-    lied = None
-    for i in range(12):
-        plain = client.embeddings.create(model=EMBED, input=f"request number {i}", extra_body=NO_CACHE)
-        if plain.data[0].opinfer.node == liar:
-            lied = plain
-            break
-    # Consensus of both nodes: the liar's leaf is posted whoever wins the vote.
-    r = client.embeddings.create(model=EMBED, input="the challenger re-executes this",
-                                 extra_body={"opinfer": {"consensus": 2, "cache": False}})
-    job_id = r.data[0].opinfer.job_id
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        job = client.jobs.retrieve(job_id)
-        leaf = next(l for l in job.leaves if l.node == liar)
-        if leaf.status == "invalid" and stake.functions.stake(liar).call() == 0:
-            break
-        time.sleep(1)
-    assert leaf.status == "invalid", job
-    assert stake.functions.stake(liar).call() == 0 and not stake.functions.is_active(liar).call()
-    honest_leaf = next(l for l in job.leaves if l.node != liar)
-    assert honest_leaf.agrees is not None and honest_leaf.status in ("posted", "final")
-    if job.node == liar:                                  # the liar's answer was served: the job is invalid
-        assert job.status == "invalid"
-        with pytest.raises(VerificationError):
-            client.verify(r)
-    # A job answered by the liar alone ends `invalid`, and verify says so.
-    assert lied is not None, "the router never chose the dishonest node"
-    final = client.jobs.wait_final(lied.data[0].opinfer.job_id, timeout=150, poll_s=1, raise_on_invalid=False)
-    assert final.status == "invalid"
-    with pytest.raises(VerificationError) as err:
-        client.verify(lied)
-    assert "invalid" in str(err.value)
-    status = run_cli(["status", "--network", devnet["api_url"], "--rpc", devnet["rpc_url"],
-                      "--rollup", devnet["contracts"]["ResultRollup"]], devnet["cwd"], timeout=60)
-    assert status.returncode == 0, status.stderr
-    assert "challenger won" in status.stdout and "0.0000 ETH" in status.stdout

@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: deps compile test test-unit test-integration test-contracts test-coordinator test-challenger test-node bench up clean
 
 ## deps: create .venv, install pinned Python deps, the brownie/Vyper 0.4 shim and anvil.
-deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node
+deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node $(STAMPS)/schemathesis
 
 $(STAMPS)/python: requirements.lock pyproject.toml
 	@mkdir -p $(STAMPS)
@@ -25,6 +25,16 @@ $(STAMPS)/python: requirements.lock pyproject.toml
 $(STAMPS)/shim: compat/opinfer_brownie_vyper04.py $(STAMPS)/python
 	cp compat/opinfer_brownie_vyper04.py $(SITE)/opinfer_brownie_vyper04.py
 	echo "import opinfer_brownie_vyper04" > $(SITE)/opinfer_brownie_vyper04.pth
+	@touch $@
+
+# schemathesis needs a newer hypothesis than eth-brownie pins: its own venv,
+# used as a CLI against the served coordinator (tests/coordinator/test_schemathesis.py).
+SCHEMATHESIS_VERSION := 4.32.5
+$(STAMPS)/schemathesis:
+	@mkdir -p $(STAMPS)
+	rm -rf .venv-schemathesis
+	$(PYTHON) -m venv .venv-schemathesis || python3 -m venv .venv-schemathesis
+	.venv-schemathesis/bin/python -m pip install -q "schemathesis==$(SCHEMATHESIS_VERSION)"
 	@touch $@
 
 $(STAMPS)/node: package.json package-lock.json
@@ -87,4 +97,4 @@ demo: compile
 	$(PY) -m opinfer.demo
 
 clean:
-	rm -rf build $(STAMPS) .venv node_modules
+	rm -rf build $(STAMPS) .venv .venv-schemathesis node_modules

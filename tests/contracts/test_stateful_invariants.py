@@ -392,6 +392,12 @@ class Protocol(RuleBasedStateMachine):
         self.post_batch([((node_i + 1) % 3, -1), (node_i, cheat)])
         self.challenge_cheat(len(self.leaves) - 1, chal_i, strategy, seed)
         self.grief(len(self.leaves) - 2, grief_i, silent)
+        # Both games start at once, each side by its strategy (the cheater's first).
+        for rec in list(self.games):
+            for _ in range(6):
+                if rec not in self.games or not self.play_one(rec):
+                    break
+                self.count("moves")
         # The third node starts to leave: half its stake unbonds, and cannot be withdrawn yet.
         self.unbond((node_i + 2) % 3, self.books.stake[self.nodes[(node_i + 2) % 3]] // 2, False)
         self.withdraw((node_i + 2) % 3)
@@ -612,7 +618,8 @@ def test_random_interleavings_keep_invariants(system, staked, griefers, nodes, c
     print("\nstateful coverage:", dict(sorted(stats.items())))
     # The run must actually exercise the hostile paths, not skip them.
     for key in ("honest_challenges", "griefing_challenges", "challenger_won", "node_won", "claims", "finalized",
-                "early_withdrawals_refused", "withdrawals", "cheaters_caught", "timeouts"):
+                "early_withdrawals_refused", "withdrawals", "cheaters_caught", "timeouts", "moves",
+                "inconsistent_bisections"):
         assert stats.get(key, 0) > 0, f"no {key} in the run: {stats}"
 
 
@@ -636,7 +643,15 @@ def test_griefing_with_many_challenges_costs_the_griefer(system, staked, griefer
         system.stake.request_unbond(1, {"from": node})  # the node is locked in, but so is the griefers' money
     # Two griefers play their wrong trace to the end; two go silent.
     for gid, g in zip(gids[:2], griefers[:2]):
-        assert Driver(system, gid, node, honest, g, wrong).play()["status"] == NODE_WON
+        d = Driver(system, gid, node, honest, g, wrong)
+        assert d.play()["status"] == NODE_WON
+        node_gas = sum(tx.gas_used for tx in d.txs if tx.sender == node)
+        grief_gas = sum(tx.gas_used for tx in d.txs if tx.sender == g)
+        # What a played-out griefing game costs the node (toy program: about 0.64M
+        # gas), against the 0.1 ETH bond it wins: below 2M gas keeps the bond ahead
+        # at any gas price under 50 gwei.
+        print(f"\ngriefing game {gid}: node gas {node_gas:,}, griefer gas {grief_gas:,} + bond {bond / 1e18} ETH")
+        assert node_gas < 2_000_000
     for gid in gids[2:]:  # the node answers at once, up to the griefer's turn
         d = Driver(system, gid, node, honest, None, wrong)
         while d.state["phase"] in player.NODE_PHASES:

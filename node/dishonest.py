@@ -29,6 +29,7 @@ from node.app import Node
 from node.defender import Strategy
 from opinfer.trace import player
 from opinfer.trace.jobinput import JobInput
+from opinfer.trace.outputs import parse_generation
 from opinfer.trace.program import Program, Trace
 from opinfer.trace.testing import corrupted_trace, patched_trace
 
@@ -111,10 +112,19 @@ class DishonestNode(Node):
     strategy: Strategy
 
     def commit(self, name, job, output, payload):
-        trace = self.strategy.trace(self.program(name), job)
         if self.strategy.honest or isinstance(self.strategy, Inconsistent):
             return output, payload
-        out = np.asarray(trace.output)
+        out = np.asarray(self.strategy.trace(self.program(name), job).output)
+        # Serve what it signs, so that the coordinator (which checks that the
+        # output root commits to the returned output) posts the lie.
+        values = [int(v) for v in out.reshape(-1)]
+        if "embedding" in payload:
+            payload = {**payload, "embedding": values}
+        elif "ids" in payload:
+            ids, reason = parse_generation(out)
+            payload = {**payload, "ids": ids, "finish_reason": reason}
+        elif "output" in payload:
+            payload = {**payload, "output": values}
         return out, {**payload, "dishonest": self.strategy.name}
 
 

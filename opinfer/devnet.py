@@ -38,14 +38,14 @@ MINILM_PRICE_WEI = 10**9
 SMOLLM2_PRICE_WEI = 5 * 10**9
 ROLES = ("deployer", "coordinator", "challenger", "node1", "node2", "node3")
 NODE_STAKE_WEI = 2 * 10**18
-# node/dishonest.py's behaviours defend their lie in the game (bisection on
-# chain), but today `wrong-output` returns the honest output with the lying
-# root, which the coordinator refuses ("output root does not commit to the
-# returned output"), so its lie is never posted. Until that is fixed there,
-# the devnet runs its own liar (dishonest_node_main: a consistent wrong
-# embedding, never defended: it loses on time). Set True to use node.dishonest.
-USE_NODE_DISHONEST = False
-DISHONEST_BEHAVIOUR = "wrong-output"
+# Dishonest devnet nodes run node/dishonest.py's deep-element behaviour (MiniLM
+# only): one element deep in the trace is wrong, every later op recomputed, the
+# wrong embedding served and signed, and the lie defended move by move, so the
+# challenger's bisection narrows it on chain to that element and the one-step
+# slashes the node. (False: the devnet's own liar, which never defends and
+# loses on time.)
+USE_NODE_DISHONEST = True
+DISHONEST_BEHAVIOUR = "deep-element"
 
 
 def roles(nodes: int) -> tuple[str, ...]:

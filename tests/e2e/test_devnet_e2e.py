@@ -52,6 +52,15 @@ def test_dishonest_node_is_slashed_and_its_job_invalid(devnet, client):
         time.sleep(1)
     assert job.status == "invalid", job
     assert stake.functions.stake(liar).call() == 0 and not stake.functions.is_active(liar).call()
+    # The liar defended its trace move by move: the game was narrowed by bisection to one
+    # element deep inside the job and ended with the contract re-executing it (not on time).
+    from opinfer.trace import player
+    game = client.chain().w3.eth.contract(address=devnet["contracts"]["DisputeGame"],
+                                          abi=artifacts.load("DisputeGame").abi)
+    games = [player.game_state(game.functions.games(g).call())
+             for g in range(1, game.functions.game_count().call() + 1)]
+    lost = [g for g in games if g["node"] == liar and g["status"] == player.CHALLENGER_WON]
+    assert any(g["phase"] == player.STEP and 1 < g["hi"] < g["num_ops"] for g in lost), games
     # A job answered by the liar alone ends `invalid`, and verify says so.
     final = client.jobs.wait_final(lied.data[0].opinfer.job_id, timeout=150, poll_s=1, raise_on_invalid=False)
     assert final.status == "invalid"

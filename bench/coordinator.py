@@ -75,7 +75,7 @@ class Network:
         for key in self.net.node_keys:
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            self.procs.append(spawn(["node", "run", "--port", str(port)], {
+            self.procs.append(spawn(["node", "run", "--port", str(port), "--no-chain"], {
                 "OPINFER_NODE_KEY": key, "OPINFER_NODE_CHAIN_ID": str(self.net.deployment.chain_id),
                 "OPINFER_NODE_ROLLUP_ADDRESS": self.net.addresses["ResultRollup"], "OPINFER_NODE_MODELS": models}))
             sender = TxSender(self.net.w3, key)

@@ -204,10 +204,16 @@ def soak(url: str, clients: int, seconds: float) -> dict:
     var = sum((t - t_mean) ** 2 for t in ts)
     slope = 60 * sum((t - t_mean) * (m - m_mean) for t, m in zip(ts, ms)) / var if var else 0.0
     flat = growth < SOAK_FLAT_MIB or slope < SOAK_TARGET_MIB_PER_MIN
+    half = samples[len(samples) // 2:]
+    ts2, ms2 = [t for t, _ in half], [m for _, m in half]
+    var2 = sum((t - statistics.fmean(ts2)) ** 2 for t in ts2) if len(half) >= 3 else 0
+    slope2 = (60 * sum((t - statistics.fmean(ts2)) * (m - statistics.fmean(ms2)) for t, m in zip(ts2, ms2)) / var2
+              if var2 else 0.0)
     return {"seconds": load["seconds"], "clients": clients, "requests": load["requests"], "errors": load["errors"],
             "rps": load["rps"], "p50_ms": load["p50_ms"], "p99_ms": load["p99_ms"], "samples": len(samples),
             "rss_start_mib": samples[0][1], "rss_first_fifth_mib": head, "rss_last_fifth_mib": tail,
             "rss_max_mib": max(m for _, m in samples), "growth_mib": growth, "slope_mib_per_min": slope,
+            "second_half_slope_mib_per_min": slope2,
             "target": f"growth < {SOAK_FLAT_MIB} MiB or slope < {SOAK_TARGET_MIB_PER_MIN} MiB/min",
             "meets_target": flat and load["errors"] == 0}
 
@@ -252,6 +258,7 @@ def report(r: dict) -> None:
         print(f"soak {s['seconds']} s, {s['clients']} clients, {s['rps']:.1f} req/s, {s['errors']} errors: "
               f"RSS {s['rss_first_fifth_mib']:.1f} -> {s['rss_last_fifth_mib']:.1f} MiB "
               f"({s['growth_mib']:+.1f} MiB, max {s['rss_max_mib']:.1f}), slope {s['slope_mib_per_min']:+.2f} MiB/min "
+              f"(second half {s['second_half_slope_mib_per_min']:+.2f}) "
               f"({s['target']}: {verdict(s['meets_target'])})")
 
 

@@ -3,7 +3,7 @@
     python -m bench.onestep [--json]
 
 For each op class (and each variant of it, e.g. the folded LM head) of
-all-MiniLM-L6-v2 on a 512-token job (its longest) and of SmolLM2-135M-Instruct
+all-MiniLM-L6-v2 on its longest job (256 tokens: its tokenizer truncates there) and of SmolLM2-135M-Instruct
 on a real sampled chat job, the StepVerifier recomputes elements of the
 trace (first and last element, every step's worst for the decoder) and the
 largest `compute_element` gas is printed. The decoder's rows that grow with

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from challenger.errors import ConfigError
@@ -20,7 +20,7 @@ DEVNET_FILE = Path(".opinfer/devnet.json")
 @dataclass
 class Settings:
     rpc_url: str = ""
-    private_key: str = ""
+    private_key: str = field(default="", repr=False)   # never in logs or reprs
     rollup: str = ""
     state_path: str = ".opinfer/challenger.db"
     sample_rate: float = 0.2
@@ -30,7 +30,7 @@ class Settings:
     log_span: int = 2000
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9465        # 0 or less: no metrics server
-    secret: str = ""                # hex; default: derived from the private key
+    secret: str = field(default="", repr=False)   # hex; default: derived from the private key
     bond_top_up: int = 0            # wei to deposit when the free bond runs short (0: never)
     log_level: str = "info"
     devnet_file: str = str(DEVNET_FILE)

@@ -1,42 +1,14 @@
-"""Structured logs: one JSON object per line on stderr, with
-`event(log, "what", key=value...)`."""
+"""The node's structured logs (opinfer/logs.py: one JSON object per line on stderr)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import time
+
+from opinfer.logs import JsonFormatter, event  # noqa: F401  (re-exported for the node's modules)
+from opinfer.logs import setup as _setup
 
 LOGGER = "opinfer.node"
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-               "msg": record.getMessage()}
-        out.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=_plain)
-
-
-def _plain(value):
-    if isinstance(value, (bytes, bytearray)):
-        return "0x" + bytes(value).hex()
-    return str(value)
-
-
 def setup(level: str = "info", stream=None) -> logging.Logger:
-    log = logging.getLogger(LOGGER)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False
-    logging.Formatter.converter = time.gmtime
-    return log
-
-
-def event(log: logging.Logger, msg: str, level: int = logging.INFO, **fields) -> None:
-    log.log(level, msg, extra={"fields": fields})
+    return _setup(LOGGER, level, stream)

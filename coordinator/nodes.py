@@ -22,7 +22,7 @@ from coordinator import models as m
 from coordinator import routing
 from coordinator.errors import NodeFailure
 from coordinator.metrics import Metrics
-from opinfer.signing import sign_request
+from opinfer.signing import RequestSigner
 
 log = logging.getLogger("opinfer.coordinator.nodes")
 
@@ -41,7 +41,8 @@ class NodePool:
                  timeout: float = 60.0, connect_timeout: float = 2.0, rng: random.Random | None = None,
                  signer_key: str = ""):
         self.clock = clock
-        self.signer_key = signer_key   # signs every execute request (nodes trust the coordinator's address)
+        # signs every execute request (nodes trust the coordinator's address)
+        self.signer = RequestSigner(signer_key) if signer_key else None
         self.metrics = metrics
         self.eject_after, self.eject_for = eject_after, eject_for
         self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
@@ -141,8 +142,8 @@ class NodePool:
         try:
             data = json.dumps(body).encode()
             headers = {"content-type": "application/json"}
-            if self.signer_key:
-                headers.update(sign_request(self.signer_key, data))
+            if self.signer:
+                headers.update(self.signer.headers(data))
             resp = await self._client().post(f"{node.endpoint}/v1/execute", content=data, headers=headers)
         except httpx.TimeoutException:
             raise NodeFailure(node.address, "timeout") from None

@@ -25,5 +25,7 @@ def main(args) -> int:
 
     from coordinator.app import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    # No per-request access log: requests are counted and timed in /metrics, and the
+    # hot path stays free of a formatted log line per request.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
     return 0

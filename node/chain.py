@@ -10,8 +10,7 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 
 from node.errors import NodeError
-from opinfer.chain.deploy import contract
-from opinfer.chain.game import GameClient
+from opinfer.chain.protocol import ProtocolChain
 from opinfer.chain.sender import TxSender
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch
@@ -31,21 +30,7 @@ class GameStart:
     block_number: int
 
 
-class NodeChain:
-    def __init__(self, w3: Web3, sender: TxSender, rollup: str):
-        self.w3, self.sender = w3, sender
-        self.rollup = contract(w3, "ResultRollup", Web3.to_checksum_address(rollup))
-        f = self.rollup.functions
-        self.stake_manager = contract(w3, "StakeManager", f.stake_manager().call())
-        self.registry = contract(w3, "ModelRegistry", f.registry().call())
-        self.game_contract = contract(w3, "DisputeGame", f.dispute_game().call())
-        self.games = GameClient(self.game_contract, sender)
-        self.arity, self.arity_bits = self.games.arity, self.games.arity_bits
-        self.chain_id = w3.eth.chain_id
-
-    @property
-    def address(self) -> str:
-        return self.sender.address
+class NodeChain(ProtocolChain):
 
     # ------------------------------------------------------------ stake and registry
 

@@ -74,9 +74,15 @@ def _weights_t(w: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
 
 # ---------------------------------------------------------------- vectorised rules
 
+def _token(ins, ctx) -> int:
+    """The token step s reads: from T_0 in the prompt, else the previous step's NEXT."""
+    t0, prev_next = ins[0], ins[1]
+    return _word(t0, ctx.tokens_at + ctx.step) if ctx.step < ctx.tokens else int(prev_next[0, 0])
+
+
 def _embed_token(op, ins, ctx):
-    t0, prev_next, table = ins
-    token = _word(t0, ctx.tokens_at + ctx.step) if ctx.step < ctx.tokens else int(prev_next[0, 0])
+    table = ins[2]
+    token = _token(ins, ctx)
     if not 0 <= token < table.shape[0]:
         raise CommitmentError(f"token {token} outside the vocabulary of {table.shape[0]}")
     return table[token:token + 1].copy()
@@ -255,8 +261,7 @@ def _gen(op, ins, ctx):
 # ---------------------------------------------------------------- rows an element reads
 
 def _reads_embed_token(op, r, c, ins, ctx):
-    t0, prev_next, _ = ins
-    token = _word(t0, ctx.tokens_at + ctx.step) if ctx.step < ctx.tokens else int(prev_next[0, 0])
+    token = _token(ins, ctx)
     return [0, None, token] if ctx.step < ctx.tokens else [None, 0, token]
 
 

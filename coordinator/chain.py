@@ -36,7 +36,14 @@ class NodeRecord:
 
 class Chain:
     def __init__(self, rpc_url: str, rollup: str, registry: str, stake_manager: str = "", w3: Web3 | None = None):
-        self.w3 = w3 or Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+        if w3 is None:
+            w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+            # web3's validation middleware asks the node for eth_chainId before
+            # every call and estimate: a second round trip each time, on a path
+            # that shares the process with request handling. Our transactions
+            # carry the chain id we read once (Wallet), so the check adds nothing.
+            w3.middleware_onion.remove("validation")
+        self.w3 = w3
         self.rollup = contract(self.w3, "ResultRollup", Web3.to_checksum_address(rollup))
         self.registry = contract(self.w3, "ModelRegistry", Web3.to_checksum_address(registry))
         if not stake_manager:

@@ -8,14 +8,15 @@ ejections."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 
+import aiohttp
 import httpx
+import orjson
 from sqlalchemy import select
 
 from coordinator import models as m
@@ -45,11 +46,12 @@ class NodePool:
         self.signer = RequestSigner(signer_key) if signer_key else None
         self.metrics = metrics
         self.eject_after, self.eject_for = eject_after, eject_for
-        self.timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self.timeout_s, self.connect_timeout_s = timeout, connect_timeout
+        self.timeout = httpx.Timeout(timeout, connect=connect_timeout)   # health checks
         self.rng = rng or random.Random()
         self.nodes: dict[str, routing.NodeHealth] = {}
         self._lock = threading.Lock()
-        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 
     # ------------------------------------------------------------ membership
 
@@ -123,42 +125,53 @@ class NodePool:
 
     # ------------------------------------------------------------ HTTP
 
-    def _client(self) -> httpx.AsyncClient:
-        # One client per event loop (keep-alive connections belong to a loop);
-        # clients of loops that have closed are dropped.
+    def _session(self) -> aiohttp.ClientSession:
+        # One session per event loop (keep-alive connections belong to a loop);
+        # sessions of loops that have closed are dropped. aiohttp rather than
+        # httpx on this path: about half a millisecond less per request.
         loop = asyncio.get_running_loop()
-        for other in [lp for lp in self._clients if lp.is_closed()]:
-            del self._clients[other]
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = httpx.AsyncClient(timeout=self.timeout,
-                                                             limits=httpx.Limits(max_keepalive_connections=64))
-        return client
+        for other in [lp for lp in self._sessions if lp.is_closed()]:
+            # its loop is gone, so nothing can be awaited: mark it closed (no socket
+            # survives a closed loop) so that it is not reported as leaked
+            self._sessions.pop(other).connector._close()
+        session = self._sessions.get(loop)
+        if session is None:
+            session = self._sessions[loop] = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=self.connect_timeout_s),
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=64), raise_for_status=False)
+        return session
+
+    async def _post(self, url: str, data: bytes, headers: dict) -> tuple[int, bytes]:
+        """(status, body) of one POST; TimeoutError or aiohttp.ClientError when it fails."""
+        async with self._session().post(url, data=data, headers=headers) as resp:
+            return resp.status, await resp.read()
 
     async def execute(self, node: routing.NodeHealth, body: dict) -> dict:
         """POST /v1/execute on `node`; NodeFailure on any kind of failure."""
         node.inflight += 1
         started = time.perf_counter()
         try:
-            data = json.dumps(body).encode()
+            data = orjson.dumps(body)
             headers = {"content-type": "application/json"}
             if self.signer:
                 headers.update(self.signer.headers(data))
-            resp = await self._client().post(f"{node.endpoint}/v1/execute", content=data, headers=headers)
-        except httpx.TimeoutException:
+            status, raw = await self._post(f"{node.endpoint}/v1/execute", data, headers)
+        except TimeoutError:
             raise NodeFailure(node.address, "timeout") from None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise NodeFailure(node.address, f"unreachable: {type(exc).__name__}") from None
         finally:
             node.inflight -= 1
-        if resp.status_code >= 500:
-            raise NodeFailure(node.address, f"http {resp.status_code}")
-        if resp.status_code >= 400:
-            raise NodeFailure(node.address, f"refused: {resp.text[:200]}", fault=False)
+        if status >= 500:
+            raise NodeFailure(node.address, f"http {status}")
+        if status >= 400:
+            raise NodeFailure(node.address, f"refused: {raw[:200].decode(errors='replace')}", fault=False)
         try:
-            answer = resp.json()
+            answer = orjson.loads(raw)
+            if not isinstance(answer, dict):
+                raise ValueError
         except ValueError:
-            raise NodeFailure(node.address, "bad answer: not JSON") from None
+            raise NodeFailure(node.address, "bad answer: not a JSON object") from None
         answer["_latency_ms"] = (time.perf_counter() - started) * 1000
         return answer
 
@@ -171,7 +184,15 @@ class NodePool:
             if resp.status_code != 200 or info.get("address", node.address).lower() != node.address.lower():
                 raise ValueError(f"http {resp.status_code} / address {info.get('address')}")
         except Exception as exc:  # noqa: BLE001 - any failure counts against the node
-            self.failure(node, f"health: {type(exc).__name__}")
+            reason = f"health: {type(exc).__name__}"
+            if self.clock() < node.ejected_until:
+                # Already out of rotation: a probe that finds it still down is not a further
+                # failure (each would double the ejection: a node down 40 s for a restart
+                # stayed out 32 x eject_for after it was back). Its one try when the time is up is.
+                with self._lock:
+                    node.last_error = reason
+                return False
+            self.failure(node, reason)
             return False
         if node.source == "static" and isinstance(info.get("models"), dict):
             node.model_ids = frozenset(int(v) for v in info["models"].values())
@@ -182,7 +203,7 @@ class NodePool:
         return True
 
     async def aclose(self) -> None:
-        """Close this loop's client (others belong to loops that cannot run it)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.aclose()
+        """Close this loop's session (others belong to loops that cannot run it)."""
+        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.close()

@@ -26,7 +26,8 @@ import threading
 from collections.abc import Callable
 
 from eth_account import Account
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 from coordinator import models as m
 from coordinator.chain import Chain
@@ -98,18 +99,27 @@ class BatchPoster:
         """Reconcile unfinished batches, then post every pending leaf; returns the chain batch ids posted."""
         with self._lock, self.wallet.lock:
             posted = self.reconcile()
-            while True:
-                batch_pk = self.prepare()
-                if batch_pk is None:
-                    return posted
+            # Only the leaves pending now: under steady traffic new leaves keep
+            # arriving while a receipt is awaited, and chasing them would post a
+            # stream of tiny batches (more gas per leaf, and CPU taken from
+            # answering requests). They wait for the next tick.
+            with self.sessions() as s:
+                upto = s.scalar(select(func.max(m.Leaf.id)).where(m.Leaf.status == m.PENDING,
+                                                                  m.Leaf.batch_pk.is_(None)))
+            while upto is not None and (batch_pk := self.prepare(upto)) is not None:
                 posted += self.send(batch_pk)
+            return posted
 
     # ------------------------------------------------------------ steps
 
-    def prepare(self) -> int | None:
+    def prepare(self, upto: int | None = None) -> int | None:
+        """Record the next batch of pending leaves (with ids up to `upto`); None when there is none."""
         with self.sessions() as s, s.begin():
-            candidates = s.scalars(select(m.Leaf).where(m.Leaf.status == m.PENDING, m.Leaf.batch_pk.is_(None))
-                                   .order_by(m.Leaf.id).limit(4 * MAX_LEAVES)).all()
+            query = select(m.Leaf).where(m.Leaf.status == m.PENDING, m.Leaf.batch_pk.is_(None))
+            if upto is not None:
+                query = query.where(m.Leaf.id <= upto)
+            candidates = s.scalars(query.options(selectinload(m.Leaf.job)).order_by(m.Leaf.id)
+                                   .limit(4 * MAX_LEAVES)).all()
             if not candidates:
                 return None
             chosen = pack(self._postable(s, candidates), self.max_leaves)

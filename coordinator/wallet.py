@@ -22,10 +22,17 @@ class Wallet:
         self.account = Account.from_key(private_key)
         self.gas_margin = gas_margin
         self.lock = threading.RLock()
+        self._chain_id: int | None = None
 
     @property
     def address(self) -> str:
         return self.account.address
+
+    @property
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = self.w3.eth.chain_id
+        return self._chain_id
 
     def next_nonce(self) -> int:
         return self.w3.eth.get_transaction_count(self.address, "pending")
@@ -41,7 +48,7 @@ class Wallet:
         except ContractLogicError as exc:
             raise PostingError(f"call would revert: {exc}") from None
         tx = fn.build_transaction({"from": self.address, "nonce": nonce, "gas": int(gas * self.gas_margin),
-                                   "gasPrice": self.w3.eth.gas_price, "chainId": self.w3.eth.chain_id})
+                                   "gasPrice": self.w3.eth.gas_price, "chainId": self.chain_id})
         signed = self.account.sign_transaction(tx)
         return bytes(signed.raw_transaction), bytes(signed.hash)
 

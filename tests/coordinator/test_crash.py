@@ -27,7 +27,14 @@ ANON = Principal(None, "test", 0)
 def answer_jobs(c: Coordinator, texts: list[str]) -> list[str]:
     c.refresh_nodes()
     req = EmbeddingRequest(model="all-minilm-l6-v2", input=texts, opinfer={"cache": False})
-    return [a.job.id for a in asyncio.run(c.service.embeddings(req, ANON))]
+
+    async def answer():
+        try:
+            return await c.service.embeddings(req, ANON)
+        finally:
+            await c.pool.aclose()  # the node connections belong to this loop
+
+    return [a.job.id for a in asyncio.run(answer())]
 
 
 def chain_job_counts(net) -> Counter:

@@ -117,7 +117,13 @@ def test_the_coordinators_pool_signs_requests_that_a_trusting_node_accepts():
         node = Node(KEY, 31337, ROLLUP, {program.name: 1}, engines_by_name={program.name: ProgramEngine(program)})
         app = create_app(node=node, auth=Authenticator(trusted=[trusted]))
         pool = NodePool(time.monotonic, Metrics(), signer_key=COORD)
-        pool._client = lambda: httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node")
+
+        async def post(url, data, headers):  # the node's app in process, no socket
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node") as client:
+                resp = await client.post(url, content=data, headers=headers)
+            return resp.status_code, resp.content
+
+        pool._post = post
         return asyncio.run(pool.execute(routing.NodeHealth(node.address, "http://node"), job)), node
 
     answer, node = call(Account.from_key(COORD).address)

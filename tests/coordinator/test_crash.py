@@ -95,3 +95,28 @@ def test_a_batch_whose_nonce_went_elsewhere_is_reposted(net, tmp_path):
     with c.sessions() as s:
         states = Counter(s.scalars(select(m.Batch.state)).all())
         assert states == {m.FAILED: 1, m.BATCH_POSTED: 1}
+
+
+def test_a_posting_run_takes_the_leaves_pending_at_its_start(net, tmp_path):
+    """Leaves answered while a batch is on its way wait for the next run:
+    under steady traffic the poster does not chase them with a stream of
+    tiny batches."""
+    settings = net.settings(database_url=f"sqlite:///{tmp_path / 'c.db'}", scheduler=False)
+    c = Coordinator(settings)
+    first = answer_jobs(c, ["pending at the start: a", "pending at the start: b"])
+    late: list[str] = []
+
+    def answer_while_sending(point: str) -> None:
+        if point == "before_send" and not late:
+            late.extend(answer_jobs(c, ["answered meanwhile: c", "answered meanwhile: d"]))
+
+    c.poster.crash = answer_while_sending
+    assert len(c.post_batches()) == 1
+    assert len(late) == 2
+    with c.sessions() as s:
+        status = dict(s.execute(select(m.Leaf.job_id, m.Leaf.status)).all())
+    assert [status[j] for j in first] == [m.POSTED, m.POSTED]
+    assert [status[j] for j in late] == [m.PENDING, m.PENDING]
+    assert len(c.post_batches()) == 1   # the next run posts them
+    counts = chain_job_counts(net)
+    assert all(counts[job_id] == 1 for job_id in first + late)

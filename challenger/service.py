@@ -1,13 +1,16 @@
 """The challenger's monitor loop (op-challenger style).
 
 Each tick:
-1. scan: follow BatchPosted (and Slashed) events from the persisted cursor up
+1. play: one player per open game makes its move (first: games are on a clock);
+2. scan: follow BatchPosted (and Slashed) events from the persisted cursor up
    to head - confirmations; rebuild each batch from calldata, sample leaves,
    re-execute them, record verdicts; a wrong leaf gives its node a fraud
-   record, which re-checks every leaf of that node still inside a window;
-2. open: bond and challenge each wrong leaf (after confirming it with the
+   record, which re-checks every leaf of that node still inside a window.
+   With disputes to open or play, a scan longer than `scan_slice_s` stops
+   after a batch and goes on next tick (a backlog after a restart would
+   otherwise run the clocks out);
+3. open: bond and challenge each wrong leaf (after confirming it with the
    full trace against the registry's model root);
-3. play: one player per open game makes its move;
 4. collect: claim rewards.
 Every step is idempotent against the store and the chain, so a process
 killed anywhere redoes at most the step it was in."""
@@ -41,11 +44,12 @@ DONE, EXPIRED_BATCH, UNDECODABLE = "done", "expired", "undecodable"
 class Challenger:
     def __init__(self, chain, store: Store, executors: dict[str, Executor], sampler: Sampler, metrics: Metrics,
                  log: logging.Logger, confirmations: int = 0, start_block: int = 0, log_span: int = 2000,
-                 bond_top_up: int = 0, clock: Callable[[], float] = time.monotonic):
+                 bond_top_up: int = 0, clock: Callable[[], float] = time.monotonic, scan_slice_s: float = 5.0):
         self.chain, self.store, self.executors, self.sampler = chain, store, executors, sampler
         self.metrics, self.log, self.clock = metrics, log, clock
         self.confirmations, self.start_block, self.log_span = confirmations, start_block, log_span
         self.bond_top_up = bond_top_up
+        self.scan_slice_s = scan_slice_s   # with disputes to open or play, a scan stops after this long
         self.players: dict[int, GamePlayer] = {}
         self._batches: OrderedDict[int, Batch] = OrderedDict()
         self._traces: OrderedDict[tuple, Trace] = OrderedDict()
@@ -56,7 +60,10 @@ class Challenger:
     # ------------------------------------------------------------ loop
 
     def tick(self) -> None:
-        for stage in (self.scan, self.open_disputes, self.play, self.collect):
+        # Open games move first, and a long scan yields to them (scan_slice_s): after a
+        # restart the scan re-executes a backlog, and games waiting behind it ran the
+        # challenger's clock out (tests/faults: an honest challenger lost games on time).
+        for stage in (self.play, self.scan, self.open_disputes, self.collect):
             try:
                 stage()
             except Exception as exc:  # noqa: BLE001
@@ -81,12 +88,21 @@ class Challenger:
         cursor = self.store.cursor
         if cursor is None:
             cursor = self.start_block - 1
+        started = self.clock()
         while cursor < safe:
             hi = min(safe, cursor + self.log_span)
             for node in self.chain.slashed_nodes(cursor + 1, hi):
                 self.add_suspect(node, "slashed")
-            for ev in self.chain.batch_events(cursor + 1, hi):
-                self.handle_batch(ev)
+            sliced = False
+            events = self.chain.batch_events(cursor + 1, hi)
+            for i, ev in enumerate(events):
+                worked = self.handle_batch(ev)
+                if (worked and i + 1 < len(events) and self.clock() - started > self.scan_slice_s
+                        and (self.store.disputes(OPEN) or self.store.disputes(DETECTED))):
+                    sliced = True   # games move (lies found are opened) now; the range is re-read next tick
+                    break
+            if sliced:
+                break
             # Only now is every batch of the range recorded: a crash before this
             # line re-reads the range and skips handled batches by id.
             self.store.cursor = cursor = hi
@@ -97,10 +113,11 @@ class Challenger:
         else:
             self.metrics.lag_seconds.set(0)
 
-    def handle_batch(self, ev) -> None:
+    def handle_batch(self, ev) -> bool:
+        """Record, sample and check one batch; False when it was handled before."""
         known = self.store.batch(ev.batch_id)
         if known and known.status in (DONE, EXPIRED_BATCH, UNDECODABLE):
-            return
+            return False
         record = BatchRecord(ev.batch_id, ev.block_number, ev.block_hash, ev.tx_hash, ev.deadline, ev.leaf_count,
                              "scanning")
         self.metrics.batches_seen.inc()
@@ -108,7 +125,7 @@ class Challenger:
             self.store.add_batch(_with(record, EXPIRED_BATCH))
             self.metrics.batches_expired.inc()
             event(self.log, "batch past its window", logging.WARNING, batch=ev.batch_id, deadline=ev.deadline)
-            return
+            return True
         self.store.add_batch(record)
         try:
             batch = self.load(record)
@@ -116,13 +133,14 @@ class Challenger:
             self.store.add_batch(_with(record, UNDECODABLE))
             self.metrics.errors.labels("decode").inc()
             event(self.log, "batch does not decode", logging.ERROR, batch=ev.batch_id, error=str(exc))
-            return
+            return True
         self.metrics.leaves_seen.inc(len(batch.leaves))
         picked = self.sampler.select(ev.block_hash, ev.batch_id, [leaf.node for leaf in batch.leaves])
         self.check_leaves(ev.batch_id, batch, picked)
         self.store.add_batch(_with(record, DONE))
         event(self.log, "batch checked", batch=ev.batch_id, leaves=len(batch.leaves), sampled=len(picked),
               block=ev.block_number)
+        return True
 
     def load(self, record) -> Batch:
         batch = self._batches.get(record.batch_id)

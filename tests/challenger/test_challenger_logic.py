@@ -290,3 +290,27 @@ def test_a_challenge_sent_before_a_crash_is_adopted(tmp_path):
     c2.tick()
     (d,) = c2.store.disputes()
     assert (d.status, d.game_id) == (OPEN, 1) and len(chain.games) == 1
+
+
+def test_open_games_move_first_and_a_long_scan_yields_to_them(tmp_path):
+    """Found by tests/faults: a restarted challenger re-executed its backlog before moving in
+    its games, and lost them on time. Now play comes first and the scan is sliced."""
+    chain, c = make(tmp_path, scan_slice_s=0.0)
+    chain.post([leaf(PROGRAM, toy_job(1), CHEAT, lie=1)])
+    c.tick()
+    assert c.store.disputes()[0].status == OPEN
+    for i in range(3):
+        chain.post([leaf(PROGRAM, toy_job(10 + i), HONEST, job_no=10 + i)])
+    calls = []
+    for name in ("play", "scan"):
+        original = getattr(c, name)
+        setattr(c, name, lambda original=original, name=name: (calls.append(name), original())[1])
+    c.tick()
+    assert calls == ["play", "scan"]
+    # A game is open and the slice is spent after each batch: one batch per tick, the cursor
+    # held until the range is done, handled batches skipped when it is read again.
+    assert [c.store.batch(b) is not None for b in (2, 3, 4)] == [True, False, False] and c.store.cursor == 1
+    c.tick()
+    c.tick()
+    assert c.store.cursor == chain.block and {c.store.batch(b).status for b in (2, 3, 4)} == {"done"}
+    assert metric(c, "batches_seen") == 4

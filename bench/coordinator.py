@@ -63,11 +63,11 @@ def spawn(args: list[str], env: dict) -> subprocess.Popen:
 
 
 class Network:
-    def __init__(self, tmp: str):
+    def __init__(self, tmp: str, window: int = 600, coordinator_env: dict | None = None):
         from coordinator.local import free_port, start_network
         from opinfer.chain.sender import TxSender
 
-        self.net = start_network(n_nodes=3, window=600, models=("minilm",))
+        self.net = start_network(n_nodes=3, window=window, models=("minilm",))
         self.procs: list[subprocess.Popen] = []
         models = ",".join(f"{k}={v}" for k, v in self.net.models.items())
         c = self.net.deployment.contracts
@@ -89,7 +89,7 @@ class Network:
         self.procs.append(spawn(["coordinator", "run", "--port", str(port)], {
             **self.net.coordinator_env(), "OPINFER_DATABASE_URL": f"sqlite:///{tmp}/coordinator.db",
             "OPINFER_DEVNET_FILE": "/nonexistent", "OPINFER_BATCH_INTERVAL_S": "2", "OPINFER_BATCH_MAX_JOBS": "64",
-            "OPINFER_FINALIZE_INTERVAL_S": "30", "OPINFER_RATE_LIMIT_RPM": "0"}))
+            "OPINFER_FINALIZE_INTERVAL_S": "30", "OPINFER_RATE_LIMIT_RPM": "0", **(coordinator_env or {})}))
         wait_up(self.url)
 
     def stop(self) -> None:

@@ -1,6 +1,6 @@
-"""Sustained load on the coordinator with 1, 2 and 3 nodes, and a memory soak.
+"""Sustained load on the coordinator with 1, 2 and 3 nodes.
 
-    python -m bench.load [--seconds 8] [--chat-seconds 12] [--nodes 1,2,3] [--soak 20] [--json]
+    python -m bench.load [--seconds 8] [--chat-seconds 12] [--nodes 1,2,3] [--json]
 
 The network is coordinator/local.py's, in this one process, on 127.0.0.1
 only: anvil with the protocol, all-MiniLM-L6-v2 and SmolLM2 registered
@@ -19,14 +19,8 @@ that many nodes. Then, per API:
 Printed: answered requests per second, latency p50 / p95 / p99 and errors.
 Bounded: every phase has a fixed duration and a fixed client count.
 
-Soak (`--soak SECONDS`, default 20; 600 for the issue's 10-minute check):
-embeddings load on the largest node count while the process's resident
-memory is sampled every second; the figures are the growth from the first
-fifth of the run (warm-up) to the last fifth (medians), and the
-least-squares slope after the first fifth in MiB per minute. The process
-holds the nodes too, so a flat figure bounds the coordinator's growth from
-above. Target (flat): growth below 8 MiB, or a slope below 1 MiB per minute
-(short soaks are dominated by noise: allocator arenas, SQLite's page cache).
+The coordinator's memory over a long run is bench/soak.py's (the coordinator
+as its own process).
 
 Caveats: everything shares this machine's cores (and Python's GIL: the node
 engines release it inside BLAS, the HTTP layers do not), so the node-count
@@ -36,7 +30,6 @@ service as its own process.
 
 from __future__ import annotations
 
-import gc
 import os
 import statistics
 import sys
@@ -49,12 +42,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import httpx  # noqa: E402
 
-from bench.common import verdict  # noqa: E402
 
 EMBED_MODEL = "all-minilm-l6-v2"
 CHAT_MODEL = "smollm2-135m-instruct"
-SOAK_TARGET_MIB_PER_MIN = 1.0
-SOAK_FLAT_MIB = 8.0
 WORDS = ("river", "engine", "garden", "window", "ledger", "signal", "forest", "copper", "harbor", "violet")
 
 
@@ -63,12 +53,6 @@ def pct(values: list[float], q: float) -> float | None:
         return None
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def rss_mib() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
 
 
 def sentence(n: int, i: int) -> str:
@@ -177,48 +161,7 @@ class Bench:
         self.net.stop()
 
 
-def soak(url: str, clients: int, seconds: float) -> dict:
-    samples: list[tuple[float, float]] = []
-    done = threading.Event()
-
-    def sampler() -> None:
-        t0 = time.monotonic()
-        while not done.is_set():
-            samples.append((time.monotonic() - t0, rss_mib()))
-            done.wait(1.0)
-
-    gc.collect()
-    thread = threading.Thread(target=sampler, daemon=True)
-    thread.start()
-    load = closed_loop(url, "/v1/embeddings", embed_body, clients, seconds)
-    done.set()
-    thread.join()
-    fifth = max(1, len(samples) // 5)
-    head = statistics.median(m for _, m in samples[:fifth])
-    tail = statistics.median(m for _, m in samples[-fifth:])
-    growth = tail - head
-    # Least-squares slope after the warm-up fifth, in MiB per minute.
-    steady = samples[fifth:] if len(samples) - fifth >= 3 else samples
-    ts, ms = [t for t, _ in steady], [m for _, m in steady]
-    t_mean, m_mean = statistics.fmean(ts), statistics.fmean(ms)
-    var = sum((t - t_mean) ** 2 for t in ts)
-    slope = 60 * sum((t - t_mean) * (m - m_mean) for t, m in zip(ts, ms)) / var if var else 0.0
-    flat = growth < SOAK_FLAT_MIB or slope < SOAK_TARGET_MIB_PER_MIN
-    half = samples[len(samples) // 2:]
-    ts2, ms2 = [t for t, _ in half], [m for _, m in half]
-    var2 = sum((t - statistics.fmean(ts2)) ** 2 for t in ts2) if len(half) >= 3 else 0
-    slope2 = (60 * sum((t - statistics.fmean(ts2)) * (m - statistics.fmean(ms2)) for t, m in zip(ts2, ms2)) / var2
-              if var2 else 0.0)
-    return {"seconds": load["seconds"], "clients": clients, "requests": load["requests"], "errors": load["errors"],
-            "rps": load["rps"], "p50_ms": load["p50_ms"], "p99_ms": load["p99_ms"], "samples": len(samples),
-            "rss_start_mib": samples[0][1], "rss_first_fifth_mib": head, "rss_last_fifth_mib": tail,
-            "rss_max_mib": max(m for _, m in samples), "growth_mib": growth, "slope_mib_per_min": slope,
-            "second_half_slope_mib_per_min": slope2,
-            "target": f"growth < {SOAK_FLAT_MIB} MiB or slope < {SOAK_TARGET_MIB_PER_MIN} MiB/min",
-            "meets_target": flat and load["errors"] == 0}
-
-
-def compute(node_counts: list[int], seconds: float, chat_seconds: float, soak_seconds: float) -> dict:
+def compute(node_counts: list[int], seconds: float, chat_seconds: float) -> dict:
     out: dict = {"runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         bench = Bench(tmp, max(node_counts))
@@ -230,15 +173,9 @@ def compute(node_counts: list[int], seconds: float, chat_seconds: float, soak_se
                 emb = closed_loop(url, "/v1/embeddings", embed_body, 2 * n, seconds)
                 chat = closed_loop(url, "/v1/chat/completions", chat_body, n, chat_seconds)
                 out["runs"].append({"nodes": n, "embeddings": emb, "chat": chat})
-            if soak_seconds > 0:
-                n = max(node_counts)
-                url = bench.coordinator(n)
-                closed_loop(url, "/v1/embeddings", embed_body, 1, 1.0)
-                out["soak"] = soak(url, 2 * n, soak_seconds)
         finally:
             bench.stop()
-    out["meets_target"] = all(r[k]["errors"] == 0 for r in out["runs"] for k in ("embeddings", "chat")) and \
-        out.get("soak", {}).get("meets_target", True)
+    out["meets_target"] = all(r[k]["errors"] == 0 for r in out["runs"] for k in ("embeddings", "chat"))
     return out
 
 
@@ -253,13 +190,6 @@ def report(r: dict) -> None:
             s = run[api]
             print(f"{run['nodes']:>5}  {api:<11}{s['clients']:>8}{s['rps']:>8.2f}{_ms(s['p50_ms']):>9}"
                   f"{_ms(s['p95_ms']):>9}{_ms(s['p99_ms']):>9}{s['errors']:>8}")
-    if "soak" in r:
-        s = r["soak"]
-        print(f"soak {s['seconds']} s, {s['clients']} clients, {s['rps']:.1f} req/s, {s['errors']} errors: "
-              f"RSS {s['rss_first_fifth_mib']:.1f} -> {s['rss_last_fifth_mib']:.1f} MiB "
-              f"({s['growth_mib']:+.1f} MiB, max {s['rss_max_mib']:.1f}), slope {s['slope_mib_per_min']:+.2f} MiB/min "
-              f"(second half {s['second_half_slope_mib_per_min']:+.2f}) "
-              f"({s['target']}: {verdict(s['meets_target'])})")
 
 
 def main(argv: list[str]) -> int:
@@ -270,13 +200,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--nodes", default="1,2,3", help="node counts to measure (comma-separated, at most 3)")
     parser.add_argument("--seconds", type=float, default=8.0, help="embeddings load per node count")
     parser.add_argument("--chat-seconds", type=float, default=12.0, help="chat load per node count")
-    parser.add_argument("--soak", type=float, default=20.0, help="memory soak seconds (0: none; 600: ten minutes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     counts = sorted({int(x) for x in args.nodes.split(",") if x.strip()})
     if not counts or counts[0] < 1 or counts[-1] > 3:
         parser.error("--nodes takes counts between 1 and 3")
-    result = compute(counts, args.seconds, args.chat_seconds, args.soak)
+    result = compute(counts, args.seconds, args.chat_seconds)
     if args.json:
         print(json.dumps(result))
     else:

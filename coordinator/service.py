@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 import anyio
 import numpy as np
 from sqlalchemy import case, func, insert, select
+from sqlalchemy.orm import object_session, selectinload, undefer
 
 from coordinator import models as m
 from coordinator.cache import ResponseCache, cache_key
@@ -31,6 +33,7 @@ from opinfer.trace.outputs import embedding_output, generation_output, input_roo
 KINDS = {MINILM: "embedding", SMOLLM2: "chat"}
 EMBED_DIM = 384
 MINILM_VOCAB, MINILM_POSITIONS = 30522, 512
+PROOF_CACHE_LEAVES = 4096
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,8 @@ class InferenceService:
         self.tokenizers = tokenizers or Tokenizers()
         self.on_batch_due = on_batch_due
         self.unbatched = 0
-        self._proofs: OrderedDict[int, LeafBatch] = OrderedDict()
+        self._proofs: OrderedDict[int, LeafBatch] = OrderedDict()   # batch pk -> tree, least recent first
+        self._proofs_lock = threading.Lock()
 
     # ------------------------------------------------------------ embeddings
 
@@ -404,7 +408,7 @@ class InferenceService:
 
     def _load_answer(self, job_id: str) -> Answer | None:
         with self.sessions() as s:
-            job = s.get(m.Job, job_id)
+            job = s.get(m.Job, job_id, options=[undefer(m.Job.result)])
             if job is None:
                 return None
             leaves = list(job.leaves)
@@ -416,7 +420,7 @@ class InferenceService:
     def job_view(self, job_id: str) -> dict:
         job_id = job_id.lower().removeprefix("0x")
         with self.sessions() as s:
-            job = s.get(m.Job, job_id) if len(job_id) == 32 else None
+            job = s.get(m.Job, job_id, options=[undefer(m.Job.result)]) if len(job_id) == 32 else None
             if job is None:
                 raise NotFound(f"no job {job_id!r}", param="job_id", code="job_not_found")
             leaves = []
@@ -450,14 +454,25 @@ class InferenceService:
             return out
 
     def _batch_tree(self, batch: m.Batch) -> LeafBatch:
+        """The batch's Merkle tree for proofs; recently used trees are kept, up
+        to PROOF_CACHE_LEAVES leaves in all (bounded in memory, not in count:
+        a tree holds every leaf's input)."""
         from coordinator.poster import result_leaf
 
-        tree = self._proofs.get(batch.id)
-        if tree is None:
-            tree = LeafBatch([result_leaf(leaf) for leaf in batch.leaves])
+        with self._proofs_lock:
+            tree = self._proofs.get(batch.id)
+            if tree is not None:
+                self._proofs.move_to_end(batch.id)
+                return tree
+        s = object_session(batch)
+        leaves = s.scalars(select(m.Leaf).where(m.Leaf.batch_pk == batch.id).order_by(m.Leaf.leaf_index)
+                           .options(selectinload(m.Leaf.job))).all()
+        tree = LeafBatch([result_leaf(leaf) for leaf in leaves])
+        with self._proofs_lock:
             self._proofs[batch.id] = tree
-            while len(self._proofs) > 256:
-                self._proofs.popitem(last=False)
+            cached = sum(len(t.leaves) for t in self._proofs.values())
+            while cached > PROOF_CACHE_LEAVES and len(self._proofs) > 1:
+                cached -= len(self._proofs.popitem(last=False)[1].leaves)
         return tree
 
     def batch_view(self, batch_id: int) -> dict:

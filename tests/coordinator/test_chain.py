@@ -143,3 +143,29 @@ def test_consensus_outvotes_a_liar_whose_leaf_is_then_disputed_and_invalid(coord
     assert after[liar.address] == "invalid"
     assert job(coord, j["id"])["status"] == "posted"  # the answer served was the honest one
     assert 'opinfer_disputes_total{event="LeafInvalidated"} 1.0' in httpx.get(f"{coord.url}/metrics").text
+
+
+def test_proof_trees_are_cached_within_a_leaf_bound_and_rebuilt_alike(coord, net, monkeypatch):
+    """Job views keep recent batches' trees up to PROOF_CACHE_LEAVES leaves in
+    all; a view after its tree was dropped rebuilds the same proof."""
+    from coordinator import service
+
+    monkeypatch.setattr(service, "PROOF_CACHE_LEAVES", 3)
+    rollup = net.deployment.contracts["ResultRollup"]
+    batches = []
+    for b in range(3):
+        ids = [embed(coord, f"Proof cache, batch {b}, job {i}.")["opinfer"]["job_id"] for i in range(2)]
+        assert len(coord.c.post_batches()) == 1
+        batches.append(ids)
+    first = [job(coord, i) for i in batches[0]]
+    for ids in batches[1:]:
+        for job_id in ids:
+            job(coord, job_id)
+    cached = coord.c.service._proofs
+    assert sum(len(t.leaves) for t in cached.values()) <= 3 and len(cached) >= 1
+    again = [job(coord, i) for i in batches[0]]   # its tree was dropped: rebuilt
+    for before, after in zip(first, again):
+        assert after["proof"] == before["proof"] and after["leaf_hash"] == before["leaf_hash"]
+        proof = [bytes.fromhex(p[2:]) for p in after["proof"]]
+        assert rollup.functions.verify_inclusion(after["batch_id"], after["leaf_index"], after["leaf_hash"],
+                                                 proof).call()

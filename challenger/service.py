@@ -1,7 +1,8 @@
 """The challenger's monitor loop (op-challenger style).
 
-Each tick:
-1. play: one player per open game makes its move (first: games are on a clock);
+Each tick (open runs before the scan too: lies found before a restart are
+challenged first, within their window):
+1. play: one player per open game makes its move (games are on a clock);
 2. scan: follow BatchPosted (and Slashed) events from the persisted cursor up
    to head - confirmations; rebuild each batch from calldata, sample leaves,
    re-execute them, record verdicts; a wrong leaf gives its node a fraud
@@ -60,10 +61,11 @@ class Challenger:
     # ------------------------------------------------------------ loop
 
     def tick(self) -> None:
-        # Open games move first, and a long scan yields to them (scan_slice_s): after a
-        # restart the scan re-executes a backlog, and games waiting behind it ran the
-        # challenger's clock out (tests/faults: an honest challenger lost games on time).
-        for stage in (self.play, self.scan, self.open_disputes, self.collect):
+        # Lies already found are challenged and open games move before the scan, and a long
+        # scan yields to them (scan_slice_s): after a restart the scan re-executes a backlog,
+        # and what waited behind it ran the challenger's clock or the window out (tests/faults:
+        # an honest challenger lost games on time, and challenged a lie it had found too late).
+        for stage in (self.open_disputes, self.play, self.scan, self.open_disputes, self.collect):
             try:
                 stage()
             except Exception as exc:  # noqa: BLE001

@@ -294,7 +294,8 @@ def test_a_challenge_sent_before_a_crash_is_adopted(tmp_path):
 
 def test_open_games_move_first_and_a_long_scan_yields_to_them(tmp_path):
     """Found by tests/faults: a restarted challenger re-executed its backlog before moving in
-    its games, and lost them on time. Now play comes first and the scan is sliced."""
+    its games (lost on time) and before challenging lies it had found (too late). Now those
+    come first and the scan is sliced."""
     chain, c = make(tmp_path, scan_slice_s=0.0)
     chain.post([leaf(PROGRAM, toy_job(1), CHEAT, lie=1)])
     c.tick()
@@ -302,11 +303,11 @@ def test_open_games_move_first_and_a_long_scan_yields_to_them(tmp_path):
     for i in range(3):
         chain.post([leaf(PROGRAM, toy_job(10 + i), HONEST, job_no=10 + i)])
     calls = []
-    for name in ("play", "scan"):
+    for name in ("open_disputes", "play", "scan"):
         original = getattr(c, name)
         setattr(c, name, lambda original=original, name=name: (calls.append(name), original())[1])
     c.tick()
-    assert calls == ["play", "scan"]
+    assert calls == ["open_disputes", "play", "scan", "open_disputes"]
     # A game is open and the slice is spent after each batch: one batch per tick, the cursor
     # held until the range is done, handled batches skipped when it is read again.
     assert [c.store.batch(b) is not None for b in (2, 3, 4)] == [True, False, False] and c.store.cursor == 1

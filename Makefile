@@ -7,7 +7,7 @@ STAMPS := .stamps
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps compile test test-unit test-integration test-contracts test-coordinator test-challenger test-node bench up clean
+.PHONY: deps compile test test-unit test-integration test-contracts test-coordinator test-challenger test-node test-faults bench up clean
 
 ## deps: create .venv, install pinned Python deps, the brownie/Vyper 0.4 shim and anvil.
 deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node $(STAMPS)/schemathesis
@@ -72,6 +72,12 @@ test-e2e: compile
 	$(PY) -m pytest -p no:pytest-brownie -q -m e2e tests/e2e
 	$(PY) -m pytest -p no:pytest-brownie -q -m "not e2e" tests/e2e
 
+## test-faults: kill -9 of the coordinator, nodes, the dishonest node and the challenger at random
+## (seeded) points under traffic and a dispute, then exactly-once and settlement checks on the chain.
+## Replay a plan: OPINFER_FAULT_SEED=42 make test-faults
+test-faults: compile
+	$(PY) -m pytest -p no:pytest-brownie -q -s -m faults tests/faults
+
 ## test-contracts: every contract path under brownie on one anvil.
 test-contracts: compile
 	brownie test tests/contracts -q
@@ -80,6 +86,7 @@ test-contracts: compile
 test: deps compile
 	$(PY) -m pytest -p no:pytest-brownie -q tests/unit tests/integration tests/coordinator tests/challenger tests/node
 	$(PY) -m pytest -p no:pytest-brownie -q tests/e2e
+	$(PY) -m pytest -p no:pytest-brownie -q -s -m faults tests/faults
 	brownie test tests/contracts -q
 
 ## bench: gas figures (bench/gas.py).

@@ -86,3 +86,26 @@ def test_token_bucket_limits_and_says_when_to_retry():
     clock.now += 20
     limiter.take("k", 3)
     limiter.take("k", 0)              # 0 = unlimited
+
+
+def test_health_probes_of_an_ejected_node_do_not_extend_its_ejection():
+    """Found by the fault suite: a node killed and restarted (40 s of model loading) was
+    probed every few seconds; each failed probe doubled its ejection, so it stayed out of
+    rotation 32 x eject_for after it was back. Only its one try after the time counts."""
+    from coordinator.metrics import Metrics
+    from coordinator.nodes import NodePool
+    from opinfer.chain.anvil import free_port
+
+    clock = Clock(1000.0)
+    pool = NodePool(clock, Metrics(), eject_after=3, eject_for=5.0, connect_timeout=0.5)
+    dead = routing.NodeHealth("0xdead", f"http://127.0.0.1:{free_port()}", frozenset({1}), 10**18)
+    for _ in range(3):
+        assert not pool.check(dead)
+    assert dead.ejected_until == 1005.0 and dead.failures == 3
+    for _ in range(10):                      # probes while it is out: noted, not counted
+        clock.now += 0.4
+        assert not pool.check(dead)
+    assert dead.ejected_until == 1005.0 and dead.failures == 3 and "ConnectError" in dead.last_error
+    clock.now = 1005.0                       # its one try: still down, twice as long
+    assert not pool.check(dead)
+    assert dead.failures == 4 and dead.ejected_until == 1015.0

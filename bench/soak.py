@@ -32,7 +32,7 @@ import time
 import httpx
 
 from bench.common import run, verdict
-from bench.coordinator import Network
+from bench.coordinator import Network, metric
 from bench.load import pct
 
 SAMPLE_S = 5.0
@@ -158,11 +158,14 @@ def soak(network: Network, seconds: float, clients: int) -> dict:
     samples.append((elapsed, rss_mib(pid), len(traffic.latencies)))
     figures = analyse(samples)
     health = httpx.get(network.url + "/healthz").json()
+    text = httpx.get(network.url + "/metrics").text
     return {"seconds": round(elapsed, 1), "clients": clients, "requests": len(traffic.latencies),
             "rps": len(traffic.latencies) / elapsed, "p50_ms": pct(traffic.latencies, 0.5),
             "p99_ms": pct(traffic.latencies, 0.99), "errors": sum(traffic.errors.values()),
             "error_kinds": traffic.errors, "reads": traffic.reads, "samples": len(samples),
             **figures, "last_batch": health.get("last_batch"), "pending_leaves": health.get("pending_leaves"),
+            "leaves_posted": int(metric(text, "opinfer_posting_lag_seconds_count")),
+            "leaves_final": int(metric(text, "opinfer_finalization_lag_seconds_count")),
             "meets_target": figures["flat"] and not traffic.errors,
             "trace": [(round(t), round(m, 1), n) for t, m, n in samples]}
 
@@ -181,7 +184,8 @@ def report(r: dict) -> None:
     s = r["soak"]
     print(f"coordinator soak: {s['seconds']} s, {s['clients']} embedding clients + 1 reader, {s['requests']} requests "
           f"({s['rps']:.1f}/s, p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms), {s['errors']} errors, "
-          f"{s['reads']} reader rounds, last batch #{s['last_batch']}")
+          f"{s['reads']} reader rounds; {s['leaves_posted']} leaves posted in {s['last_batch']} batches, "
+          f"{s['leaves_final']} final")
     per = s["bytes_per_request"]
     print(f"  RSS start {s['rss_start_mib']:.1f} MiB, after warm-up {s['rss_after_warmup_mib']:.1f}, "
           f"end {s['rss_end_mib']:.1f}, max {s['rss_max_mib']:.1f}: growth {s['growth_mib']:+.2f} MiB "

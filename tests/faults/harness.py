@@ -63,7 +63,7 @@ class Traffic:
     (a dozen games take minutes to play out)."""
 
     def __init__(self, api_url: str, api_key: str, seed: int, liar: str, embed_workers: int = 1,
-                 chat_every_s: float = 15.0, pause_s: float = 0.15, liar_target: int = 2, burst: int = 6):
+                 chat_every_s: float = 15.0, pause_s: float = 0.15, liar_target: int = 2, burst: int = 10):
         self.api = api_url.rstrip("/")
         self.headers = {"authorization": f"Bearer {api_key}"}
         self.seed = seed

@@ -273,8 +273,12 @@ class Injector:
 
     def __init__(self, services: dict, faults: list[Fault], chain: ChainView, coordinator_db: Path, liar: str,
                  honest_urls: list[str], trigger_timeout: float = 30.0, deadline_s: float = 120.0,
-                 challenger_gap_s: float = 0.0, log=print):
+                 challenger_gap_s: float = 0.0, liar_slashed=lambda: False, log=print):
         self.services, self.faults, self.chain = services, faults, chain
+        # A slashed node refuses to start (no stake): the liar, killed after it lost a game,
+        # exits when it comes back. Not a failure, and nothing left to kill.
+        self.liar_slashed = liar_slashed
+        self.liar_gone = 0
         # The protocol needs one honest challenger able to act within each window: a
         # challenger restart costs 15-30 s here, so two kills of it come this far apart.
         self.challenger_gap_s = challenger_gap_s
@@ -356,11 +360,18 @@ class Injector:
             names = [fault.service or {"coordinator": "coordinator", "challenger": "challenger",
                                        "liar": self.liar}[fault.target]]
         fault.service = "+".join(names) if fault.target != "all" else "all"
-        for name in names:   # died on its own: that is a failure to report, not a fault to inject
+        for name in list(names):   # died on its own: that is a failure to report, not a fault to inject
             svc = self.services[name]
             if not svc.alive():
+                if name == self.liar and self.liar_slashed():
+                    names.remove(name)
+                    self.liar_gone += 1
+                    self.log(f"  {name} (the liar) exited after it was slashed: not restarted, not killed")
+                    continue
                 raise AssertionError(f"{name} was not running before fault {len(self.injected) + 1} "
                                      f"(exit code {svc.proc.returncode}; log {svc.log})")
+        if not names:
+            return
         fault.at = time.monotonic() - self.t0
         if "challenger" in names:
             self.last_challenger_kill = time.monotonic()
@@ -411,6 +422,7 @@ class Outcome:
     bonds_awarded: int = 0
     locked_bond: int = 0
     liar_answered: int = 0
+    liar_gone: int = 0           # liar kills skipped: it had exited (slashed nodes refuse to start)
     wall_s: float = 0.0
     settle_s: float = 0.0
 
@@ -441,7 +453,8 @@ class Outcome:
         won = sum(g["status"] == player.CHALLENGER_WON for g in self.games)
         kinds = Counter(a.kind for a in self.answered.values())
         return (f"faults: injected={sum(f.values())} (coordinator={f['coordinator']} node={f['node']} "
-                f"liar={f['liar']} challenger={f['challenger']} all={f['all']}; {self.killed} processes killed) "
+                f"liar={f['liar']} challenger={f['challenger']} all={f['all']}; {self.killed} processes killed"
+                f"{f'; liar exited once slashed, {self.liar_gone} kills skipped' if self.liar_gone else ''}) "
                 f"jobs answered={len(self.answered)} (embedding={kinds['embedding']} chat={kinds['chat']} "
                 f"liar={self.liar_answered}) "
                 f"failed={sum(self.failed.values())} posted={len(set(self.answered) & set(self.posted))} "

@@ -49,7 +49,8 @@ def outcome(faultnet) -> Outcome:
     injector = Injector(services, faults, chain, state / "coordinator.db", liar_node["role"],
                         [n["url"] for n in info["nodes"] if not n["dishonest"]],
                         trigger_timeout=TRIGGER_TIMEOUT_S, deadline_s=FAULTS_BY_S,
-                        challenger_gap_s=CHALLENGER_GAP_S).start()
+                        challenger_gap_s=CHALLENGER_GAP_S,
+                        liar_slashed=lambda: chain.stake.functions.stake(liar).call() == 0).start()
     try:
         while not (injector.done.is_set() and time.monotonic() - t0 >= MIN_TRAFFIC_S):
             time.sleep(0.5)
@@ -63,8 +64,9 @@ def outcome(faultnet) -> Outcome:
               f"{traffic.failures} failed {dict(traffic.failed)}; "
               f"{traffic.liar_answered} answered by the liar ({traffic.bursts} bursts to reach it)",
               flush=True)
-        for svc in net.services:          # nothing died on its own
-            assert svc.alive(), f"{svc.name} is not running after the traffic (log {svc.log})"
+        for svc in net.services:          # nothing died on its own (a slashed node refuses to start)
+            gone = svc.name == liar_node["role"] and chain.stake.functions.stake(liar).call() == 0
+            assert svc.alive() or gone, f"{svc.name} is not running after the traffic (log {svc.log})"
         out = settle(chain, info, traffic, injector, seed, liar, time.monotonic() + SETTLE_S)
         out.settle_s = time.monotonic() - t0 - traffic_s
         out.wall_s = time.monotonic() - t0
@@ -135,7 +137,8 @@ def settle(chain: ChainView, info: dict, traffic: Traffic, injector: Injector, s
                    coordinator_view=view, stakes=stakes, slashed=slashed,
                    bonds_awarded=len(chain.events(chain.stake, "BondAwarded")),
                    locked_bond=chain.stake.functions.locked_bond(info["challenger"]["address"]).call(),
-                   liar_answered=sum(a.node.lower() == liar.lower() for a in traffic.answered.values()))
+                   liar_answered=sum(a.node.lower() == liar.lower() for a in traffic.answered.values()),
+                   liar_gone=injector.liar_gone)
 
 
 # --------------------------------------------------------------------------- checks
@@ -143,8 +146,9 @@ def settle(chain: ChainView, info: dict, traffic: Traffic, injector: Injector, s
 
 def test_faults_were_injected_during_traffic_and_the_game(outcome):
     f = outcome.faults
-    assert sum(f.values()) >= 9, outcome.fault_log
-    assert all(f[k] >= 2 for k in ("coordinator", "node", "liar", "challenger")) and f["all"] == 1, f
+    assert sum(f.values()) + outcome.liar_gone >= 9, outcome.fault_log
+    assert all(f[k] >= 2 for k in ("coordinator", "node", "challenger")) and f["all"] == 1, f
+    assert f["liar"] + outcome.liar_gone >= 2 and f["liar"] >= 1, (f, outcome.liar_gone)   # see Injector.liar_gone
     assert len(outcome.answered) >= 30, "too little traffic to mean anything"
     triggers = {(x.target, x.fired) for x in outcome.fault_log}
     print("fault triggers met: " + ", ".join(f"{t}@{w}" for t, w in sorted(triggers)))

@@ -56,7 +56,8 @@ class Coordinator:
         self.limiter = RateLimiter(clock)
         self.key_cache: dict = {}   # Authorization header -> (expires, (id, prefix, rpm) or None)
         self.poster = BatchPoster(self.sessions, self.chain, self.wallet, clock, self.metrics,
-                                  receipt_timeout=settings.receipt_timeout_s, crash=crash,
+                                  receipt_timeout=settings.receipt_timeout_s, confirmations=settings.confirmations,
+                                  crash=crash,
                                   on_reject=self._reject_node)
         self.finalizer = Finalizer(self.sessions, self.chain, self.wallet, clock, self.metrics,
                                    settings.receipt_timeout_s)

@@ -6,7 +6,8 @@ The steps, each a point where the process may die:
    post_batch transaction with an explicit nonce, record the batch (state
    `prepared`, raw tx, tx hash, nonce) and assign its leaves.  -- before_send
 2. broadcast the raw transaction.                                 -- after_send
-3. record state `sent`, wait for the receipt.         -- before_receipt_recorded
+3. record state `sent`, wait for the receipt (and `confirmations` blocks
+   on top of it).                                     -- before_receipt_recorded
 4. record the receipt: `posted` with the chain's batch id and deadline
    (or `failed` when it reverted: the leaves go back to pending).
 
@@ -77,7 +78,7 @@ def pack(leaves: list[m.Leaf], max_leaves: int = MAX_LEAVES) -> list[m.Leaf]:
 
 class BatchPoster:
     def __init__(self, sessions, chain: Chain, wallet: Wallet, clock: Callable[[], float], metrics: Metrics,
-                 max_leaves: int = MAX_LEAVES, receipt_timeout: float = 120.0,
+                 max_leaves: int = MAX_LEAVES, receipt_timeout: float = 120.0, confirmations: int = 0,
                  crash: Callable[[str], None] = no_crash, on_reject: Callable[[str, str], None] | None = None):
         self.sessions = sessions
         self.chain = chain
@@ -86,6 +87,7 @@ class BatchPoster:
         self.metrics = metrics
         self.max_leaves = max_leaves
         self.receipt_timeout = receipt_timeout
+        self.confirmations = confirmations   # blocks on top of a batch's before it counts as posted
         self.crash = crash
         self.on_reject = on_reject or (lambda node, reason: None)
         self._lock = threading.Lock()
@@ -170,9 +172,10 @@ class BatchPoster:
             row = s.get(m.Batch, batch_pk)
             row.state = m.SENT
             tx_hash = row.tx_hash
-        receipt = self.wallet.wait(tx_hash, self.receipt_timeout)
+        receipt = self.wallet.wait(tx_hash, self.receipt_timeout, self.confirmations)
         if receipt is None:
-            raise PostingError(f"no receipt for batch tx 0x{tx_hash.hex()} within {self.receipt_timeout} s")
+            raise PostingError(f"batch tx 0x{tx_hash.hex()} not mined with {self.confirmations} confirmations "
+                               f"within {self.receipt_timeout} s")
         self.crash("before_receipt_recorded")
         return self.record(batch_pk, receipt)
 
@@ -216,8 +219,9 @@ class BatchPoster:
                     continue
             if receipt is None:
                 self.wallet.broadcast(row.raw_tx)
-                receipt = self.wallet.wait(row.tx_hash, self.receipt_timeout)
-                if receipt is None:
-                    raise PostingError(f"batch {row.id}: tx 0x{row.tx_hash.hex()} still not mined")
+            receipt = self.wallet.wait(row.tx_hash, self.receipt_timeout, self.confirmations)
+            if receipt is None:
+                raise PostingError(f"batch {row.id}: tx 0x{row.tx_hash.hex()} still not mined with "
+                                   f"{self.confirmations} confirmations")
             posted += self.record(row.id, receipt)
         return posted

@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     batch_max_jobs: int = 64            # a batch is posted as soon as this many leaves wait
     finalize_interval_s: float = 5.0
     node_refresh_s: float = 15.0
-    confirmations: int = 0
+    confirmations: int = 0              # blocks on top of a batch's before it is `posted` (0: the receipt)
     receipt_timeout_s: float = 120.0
     scheduler: bool = True              # tests drive the jobs by hand
 

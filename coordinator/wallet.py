@@ -8,10 +8,11 @@ calls), so two jobs never pick the same nonce."""
 from __future__ import annotations
 
 import threading
+import time
 
 from eth_account import Account
 from web3 import Web3
-from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound
+from web3.exceptions import ContractLogicError, TransactionNotFound
 
 from coordinator.errors import PostingError
 
@@ -68,11 +69,19 @@ class Wallet:
         except TransactionNotFound:
             return None
 
-    def wait(self, tx_hash: bytes, timeout: float):
-        try:
-            return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)
-        except TimeExhausted:
-            return None
+    def wait(self, tx_hash: bytes, timeout: float, confirmations: int = 0, poll: float = 0.05):
+        """The receipt once `confirmations` more blocks are on top of its block;
+        None when that does not happen within `timeout`. The receipt is read
+        again on every poll, so a transaction reorganised out waits again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            receipt = self.receipt(tx_hash)
+            if receipt is not None and (confirmations <= 0
+                                        or self.w3.eth.block_number >= receipt["blockNumber"] + confirmations):
+                return receipt
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(poll)
 
     def transact(self, fn, timeout: float = 120.0):
         """Sign, send and wait for a call that needs no crash record (finalize: idempotent)."""

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -120,3 +121,31 @@ def test_a_posting_run_takes_the_leaves_pending_at_its_start(net, tmp_path):
     assert len(c.post_batches()) == 1   # the next run posts them
     counts = chain_job_counts(net)
     assert all(counts[job_id] == 1 for job_id in first + late)
+
+
+def test_a_batch_counts_as_posted_only_after_its_confirmations(net, tmp_path):
+    """With `confirmations` = 2 a mined batch stays `sent` (no proof served)
+    until two blocks are on top of it; then it is `posted`."""
+    import threading
+
+    settings = net.settings(database_url=f"sqlite:///{tmp_path / 'c.db'}", scheduler=False, confirmations=2)
+    c = Coordinator(settings)
+    ids = answer_jobs(c, ["wait for confirmations"])
+    result: dict = {}
+    poster = threading.Thread(target=lambda: result.setdefault("posted", c.post_batches()))
+    poster.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and chain_job_counts(net)[ids[0]] == 0:
+        time.sleep(0.1)
+    assert chain_job_counts(net)[ids[0]] == 1          # mined
+    time.sleep(0.5)
+    with c.sessions() as s:
+        assert s.scalars(select(m.Batch.state)).all() == [m.SENT]   # but not yet confirmed
+    assert poster.is_alive()
+    for _ in range(2):
+        net.w3.provider.make_request("evm_mine", [])
+    poster.join(20)
+    assert not poster.is_alive() and len(result["posted"]) == 1
+    with c.sessions() as s:
+        assert s.scalars(select(m.Batch.state)).all() == [m.BATCH_POSTED]
+        assert s.scalars(select(m.Leaf.status).where(m.Leaf.job_id == ids[0])).all() == [m.POSTED]

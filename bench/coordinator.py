@@ -23,13 +23,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 
 from bench.common import run, verdict
+from bench.load import closed_loop, pct
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "A short sentence to embed."
@@ -37,11 +37,6 @@ OVERHEAD_TARGET_MS = 5.0
 E2E_TARGET_MS = 100.0
 # Four processes share the machine's cores: one BLAS thread each avoids oversubscription.
 THREADS = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def wait_up(url: str, timeout: float = 90.0) -> None:
@@ -170,27 +165,10 @@ def wait_drained(network: Network, timeout: float = 60.0) -> bool:
 
 
 def sustained(network: Network, seconds: float = 15.0, clients: int = 6) -> dict:
-    done, errors = [], []
     wait_drained(network)
     before = metric(httpx.get(network.url + "/metrics").text, "opinfer_posting_lag_seconds_count")
-    stop = time.monotonic() + seconds
-
-    def worker(n: int) -> None:
-        with httpx.Client(timeout=60) as client:
-            i = 0
-            while time.monotonic() < stop:
-                r = client.post(network.url + "/v1/embeddings", json={
-                    "model": "all-minilm-l6-v2", "input": f"load {n} {i}", "opinfer": {"cache": False}})
-                (done if r.status_code == 200 else errors).append(r.status_code)
-                i += 1
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
+    load = closed_loop(network.url, "/v1/embeddings", lambda n, i: {
+        "model": "all-minilm-l6-v2", "input": f"load {n} {i}", "opinfer": {"cache": False}}, clients, seconds)
     ended = time.monotonic()
     drained = wait_drained(network)
     drain = drained and time.monotonic() - ended
@@ -198,10 +176,10 @@ def sustained(network: Network, seconds: float = 15.0, clients: int = 6) -> dict
     count = metric(text, "opinfer_posting_lag_seconds_count")
     lag = metric(text, "opinfer_posting_lag_seconds_sum") / count if count else None  # whole run
     batches = metric(text, "opinfer_batch_leaves_count")
-    return {"seconds": round(elapsed, 2), "clients": clients, "nodes": 3, "requests": len(done),
-            "errors": len(errors), "rps": len(done) / elapsed, "leaves_posted": int(count - before),
+    return {"seconds": load["seconds"], "clients": clients, "nodes": 3, "requests": load["requests"],
+            "errors": load["errors"], "rps": load["rps"], "leaves_posted": int(count - before),
             "batches": int(batches), "mean_posting_lag_s": lag, "drain_after_load_s": drain,
-            "meets_target": not errors and drain is not None and int(count - before) == len(done)}
+            "meets_target": not load["errors"] and drain is not None and int(count - before) == load["requests"]}
 
 
 def compute() -> dict:

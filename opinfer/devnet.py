@@ -28,6 +28,7 @@ from opinfer.chain.anvil import Anvil, dev_keys, free_port
 from opinfer.chain.deploy import Deployment, ProtocolParams, deploy, register_program
 from opinfer.chain.sender import TxSender
 from opinfer.errors import ChainError
+from opinfer.lifetime import child_preexec, say
 
 STATE_DIR = Path(".opinfer")
 STATE_FILE = STATE_DIR / "devnet.json"
@@ -55,7 +56,7 @@ def roles(nodes: int) -> tuple[str, ...]:
 def start(port: int = 8545, window: int = 600, clock: int = 300, nodes: int = 3,
           state_file: Path = STATE_FILE) -> tuple[Anvil, Deployment, dict]:
     names = roles(nodes)
-    anvil = Anvil(port=port, accounts=max(10, len(names))).start()
+    anvil = Anvil(port=port, accounts=max(10, len(names)), tied=True).start()
     try:
         w3 = Web3(HTTPProvider(anvil.url))
         keys = dict(zip(names, dev_keys(len(names))))
@@ -144,7 +145,8 @@ class Service:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=child_preexec())
         out.close()
         return self
 
@@ -270,7 +272,11 @@ def _start_services(net: Devnet, log) -> None:
             "OPINFER_COORDINATOR_KEY": info["accounts"]["coordinator"]["private_key"],
             "OPINFER_DEVNET_FILE": str(opts.state_file.resolve()),
             "OPINFER_BATCH_INTERVAL_S": str(opts.batch_interval), "OPINFER_FINALIZE_INTERVAL_S": "2",
-            "OPINFER_NODE_REFRESH_S": "3", "OPINFER_NODE_TIMEOUT_S": "120", "OPINFER_EJECT_FOR_S": "5"}
+            "OPINFER_NODE_REFRESH_S": "3", "OPINFER_NODE_TIMEOUT_S": "120", "OPINFER_EJECT_FOR_S": "5",
+            # devnet-only allowances, explicit (the defaults are the production ones): nodes on
+            # 127.0.0.1, keyless requests (the devnet key still works), /metrics without a key
+            "OPINFER_ALLOW_PRIVATE_ENDPOINTS": "true", "OPINFER_REQUIRE_API_KEY": "false",
+            "OPINFER_PUBLIC_METRICS": "true"}
     net.services.append(Service("coordinator", _python("opinfer.cli", "coordinator", "run", "--host", "127.0.0.1",
                                                        "--port", str(api_port)),
                                 cenv, logs / "coordinator.log").start())
@@ -372,35 +378,36 @@ def up(port: int = 8545, window: int = 600, clock: int = 300, nodes: int = 3, di
         stop["now"] = True
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
+    # SIGHUP too: a closed terminal must stop the services, not orphan them.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handle)
     try:
-        net = launch(opts)
+        net = launch(opts, log=say)
     except KeyboardInterrupt:
-        print("devnet stopped")
+        say("devnet stopped")
         return 0
-    signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("now", True))
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("now", True))
-    print(describe(net.info))
-    print(f"state written to {opts.state_file}; Ctrl-C stops everything", flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.__setitem__("now", True))
+    say(describe(net.info))
+    say(f"state written to {opts.state_file}; Ctrl-C stops everything", flush=True)
     code = 0
     try:
         while not stop["now"]:
             if net.anvil.proc is None or net.anvil.proc.poll() is not None:
-                print("anvil exited")
+                say("anvil exited")
                 code = 1
                 break
             dead = [s for s in net.services if not s.alive()]
             if dead:
-                print(f"{dead[0].name} exited (code {dead[0].proc.returncode}); see {dead[0].log}")
+                say(f"{dead[0].name} exited (code {dead[0].proc.returncode}); see {dead[0].log}")
                 code = 1
                 break
             time.sleep(0.5)
     finally:
-        print("stopping ...", flush=True)
+        say("stopping ...", flush=True)
         net.stop()
         opts.state_file.unlink(missing_ok=True)
-        print("devnet stopped", flush=True)
+        say("devnet stopped", flush=True)
     return code
 
 

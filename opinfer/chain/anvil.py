@@ -12,6 +12,7 @@ from pathlib import Path
 from web3 import HTTPProvider, Web3
 
 from opinfer.errors import ChainError
+from opinfer.lifetime import child_preexec
 
 REPO = Path(__file__).resolve().parents[2]
 # anvil's well-known development mnemonic: its keys are public, for devnets only.
@@ -45,7 +46,10 @@ class Anvil:
     """An anvil process on 127.0.0.1; use as a context manager."""
 
     def __init__(self, port: int | None = None, accounts: int = 10, gas_limit: int = 30_000_000,
-                 block_time: int | None = None, hardfork: str | None = None):
+                 block_time: int | None = None, hardfork: str | None = None, tied: bool = False):
+        # tied: SIGTERM anvil when the process that started it dies (a supervisor's chain).
+        # Off by default: the signal follows the starting *thread*, and tests start chains anywhere.
+        self.tied = tied
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [anvil_binary(), "--host", "127.0.0.1", "--port", str(self.port), "--accounts", str(accounts),
@@ -59,7 +63,7 @@ class Anvil:
 
     def start(self, timeout: float = 20.0) -> "Anvil":
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env=dict(os.environ))
+                                     env=dict(os.environ), preexec_fn=child_preexec() if self.tied else None)
         w3 = Web3(HTTPProvider(self.url))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

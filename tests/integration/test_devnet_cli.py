@@ -53,3 +53,74 @@ def test_devnet_down_without_devnet_names_the_problem(tmp_path):
     assert result.returncode == 2
     assert "no running devnet" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _start_chain_only(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "opinfer.cli", "devnet", "up", "--chain-only", "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    state = tmp_path / ".opinfer" / "devnet.json"
+    deadline = time.monotonic() + 300
+    while not state.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert state.exists(), proc.stdout.read() if proc.poll() is not None else "devnet.json not written"
+    return proc, Web3(HTTPProvider(json.loads(state.read_text())["rpc_url"], request_kwargs={"timeout": 2}))
+
+
+def _chain_gone(w3, timeout=15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            w3.eth.block_number
+        except Exception:  # noqa: BLE001 - connection refused: anvil is gone
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_killed_supervisor_takes_its_chain_with_it(tmp_path):
+    """SIGKILL runs no clean-up in the supervisor: the kernel's parent-death signal must stop anvil."""
+    proc, w3 = _start_chain_only(tmp_path)
+    assert w3.eth.block_number >= 0
+    proc.kill()
+    proc.wait(10)
+    assert _chain_gone(w3), "anvil outlived its SIGKILLed supervisor"
+
+
+def test_ctrl_c_through_a_closed_pipe_still_stops_everything(tmp_path):
+    """`make up | tee log`, then Ctrl-C: tee dies first, so the supervisor's next print hits a closed pipe."""
+    proc, w3 = _start_chain_only(tmp_path)
+    proc.stdout.close()                      # the reader (tee) is gone
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    assert _chain_gone(w3), "anvil outlived its supervisor after a broken pipe"
+    assert not (tmp_path / ".opinfer" / "devnet.json").exists()
+
+
+def test_services_never_outlive_their_supervisor(tmp_path):
+    """A service started by the devnet's supervisor gets SIGTERM when the supervisor is SIGKILLed."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from opinfer.devnet import Service\n"
+        "svc = Service('sleeper', [sys.executable, '-c', 'import time; time.sleep(600)'], {}, Path(sys.argv[1]))\n"
+        "svc.start()\n"
+        "print(svc.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    sup = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "sleeper.log")], stdout=subprocess.PIPE,
+                           text=True)
+    child = int(sup.stdout.readline())
+    sup.kill()
+    sup.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().split()[2] == "Z":   # exited, waiting for its (new) parent to reap it
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"service {child} outlived its SIGKILLed supervisor")

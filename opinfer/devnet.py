@@ -337,6 +337,12 @@ def _wait_healthy(net: Devnet, api_url: str | None, timeout: float = 300.0) -> N
                      f"(logs in {net.opts.state_dir / 'logs'})")
 
 
+def _venv_activate() -> str:
+    """The activate script of the environment running this devnet (where `opinfer` lives)."""
+    script = Path(sys.executable).parent / "activate"
+    return str(script) if script.exists() else ".venv/bin/activate"
+
+
 def describe(info: dict) -> str:
     lines = [f"opinfer devnet is up (chain id {info['chain_id']})",
              f"  RPC          {info['rpc_url']}"]
@@ -359,6 +365,7 @@ def describe(info: dict) -> str:
                   "-H 'content-type: application/json' \\",
                   "    -d '{\"model\": \"smollm2-135m-instruct\", \"messages\": [{\"role\": \"user\", "
                   "\"content\": \"Say hi\"}]}'",
+                  f"  source {_venv_activate()}   # once per terminal: puts `opinfer` on PATH",
                   "  opinfer chat \"Say hi\" --wait       # answer, then wait for finality and verify",
                   "  opinfer status"]
     return "\n".join(lines)

@@ -11,7 +11,8 @@ from functools import lru_cache
 from web3 import Web3
 from web3.logs import DISCARD
 
-from challenger.errors import DecodeError
+from challenger.errors import DataUnavailable, DecodeError
+from opinfer.chain import calls
 from opinfer.chain.protocol import ProtocolChain
 from opinfer.chain.sender import TxSender
 from opinfer.trace import player
@@ -50,6 +51,7 @@ class Chain(ProtocolChain):
     def __init__(self, w3: Web3, sender: TxSender, rollup: str):
         super().__init__(w3, sender, rollup)
         self.model = lru_cache(maxsize=64)(self._model)
+        self._post_batch = calls.selector(self.rollup, "post_batch")
 
     # ------------------------------------------------------------ reading
 
@@ -70,24 +72,31 @@ class Chain(ProtocolChain):
         return [e["args"]["node"] for e in logs]
 
     def load_batch(self, batch_id: int, tx_hash: bytes) -> Batch:
-        """Rebuild the batch from its transaction's calldata alone and check it
-        against the root the rollup stored (never trust the calldata blindly)."""
-        tx = self.w3.eth.get_transaction(tx_hash)
-        if (tx["to"] or "").lower() != self.rollup.address.lower():
-            raise DecodeError(f"batch {batch_id}: posted through a contract ({tx['to']}), not a direct call")
+        """Rebuild the batch from the calldata of the post_batch call that posted
+        it, wherever that call sits in its transaction (a direct call, or one made
+        by a contract wallet or forwarder: opinfer.chain.calls), and check it
+        against the root the rollup stored (never trust the calldata blindly).
+        Raises DataUnavailable when the call was made by a contract and the RPC
+        cannot trace transactions."""
+        root, data_hash = (bytes(v) for v in self.rollup.functions.batch(batch_id).call()[:2])
         try:
-            fn, args = self.rollup.decode_function_input(tx["input"])
-            if fn.fn_name != "post_batch":
-                raise DecodeError(f"batch {batch_id}: transaction calls {fn.fn_name}")
-            batch = Batch.from_calldata(_plain(args["_leaves"]), _plain(args["_runs"]), bytes(args["_inputs"]))
-        except DecodeError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any malformed calldata
-            raise DecodeError(f"batch {batch_id}: calldata does not decode: {exc}") from None
-        root, data_hash = self.rollup.functions.batch(batch_id).call()[:2]
-        if batch.root != bytes(root) or batch.data_hash != bytes(data_hash):
-            raise DecodeError(f"batch {batch_id}: calldata does not match the posted root")
-        return batch
+            inputs = calls.call_inputs(self.w3, tx_hash, self.rollup.address, self._post_batch)
+        except calls.TracerUnavailable as exc:
+            raise DataUnavailable(f"batch {batch_id}: {exc}") from None
+        if not inputs:
+            raise DecodeError(f"batch {batch_id}: transaction 0x{bytes(tx_hash).hex()} makes no post_batch call")
+        errors = []
+        for raw in inputs:  # a contract may post several batches in one transaction: match by root
+            try:
+                fn, args = self.rollup.decode_function_input(raw)
+                batch = Batch.from_calldata(_plain(args["_leaves"]), _plain(args["_runs"]), bytes(args["_inputs"]))
+            except Exception as exc:  # noqa: BLE001 - any malformed calldata
+                errors.append(f"calldata does not decode: {exc}")
+                continue
+            if batch.root == root and batch.data_hash == data_hash:
+                return batch
+            errors.append("calldata does not match the posted root")
+        raise DecodeError(f"batch {batch_id}: {'; '.join(errors)}")
 
     def _model(self, model_id: int) -> ModelInfo:
         root, ops_per_step, _, _ = self.registry.functions.get_model(model_id).call()

@@ -22,3 +22,8 @@ class UnknownModel(ChallengerError):
 
 class Unverifiable(ChallengerError):
     """A job cannot be re-executed (neither the fast engine nor the program runs it)."""
+
+
+class DataUnavailable(DecodeError):
+    """A batch was posted by a contract and the RPC cannot trace the transaction,
+    so its calldata (the batch's data) cannot be found: its leaves go unchecked."""

@@ -18,6 +18,9 @@ class Metrics:
         self.batches_seen = Counter("batches_seen", "BatchPosted events handled", namespace=NS, registry=r)
         self.batches_expired = Counter("batches_expired", "Batches first seen after their challenge window closed",
                                        namespace=NS, registry=r)
+        self.batches_unavailable = Counter(
+            "batches_unavailable", "Batches posted by a contract that the RPC cannot trace: their leaves go unchecked "
+            "(alert: use an RPC with debug_traceTransaction)", namespace=NS, registry=r)
         self.leaves_seen = Counter("leaves_seen", "Leaves in handled batches", namespace=NS, registry=r)
         self.leaves_checked = Counter("leaves_checked", "Leaves re-executed and compared", ["model"],
                                       namespace=NS, registry=r)
@@ -42,6 +45,11 @@ class Metrics:
         self.rewards_claimed = Counter("rewards_claimed_wei", "Wei claimed from the StakeManager", namespace=NS,
                                        registry=r)
         self.errors = Counter("errors", "Errors by where they happened", ["where"], namespace=NS, registry=r)
+        self.rechecks = Counter("rechecks", "Leaves of nodes with a fraud record re-executed beyond the sample, "
+                                "by outcome (checked, expired: window too close, over_budget: the node's budget spent)",
+                                ["outcome"], namespace=NS, registry=r)
+        self.work_queued = Gauge("work_queued", "Re-checks and trace builds waiting for a worker", ["kind"],
+                                 namespace=NS, registry=r)
         self.reexec_seconds = Histogram("reexec_seconds", "Re-execution time per leaf", ["model"], namespace=NS,
                                         registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from challenger import solver
-from challenger.errors import ChallengerError, DecodeError, Unverifiable
+from challenger.errors import ChallengerError, DataUnavailable, DecodeError, Unverifiable
 from challenger.executors import Executor
 from challenger.game import GamePlayer
 from challenger.logs import event
@@ -39,7 +39,7 @@ from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.outputs import input_root
 from opinfer.trace.program import Trace
 
-DONE, EXPIRED_BATCH, UNDECODABLE = "done", "expired", "undecodable"
+DONE, EXPIRED_BATCH, UNDECODABLE, UNAVAILABLE = "done", "expired", "undecodable", "unavailable"
 
 
 class Challenger:
@@ -118,7 +118,7 @@ class Challenger:
     def handle_batch(self, ev) -> bool:
         """Record, sample and check one batch; False when it was handled before."""
         known = self.store.batch(ev.batch_id)
-        if known and known.status in (DONE, EXPIRED_BATCH, UNDECODABLE):
+        if known and known.status in (DONE, EXPIRED_BATCH, UNDECODABLE, UNAVAILABLE):
             return False
         record = BatchRecord(ev.batch_id, ev.block_number, ev.block_hash, ev.tx_hash, ev.deadline, ev.leaf_count,
                              "scanning")
@@ -131,6 +131,13 @@ class Challenger:
         self.store.add_batch(record)
         try:
             batch = self.load(record)
+        except DataUnavailable as exc:
+            # Not the poster's fault as far as we can tell, but nobody checks these leaves: say so loudly.
+            self.store.add_batch(_with(record, UNAVAILABLE))
+            self.metrics.batches_unavailable.inc()
+            event(self.log, "batch data unavailable: its leaves are NOT checked", logging.CRITICAL,
+                  batch=ev.batch_id, error=str(exc))
+            return True
         except DecodeError as exc:
             self.store.add_batch(_with(record, UNDECODABLE))
             self.metrics.errors.labels("decode").inc()

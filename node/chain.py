@@ -10,6 +10,7 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError
 
 from node.errors import NodeError
+from opinfer.chain import calls
 from opinfer.chain.protocol import ProtocolChain
 from opinfer.chain.sender import TxSender
 from opinfer.trace import player
@@ -100,24 +101,35 @@ class NodeChain(ProtocolChain):
                           e["blockNumber"]) for e in logs for a in [e["args"]]]
 
     def job_input(self, start: GameStart) -> bytes:
-        """The disputed job's input bytes: from the challenge call, else from the batch's calldata."""
-        tx = self.w3.eth.get_transaction(start.tx_hash)
-        if (tx["to"] or "").lower() == self.game_contract.address.lower():
-            try:
-                fn, args = self.game_contract.decode_function_input(tx["input"])
-                if fn.fn_name == "challenge":
+        """The disputed job's input bytes: from the challenge call, else from the
+        batch's post_batch call, wherever each call sits in its transaction (a
+        challenger or coordinator may send through a contract: opinfer.chain.calls)."""
+        sel = calls.selector(self.game_contract, "challenge")
+        try:
+            for raw in calls.call_inputs(self.w3, start.tx_hash, self.game_contract.address, sel):
+                fn, args = self.game_contract.decode_function_input(raw)
+                if (args["_batch_id"], args["_index"]) == (start.batch_id, start.leaf_index):
                     return bytes(args["_input"])
-            except Exception:  # noqa: BLE001 - fall back to the batch
-                pass
+        except calls.TracerUnavailable:
+            pass  # fall back to the batch
+        except Exception:  # noqa: BLE001 - malformed: fall back to the batch
+            pass
         logs = self.rollup.events.BatchPosted().get_logs(from_block=0, to_block=start.block_number,
                                                          argument_filters={"batch_id": start.batch_id})
         if not logs:
             raise NodeError(f"game {start.game_id}: batch {start.batch_id} not found")
-        btx = self.w3.eth.get_transaction(logs[-1]["transactionHash"])
-        _, args = self.rollup.decode_function_input(btx["input"])
+        root = bytes(self.rollup.functions.batch(start.batch_id).call()[0])
         plain = lambda rows: [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]  # noqa: E731
-        batch = Batch.from_calldata(plain(args["_leaves"]), plain(args["_runs"]), bytes(args["_inputs"]))
-        return batch.leaves[start.leaf_index].input
+        for raw in calls.call_inputs(self.w3, bytes(logs[-1]["transactionHash"]), self.rollup.address,
+                                     calls.selector(self.rollup, "post_batch")):
+            try:
+                _, args = self.rollup.decode_function_input(raw)
+                batch = Batch.from_calldata(plain(args["_leaves"]), plain(args["_runs"]), bytes(args["_inputs"]))
+            except Exception:  # noqa: BLE001 - another call's malformed data
+                continue
+            if batch.root == root:
+                return batch.leaves[start.leaf_index].input
+        raise NodeError(f"game {start.game_id}: no post_batch call in the batch's transaction matches its root")
 
     def game(self, gid: int) -> dict:
         return self.games.state(gid)

@@ -4,9 +4,14 @@ Each tick:
 1. scan GameStarted events naming this node, from the persisted cursor to
    the head; store each game with its job input (read from the challenge
    call, else from the batch calldata);
-2. play each open game from the chain's state:
-   - the node's phase: rebuild the job's trace (once per game, cached),
-     compute the answer (opinfer.trace.player.node_move), check it against
+2. traces: every open game's trace is requested as soon as the game is
+   seen (at challenge time) and built on worker threads, earliest node
+   deadline first (node/../opinfer/workpool.py); a built trace is kept in
+   memory (a few) and on disk next to the state file, so neither a restart
+   nor many concurrent games make the node rebuild it;
+3. play each open game whose trace is ready, earliest deadline first (a
+   game never waits behind another game's build), from the chain's state:
+   - the node's phase: compute the answer (opinfer.trace.player.node_move), check it against
      every root this node already published in the game (store.claims,
      written before the move is sent), send it;
    - STEP: the node runs the one-step itself (its claim is right, so the
@@ -16,14 +21,25 @@ Each tick:
 Everything is idempotent against the store and the chain: a node killed
 anywhere restarts, re-reads its games and answers within its clock.
 
+Clock griefing (issue 14, point 3): a griefer who challenges several long
+jobs of the node at once must not win any of them on time. The contract
+gives a game opened while k others are open against the node k extra trace
+budgets; the defender's part is to start every build at once, in deadline
+order, on all its workers, and to move in every ready game while the others
+build.
+
 What the node commits to is a Strategy: the honest one (here) answers from
 Trace.of(program, job); node/dishonest.py holds the test-only liars."""
 
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import threading
+import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable
 
 from node.logs import event
@@ -32,6 +48,7 @@ from node.store import LOST, OPEN, VOID, WON, Game, Store
 from opinfer.trace import bisection, player
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.program import Program, Trace
+from opinfer.workpool import PENDING, DeadlinePool
 
 OUTCOMES = {player.NODE_WON: WON, player.CHALLENGER_WON: LOST, player.VOID: VOID}
 
@@ -65,14 +82,88 @@ def claims_of(move: player.Move, g: dict, trace: Trace, arity: int) -> dict[str,
     return {}
 
 
+class TraceNotReady(Exception):
+    """The game's trace is still being built: the game waits, the others move."""
+
+
+class TraceFiles:
+    """Built traces on disk, one file per game, next to the defender's state
+    file (the node's own directory: as trusted as its SQLite state). The
+    program is not written (it is large and the node has it): it is stored
+    as a reference and given back on load."""
+
+    def __init__(self, directory: Path | None):
+        self.dir = directory
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, gid: int) -> Path:
+        return self.dir / f"game-{gid}.trace"
+
+    def save(self, gid: int, trace: Trace, program: Program) -> bool:
+        if self.dir is None:
+            return False
+        tmp = self._path(gid).with_suffix(".tmp")
+        try:
+            with open(tmp, "wb") as f:
+                _Pickler(f, program).dump(trace)
+            os.replace(tmp, self._path(gid))   # a kill mid-write leaves no half file behind
+            return True
+        except (pickle.PicklingError, TypeError, AttributeError):
+            tmp.unlink(missing_ok=True)        # e.g. a test liar's trace holds a closure: not kept
+            return False
+
+    def load(self, gid: int, program: Program) -> Trace | None:
+        if self.dir is None or not self._path(gid).exists():
+            return None
+        try:
+            with open(self._path(gid), "rb") as f:
+                return _Unpickler(f, program).load()
+        except Exception:  # noqa: BLE001 - a damaged file is rebuilt
+            self.drop(gid)
+            return None
+
+    def drop(self, gid: int) -> None:
+        if self.dir is not None:
+            self._path(gid).unlink(missing_ok=True)
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, f, program: Program):
+        super().__init__(f, protocol=5)
+        self.program = program
+
+    def persistent_id(self, obj):
+        return "program" if obj is self.program else None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, f, program: Program):
+        super().__init__(f)
+        self.program = program
+
+    def persistent_load(self, pid):
+        if pid != "program":
+            raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+        return self.program
+
+
 class Defender:
     def __init__(self, chain, store: Store, programs: Callable[[str], Program], metrics: Metrics,
                  log: logging.Logger, strategy: Strategy = HONEST, start_block: int = 0, log_span: int = 2000,
-                 step_self: bool = True):
+                 step_self: bool = True, trace_workers: int = 2, traces_kept: int = 8, build_wait_s: float = 1.0,
+                 trace_dir: str | Path | None = None):
         self.chain, self.store, self.programs = chain, store, programs
         self.metrics, self.log, self.strategy = metrics, log, strategy
         self.start_block, self.log_span, self.step_self = start_block, log_span, step_self
         self._traces: OrderedDict[int, Trace] = OrderedDict()
+        self.traces_kept = traces_kept          # in memory (a SmolLM2 trace is large); the rest wait on disk
+        self.build_wait_s = build_wait_s        # a pass waits this long for builds in flight, then moves on
+        self.builds = DeadlinePool(trace_workers, "defender-trace")
+        if trace_dir is None and str(store.path) != ":memory:":
+            trace_dir = Path(store.path).with_name(Path(store.path).stem + "-traces")
+        self.files = TraceFiles(Path(trace_dir) if trace_dir is not None else None)
+        self.built = 0                          # traces built (not loaded) by this process
         store.bind(chain.chain_id, chain.rollup.address, chain.address)
         self.metrics.games_active.set(len(store.games(OPEN)))
 
@@ -92,6 +183,7 @@ class Defender:
         while True:
             self.tick()
             if stop.wait(poll_interval):
+                self.builds.close()
                 return
 
     def start(self, poll_interval: float = 1.0) -> tuple[threading.Thread, threading.Event]:
@@ -119,37 +211,126 @@ class Defender:
     # ------------------------------------------------------------ 2. play
 
     def play(self) -> None:
+        """Move in every open game whose trace is ready, earliest deadline first;
+        request the others' traces; wait up to build_wait_s for builds in flight
+        and move in the games they finish."""
         games = self.store.games(OPEN)
-        now = self.chain.timestamp() if games else 0
+        if not games:
+            self.metrics.games_active.set(0)
+            return
+        now = self.chain.timestamp()
+        states = {}
         for game in games:
             try:
-                self.act(game, now)
+                states[game.game_id] = self.chain.game(game.game_id)
+            except Exception as exc:  # noqa: BLE001 - retried next tick
+                self.metrics.defender_errors.labels("move").inc()
+                event(self.log, "game state unreadable", logging.ERROR, game=game.game_id, error=repr(exc))
+        games = sorted((g for g in games if g.game_id in states), key=lambda g: self.deadline(states[g.game_id]))
+        for game in games:   # every build starts now (challenge time), in deadline order
+            if states[game.game_id]["status"] == player.ACTIVE:
+                self.request(game, states[game.game_id])
+        waiting = self._play(games, states, now)
+        until = time.monotonic() + self.build_wait_s
+        seen = self.builds.completed
+        while waiting and time.monotonic() < until:
+            seen = self.builds.wait(until - time.monotonic(), since=seen)
+            ready = [g for g in waiting if self._ready(g)]
+            if not ready:
+                if not self.builds.queued:
+                    break
+                continue
+            now = self.chain.timestamp()
+            for game in ready:
+                states[game.game_id] = self.chain.game(game.game_id)
+            waiting = [g for g in waiting if g not in ready] + self._play(ready, states, now)
+        self.metrics.games_active.set(len(self.store.games(OPEN)))
+
+    def _play(self, games: list[Game], states: dict, now: int) -> list[Game]:
+        """One move in each game that has one to make; the games waiting for a trace."""
+        waiting = []
+        for game in games:
+            try:
+                self.act(game, now, states[game.game_id])
+            except TraceNotReady:
+                waiting.append(game)
             except Exception as exc:  # noqa: BLE001 - retried next tick, well inside the clock
                 self.metrics.defender_errors.labels("move").inc()
                 event(self.log, "move failed", logging.ERROR, game=game.game_id, error=repr(exc))
-        self.metrics.games_active.set(len(self.store.games(OPEN)))
+        return waiting
 
-    def trace(self, game: Game) -> Trace:
-        trace = self._traces.get(game.game_id)
-        if trace is None:
-            name, root = self.chain.model(game.model_id)
-            program = self.programs(name)
-            if program.model_root != root:
-                raise RuntimeError(f"our program for {name} has model root 0x{program.model_root.hex()}, "
-                                   f"the registry holds 0x{root.hex()}")
-            job = JobInput.from_bytes(game.input)
-            trace = self.strategy.trace(program, job)
-            if trace.input_root != game.input_root or trace.output_root != game.output_root:
-                event(self.log, "our trace does not match the signed leaf", logging.CRITICAL, game=game.game_id,
-                      output_root=game.output_root, trace_root=trace.output_root)
-            self._traces[game.game_id] = trace
-            while len(self._traces) > 4:  # SmolLM2 traces are large
-                self._traces.popitem(last=False)
+    @staticmethod
+    def deadline(g: dict) -> int:
+        """When the node's clock in this game runs out if it does not move (on
+        the challenger's turn: after the challenger's clock too)."""
+        if g["phase"] in player.NODE_PHASES:
+            return g["last_move_at"] + g["node_clock"]
+        return g["last_move_at"] + g["challenger_clock"] + g["node_clock"]
+
+    def _ready(self, game: Game) -> bool:
+        try:
+            self.trace(game)
+            return True
+        except TraceNotReady:
+            return False
+        except Exception:  # noqa: BLE001 - act reports it
+            return True
+
+    def request(self, game: Game, g: dict) -> None:
+        """Start building the game's trace unless it is in memory, on disk or in flight."""
+        gid = game.game_id
+        if gid in self._traces or self.builds.busy(gid):
+            return
+        self.builds.submit(gid, self.deadline(g), lambda: self._build(game))
+
+    def _program(self, game: Game) -> Program:
+        name, root = self.chain.model(game.model_id)
+        program = self.programs(name)
+        if program.model_root != root:
+            raise RuntimeError(f"our program for {name} has model root 0x{program.model_root.hex()}, "
+                               f"the registry holds 0x{root.hex()}")
+        return program
+
+    def _build(self, game: Game) -> Trace:
+        """On a worker: the trace from disk if a run before a restart built it, else built and saved."""
+        program = self._program(game)
+        trace = self.files.load(game.game_id, program)
+        if trace is not None and trace.input_root == game.input_root:
+            self.metrics.traces.labels("loaded").inc()
+            return trace
+        started = time.monotonic()
+        trace = self.strategy.trace(program, JobInput.from_bytes(game.input))
+        self.built += 1
+        self.metrics.traces.labels("built").inc()
+        self.metrics.trace_seconds.observe(time.monotonic() - started)
+        if trace.input_root != game.input_root or trace.output_root != game.output_root:
+            event(self.log, "our trace does not match the signed leaf", logging.CRITICAL, game=game.game_id,
+                  output_root=game.output_root, trace_root=trace.output_root)
+        self.files.save(game.game_id, trace, program)
         return trace
 
-    def act(self, game: Game, now: int) -> None:
+    def trace(self, game: Game) -> Trace:
+        """The game's trace, or TraceNotReady (its build is requested or running)."""
         gid = game.game_id
-        g = self.chain.game(gid)
+        trace = self._traces.get(gid)
+        if trace is None:
+            try:
+                trace = self.builds.take(gid)
+            except KeyError:
+                # Evicted from memory (more games than traces_kept): back from disk, else rebuilt.
+                self.builds.submit(gid, 0, lambda: self._build(game))
+                trace = self.builds.take(gid)
+            if trace is PENDING:
+                raise TraceNotReady(gid)
+            self._traces[gid] = trace
+            while len(self._traces) > self.traces_kept:
+                self._traces.popitem(last=False)
+        self._traces.move_to_end(gid)
+        return trace
+
+    def act(self, game: Game, now: int, g: dict | None = None) -> None:
+        gid = game.game_id
+        g = g if g is not None else self.chain.game(gid)
         if g["status"] != player.ACTIVE:
             return self.finish(game, g)
         elapsed = now - g["last_move_at"]
@@ -189,6 +370,8 @@ class Defender:
         outcome = OUTCOMES.get(g["status"], VOID)
         self.store.finish(game.game_id, outcome)
         self._traces.pop(game.game_id, None)
+        self.builds.forget(game.game_id)
+        self.files.drop(game.game_id)
         self.metrics.games.labels(outcome).inc()
         reason = self.chain.resolved_reason(game.game_id, game.start_block)
         event(self.log, "game over", logging.INFO if outcome != LOST else logging.ERROR, game=game.game_id,

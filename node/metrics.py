@@ -28,6 +28,10 @@ class Metrics:
         self.moves = Counter("moves", "Game moves sent, by function", ["function"], namespace=NS, registry=r)
         self.move_margin = Histogram("move_clock_left_seconds", "Node clock left when a move was sent",
                                      namespace=NS, registry=r, buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600))
+        self.traces = Counter("dispute_traces", "Dispute traces made ready, by how (built, loaded from disk)",
+                              ["how"], namespace=NS, registry=r)
+        self.trace_seconds = Histogram("dispute_trace_seconds", "Time to build one dispute trace", namespace=NS,
+                                       registry=r, buckets=(0.1, 0.5, 1, 5, 15, 30, 60, 120, 240, 480, 960))
         self.defender_errors = Counter("defender_errors", "Defender failures, by stage", ["stage"], namespace=NS,
                                        registry=r)
 

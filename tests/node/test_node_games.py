@@ -15,6 +15,7 @@ from challenger.service import Challenger
 from challenger.store import OPEN as C_OPEN
 from challenger.store import Store as ChallengerStore
 from node import dishonest
+from node.defender import Strategy
 from node.store import LOST, OPEN, WON
 from opinfer.chain.sender import TxSender
 from opinfer.trace import player
@@ -180,3 +181,93 @@ def test_inconsistent_bisection_on_a_correct_output_is_slashed(net, tmp_path):
     assert griefer.state(gid)["status"] == player.CHALLENGER_WON
     assert defender.store.games()[0].outcome == LOST
     assert net.slashable("n7") == 0 and net.slashable("n1") == STAKE
+
+
+# ---------------------------------------------------------------- clock griefing (issue 14, point 3)
+
+class SlowTraces(Strategy):
+    """The honest node whose trace of every job takes `build_s` seconds to build,
+    as a long job's does (docs/protocol.md: about 205 s for a 1,024-position
+    SmolLM2 job); the toy trace itself takes a millisecond. Counts builds and
+    how many ran at once (the defender's workers stand for its cores)."""
+
+    def __init__(self, build_s: float):
+        import threading
+
+        self.build_s, self.builds, self.running, self.most = build_s, 0, 0, 0
+        self._lock = threading.Lock()
+
+    def trace(self, program, job):
+        import time
+
+        with self._lock:
+            self.builds += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(self.build_s)
+            return super().trace(program, job)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+GRIEF_GAMES, BUILD_S, CLOCK_S, TRACE_BUDGET_S = 5, 4.0, 20, 5
+
+
+@pytest.fixture(scope="module")
+def short_net():
+    """Clocks short enough that a trace build is a large part of one (as 205 s is of 300 s)."""
+    from opinfer.chain.deploy import ProtocolParams
+
+    n = Net(ProtocolParams(challenge_window=600, clock_budget=CLOCK_S, trace_budget=TRACE_BUDGET_S))
+    n.stake("n1")
+    yield n
+    n.stop()
+
+
+def test_concurrent_challenges_of_long_jobs_are_all_won_in_time(short_net, tmp_path):
+    """A griefer challenges five of an honest node's long jobs at once. Before: the defender built
+    traces one at a time inside its pass and kept four in memory, so every pass rebuilt them all and
+    the node lost every game on time. Now every build starts at challenge time, earliest deadline
+    first on two workers, ready games move while others build, and traces are kept on disk: a
+    restarted defender loads them instead of rebuilding."""
+    import time
+
+    net = short_net
+    slow = SlowTraces(BUILD_S)
+    node = net.node("n1")
+    leaves = [net.execute(node, 100 + s) for s in range(GRIEF_GAMES)]
+    batch_id = net.post(leaves)
+    defender = net.defender("n1", tmp_path, strategy=slow, node=node)
+    defender.tick()  # the cursor is past the batch: it sees only games
+    griefer = Griefer(net)
+    gids = [griefer.challenge(leaves, batch_id, i) for i in range(GRIEF_GAMES)]
+    restarted = False
+    started = time.monotonic()
+    while time.monotonic() - started < 120:
+        defender.tick()
+        states = {gid: griefer.state(gid) for gid in gids}
+        if all(g["status"] != player.ACTIVE for g in states.values()):
+            break
+        now = net.w3.eth.get_block("latest")["timestamp"]
+        for gid, g in states.items():
+            if g["status"] != player.ACTIVE:
+                continue
+            if g["phase"] in player.NODE_PHASES:
+                if now - g["last_move_at"] > g["node_clock"]:
+                    griefer.client.send(player.Move("claim_timeout", (gid,)))  # the griefer's prize
+            else:
+                griefer.respond(gid)
+        if not restarted and slow.builds == GRIEF_GAMES and all(
+                defender.store.claims(gid) for gid in gids):
+            # Killed and restarted mid-game: the traces come back from disk, nothing is rebuilt.
+            defender = net.defender("n1", tmp_path, strategy=slow, node=node)
+            defender.store.cursor = net.w3.eth.block_number
+            restarted = True
+    outcomes = {gid: griefer.state(gid)["status"] for gid in gids}
+    assert outcomes == {gid: player.NODE_WON for gid in gids}
+    assert net.slashable("n1") == STAKE
+    assert slow.most == 2 and restarted
+    assert slow.builds == GRIEF_GAMES                      # one build per game, none after the restart
+    assert metric(defender.metrics, "dispute_traces", 'how="loaded"') >= 1

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     receipt_timeout_s: float = 120.0
     scheduler: bool = True              # tests drive the jobs by hand
 
+    # Explorer (/explorer). The RPC URL handed to browsers for their own chain reads (empty:
+    # rpc_url; set it where browsers reach the chain at another address), and the block its
+    # event index starts from (the protocol's deployment block spares a scan from genesis).
+    explorer_rpc_url: str = ""
+    explorer_from_block: int = 0
+
     def chain(self) -> dict:
         """rpc_url, chain_id and contract addresses, filled from devnet_file where empty."""
         out = {"rpc_url": self.rpc_url, "chain_id": self.chain_id, "rollup": self.rollup_address,

@@ -20,6 +20,7 @@ from coordinator import db, nodes
 from coordinator import models as m
 from coordinator.cache import ResponseCache
 from coordinator.chain import Chain
+from coordinator.deps import KeyCache
 from coordinator.errors import ApiError, PayloadTooLarge
 from coordinator.finalizer import Finalizer
 from coordinator.metrics import Metrics
@@ -48,13 +49,15 @@ class Coordinator:
         self.wallet = Wallet(self.chain.w3, where["key"])
         self.pool = nodes.NodePool(clock, self.metrics, settings.eject_after_failures, settings.eject_for_s,
                                    settings.node_timeout_s, settings.node_connect_timeout_s,
-                                   signer_key=where["key"] or "")
+                                   signer_key=where["key"] or "", allow_private=settings.allow_private_endpoints,
+                                   health_timeout=settings.node_health_timeout_s,
+                                   max_answer_bytes=settings.max_node_answer_bytes)
         with self.sessions() as s:
             self.pool.restore(s)
         self.catalog = Catalog(self.chain)
         self.cache = ResponseCache(clock, settings.cache_ttl_s, settings.cache_stale_s, settings.cache_entries)
         self.limiter = RateLimiter(clock)
-        self.key_cache: dict = {}   # Authorization header -> (expires, (id, prefix, rpm) or None)
+        self.key_cache = KeyCache(settings.key_cache_entries)   # Authorization header -> (id, prefix, rpm) or None
         self.poster = BatchPoster(self.sessions, self.chain, self.wallet, clock, self.metrics,
                                   receipt_timeout=settings.receipt_timeout_s, confirmations=settings.confirmations,
                                   crash=crash,
@@ -63,7 +66,7 @@ class Coordinator:
                                    settings.receipt_timeout_s)
         self.jobs = None
         self.service = InferenceService(settings, self.sessions, self.catalog, self.pool, self.cache, self.metrics,
-                                        clock, tokenizers, on_batch_due=self._batch_due)
+                                        clock, tokenizers, on_batch_due=self._batch_due, limiter=self.limiter)
 
     # ------------------------------------------------------------ scheduled work
 
@@ -89,9 +92,13 @@ class Coordinator:
             self.jobs.post_now()
 
     def _reject_node(self, address: str, reason: str) -> None:
+        """A leaf the poster will not post was the node's doing (bad signature, no
+        stake left to slash): it leaves the rotation at once, for the longest
+        ejection, and one good answer does not bring it back early. A model
+        retired by the registry is nobody's fault."""
         node = self.pool.nodes.get(address)
-        if node is not None:
-            self.pool.failure(node, f"rejected leaf: {reason}")
+        if node is not None and not reason.startswith("model"):
+            self.pool.eject(node, f"rejected leaf: {reason}")
 
     def health(self) -> dict:
         report = {"status": "ok", "nodes_in_rotation": 0, "nodes": len(self.pool.nodes)}

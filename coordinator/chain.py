@@ -78,6 +78,10 @@ class Chain:
     def node_active(self, address: str) -> bool:
         return self.stake_manager.functions.is_active(address).call()
 
+    def node_slashable(self, address: str) -> bool:
+        """Stake a lost game would take (active or unbonding): its leaves can still be punished."""
+        return self.stake_manager.functions.slashable(address).call() > 0
+
     def model_active(self, model_id: int) -> bool:
         return self.registry.functions.model_active(model_id).call()
 

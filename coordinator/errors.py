@@ -73,11 +73,12 @@ class NoNodeAvailable(ApiError):
 class NodeFailure(CoordinatorError):
     """One node attempt failed (timeout, HTTP error, bad answer); the router retries elsewhere."""
 
-    def __init__(self, node: str, reason: str, fault: bool = True):
+    def __init__(self, node: str, reason: str, fault: bool = True, eject: bool = False):
         super().__init__(f"node {node}: {reason}")
         self.node = node
         self.reason = reason
         self.fault = fault  # False: the request itself was bad, not the node
+        self.eject = eject  # True: proof of a bad node (a signature the chain would refuse): out at once
 
 
 class PostingError(CoordinatorError):

@@ -85,7 +85,9 @@ class LocalNetwork:
                 "OPINFER_ROLLUP_ADDRESS": self.addresses["ResultRollup"],
                 "OPINFER_REGISTRY_ADDRESS": self.addresses["ModelRegistry"],
                 "OPINFER_STAKE_MANAGER_ADDRESS": self.addresses["StakeManager"],
-                "OPINFER_COORDINATOR_KEY": self.keys["coordinator"]}
+                "OPINFER_COORDINATOR_KEY": self.keys["coordinator"],
+                "OPINFER_ALLOW_PRIVATE_ENDPOINTS": "true", "OPINFER_REQUIRE_API_KEY": "false",
+                "OPINFER_PUBLIC_METRICS": "true"}
 
     def settings(self, **overrides):
         from coordinator.settings import Settings
@@ -93,7 +95,9 @@ class LocalNetwork:
         base = dict(rpc_url=self.anvil.url, chain_id=self.deployment.chain_id,
                     rollup_address=self.addresses["ResultRollup"], registry_address=self.addresses["ModelRegistry"],
                     stake_manager_address=self.addresses["StakeManager"], coordinator_key=self.keys["coordinator"],
-                    devnet_file="/nonexistent")
+                    devnet_file="/nonexistent",
+                    # a local network: nodes on 127.0.0.1, keyless requests, open metrics (all explicit)
+                    allow_private_endpoints=True, require_api_key=False, public_metrics=True)
         return Settings(**{**base, **overrides})
 
     def time_travel(self, seconds: int) -> None:

@@ -31,6 +31,9 @@ class Metrics:
                                 registry=r)
         self.pending_leaves = Gauge("opinfer_pending_leaves", "Leaves waiting for a batch", registry=r)
         self.nodes_up = Gauge("opinfer_nodes_in_rotation", "Nodes in rotation", registry=r)
+        self.disagreements = Counter("opinfer_consensus_disagreements_total",
+                                     "Consensus jobs whose nodes gave different output roots (GET /v1/disagreements)",
+                                     ["model"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,20 +3,33 @@ doing (health checks, request outcomes) and how to call them.
 
 State lives in memory (routing.NodeHealth) and is written to the `nodes`
 table on each refresh, so operators can see it and a restart keeps the
-ejections."""
+ejections.
+
+Any staked node can announce any endpoint on-chain, so every endpoint is
+treated as hostile input: only http(s) URLs whose host is a public address
+(loopback, link-local, private, multicast, reserved and unspecified
+addresses are refused unless `allow_private_endpoints`, a devnet setting, is
+on), checked when the endpoint is learnt and again at connect time for host
+names (a name can resolve to anything, and again differently later);
+redirects are never followed; every read from a node is bounded in size and
+time."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import aiohttp
-import httpx
 import orjson
+from aiohttp.abc import AbstractResolver
 from sqlalchemy import select
 
 from coordinator import models as m
@@ -26,6 +39,103 @@ from coordinator.metrics import Metrics
 from opinfer.signing import RequestSigner
 
 log = logging.getLogger("opinfer.coordinator.nodes")
+MAX_ANSWER_BYTES = 256 * 1024    # an execute answer: 384 ints or <= 1,024 token ids, signature, roots
+MAX_HEALTH_BYTES = 16 * 1024
+
+
+def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why the coordinator must not connect to `ip` for a node (None: a public address)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified"):
+        if getattr(ip, f"is_{kind}"):
+            return f"{kind.replace('_', '-')} address {ip}"
+    if not ip.is_global:
+        return f"non-global address {ip}"   # shared (100.64/10), benchmarking, documentation ranges
+    return None
+
+
+def endpoint_problem(url: str, allow_private: bool = False) -> str | None:
+    """Why an announced endpoint is refused (None: it may be called).
+
+    http or https, a host, no credentials, no query or fragment; an IP
+    literal must be public unless allow_private. Host names are checked
+    when they are resolved (GuardedResolver)."""
+    if len(url) > 256:
+        return "endpoint longer than 256 characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"malformed endpoint: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"scheme {parts.scheme or '(none)'!r} is not http or https"
+    if not parts.hostname:
+        return "endpoint has no host"
+    if parts.username is not None or parts.password is not None:
+        return "endpoint carries credentials"
+    if parts.query or parts.fragment:
+        return "endpoint has a query or fragment"
+    if port == 0:
+        return "port 0"
+    try:
+        ip = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        if not allow_private and parts.hostname.rstrip(".").lower() in ("localhost", "localhost.localdomain") \
+                or parts.hostname.lower().endswith(".localhost"):
+            return f"host {parts.hostname} is loopback"
+        return None
+    return None if allow_private else address_problem(ip)
+
+
+class GuardedResolver(AbstractResolver):
+    """DNS through aiohttp's default resolver, keeping only the addresses a
+    node may have: a host name that resolves only to refused addresses fails
+    to connect (at connect time, so re-pointing the name later does not help)."""
+
+    def __init__(self, allow_private: bool):
+        self.allow_private = allow_private
+        self._inner = aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET):
+        found = await self._inner.resolve(host, port, family)
+        if self.allow_private:
+            return found
+        kept = [r for r in found if address_problem(ipaddress.ip_address(r["host"])) is None]
+        if not kept:
+            raise OSError(f"{host} resolves only to refused addresses "
+                          f"({', '.join(sorted({r['host'] for r in found}))})")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _run(make_coro):
+    """Run a coroutine to the end from blocking code, also when called on a
+    thread whose event loop is running (the refresh at startup): in a worker then."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make_coro())).result()
+
+
+class TooLarge(Exception):
+    pass
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or TooLarge as soon as it passes `limit` bytes (by header or by counting)."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise TooLarge(f"answer of {resp.content_length} bytes (limit {limit})")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(f"answer over {limit} bytes")
+    return bytes(body)
 
 
 def parse_static(spec: str) -> list[tuple[str, str]]:
@@ -40,14 +150,17 @@ def parse_static(spec: str) -> list[tuple[str, str]]:
 class NodePool:
     def __init__(self, clock: Callable[[], float], metrics: Metrics, eject_after: int = 3, eject_for: float = 30.0,
                  timeout: float = 60.0, connect_timeout: float = 2.0, rng: random.Random | None = None,
-                 signer_key: str = ""):
+                 signer_key: str = "", allow_private: bool = False, health_timeout: float = 5.0,
+                 max_answer_bytes: int = MAX_ANSWER_BYTES):
         self.clock = clock
         # signs every execute request (nodes trust the coordinator's address)
         self.signer = RequestSigner(signer_key) if signer_key else None
         self.metrics = metrics
         self.eject_after, self.eject_for = eject_after, eject_for
         self.timeout_s, self.connect_timeout_s = timeout, connect_timeout
-        self.timeout = httpx.Timeout(timeout, connect=connect_timeout)   # health checks
+        self.health_timeout_s = health_timeout
+        self.allow_private = allow_private       # devnet only: nodes on 127.0.0.1 and private networks
+        self.max_answer_bytes = max_answer_bytes
         self.rng = rng or random.Random()
         self.nodes: dict[str, routing.NodeHealth] = {}
         self._lock = threading.Lock()
@@ -64,6 +177,7 @@ class NodePool:
                 n.endpoint, n.model_ids, n.staked, n.stake_wei = r.endpoint.rstrip("/"), frozenset(r.model_ids), \
                     r.staked, r.stake_wei
                 n.source = "registry"
+                self._vet(n)
                 self.nodes[r.address] = n
                 seen.add(r.address)
             for address, endpoint in static:
@@ -71,11 +185,20 @@ class NodePool:
                     continue
                 n = self.nodes.get(address) or routing.NodeHealth(address, endpoint, default_models, source="static")
                 n.endpoint = endpoint
+                self._vet(n)
                 self.nodes[address] = n
                 seen.add(address)
             for gone in set(self.nodes) - seen:
                 del self.nodes[gone]
             self.metrics.nodes_up.set(sum(n.in_rotation(self.clock()) for n in self.nodes.values()))
+
+    def _vet(self, n: routing.NodeHealth) -> None:
+        problem = endpoint_problem(n.endpoint, self.allow_private)
+        if problem and n.endpoint_problem != problem:
+            log.warning("node %s: endpoint %r refused: %s", n.address, n.endpoint[:256], problem)
+        n.endpoint_problem = problem
+        if problem:
+            n.last_error = f"endpoint refused: {problem}"
 
     def restore(self, session) -> None:
         """Health (latency, errors, ejections) saved by an earlier run."""
@@ -83,6 +206,8 @@ class NodePool:
             self.nodes.setdefault(row.address, routing.NodeHealth(
                 row.address, row.endpoint, frozenset(row.model_ids), int(row.stake_wei), row.staked, row.latency_ms,
                 row.error_rate, row.failures, row.ejected_until, source=row.source))
+        for n in self.nodes.values():
+            self._vet(n)   # rows saved under whatever rule applied then
 
     def save(self, session) -> None:
         now = self.clock()
@@ -106,11 +231,11 @@ class NodePool:
             return routing.rank(list(self.nodes.values()), model_id, self.clock(), exclude)
 
     def serving(self, model_id: int) -> list[routing.NodeHealth]:
-        return [n for n in self.nodes.values() if model_id in n.model_ids and n.staked]
+        return [n for n in self.nodes.values() if model_id in n.model_ids and n.staked and not n.endpoint_problem]
 
     def success(self, node: routing.NodeHealth, latency_ms: float) -> None:
         with self._lock:
-            routing.record_success(node, latency_ms)
+            routing.record_success(node, latency_ms, self.clock())
         self.metrics.node_latency.labels(node.address).observe(latency_ms / 1000)
 
     def failure(self, node: routing.NodeHealth, reason: str) -> None:
@@ -119,6 +244,13 @@ class NodePool:
         self.metrics.node_errors.labels(node.address, reason.split(":")[0][:40]).inc()
         if ejected:
             log.warning("node %s out of rotation until %.0f: %s", node.address, node.ejected_until, reason)
+
+    def eject(self, node: routing.NodeHealth, reason: str) -> None:
+        """Out of rotation at once, for the longest ejection (a proven-bad answer, not bad luck)."""
+        with self._lock:
+            routing.eject(node, reason, self.clock(), self.eject_for)
+        self.metrics.node_errors.labels(node.address, reason.split(":")[0][:40]).inc()
+        log.warning("node %s out of rotation until %.0f: %s", node.address, node.ejected_until, reason)
 
     def backoff(self, attempt: int, base: float, cap: float) -> float:
         return routing.backoff(attempt, base, cap, self.rng)
@@ -136,32 +268,47 @@ class NodePool:
             self._sessions.pop(other).connector._close()
         session = self._sessions.get(loop)
         if session is None:
-            session = self._sessions[loop] = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s, sock_connect=self.connect_timeout_s),
-                connector=aiohttp.TCPConnector(limit=256, limit_per_host=64), raise_for_status=False)
+            session = self._sessions[loop] = self._new_session(self.timeout_s)
         return session
 
+    def _new_session(self, total: float) -> aiohttp.ClientSession:
+        # total: the whole exchange, reading the body included (a node that
+        # drips its answer a byte at a time is cut off like a silent one)
+        return aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=total, sock_connect=self.connect_timeout_s),
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, resolver=GuardedResolver(self.allow_private)),
+            raise_for_status=False)
+
     async def _post(self, url: str, data: bytes, headers: dict) -> tuple[int, bytes]:
-        """(status, body) of one POST; TimeoutError or aiohttp.ClientError when it fails."""
-        async with self._session().post(url, data=data, headers=headers) as resp:
-            return resp.status, await resp.read()
+        """(status, body) of one POST; TimeoutError, aiohttp.ClientError or TooLarge when it fails.
+        Redirects are not followed (a node could send the coordinator anywhere)."""
+        async with self._session().post(url, data=data, headers=headers, allow_redirects=False) as resp:
+            if 300 <= resp.status < 400:
+                return resp.status, b""
+            return resp.status, await read_bounded(resp, self.max_answer_bytes)
 
     async def execute(self, node: routing.NodeHealth, body: dict) -> dict:
         """POST /v1/execute on `node`; NodeFailure on any kind of failure."""
+        if node.endpoint_problem:
+            raise NodeFailure(node.address, f"endpoint refused: {node.endpoint_problem}")
         node.inflight += 1
         started = time.perf_counter()
         try:
             data = orjson.dumps(body)
             headers = {"content-type": "application/json"}
             if self.signer:
-                headers.update(self.signer.headers(data))
+                headers.update(self.signer.headers(data, node.address))
             status, raw = await self._post(f"{node.endpoint}/v1/execute", data, headers)
         except TimeoutError:
             raise NodeFailure(node.address, "timeout") from None
+        except TooLarge as exc:
+            raise NodeFailure(node.address, f"too large: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise NodeFailure(node.address, f"unreachable: {type(exc).__name__}") from None
         finally:
             node.inflight -= 1
+        if 300 <= status < 400:
+            raise NodeFailure(node.address, f"redirect: http {status} (redirects are not followed)")
         if status >= 500:
             raise NodeFailure(node.address, f"http {status}")
         if status >= 400:
@@ -177,12 +324,14 @@ class NodePool:
 
     def check(self, node: routing.NodeHealth) -> bool:
         """GET /healthz (blocking; from the refresh job). A static node learns its models here."""
+        if node.endpoint_problem:
+            return False   # never contacted; update() recorded why
         started = time.perf_counter()
         try:
-            resp = httpx.get(f"{node.endpoint}/healthz", timeout=self.timeout)
-            info = resp.json()
-            if resp.status_code != 200 or info.get("address", node.address).lower() != node.address.lower():
-                raise ValueError(f"http {resp.status_code} / address {info.get('address')}")
+            status, info = _run(lambda: self._get_health(node.endpoint))
+            if status != 200 or not isinstance(info, dict) or \
+                    str(info.get("address", node.address)).lower() != node.address.lower():
+                raise ValueError(f"http {status} / address {str(info.get('address'))[:42] if isinstance(info, dict) else None}")
         except Exception as exc:  # noqa: BLE001 - any failure counts against the node
             reason = f"health: {type(exc).__name__}"
             if self.clock() < node.ejected_until:
@@ -195,12 +344,20 @@ class NodePool:
             self.failure(node, reason)
             return False
         if node.source == "static" and isinstance(info.get("models"), dict):
-            node.model_ids = frozenset(int(v) for v in info["models"].values())
+            node.model_ids = frozenset(int(v) for v in list(info["models"].values())[:64])
         if node.latency_ms is None:
             node.latency_ms = (time.perf_counter() - started) * 1000
         # A passing check does not end an ejection: a node that answers
         # /healthz but fails jobs must wait out its time, then get one try.
         return True
+
+    async def _get_health(self, endpoint: str) -> tuple[int, object]:
+        """(status, JSON) of GET /healthz: no redirects, at most MAX_HEALTH_BYTES, health_timeout s."""
+        async with self._new_session(self.health_timeout_s) as session:
+            async with session.get(f"{endpoint}/healthz", allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:
+                    return resp.status, None
+                return resp.status, orjson.loads(await read_bounded(resp, MAX_HEALTH_BYTES))
 
     async def aclose(self) -> None:
         """Close this loop's session (others belong to loops that cannot run it)."""

@@ -144,14 +144,16 @@ class BatchPoster:
         for leaf in leaves:
             rl = result_leaf(leaf)
             if leaf.node not in staked:
-                staked[leaf.node] = self.chain.node_active(leaf.node)
+                # slashable, not "active": a node that asked to unbond after answering is
+                # still slashable, and its leaf must be posted so its lie can be punished
+                staked[leaf.node] = self.chain.node_slashable(leaf.node)
             if rl.model_id not in active:
                 active[rl.model_id] = self.chain.model_active(rl.model_id)
             reason = None
             if not signature_ok(rl, self.chain.chain_id, self.chain.rollup.address):
                 reason = "signature does not recover to the node"
             elif not staked[leaf.node]:
-                reason = "node not staked"
+                reason = "node has no slashable stake"
             elif not active[rl.model_id]:
                 reason = "model not active"
             if reason:

@@ -30,10 +30,11 @@ class NodeHealth:
     inflight: int = 0
     last_error: str | None = None
     source: str = "registry"
+    endpoint_problem: str | None = None   # why its endpoint may not be called (nodes.endpoint_problem)
     meta: dict = field(default_factory=dict)
 
     def in_rotation(self, now: float) -> bool:
-        return self.staked and now >= self.ejected_until
+        return self.staked and not self.endpoint_problem and now >= self.ejected_until
 
 
 def cost(node: NodeHealth, max_stake: int) -> float:
@@ -54,11 +55,22 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     return rng.uniform(0.0, min(cap, base * (2 ** attempt)))
 
 
-def record_success(node: NodeHealth, latency_ms: float) -> None:
+def record_success(node: NodeHealth, latency_ms: float, now: float | None = None) -> None:
     node.latency_ms = latency_ms if node.latency_ms is None else (1 - EWMA) * node.latency_ms + EWMA * latency_ms
     node.error_rate *= 1 - EWMA
+    if now is not None and now < node.ejected_until:
+        return   # a request that was in flight when the node was ejected does not end the ejection
     node.failures = 0
     node.ejected_until = 0.0
+
+
+def eject(node: NodeHealth, reason: str, now: float, eject_for: float) -> None:
+    """Out of rotation for the longest ejection at once (a signature that does
+    not recover, a leaf the poster rejected): not a fault a retry fixes."""
+    node.error_rate = (1 - EWMA) * node.error_rate + EWMA
+    node.failures = max(node.failures + 1, 6)
+    node.last_error = reason
+    node.ejected_until = now + eject_for * 2 ** 5
 
 
 def record_failure(node: NodeHealth, reason: str, now: float, eject_after: int, eject_for: float) -> bool:

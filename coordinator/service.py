@@ -5,6 +5,7 @@ usage, and describe jobs and batches with their proofs."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import threading
 from collections import Counter, OrderedDict
@@ -28,12 +29,26 @@ from node.engines import MINILM, SMOLLM2
 from opinfer.errors import CommitmentError
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.leaf import Batch as LeafBatch
+from opinfer.trace.leaf import ResultLeaf
 from opinfer.trace.outputs import embedding_output, generation_output, input_root, tensor_root
 
 KINDS = {MINILM: "embedding", SMOLLM2: "chat"}
 EMBED_DIM = 384
 MINILM_VOCAB, MINILM_POSITIONS = 30522, 512
 PROOF_CACHE_LEAVES = 4096
+SERVABLE = (m.PENDING, m.POSTED, m.FINAL)   # a cached answer is served only while its leaf is on its way to final
+
+
+def vote(results: list[dict], stake: dict[str, int]) -> tuple[bytes, int]:
+    """(winning output root, how many nodes gave it): the most nodes; among
+    equally many, the most stake behind the answer (what they lose by lying),
+    then the smaller root: never who answered first, which a lazy liar wins."""
+    groups: dict[bytes, list[str]] = {}
+    for r in results:
+        groups.setdefault(r["output_root"], []).append(r["node"])
+    winner = max(groups, key=lambda root: (len(groups[root]), sum(stake.get(n, 0) for n in groups[root]),
+                                           [-b for b in root]))
+    return winner, len(groups[winner])
 
 
 @dataclass(frozen=True)
@@ -134,11 +149,18 @@ class Tokenizers:
     def chat_end(self) -> int:
         return self.chat.token_to_id("<|im_end|>")
 
+    @functools.cached_property
+    def chat_max_token_bytes(self) -> int:
+        """The longest token's bytes (byte-level BPE: one vocabulary character per
+        byte): a text of b bytes is at least b / this many tokens, a bound that
+        rejects oversized prompts before tokenizing them."""
+        return max(len(t) for t in self.chat.vocab)
+
 
 class InferenceService:
     def __init__(self, settings: Settings, sessions, catalog: Catalog, pool: NodePool, cache: ResponseCache,
                  metrics: Metrics, clock: Callable[[], float], tokenizers: Tokenizers | None = None,
-                 on_batch_due: Callable[[], None] = lambda: None):
+                 on_batch_due: Callable[[], None] = lambda: None, limiter=None):
         self.settings = settings
         self.sessions = sessions
         self.catalog = catalog
@@ -148,6 +170,7 @@ class InferenceService:
         self.clock = clock
         self.tokenizers = tokenizers or Tokenizers()
         self.on_batch_due = on_batch_due
+        self.limiter = limiter      # rate limits count jobs: the route took one, charge() the rest
         self.unbatched = 0
         self._proofs: OrderedDict[int, LeafBatch] = OrderedDict()   # batch pk -> tree, least recent first
         self._proofs_lock = threading.Lock()
@@ -167,21 +190,33 @@ class InferenceService:
         if len(items) > self.settings.max_embedding_inputs:
             raise BadRequest(f"at most {self.settings.max_embedding_inputs} inputs per request (max_embedding_inputs)",
                              param="input")
-        jobs = []
         for item in items:
             if isinstance(item, str):
                 if not item:
                     raise BadRequest("`input` must not contain empty strings", param="input")
-                tokens = self.tokenizers.embedding(item)
             else:
-                tokens = list(item)
-                if not tokens or not all(0 <= t < MINILM_VOCAB for t in tokens):
+                if not item or not all(0 <= t < MINILM_VOCAB for t in item):
                     raise BadRequest(f"token ids must be in [0, {MINILM_VOCAB})", param="input")
-                if len(tokens) > MINILM_POSITIONS:
+                if len(item) > MINILM_POSITIONS:
                     raise BadRequest(f"at most {MINILM_POSITIONS} tokens per input", param="input",
                                      code="context_length_exceeded")
-            jobs.append(JobInput(tuple(tokens)))
+        self._check_consensus(req.opinfer.consensus)
+        self.charge(who, len(items) * req.opinfer.consensus)
+        # Tokenizing up to max_body_bytes of text takes about half a second: in a
+        # worker thread (the tokenizer releases the GIL), never on the event loop.
+        jobs = await anyio.to_thread.run_sync(
+            lambda: [JobInput(tuple(self.tokenizers.embedding(i) if isinstance(i, str) else i)) for i in items])
         return list(await asyncio.gather(*(self.run(model, job, "embedding", who, req.opinfer) for job in jobs)))
+
+    def _check_consensus(self, k: int) -> None:
+        if k > self.settings.max_consensus:
+            raise BadRequest(f"consensus k is {k}; the limit is {self.settings.max_consensus}", param="opinfer.consensus")
+
+    def charge(self, who: Principal, jobs: int) -> None:
+        """Rate limits count jobs, not requests: a request of m inputs at consensus
+        k makes k x m nodes work. The route's dependency took one already."""
+        if self.limiter is not None and jobs > 1:
+            self.limiter.take(who.key_id if who.key_id is not None else "anonymous", who.rpm, jobs - 1)
 
     # ------------------------------------------------------------ chat
 
@@ -205,10 +240,18 @@ class InferenceService:
         if len(stops) > self.settings.max_stop_sequences or any(not s for s in stops):
             raise BadRequest(f"`stop` takes 1 to {self.settings.max_stop_sequences} non-empty strings", param="stop")
         tok = self.tokenizers
-        stop_sequences = [(tok.chat_end,)] + [tuple(tok.chat.encode_ordinary(s)) for s in stops]
-        prompt = tok.chat_prompt([("system" if msg.role == "developer" else msg.role, msg.text())
-                                  for msg in req.messages])
         limit = self.settings.max_context_tokens
+        messages = [("system" if msg.role == "developer" else msg.role, msg.text()) for msg in req.messages]
+        size = sum(len(text.encode()) for _, text in messages)
+        if size > (limit - max_tokens) * await anyio.to_thread.run_sync(lambda: tok.chat_max_token_bytes):
+            # cannot fit whatever it tokenizes to: refused without tokenizing it
+            raise BadRequest(f"messages ({size} bytes) exceed the context limit of {limit} tokens "
+                             f"with max_tokens {max_tokens}", param="messages", code="context_length_exceeded")
+        self._check_consensus(req.opinfer.consensus)
+        self.charge(who, req.opinfer.consensus)
+        # in a worker thread (the tokenizer releases the GIL): the event loop keeps serving
+        stop_sequences, prompt = await anyio.to_thread.run_sync(lambda: (
+            [(tok.chat_end,)] + [tuple(tok.chat.encode_ordinary(s)) for s in stops], tok.chat_prompt(messages)))
         if len(prompt) + max_tokens > limit:
             raise BadRequest(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the context limit "
                              f"of {limit} tokens", param="messages", code="context_length_exceeded")
@@ -265,8 +308,7 @@ class InferenceService:
         data = job.to_bytes()
         key = cache_key(model.model_root, data)
         k = options.consensus
-        if k > self.settings.max_consensus:
-            raise BadRequest(f"consensus k is {k}; the limit is {self.settings.max_consensus}", param="opinfer.consensus")
+        self._check_consensus(k)
         if options.cache and k == 1:
             entry = self.cache.get(key)
             answer = entry and await anyio.to_thread.run_sync(self._load_answer, entry.job_id)
@@ -277,7 +319,7 @@ class InferenceService:
             self.metrics.cache.labels("miss").inc()
         job_id = secrets.token_bytes(16)
         try:
-            results = await self._execute(model, job_id, job, data, kind, k)
+            results, failure = await self._execute(model, job_id, job, data, kind, k)
         except NoNodeAvailable:
             entry = options.allow_stale and self.cache.get(key, allow_stale=True)
             answer = entry and await anyio.to_thread.run_sync(self._load_answer, entry.job_id)
@@ -287,21 +329,32 @@ class InferenceService:
                 await anyio.to_thread.run_sync(self._record_usage, answer.job, who, True)
                 return answer
             raise
-        votes = Counter(r["output_root"] for r in results)
-        winner, agreed = votes.most_common(1)[0]  # ties: the first (best-ranked) node's answer
+        winner, agreed = vote(results, {a: n.stake_wei for a, n in self.pool.nodes.items()})
         answer = await anyio.to_thread.run_sync(self._record, model, job_id, job, data, kind, results, winner, who)
         answer.agreed = agreed
-        self.cache.put(key, answer.job.id)
-        self.metrics.jobs.labels(model.name, "node").inc()
         self.unbatched += len(results)
         if self.unbatched >= self.settings.batch_max_jobs:
             self.unbatched = 0
             self.on_batch_due()
+        if failure is not None:
+            # The finished executions are recorded (posted, so challengeable, and billed);
+            # the client asked for k and gets an error, not a weaker answer.
+            raise NoNodeAvailable(f"consensus of {k} not reached: {len(results)} of {k} nodes answered "
+                                  f"({failure.message}); the finished executions are recorded as job 0x{job_id.hex()}",
+                                  param="opinfer.consensus")
+        if agreed < len(results):
+            # Some node lied (or several did): GET /v1/disagreements lists the job for challengers.
+            self.metrics.disagreements.labels(model.name).inc()
+        else:
+            self.cache.put(key, answer.job.id)   # never an answer some node contradicted
+        self.metrics.jobs.labels(model.name, "node").inc()
         return answer
 
     async def _execute(self, model: ModelInfo, job_id: bytes, job: JobInput, data: bytes, kind: str,
                        k: int) -> list[dict]:
-        """k results from k distinct nodes, each slot retried on other nodes."""
+        """Results from k distinct nodes, each slot retried on other nodes, plus one
+        more node when the k split evenly; and the first slot failure, if any
+        (the results that finished are kept: NoNodeAvailable only when none did)."""
         if len(self.pool.serving(model.id)) < k:
             raise NoNodeAvailable(f"consensus of {k} needs {k} nodes serving `{model.name}`; "
                                   f"{len(self.pool.serving(model.id))} are registered", param="opinfer.consensus")
@@ -325,7 +378,9 @@ class InferenceService:
                     checked = self._check(node.address, answer, body, expected_in, kind, job)
                 except NodeFailure as exc:
                     reasons.append(exc.reason)
-                    if exc.fault:
+                    if exc.eject:
+                        self.pool.eject(node, exc.reason)
+                    elif exc.fault:
                         self.pool.failure(node, exc.reason)
                     continue
                 self.pool.success(node, answer["_latency_ms"])
@@ -333,13 +388,33 @@ class InferenceService:
             raise NoNodeAvailable(f"no node answered for `{model.name}` "
                                   f"({'; '.join(reasons[-3:]) or 'none in rotation'})")
 
-        return list(await asyncio.gather(*(slot() for _ in range(k))))
+        outcomes = await asyncio.gather(*(slot() for _ in range(k)), return_exceptions=True)
+        results = [o for o in outcomes if isinstance(o, dict)]
+        failures = [o for o in outcomes if not isinstance(o, dict)]
+        for exc in failures:
+            if not isinstance(exc, NoNodeAvailable):
+                raise exc
+        if not results:
+            raise failures[0]
+        if not failures and k > 1:
+            counts = sorted(Counter(r["output_root"] for r in results).values(), reverse=True)
+            if len(counts) > 1 and counts[0] == counts[1]:
+                # An even split (k = 2: one liar) is not decided by who was fastest:
+                # one more node breaks the tie; without one, the stake behind each answer does (vote()).
+                try:
+                    results.append(await slot())
+                except NoNodeAvailable:
+                    pass
+        return results, (failures[0] if failures else None)
 
-    @staticmethod
-    def _check(address: str, answer: dict, body: dict, expected_in: bytes, kind: str, job: JobInput) -> dict:
+    def _check(self, address: str, answer: dict, body: dict, expected_in: bytes, kind: str, job: JobInput) -> dict:
         """The answer must be bound to what the client will get: recompute the
-        output root from the returned output (signatures are checked before
-        posting, off the hot path)."""
+        output root from the returned output, and check the node's signature
+        over the leaf with the chain's own rule (poster.signature_ok) before
+        anything is answered or cached: a leaf the poster would reject is never
+        served (it would be an answer no challenger sees)."""
+        from coordinator.poster import signature_ok
+
         try:
             if (str(answer["node"]).lower() != address.lower() or answer["job_id"] != body["job_id"]
                     or answer["model_id"] != body["model_id"]):
@@ -357,6 +432,8 @@ class InferenceService:
                 ids = [int(t) for t in payload["ids"]]
                 if not all(0 <= t < 49152 for t in ids):
                     raise ValueError("token id outside the vocabulary")
+                if len(ids) > job.max_tokens or payload["finish_reason"] not in ("stop", "length"):
+                    raise ValueError("more tokens than max_tokens, or an unknown finish reason")
                 output = generation_output(ids, payload["finish_reason"], job.max_tokens)
                 result = {"ids": ids, "finish_reason": payload["finish_reason"]}
             output_root = bytes.fromhex(answer["output_root"][2:])
@@ -367,6 +444,17 @@ class InferenceService:
                 raise ValueError("signature is not 65 bytes")
         except (KeyError, TypeError, ValueError, AttributeError, CommitmentError) as exc:
             raise NodeFailure(address, f"bad answer: {exc}") from None
+        chain = self.catalog.chain
+        leaf = ResultLeaf(bytes.fromhex(body["job_id"][2:]), body["model_id"], expected_in, output_root, address,
+                          bytes.fromhex(body["input"][2:]), signature)
+        if hasattr(leaf, "canonical"):
+            # every form that proves the node signed becomes the one form the chain accepts (H2)
+            leaf = leaf.canonical(chain.chain_id, chain.rollup.address) or leaf
+        if not signature_ok(leaf, chain.chain_id, chain.rollup.address):
+            # not bad luck: a node that signs what the chain would not accept is out at once
+            raise NodeFailure(address, "bad signature: the leaf signature does not recover to the node "
+                                       "under the rollup's rule", eject=True)
+        signature = leaf.signature
         return {"node": address, "output_root": output_root, "input_root": expected_in, "signature": signature,
                 "result": result}
 
@@ -390,14 +478,15 @@ class InferenceService:
         with self.sessions() as s, s.begin():
             s.execute(insert(m.Job.__table__), [_columns(row, m.Job)])
             s.execute(insert(m.Leaf.__table__), leaves)
-            s.execute(insert(m.Usage.__table__), [self._usage(row, who, False)])
+            s.execute(insert(m.Usage.__table__), [self._usage(row, who, False, len(results))])
         primary = m.Leaf(**next(leaf for leaf in leaves if leaf["agrees"]))
         return Answer(row, primary)
 
-    def _usage(self, job: m.Job, who: Principal, cached: bool) -> dict:
+    def _usage(self, job: m.Job, who: Principal, cached: bool, executions: int = 1) -> dict:
+        """One row per answer; a consensus job costs one execution per node that ran it."""
         tokens = job.prompt_tokens + job.completion_tokens
         mi = self.catalog.models.get(job.model)
-        cost = mi.cost_wei(tokens) if mi else 0
+        cost = mi.cost_wei(tokens) * executions if mi else 0
         return dict(api_key_id=who.key_id, job_id=job.id, model=job.model, prompt_tokens=job.prompt_tokens,
                     completion_tokens=job.completion_tokens, cost_wei=str(cost), cached=cached,
                     created_at=self.clock())
@@ -413,6 +502,8 @@ class InferenceService:
                 return None
             leaves = list(job.leaves)
             primary = next(leaf for leaf in leaves if leaf.agrees)
+            if primary.status not in SERVABLE:
+                return None   # rejected, disputed or invalid: run the job again, never serve it
             return Answer(job, primary, cached=True, agreed=sum(leaf.agrees for leaf in leaves))
 
     # ------------------------------------------------------------ views (blocking; routes run them in threads)
@@ -486,6 +577,25 @@ class InferenceService:
                     "deadline": batch.deadline, "posted_at": batch.posted_at, "finalized_at": batch.finalized_at,
                     "leaves": [{"index": leaf.leaf_index, "job_id": "0x" + leaf.job_id, "node": leaf.node,
                                 "status": leaf.status} for leaf in batch.leaves]}
+
+    def disagreements(self, after: float, limit: int) -> dict:
+        """Consensus jobs whose nodes gave different output roots, oldest first,
+        created after `after` (epoch s): at least one of their leaves is a lie,
+        and the vote may have picked the wrong side (k = 2, colluding nodes), so
+        a challenger should re-execute every leaf listed, sampled or not. The
+        same jobs can be found in calldata alone (one job id, several output
+        roots); this list saves the search."""
+        with self.sessions() as s:
+            jobs = s.scalars(select(m.Job).where(m.Job.id.in_(select(m.Leaf.job_id).where(m.Leaf.agrees.is_(False))),
+                                                 m.Job.created_at > after)
+                             .order_by(m.Job.created_at).limit(limit).options(selectinload(m.Job.leaves)
+                                                                              .selectinload(m.Leaf.batch))).all()
+            data = [{"job_id": "0x" + job.id, "model": job.model, "model_id": job.model_id, "created": job.created_at,
+                     "leaves": [{"node": leaf.node, "output_root": "0x" + leaf.output_root.hex(),
+                                 "agrees": leaf.agrees, "status": leaf.status,
+                                 "batch_id": leaf.batch.chain_batch_id if leaf.batch is not None else None,
+                                 "leaf_index": leaf.leaf_index} for leaf in job.leaves]} for job in jobs]
+        return {"object": "list", "data": data, "next_after": data[-1]["created"] if data else after}
 
     def usage(self, who: Principal) -> dict:
         with self.sessions() as s:

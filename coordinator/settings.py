@@ -25,10 +25,16 @@ class Settings(BaseSettings):
     stake_manager_address: str = ""
     coordinator_key: str = Field("", repr=False)
 
-    # API keys: when false, requests without a key are served (devnet).
-    require_api_key: bool = False
-    rate_limit_rpm: int = 600           # per key; 0 = unlimited
-    anonymous_rate_limit_rpm: int = 0   # keyless requests, all together; 0 = unlimited
+    # API keys. Secure by default: every request needs a valid key; a devnet
+    # turns this off explicitly (then keyless requests are served, but a key
+    # that is sent must still be valid: an invalid one is a 401, never anonymous).
+    require_api_key: bool = True
+    rate_limit_rpm: int = 600           # per key, in jobs (a consensus-k request is k jobs); 0 = unlimited
+    anonymous_rate_limit_rpm: int = 60  # keyless requests (when allowed), all together; 0 = unlimited
+    auth_failure_rpm: int = 30          # failed key lookups per client address before 429s
+    key_cache_entries: int = 10_000     # remembered key lookups (least recently used dropped first)
+    # GET /metrics without an API key (a devnet, or a scraper on a private network).
+    public_metrics: bool = False
 
     # Request limits (each error names the one it hit).
     max_body_bytes: int = 1_000_000
@@ -50,6 +56,11 @@ class Settings(BaseSettings):
     eject_after_failures: int = 3
     eject_for_s: float = 30.0
     static_nodes: str = ""              # "address@http://host:port,..." in addition to the registry
+    # Node endpoints on loopback, link-local or private addresses (devnet only: any staked
+    # node may announce any endpoint, and the coordinator would call it from inside its network).
+    allow_private_endpoints: bool = False
+    node_health_timeout_s: float = 5.0
+    max_node_answer_bytes: int = 256 * 1024
 
     # Cache.
     cache_ttl_s: float = 300.0

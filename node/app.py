@@ -162,6 +162,8 @@ def create_app(settings: NodeSettings | None = None, node: Node | None = None, a
                     engines.load(name)
     if auth is None:
         auth = settings.authenticator() if settings is not None else Authenticator()
+    if not auth.address:
+        auth.bind(node.address)   # signed requests must be addressed to this node (no replays from peers)
 
     @asynccontextmanager
     async def lifespan(_app):

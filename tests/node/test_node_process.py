@@ -99,10 +99,10 @@ def test_registers_serves_authenticated_and_survives_a_kill_mid_game(net, tmp_pa
     body = (b'{"job_id": "0x' + (2).to_bytes(16, "big").hex().encode() + b'", "model": "toy-dot", "model_id": '
             + str(net.model_id).encode() + b', "input": "0x' + job.to_bytes().hex().encode() + b'"}')
     signed = httpx.post(proc.url + "/v1/execute", content=body, timeout=30, headers={
-        "content-type": "application/json", **sign_request(net.keys["coordinator"], body)})
+        "content-type": "application/json", **sign_request(net.keys["coordinator"], body, net.addr[role])})
     assert signed.status_code == 200, signed.text
     stranger = httpx.post(proc.url + "/v1/execute", content=body, timeout=30, headers={
-        "content-type": "application/json", **sign_request(net.keys["griefer"], body)})
+        "content-type": "application/json", **sign_request(net.keys["griefer"], body, net.addr[role])})
     assert stranger.status_code == 403
     bad = proc.execute(net, 1, 1, headers={"authorization": f"Bearer {TOKEN}"})
     assert bad.status_code == 200

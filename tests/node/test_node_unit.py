@@ -22,19 +22,53 @@ def test_authenticator_token_and_signed_requests():
     from eth_account import Account
 
     coord = Account.from_key(COORD).address
-    auth = Authenticator("tok", [coord], clock=lambda: 1000)
+    me, peer = Account.from_key(KEY).address, Account.from_key(OTHER).address
+    auth = Authenticator("tok", [coord], clock=lambda: 1000, address=me)
     assert auth.check({"authorization": "Bearer tok"}, b"x") == "token"
     for headers, status in (({}, 401), ({"authorization": "Bearer bad"}, 401),
-                            (sign_request(OTHER, b"body", ts=1000), 403),
-                            (sign_request(COORD, b"body", ts=900), 401),       # stale
-                            ({**sign_request(COORD, b"other", ts=1000)}, 401)):  # another body
+                            (sign_request(OTHER, b"body", me, ts=1000), 403),
+                            (sign_request(COORD, b"body", me, ts=900), 401),       # stale
+                            (sign_request(COORD, b"other", me, ts=1000), 401),     # another body
+                            (sign_request(COORD, b"body", peer, ts=1000), 401)):   # addressed to another node
         try:
             auth.check(headers, b"body")
             raise AssertionError(headers)
         except AuthError as exc:
             assert exc.status == status
-    assert auth.check(sign_request(COORD, b"body", ts=1010), b"body") == coord
+    assert auth.check(sign_request(COORD, b"body", me, ts=1010), b"body") == coord
     assert Authenticator().open and Authenticator().check({}, b"") == "open"
+
+
+def test_a_signed_request_cannot_be_replayed_to_this_node_or_another():
+    """Attack (issue 14, point 13): node A forwards a request the coordinator
+    signed for it to node B, or replays it to itself, to make a node work (and
+    sign a leaf) for a job the coordinator did not send it."""
+    from eth_account import Account
+
+    coord = Account.from_key(COORD).address
+    a, b = Account.from_key(KEY).address, Account.from_key(OTHER).address
+    node_a = Authenticator(trusted=[coord], clock=lambda: 1000, address=a)
+    node_b = Authenticator(trusted=[coord], clock=lambda: 1000, address=b)
+    body = b'{"job_id": "0x' + b"ab" * 16 + b'", "model": "m", "model_id": 1, "input": "0x00"}'
+    headers = sign_request(COORD, body, a, ts=1000)
+    assert node_a.check(headers, body) == coord
+    for auth, status in ((node_b, 401), (node_a, 409)):   # replayed to another node, then to the same one
+        try:
+            auth.check(headers, body)
+            raise AssertionError("replay accepted")
+        except AuthError as exc:
+            assert exc.status == status
+    # the same job id, freshly signed, is refused within the window and accepted once it has passed
+    late = Authenticator(trusted=[coord], clock=lambda: 1000, address=a)
+    late.check(sign_request(COORD, body, a, ts=1000), body)
+    late.clock = lambda: 1059
+    try:
+        late.check(sign_request(COORD, body, a, ts=1059), body)
+        raise AssertionError("repeated job id accepted")
+    except AuthError as exc:
+        assert exc.status == 409
+    late.clock = lambda: 1125
+    assert late.check(sign_request(COORD, body, a, ts=1125), body) == coord
 
 
 def test_batcher_groups_concurrent_jobs_and_keeps_order():

@@ -21,9 +21,10 @@ def __init__():
 
 
 @external
+@payable
 def forward(_target: address, _data: Bytes[MAX_DATA]):
     """
-    @notice Call `_target` with `_data` (reverting when the call reverts).
+    @notice Call `_target` with `_data` and the value sent (reverting when the call reverts).
     """
     assert msg.sender == self.owner, "Forwarder: not the owner"
-    raw_call(_target, _data)
+    raw_call(_target, _data, value=msg.value)

@@ -60,6 +60,24 @@ class Net:
         self.senders["coordinator"].call(self.c["ResultRollup"].functions.post_batch(*Batch(leaves).calldata))
         return self.c["ResultRollup"].functions.batch_count().call()
 
+    def forwarder(self, owner: str = "coordinator"):
+        """A contract wallet owned by `owner`, allowed to post batches (test-only
+        contracts/test/Forwarder.vy: never part of a deployment)."""
+        from opinfer.chain import artifacts
+        from opinfer.chain.deploy import contract
+
+        art = artifacts.load("Forwarder")
+        address = self.senders[owner].deploy(art.abi, art.bytecode)
+        self.senders["deployer"].call(self.c["ResultRollup"].functions.set_coordinator(address, True))
+        return contract(self.w3, "Forwarder", address)
+
+    def post_via(self, forwarder, leaves: list[ResultLeaf], owner: str = "coordinator") -> int:
+        """Post a batch through `forwarder`: the transaction calls the forwarder, which calls post_batch."""
+        rollup = self.c["ResultRollup"]
+        data = rollup.encode_abi("post_batch", args=Batch(leaves).calldata)
+        self.senders[owner].call(forwarder.functions.forward(rollup.address, data))
+        return rollup.functions.batch_count().call()
+
     def time_travel(self, seconds: int) -> None:
         self.w3.provider.make_request("evm_increaseTime", [seconds])
         self.w3.provider.make_request("evm_mine", [])

@@ -108,3 +108,42 @@ def test_many_games_at_once_and_a_silent_node_loses_on_time(net, tmp_path):
     assert {d.status for d in c.store.disputes()} == {WON}
     assert all(net.leaf_status(b, i) == INVALID for b, i in results)
     assert net.leaf_status(b1, 1) == POSTED and net.leaf_status(b3, 0) == POSTED
+
+
+def test_a_lie_posted_through_a_contract_is_still_decoded_and_disputed(net, tmp_path):
+    """Issue 14, point 6: a coordinator posting through a contract wallet hid the batch from the
+    challenger (it read top-level calldata only: "undecodable", the lie went final). The
+    challenger now finds the post_batch call inside the transaction's call tree."""
+    fwd = net.forwarder()
+    c = make_challenger(net, tmp_path)
+    batch_id = net.post_via(fwd, [net.leaf("honest", 60), net.leaf("cheat4", 61, lie=True)])
+    tx = net.w3.eth.get_transaction(c.chain.batch_events(0, net.w3.eth.block_number)[-1].tx_hash)
+    assert tx["to"] == fwd.address  # the transaction never calls the rollup directly
+    c.tick()
+    assert c.store.batch(batch_id).status == "done" and metric(c, "leaves_checked") == 2
+    (d,) = c.store.disputes()
+    assert (d.batch_id, d.leaf_index, d.status) == (batch_id, 1, OPEN)
+    play_out(c, [Defender(net, "cheat4")])
+    assert c.store.disputes()[0].status == WON and net.leaf_status(batch_id, 1) == INVALID
+
+
+def test_without_a_call_tracer_a_contract_posted_batch_is_an_alert(net, tmp_path):
+    """An RPC without debug_traceTransaction cannot show a call made by a contract: the batch is
+    recorded unavailable with a critical log line and its own metric, never silently skipped."""
+    from web3 import HTTPProvider, Web3
+
+    class NoDebug(HTTPProvider):  # answers debug_* as a node with the debug API disabled does
+        def make_request(self, method, params):
+            if method.startswith("debug_"):
+                return {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": f"{method} does not exist"}}
+            return super().make_request(method, params)
+
+    fwd = net.forwarder()
+    c = make_challenger(net, tmp_path)
+    w3 = Web3(NoDebug(net.anvil.url))
+    c.chain = Chain(w3, TxSender(w3, net.keys["challenger"]), net.rollup)
+    direct = net.post([net.leaf("honest", 70)])
+    hidden = net.post_via(fwd, [net.leaf("honest", 71)])
+    c.tick()
+    assert c.store.batch(direct).status == "done"   # a direct call needs no tracer
+    assert c.store.batch(hidden).status == "unavailable" and metric(c, "batches_unavailable") == 1

@@ -271,3 +271,39 @@ def test_concurrent_challenges_of_long_jobs_are_all_won_in_time(short_net, tmp_p
     assert slow.most == 2 and restarted
     assert slow.builds == GRIEF_GAMES                      # one build per game, none after the restart
     assert metric(defender.metrics, "dispute_traces", 'how="loaded"') >= 1
+
+
+def test_a_game_over_a_batch_and_challenge_sent_through_contracts_is_defended(net, tmp_path):
+    """Issue 14, point 6 (the node's side): the job input of a disputed leaf was read from top-level
+    calldata only, so a batch posted and a challenge sent through contract wallets left the node
+    unable to defend (its scan failed on every pass and it lost on time)."""
+    from opinfer.chain import artifacts
+    from opinfer.chain.deploy import contract
+    from web3.logs import DISCARD
+
+    def forwarder(owner):
+        art = artifacts.load("Forwarder")
+        return contract(net.w3, "Forwarder", net.senders[owner].deploy(art.abi, art.bytecode))
+
+    net.stake("n8")
+    node = net.node("n8")
+    defender = net.defender("n8", tmp_path, node=node)
+    leaves = [net.execute(node, 60), net.execute(node, 61)]
+    wallet = forwarder("coordinator")
+    rollup, game = net.c["ResultRollup"], net.c["DisputeGame"]
+    net.senders["deployer"].call(rollup.functions.set_coordinator(wallet.address, True))
+    net.senders["coordinator"].call(wallet.functions.forward(rollup.address, rollup.encode_abi(
+        "post_batch", args=net.batch(leaves).calldata)))
+    batch_id = rollup.functions.batch_count().call()
+    # the griefer challenges through its own contract wallet (which holds the bond)
+    proxy = forwarder("griefer")
+    sm = net.c["StakeManager"]
+    net.senders["griefer"].call(proxy.functions.forward(sm.address, sm.encode_abi("deposit_bond", args=[])),
+                                value=net.params.challenge_bond)
+    args = net.batch(leaves).challenge_args(batch_id, 1, net.program.model_header())
+    receipt = net.senders["griefer"].call(proxy.functions.forward(game.address, game.encode_abi("challenge", args=args)))
+    gid = game.events.GameStarted().process_receipt(receipt, errors=DISCARD)[0]["args"]["game_id"]
+    defender.tick()
+    (stored,) = defender.store.games(OPEN)
+    assert stored.game_id == gid and stored.input == leaves[1].input
+    assert defender.store.claims(gid)  # it has moved (open_trace)

@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: deps compile test test-unit test-integration test-contracts test-coordinator test-challenger test-node test-faults bench up clean
 
 ## deps: create .venv, install pinned Python deps, the brownie/Vyper 0.4 shim and anvil.
-deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node $(STAMPS)/schemathesis
+deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node $(STAMPS)/schemathesis $(STAMPS)/chromium
 
 $(STAMPS)/python: requirements.lock pyproject.toml
 	@mkdir -p $(STAMPS)
@@ -35,6 +35,14 @@ $(STAMPS)/schemathesis:
 	rm -rf .venv-schemathesis
 	$(PYTHON) -m venv .venv-schemathesis || python3 -m venv .venv-schemathesis
 	.venv-schemathesis/bin/python -m pip install -q "schemathesis==$(SCHEMATHESIS_VERSION)"
+	@touch $@
+
+# Debian's Chromium (and chromedriver) for the explorer's browser tests: playwright drives
+# /usr/bin/chromium, it never downloads a browser. apt-get runs only when it is missing.
+$(STAMPS)/chromium:
+	@mkdir -p $(STAMPS)
+	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 	@touch $@
 
 $(STAMPS)/node: package.json package-lock.json

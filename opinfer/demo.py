@@ -70,6 +70,10 @@ def main() -> int:
                                             extra_body={"opinfer": {"consensus": 2, "cache": False}})
             jobs.append(("embed (consensus 2)", lied))
         say(f"{len(jobs)} requests answered at once (status pending); waiting for batches, the window and games ...")
+        say(f"explorer: {devnet.explorer_url(info)}")
+        watch = _liar_game(game, liar, timeout=60)
+        if watch:
+            say(f"the challenger disputes the liar's result: watch the game at {devnet.explorer_url(info, f'game/{watch}')}")
 
         rows, deadline = [], time.monotonic() + 150
         for label, r in jobs:
@@ -117,12 +121,27 @@ def main() -> int:
                      [[liar[:10] + "…", f"{stake_before / 1e18:.2f} ETH", f"{stake_after / 1e18:.2f} ETH",
                        sum(r[4] == "verified" for r in rows), f"{time.monotonic() - started:.0f} s"]]))
         ok &= stake_after < stake_before and any(r[2] == "DISHONEST" and r[3] == "invalid" for r in rows)
+        slashed = [gid for gid, _, node, *_rest, winner in games if winner == "challenger" and liar.startswith(node[:10])]
+        if slashed:
+            print(f"\nthe slashed liar's game, move by move: {devnet.explorer_url(info, f'game/{slashed[0]}')}"
+                  "\n(open while the demo runs; `make up ARGS=\"--dishonest 1\"` keeps a devnet up to explore)")
         client.close()
     finally:
         net.stop()
     print("\ndemo " + ("passed: the liar was caught and slashed; honest results final and verified"
                        if ok else "FAILED (see the tables; logs in " + str(state / "logs") + ")"))
     return 0 if ok else 1
+
+
+def _liar_game(game, liar: str, timeout: float) -> int | None:
+    """The first game against the liar, once the challenger has opened it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for gid in range(1, game.functions.game_count().call() + 1):
+            if game.functions.games(gid).call()[2] == liar:
+                return gid
+        time.sleep(1)
+    return None
 
 
 if __name__ == "__main__":

@@ -225,6 +225,7 @@ def _start_services(net: Devnet, log) -> None:
         log(f"  port {opts.api_port} is taken: the coordinator listens on {api_port}")
     api_url = f"http://127.0.0.1:{api_port}"
     info.update(api_url=api_url + "/v1", api_key=API_KEY, logs=str(logs), nodes=[])
+    info["explorer_url"] = api_url + "/explorer"
 
     # Nodes: stake, announce, serve. Dishonest nodes serve the embedding
     # model only and lie about it (see node_main); honest ones serve both,
@@ -343,11 +344,18 @@ def _venv_activate() -> str:
     return str(script) if script.exists() else ".venv/bin/activate"
 
 
+def explorer_url(info: dict, route: str = "") -> str:
+    """The coordinator's explorer page (route: e.g. "game/3", "job/0x...")."""
+    base = info["api_url"].removesuffix("/v1")
+    return f"{base}/explorer" + (f"#/{route}" if route else "")
+
+
 def describe(info: dict) -> str:
     lines = [f"opinfer devnet is up (chain id {info['chain_id']})",
              f"  RPC          {info['rpc_url']}"]
     if info.get("api_url"):
         lines += [f"  API          {info['api_url']}   (OpenAI-compatible; API key: {API_KEY})"]
+        lines += [f"  explorer     {explorer_url(info)}   (jobs, batches, finality, dispute games, nodes)"]
     for name, address in info["contracts"].items():
         lines.append(f"  {name:<12} {address}")
     for node in info.get("nodes", []):

@@ -364,13 +364,10 @@ class Explorer:
                 self._refresh()
                 with self.index.lock:
                     events = list(self.index.by_tx.get(text, ()))
-                for e in events:
-                    if "game_id" in e["args"]:
-                        found = {"kind": "game", "id": e["args"]["game_id"]}
-                        break
-                    if "batch_id" in e["args"]:
-                        found = {"kind": "batch", "id": e["args"]["batch_id"]}
-                        break
+                # a game's move before the batch it touches (a challenge also marks its leaf disputed)
+                for key, kind in (("game_id", "game"), ("batch_id", "batch")):
+                    found = found or next(({"kind": kind, "id": e["args"][key]} for e in events
+                                           if key in e["args"]), None)
         elif match := re.fullmatch(r"(game|g|batch|b)?\s*#?\s*(\d{1,18})", text):
             kind, number = ("game" if (match.group(1) or "").startswith("g") else "batch"), int(match.group(2))
             if kind == "game":

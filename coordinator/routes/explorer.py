@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
-from fastapi import APIRouter, Depends, Path as PathParam, Query
+from fastapi import APIRouter, Depends, Header, Path as PathParam, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse
 
 from coordinator.deps import coordinator, principal
@@ -20,7 +20,20 @@ STATIC = Path(__file__).resolve().parents[1] / "explorer" / "static"
 ASSETS = {"explorer.js": "text/javascript", "keccak.js": "text/javascript", "explorer.css": "text/css",
           "favicon.svg": "image/svg+xml"}
 ADDRESS = r"^0x[0-9a-fA-F]{40}$"
+# Keyless page reads, per client address. A budget of their own: a page polling every
+# 2 s (1-3 requests) must neither run into nor use up the keyless inference budget
+# (anonymous_rate_limit_rpm, shared by every keyless client).
+EXPLORER_RPM = 600
 _make_lock = threading.Lock()
+
+
+async def reader(request: Request, authorization: str | None = Header(None)):
+    """Who may read: anyone where keys are optional (rate-limited per address), else a valid key."""
+    c = request.app.state.coordinator
+    if not authorization and not c.settings.require_api_key:
+        c.limiter.take(("explorer", request.client.host if request.client else "unknown"), EXPLORER_RPM)
+        return None
+    return await principal(request, authorization)
 
 
 def explorer(c=Depends(coordinator)) -> Explorer:
@@ -61,61 +74,61 @@ async def _run(fn, *args):
 
 
 @router.get("/v1/explorer/config")
-async def config(ex=Depends(explorer), _who=Depends(principal)) -> dict:
+async def config(ex=Depends(explorer), _who=Depends(reader)) -> dict:
     """RPC URL, chain id, contract addresses and protocol parameters, for the page's own chain reads."""
     return await _run(ex.config)
 
 
 @router.get("/v1/explorer/overview")
-async def overview(ex=Depends(explorer), _who=Depends(principal)) -> dict:
+async def overview(ex=Depends(explorer), _who=Depends(reader)) -> dict:
     return await _run(ex.overview)
 
 
 @router.get("/v1/explorer/jobs")
 async def jobs(limit: int = Query(50, ge=1, le=200), node: str | None = Query(None, pattern=ADDRESS),
                status: Literal["pending", "posted", "disputed", "final", "invalid", "rejected"] | None = None,
-               ex=Depends(explorer), _who=Depends(principal)) -> dict:
+               ex=Depends(explorer), _who=Depends(reader)) -> dict:
     return await _run(ex.jobs, limit, node, status)
 
 
 @router.get("/v1/explorer/jobs/{job_id}")
-async def job(job_id: str = PathParam(max_length=66), ex=Depends(explorer), _who=Depends(principal)) -> dict:
+async def job(job_id: str = PathParam(max_length=66), ex=Depends(explorer), _who=Depends(reader)) -> dict:
     return await _run(ex.job, job_id)
 
 
 @router.get("/v1/explorer/batches")
 async def batches(limit: int = Query(50, ge=1, le=200), before: int | None = Query(None, ge=1, le=2**62),
-                  ex=Depends(explorer), _who=Depends(principal)) -> dict:
+                  ex=Depends(explorer), _who=Depends(reader)) -> dict:
     return await _run(ex.batches, limit, before)
 
 
 @router.get("/v1/explorer/batches/{batch_id}")
-async def batch(batch_id: int = PathParam(ge=1, le=2**62), ex=Depends(explorer), _who=Depends(principal)) -> dict:
+async def batch(batch_id: int = PathParam(ge=1, le=2**62), ex=Depends(explorer), _who=Depends(reader)) -> dict:
     return await _run(ex.batch, batch_id)
 
 
 @router.get("/v1/explorer/games")
 async def games(limit: int = Query(50, ge=1, le=200), party: str | None = Query(None, pattern=ADDRESS),
-                ex=Depends(explorer), _who=Depends(principal)) -> dict:
+                ex=Depends(explorer), _who=Depends(reader)) -> dict:
     return await _run(lambda: ex.games(limit, True, party))
 
 
 @router.get("/v1/explorer/games/{game_id}")
-async def game(game_id: int = PathParam(ge=1, le=2**62), ex=Depends(explorer), _who=Depends(principal)) -> dict:
+async def game(game_id: int = PathParam(ge=1, le=2**62), ex=Depends(explorer), _who=Depends(reader)) -> dict:
     return await _run(ex.game, game_id)
 
 
 @router.get("/v1/explorer/nodes")
-async def nodes(ex=Depends(explorer), _who=Depends(principal)) -> dict:
+async def nodes(ex=Depends(explorer), _who=Depends(reader)) -> dict:
     return await _run(ex.nodes)
 
 
 @router.get("/v1/explorer/challengers")
-async def challengers(ex=Depends(explorer), _who=Depends(principal)) -> dict:
+async def challengers(ex=Depends(explorer), _who=Depends(reader)) -> dict:
     return await _run(ex.challengers)
 
 
 @router.get("/v1/explorer/search")
-async def search(q: str = Query(min_length=1, max_length=200), ex=Depends(explorer), _who=Depends(principal)) -> dict:
+async def search(q: str = Query(min_length=1, max_length=200), ex=Depends(explorer), _who=Depends(reader)) -> dict:
     """Where a job id, batch id, game ("game 3"), address or transaction hash leads."""
     return await _run(ex.search, q)

@@ -143,6 +143,10 @@
       throw new ApiFailure(state.errors.auth, 401);
     }
     state.errors.auth = null;
+    if (res.status === 429) {
+      state.errors.coordinator = `the coordinator rate-limits this page: ${(body && body.error && body.error.message) || "HTTP 429"}; retrying`;
+      throw new ApiFailure(state.errors.coordinator, 429);
+    }
     if (res.status >= 500 && !(body && body.error && body.error.code === "chain_unavailable")) {
       state.errors.coordinator = `coordinator error at ${location.origin}: HTTP ${res.status}${body && body.error ? " — " + body.error.message : ""}`;
       throw new ApiFailure(state.errors.coordinator, res.status);
@@ -469,6 +473,7 @@
       if (route.name === "settings") bindSettings();
       view.dataset.route = route.name;
       view.dataset.loaded = String(Date.now());
+      if (!state.rendered) { state.rendered = true; performance.mark("explorer-first-render"); }   // bench.explorer
     } catch (e) {
       if (seq !== state.seq) return;
       if (!(e instanceof ApiFailure) || e.status === 404 || e.status === 400 || e.status === 503) {

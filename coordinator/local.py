@@ -87,7 +87,7 @@ class LocalNetwork:
                 "OPINFER_STAKE_MANAGER_ADDRESS": self.addresses["StakeManager"],
                 "OPINFER_COORDINATOR_KEY": self.keys["coordinator"],
                 "OPINFER_ALLOW_PRIVATE_ENDPOINTS": "true", "OPINFER_REQUIRE_API_KEY": "false",
-                "OPINFER_PUBLIC_METRICS": "true"}
+                "OPINFER_PUBLIC_METRICS": "true", "OPINFER_ANONYMOUS_RATE_LIMIT_RPM": "0"}
 
     def settings(self, **overrides):
         from coordinator.settings import Settings
@@ -97,7 +97,8 @@ class LocalNetwork:
                     stake_manager_address=self.addresses["StakeManager"], coordinator_key=self.keys["coordinator"],
                     devnet_file="/nonexistent",
                     # a local network: nodes on 127.0.0.1, keyless requests, open metrics (all explicit)
-                    allow_private_endpoints=True, require_api_key=False, public_metrics=True)
+                    allow_private_endpoints=True, require_api_key=False, public_metrics=True,
+                    anonymous_rate_limit_rpm=0)
         return Settings(**{**base, **overrides})
 
     def time_travel(self, seconds: int) -> None:

@@ -129,7 +129,19 @@ class BatchPoster:
                 return None
             batch = Batch([result_leaf(leaf) for leaf in chosen])
             nonce = self.wallet.next_nonce()
-            raw, tx_hash = self.wallet.sign(self.chain.rollup.functions.post_batch(*batch.calldata), nonce)
+            try:
+                raw, tx_hash = self.wallet.sign(self.chain.rollup.functions.post_batch(*batch.calldata), nonce)
+            except PostingError as exc:
+                # A rollup that still wants *active* stake refuses the batch of an unbonding
+                # (still slashable) node: post the others now rather than stall every batch;
+                # that node's leaves stay pending (never rejected) for a rollup that takes them.
+                if "node not staked" not in str(exc):
+                    raise
+                chosen = [leaf for leaf in chosen if self.chain.node_active(leaf.node)]
+                if not chosen:
+                    return None
+                batch = Batch([result_leaf(leaf) for leaf in chosen])
+                raw, tx_hash = self.wallet.sign(self.chain.rollup.functions.post_batch(*batch.calldata), nonce)
             row = m.Batch(state=m.PREPARED, root=batch.root, leaf_count=len(chosen), nonce=nonce, tx_hash=tx_hash,
                           raw_tx=raw, created_at=self.clock())
             s.add(row)

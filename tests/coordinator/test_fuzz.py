@@ -39,7 +39,8 @@ def client(net, tmp_path_factory):
 def test_every_route_is_covered(client):
     paths = set(client.app.openapi()["paths"])
     assert paths == {"/v1/models", "/v1/models/{model}", "/v1/chat/completions", "/v1/embeddings",
-                     "/v1/jobs/{job_id}", "/v1/batches/{batch_id}", "/healthz", "/metrics", "/v1/usage"}
+                     "/v1/jobs/{job_id}", "/v1/batches/{batch_id}", "/healthz", "/metrics", "/v1/usage",
+                     "/v1/disagreements"}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

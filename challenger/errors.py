@@ -27,3 +27,7 @@ class Unverifiable(ChallengerError):
 class DataUnavailable(DecodeError):
     """A batch was posted by a contract and the RPC cannot trace the transaction,
     so its calldata (the batch's data) cannot be found: its leaves go unchecked."""
+
+
+class TraceNotReady(ChallengerError):
+    """A dispute trace is still being built on a worker: what needs it waits, the rest goes on."""

@@ -5,14 +5,24 @@ challenged first, within their window):
 1. play: one player per open game makes its move (games are on a clock);
 2. scan: follow BatchPosted (and Slashed) events from the persisted cursor up
    to head - confirmations; rebuild each batch from calldata, sample leaves,
-   re-execute them, record verdicts; a wrong leaf gives its node a fraud
-   record, which re-checks every leaf of that node still inside a window.
-   With disputes to open or play, a scan longer than `scan_slice_s` stops
-   after a batch and goes on next tick (a backlog after a restart would
-   otherwise run the clocks out);
+   re-execute them, record verdicts. With disputes to open or play, a scan
+   longer than `scan_slice_s` stops after a batch and goes on next tick (a
+   backlog after a restart would otherwise run the clocks out);
 3. open: bond and challenge each wrong leaf (after confirming it with the
    full trace against the registry's model root);
 4. collect: claim rewards.
+
+Work that can take long never runs in the loop (issue 14, point 12: one
+caught lie made the scan re-execute the node's whole backlog, and a trace
+build in `open_dispute` stalled every game): a wrong leaf gives its node a
+fraud record, and re-checking that node's other leaves still inside their
+window, as well as building dispute traces, goes to worker threads
+(opinfer/workpool.py), earliest deadline first (a game's clock before a
+batch's window, an earlier window first). A dispute waits for its trace,
+the other disputes and games do not. What one node can make the challenger
+re-execute beyond the sample is bounded: `recheck_budget` leaves among its
+batches still inside their window; the rest are counted (metric
+`rechecks{outcome="over_budget"}`) and left to the sample.
 Every step is idempotent against the store and the chain, so a process
 killed anywhere redoes at most the step it was in."""
 
@@ -25,7 +35,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from challenger import solver
-from challenger.errors import ChallengerError, DataUnavailable, DecodeError, Unverifiable
+from challenger.errors import ChallengerError, DataUnavailable, DecodeError, TraceNotReady, Unverifiable
 from challenger.executors import Executor
 from challenger.game import GamePlayer
 from challenger.logs import event
@@ -38,6 +48,7 @@ from opinfer.trace.jobinput import JobInput
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.outputs import input_root
 from opinfer.trace.program import Trace
+from opinfer.workpool import PENDING, DeadlinePool
 
 DONE, EXPIRED_BATCH, UNDECODABLE, UNAVAILABLE = "done", "expired", "undecodable", "unavailable"
 
@@ -45,7 +56,8 @@ DONE, EXPIRED_BATCH, UNDECODABLE, UNAVAILABLE = "done", "expired", "undecodable"
 class Challenger:
     def __init__(self, chain, store: Store, executors: dict[str, Executor], sampler: Sampler, metrics: Metrics,
                  log: logging.Logger, confirmations: int = 0, start_block: int = 0, log_span: int = 2000,
-                 bond_top_up: int = 0, clock: Callable[[], float] = time.monotonic, scan_slice_s: float = 5.0):
+                 bond_top_up: int = 0, clock: Callable[[], float] = time.monotonic, scan_slice_s: float = 5.0,
+                 workers: int = 2, recheck_budget: int = 256, settle_s: float = 1.0):
         self.chain, self.store, self.executors, self.sampler = chain, store, executors, sampler
         self.metrics, self.log, self.clock = metrics, log, clock
         self.confirmations, self.start_block, self.log_span = confirmations, start_block, log_span
@@ -54,6 +66,13 @@ class Challenger:
         self.players: dict[int, GamePlayer] = {}
         self._batches: OrderedDict[int, Batch] = OrderedDict()
         self._traces: OrderedDict[tuple, Trace] = OrderedDict()
+        self._batches_lock = threading.Lock()
+        self._exec_locks: dict[str, threading.Lock] = {name: threading.Lock() for name in executors}
+        self.work = DeadlinePool(workers, "challenger-work")   # re-checks and trace builds
+        self.recheck_budget = recheck_budget   # leaves per node, among its batches inside their window
+        self._spent: dict[str, dict[int, tuple[int, int]]] = {}   # node -> batch id -> (deadline, leaves)
+        self._over_budget_logged: set[str] = set()
+        self.settle_s = settle_s   # a tick waits this long for background work, then moves what it finished
         store.bind(chain.chain_id, chain.rollup.address)
         for node in store.suspects():
             sampler.mark(node)
@@ -65,14 +84,33 @@ class Challenger:
         # scan yields to them (scan_slice_s): after a restart the scan re-executes a backlog,
         # and what waited behind it ran the challenger's clock or the window out (tests/faults:
         # an honest challenger lost games on time, and challenged a lie it had found too late).
+        seen = self.work.completed
         for stage in (self.open_disputes, self.play, self.scan, self.open_disputes, self.collect):
-            try:
-                stage()
-            except Exception as exc:  # noqa: BLE001
-                # An RPC hiccup or one bad record must not stop the service: the
-                # stage is idempotent and runs again next tick.
-                self.metrics.errors.labels(stage.__name__).inc()
-                event(self.log, "stage failed", logging.ERROR, stage=stage.__name__, error=repr(exc))
+            self._stage(stage)
+        # Background work (traces, re-checks) that finishes within settle_s is acted on now.
+        until = time.monotonic() + self.settle_s
+        while time.monotonic() < until:
+            if self.work.completed != seen:
+                seen = self.work.completed
+                for stage in (self.open_disputes, self.play):
+                    self._stage(stage)
+                continue
+            if not self.work.queued:
+                break
+            self.work.wait(max(until - time.monotonic(), 0), since=seen)
+        self.metrics.work_queued.labels("all").set(self.work.queued)
+
+    def _stage(self, stage) -> None:
+        try:
+            stage()
+        except Exception as exc:  # noqa: BLE001
+            # An RPC hiccup or one bad record must not stop the service: the
+            # stage is idempotent and runs again next tick.
+            self.metrics.errors.labels(stage.__name__).inc()
+            event(self.log, "stage failed", logging.ERROR, stage=stage.__name__, error=repr(exc))
+
+    def close(self) -> None:
+        self.work.close()
 
     def run(self, stop: threading.Event, poll_interval: float = 2.0, once: bool = False) -> None:
         event(self.log, "challenger started", address=self.chain.address, cursor=self.store.cursor,
@@ -81,6 +119,7 @@ class Challenger:
             self.tick()
             if once or stop.wait(poll_interval):
                 break
+        self.close()
 
     # ------------------------------------------------------------ 1. scan
 
@@ -144,20 +183,30 @@ class Challenger:
             event(self.log, "batch does not decode", logging.ERROR, batch=ev.batch_id, error=str(exc))
             return True
         self.metrics.leaves_seen.inc(len(batch.leaves))
-        picked = self.sampler.select(ev.block_hash, ev.batch_id, [leaf.node for leaf in batch.leaves])
+        nodes = [leaf.node for leaf in batch.leaves]
+        picked = [i for i in range(len(nodes)) if self.sampler.sampled(ev.block_hash, ev.batch_id, i)]
         self.check_leaves(ev.batch_id, batch, picked)
+        # Leaves of nodes with a fraud record beyond the sample: re-checked by the workers.
+        extra = {}
+        for i, node in enumerate(nodes):
+            if node.lower() in self.sampler.suspects and i not in picked:
+                extra.setdefault(node.lower(), []).append(i)
+        for node, indices in extra.items():
+            self.queue_recheck(node, ev.batch_id, ev.deadline, indices)
         self.store.add_batch(_with(record, DONE))
         event(self.log, "batch checked", batch=ev.batch_id, leaves=len(batch.leaves), sampled=len(picked),
               block=ev.block_number)
         return True
 
     def load(self, record) -> Batch:
-        batch = self._batches.get(record.batch_id)
+        with self._batches_lock:
+            batch = self._batches.get(record.batch_id)
         if batch is None:
             batch = self.chain.load_batch(record.batch_id, record.tx_hash)
-            self._batches[record.batch_id] = batch
-            while len(self._batches) > 256:
-                self._batches.popitem(last=False)
+            with self._batches_lock:
+                self._batches[record.batch_id] = batch
+                while len(self._batches) > 256:
+                    self._batches.popitem(last=False)
         return batch
 
     def check_leaves(self, batch_id: int, batch: Batch, indices: list[int]) -> None:
@@ -178,24 +227,70 @@ class Challenger:
                     self.store.add_suspect(leaf.node, f"batch {batch_id} leaf {i}")
                     new_suspects.append(leaf.node)
         for node in new_suspects:
-            # A node caught once is checked everywhere: this batch, then every open one.
-            self.check_leaves(batch_id, batch, [j for j, leaf in enumerate(batch.leaves) if leaf.node == node])
-            self.recheck(node, skip=batch_id)
+            # A node caught once is checked everywhere, by the workers (never in the scan).
+            event(self.log, "node has a fraud record: re-checking its open leaves", node=node,
+                  reason=f"batch {batch_id}")
+            self.recheck(node)
 
     def add_suspect(self, node: str, reason: str) -> None:
         if self.sampler.mark(node):
             self.store.add_suspect(node, reason)
-            event(self.log, "node has a fraud record: checking all its leaves", node=node, reason=reason)
+            event(self.log, "node has a fraud record: re-checking its open leaves", node=node, reason=reason)
             self.recheck(node)
 
-    def recheck(self, node: str, skip: int | None = None) -> None:
-        """Check every leaf of `node` in handled batches still inside their window."""
+    def recheck(self, node: str) -> None:
+        """Queue every leaf of `node` in handled batches still inside their window."""
         for record in self.store.open_batches(self.chain.timestamp()):
-            if record.batch_id == skip:
-                continue
             batch = self.load(record)
-            self.check_leaves(record.batch_id, batch, [i for i, leaf in enumerate(batch.leaves)
-                                                       if leaf.node.lower() == node.lower()])
+            indices = [i for i, leaf in enumerate(batch.leaves) if leaf.node.lower() == node.lower()]
+            if indices:
+                self.queue_recheck(node, record.batch_id, record.deadline, indices)
+
+    def queue_recheck(self, node: str, batch_id: int, deadline: int, indices: list[int]) -> None:
+        """Re-check `indices` of a batch on a worker, by the batch's deadline."""
+        key = ("recheck", batch_id, node.lower())
+        self.work.submit(key, deadline, lambda: self._recheck(node.lower(), batch_id, deadline, indices), keep=False)
+        self.metrics.work_queued.labels("all").set(self.work.queued)
+
+    def _recheck(self, node: str, batch_id: int, deadline: int, indices: list[int]) -> None:
+        """On a worker: re-execute a node's leaves in one batch within the node's budget."""
+        try:
+            self._recheck_now(node, batch_id, deadline, indices)
+        except Exception as exc:  # noqa: BLE001 - the next fraud record or restart queues it again
+            self.metrics.errors.labels("recheck").inc()
+            event(self.log, "re-check failed", logging.ERROR, node=node, batch=batch_id, error=repr(exc))
+
+    def _recheck_now(self, node: str, batch_id: int, deadline: int, indices: list[int]) -> None:
+        now = self.chain.timestamp()
+        todo = [i for i in indices if i not in self.store.checked(batch_id)]
+        if deadline <= now:
+            self.metrics.rechecks.labels("expired").inc(len(todo))
+            return
+        allowed = self._take_budget(node, batch_id, deadline, len(todo), now)
+        if allowed < len(todo):
+            self.metrics.rechecks.labels("over_budget").inc(len(todo) - allowed)
+            if node not in self._over_budget_logged:
+                self._over_budget_logged.add(node)
+                event(self.log, "re-check budget spent: the node's other leaves are left to the sample",
+                      logging.WARNING, node=node, budget=self.recheck_budget)
+        if allowed:
+            record = self.store.batch(batch_id)
+            self.check_leaves(batch_id, self.load(record), todo[:allowed])
+            self.metrics.rechecks.labels("checked").inc(allowed)
+        self.metrics.work_queued.labels("all").set(self.work.queued)
+
+    def _take_budget(self, node: str, batch_id: int, deadline: int, want: int, now: int) -> int:
+        """Leaves of `node` that may be re-executed now: recheck_budget minus what its
+        batches still inside their window have already cost (so it refills as they close)."""
+        with self._batches_lock:
+            spent = self._spent.setdefault(node, {})
+            for b in [b for b, (d, _) in spent.items() if d <= now]:
+                del spent[b]
+            used = sum(n for _, n in spent.values())
+            allowed = max(0, min(want, self.recheck_budget - used))
+            d, n = spent.get(batch_id, (deadline, 0))
+            spent[batch_id] = (d, n + allowed)
+            return allowed
 
     def check_many(self, leaves: list[ResultLeaf]) -> list[str]:
         """Verdicts for leaves, re-executing those of one model in one batched pass."""
@@ -219,7 +314,8 @@ class Challenger:
         for name, items in groups.items():
             started = self.clock()
             try:
-                roots = self.executors[name].output_roots([job for _, job in items])
+                with self._exec_locks.setdefault(name, threading.Lock()):   # scan and workers share engines
+                    roots = self.executors[name].output_roots([job for _, job in items])
             except Exception as exc:  # noqa: BLE001 - an engine failure is not evidence of fraud
                 event(self.log, "re-execution failed", logging.ERROR, model=name, error=repr(exc))
                 roots = [exc] * len(items)
@@ -246,6 +342,8 @@ class Challenger:
         for d in self.store.disputes(DETECTED):
             try:
                 self.open_dispute(d)
+            except TraceNotReady:
+                continue   # its trace is building; the others go ahead
             except Exception as exc:  # noqa: BLE001 - retried next tick while the window lasts
                 self.metrics.errors.labels("open").inc()
                 event(self.log, "could not open dispute", logging.ERROR, batch=d.batch_id, index=d.leaf_index,
@@ -273,7 +371,7 @@ class Challenger:
             event(self.log, "cannot prove: our program is not the registered model", logging.ERROR,
                   model=model.name, ours=program.model_root, registered=model.model_root)
             return
-        if d.reason == solver.WRONG_OUTPUT and self.trace(leaf).output_root == leaf.output_root:
+        if d.reason == solver.WRONG_OUTPUT and self.trace(leaf, record.deadline).output_root == leaf.output_root:
             # The fast engine disagreed but the program (what the contract checks) agrees with the node.
             self.store.set_dispute(d.batch_id, d.leaf_index, DROPPED)
             self.store.add_check(d.batch_id, d.leaf_index, leaf.node, leaf.model_id, solver.OK)
@@ -302,15 +400,20 @@ class Challenger:
             raise ChallengerError(f"free bond {free} wei < challenge bond {need} wei and no --bond-top-up set")
         self.chain.deposit_bond(max(self.bond_top_up, need - free))
 
-    def trace(self, leaf: ResultLeaf) -> Trace:
+    def trace(self, leaf: ResultLeaf, deadline: float) -> Trace:
+        """The leaf's full trace, or TraceNotReady while a worker builds it (by `deadline`)."""
         key = (leaf.model_id, merkle.keccak(leaf.input))
         trace = self._traces.get(key)
         if trace is None:
             program = self.executors[self.chain.model(leaf.model_id).name].program()
-            trace = Trace.of(program, JobInput.from_bytes(leaf.input))
+            self.work.submit(("trace",) + key, deadline, lambda: Trace.of(program, JobInput.from_bytes(leaf.input)))
+            trace = self.work.take(("trace",) + key)
+            if trace is PENDING:
+                raise TraceNotReady(f"trace of job 0x{leaf.job_id.hex()} is being built")
             self._traces[key] = trace
             while len(self._traces) > 8:  # a SmolLM2 trace is large: keep a few
                 self._traces.popitem(last=False)
+        self._traces.move_to_end(key)
         return trace
 
     # ------------------------------------------------------------ 3. play
@@ -322,10 +425,14 @@ class Challenger:
             p = self.players.get(d.game_id)
             if p is None:
                 leaf = self.load(self.store.batch(d.batch_id)).leaves[d.leaf_index]
-                p = self.players[d.game_id] = GamePlayer(d, self.chain, self.store, lambda leaf=leaf: self.trace(leaf),
+                # A game's clock runs now: its trace comes before any batch's (deadline `now`).
+                p = self.players[d.game_id] = GamePlayer(d, self.chain, self.store,
+                                                         lambda leaf=leaf: self.trace(leaf, now),
                                                          self.metrics, self.log)
             try:
                 action = p.act(now)
+            except TraceNotReady:
+                continue
             except Exception as exc:  # noqa: BLE001 - retried next tick, well inside the clock
                 self.metrics.errors.labels("play").inc()
                 event(self.log, "move failed", logging.ERROR, game=d.game_id, error=repr(exc))

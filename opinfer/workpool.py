@@ -39,12 +39,18 @@ class DeadlinePool:
 
     # ------------------------------------------------------------ submitting and collecting
 
-    def submit(self, key: Hashable, deadline: float, fn: Callable[[], Any]) -> None:
+    def submit(self, key: Hashable, deadline: float, fn: Callable[[], Any], keep: bool = True) -> None:
         """Queue `fn` under `key` unless it is queued, running or done; an earlier
-        deadline for a queued key moves it up."""
+        deadline for a queued key moves it up. keep=False: nobody takes the result
+        (fire and forget; `fn` reports its own errors), so the key is free again
+        once it has run."""
+        if not keep:
+            fn = _Forget(fn)
         if self.workers == 0:
             if key not in self._done:
-                self._done[key] = _call(fn)
+                result = _call(fn)
+                if keep:
+                    self._done[key] = result
                 self._completed += 1
             return
         with self._cv:
@@ -129,12 +135,21 @@ class DeadlinePool:
             result = _call(job[1])
             with self._cv:
                 self._running.discard(key)
-                self._done[key] = result
+                if not isinstance(job[1], _Forget):
+                    self._done[key] = result
                 self._completed += 1
                 self._cv.notify_all()
 
 
 PENDING = _PENDING
+
+
+class _Forget:
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn = fn
+
+    def __call__(self) -> Any:
+        return self.fn()
 
 
 def _call(fn: Callable[[], Any]) -> tuple[bool, Any]:

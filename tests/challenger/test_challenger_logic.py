@@ -241,7 +241,7 @@ def test_bond_is_topped_up_only_when_allowed(tmp_path):
     chain.bond = 0
     chain.post([leaf(PROGRAM, toy_job(1), CHEAT, lie=1)])
     c.tick()
-    assert c.store.disputes()[0].status == DETECTED and metric(c, "errors", '{where="open"}') == 1
+    assert c.store.disputes()[0].status == DETECTED and metric(c, "errors", '{where="open"}') >= 1
     c.bond_top_up = 10**18
     c.tick()
     assert chain.deposits == [10**18] and c.store.disputes()[0].status == OPEN

@@ -296,12 +296,14 @@ def test_a_game_over_a_batch_and_challenge_sent_through_contracts_is_defended(ne
         "post_batch", args=net.batch(leaves).calldata)))
     batch_id = rollup.functions.batch_count().call()
     # the griefer challenges through its own contract wallet (which holds the bond)
-    proxy = forwarder("griefer")
+    griefer = TxSender(net.w3, net.keys["griefer"])   # a fresh nonce (other tests' griefers share the key)
+    art = artifacts.load("Forwarder")
+    proxy = contract(net.w3, "Forwarder", griefer.deploy(art.abi, art.bytecode))
     sm = net.c["StakeManager"]
-    net.senders["griefer"].call(proxy.functions.forward(sm.address, sm.encode_abi("deposit_bond", args=[])),
+    griefer.call(proxy.functions.forward(sm.address, sm.encode_abi("deposit_bond", args=[])),
                                 value=net.params.challenge_bond)
     args = net.batch(leaves).challenge_args(batch_id, 1, net.program.model_header())
-    receipt = net.senders["griefer"].call(proxy.functions.forward(game.address, game.encode_abi("challenge", args=args)))
+    receipt = griefer.call(proxy.functions.forward(game.address, game.encode_abi("challenge", args=args)))
     gid = game.events.GameStarted().process_receipt(receipt, errors=DISCARD)[0]["args"]["game_id"]
     defender.tick()
     (stored,) = defender.store.games(OPEN)

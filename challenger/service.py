@@ -50,6 +50,8 @@ from opinfer.trace.outputs import input_root
 from opinfer.trace.program import Trace
 from opinfer.workpool import PENDING, DeadlinePool
 
+RECHECK_CHUNK = 4   # leaves per re-check job
+
 DONE, EXPIRED_BATCH, UNDECODABLE, UNAVAILABLE = "done", "expired", "undecodable", "unavailable"
 
 
@@ -247,9 +249,13 @@ class Challenger:
                 self.queue_recheck(node, record.batch_id, record.deadline, indices)
 
     def queue_recheck(self, node: str, batch_id: int, deadline: int, indices: list[int]) -> None:
-        """Re-check `indices` of a batch on a worker, by the batch's deadline."""
-        key = ("recheck", batch_id, node.lower())
-        self.work.submit(key, deadline, lambda: self._recheck(node.lower(), batch_id, deadline, indices), keep=False)
+        """Re-check `indices` of a batch on workers, by the batch's deadline, a few
+        leaves per job (so a trace build never waits long behind a re-check)."""
+        for k in range(0, len(indices), RECHECK_CHUNK):
+            part = indices[k:k + RECHECK_CHUNK]
+            key = ("recheck", batch_id, node.lower(), part[0])
+            self.work.submit(key, deadline, lambda part=part: self._recheck(node.lower(), batch_id, deadline, part),
+                             keep=False)
         self.metrics.work_queued.labels("all").set(self.work.queued)
 
     def _recheck(self, node: str, batch_id: int, deadline: int, indices: list[int]) -> None:
@@ -371,7 +377,8 @@ class Challenger:
             event(self.log, "cannot prove: our program is not the registered model", logging.ERROR,
                   model=model.name, ours=program.model_root, registered=model.model_root)
             return
-        if d.reason == solver.WRONG_OUTPUT and self.trace(leaf, record.deadline).output_root == leaf.output_root:
+        # A lie found goes before any re-check (which only looks for more): its trace is due now.
+        if d.reason == solver.WRONG_OUTPUT and self.trace(leaf, self.chain.timestamp()).output_root == leaf.output_root:
             # The fast engine disagreed but the program (what the contract checks) agrees with the node.
             self.store.set_dispute(d.batch_id, d.leaf_index, DROPPED)
             self.store.add_check(d.batch_id, d.leaf_index, leaf.node, leaf.model_id, solver.OK)

@@ -27,11 +27,11 @@ def net():
     n.stop()
 
 
-def make_challenger(net, tmp_path, rate=1.0):
+def make_challenger(net, tmp_path, rate=1.0, executor=None, **kw):
     chain = Chain(net.w3, TxSender(net.w3, net.keys["challenger"]), net.rollup)
-    return Challenger(chain, Store(tmp_path / "challenger.db"), {"toy-dot": ProgramExecutor(net.program)},
+    return Challenger(chain, Store(tmp_path / "challenger.db"), {"toy-dot": executor or ProgramExecutor(net.program)},
                       Sampler(b"k" * 32, rate), Metrics(), logging.getLogger("test.challenger.chain"),
-                      bond_top_up=10**18, start_block=net.w3.eth.block_number + 1)  # this test's batches only
+                      bond_top_up=10**18, start_block=net.w3.eth.block_number + 1, **kw)  # this test's batches only
 
 
 def metric(c, name):
@@ -147,3 +147,67 @@ def test_without_a_call_tracer_a_contract_posted_batch_is_an_alert(net, tmp_path
     c.tick()
     assert c.store.batch(direct).status == "done"   # a direct call needs no tracer
     assert c.store.batch(hidden).status == "unavailable" and metric(c, "batches_unavailable") == 1
+
+
+class CostlyExecutor(ProgramExecutor):
+    """The toy program re-executed at a chat job's price: `cost_s` per job (bench.challenger: about
+    2.6 s per SmolLM2 job; scaled down here)."""
+
+    def __init__(self, program, cost_s):
+        super().__init__(program)
+        self.cost_s, self.jobs = cost_s, 0
+
+    def output_roots(self, jobs):
+        import time
+
+        time.sleep(self.cost_s * len(jobs))
+        self.jobs += len(jobs)
+        return super().output_roots(jobs)
+
+
+def test_a_lazy_nodes_backlog_cannot_stall_disputes_or_games(net, tmp_path):
+    """Issue 14, point 12: a lazy node with a large backlog is caught once; re-checking the
+    backlog ran inside the scan, so its caught lie was challenged, and every open game moved,
+    only after the whole backlog was re-executed (with a real backlog: after the window and the
+    clocks). Now the catch is challenged at once, games keep moving while workers re-check the
+    backlog earliest window first, the lies in the backlog are found and disputed, and what the
+    node can make us re-execute is bounded (the rest is counted)."""
+    import time
+
+    cost, budget = 0.05, 60
+    slow = CostlyExecutor(net.program, cost)
+    c = make_challenger(net, tmp_path, rate=0.0, executor=slow, recheck_budget=budget, settle_s=0.2)
+    # An open game against another liar, which must keep moving.
+    c.sampler.rate = 1.0
+    other = net.post([net.leaf("cheat2", 400, lie=True)])
+    c.tick()
+    c.sampler.rate = 0.0
+    (game,) = c.store.disputes(OPEN)
+    # The lazy node's backlog: 3 batches of 30 leaves (nothing sampled), a lie in each of the first two.
+    backlog = [net.post([net.leaf("cheat3", 500 + 30 * k + i, lie=(k < 2 and i == 7)) for i in range(30)])
+               for k in range(3)]
+    c.tick()
+    assert slow.jobs == 1   # the other liar's sampled leaf only
+    # The catch: one sampled lie of the lazy node.
+    c.sampler.rate = 1.0
+    caught = net.post([net.leaf("cheat3", 999, lie=True)])
+    started = time.monotonic()
+    c.tick()
+    took = time.monotonic() - started
+    c.sampler.rate = 0.0
+    opened = {(d.batch_id, d.leaf_index) for d in c.store.disputes(OPEN)}
+    assert (caught, 0) in opened and took < 90 * cost / 2, took   # not behind the backlog
+    cheat2 = Defender(net, "cheat2")
+    moves_during_recheck = 0
+    while c.work.queued:
+        moves_during_recheck += cheat2.respond()
+        c.tick()
+    assert moves_during_recheck >= 2   # the other game moved while the backlog was re-checked
+    play_out(c, [cheat2, Defender(net, "cheat3")])
+    results = {(d.batch_id, d.leaf_index): d.status for d in c.store.disputes()}
+    assert results == {(other, 0): WON, (caught, 0): WON, (backlog[0], 7): WON, (backlog[1], 7): WON}
+    # Earliest window first, within the budget: the first two batches in full, the third not.
+    assert metric(c, "rechecks") == 90 and slow.jobs == 2 + budget
+    assert len(c.store.checked(backlog[0])) == 30 and len(c.store.checked(backlog[2])) == 0
+    lines = c.metrics.render().decode().splitlines()
+    assert 'opinfer_challenger_rechecks_total{outcome="over_budget"} 30.0' in lines

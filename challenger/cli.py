@@ -32,6 +32,9 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--metrics-port", type=int, help="GET /metrics port (default 9465; 0 disables)")
     run.add_argument("--metrics-host", help="metrics bind address (default 127.0.0.1)")
     run.add_argument("--bond-top-up", type=int, help="wei to deposit when the free bond is short (default 0: never)")
+    run.add_argument("--workers", type=int, help="threads for re-checks and dispute traces (default 2)")
+    run.add_argument("--recheck-budget", type=int,
+                     help="leaves of a caught node re-executed beyond the sample, per open window (default 256)")
     run.add_argument("--log-level", help="debug, info, warning, error (default info)")
     run.add_argument("--once", action="store_true", help="one pass (scan, dispute, move, claim), then exit")
 
@@ -45,12 +48,13 @@ def build(settings: Settings, executors: dict[str, Executor] | None = None, metr
                       Sampler(settings.secret_bytes(), settings.sample_rate), metrics or Metrics(),
                       log or logs.setup(settings.log_level), confirmations=settings.confirmations,
                       start_block=settings.start_block, log_span=settings.log_span,
-                      bond_top_up=settings.bond_top_up)
+                      bond_top_up=settings.bond_top_up, workers=settings.workers,
+                      recheck_budget=settings.recheck_budget)
 
 
 def main(args: argparse.Namespace, executors: dict[str, Executor] | None = None) -> int:
     keys = ("rpc_url", "private_key", "rollup", "sample_rate", "confirmations", "state_path", "start_block",
-            "poll_interval", "metrics_port", "metrics_host", "bond_top_up", "log_level")
+            "poll_interval", "metrics_port", "metrics_host", "bond_top_up", "workers", "recheck_budget", "log_level")
     settings = Settings.load({k: getattr(args, k, None) for k in keys})
     metrics = Metrics()
     challenger = build(settings, executors, metrics)

@@ -74,6 +74,7 @@ class Challenger:
         self.recheck_budget = recheck_budget   # leaves per node, among its batches inside their window
         self._spent: dict[str, dict[int, tuple[int, int]]] = {}   # node -> batch id -> (deadline, leaves)
         self._over_budget_logged: set[str] = set()
+        self._requeued = False
         self.settle_s = settle_s   # a tick waits this long for background work, then moves what it finished
         store.bind(chain.chain_id, chain.rollup.address)
         for node in store.suspects():
@@ -87,6 +88,12 @@ class Challenger:
         # and what waited behind it ran the challenger's clock or the window out (tests/faults:
         # an honest challenger lost games on time, and challenged a lie it had found too late).
         seen = self.work.completed
+        if not self._requeued:
+            # Re-checks queued before a restart are gone with the process: queue them again
+            # (leaves already checked are skipped).
+            for node in sorted(self.store.suspects()):
+                self._stage(lambda node=node: self.recheck(node))
+            self._requeued = True
         for stage in (self.open_disputes, self.play, self.scan, self.open_disputes, self.collect):
             self._stage(stage)
         # Background work (traces, re-checks) that finishes within settle_s is acted on now.

@@ -32,6 +32,8 @@ class Settings:
     metrics_port: int = 9465        # 0 or less: no metrics server
     secret: str = field(default="", repr=False)   # hex; default: derived from the private key
     bond_top_up: int = 0            # wei to deposit when the free bond runs short (0: never)
+    workers: int = 2                # threads for re-checks and dispute traces (0: inline, tests only)
+    recheck_budget: int = 256       # leaves per caught node re-executed beyond the sample, per open window
     log_level: str = "info"
     devnet_file: str = str(DEVNET_FILE)
 
@@ -64,6 +66,8 @@ class Settings:
             raise ConfigError(f"missing settings: {', '.join(missing)} (flags, {ENV}* or a devnet file)")
         if not 0.0 <= self.sample_rate <= 1.0:
             raise ConfigError(f"sample rate must lie in [0, 1], got {self.sample_rate}")
+        if self.workers < 0 or self.recheck_budget < 0:
+            raise ConfigError("workers >= 0 and recheck_budget >= 0 are required")
         if self.confirmations < 0 or self.log_span < 1 or self.poll_interval <= 0:
             raise ConfigError("confirmations >= 0, log span >= 1 and poll interval > 0 are required")
 

@@ -59,7 +59,7 @@ class Challenger:
     def __init__(self, chain, store: Store, executors: dict[str, Executor], sampler: Sampler, metrics: Metrics,
                  log: logging.Logger, confirmations: int = 0, start_block: int = 0, log_span: int = 2000,
                  bond_top_up: int = 0, clock: Callable[[], float] = time.monotonic, scan_slice_s: float = 5.0,
-                 workers: int = 2, recheck_budget: int = 256, settle_s: float = 1.0):
+                 workers: int = 2, recheck_budget: int = 256, settle_s: float = 2.0):
         self.chain, self.store, self.executors, self.sampler = chain, store, executors, sampler
         self.metrics, self.log, self.clock = metrics, log, clock
         self.confirmations, self.start_block, self.log_span = confirmations, start_block, log_span

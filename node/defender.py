@@ -151,7 +151,7 @@ class _Unpickler(pickle.Unpickler):
 class Defender:
     def __init__(self, chain, store: Store, programs: Callable[[str], Program], metrics: Metrics,
                  log: logging.Logger, strategy: Strategy = HONEST, start_block: int = 0, log_span: int = 2000,
-                 step_self: bool = True, trace_workers: int = 2, traces_kept: int = 8, build_wait_s: float = 1.0,
+                 step_self: bool = True, trace_workers: int = 2, traces_kept: int = 8, build_wait_s: float = 2.0,
                  trace_dir: str | Path | None = None):
         self.chain, self.store, self.programs = chain, store, programs
         self.metrics, self.log, self.strategy = metrics, log, strategy

@@ -18,7 +18,7 @@ from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.program import Trace
 from opinfer.trace.testing import corrupted_trace, toy_job, toy_program
 
-ROLES = ("deployer", "coordinator", "challenger", "honest", "cheat", "cheat2", "cheat3", "cheat4")
+ROLES = ("deployer", "coordinator", "challenger", "honest", "cheat", "cheat2", "cheat3", "cheat4", "cheat5", "cheat6")
 STAKE = 2 * 10**18
 
 

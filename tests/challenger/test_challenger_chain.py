@@ -179,31 +179,31 @@ def test_a_lazy_nodes_backlog_cannot_stall_disputes_or_games(net, tmp_path):
     c = make_challenger(net, tmp_path, rate=0.0, executor=slow, recheck_budget=budget, settle_s=0.2)
     # An open game against another liar, which must keep moving.
     c.sampler.rate = 1.0
-    other = net.post([net.leaf("cheat2", 400, lie=True)])
+    other = net.post([net.leaf("cheat5", 400, lie=True)])
     c.tick()
     c.sampler.rate = 0.0
     (game,) = c.store.disputes(OPEN)
     # The lazy node's backlog: 3 batches of 30 leaves (nothing sampled), a lie in each of the first two.
-    backlog = [net.post([net.leaf("cheat3", 500 + 30 * k + i, lie=(k < 2 and i == 7)) for i in range(30)])
+    backlog = [net.post([net.leaf("cheat6", 500 + 30 * k + i, lie=(k < 2 and i == 7)) for i in range(30)])
                for k in range(3)]
     c.tick()
     assert slow.jobs == 1   # the other liar's sampled leaf only
     # The catch: one sampled lie of the lazy node.
     c.sampler.rate = 1.0
-    caught = net.post([net.leaf("cheat3", 999, lie=True)])
+    caught = net.post([net.leaf("cheat6", 999, lie=True)])
     started = time.monotonic()
     c.tick()
     took = time.monotonic() - started
     c.sampler.rate = 0.0
     opened = {(d.batch_id, d.leaf_index) for d in c.store.disputes(OPEN)}
     assert (caught, 0) in opened and took < 90 * cost / 2, took   # not behind the backlog
-    cheat2 = Defender(net, "cheat2")
+    other_liar = Defender(net, "cheat5")
     moves_during_recheck = 0
     while c.work.queued:
-        moves_during_recheck += cheat2.respond()
+        moves_during_recheck += other_liar.respond()
         c.tick()
     assert moves_during_recheck >= 2   # the other game moved while the backlog was re-checked
-    play_out(c, [cheat2, Defender(net, "cheat3")])
+    play_out(c, [other_liar, Defender(net, "cheat6")])
     results = {(d.batch_id, d.leaf_index): d.status for d in c.store.disputes()}
     assert results == {(other, 0): WON, (caught, 0): WON, (backlog[0], 7): WON, (backlog[1], 7): WON}
     # Earliest window first, within the budget: the first two batches in full, the third not.

@@ -165,6 +165,7 @@ def test_logs_are_one_json_object_per_line():
 def make(tmp_path, chain=None, rate=1.0, **kw):
     chain = chain or FakeChain({1: ModelInfo(1, "toy-dot", PROGRAM.model_root, PROGRAM.num_ops)})
     log = logging.getLogger("test.challenger")
+    kw.setdefault("workers", 0)   # the loop's logic, deterministic: background work runs inline
     c = Challenger(chain, Store(tmp_path / "c.db"), {"toy-dot": ProgramExecutor(PROGRAM)}, Sampler(SECRET, rate),
                    Metrics(), log, **kw)
     return chain, c

@@ -83,7 +83,8 @@ def moves(events: list[dict], state: dict) -> list[dict]:
         elif name == "Bisected":
             parts = len(a["claims"]) + 1
             points = [a["lo"] + (a["hi"] - a["lo"]) * j // parts for j in range(1, parts)]
-            text = f"revealed {len(a['claims'])} state roots inside ops {a['lo']}–{a['hi']} (at {', '.join(map(str, points))})"
+            roots = f"{len(a['claims'])} state root" + ("s" if len(a["claims"]) != 1 else "")
+            text = f"revealed {roots} inside ops {a['lo']}–{a['hi']} (at {', '.join(map(str, points))})"
             focus = {"scale": "ops", "lo": a["lo"], "hi": a["hi"], "total": total,
                      "label": f"ops {a['lo']}–{a['hi']} of {total}"}
         elif name == "Picked":

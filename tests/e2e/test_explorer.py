@@ -259,10 +259,14 @@ def test_batches_nodes_games_and_search(devnet, client, tab):
 
     # Search: a job id, a batch id, a node address, a batch's and a game move's transaction hash.
     def search(q: str) -> str:
+        """Where the page went, or the error it showed instead."""
+        before = p.evaluate("location.hash")
+        p.evaluate("document.querySelector('#view').innerHTML = ''")    # no stale error
         p.fill("#q", q)
         p.press("#q", "Enter")
-        p.wait_for_function("(q) => location.hash !== q", arg=p.evaluate("location.hash"), timeout=10_000)
-        return p.evaluate("location.hash")
+        p.wait_for_function("(b) => location.hash !== b || document.querySelector('#view-error')", arg=before,
+                            timeout=30_000)
+        return p.evaluate("location.hash") if p.locator("#view-error").count() == 0 else p.inner_text("#view-error")
 
     page.open("")
     assert search(job_id) == f"#/job/{job_id}"

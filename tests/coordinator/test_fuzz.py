@@ -36,11 +36,16 @@ def client(net, tmp_path_factory):
     run.stop()
 
 
+EXPLORER = {"/v1/explorer/config", "/v1/explorer/overview", "/v1/explorer/jobs", "/v1/explorer/jobs/{job_id}",
+            "/v1/explorer/batches", "/v1/explorer/batches/{batch_id}", "/v1/explorer/games",
+            "/v1/explorer/games/{game_id}", "/v1/explorer/nodes", "/v1/explorer/challengers", "/v1/explorer/search"}
+
+
 def test_every_route_is_covered(client):
     paths = set(client.app.openapi()["paths"])
     assert paths == {"/v1/models", "/v1/models/{model}", "/v1/chat/completions", "/v1/embeddings",
                      "/v1/jobs/{job_id}", "/v1/batches/{batch_id}", "/healthz", "/metrics", "/v1/usage",
-                     "/v1/disagreements"}
+                     "/v1/disagreements", *EXPLORER}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -54,7 +59,9 @@ def test_post_bodies_never_give_5xx(client, path, body):
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
-@given(route=st.sampled_from(["/v1/jobs/", "/v1/batches/", "/v1/models/"]),
+@given(route=st.sampled_from(["/v1/jobs/", "/v1/batches/", "/v1/models/", "/v1/explorer/jobs/",
+                              "/v1/explorer/batches/", "/v1/explorer/games/", "/v1/explorer/search?q=",
+                              "/explorer/static/"]),
        tail=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=70))
 def test_path_parameters_never_give_5xx(client, route, tail):
     r = client.get(route + quote(tail, safe=""))

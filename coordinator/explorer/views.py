@@ -155,6 +155,13 @@ class Explorer:
         chain_error = self._refresh()
         now, time_error = self._chain_time()
         out["chain_time"], out["chain_error"] = now, chain_error or time_error
+        result = out.get("result") or {}
+        if out.get("kind") != "embedding" and result.get("ids"):
+            # People read the answer, not its token ids; the ids stay in `result` for checking.
+            try:
+                out["text"] = self.c.service.tokenizers.chat.decode(list(result["ids"]), skip_special_tokens=True)
+            except Exception:  # noqa: BLE001 - a display nicety must never break the view
+                out["text"] = None
         out["games"] = []
         if out.get("batch_id") is not None:
             out["games"] = [gid for gid, evs in self._games_snapshot().items()

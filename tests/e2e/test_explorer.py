@@ -128,6 +128,8 @@ def test_job_goes_pending_to_final_and_verifies_in_the_browser(devnet, client, t
     history = p.get_attribute("#job-status", "data-history").split(",")
     assert history[-1] == "final" and "posted" in history, history
     p.wait_for_selector("#chain-status[data-status='final']", timeout=10_000)   # read from the chain by the page
+    answer = answers[0].choices[0].message.content.strip()
+    assert answer and answer in p.inner_text(".answer")        # the answer as text, not only its token ids
 
     p.click("#verify")
     p.wait_for_selector("#verdict", timeout=20_000)

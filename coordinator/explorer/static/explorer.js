@@ -267,7 +267,7 @@
     if (h[h.length - 1] !== status) h.push(status);
     const result = j.result || {};
     const answer = j.kind === "embedding" ? `${(result.embedding || []).length} integers (scale 2<sup>-14</sup>): <code>[${esc((result.embedding || []).slice(0, 8).join(", "))}, …]</code>`
-      : `token ids <code>${esc((result.ids || []).slice(0, 32).join(" "))}${(result.ids || []).length > 32 ? " …" : ""}</code> (${esc(result.finish_reason || "")})`;
+      : `${j.text != null ? `<div class="answer">${esc(j.text)}</div>` : ""}<small>token ids <code>${esc((result.ids || []).slice(0, 32).join(" "))}${(result.ids || []).length > 32 ? " …" : ""}</code> (${esc(result.finish_reason || "")})</small>`;
     const deadline = onChain ? onChain.deadline : j.deadline;
     const finality = status === "final" ? "final" : status === "invalid" ? "fraud proven: this result is invalid"
       : status === "pending" ? "answered; waiting to be posted in a batch" : status === "disputed" ? "under dispute: final only if the node wins"

@@ -176,7 +176,7 @@ def test_a_lazy_nodes_backlog_cannot_stall_disputes_or_games(net, tmp_path):
 
     cost, budget = 0.05, 60
     slow = CostlyExecutor(net.program, cost)
-    c = make_challenger(net, tmp_path, rate=0.0, executor=slow, recheck_budget=budget, settle_s=0.2)
+    c = make_challenger(net, tmp_path, rate=0.0, executor=slow, recheck_budget=budget, settle_s=1.0)
     # An open game against another liar, which must keep moving.
     c.sampler.rate = 1.0
     other = net.post([net.leaf("cheat5", 400, lie=True)])

@@ -26,7 +26,6 @@ import logging
 import threading
 from collections.abc import Callable
 
-from eth_account import Account
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
@@ -52,10 +51,10 @@ def result_leaf(leaf: m.Leaf) -> ResultLeaf:
 
 
 def signature_ok(leaf: ResultLeaf, chain_id: int, rollup: str) -> bool:
-    try:
-        return Account._recover_hash(leaf.digest(chain_id, rollup), signature=leaf.signature) == leaf.node
-    except Exception:  # noqa: BLE001 - malformed signatures of any kind
-        return False
+    """The chain's own rule (ResultRollup.leaf_signer over the compact form
+    that would be posted), so nothing is posted that DisputeGame.challenge
+    would refuse as "bad node signature" or void_forged_leaf could void."""
+    return leaf.signature_valid(chain_id, rollup)
 
 
 def pack(leaves: list[m.Leaf], max_leaves: int = MAX_LEAVES) -> list[m.Leaf]:

@@ -27,7 +27,7 @@ from coordinator.schemas import ChatRequest, EmbeddingRequest, OpinferOptions
 from coordinator.settings import Settings
 from node.engines import MINILM, SMOLLM2
 from opinfer.errors import CommitmentError
-from opinfer.trace.jobinput import JobInput
+from opinfer.trace.jobinput import JobInput, chat_prompt_ids
 from opinfer.trace.leaf import Batch as LeafBatch
 from opinfer.trace.leaf import ResultLeaf
 from opinfer.trace.outputs import embedding_output, generation_output, input_root, tensor_root
@@ -135,15 +135,9 @@ class Tokenizers:
 
     def chat_prompt(self, messages: list[tuple[str, str]]) -> list[int]:
         """ChatML ids with message text encoded as plain text, so a message
-        cannot forge role markers by containing "<|im_end|>"."""
-        tok = self.chat
-        start, end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
-        if not messages or messages[0][0] != "system":
-            messages = [("system", tok.default_system_prompt)] + messages
-        ids: list[int] = []
-        for role, content in messages:
-            ids += [start] + tok.encode_ordinary(f"{role}\n{content}") + [end] + tok.encode_ordinary("\n")
-        return ids + [start] + tok.encode_ordinary("assistant\n")
+        cannot forge role markers by containing "<|im_end|>". The library's
+        encoding, which the SDK applies to its own request to check the job."""
+        return chat_prompt_ids(self.chat, messages)
 
     @property
     def chat_end(self) -> int:

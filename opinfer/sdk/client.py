@@ -7,12 +7,20 @@ and verification.
                                        messages=[{"role": "user", "content": "Hi"}])
     client.jobs.wait_final(r.opinfer.job_id, timeout=120)
     client.verify(r)          # raises VerificationError unless final and proven
+
+verify() binds each result to the request this client sent for it (kept per
+job id when the answer arrives): the job input is rebuilt from that request
+and compared, and the model name is mapped to its id through the on-chain
+registry. For a response the client did not fetch itself (the `openai`
+package's, a job id), pass `request=` (the body that was sent).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
+from collections import OrderedDict
 from typing import Callable, Iterator
 
 import httpx
@@ -22,9 +30,10 @@ from opinfer.sdk.cache import TTLCache, cacheable, request_key
 from opinfer.sdk.network import Network, resolve
 from opinfer.sdk.objects import Obj, job_id_of, wrap
 from opinfer.sdk.retry import Retrier, RetryPolicy
-from opinfer.sdk.verify import ChainReader, VerificationReport, check_job, verify_on_chain
+from opinfer.sdk.verify import ChainReader, VerificationReport, check_job, check_request, verify_on_chain
 
 TERMINAL = ("final", "invalid", "rejected")
+MAX_REMEMBERED_REQUESTS = 10_000
 
 
 class Client:
@@ -48,6 +57,8 @@ class Client:
         self.allow_stale = allow_stale
         self._chain: ChainReader | None = None
         self._decode = None
+        # job id -> (request body, item index): what this client asked for each job it got back
+        self._requests: OrderedDict[str, tuple[dict, int]] = OrderedDict()
         self.chat = _Chat(self)
         self.embeddings = _Embeddings(self)
         self.models = _Models(self)
@@ -93,6 +104,7 @@ class Client:
         if key:
             hit = self.cache.get(key)
             if hit is not None:
+                self._remember_response(hit[0], copy.deepcopy(body))
                 return _mark(hit[0], cached=True)
         try:
             data = self.retrier(lambda: self._send(method, path, body).json())
@@ -104,6 +116,8 @@ class Client:
             raise
         if key:
             self.cache.put(key, data)
+        if body is not None and method == "POST" and isinstance(data, dict):
+            self._remember_response(data, copy.deepcopy(body))
         return wrap(data)
 
     def stream(self, path: str, body: dict) -> Iterator[Obj]:
@@ -164,19 +178,43 @@ class Client:
                 self.network.chain_id = self._chain.chain_id()
         return self._chain
 
-    def verify(self, response, *, require_final: bool = True, check_text: bool = True) -> VerificationReport:
+    def remember(self, job_id: str | None, request: dict, index: int = 0) -> None:
+        """Keep the request behind a job id, for verify()."""
+        if not job_id:
+            return
+        self._requests[str(job_id).lower()] = (request, index)
+        self._requests.move_to_end(str(job_id).lower())
+        while len(self._requests) > MAX_REMEMBERED_REQUESTS:
+            self._requests.popitem(last=False)
+
+    def _remember_response(self, data: dict, body: dict) -> None:
+        if isinstance(data.get("opinfer"), dict):
+            self.remember(data["opinfer"].get("job_id"), body)
+        for item in data.get("data") or []:
+            if isinstance(item, dict) and isinstance(item.get("opinfer"), dict):
+                self.remember(item["opinfer"].get("job_id"), body, int(item.get("index", 0)))
+
+    def verify(self, response, *, request: dict | None = None, require_final: bool = True,
+               check_text: bool = True) -> VerificationReport:
         """Verify a response (chat or embeddings; every item of a multi-input
-        embedding), a job view or a job id against the chain. Returns the
-        report of the (last) job; raises VerificationError when a check fails
-        or, with require_final, when the leaf is not final on-chain."""
+        embedding), a job view or a job id against the chain, bound to the
+        request that was sent for it: the one this client sent (remembered per
+        job id) or `request` (the body: model, messages and parameters, or
+        model and input). Returns the report of the (last) job; raises
+        VerificationError when a check fails (the request is unknown, the job
+        is not that request, ...) or, with require_final, when the leaf is not
+        final on-chain."""
         answers = _answers(response)
         report = None
-        for job_id, answer in answers:
+        for job_id, answer, index in answers:
             job = self.jobs.retrieve(job_id)
             chain = self.chain()
             decode = self._decoder() if check_text and answer and answer.get("kind") == "chat" else None
             report = check_job(job, self.network.chain_id, self.network.rollup, answer, decode=decode)
-            verify_on_chain(report, job, chain)
+            sent, sent_index = (request, index) if request is not None else \
+                self._requests.get(str(job_id).lower(), (None, 0))
+            check_request(report, job, sent, sent_index)
+            verify_on_chain(report, job, chain, model=(sent or {}).get("model") or job.get("model"))
             if report.status == "invalid":
                 report.add("leaf status on-chain", False, "invalid: fraud was proven against this result")
             elif require_final:
@@ -205,19 +243,21 @@ def _mark(data: dict, cached: bool = False, stale: bool = False) -> Obj:
     return wrap(out)
 
 
-def _answers(response) -> list[tuple[str, dict | None]]:
-    """(job id, the answer received) for each job behind a response."""
+def _answers(response) -> list[tuple[str, dict | None, int]]:
+    """(job id, the answer received, the item's index in the request) for each job behind a response."""
     if isinstance(response, dict) and response.get("object") == "list" and "data" in response:
         return [(dict.get(item, "opinfer")["job_id"],
-                 {"kind": "embedding", "embedding": dict.get(item, "embedding")}) for item in dict.get(response, "data")]
+                 {"kind": "embedding", "embedding": dict.get(item, "embedding")}, int(dict.get(item, "index") or 0))
+                for item in dict.get(response, "data")]
     if isinstance(response, dict) and response.get("object") == "chat.completion":
         choice = dict.get(response, "choices")[0]
         return [(dict.get(response, "opinfer")["job_id"],
-                 {"kind": "chat", "content": choice["message"]["content"], "finish_reason": choice["finish_reason"]})]
+                 {"kind": "chat", "content": choice["message"]["content"], "finish_reason": choice["finish_reason"]},
+                 0)]
     if isinstance(response, _StreamedChat):
         return [(response.job_id, {"kind": "chat", "content": response.content,
-                                   "finish_reason": response.finish_reason})]
-    return [(job_id_of(response), None)]
+                                   "finish_reason": response.finish_reason}, 0)]
+    return [(job_id_of(response), None, 0)]
 
 
 class _StreamedChat:
@@ -230,8 +270,9 @@ class _StreamedChat:
 class ChatStream:
     """Iterate the chunks; afterwards .job_id, .content and .finish_reason hold the whole answer."""
 
-    def __init__(self, events: Iterator[Obj]):
+    def __init__(self, events: Iterator[Obj], on_job_id: Callable[[str], None] = lambda job_id: None):
         self._events = events
+        self._on_job_id = on_job_id
         self.job_id: str | None = None
         self.content = ""
         self.finish_reason: str | None = None
@@ -240,6 +281,7 @@ class ChatStream:
         for chunk in self._events:
             if "opinfer" in chunk and self.job_id is None:
                 self.job_id = chunk.opinfer.job_id
+                self._on_job_id(self.job_id)
             for choice in chunk.get("choices") or []:
                 self.content += (choice.get("delta") or {}).get("content") or ""
                 self.finish_reason = choice.get("finish_reason") or self.finish_reason
@@ -259,7 +301,9 @@ class _Completions:
                 **(extra_body or {})}
         if stream:
             body["stream"] = True
-            return ChatStream(self._c.stream("/v1/chat/completions", body))
+            sent = copy.deepcopy(body)
+            return ChatStream(self._c.stream("/v1/chat/completions", body),
+                              on_job_id=lambda job_id: self._c.remember(job_id, sent))
         return self._c.request("POST", "/v1/chat/completions", body, use_cache=True, allow_stale=allow_stale)
 
 

@@ -9,14 +9,24 @@ recomputed locally:
   finish reason and the job's max_tokens, as the GEN row of the program);
 - the input root, from the job input bytes;
 - the result leaf and its hash, and that its EIP-712 signature (domain: the
-  chain id and rollup address the caller configured) recovers to the node;
-- that the answer in the response is the job's result.
+  chain id and rollup address the caller configured) recovers to the node
+  by the chain's own rule (`opinfer.trace.leaf.recover_compact`, the twin of
+  ResultRollup.leaf_signer over the compact form that is posted), so the
+  SDK calls valid exactly what DisputeGame.challenge accepts;
+- that the answer in the response is the job's result;
+- `check_request`: that the job is the caller's own request. The expected
+  job input is rebuilt from the request the client sent (messages and
+  parameters, or the embedding input) with the coordinator's encoding
+  (`opinfer.trace.jobinput`) and compared byte for byte, so a coordinator
+  cannot answer prompt A with the (real, final) result of prompt B.
 
 `verify_on_chain` then asks the chain, over the caller's own RPC
 connection: is that leaf hash leaf `leaf_index` of batch `batch_id`
 (`ResultRollup.verify_inclusion` with the proof), what is its status
-(`leaf_status`: final only after the window with no open dispute), and is
-the model root the one registered for the model id (`ModelRegistry`).
+(`leaf_status`: final only after the window with no open dispute), is the
+model id the one the registry gives the requested model's name, and is the
+model root the one registered for it. The registry is the one the rollup
+itself uses (`ResultRollup.registry()`); nothing is skipped.
 """
 
 from __future__ import annotations
@@ -25,7 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from opinfer.sdk.errors import VerificationError
+from opinfer.errors import CommitmentError
+from opinfer.sdk.errors import ConfigurationError, VerificationError
 
 STATUS = {0: "unknown", 1: "posted", 2: "disputed", 3: "final", 4: "invalid"}
 EMBEDDING_SCALE = 1 << 14
@@ -168,23 +179,94 @@ def check_job(job: dict, chain_id: int, rollup: str, answer: dict | None = None,
     report.add("input root recomputed", in_root == _bytes(job["input_root"]))
     leaf = ResultLeaf(_bytes(job["id"]), int(job["model_id"]), in_root, out_root, job["node"], data,
                       _bytes(job["signature"]))
-    from eth_account import Account
-
+    # The chain's rule, over the compact (r, vs) the leaf hash commits to: a
+    # form the chain would not accept (a high-s twin packed as is, an
+    # unknown v) is not a signature here either.
+    report.add("node signature", leaf.signature_valid(chain_id, rollup),
+               f"EIP-712 under chain {chain_id}, rollup {rollup}, ResultRollup's ecrecover rule")
     try:
-        signer = Account._recover_hash(leaf.digest(chain_id, rollup), signature=leaf.signature)
-    except Exception as exc:  # noqa: BLE001
-        signer = f"unrecoverable ({exc})"
-    report.add("node signature", str(signer).lower() == job["node"].lower(),
-               f"EIP-712 under chain {chain_id}, rollup {rollup}")
-    report.leaf_hash = _hex(leaf.hash)
+        report.leaf_hash = _hex(leaf.hash)
+    except CommitmentError as exc:
+        report.add("leaf hash", False, f"the leaf cannot be posted: {exc}")
+        return report
     if job.get("leaf_hash"):
         report.add("leaf hash", report.leaf_hash == job["leaf_hash"].lower())
     report.batch_id, report.leaf_index = job.get("batch_id"), job.get("leaf_index")
     return report
 
 
+def _tokenizer(kind: str):
+    """The tokenizer the coordinator applies to a request of this kind (the
+    model packages are optional for clients: without them a request cannot
+    be bound to its job, and verification says so)."""
+    if kind == "embedding":
+        from opinfer.engine import minilm_weights
+
+        return minilm_weights.encode
+    from opinfer.engine.bpe_tokenizer import load_tokenizer
+
+    return load_tokenizer()
+
+
+def expected_job_input(kind: str, request: dict, job_input, index: int = 0, tokenizer=None):
+    """The job input the coordinator must have built from `request` (the body
+    the client sent). Where the request leaves a value to the coordinator
+    (chat: max_tokens unset takes its default; no seed with temperature > 0
+    takes a fresh random seed, recorded in the job) the job's value is
+    taken; every other field comes from the request alone."""
+    from opinfer.trace.jobinput import JobInput, chat_messages, chat_prompt_ids, chat_stop_sequences
+
+    tok = tokenizer if tokenizer is not None else _tokenizer(kind)
+    if kind == "embedding":
+        items = request["input"]
+        if isinstance(items, str) or (isinstance(items, list) and items and isinstance(items[0], int)):
+            items = [items]
+        item = items[index]
+        tokens = [int(t) for t in (tok(item) if isinstance(item, str) else item)]
+        return JobInput(tuple(tokens))
+    from opinfer.engine.sampling import from_openai
+
+    sampling = from_openai(request.get("temperature"), request.get("top_p"), request.get("seed"))
+    max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or job_input.max_tokens
+    seed = sampling.seed
+    if request.get("seed") is None and sampling.temperature_milli > 0:
+        seed = job_input.seed
+    return JobInput(tuple(chat_prompt_ids(tok, chat_messages(request["messages"]))), max_tokens,
+                    sampling.temperature_milli, sampling.top_p_q, seed, chat_stop_sequences(tok, request.get("stop")))
+
+
+def check_request(report: VerificationReport, job: dict, request: dict | None, index: int = 0,
+                  tokenizer=None) -> VerificationReport:
+    """Bind the job to the caller's own request: the job input must be the
+    one rebuilt from `request`, the kind the one asked for. Without a request
+    the check fails (nothing else ties a job to what was asked)."""
+    from opinfer.trace.jobinput import JobInput
+
+    if request is None:
+        report.add("job input is the request", False,
+                   "no request to compare with: verify the response the client returned, or pass request=")
+        return report
+    kind = "chat" if "messages" in request else "embedding"
+    if job.get("kind") != kind:
+        report.add("job input is the request", False, f"a {kind} request answered by a {job.get('kind')} job")
+        return report
+    try:
+        job_input = JobInput.from_bytes(_bytes(job["input"]))
+        expected = expected_job_input(kind, request, job_input, index, tokenizer)
+    except Exception as exc:  # noqa: BLE001 - any failure to rebuild fails the check, with its reason
+        report.add("job input is the request", False, f"cannot rebuild the job input from the request: {exc}")
+        return report
+    diff = next((f for f in ("tokens", "max_tokens", "temperature_milli", "top_p_q", "seed", "stop_sequences")
+                 if getattr(expected, f) != getattr(job_input, f)), None)
+    report.add("job input is the request", diff is None and expected.to_bytes() == job_input.to_bytes(),
+               "rebuilt from the request" if diff is None else f"{diff} differs from the request's")
+    return report
+
+
 class ChainReader:
-    """The chain reads verification needs, over the caller's own RPC."""
+    """The chain reads verification needs, over the caller's own RPC. The
+    model registry is the one the rollup checks models against
+    (`ResultRollup.registry()`); a configured address must be that one."""
 
     def __init__(self, rpc_url: str, rollup: str, registry: str | None = None, timeout: float = 15.0):
         from web3 import HTTPProvider, Web3
@@ -194,10 +276,13 @@ class ChainReader:
         self.w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
         self.rollup = self.w3.eth.contract(address=Web3.to_checksum_address(rollup),
                                            abi=artifacts.load("ResultRollup").abi)
-        self.registry = None
-        if registry:
-            self.registry = self.w3.eth.contract(address=Web3.to_checksum_address(registry),
-                                                 abi=artifacts.load("ModelRegistry").abi)
+        bound = self.rollup.functions.registry().call()
+        if int(bound, 16) == 0:
+            raise ConfigurationError(f"the rollup at {rollup} names no model registry")
+        if registry and Web3.to_checksum_address(registry) != Web3.to_checksum_address(bound):
+            raise ConfigurationError(f"registry {registry} is not the one the rollup at {rollup} uses ({bound})")
+        self.registry = self.w3.eth.contract(address=Web3.to_checksum_address(bound),
+                                             abi=artifacts.load("ModelRegistry").abi)
 
     def chain_id(self) -> int:
         return self.w3.eth.chain_id
@@ -213,16 +298,25 @@ class ChainReader:
         return {"root": _hex(root), "leaf_count": count, "deadline": deadline, "poster": poster,
                 "finalized": finalized}
 
-    def model_root(self, model_id: int) -> str | None:
-        if self.registry is None:
-            return None
+    def model_root(self, model_id: int) -> str:
         return _hex(self.registry.functions.get_model(model_id).call()[0])
+
+    def model_id(self, name: str) -> int:
+        """The registered id of a model name (0: not registered)."""
+        return self.registry.functions.model_id_by_name(name).call()
 
     def now(self) -> int:
         return self.w3.eth.get_block("latest")["timestamp"]
 
 
-def verify_on_chain(report: VerificationReport, job: dict, chain: ChainReader) -> VerificationReport:
+def verify_on_chain(report: VerificationReport, job: dict, chain: ChainReader,
+                    model: str | None = None) -> VerificationReport:
+    """On-chain checks; `model` is the model name the caller asked for (its
+    registered id must be the job's)."""
+    if model is not None:
+        wanted = chain.model_id(model)
+        report.add("model is the one requested", wanted != 0 and wanted == int(job["model_id"]),
+                   f"registry: {model!r} -> id {wanted}; job's model id {job['model_id']}")
     if report.batch_id is None or job.get("proof") is None:
         report.status = "pending"
         report.add("posted on-chain", False, "the job is not in a posted batch yet")
@@ -233,8 +327,7 @@ def verify_on_chain(report: VerificationReport, job: dict, chain: ChainReader) -
     report.add("inclusion proof against the on-chain batch root", included,
                f"batch {report.batch_id}, leaf {report.leaf_index}, {len(proof)} siblings")
     registered = chain.model_root(int(job["model_id"]))
-    if registered is not None:
-        report.add("model root registered on-chain", registered.lower() == job["model_root"].lower(),
-                   f"model {job['model_id']}: {registered[:18]}…")
+    report.add("model root registered on-chain", registered.lower() == job["model_root"].lower(),
+               f"model {job['model_id']}: {registered[:18]}…")
     report.status = chain.leaf_status(int(report.batch_id), int(report.leaf_index))
     return report

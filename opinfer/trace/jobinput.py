@@ -97,3 +97,46 @@ class JobInput:
             raise CommitmentError("unterminated stop sequence")
         seed = (w[5] << 48) | (w[6] << 32) | (w[7] << 16) | w[8]
         return cls(tuple(w[HEADER_WORDS + s:]), w[2], w[3], w[4] + 1, seed, tuple(seqs))
+
+
+# ---------------------------------------------------------------- requests -> job inputs
+# One encoding of an OpenAI-style request into a job input, used by the
+# coordinator (to build the job) and by the SDK (to check that the job it is
+# shown is the request it sent). `tok` is the chat model's tokenizer
+# (opinfer.engine.bpe_tokenizer); nothing here imports it.
+
+def chat_messages(messages) -> list[tuple[str, str]]:
+    """(role, text) pairs from OpenAI messages (dicts or objects with role and
+    content: a string, a list of {"type": "text", "text"} parts, or None);
+    role "developer" is the system role."""
+    out = []
+    for msg in messages:
+        role = msg["role"] if isinstance(msg, dict) else msg.role
+        content = msg.get("content") if isinstance(msg, dict) else msg.content
+        if content is None:
+            text = ""
+        elif isinstance(content, str):
+            text = content
+        else:
+            text = "".join(part["text"] if isinstance(part, dict) else part.text for part in content)
+        out.append(("system" if role == "developer" else role, text))
+    return out
+
+
+def chat_prompt_ids(tok, messages: list[tuple[str, str]]) -> list[int]:
+    """ChatML ids with message text encoded as plain text, so a message
+    cannot forge role markers by containing "<|im_end|>"; a default system
+    message first when the caller gave none."""
+    start, end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
+    if not messages or messages[0][0] != "system":
+        messages = [("system", tok.default_system_prompt)] + list(messages)
+    ids: list[int] = []
+    for role, content in messages:
+        ids += [start] + tok.encode_ordinary(f"{role}\n{content}") + [end] + tok.encode_ordinary("\n")
+    return ids + [start] + tok.encode_ordinary("assistant\n")
+
+
+def chat_stop_sequences(tok, stops) -> tuple[tuple[int, ...], ...]:
+    """The end-of-turn token, then each stop string's ids."""
+    stops = stops if isinstance(stops, list) else ([stops] if stops else [])
+    return ((tok.token_to_id("<|im_end|>"),),) + tuple(tuple(tok.encode_ordinary(s)) for s in stops)

@@ -121,7 +121,13 @@ def test_openai_package_against_the_devnet(devnet, client):
     for item in body["data"]:
         job = client.jobs.wait_final(item["opinfer"]["job_id"], timeout=150, poll_s=0.5, raise_on_invalid=False)
         assert job.status in ("final", "invalid")
+    # Responses the opinfer client did not fetch: verify binds them to the request that was sent.
     if all(item["opinfer"]["node"] == honest for item in body["data"]):
-        assert client.verify(body).final
+        assert client.verify(body, request={"model": EMBED, "input": ["verifiable inference",
+                                                                      "optimistic rollup"]}).final
     client.jobs.wait_final(chat.model_dump()["opinfer"]["job_id"], timeout=120, poll_s=0.5)
-    assert client.verify(chat.model_dump()).final
+    sent = {"model": CHAT, "messages": [{"role": "user", "content": "One word: yes or no?"}], "max_tokens": 4}
+    assert client.verify(chat.model_dump(), request=sent).final
+    with pytest.raises(VerificationError) as err:  # another prompt's final result is not this answer
+        client.verify(chat.model_dump(), request=dict(sent, messages=[{"role": "user", "content": "Hi"}]))
+    assert err.value.check == "job input is the request"

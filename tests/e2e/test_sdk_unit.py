@@ -178,3 +178,140 @@ def test_stop_sequence_is_cut_from_the_shown_text():
     assert shown_text_ids([5, 6, 2], "stop", [(2,)]) == [5, 6]
     assert shown_text_ids([5, 6, 7, 8], "stop", [(2,), (7, 8)]) == [5, 6]
     assert shown_text_ids([5, 6, 2], "length", [(2,)]) == [5, 6, 2]
+
+
+# ---------------------------------------------------------------- issue 14: points 1 and 11
+
+KEY = "0x" + "11" * 32
+ROLLUP = "0x" + "22" * 20
+
+
+def signed_embedding_job(tokens, vector, job_no: int = 1, model_id: int = 1) -> dict:
+    """A real job record: the leaf signed by the node's key, as the coordinator serves it."""
+    from eth_account import Account
+
+    from opinfer.trace.jobinput import JobInput
+    from opinfer.trace.leaf import ResultLeaf
+    from opinfer.trace.outputs import embedding_output, input_root, tensor_root
+
+    node = Account.from_key(KEY).address
+    job_input = JobInput(tuple(tokens))
+    data = job_input.to_bytes()
+    job_id = job_no.to_bytes(16, "big")
+    leaf = ResultLeaf(job_id, model_id, input_root(job_input), tensor_root(embedding_output(vector)), node,
+                      data).signed(KEY, 31337, ROLLUP)
+    return {"id": "0x" + job_id.hex(), "kind": "embedding", "model": "all-minilm-l6-v2", "model_id": model_id,
+            "model_root": "0x" + "ab" * 32, "input": "0x" + data.hex(), "result": {"embedding": vector},
+            "node": node, "input_root": "0x" + leaf.input_root.hex(), "output_root": "0x" + leaf.output_root.hex(),
+            "signature": "0x" + leaf.signature.hex(), "leaf_hash": "0x" + leaf.hash.hex(), "batch_id": 1,
+            "leaf_index": 0, "proof": [], "status": "final"}
+
+
+def test_sdk_reports_valid_only_signatures_the_chain_accepts():
+    """Point 1: the high-s twin of the node's signature passes eth_account's
+    check but is not a signature by ResultRollup's rule over the compact
+    form that is posted, so the SDK must not call it valid."""
+    from opinfer.trace.leaf import SECP256K1_N
+
+    job = signed_embedding_job((101, 7592, 102), [3, -16384, 42, 0])
+    assert check_job(job, 31337, ROLLUP).ok
+    sig = bytes.fromhex(job["signature"][2:])
+    twin = sig[:32] + (SECP256K1_N - int.from_bytes(sig[32:64], "big")).to_bytes(32, "big") + bytes([55 - sig[64]])
+    report = check_job(dict(job, signature="0x" + twin.hex()), 31337, ROLLUP)
+    assert report.failed().name == "node signature"
+    # v as 0/1 encodes the same compact signature: the same leaf, valid.
+    raw = sig[:64] + bytes([sig[64] - 27])
+    assert check_job(dict(job, signature="0x" + raw.hex()), 31337, ROLLUP).ok
+
+
+class ChainView:
+    """The on-chain answers for a job that really is final (what an honest
+    chain says about job B): inclusion, status, registry."""
+
+    def __init__(self, models: dict[str, int]):
+        self.models = models
+
+    def includes(self, *args) -> bool:
+        return True
+
+    def leaf_status(self, *args) -> str:
+        return "final"
+
+    def model_root(self, model_id: int) -> str:
+        return "0x" + "ab" * 32
+
+    def model_id(self, name: str) -> int:
+        return self.models.get(name, 0)
+
+
+def swapping_coordinator(job_b: dict, model: str = "all-minilm-l6-v2"):
+    """A malicious coordinator: every embedding request is answered with job
+    B's real, signed, final result."""
+    item = {"object": "embedding", "index": 0, "embedding": (np.asarray(job_b["result"]["embedding"]) / 2**14).tolist(),
+            "opinfer": {"job_id": job_b["id"], "status": "final"}}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/embeddings":
+            return httpx.Response(200, json={"object": "list", "data": [item], "model": model})
+        if request.url.path == f"/v1/jobs/{job_b['id']}":
+            return httpx.Response(200, json=job_b)
+        return httpx.Response(404, json={"error": {"message": "no", "type": "not_found"}})
+
+    return httpx.MockTransport(handler)
+
+
+def test_verify_catches_an_answer_swapped_for_another_prompts_final_result():
+    """Point 11: a coordinator answers prompt A with the real final result of
+    its own prompt B; every check of B holds, only the binding to the
+    request the client sent catches it."""
+    job_b = signed_embedding_job((101, 2204, 102), [1, 2, 3, 4])
+    client = Client(network="http://coordinator.test", rpc_url="http://rpc.test", chain_id=31337,
+                    rollup_address=ROLLUP, transport=swapping_coordinator(job_b), max_retries=1)
+    client._chain = ChainView({"all-minilm-l6-v2": 1})
+    # Asking for B itself verifies: the fixture is a genuinely final job.
+    mine = client.embeddings.create(model="all-minilm-l6-v2", input=[101, 2204, 102])
+    assert client.verify(mine).final
+    answer = client.embeddings.create(model="all-minilm-l6-v2", input=[101, 7592, 102])
+    with pytest.raises(errors.VerificationError) as err:
+        client.verify(answer)
+    assert err.value.check == "job input is the request" and "tokens" in str(err.value)
+    # A response the client did not fetch itself cannot be bound silently.
+    with pytest.raises(errors.VerificationError) as err:
+        client.verify(job_b["id"])
+    assert err.value.check == "job input is the request"
+    assert client.verify(job_b["id"], request={"model": "all-minilm-l6-v2", "input": [[101, 2204, 102]]}).final
+    # The model: the name asked for maps through the registry to the job's id, or verification fails.
+    with pytest.raises(errors.VerificationError) as err:
+        client.verify(job_b["id"], request={"model": "other-model", "input": [101, 2204, 102]})
+    assert err.value.check == "model is the one requested"
+
+
+def test_chat_request_is_rebuilt_with_the_coordinators_encoding():
+    """Point 11, chat: the job input rebuilt from messages and parameters
+    (the tokenizer and ChatML encoding the coordinator uses) must be the
+    job's; another prompt, a changed parameter or a wrong seed is caught."""
+    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.sdk.verify import VerificationReport, check_request
+    from opinfer.trace.jobinput import JobInput, chat_messages, chat_prompt_ids, chat_stop_sequences
+
+    tok = load_tokenizer()
+    request = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Name a color."}],
+               "max_tokens": 8, "temperature": 0.7, "seed": 5, "stop": ["\n\n"]}
+
+    def job_for(req, seed=5, max_tokens=8):
+        ji = JobInput(tuple(chat_prompt_ids(tok, chat_messages(req["messages"]))), max_tokens, 700, 65536, seed,
+                      chat_stop_sequences(tok, req.get("stop")))
+        return {"kind": "chat", "input": "0x" + ji.to_bytes().hex()}
+
+    def bound(job, req):
+        return check_request(VerificationReport("j"), job, req, tokenizer=tok).checks[-1]
+
+    assert bound(job_for(request), request).ok
+    other = dict(request, messages=[{"role": "user", "content": "Name a fruit."}])
+    assert bound(job_for(other), request).detail == "tokens differs from the request's"
+    assert bound(job_for(request, seed=6), request).detail == "seed differs from the request's"
+    assert bound(job_for(request, max_tokens=64), request).detail == "max_tokens differs from the request's"
+    # Left to the coordinator: no seed at temperature > 0 (a random one), no max_tokens (its default).
+    free = {k: v for k, v in request.items() if k not in ("seed", "max_tokens")}
+    assert bound(job_for(request, seed=123456, max_tokens=64), free).ok
+    assert not bound({"kind": "embedding", "input": job_for(request)["input"]}, request).ok

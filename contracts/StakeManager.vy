@@ -8,9 +8,14 @@
         is open. Only the dispute game can lock bonds, slash stakes or award
         bonds. Payouts are pull payments (`claim`), so a reverting receiver
         can never block a game from resolving.
+        A slash takes the node's whole stake at once; the challenger's share
+        waits in `reward_escrow` until the dispute game names the challenger
+        who proved the fraud first (`release_reward`), so a cheater cannot
+        win its own reward back by losing a self-challenge before an honest
+        game ends.
 @dev    Invariant: self.balance == sum(stake) + sum(unbonding) + sum(bond)
-        + sum(locked_bond) + sum(claimable). Tests check it after every
-        sequence of operations.
+        + sum(locked_bond) + sum(claimable) + sum(reward_escrow). Tests check
+        it after every sequence of operations.
 """
 
 # ---------------------------------------------------------------- events
@@ -59,6 +64,11 @@ event Slashed:
     reward: uint256
     to_treasury: uint256
 
+event RewardReleased:
+    node: indexed(address)
+    challenger: indexed(address)
+    reward: uint256
+
 event Claimed:
     account: indexed(address)
     amount: uint256
@@ -98,6 +108,9 @@ bond: public(HashMap[address, uint256])
 locked_bond: public(HashMap[address, uint256])
 # @dev Pull payments: rewards, awarded bonds and the treasury's share.
 claimable: public(HashMap[address, uint256])
+# @dev Challenger shares of a node's slashed stake, held until the dispute
+#      game names the winner (the earliest-opened game that proved fraud).
+reward_escrow: public(HashMap[address, uint256])
 
 
 @deploy
@@ -265,8 +278,9 @@ def release_bond(_node: address, _challenger: address, _bond: uint256):
 def slash(_node: address, _challenger: address, _bond: uint256) -> uint256:
     """
     @notice The node lost: its whole stake (active and unbonding) is slashed,
-            a share goes to the challenger, the rest to the treasury, and the
-            challenger's bond is freed.
+            the challenger's share goes to the node's reward escrow (the
+            game releases it with `release_reward`), the rest to the
+            treasury, and the challenger's bond is freed.
     @return The amount slashed.
     """
     self._only_game()
@@ -276,10 +290,27 @@ def slash(_node: address, _challenger: address, _bond: uint256) -> uint256:
     self.stake[_node] = 0
     self.unbonding[_node] = 0
     reward: uint256 = amount * self.challenger_reward_bps // BPS
-    self.claimable[_challenger] += reward
+    self.reward_escrow[_node] += reward
     self.claimable[self.treasury] += amount - reward
     log Slashed(node=_node, challenger=_challenger, amount=amount, reward=reward, to_treasury=amount - reward)
     return amount
+
+
+@external
+@nonreentrant
+def release_reward(_node: address, _challenger: address) -> uint256:
+    """
+    @notice Pay the node's escrowed challenger share to `_challenger` (the
+            game decides who proved the fraud first).
+    @return The amount released.
+    """
+    self._only_game()
+    reward: uint256 = self.reward_escrow[_node]
+    if reward > 0:
+        self.reward_escrow[_node] = 0
+        self.claimable[_challenger] += reward
+        log RewardReleased(node=_node, challenger=_challenger, reward=reward)
+    return reward
 
 
 # ---------------------------------------------------------------- views

@@ -14,6 +14,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 
 PR_SET_PDEATHSIG = 1
 
@@ -42,7 +43,14 @@ def die_with_parent(parent_pid: int | None = None) -> None:
 
 
 def child_preexec():
-    """A preexec_fn bound to the current process as the parent."""
+    """A preexec_fn bound to the current process as the parent, or None off the main thread.
+
+    The kernel sends the parent-death signal when the *thread* that forked the child exits,
+    not the process: a child started from a short-lived worker thread would be killed with
+    it. Supervisors start their services from the main thread, which lives as long as they do.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
     parent = os.getpid()
     return lambda: die_with_parent(parent)
 

@@ -147,15 +147,17 @@ def test_game_deploy_rejects_short_unbonding_delay(system, deployer, treasury):
     short = StakeManager.deploy(10**18, 100, 5000, treasury, {"from": deployer})
     rollup = ResultRollup.deploy(short, system.registry, 600, {"from": deployer})
     with brownie.reverts("DisputeGame: unbonding delay too short"):
-        DisputeGame.deploy(short, rollup, system.registry, system.verifier, 4, 300, 1, {"from": deployer})
+        DisputeGame.deploy(short, rollup, system.registry, system.verifier, 4, 300, 300, 1, {"from": deployer})
     with brownie.reverts("DisputeGame: arity must be a power of two in [2, 16]"):
-        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 3, 300, 1, {"from": deployer})
+        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 3, 300, 300, 1, {"from": deployer})
     with brownie.reverts("DisputeGame: arity must be a power of two in [2, 16]"):
-        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 32, 300, 1, {"from": deployer})
+        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 32, 300, 300, 1, {"from": deployer})
     with brownie.reverts("DisputeGame: zero clock"):
-        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 4, 0, 1, {"from": deployer})
+        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 4, 0, 300, 1, {"from": deployer})
     with brownie.reverts("DisputeGame: zero bond"):
-        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 4, 300, 0, {"from": deployer})
+        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 4, 300, 300, 0, {"from": deployer})
+    with brownie.reverts("DisputeGame: zero trace budget"):
+        DisputeGame.deploy(system.stake, system.rollup, system.registry, system.verifier, 4, 300, 0, 1, {"from": deployer})
     fresh = ResultRollup.deploy(short, system.registry, 600, {"from": deployer})
     with brownie.reverts("ResultRollup: game is zero"):
         fresh.set_dispute_game("0x" + "00" * 20, {"from": deployer})

@@ -124,3 +124,21 @@ def test_services_never_outlive_their_supervisor(tmp_path):
         time.sleep(0.1)
     else:
         raise AssertionError(f"service {child} outlived its SIGKILLed supervisor")
+
+
+def test_a_service_started_off_the_main_thread_outlives_that_thread(tmp_path):
+    """The parent-death signal follows the forking thread: a service a harness (re)starts from a worker
+    thread must not die when that thread ends."""
+    import threading
+
+    from opinfer.devnet import Service
+
+    svc = Service("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], {}, tmp_path / "s.log")
+    t = threading.Thread(target=svc.start)
+    t.start()
+    t.join()
+    time.sleep(0.5)
+    try:
+        assert svc.alive()
+    finally:
+        svc.stop()

@@ -17,7 +17,11 @@
         data hash = keccak256(inputs blob). Coordinators post `PostedLeaf`s
         plus `Run`s (node, model, count) over consecutive leaves; the
         contract rebuilds each full `Leaf`, computing input_hash itself. The signature is compact (EIP-2098:
-        r, and s with the recovery bit on top). The node signs the EIP-712 struct
+        r, and s with the recovery bit on top); the one signature rule is
+        the ecrecover precompile's (any s in [1, n), high s included), so
+        every compact form that proves the node signed can be challenged
+        and none of them can be voided as forged (opinfer.trace.leaf.
+        recover_compact is its twin). The node signs the EIP-712 struct
         ResultLeaf(bytes16 jobId,uint256 modelId,bytes32 inputRoot,
         bytes32 outputRoot,bytes32 inputHash,address node) under the domain
         {name: "opinfer", version: "1", chainId, verifyingContract: this}.
@@ -30,6 +34,8 @@
 
 interface IStakeManager:
     def is_active(_node: address) -> bool: view
+    def unbonding(_node: address) -> uint256: view
+    def unlock_at(_node: address) -> uint256: view
 
 interface IModelRegistry:
     def model_active(_model_id: uint256) -> bool: view
@@ -73,10 +79,12 @@ event DisputeGameSet:
 
 MAX_LEAVES: constant(uint256) = 128
 MAX_INPUTS_BYTES: constant(uint256) = 16384
+# One leaf's input: DisputeGame.challenge takes it as Bytes[4096] (MAX_INPUT),
+# so a longer one could never be disputed.
+MAX_LEAF_INPUT_BYTES: constant(uint256) = 4096
 MAX_DEPTH: constant(uint256) = 7  # log2(MAX_LEAVES)
 MAX_RUNS: constant(uint256) = 32
 UPPER_BIT: constant(uint256) = 1 << 255
-SECP256K1_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168  # secp256k1 n // 2
 
 DOMAIN_TYPEHASH: constant(bytes32) = keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
 LEAF_TYPEHASH: constant(bytes32) = keccak256("ResultLeaf(bytes16 jobId,uint256 modelId,bytes32 inputRoot,bytes32 outputRoot,bytes32 inputHash,address node)")
@@ -183,10 +191,14 @@ def post_batch(_leaves: DynArray[PostedLeaf, MAX_LEAVES], _runs: DynArray[Run, M
     """
     @notice Post a batch of result leaves and their job inputs; returns the
             batch id. `_runs` assigns node and model to consecutive leaves.
-    @dev Every run's node must be staked and its model active now. The
-         contract hashes each leaf's input itself, so the committed leaf binds
-         exactly the bytes in this calldata. Signatures are checked only when a
-         leaf is challenged (or voided as forged).
+    @dev Every run's node must be staked (or unbonding, while the leaves'
+         challenge window closes before its stake unlocks: `_check_postable`)
+         and its model active now, and
+         each leaf's input at most MAX_LEAF_INPUT_BYTES (what
+         DisputeGame.challenge can take). The contract hashes each leaf's
+         input itself, so the committed leaf binds exactly the bytes in this
+         calldata. Signatures are checked only when a leaf is challenged (or
+         voided as forged).
     """
     assert self.is_coordinator[msg.sender], "ResultRollup: caller is not a coordinator"
     count: uint256 = len(_leaves)
@@ -199,13 +211,16 @@ def post_batch(_leaves: DynArray[PostedLeaf, MAX_LEAVES], _runs: DynArray[Run, M
     for run: Run in _runs:
         assert run.count > 0, "ResultRollup: empty run"
         assert done + run.count <= count, "ResultRollup: runs exceed leaves"
-        assert staticcall stake_manager.is_active(run.node), "ResultRollup: node not staked"
+        self._check_postable(run.node)
         assert staticcall registry.model_active(run.model_id), "ResultRollup: model not active"
         for i: uint256 in range(MAX_LEAVES):
             if i == run.count:
                 break
             leaf: PostedLeaf = _leaves[done]
             input_len: uint256 = leaf.job & (2**128 - 1)
+            # Every per-leaf limit a later step depends on is enforced here:
+            # a leaf that cannot be challenged must never be posted.
+            assert input_len <= MAX_LEAF_INPUT_BYTES, "ResultRollup: leaf input above 4096 bytes"
             assert offset + input_len <= len(_inputs), "ResultRollup: inputs too short"
             input_hash: bytes32 = keccak256(slice(_inputs, offset, input_len))
             offset += input_len
@@ -376,6 +391,25 @@ def _only_game():
 
 @internal
 @view
+def _check_postable(_node: address):
+    """
+    @dev A node with active stake may have leaves posted. So may a node whose
+         stake is unbonding (still slashable: a node that answers and then
+         asks to leave must not take its lie off the chain), but only while
+         the batch's challenge window closes before the stake unlocks, so
+         every challenge the leaves can get is opened before withdrawal is
+         possible (and withdrawal waits for open games). That also bounds how
+         long re-posted leaves can keep a leaving node's games going: no
+         posting after unlock_at - challenge_window.
+    """
+    if staticcall stake_manager.is_active(_node):
+        return
+    assert staticcall stake_manager.unbonding(_node) > 0, "ResultRollup: node not staked"
+    assert block.timestamp + challenge_window < staticcall stake_manager.unlock_at(_node), "ResultRollup: node stake unlocks within the window"
+
+
+@internal
+@view
 def _deadline(_batch_id: uint256) -> uint256:
     info: uint256 = self.batches[_batch_id].info
     assert info != 0, "ResultRollup: unknown batch"
@@ -402,13 +436,13 @@ def _digest(_leaf: Leaf) -> bytes32:
 def _recover(_leaf: Leaf) -> address:
     """
     @dev Signer of a compact (EIP-2098) signature; empty when malformed.
+         No low-s rule: the precompile accepts a high s, and refusing one
+         here would let a node's high-s twin escape `challenge` while it
+         still proves the node signed. Off-chain code stores the canonical
+         low-s form (opinfer.trace.leaf.canonical_signature).
     """
     vs: uint256 = convert(_leaf.vs, uint256)
-    s: uint256 = vs & (UPPER_BIT - 1)
-    v: uint256 = 27 + (vs >> 255)
-    if s > SECP256K1_HALF_N:
-        return empty(address)
-    return ecrecover(self._digest(_leaf), v, convert(_leaf.r, uint256), s)
+    return ecrecover(self._digest(_leaf), 27 + (vs >> 255), convert(_leaf.r, uint256), vs & (UPPER_BIT - 1))
 
 
 @internal

@@ -4,8 +4,10 @@
 @notice Holds the ETH stakes of inference nodes and the bonds of challengers.
         A node's stake stays slashable until it has waited out an unbonding
         delay that is longer than the challenge window plus the longest
-        possible dispute game, and it cannot leave while a dispute against it
-        is open. Only the dispute game can lock bonds, slash stakes or award
+        possible dispute game, and it cannot withdraw while a dispute
+        against it is open (it can always start unbonding: otherwise
+        re-posted leaves and a griefer's challenges could keep it from ever
+        leaving). Only the dispute game can lock bonds, slash stakes or award
         bonds. Payouts are pull payments (`claim`), so a reverting receiver
         can never block a game from resolving.
         A slash takes the node's whole stake at once; the challenger's share
@@ -100,7 +102,7 @@ stake: public(HashMap[address, uint256])
 unbonding: public(HashMap[address, uint256])
 # @dev Earliest time the unbonding amount can be withdrawn.
 unlock_at: public(HashMap[address, uint256])
-# @dev Number of games open against each node; blocks unbond and withdrawal.
+# @dev Number of games open against each node; blocks withdrawal (not unbonding).
 open_disputes: public(HashMap[address, uint256])
 # @dev Free challenger bond, withdrawable at any time.
 bond: public(HashMap[address, uint256])
@@ -161,9 +163,14 @@ def request_unbond(_amount: uint256):
     @notice Move `_amount` of active stake to unbonding. It stays slashable and
             can be withdrawn after `unbonding_delay` (the timer restarts for the
             whole unbonding amount).
+    @dev Allowed while disputes are open (re-posted leaves and a griefer's
+         challenges could otherwise keep a node from ever leaving); withdrawal
+         still waits for every open game. Leaves of a node that is no longer
+         active are posted only while their challenge window closes before
+         `unlock_at` (ResultRollup._check_postable), so every game against it
+         opens before the unlock and the wait ends within one game length.
     """
     assert _amount > 0, "StakeManager: zero amount"
-    assert self.open_disputes[msg.sender] == 0, "StakeManager: dispute open"
     current: uint256 = self.stake[msg.sender]
     assert _amount <= current, "StakeManager: amount above stake"
     remaining: uint256 = current - _amount

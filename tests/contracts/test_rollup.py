@@ -170,3 +170,115 @@ def test_full_batch_of_max_leaves(system, coordinator, nodes, model_id, honest_t
     batch_id, batch, tx = post(system, coordinator, leaves)
     assert system.rollup.verify_leaf(batch_id, 99, batch.records[99], batch.proof(99))
     assert isinstance(Batch(leaves).root, bytes)
+
+
+# ---------------------------------------------------------------- issue 14, point 1: one signature rule
+
+def high_s_twin(signature: bytes) -> bytes:
+    """The other valid ECDSA signature of the same digest: s -> n - s, parity flipped."""
+    from opinfer.trace.leaf import SECP256K1_N
+    s = int.from_bytes(signature[32:64], "big")
+    return signature[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - signature[64]])
+
+
+def test_high_s_twin_of_a_lie_is_normalised_then_challenged_and_slashed(system, staked, coordinator, nodes,
+                                                                        challengers, model_id, program, job_input,
+                                                                        honest_trace):
+    """Attack: a node answers a wrong result with the high-s twin of its
+    signature. It proves the node signed (eth_account recovers the node), but
+    its compact encoding is garbage, so posted as is the leaf could not be
+    challenged. Every off-chain check now applies the chain's rule, and the
+    twin normalises to the canonical form, which is challenged and slashed."""
+    from dataclasses import replace
+
+    from eth_account import Account
+
+    from conftest import CHALLENGER_WON, Driver, corrupted_trace
+    from opinfer.errors import CommitmentError
+    rollup, node = system.rollup, nodes[0]
+    bad = corrupted_trace(program, job_input, 4, 0, 5, delta=120)
+    signed = make_leaf(bad, node, model_id, rollup, job=77)
+    twin = replace(signed, signature=high_s_twin(signed.signature))
+    digest = twin.digest(chain.id, rollup.address)
+    assert Account._recover_hash(digest, signature=twin.signature) == node.address  # the twin is a signature
+    # Not expressible compactly: nothing that would post it (or report it valid) accepts it as is.
+    with pytest.raises(CommitmentError, match="compact"):
+        twin.as_tuple()
+    assert not twin.signature_valid(chain.id, rollup.address)
+    from coordinator.poster import signature_ok
+    assert not signature_ok(twin, chain.id, rollup.address)
+    # Normalised: the node's own canonical signature, which the chain accepts and a challenge takes.
+    fixed = twin.canonical(chain.id, rollup.address)
+    assert fixed is not None and fixed.signature == signed.signature
+    assert rollup.leaf_signer(fixed.as_tuple()) == node and fixed.signature_valid(chain.id, rollup.address)
+    batch_id, batch, _ = post(system, coordinator, [fixed])
+    gid = system.game.challenge(*batch.challenge_args(batch_id, 0, PROGRAM_HEADER),
+                                {"from": challengers[0]}).return_value
+    end = Driver(system, gid, node, bad, challengers[0], honest_trace).play()
+    assert end["status"] == CHALLENGER_WON
+    assert system.stake.slashable(node) == 0
+    assert rollup.leaf_status(batch_id, 0) == STATUS_INVALID
+
+
+def test_colluding_coordinator_posting_a_non_canonical_encoding_gains_nothing(system, staked, coordinator, nodes,
+                                                                              model_id, program, job_input):
+    """Attack: a colluding coordinator posts the lie with the twin's bits
+    packed into the compact form directly (what the old as_tuple did). The
+    chain sees no node signature: the SDK's check (the chain's rule) reports
+    the signature bad, and anyone can void the leaf, so it never counts as
+    a result."""
+    from dataclasses import replace
+
+    from conftest import corrupted_trace
+    from opinfer.trace.leaf import UPPER_BIT
+    rollup, node = system.rollup, nodes[0]
+    signed = make_leaf(corrupted_trace(program, job_input, 4, 0, 5, delta=120), node, model_id, rollup, job=78)
+    twin = high_s_twin(signed.signature)
+    s = int.from_bytes(twin[32:64], "big")
+    garbled = replace(signed, signature=twin[:32] + (s & (UPPER_BIT - 1)).to_bytes(32, "big") + bytes([28]))
+    batch_id, batch, _ = post(system, coordinator, [garbled])
+    assert rollup.leaf_signer(batch.records[0]) != node
+    assert not garbled.signature_valid(chain.id, rollup.address)
+    with brownie.reverts("DisputeGame: bad node signature"):
+        system.game.challenge(*batch.challenge_args(batch_id, 0, PROGRAM_HEADER), {"from": accounts[2]})
+    rollup.void_forged_leaf(batch_id, 0, batch.records[0], batch.proof(0), {"from": accounts[6]})
+    assert rollup.leaf_status(batch_id, 0) == STATUS_INVALID
+
+
+def test_python_signature_rule_is_the_contracts_for_every_encoding(system, leaves, nodes):
+    """recover_compact (used by the coordinator, the SDK and the challenger)
+    returns exactly what ResultRollup.leaf_signer returns, high s included."""
+    from opinfer.trace.leaf import SECP256K1_HALF_N, SECP256K1_N, UPPER_BIT, recover_compact
+    leaf = leaves[0]
+    record = list(leaf.as_tuple())
+    digest = leaf.digest(chain.id, system.rollup.address)
+    r0 = int.from_bytes(record[7], "big")
+    s0 = int.from_bytes(record[8], "big") & (UPPER_BIT - 1)
+    cases = [(r0, s0), (r0, SECP256K1_HALF_N + 1), (r0, UPPER_BIT - 1), (r0, SECP256K1_HALF_N), (0, s0), (r0, 0),
+             (SECP256K1_N, s0), (SECP256K1_N + 1, s0), (2**256 - 1, s0), (5, s0)]
+    for r, s in cases:
+        for bit in (0, 1):
+            vs = (s | bit << 255).to_bytes(32, "big")
+            on_chain = system.rollup.leaf_signer(record[:7] + [r.to_bytes(32, "big"), vs])
+            mine = recover_compact(digest, r.to_bytes(32, "big"), vs)
+            assert (mine or "0x" + "00" * 20).lower() == on_chain.lower(), (hex(r), hex(s), bit)
+    # The high-s half is accepted on-chain (it recovers someone), as the precompile does.
+    high = (SECP256K1_HALF_N + 1).to_bytes(32, "big")
+    assert system.rollup.leaf_signer(record[:7] + [record[7], high]) != "0x" + "00" * 20
+
+
+# ---------------------------------------------------------------- issue 14, point 2: per-leaf limits
+
+def test_leaf_input_longer_than_a_challenge_takes_is_refused(system, coordinator, nodes, model_id, leaves):
+    """Attack: a 5,000-byte input fits the batch's 16 KiB but not
+    DisputeGame.challenge's Bytes[4096], so the leaf could never be disputed."""
+    big = bytes(range(256)) * 19 + bytes(136)
+    assert len(big) == 5000
+    job = (0x5000 << 128) | len(big)
+    posted = [(job, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, b"\x04" * 32)]
+    with brownie.reverts("ResultRollup: leaf input above 4096 bytes"):
+        system.rollup.post_batch(posted, [(nodes[0], model_id, 1)], big, {"from": coordinator})
+    # The limit itself still posts: 4,096 bytes.
+    ok = [((0x4096 << 128) | 4096,) + posted[0][1:]]
+    tx = system.rollup.post_batch(ok, [(nodes[0], model_id, 1)], big[:4096], {"from": coordinator})
+    assert tx.events["BatchPosted"]["leaf_count"] == 1

@@ -103,12 +103,64 @@ def test_open_dispute_locks_unbond_and_withdraw(system, staked, nodes, challenge
     system.game.challenge(*batch.challenge_args(batch_id, 0, PROGRAM_HEADER), {"from": challengers[0]})
     assert sm.open_disputes(node) == 1
     assert sm.locked_bond(challengers[0]) == params.challenge_bond
-    with brownie.reverts("StakeManager: dispute open"):
-        sm.request_unbond(params.min_stake, {"from": node})
+    # Unbonding may start during a dispute (issue 14, point 7); withdrawal waits for it.
+    sm.request_unbond(params.min_stake, {"from": node})
+    assert sm.unbonding(node) == 2 * params.min_stake and sm.slashable(node) == 2 * params.min_stake
     chain.sleep(params.delay() + 1)
     chain.mine()
     with brownie.reverts("StakeManager: dispute open"):
         sm.withdraw_stake({"from": node})
+
+
+def test_reposted_leaves_and_a_griefer_cannot_keep_a_node_from_leaving(system, staked, nodes, challengers,
+                                                                       coordinator, model_id, program, job_input,
+                                                                       honest_trace, params):
+    """Attack (issue 14, point 7): a coordinator re-posts an honest node's
+    old signed leaf and a griefer challenges every copy, so a dispute is
+    always open; request_unbond used to refuse while one was, so the node
+    could never leave. Now it starts unbonding at once. Its leaves stay
+    postable (it is still slashable: point 10) only while their challenge
+    window closes before the unlock, so the last game starts before the
+    unlock and the node withdraws within one game length of it."""
+    from conftest import NODE_WON, PROGRAM_HEADER, Driver, corrupted_trace, make_leaf, post
+    sm, rollup, node, griefer = system.stake, system.rollup, nodes[0], challengers[1]
+    leaf = make_leaf(honest_trace, node, model_id, rollup, job=9)
+    wrong = corrupted_trace(program, job_input, 2, 0, 7)
+
+    def challenge(batch_id, batch):
+        return system.game.challenge(*batch.challenge_args(batch_id, 0, PROGRAM_HEADER),
+                                     {"from": griefer}).return_value
+
+    def repost_and_challenge():
+        return challenge(*post(system, coordinator, [leaf])[:2])
+
+    gids = [repost_and_challenge(), repost_and_challenge()]  # the same signed leaf, twice
+    assert sm.open_disputes(node) == 2
+    tx = sm.request_unbond(2 * params.min_stake, {"from": node})  # reverted "dispute open" before
+    unlock = tx.events["UnbondRequested"]["unlock_at"]
+    assert not sm.is_active(node) and sm.slashable(node) == 2 * params.min_stake
+    for gid in gids:
+        assert Driver(system, gid, node, honest_trace, griefer, wrong).play()["status"] == NODE_WON
+    # The last copy the coordinator can post: its window still closes before the unlock...
+    chain.sleep(unlock - params.challenge_window - chain.time() - 30)
+    last_id, last_batch, _ = post(system, coordinator, [leaf])
+    chain.sleep(unlock - params.challenge_window - chain.time() + 1)
+    with brownie.reverts("ResultRollup: node stake unlocks within the window"):
+        post(system, coordinator, [leaf])
+    # ...and the griefer challenges it at the last second of that window.
+    chain.sleep(rollup.batch_deadline(last_id) - chain.time() - 2)
+    last = challenge(last_id, last_batch)
+    chain.sleep(unlock - chain.time() + 1)
+    chain.mine()
+    with brownie.reverts("StakeManager: dispute open"):
+        sm.withdraw_stake({"from": node})  # the game opened before the unlock holds it...
+    assert Driver(system, last, node, honest_trace, griefer, wrong).play()["status"] == NODE_WON
+    before = node.balance()
+    sm.withdraw_stake({"from": node, "gas_price": 0})  # ...for one game at most
+    assert node.balance() == before + 2 * params.min_stake
+    assert sm.claimable(node) == 3 * params.challenge_bond  # the griefer paid for every game
+    with brownie.reverts("ResultRollup: node not staked"):
+        post(system, coordinator, [leaf])
 
 
 def test_balance_always_equals_what_is_owed(system, staked, nodes, challengers, treasury):

@@ -359,6 +359,21 @@ class Protocol(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ batches
 
+    def _postable(self, node):
+        """ResultRollup._check_postable: True, the revert reason, or None when
+        too close to the unlock to call (issue 14, points 7 and 10: an
+        unbonding node's leaves are postable while their window closes
+        before its unlock)."""
+        b = self.books
+        if b.stake[node] >= self.min_stake:
+            return True
+        if not b.unbonding[node]:
+            return "ResultRollup: node not staked"
+        margin = b.unlock[node] - self.p.challenge_window - now()
+        if abs(margin) <= 3:
+            return None
+        return True if margin > 0 else "ResultRollup: node stake unlocks within the window"
+
     @rule(spec=st.lists(st.tuples(st.integers(0, 2), st.integers(-4, len(CHEATS) - 1)), min_size=1, max_size=3))
     def post_batch(self, spec):
         leaves, owners = [], []
@@ -368,9 +383,12 @@ class Protocol(RuleBasedStateMachine):
             self.job += 1
             leaves.append(make_leaf(trace, node, self.model_id, self.rollup, job=self.job))
             owners.append((node, trace, cheat >= 0))
-        inactive = [n for n, _, _ in owners if self.books.stake[n] < self.min_stake]
-        if inactive:
-            with brownie.reverts("ResultRollup: node not staked"):
+        verdicts = [self._postable(n) for n, _, _ in owners]
+        if None in verdicts:
+            return  # a node's unlock is too close to predict the block's timestamp
+        refused = [why for why in verdicts if why is not True]
+        if refused:
+            with brownie.reverts(refused[0]):
                 post(self.s, self.coordinator, leaves)
             return
         batch_id, batch, tx = post(self.s, self.coordinator, leaves)
@@ -639,8 +657,10 @@ def test_griefing_with_many_challenges_costs_the_griefer(system, staked, griefer
     gids = [system.game.challenge(*batch.challenge_args(batch_id, 0, PROGRAM_HEADER), {"from": g}).return_value
             for g in griefers]
     assert system.rollup.open_games(batch_id, 0) == len(griefers)
-    with brownie.reverts("StakeManager: dispute open"):
-        system.stake.request_unbond(1, {"from": node})  # the node is locked in, but so is the griefers' money
+    # The games cannot lock the node in (issue 14, point 7): it may start unbonding now;
+    # only the withdrawal waits for them, and the griefers' money is locked meanwhile.
+    system.stake.request_unbond(1, {"from": node})
+    assert system.stake.unbonding(node) == 1
     # Two griefers play their wrong trace to the end; two go silent.
     for gid, g in zip(gids[:2], griefers[:2]):
         d = Driver(system, gid, node, honest, g, wrong)

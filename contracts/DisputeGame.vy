@@ -11,6 +11,18 @@
         call `claim_timeout`. Several challengers may dispute the same leaf at
         once, each in its own game, so a front-running challenger cannot stall
         honest ones past the window.
+        Concurrent games: a node builds one trace at a time, so a game opened
+        while k other games against the same node are open gives the node
+        `clock_budget + k * trace_budget` (the traces queued ahead of it).
+        Rewards: a slash takes the node's whole stake at once; the
+        challenger's share is escrowed and goes to the earliest-opened game
+        against that node that ends in fraud (a game voided because its leaf
+        was proven invalid elsewhere counts, as its challenger was right).
+        While an earlier-opened game against the node is still active the
+        reward waits, so a cheater that loses a self-challenge at once (on
+        any of its leaves) cannot take the reward from an honest challenger
+        who disputed first. A leaf already proven fraudulent is never slashed
+        again (stake added later is not taken).
 @dev    Moves (mover in brackets):
         OPEN [node] open_trace: reveal S_N, proven to hold output_root at N.
         BISECT [node] bisect: k-1 state roots inside (lo, hi).
@@ -33,6 +45,7 @@ interface IStakeManager:
     def award_bond(_node: address, _challenger: address, _bond: uint256): nonpayable
     def release_bond(_node: address, _challenger: address, _bond: uint256): nonpayable
     def slash(_node: address, _challenger: address, _bond: uint256) -> uint256: nonpayable
+    def release_reward(_node: address, _challenger: address) -> uint256: nonpayable
     def unbonding_delay() -> uint256: view
 
 interface IModelRegistry:
@@ -203,8 +216,13 @@ verifier: public(IStepVerifier)
 arity: public(uint256)
 # @dev log2(arity): tree levels descended per phase-2 round.
 arity_bits: public(uint256)
-# @dev Seconds each party may spend on its moves in one game.
+# @dev Seconds each party may spend on its moves in one game (the node gets
+#      more when other games against it are open: see trace_budget).
 clock_budget: public(uint256)
+# @dev Extra node seconds per game already open against the same node when a
+#      game starts: at least the time the node needs to build the longest
+#      allowed job's trace (deployment checks it against a measurement).
+trace_budget: public(uint256)
 # @dev Bond locked from the challenger's free bond per game.
 challenge_bond: public(uint256)
 # @dev Number of games; ids are 1..game_count.
@@ -213,6 +231,19 @@ game_count: public(uint256)
 games: public(HashMap[uint256, Game])
 # @dev Whether an address has already challenged a leaf (batch, index, who).
 has_challenged: public(HashMap[uint256, HashMap[uint256, HashMap[address, bool]]])
+# @dev Active games per node.
+open_against: public(HashMap[address, uint256])
+# @dev Active games per node as a list in opening order (ids grow): the
+#      earliest, the latest, and each game's neighbours (0 = none).
+first_open: public(HashMap[address, uint256])
+last_open: HashMap[address, uint256]
+next_open: HashMap[uint256, uint256]
+prev_open: HashMap[uint256, uint256]
+# @dev The earliest-opened game against a node that ended in fraud and waits
+#      for the node's escrowed reward (0 = none).
+reward_game: public(HashMap[address, uint256])
+# @dev Leaves (batch, index) proven fraudulent by a game: never slashed twice.
+fraud_proven: public(HashMap[uint256, HashMap[uint256, bool]])
 
 
 @deploy
@@ -223,8 +254,14 @@ def __init__(
     _verifier: IStepVerifier,
     _arity: uint256,
     _clock_budget: uint256,
+    _trace_budget: uint256,
     _challenge_bond: uint256,
 ):
+    """
+    @param _trace_budget Node seconds added per game already open against
+           the node; at least the measured time to build the longest allowed
+           job's trace (opinfer.chain.deploy.ProtocolParams.check_trace_time).
+    """
     bits: uint256 = 0
     for i: uint256 in range(5):
         if (1 << bits) >= _arity:
@@ -232,6 +269,7 @@ def __init__(
         bits += 1
     assert _arity >= 2 and _arity <= MAX_K and (1 << bits) == _arity, "DisputeGame: arity must be a power of two in [2, 16]"
     assert _clock_budget > 0, "DisputeGame: zero clock"
+    assert _trace_budget > 0, "DisputeGame: zero trace budget"
     assert _challenge_bond > 0, "DisputeGame: zero bond"
     # Nobody may withdraw ahead of a dispute: a challenge can start at the
     # deadline and the game lasts at most both clocks.
@@ -244,6 +282,7 @@ def __init__(
     self.arity = _arity
     self.arity_bits = bits
     self.clock_budget = _clock_budget
+    self.trace_budget = _trace_budget
     self.challenge_bond = _challenge_bond
 
 
@@ -286,6 +325,10 @@ def challenge(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray
     self.has_challenged[_batch_id][_index][msg.sender] = True
     game_id: uint256 = self.game_count + 1
     self.game_count = game_id
+    # The node builds one trace at a time: the games already open against it
+    # are queued ahead of this one.
+    queued: uint256 = self.open_against[node]
+    self._link(game_id, node)
     empty_proof: DynArray[bytes32, MAX_PROOF] = []
     for i: uint256 in range(MAX_PROOF):
         if len(empty_proof) == self._ceil_log2(num_ops + 1):
@@ -303,7 +346,7 @@ def challenge(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray
         num_ops=num_ops,
         status=STATUS_ACTIVE,
         phase=PHASE_OPEN,
-        node_clock=self.clock_budget,
+        node_clock=self.clock_budget + queued * self.trace_budget,
         challenger_clock=self.clock_budget,
         last_move_at=block.timestamp,
         lo=0,
@@ -325,7 +368,11 @@ def challenge(_batch_id: uint256, _index: uint256, _leaf: Leaf, _proof: DynArray
     extcall self.stake_manager.open_dispute(node, msg.sender, self.challenge_bond)
     extcall self.rollup.mark_disputed(_batch_id, _index)
     log GameStarted(game_id=game_id, batch_id=_batch_id, leaf_index=_index, node=node, challenger=msg.sender, job_id=_leaf.job_id, model_id=model_id, input_root=input_root, output_root=output_root)
-    if not well_formed or input_tensor != input_root:
+    if not well_formed:
+        # A job the model's limits refuse (or a malformed input): an honest
+        # node never signs one (StepVerifier.job_shape).
+        self._resolve(game_id, False, "job outside the model's limits")
+    elif input_tensor != input_root:
         # Input binding: the node signed an input root that is not its input.
         self._resolve(game_id, False, "input does not match its root")
     return game_id
@@ -522,7 +569,10 @@ def claim_timeout(_game_id: uint256):
     if node_to_move:
         left = g.node_clock
     assert block.timestamp - g.last_move_at > left, "DisputeGame: clock not expired"
-    if node_to_move:
+    if self.fraud_proven[g.batch_id][g.leaf_index]:
+        # The leaf is already proven wrong: nobody loses this game.
+        self._void(_game_id, g)
+    elif node_to_move:
         self._resolve(_game_id, False, "node timed out")
     else:
         self._resolve(_game_id, True, "challenger timed out")
@@ -533,14 +583,15 @@ def claim_timeout(_game_id: uint256):
 def void_after_fraud(_game_id: uint256):
     """
     @notice Anyone: end a game whose leaf another game already proved
-            invalid; the challenger's bond is returned.
+            fraudulent; the challenger's bond is returned, and the game
+            still ranks for the node's escrowed reward (its challenger was
+            right). A leaf voided for any other reason (e.g. a forged
+            signature after a chain-id change) does not end a game: the
+            node stays slashable.
     """
     g: Game = self._active(_game_id)
-    assert staticcall self.rollup.invalid(g.batch_id, g.leaf_index), "DisputeGame: leaf not invalid"
-    self.games[_game_id].status = STATUS_VOID
-    extcall self.stake_manager.release_bond(g.node, g.challenger, g.bond)
-    extcall self.rollup.mark_undisputed(g.batch_id, g.leaf_index)
-    log GameVoided(game_id=_game_id)
+    assert self.fraud_proven[g.batch_id][g.leaf_index], "DisputeGame: leaf not invalid"
+    self._void(_game_id, g)
 
 
 # ---------------------------------------------------------------- views
@@ -572,7 +623,20 @@ def time_left(_game_id: uint256) -> (uint256, uint256):
 @external
 @view
 def max_game_duration() -> uint256:
+    """
+    @notice Longest a game lasts when no other game against its node is open
+            (each open one adds `trace_budget`; see `node_clock_for`).
+    """
     return 2 * self.clock_budget
+
+
+@external
+@view
+def node_clock_for(_node: address) -> uint256:
+    """
+    @notice The node clock a game opened now against `_node` would get.
+    """
+    return self.clock_budget + self.open_against[_node] * self.trace_budget
 
 
 # ---------------------------------------------------------------- internal
@@ -629,12 +693,79 @@ def _resolve(_game_id: uint256, _node_won: bool, _reason: String[32]):
         extcall self.rollup.mark_undisputed(g.batch_id, g.leaf_index)
     else:
         self.games[_game_id].status = STATUS_CHALLENGER_WON
-        extcall self.stake_manager.slash(g.node, g.challenger, g.bond)
-        if staticcall self.rollup.invalid(g.batch_id, g.leaf_index):
+        if self.fraud_proven[g.batch_id][g.leaf_index]:
+            # Already proven and slashed for this leaf: no second slash.
+            extcall self.stake_manager.release_bond(g.node, g.challenger, g.bond)
             extcall self.rollup.mark_undisputed(g.batch_id, g.leaf_index)
         else:
-            extcall self.rollup.mark_invalid(g.batch_id, g.leaf_index)
+            self.fraud_proven[g.batch_id][g.leaf_index] = True
+            extcall self.stake_manager.slash(g.node, g.challenger, g.bond)
+            if staticcall self.rollup.invalid(g.batch_id, g.leaf_index):
+                extcall self.rollup.mark_undisputed(g.batch_id, g.leaf_index)
+            else:
+                extcall self.rollup.mark_invalid(g.batch_id, g.leaf_index)
+    self._unlink(_game_id, g.node, not _node_won)
     log GameResolved(game_id=_game_id, node_won=_node_won, reason=_reason)
+
+
+@internal
+def _void(_game_id: uint256, _g: Game):
+    """
+    @dev End a game on a leaf already proven fraudulent: bond back, no slash;
+         it ranks for the reward like a game that ended in fraud.
+    """
+    self.games[_game_id].status = STATUS_VOID
+    extcall self.stake_manager.release_bond(_g.node, _g.challenger, _g.bond)
+    extcall self.rollup.mark_undisputed(_g.batch_id, _g.leaf_index)
+    self._unlink(_game_id, _g.node, True)
+    log GameVoided(game_id=_game_id)
+
+
+@internal
+def _link(_game_id: uint256, _node: address):
+    """
+    @dev Append a new game to the node's list of active games (ids grow, so
+         the list stays in opening order).
+    """
+    last: uint256 = self.last_open[_node]
+    if last == 0:
+        self.first_open[_node] = _game_id
+    else:
+        self.next_open[last] = _game_id
+        self.prev_open[_game_id] = last
+    self.last_open[_node] = _game_id
+    self.open_against[_node] += 1
+
+
+@internal
+def _unlink(_game_id: uint256, _node: address, _fraud: bool):
+    """
+    @dev Take an ended game off the node's list, rank it for the escrowed
+         reward when it ended in fraud, and release the reward once no game
+         opened before the one holding it is still active.
+    """
+    prev: uint256 = self.prev_open[_game_id]
+    nxt: uint256 = self.next_open[_game_id]
+    if prev == 0:
+        self.first_open[_node] = nxt
+    else:
+        self.next_open[prev] = nxt
+    if nxt == 0:
+        self.last_open[_node] = prev
+    else:
+        self.prev_open[nxt] = prev
+    self.prev_open[_game_id] = 0
+    self.next_open[_game_id] = 0
+    self.open_against[_node] -= 1
+    holder: uint256 = self.reward_game[_node]
+    if _fraud and (holder == 0 or _game_id < holder):
+        holder = _game_id
+    first: uint256 = self.first_open[_node]
+    if holder != 0 and (first == 0 or first > holder):
+        self.reward_game[_node] = 0
+        extcall self.stake_manager.release_reward(_node, self.games[holder].challenger)
+    else:
+        self.reward_game[_node] = holder
 
 
 @internal

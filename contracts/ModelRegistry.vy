@@ -7,6 +7,9 @@
         1,000 tokens. A registered root never changes: a new version of a
         model is a new id. Staked nodes announce their HTTP endpoint and the
         models they serve, so clients can discover nodes from the chain alone.
+        The node list is capped (MAX_NODES); anyone may `prune` a listed node
+        that is no longer staked, so nodes that left (or were slashed) cannot
+        keep the list full: holding every slot costs MAX_NODES active stakes.
 """
 
 # ---------------------------------------------------------------- interfaces
@@ -38,6 +41,10 @@ event NodeAnnounced:
 
 event NodeRetired:
     node: indexed(address)
+
+event NodePruned:
+    node: indexed(address)
+    caller: indexed(address)
 
 event OwnershipTransferred:
     previous: indexed(address)
@@ -148,6 +155,7 @@ def announce(_endpoint: String[256], _model_ids: DynArray[uint256, MAX_NODE_MODE
     for model_id: uint256 in _model_ids:
         self._known(model_id)
     if self.node_position[msg.sender] == 0:
+        assert len(self.node_list) < MAX_NODES, "ModelRegistry: node list full (prune unstaked nodes)"
         self.node_list.append(msg.sender)
         self.node_position[msg.sender] = len(self.node_list)
     self.node_info[msg.sender] = NodeInfo(endpoint=_endpoint, model_ids=_model_ids, listed=True)
@@ -159,15 +167,19 @@ def retire():
     """
     @notice Remove the caller from the node list.
     """
-    position: uint256 = self.node_position[msg.sender]
-    assert position != 0, "ModelRegistry: node not listed"
-    last: address = self.node_list[len(self.node_list) - 1]
-    self.node_list[position - 1] = last
-    self.node_position[last] = position
-    self.node_list.pop()
-    self.node_position[msg.sender] = 0
-    self.node_info[msg.sender] = empty(NodeInfo)
+    self._remove(msg.sender)
     log NodeRetired(node=msg.sender)
+
+
+@external
+def prune(_node: address):
+    """
+    @notice Anyone: remove a listed node that is no longer staked (it left,
+            or was slashed), freeing its slot in the capped list.
+    """
+    assert not staticcall self.stake_manager.is_active(_node), "ModelRegistry: node still staked"
+    self._remove(_node)
+    log NodePruned(node=_node, caller=msg.sender)
 
 
 # ---------------------------------------------------------------- views
@@ -217,6 +229,18 @@ def get_node(_node: address) -> (String[256], DynArray[uint256, MAX_NODE_MODELS]
 
 
 # ---------------------------------------------------------------- internal
+
+@internal
+def _remove(_node: address):
+    position: uint256 = self.node_position[_node]
+    assert position != 0, "ModelRegistry: node not listed"
+    last: address = self.node_list[len(self.node_list) - 1]
+    self.node_list[position - 1] = last
+    self.node_position[last] = position
+    self.node_list.pop()
+    self.node_position[_node] = 0
+    self.node_info[_node] = empty(NodeInfo)
+
 
 @internal
 @view

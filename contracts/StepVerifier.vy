@@ -22,7 +22,12 @@
           keccak256(op_desc) of the P template ops; weights_root = Merkle
           root over the weight tensors' roots. A job runs the template once
           (steps_mode 0) or L + M - 1 times (steps_mode 1); op i of the job
-          is template op i % P at step i // P.
+          is template op i % P at step i // P. The steps_mode word also
+          carries the model's job limits (bit 8 set: limited; positions at
+          16, vocab at 32 (32 bits), max temperature at 64, min new tokens
+          at 80, max new tokens at 96, max stop words at 112; 16 bits
+          each), the ones its engine enforces off-chain, so job_shape
+          refuses what an honest node would never sign.
         - job input: big-endian uint16 words [version, L, M, temperature,
           top_p - 1, seed x 4, S, stop words x S, tokens x L]; T_0 is one row
           holding the words.
@@ -54,6 +59,9 @@ MAX_SLOTS: constant(uint256) = 4
 DESC_WORDS: constant(uint256) = 32
 PARAMS_AT: constant(uint256) = 19
 HEADER_WORDS: constant(uint256) = 10
+SEPARATOR: constant(int256) = 65535
+LIMITED: constant(uint256) = 256
+MASK16: constant(uint256) = 65535
 TABLE_WIDTH: constant(uint256) = 256
 MASK32: constant(uint256) = 4294967295
 NOT_READ: constant(uint256) = max_value(uint256)
@@ -160,6 +168,12 @@ def job_shape(_model_root: bytes32, _ops_per_step: uint256, _model_header: Bytes
     """
     @notice Check a job input: (well formed, number of ops of the job, packed
             job dimensions L | tokens_at << 32 | steps << 64, T_0 root).
+            Well formed: the job input layout (version 1, lengths that add
+            up, prompt tokens below 0xFFFF, stop sequences non-empty and
+            terminated by 0xFFFF) and, for a limited model, its job limits:
+            positions (L, or L + max(M, 1) - 1 per position), prompt tokens
+            below the vocabulary, temperature, new tokens, stop words.
+            The Python twin is opinfer.trace.program.job_shape.
     @param _model_header abi_encode(program_root, weights_root, num_weights, steps_mode)
     """
     model: Model = abi_decode(_model_header, Model)
@@ -171,9 +185,39 @@ def job_shape(_model_root: bytes32, _ops_per_step: uint256, _model_header: Bytes
     stops: uint256 = convert(words[9], uint256)
     if words[0] != 1 or tokens == 0 or len(words) != HEADER_WORDS + stops + tokens:
         return False, 0, 0, empty(bytes32)
+    mode: uint256 = model.steps_mode
+    limited: bool = mode & LIMITED != 0
+    vocab: int256 = SEPARATOR
+    if limited:
+        vocab = min(convert((mode >> 32) & MASK32, int256), SEPARATOR)
+    # Stop words: non-empty sequences, each ended by the separator.
+    previous: int256 = SEPARATOR
+    for i: uint256 in range(MAX_ROW):
+        if i >= stops:
+            break
+        previous = words[HEADER_WORDS + i]
+        if previous == SEPARATOR and (i == 0 or words[HEADER_WORDS + i - 1] == SEPARATOR):
+            return False, 0, 0, empty(bytes32)
+    if previous != SEPARATOR:
+        return False, 0, 0, empty(bytes32)
+    # Prompt tokens: below the separator and the vocabulary.
+    for i: uint256 in range(MAX_ROW):
+        if i >= tokens:
+            break
+        if words[HEADER_WORDS + stops + i] >= vocab:
+            return False, 0, 0, empty(bytes32)
+    new_tokens: uint256 = convert(words[2], uint256)
     steps: uint256 = 1
-    if model.steps_mode == 1:
-        steps = tokens + max(convert(words[2], uint256), 1) - 1
+    positions: uint256 = tokens
+    if mode & 255 == 1:
+        steps = tokens + max(new_tokens, 1) - 1
+        positions = steps
+    if limited:
+        temperature: uint256 = convert(words[3], uint256)
+        if positions > (mode >> 16) & MASK16 or temperature > (mode >> 64) & MASK16:
+            return False, 0, 0, empty(bytes32)
+        if new_tokens < (mode >> 80) & MASK16 or new_tokens > (mode >> 96) & MASK16 or stops > (mode >> 112) & MASK16:
+            return False, 0, 0, empty(bytes32)
     job: uint256 = tokens | (HEADER_WORDS + stops) << 32 | steps << 64
     return True, steps * _ops_per_step, job, self._row_root(words, 32)
 

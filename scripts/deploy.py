@@ -27,6 +27,7 @@ class System:
 
 
 def deploy_system(deployer, treasury, params: DeployParams = DeployParams(), coordinators=()) -> System:
+    params.check_trace_time()
     tx = {"from": deployer}
     stake = StakeManager.deploy(params.min_stake, params.delay(), params.challenger_reward_bps, treasury, tx)
     registry = ModelRegistry.deploy(stake, tx)
@@ -35,7 +36,7 @@ def deploy_system(deployer, treasury, params: DeployParams = DeployParams(), coo
     decoder = DecoderOps.deploy(rules, tx)
     verifier = StepVerifier.deploy(rules, decoder, tx)
     game = DisputeGame.deploy(stake, rollup, registry, verifier, params.arity, params.clock_budget,
-                              params.challenge_bond, tx)
+                              params.trace_budget, params.challenge_bond, tx)
     stake.set_dispute_game(game, tx)
     rollup.set_dispute_game(game, tx)
     for coordinator in coordinators:

@@ -25,7 +25,7 @@ from opinfer.errors import CommitmentError
 from opinfer.trace.ops import (CONTEXT, DENSE, DENSE_WIDE, EMBED_SUM, EMBED_TOKEN, LAYER_NORM, LOOKUP, POOL,
                                RESIDUAL, RMS_NORM, ROPE, SOFTMAX, SWIGLU, WEIGHT, Op)
 from opinfer.trace.ops import DESC_WORDS
-from opinfer.trace.program import Program
+from opinfer.trace.program import JobLimits, Program
 
 FORMAT = 1
 DTYPES = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
@@ -37,6 +37,7 @@ def save_program(program: Program, path) -> bytes:
     arrays = {f"w{i}": w.astype(DTYPES[width]) for i, (w, width) in enumerate(zip(program.weights, program.widths))}
     arrays["ops"] = np.frombuffer(b"".join(op.encode() for op in program.ops), dtype=np.uint8)
     meta = {"format": FORMAT, "name": program.name, "steps_mode": program.steps_mode,
+            "limits": program.limits.word() if program.limits else 0,
             "widths": program.widths, "model_root": "0x" + program.model_root.hex()}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with open(path, "wb") as f:
@@ -58,7 +59,9 @@ def load_program(path, expected_root: bytes | None = None) -> Program:
             weights = [data[f"w{i}"].astype(np.int64) for i in range(len(meta["widths"]))]
     except (OSError, KeyError, ValueError) as exc:
         raise CommitmentError(f"{path}: not a built program file ({exc})") from None
-    program = Program(ops, weights, list(meta["widths"]), meta["steps_mode"], meta["name"])
+    # Files written before job limits existed have none (their root is the unlimited one).
+    program = Program(ops, weights, list(meta["widths"]), meta["steps_mode"], meta["name"],
+                      JobLimits.from_word(int(meta.get("limits", 0))))
     root = "0x" + program.model_root.hex()
     if root != meta["model_root"]:
         raise CommitmentError(f"{path}: contents give root {root}, the file says {meta['model_root']}")

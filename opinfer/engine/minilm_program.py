@@ -17,7 +17,7 @@ from opinfer.engine.quant import INT32
 from opinfer.trace.builder import ProgramBuilder
 from opinfer.trace.ops import (CONTEXT, DENSE, EMBED_SUM, INPUT, L2NORM, LAYER_NORM, LOOKUP, POOL, RESIDUAL, SCORES,
                                SOFTMAX, TABLE_WIDTH, TRANSPOSE, Slot, dim, ref)
-from opinfer.trace.program import ONE_STEP, Program
+from opinfer.trace.program import ONE_STEP, JobLimits, Program
 
 NAME = "all-minilm-l6-v2"
 L = dim(0, 1)          # rows = the job's token count
@@ -57,7 +57,12 @@ def build_program(model: mm.IntMiniLM) -> Program:
     xt = b.op(TRANSPOSE, dim(width), L, [x])
     pooled = b.op(POOL, dim(1), dim(width), [xt, b.weight(model.pool_mult)])
     b.op(L2NORM, dim(1), dim(width), [pooled], [mm.OUT_BITS])
-    return Program(b.ops, b.weights, b.widths, ONE_STEP, NAME)
+    # The engine's checks (node/engines.py), committed in the model root so that
+    # StepVerifier.job_shape refuses the same jobs: at most one token per row
+    # of the position table, ids below the vocabulary, no new tokens, no stops.
+    job_limits = JobLimits(positions=model.pos.shape[0], vocab=model.word.shape[0], min_new=0, max_new=0,
+                           max_stop_words=0)
+    return Program(b.ops, b.weights, b.widths, ONE_STEP, NAME, job_limits)
 
 
 @lru_cache(maxsize=1)

@@ -24,7 +24,7 @@ from opinfer.trace.builder import ProgramBuilder
 from opinfer.trace.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_WIDE, EMBED_TOKEN, GEN, INPUT, MASKED_SUMS,
                                MATCH, NEXT, PICK, PICK_TOKEN, RESIDUAL, RMS_NORM, ROPE, SAMPLE_WEIGHTS, SCORES, SOFTMAX,
                                SWIGLU, TABLE_WIDTH, Slot, dim, ref)
-from opinfer.trace.program import PER_POSITION, Program
+from opinfer.trace.program import PER_POSITION, JobLimits, Program
 
 NAME = "smollm2-135m-instruct"
 # Positions a job may use (prompt + max_tokens - 1 < MAX_CONTEXT): the RoPE
@@ -117,7 +117,15 @@ def build_program(model: sm.IntSmolLM2) -> Program:
 
     first = b.ops[0]
     b.ops[0] = replace(first, slots=(first.slots[0], b.prev(next_at, ONE, ONE), first.slots[2]))
-    return Program(b.ops, b.weights, b.widths, PER_POSITION, NAME)
+    return Program(b.ops, b.weights, b.widths, PER_POSITION, NAME, limits(vocab))
+
+
+def limits(vocab: int = 49152) -> JobLimits:
+    """What check_job enforces, committed in the model root so that
+    StepVerifier.job_shape refuses the same jobs (a node that signs one loses
+    at once): positions L + M - 1 <= MAX_CONTEXT, prompt tokens below the
+    vocabulary, temperature_milli <= 2000, at least one new token."""
+    return JobLimits(positions=MAX_CONTEXT, vocab=vocab, max_temperature=el.TEMPERATURE_MILLI_MAX, min_new=1)
 
 
 def check_job(job, vocab: int = 49152) -> None:

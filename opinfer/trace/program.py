@@ -22,6 +22,74 @@ from opinfer.trace.ops import INPUT, NOT_READ, PREV, SAME, WEIGHT, JobCtx, Op, w
 from opinfer.trace.tensor import TensorTree, row_bytes
 
 ONE_STEP, PER_POSITION = 0, 1
+LIMITED = 1 << 8            # the mode word carries job limits (JobLimits)
+MODE_MASK = 0xFF
+SEPARATOR = 0xFFFF
+HEADER_WORDS = 10
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """The limits a model's engine enforces on a job, committed in the model
+    root (in the upper bits of the steps_mode word) so that StepVerifier.job_shape
+    refuses a job outside them: the node that signed it loses at once, where a
+    step would otherwise revert and the honest challenger lose on time.
+
+    positions: L (one-step models) or L + max(M, 1) - 1 (per-position
+    models) at most; vocab: every prompt token below it; max_temperature:
+    temperature_milli at most; min_new <= M <= max_new; at most max_stop_words
+    stop words."""
+
+    positions: int
+    vocab: int
+    max_temperature: int = 0xFFFF
+    min_new: int = 0
+    max_new: int = 0xFFFF
+    max_stop_words: int = 0xFFFF
+
+    def word(self) -> int:
+        for name, bits in (("positions", 16), ("vocab", 32), ("max_temperature", 16), ("min_new", 16),
+                           ("max_new", 16), ("max_stop_words", 16)):
+            if not 0 <= getattr(self, name) < 1 << bits:
+                raise CommitmentError(f"job limit {name} out of range")
+        return (LIMITED | self.positions << 16 | self.vocab << 32 | self.max_temperature << 64 | self.min_new << 80
+                | self.max_new << 96 | self.max_stop_words << 112)
+
+    @classmethod
+    def from_word(cls, word: int) -> "JobLimits | None":
+        if not word & LIMITED:
+            return None
+        f = lambda at, bits: (word >> at) & ((1 << bits) - 1)  # noqa: E731
+        return cls(f(16, 16), f(32, 32), f(64, 16), f(80, 16), f(96, 16), f(112, 16))
+
+
+def job_shape(mode_word: int, ops_per_step: int, data: bytes) -> tuple[bool, int, int]:
+    """Twin of StepVerifier.job_shape (without the model-root check and T_0's
+    root): (well formed, number of ops, packed job L | tokens_at << 32 | steps << 64).
+    Well formed: the JobInput layout (version 1, lengths that add up, prompt
+    tokens below 0xFFFF, stop sequences non-empty and terminated) and, for a
+    limited model, the JobLimits in the mode word."""
+    if len(data) < 2 * HEADER_WORDS or len(data) % 2:
+        return False, 0, 0
+    w = [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
+    tokens, stops = w[1], w[9]
+    if w[0] != 1 or tokens == 0 or len(w) != HEADER_WORDS + stops + tokens:
+        return False, 0, 0
+    stop_words, prompt = w[HEADER_WORDS:HEADER_WORDS + stops], w[HEADER_WORDS + stops:]
+    if SEPARATOR in prompt:
+        return False, 0, 0
+    if stop_words and (stop_words[0] == SEPARATOR or stop_words[-1] != SEPARATOR
+                       or any(a == b == SEPARATOR for a, b in zip(stop_words, stop_words[1:]))):
+        return False, 0, 0
+    mode = mode_word & MODE_MASK
+    steps = tokens + max(w[2], 1) - 1 if mode == PER_POSITION else 1
+    limits = JobLimits.from_word(mode_word)
+    if limits is not None:
+        positions = steps if mode == PER_POSITION else tokens
+        if (positions > limits.positions or max(prompt) >= limits.vocab or w[3] > limits.max_temperature
+                or not limits.min_new <= w[2] <= limits.max_new or stops > limits.max_stop_words):
+            return False, 0, 0
+    return True, steps * ops_per_step, tokens | (HEADER_WORDS + stops) << 32 | steps << 64
 
 
 def value_bytes(row: np.ndarray) -> tuple[int, bytes]:
@@ -48,6 +116,7 @@ class Program:
     widths: list[int]
     steps_mode: int = ONE_STEP
     name: str = "program"
+    limits: JobLimits | None = None
 
     def __post_init__(self):
         if len(self.widths) != len(self.weights):
@@ -72,24 +141,36 @@ class Program:
         """Ops per step (P): what the registry stores."""
         return len(self.ops)
 
+    @property
+    def mode_word(self) -> int:
+        """The steps_mode word the model root commits to: the mode, and the job
+        limits above it when the model has any."""
+        return self.steps_mode | (self.limits.word() if self.limits else 0)
+
+    def check_job(self, job: JobInput) -> None:
+        """Raise CommitmentError for a job StepVerifier.job_shape would refuse."""
+        ok, _, _ = job_shape(self.mode_word, self.num_ops, job.to_bytes())
+        if not ok:
+            raise CommitmentError(f"job outside the limits of {self.name}: {self.limits}")
+
     @cached_property
     def model_root(self) -> bytes:
         return merkle.keccak(encode(
             ["bytes32", "bytes32", "uint256", "uint256", "uint256"],
-            [self.program_tree[-1][0], self.weights_tree[-1][0], self.num_ops, len(self.weights), self.steps_mode],
+            [self.program_tree[-1][0], self.weights_tree[-1][0], self.num_ops, len(self.weights), self.mode_word],
         ))
 
     def model_header(self) -> bytes:
         """What a challenge passes to fix the job's length: the model root's preimage."""
         return encode(["bytes32", "bytes32", "uint256", "uint256"],
-                      [self.program_tree[-1][0], self.weights_tree[-1][0], len(self.weights), self.steps_mode])
+                      [self.program_tree[-1][0], self.weights_tree[-1][0], len(self.weights), self.mode_word])
 
     def header(self, op_index: int) -> bytes:
         """What the verifier needs to prove op `op_index` (of any step) against the model root."""
         j = op_index % self.num_ops
         return encode(
             ["bytes32", "bytes32", "uint256", "uint256", "bytes", "bytes32[]"],
-            [self.program_tree[-1][0], self.weights_tree[-1][0], len(self.weights), self.steps_mode,
+            [self.program_tree[-1][0], self.weights_tree[-1][0], len(self.weights), self.mode_word,
              self.ops[j].encode(), merkle.proof(self.program_tree, j)],
         )
 

@@ -143,7 +143,8 @@ class Accounting(RuleBasedStateMachine):
             game.open_trace(gid, t.state_root(t.n), t.state_proof(t.n, t.n), {"from": node})
             points = bisection.dissection_points(0, t.n, self.s.params.arity)
             game.bisect(gid, [t.state_root(p) for p in points], {"from": node})
-        chain.sleep(self.s.params.clock_budget + 1)
+        # A game opened behind others has a longer node clock (queued traces).
+        chain.sleep(max(game.time_left(gid)) + 1)
         game.claim_timeout(gid, {"from": self.treasury})
         b.disputes[node] -= 1
         b.locked[c] -= bond

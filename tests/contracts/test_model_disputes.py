@@ -88,3 +88,25 @@ def test_corrupted_element_of_a_real_job_is_narrowed_and_refuted(system, staked,
     assert (end["hi"], end["row"], end["col"]) == (position, row, col)
     assert end["status"] == NODE_WON
     assert system.stake.slashable(nodes[1]) > 0
+
+
+@pytest.mark.parametrize("tokens,lost", [(513, True), (512, False)])
+def test_job_beyond_the_position_table_loses_at_once(system, staked, coordinator, nodes, challengers, minilm,
+                                                     minilm_id, tokens, lost):
+    """Issue 14, point 5: MiniLM has 512 positions (the engine refuses more).
+    A node that signs a 513-token job loses in the challenge itself; 512 is
+    a normal game."""
+    from brownie import chain
+
+    from conftest import ACTIVE, game_state
+    from opinfer.trace.leaf import ResultLeaf
+    from opinfer.trace.tensor import TensorTree
+
+    job = JobInput(tuple(range(1000, 1000 + tokens)))
+    leaf = ResultLeaf(job_id=(900 + tokens).to_bytes(16, "big"), model_id=minilm_id,
+                      input_root=TensorTree.build(job.tensor()).root, output_root=b"\x07" * 32,
+                      node=nodes[1].address, input=job.to_bytes())
+    batch_id, batch, _ = post(system, coordinator, [leaf.signed(nodes[1].private_key, chain.id, system.rollup.address)])
+    gid = system.game.challenge(*batch.challenge_args(batch_id, 0, minilm.model_header()),
+                                {"from": challengers[0]}).return_value
+    assert game_state(system.game, gid)["status"] == (CHALLENGER_WON if lost else ACTIVE)

@@ -78,3 +78,44 @@ def test_nodes_announce_update_and_retire(system, staked, nodes, model_id):
         reg.get_node(nodes[0])
     with brownie.reverts("ModelRegistry: node not listed"):
         reg.retire({"from": nodes[0]})
+
+
+def test_nodes_that_left_can_be_pruned_by_anyone(system, staked, nodes, model_id):
+    """Issue 14, point 8: the capped node list is not only the nodes' to
+    prune. A node that announced and then left (unbonded everything, or was
+    slashed) keeps its slot until anyone prunes it; a staked node cannot be
+    pruned, so holding every slot costs MAX_NODES active stakes."""
+    reg = system.registry
+    for i, node in enumerate(nodes):
+        reg.announce(f"http://10.0.0.{i + 1}:8000", [model_id], {"from": node})
+    with brownie.reverts("ModelRegistry: node still staked"):
+        reg.prune(nodes[1], {"from": accounts[7]})
+    system.stake.request_unbond(system.stake.stake(nodes[1]), {"from": nodes[1]})
+    assert reg.node_count() == 3  # it left, but is still listed
+    tx = reg.prune(nodes[1], {"from": accounts[7]})
+    assert tx.events["NodePruned"]["node"] == nodes[1].address
+    assert reg.node_count() == 2 and {reg.node_list(0), reg.node_list(1)} == {nodes[0].address, nodes[2].address}
+    with brownie.reverts("ModelRegistry: node not listed"):
+        reg.prune(nodes[1], {"from": accounts[7]})
+    with brownie.reverts("ModelRegistry: node not listed"):
+        reg.prune(accounts[6], {"from": accounts[7]})
+
+
+def test_wrong_ops_per_step_is_visible_before_any_job(system, deployer, program, job_input):
+    """Issue 14, point 8 (accepted, documented in docs/security.md): the owner
+    can register a num_ops that is not the program's; then every challenge of
+    that model reverts (the model root commits to the true P). The owner is
+    trusted to register the root itself (a wrong root is as harmful), the
+    tooling takes P from the program (opinfer.chain.deploy.register_program),
+    and anyone can check a registered model before serving or trusting it:
+    StepVerifier.job_shape with the registry's (root, num_ops) and the model
+    header reverts for a mismatch."""
+    from conftest import PROGRAM_HEADER
+
+    reg = system.registry
+    mid = reg.register_model("toy-wrong-p", program.model_root, program.num_ops + 1, 0, {"from": deployer}).return_value
+    root, num_ops, _, _ = reg.get_model(mid)
+    with brownie.reverts("StepVerifier: header does not match model root"):
+        system.verifier.job_shape(root, num_ops, PROGRAM_HEADER, job_input.to_bytes())
+    ok, _, _, _ = system.verifier.job_shape(root, program.num_ops, PROGRAM_HEADER, job_input.to_bytes())
+    assert ok

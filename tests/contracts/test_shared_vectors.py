@@ -151,3 +151,62 @@ def test_sampling_composed_on_chain_matches_engine(batch, vocab, temperature_mil
     params = sampling.SamplingParams(temperature_milli, top_p_q, seed)
     for step in (0, 7):
         assert _next_token_on_chain(batch, logits.tolist(), params, step) == sampling.next_token(logits, params, step)
+
+
+def _job_input_cases(rng: np.random.Generator, n: int) -> list[list[int]]:
+    """Job inputs around every edge job_shape checks: lengths, prompt tokens
+    at the vocabulary and at 0xFFFF, stop sequences empty or unterminated,
+    new tokens, temperature and positions at the limits."""
+    out = []
+    for _ in range(n):
+        tokens = [int(t) for t in rng.choice([0, 5, 29999, 30000, 30521, 30522, 49151, 49152, 65534, 65535],
+                                             size=int(rng.integers(1, 24)))]
+        if rng.random() < 0.6:
+            tokens = [int(t) for t in rng.integers(0, 30000, size=int(rng.choice([1, 10, 16, 17, 20, 512, 513])))]
+        stops = [int(t) for t in rng.choice([1, 2, 0xFFFF], size=int(rng.choice([0, 0, 1, 2, 3, 5])))]
+        new = int(rng.choice([0, 1, 2, 11, 12, 1020, 1021, 65535]))
+        temperature = int(rng.choice([0, 700, 2000, 2001, 65535]))
+        words = [1, len(tokens), new, temperature, int(rng.integers(0, 1 << 16)), 0, 0, 0, 9, len(stops)] + stops + tokens
+        if rng.random() < 0.08:  # a broken header: version, token count, length
+            words[int(rng.choice([0, 1, 9]))] += 1
+        out.append(words)
+    return out
+
+
+def test_job_shape_agrees_with_python(rules):
+    """StepVerifier.job_shape and opinfer.trace.program.job_shape agree on
+    300 job inputs for each of five mode words (the real models' limits, toy
+    limits and none); a well-formed job's T_0 root is TensorTree's."""
+    from brownie import DecoderOps, StepVerifier
+
+    from opinfer.engine import smollm2_program
+    from opinfer.trace.program import PER_POSITION, JobLimits, job_shape
+    from opinfer.trace.tensor import TensorTree
+
+    verifier = StepVerifier.deploy(rules, DecoderOps.deploy(rules, {"from": accounts[0]}), {"from": accounts[0]})
+    minilm = JobLimits(positions=512, vocab=30522, min_new=0, max_new=0, max_stop_words=0)
+    modes = [minilm.word(), PER_POSITION | smollm2_program.limits().word(), 0, PER_POSITION,
+             PER_POSITION | JobLimits(positions=20, vocab=30000, max_temperature=2000, min_new=1, max_new=11,
+                                      max_stop_words=3).word()]
+    rng = np.random.default_rng(14)
+    inputs = [np.asarray(w, dtype=">u2").tobytes() for w in _job_input_cases(rng, 300)]
+    inputs += [b"", b"\x00\x01" * 9, b"\x00" * 21]  # too short, odd
+    calls, expected = [], []
+    for mode in modes:
+        head = [b"\x11" * 32, b"\x22" * 32, 3, mode]
+        root = keccak(encode(["bytes32", "bytes32", "uint256", "uint256", "uint256"], head[:2] + [7] + head[2:]))
+        header = encode(["bytes32", "bytes32", "uint256", "uint256"], head)
+        for data in inputs:
+            calls.append((root, 7, header, data))
+            expected.append(job_shape(mode, 7, data))
+    got = Batch(verifier).call("job_shape", calls)
+    mismatches, formed = [], 0
+    for (_, _, _, data), want, value in zip(calls, expected, got):
+        if value[:3] != want:
+            mismatches.append((data.hex()[:80], want, value[:3]))
+        elif want[0]:
+            formed += 1
+            row = np.frombuffer(data, dtype=">u2").astype(np.int64).reshape(1, -1)
+            assert value[3] == TensorTree.build(row).root
+    assert not mismatches, mismatches[:3]
+    assert 0.08 * len(calls) < formed < 0.8 * len(calls)  # both sides of the edges exercised

@@ -119,3 +119,33 @@ def test_wrong_element_of_a_real_smollm2_job_is_narrowed_and_refuted(system, sta
     assert (end["hi"], end["row"], end["col"]) == (position, row, col)
     assert end["status"] == NODE_WON
     assert system.stake.slashable(nodes[1]) > 0
+
+
+@pytest.mark.parametrize("change,lost", [
+    (dict(max_tokens=1020), False),         # 5 + 1020 - 1 = 1024 positions: the RoPE table's
+    (dict(max_tokens=1021), True),          # 1,025 positions: beyond the RoPE table
+    (dict(max_tokens=0), True),             # no new token
+    (dict(temperature_milli=2001), True),   # above temperature 2.0
+    (dict(tokens=(49152,)), True),          # outside the vocabulary
+])
+def test_job_outside_the_engine_limits_loses_at_once(system, staked, coordinator, nodes, challengers, smollm2,
+                                                     smollm2_id, job, change, lost):
+    """Issue 14, point 5: what node/engines.py refuses, job_shape refuses: a
+    node that signed such a job loses in the challenge itself (a step would
+    revert and the honest challenger lose on time)."""
+    from dataclasses import replace
+
+    from brownie import chain
+
+    from conftest import ACTIVE, game_state
+    from opinfer.trace.leaf import ResultLeaf
+    from opinfer.trace.tensor import TensorTree
+
+    bad = replace(job, **change)
+    leaf = ResultLeaf(job_id=(1700 + len(str(change))).to_bytes(16, "big"), model_id=smollm2_id,
+                      input_root=TensorTree.build(bad.tensor()).root, output_root=b"\x07" * 32,
+                      node=nodes[2].address, input=bad.to_bytes())
+    batch_id, batch, _ = post(system, coordinator, [leaf.signed(nodes[2].private_key, chain.id, system.rollup.address)])
+    gid = system.game.challenge(*batch.challenge_args(batch_id, 0, smollm2.model_header()),
+                                {"from": challengers[0]}).return_value
+    assert game_state(system.game, gid)["status"] == (CHALLENGER_WON if lost else ACTIVE)

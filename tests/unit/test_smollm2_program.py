@@ -20,7 +20,7 @@ from opinfer.errors import CommitmentError
 from opinfer.trace import ops
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.outputs import generation_output, parse_generation
-from opinfer.trace.program import Trace
+from opinfer.trace.program import Trace, job_shape
 from opinfer.trace.testing import toy_decoder, toy_decoder_job
 
 
@@ -115,6 +115,18 @@ def test_the_real_program_has_a_bounded_context_and_refuses_what_it_cannot_run(p
                          (JobInput((1, 2), max_tokens=1, temperature_milli=2001), "temperature")):
         with pytest.raises(CommitmentError, match=problem):
             check_job(job)
+    # The same limits are in the model root: job_shape refuses exactly what check_job refuses.
+    assert program.limits is not None and program.mode_word >> 8
+    for job in (JobInput(tuple(range(MAX_CONTEXT)), max_tokens=1), JobInput(tuple(range(MAX_CONTEXT)), max_tokens=2),
+                JobInput((49151, 1), max_tokens=3, temperature_milli=2000), JobInput((49152, 1), max_tokens=1),
+                JobInput((1, 2), max_tokens=0), JobInput((1, 2), max_tokens=1, temperature_milli=2001),
+                JobInput((5,), max_tokens=1, stop_sequences=((49999, 3),))):
+        try:
+            check_job(job)
+            allowed = True
+        except CommitmentError:
+            allowed = False
+        assert job_shape(program.mode_word, program.num_ops, job.to_bytes())[0] == allowed, job
 
 
 def test_jobs_without_an_honest_trace_are_refused():

@@ -30,6 +30,16 @@ At the end of each example all games are played out (honest parties live,
 the rest timed out) and every cheating leaf that an honest challenger
 disputed is invalid and its node slashed of at least the minimum stake.
 
+Issue 14 adds self-challenges (a node's sock puppet disputes one of the
+node's own leaves and the node throws the game, to win the reward back),
+re-posted leaves (the same signed leaf in a later batch) and concurrent
+challenges of one node (several griefers at once). The Python model applies
+the reward rule (escrow to the earliest-opened game against the node that
+ends in fraud, held while an earlier game is active) and the queued node
+clock (clock_budget + open games x trace_budget), and must match the chain
+bucket by bucket; a sock puppet is never paid while an honest challenger's
+earlier game against the same node ends in fraud.
+
 Deterministic tests below cover griefing by many sybil challenges and the
 race between a last-second challenge and a finalize.
 """
@@ -78,6 +88,13 @@ def griefers(deployer, system, staked):
     return out
 
 
+@pytest.fixture(scope="module")
+def sock(system, staked):
+    """The nodes' sock puppet: challenges its own node's leaves to win the reward back."""
+    system.stake.deposit_bond({"from": accounts[8], "value": 1 * ETHER})
+    return accounts[8]
+
+
 # ---------------------------------------------------------------- model
 
 class LeafRec:
@@ -86,6 +103,8 @@ class LeafRec:
         self.trace, self.bad, self.deadline, self.posted_at = trace, bad, deadline, posted_at
         self.challenged_by: set = set()
         self.honestly_challenged = False
+        self.sacrificed = False  # an honest leaf its own node threw in a self-challenge
+        self.proven = False  # a game on it ended in fraud (DisputeGame.fraud_proven)
 
 
 class GameRec:
@@ -94,6 +113,7 @@ class GameRec:
         self.node_strategy, self.chal_silent = node_strategy, chal_silent
         self.rng = random.Random(seed)
         self.honest_side = "node" if not leaf.bad else "challenger"
+        self.self_game = False  # the node's sock puppet challenged: nobody honest plays
 
 
 class Books:
@@ -108,10 +128,15 @@ class Books:
         self.locked = {p: sm.locked_bond(p) for p in people}
         self.claimable = {p: sm.claimable(p) for p in people}
         self.disputes = {p: sm.open_disputes(p) for p in people}
+        self.escrow = {p: sm.reward_escrow(p) for p in people}
         self.held = sm.balance()  # deposits minus payouts since the start
+        # The reward rule: active game ids per node (opening order) and the game holding its escrow.
+        self.active: dict = {p: [] for p in people}
+        self.holder: dict = {p: None for p in people}
 
     def owed(self) -> int:
-        return sum(sum(d.values()) for d in (self.stake, self.unbonding, self.bond, self.locked, self.claimable))
+        return sum(sum(d.values()) for d in (self.stake, self.unbonding, self.bond, self.locked, self.claimable,
+                                             self.escrow))
 
 
 def now() -> int:
@@ -132,7 +157,7 @@ class Protocol(RuleBasedStateMachine):
         self.p = self.s.params
         self.min_stake = self.sm.min_stake()
         # challengers[2] is griefers[0]: only the first two challengers are honest.
-        self.people = list(self.nodes) + list(self.challengers[:2]) + list(self.griefers) + [self.treasury]
+        self.people = list(self.nodes) + list(self.challengers[:2]) + list(self.griefers) + [self.sock, self.treasury]
         self.books = Books(self.sm, self.people)
         self.leaves: list[LeafRec] = []
         self.batches: dict[int, int] = {}  # batch id -> deadline
@@ -141,6 +166,8 @@ class Protocol(RuleBasedStateMachine):
         self.ended: list[GameRec] = []
         self.cheaters: set = set()
         self.slashes: list = []  # (node, amount, timestamp)
+        self.releases: list = []  # (node, game record paid, the fraud-ending games it was chosen from)
+        self.frauds: dict = {}  # node -> games that ended in fraud since its last release
         self.job = 1000
 
     # ------------------------------------------------------------ helpers
@@ -163,25 +190,48 @@ class Protocol(RuleBasedStateMachine):
             node, c, bond = rec.leaf.node, rec.challenger, g["bond"]
             b.disputes[node] -= 1
             b.locked[c] -= bond
+            fraud = g["status"] != NODE_WON
             if g["status"] == NODE_WON:
-                assert rec.honest_side == "node", f"honest challenger lost game {rec.gid}"
+                assert rec.honest_side == "node" or rec.self_game, f"honest challenger lost game {rec.gid}"
                 b.claimable[node] += bond
                 self.count("node_won")
             elif g["status"] == CHALLENGER_WON:
-                assert rec.leaf.bad, f"honest node {node} slashed in game {rec.gid}"
+                assert rec.leaf.bad or rec.self_game, f"honest node {node} slashed in game {rec.gid}"
                 b.bond[c] += bond
-                amount = b.stake[node] + b.unbonding[node]
-                reward = amount * self.p.challenger_reward_bps // BPS
-                b.claimable[c] += reward
-                b.claimable[self.treasury] += amount - reward
-                b.stake[node] = b.unbonding[node] = 0
-                self.slashes.append((node, amount, chain[-1].timestamp))
+                if rec.leaf.proven:  # 8a: a leaf already proven wrong is not slashed again
+                    self.count("no_second_slash")
+                else:
+                    rec.leaf.proven = True
+                    amount = b.stake[node] + b.unbonding[node]
+                    reward = amount * self.p.challenger_reward_bps // BPS
+                    b.escrow[node] += reward
+                    b.claimable[self.treasury] += amount - reward
+                    b.stake[node] = b.unbonding[node] = 0
+                    self.slashes.append((node, amount, chain[-1].timestamp))
                 self.count("challenger_won")
             else:
                 assert g["status"] == VOID
-                assert self.rollup.invalid(rec.leaf.batch_id, rec.leaf.index)
+                assert rec.leaf.proven and self.rollup.invalid(rec.leaf.batch_id, rec.leaf.index)
                 b.bond[c] += bond
                 self.count("voided")
+            # The reward rule (point 4).
+            b.active[node].remove(rec)
+            if fraud:
+                self.frauds.setdefault(node, []).append(rec)
+            if fraud and (b.holder[node] is None or rec.gid < b.holder[node].gid):
+                b.holder[node] = rec
+            h = b.holder[node]
+            if h is not None and all(a.gid > h.gid for a in b.active[node]):
+                b.holder[node] = None
+                if b.escrow[node]:
+                    b.claimable[h.challenger] += b.escrow[node]
+                    b.escrow[node] = 0
+                    self.releases.append((node, h, self.frauds.pop(node, [])))
+                    self.count("rewards_released")
+                else:
+                    self.frauds.pop(node, None)
+            elif h is not None and b.escrow[node]:
+                self.count("rewards_held_for_earlier_game")
 
     def send(self, rec: GameRec, move: player.Move, sender):
         rec.driver._send(move, sender)
@@ -242,6 +292,13 @@ class Protocol(RuleBasedStateMachine):
         g = rec.driver.state
         if g["status"] != ACTIVE:
             return False
+        if rec.self_game:  # the node throws it: silent, or its cheating trace against the sock's honest one
+            if self.node_to_move(g):
+                return self.play_node(rec)
+            if g["phase"] == player.STEP:
+                return self.try_send(rec, player.step_move(rec.gid, g, self.traces["honest"]), rec.challenger)
+            return self.try_send(rec, player.challenger_move(rec.gid, g, rec.driver.chal_trace, self.p.arity,
+                                                             rec.driver.bits, rec.driver.revealed), rec.challenger)
         if g["phase"] == player.STEP and rec.honest_side == "node" and rec.chal_silent:
             # The step runs on the challenger's clock but anyone may call it.
             # (After the griefer's clock ran out only claim_timeout ends it.)
@@ -255,8 +312,8 @@ class Protocol(RuleBasedStateMachine):
                 if rec not in self.games:
                     break
                 g = rec.driver.state
-                honest_turn = (self.node_to_move(g) == (rec.honest_side == "node")) or (
-                    g["phase"] == player.STEP and rec.honest_side == "node")
+                honest_turn = not rec.self_game and ((self.node_to_move(g) == (rec.honest_side == "node")) or (
+                    g["phase"] == player.STEP and rec.honest_side == "node"))
                 if not honest_turn or not self.play_one(rec):
                     break
 
@@ -282,7 +339,7 @@ class Protocol(RuleBasedStateMachine):
         node, b = self.nodes[node_i], self.books
         amount = b.stake[node] if whole and b.stake[node] else amount
         remaining = b.stake[node] - amount
-        if b.disputes[node]:
+        if b.disputes[node] and "dispute open" in self._unbond_rule():
             with brownie.reverts("StakeManager: dispute open"):
                 self.sm.request_unbond(amount, {"from": node})
             self.count("unbond_blocked_by_dispute")
@@ -296,6 +353,14 @@ class Protocol(RuleBasedStateMachine):
         b.unbonding[node] += amount
         b.unlock[node] = tx.events["UnbondRequested"]["unlock_at"]
         assert b.unlock[node] == tx.timestamp + self.sm.unbonding_delay()
+
+    @staticmethod
+    def _unbond_rule() -> str:
+        """request_unbond's source: whether it still refuses during disputes
+        (issue 14, point 7 lets unbonding start; withdrawal still waits)."""
+        src = open("contracts/StakeManager.vy").read()
+        start = src.index("def request_unbond")
+        return src[start:src.index("@external", start)]
 
     @rule(node_i=st.integers(0, 2))
     def withdraw(self, node_i):
@@ -440,7 +505,7 @@ class Protocol(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ challenges
 
-    def _challenge(self, leaf: LeafRec, challenger, chal_trace, node_strategy, chal_silent, seed):
+    def _challenge(self, leaf: LeafRec, challenger, chal_trace, node_strategy, chal_silent, seed, self_game=False):
         b, bond = self.books, self.p.challenge_bond
         t = now()
         args = leaf.batch.challenge_args(leaf.batch_id, leaf.index, PROGRAM_HEADER)
@@ -466,11 +531,18 @@ class Protocol(RuleBasedStateMachine):
         tx = self.game.challenge(*args, {"from": challenger})
         gid = tx.return_value
         leaf.challenged_by.add(challenger)
+        # Point 3: the node's clock covers the traces queued ahead of this one.
+        queued = b.disputes[leaf.node]
+        assert player.game_state(self.game.games(gid))["node_clock"] == self.p.clock_budget + queued * self.p.trace_budget
+        if queued:
+            self.count("queued_clocks")
         b.bond[challenger] -= bond
         b.locked[challenger] += bond
         b.disputes[leaf.node] += 1
         driver = Driver(self.s, gid, leaf.node, leaf.trace, challenger, chal_trace)
         rec = GameRec(gid, leaf, challenger, driver, node_strategy, chal_silent, seed)
+        rec.self_game = self_game
+        b.active[leaf.node].append(rec)
         self.games.append(rec)
         assert self.rollup.leaf_status(leaf.batch_id, leaf.index) == STATUS_DISPUTED
         return rec
@@ -493,6 +565,59 @@ class Protocol(RuleBasedStateMachine):
             return
         if self._challenge(leaf, self.griefers[grief_i], self.traces["wrong"], "consistent", silent, 0):
             self.count("griefing_challenges")
+
+    @rule(i=st.integers(0, 50), n=st.integers(2, 4))
+    def concurrent_griefs(self, i, n):
+        """Several griefers at once on one honest node's leaves (point 3): each
+        game's node clock covers the traces queued ahead of it."""
+        leaf = self.pick_leaf(i, lambda leaf: not leaf.bad)
+        if leaf is None:
+            return
+        mine = [x for x in self.leaves if x.node == leaf.node and not x.bad]
+        for k in range(n):
+            target = mine[(i + k) % len(mine)]
+            if self._challenge(target, self.griefers[k], self.traces["wrong"], "consistent", k % 2 == 1, 0):
+                self.count("griefing_challenges")
+
+    @rule(i=st.integers(0, 50), seed=st.integers(0, 2**32))
+    def self_challenge(self, i, seed):
+        """Point 4: the node's sock puppet disputes one of the node's leaves (a
+        lie, played out fast with the cheating trace, or an honest leaf, left
+        to time out) to win the reward back before an honest game ends."""
+        leaf = self.pick_leaf(i, lambda leaf: True)
+        if leaf is None or self.sock in leaf.challenged_by:
+            return
+        strategy = "consistent" if leaf.bad else "silent"
+        rec = self._challenge(leaf, self.sock, self.traces["honest"], strategy, False, seed, self_game=True)
+        if rec is None:
+            return
+        self.cheaters.add(leaf.node)  # throwing a game is cheating, whatever the leaf
+        if not leaf.bad:
+            leaf.sacrificed = True
+        self.count("self_challenges")
+        for _ in range(40):
+            if rec not in self.games or not self.play_one(rec):
+                break
+
+    @rule(i=st.integers(0, 50))
+    def repost(self, i):
+        """The coordinator posts an already-posted signed leaf again (point 7
+        refuses it on-chain; if it is accepted, it is one more leaf to dispute)."""
+        leaf = self.pick_leaf(i, lambda leaf: True)
+        if leaf is None:
+            return
+        signed = leaf.batch.leaves[leaf.index]
+        if self.books.stake[leaf.node] < self.min_stake:
+            return
+        try:
+            batch_id, batch, tx = post(self.s, self.coordinator, [signed])
+        except VirtualMachineError:
+            self.count("reposts_refused")
+            return
+        deadline = tx.events["BatchPosted"]["deadline"]
+        self.batches[batch_id] = deadline
+        self.leaves.append(LeafRec(batch_id, 0, batch, leaf.node, leaf.trace, leaf.bad, deadline, tx.timestamp))
+        self.count("reposts")
 
     # ------------------------------------------------------------ game moves and time
 
@@ -529,7 +654,8 @@ class Protocol(RuleBasedStateMachine):
     @rule()
     def void(self):
         for rec in list(self.games):
-            if self.rollup.invalid(rec.leaf.batch_id, rec.leaf.index):
+            if rec.leaf.proven:
+                assert self.game.fraud_proven(rec.leaf.batch_id, rec.leaf.index)
                 self.game.void_after_fraud(rec.gid, {"from": self.treasury})
                 self.sync()
             else:
@@ -552,8 +678,12 @@ class Protocol(RuleBasedStateMachine):
     def books_balance(self):
         sm, b = self.sm, self.books
         for p in self.people:
-            assert (sm.stake(p), sm.unbonding(p), sm.bond(p), sm.locked_bond(p), sm.claimable(p), sm.open_disputes(p)) \
-                == (b.stake[p], b.unbonding[p], b.bond[p], b.locked[p], b.claimable[p], b.disputes[p]), p
+            assert (sm.stake(p), sm.unbonding(p), sm.bond(p), sm.locked_bond(p), sm.claimable(p), sm.open_disputes(p),
+                    sm.reward_escrow(p)) \
+                == (b.stake[p], b.unbonding[p], b.bond[p], b.locked[p], b.claimable[p], b.disputes[p], b.escrow[p]), p
+        for node in self.nodes:
+            assert self.game.open_against(node) == len(b.active[node])
+            assert self.game.reward_game(node) == (b.holder[node].gid if b.holder[node] else 0)
         assert sm.balance() == b.owed() == b.held
         assert self.rollup.balance() == self.game.balance() == self.s.registry.balance() == 0
 
@@ -561,7 +691,7 @@ class Protocol(RuleBasedStateMachine):
     def leaves_consistent(self):
         for leaf in self.leaves:
             status = self.rollup.leaf_status(leaf.batch_id, leaf.index)
-            if not leaf.bad:
+            if not leaf.bad and not leaf.sacrificed:
                 assert status != STATUS_INVALID, "honest leaf invalidated"
             if self.rollup.invalid(leaf.batch_id, leaf.index):
                 assert status == STATUS_INVALID  # never final, whatever finalize did
@@ -574,17 +704,26 @@ class Protocol(RuleBasedStateMachine):
         slashed = {node for node, _, _ in self.slashes}
         assert not slashed & set(self.honest_nodes())
 
+    @invariant()
+    def sock_never_outruns_an_earlier_honest_game(self):
+        """Point 4: a reward paid to the sock puppet had no earlier honest game
+        against the node that ended in fraud."""
+        for node, h, frauds in self.releases:
+            assert h.gid == min(r.gid for r in frauds)  # the earliest game that proved fraud is paid
+            if h.challenger == self.sock:
+                assert not [r for r in frauds if not r.self_game], "sock paid ahead of an honest game"
+
     # ------------------------------------------------------------ end of an example
 
     def teardown(self):
-        for _ in range(4):  # play everything out: honest parties live, the rest time out
+        for _ in range(8):  # play everything out: honest parties live, the rest time out
             self.honest_parties_move()
             if not self.games:
                 break
-            chain.sleep(self.p.clock_budget + 1)
+            chain.sleep(max(max(self.game.time_left(rec.gid)) for rec in self.games) + 1)
             chain.mine()
             for rec in list(self.games):
-                if self.rollup.invalid(rec.leaf.batch_id, rec.leaf.index):
+                if rec.leaf.proven:
                     self.game.void_after_fraud(rec.gid, {"from": self.treasury})
                 else:
                     try:
@@ -622,10 +761,10 @@ class Protocol(RuleBasedStateMachine):
 
 
 @pytest.mark.slow
-def test_random_interleavings_keep_invariants(system, staked, griefers, nodes, challengers, treasury, model_id,
+def test_random_interleavings_keep_invariants(system, staked, griefers, sock, nodes, challengers, treasury, model_id,
                                               traces, coordinator):
     Protocol.fixtures = dict(s=system, nodes=nodes, challengers=challengers, griefers=griefers, treasury=treasury,
-                             model_id=model_id, traces=traces, coordinator=coordinator)
+                             model_id=model_id, traces=traces, coordinator=coordinator, sock=sock)
     Protocol.stats = {}
     chain.snapshot()
     run_state_machine_as_test(Protocol, settings=settings(
@@ -637,7 +776,7 @@ def test_random_interleavings_keep_invariants(system, staked, griefers, nodes, c
     # The run must actually exercise the hostile paths, not skip them.
     for key in ("honest_challenges", "griefing_challenges", "challenger_won", "node_won", "claims", "finalized",
                 "early_withdrawals_refused", "withdrawals", "cheaters_caught", "timeouts", "moves",
-                "inconsistent_bisections"):
+                "inconsistent_bisections", "self_challenges", "queued_clocks", "rewards_released"):
         assert stats.get(key, 0) > 0, f"no {key} in the run: {stats}"
 
 

@@ -339,11 +339,9 @@ class Protocol(RuleBasedStateMachine):
         node, b = self.nodes[node_i], self.books
         amount = b.stake[node] if whole and b.stake[node] else amount
         remaining = b.stake[node] - amount
-        if b.disputes[node] and "dispute open" in self._unbond_rule():
-            with brownie.reverts("StakeManager: dispute open"):
-                self.sm.request_unbond(amount, {"from": node})
-            self.count("unbond_blocked_by_dispute")
-            return
+        # Unbonding may start while disputes are open (issue 14, point 7); withdrawal waits for them.
+        if b.disputes[node]:
+            self.count("unbond_during_dispute")
         if amount > b.stake[node] or 0 < remaining < self.min_stake:
             with brownie.reverts():
                 self.sm.request_unbond(amount, {"from": node})
@@ -353,14 +351,6 @@ class Protocol(RuleBasedStateMachine):
         b.unbonding[node] += amount
         b.unlock[node] = tx.events["UnbondRequested"]["unlock_at"]
         assert b.unlock[node] == tx.timestamp + self.sm.unbonding_delay()
-
-    @staticmethod
-    def _unbond_rule() -> str:
-        """request_unbond's source: whether it still refuses during disputes
-        (issue 14, point 7 lets unbonding start; withdrawal still waits)."""
-        src = open("contracts/StakeManager.vy").read()
-        start = src.index("def request_unbond")
-        return src[start:src.index("@external", start)]
 
     @rule(node_i=st.integers(0, 2))
     def withdraw(self, node_i):
@@ -584,8 +574,11 @@ class Protocol(RuleBasedStateMachine):
         """Point 4: the node's sock puppet disputes one of the node's leaves (a
         lie, played out fast with the cheating trace, or an honest leaf, left
         to time out) to win the reward back before an honest game ends."""
-        leaf = self.pick_leaf(i, lambda leaf: True)
-        if leaf is None or self.sock in leaf.challenged_by:
+        # Only leaves it can still dispute: a sock puppet aims, it does not draw blind.
+        t = now()
+        leaf = self.pick_leaf(i, lambda leaf: self.sock not in leaf.challenged_by and t + 5 <= leaf.deadline
+                              and not self.rollup.invalid(leaf.batch_id, leaf.index))
+        if leaf is None:
             return
         strategy = "consistent" if leaf.bad else "silent"
         rec = self._challenge(leaf, self.sock, self.traces["honest"], strategy, False, seed, self_game=True)
@@ -601,19 +594,17 @@ class Protocol(RuleBasedStateMachine):
 
     @rule(i=st.integers(0, 50))
     def repost(self, i):
-        """The coordinator posts an already-posted signed leaf again (point 7
-        refuses it on-chain; if it is accepted, it is one more leaf to dispute)."""
+        """The coordinator posts an already-posted signed leaf again. Accepted by
+        design (issue 14 point 7: refusing duplicates would cost a fresh SSTORE per
+        leaf); it is one more leaf to dispute, and unbonding can start whatever games
+        it draws, so it cannot keep the node from leaving."""
         leaf = self.pick_leaf(i, lambda leaf: True)
         if leaf is None:
             return
         signed = leaf.batch.leaves[leaf.index]
         if self.books.stake[leaf.node] < self.min_stake:
             return
-        try:
-            batch_id, batch, tx = post(self.s, self.coordinator, [signed])
-        except VirtualMachineError:
-            self.count("reposts_refused")
-            return
+        batch_id, batch, tx = post(self.s, self.coordinator, [signed])
         deadline = tx.events["BatchPosted"]["deadline"]
         self.batches[batch_id] = deadline
         self.leaves.append(LeafRec(batch_id, 0, batch, leaf.node, leaf.trace, leaf.bad, deadline, tx.timestamp))

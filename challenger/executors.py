@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from challenger.errors import Unverifiable
+from opinfer.errors import OpinferError
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.outputs import embedding_output, generation_output, tensor_root
 from opinfer.trace.program import Program
@@ -168,6 +169,10 @@ class ProgramExecutor(_PerJob):
         self.name = name or program.name
 
     def output_root(self, job: JobInput) -> bytes:
+        try:
+            self._program.check_job(job)      # what the model root's committed limits refuse
+        except OpinferError as exc:
+            raise Unverifiable(str(exc)) from None
         return tensor_root(self._program.run(job)[-1])
 
     def program(self) -> Program:

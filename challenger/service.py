@@ -227,7 +227,7 @@ class Challenger:
         for i, verdict in zip(todo, self.check_many([batch.leaves[i] for i in todo])):
             leaf = batch.leaves[i]
             self.store.add_check(batch_id, i, leaf.node, leaf.model_id, verdict)
-            if verdict in (solver.WRONG_OUTPUT, solver.WRONG_INPUT):
+            if verdict in solver.DISPUTABLE:
                 self.metrics.mismatches.inc()
                 event(self.log, "wrong leaf", logging.WARNING, batch=batch_id, index=i, node=leaf.node,
                       reason=verdict, job_id=leaf.job_id)
@@ -333,17 +333,29 @@ class Challenger:
                 event(self.log, "re-execution failed", logging.ERROR, model=name, error=repr(exc))
                 roots = [exc] * len(items)
             per_leaf = (self.clock() - started) / len(items)
-            for (k, _), root in zip(items, roots):
-                if isinstance(root, Unverifiable):
-                    verdicts[k] = self._unverifiable("job-refused")
-                elif isinstance(root, Exception):
-                    verdicts[k] = self._unverifiable("engine-error")
+            for (k, job), root in zip(items, roots):
+                if isinstance(root, Exception):
+                    verdicts[k] = self._refused(leaves[k], name, job,
+                                                "job-refused" if isinstance(root, Unverifiable) else "engine-error")
                 else:
                     self.metrics.reexec_seconds.labels(name).observe(per_leaf)
                     self.metrics.leaves_checked.labels(name).inc()
                     verdicts[k] = solver.verdict(leaves[k].input_root, leaves[k].output_root,
                                                  leaves[k].input_root, root)
         return verdicts
+
+    def _refused(self, leaf: ResultLeaf, name: str, job: JobInput, reason: str) -> str:
+        """A job our engine refuses or fails on: provable when the model's committed limits refuse it too
+        (StepVerifier.job_shape, issue 14 point 5: the node that signed it loses inside
+        `challenge`, no trace needed); otherwise we cannot judge it and bet no bond."""
+        program = self.executors[name].program()
+        if program.model_root != self.chain.model(leaf.model_id).model_root:
+            return self._unverifiable(reason)
+        try:
+            program.check_job(job)
+        except OpinferError:
+            return solver.OUT_OF_LIMITS
+        return self._unverifiable(reason)
 
     def _unverifiable(self, reason: str) -> str:
         self.metrics.leaves_unverifiable.labels(reason).inc()

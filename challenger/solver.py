@@ -15,6 +15,8 @@ from opinfer.trace.program import Trace
 OK = "ok"
 WRONG_OUTPUT = "output-root"   # re-execution gives another output root
 WRONG_INPUT = "input-root"     # the signed input root is not the input's (the contract settles it at once)
+OUT_OF_LIMITS = "job-limits"   # the node signed a job outside the model's committed limits (settled at once too)
+DISPUTABLE = (WRONG_OUTPUT, WRONG_INPUT, OUT_OF_LIMITS)
 
 
 def verdict(leaf_input_root: bytes, leaf_output_root: bytes, input_root: bytes, output_root: bytes) -> str:

@@ -211,3 +211,42 @@ def test_a_lazy_nodes_backlog_cannot_stall_disputes_or_games(net, tmp_path):
     assert len(c.store.checked(backlog[0])) == 30 and len(c.store.checked(backlog[2])) == 0
     lines = c.metrics.render().decode().splitlines()
     assert 'opinfer_challenger_rechecks_total{outcome="over_budget"} 30.0' in lines
+
+
+def test_a_job_outside_the_models_committed_limits_is_disputed_and_won_at_once(net, tmp_path):
+    """Issue 14 point 5, challenger side: a node that signs a job its model's committed limits refuse
+    (here one position too many) loses inside `challenge`; the challenger must dispute it, not count
+    it unverifiable, even when the node's output is what the program computes."""
+    import dataclasses
+
+    from opinfer.chain.deploy import register_program
+    from opinfer.trace.leaf import ResultLeaf
+    from opinfer.trace.program import JobLimits, Trace
+    from opinfer.trace.testing import TOY_TOKENS, toy_job, toy_program
+
+    limited = dataclasses.replace(toy_program(), name="toy-limited",
+                                  limits=JobLimits(positions=TOY_TOKENS - 1, vocab=1 << 16))
+    model_id = register_program(net.senders["deployer"], net.c["ModelRegistry"], limited, 0)
+    from eth_account import Account
+
+    from tests.challenger.chainkit import STAKE
+
+    node = TxSender(net.w3, Account.create().key)     # a node of its own: earlier tests slashed every role
+    net.w3.eth.send_transaction({"from": net.addr["deployer"], "to": node.address, "value": STAKE + 10**18})
+    node.call(net.c["StakeManager"].functions.stake_eth(), value=STAKE)
+    job = toy_job(90)                        # TOY_TOKENS positions: one above the limit
+    trace = Trace(limited, job, limited.run(job))   # what the program computes, limits aside
+    leaf = ResultLeaf((9_000).to_bytes(16, "big"), model_id, trace.input_root, trace.output_root, node.address,
+                      input=job.to_bytes()).signed(node.account.key, net.w3.eth.chain_id, net.rollup)
+    batch_id = net.post([leaf])
+    chain = Chain(net.w3, TxSender(net.w3, net.keys["challenger"]), net.rollup)
+    c = Challenger(chain, Store(tmp_path / "challenger.db"), {"toy-limited": ProgramExecutor(limited)},
+                   Sampler(b"k" * 32, 1.0), Metrics(), logging.getLogger("test.challenger.limits"),
+                   bond_top_up=10**18, start_block=net.w3.eth.block_number)
+    c.tick()
+    c.tick()
+    (d,) = c.store.disputes()
+    assert (d.batch_id, d.reason) == (batch_id, "job-limits")
+    assert d.status == WON and c.chain.game(d.game_id)["status"] == player.CHALLENGER_WON
+    assert net.leaf_status(batch_id, 0) == INVALID
+    assert net.c["StakeManager"].functions.slashable(node.address).call() == 0

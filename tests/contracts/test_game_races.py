@@ -232,6 +232,10 @@ def test_chain_id_change_does_not_free_a_disputed_cheater(system, staked, coordi
         send(system.game, "claim_timeout", gid)
     finally:
         rpc("anvil_setChainId", [old])
+        # brownie caches the chain id on first use; a read inside the window would leave every
+        # later test signing for the other chain.
+        web3._chain_id = None
+        assert web3.chain_id == old
     chain.mine()
     assert game_state(system.game, gid)["status"] == CHALLENGER_WON
     assert system.stake.slashable(node) == 0 and system.stake.claimable(challenger) == reward_of(system, stake)

@@ -266,3 +266,52 @@ def pick_in_chunk(weights: list[int], tau: int, r_rest: int) -> int:
             if prefix > r_rest:
                 return i
     raise ValueError("pick_in_chunk: draw beyond the chunk")
+
+
+# ---------------------------------------------------------------- the file's own blocks (GGUF Q4_1 / Q8_0)
+
+BLOCK = 32                # weights and activations are blocked by 32 along the inner dimension
+BLOCK_ROW_BITS = 15       # activation rows are brought to |xs| <= 2^15 before blocking
+BLOCK_ACT_MAX = 127       # blockwise int8 activations in [-127, 127]
+
+
+def block_quantize(a: list[int]) -> tuple[list[int], list[int], int]:
+    """(xq, scales, d) of one activation row: d = max(bit_length(max |a|) - 15, 0),
+    xs = (a + 2^(d-1)) >> d (xs = a when d = 0), per block b of 32 the scale
+    s_b = max |xs| over the block and xq = round_div(127 xs, s_b) (0 when s_b = 0)."""
+    if not a or len(a) % BLOCK:
+        raise ValueError("block_quantize: the row's length must be a positive multiple of 32")
+    d = max(max(abs(x) for x in a).bit_length() - BLOCK_ROW_BITS, 0)
+    half = (1 << (d - 1)) if d > 0 else 0
+    xs = [(x + half) >> d for x in a]
+    xq, scales = [], []
+    for b in range(0, len(xs), BLOCK):
+        s = max(abs(x) for x in xs[b:b + BLOCK])
+        scales.append(s)
+        xq += [round_div(BLOCK_ACT_MAX * x, s) if s else 0 for x in xs[b:b + BLOCK]]
+    return xq, scales, d
+
+
+def block_dense(a: list[int], codes: list[int], dscale: list[int], mscale: list[int] | None,
+                mult: int, shift: int, lo: int, hi: int) -> int:
+    """One output of a block matrix (GGUF Q4_1: codes 0..15 with D and M per block;
+    Q8_0: signed codes, mscale None) times an activation row, all at exact integer
+    scales (D, M = the fp16 scale and minimum times 2^24):
+    acc = sum_b s_b (D_b sum_i q_i xq_i + M_b sum_i xq_i) over block_quantize(a),
+    then requant(acc << d, mult, shift, lo, hi)."""
+    if len(codes) != len(a) or len(dscale) * BLOCK != len(a) or (mscale is not None and len(mscale) != len(dscale)):
+        raise ValueError("block_dense: a row, its codes and one scale per block of 32")
+    xq, scales, d = block_quantize(a)
+    acc = 0
+    for b, s in enumerate(scales):
+        part = slice(b * BLOCK, (b + 1) * BLOCK)
+        s1 = sum(q * x for q, x in zip(codes[part], xq[part]))
+        s2 = sum(xq[part]) if mscale is not None else 0
+        acc += s * (dscale[b] * s1 + (mscale[b] * s2 if mscale is not None else 0))
+    return requant(acc << d, mult, shift, lo, hi)
+
+
+def block_embed(code: int, dscale: int, shift: int, lo: int, hi: int) -> int:
+    """One value of a Q8_0 embedding row brought to the residual scale:
+    requant(D q, 1, shift, lo, hi) (D at 2^-24, the residual at 2^-(24 - shift))."""
+    return requant(dscale * code, 1, shift, lo, hi)

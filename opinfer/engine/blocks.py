@@ -1,0 +1,276 @@
+"""The GGUF file's own quantised blocks as exact integers, and the block dot product.
+
+GGUF stores SmolLM2's matrices as Q4_1 blocks of 32 weights (an fp16 scale d,
+an fp16 minimum m, 32 four-bit codes q: w = d q + m) and its token embeddings
+(also the tied LM head) as Q8_0 blocks (an fp16 scale d, 32 signed 8-bit codes:
+w = d q). Every fp16 number is a dyadic rational, an integer multiple of
+2^-24 (the smallest subnormal), so D = d 2^24 and M = m 2^24 are exact integers
+and so is every weight: W = D q + M, at 2^-24. No weight is rounded.
+
+Activations enter a block product as blockwise int8, like llama.cpp's Q8_0
+for Q4 dot products, in exact integers (`quantize_rows`, docs/quantisation.md):
+
+    d    = max(bit_length(max |x|) - ROW_BITS, 0)       per row (|xs| <= 2^15)
+    xs   = (x + 2^(d-1)) >> d                            (xs = x when d = 0)
+    a_b  = max |xs| over block b of 32                   the block's scale
+    xq   = round_div(ACT_MAX xs, a_b)  in [-127, 127]    (0 when a_b = 0)
+
+and a weight row n's product with them is
+
+    acc_n = sum_b a_b (D_nb S1_nb + M_nb S2_b),  S1 = sum_i q_i xq_i,  S2 = sum_i xq_i
+
+(xq ~ 127 xs / a_b, so acc ~ 127 2^24 (w . xs)); the output is
+`requant(acc << d, mult, shift, lo, hi)`. These are elements.block_dense's
+rules, vectorised; the native kernels (opinfer/engine/native) compute the same
+bits, and tests check all three agree (tests/unit/test_blocks.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK = 32
+FP16_GRID_BITS = 24        # fp16 values are integers at 2^-24
+ROW_BITS = 15              # activation rows are brought to |xs| <= 2^15 before blocking
+ACT_MAX = 127              # blockwise int8 activations in [-127, 127]
+# round(2^30 / 127): folds the blocks' 1/127 into a requantisation multiplier
+# (mult / 2^shift = 2^(out_bits - 24 - in_bits) / 127 with shift = 24 + in_bits + 30 - out_bits).
+MULT_127 = 8454660
+MULT_127_BITS = 30
+ACC_LIMIT = 1 << 62        # every |partial sum| of an accumulator stays below this (checked per matrix)
+Q4_1, Q8_0 = 0, 1
+FORMATS = {Q4_1: "Q4_1", Q8_0: "Q8_0"}
+
+
+def fp16_to_grid(bits: np.ndarray) -> np.ndarray:
+    """fp16 bit patterns -> the exact value times 2^24, as int64 (NaN and inf refused)."""
+    bits = np.asarray(bits, dtype=np.uint16).astype(np.int64)
+    exp, frac, neg = (bits >> 10) & 31, bits & 1023, bits >> 15
+    if np.any(exp == 31):
+        raise ValueError("fp16 inf or NaN in a block scale")
+    # normal: (1024 + f) 2^(e - 25) = (1024 + f) 2^(e - 1) at 2^-24; subnormal: f 2^-24
+    mag = np.where(exp > 0, (1024 + frac) << np.maximum(exp - 1, 0), frac)
+    return np.where(neg == 1, -mag, mag)
+
+
+@dataclass
+class QMatrix:
+    """A [N, K] matrix of blocks: codes (Q4_1: 0..15, Q8_0: -128..127) as
+    int8/uint8 [N, K], D and M (zeros for Q8_0) as int64 [N, K / 32] at 2^-24."""
+
+    fmt: int
+    codes: np.ndarray
+    D: np.ndarray
+    M: np.ndarray
+
+    def __post_init__(self):
+        n, k = self.codes.shape
+        if k % BLOCK or self.D.shape != (n, k // BLOCK) or self.M.shape != self.D.shape:
+            raise ValueError("a block matrix needs K a multiple of 32 and one (D, M) per block")
+        self.check_bounds()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.codes.shape
+
+    def weights(self) -> np.ndarray:
+        """The exact integer weights D q + M at 2^-24, int64 [N, K]."""
+        n, k = self.shape
+        q = self.codes.astype(np.int64).reshape(n, k // BLOCK, BLOCK)
+        return (q * self.D[..., None] + self.M[..., None]).reshape(n, k)
+
+    def dequantize(self) -> np.ndarray:
+        return self.weights().astype(np.float64) / (1 << FP16_GRID_BITS)
+
+    def check_bounds(self) -> None:
+        """Every scale fits int32 and every accumulator's partial sums stay below
+        2^62: |a_b (D S1 + M S2)| = a_b |sum_i W_i xq_i| <= 2^15 127 sum_i |W_i|
+        for block b, so any partial sum over blocks is at most
+        2^15 127 sum_i |W_ni| (checked for the worst row)."""
+        if self.D.size and max(int(np.abs(self.D).max()), int(np.abs(self.M).max())) >= 1 << 31:
+            raise ValueError("a block scale does not fit int32 at 2^-24")
+        if self.codes.size:
+            worst = max(int(np.abs(self.weights()[i:i + 256]).sum(1).max()) for i in range(0, self.shape[0], 256))
+            if worst * (ACT_MAX << ROW_BITS) >= ACC_LIMIT:
+                raise ValueError("block products could leave int64")
+
+    def rows(self, index) -> "QMatrix":
+        return QMatrix(self.fmt, self.codes[index], self.D[index], self.M[index])
+
+    @classmethod
+    def concat(cls, mats: list["QMatrix"]) -> "QMatrix":
+        """Matrices reading the same input, side by side along N (q|k|v, gate|up)."""
+        if len({m.fmt for m in mats}) != 1 or len({m.shape[1] for m in mats}) != 1:
+            raise ValueError("concatenated block matrices share format and K")
+        return cls(mats[0].fmt, np.concatenate([m.codes for m in mats]), np.concatenate([m.D for m in mats]),
+                   np.concatenate([m.M for m in mats]))
+
+
+def from_gguf(raw: np.ndarray, type_name: str, n: int, k: int) -> QMatrix:
+    """A GGUF tensor's raw bytes (gguf.GGUFReader's tensor.data) as a QMatrix [n, k]."""
+    raw = np.asarray(raw, dtype=np.uint8)
+    nb = k // BLOCK
+    if type_name == "Q4_1":
+        blocks = raw.reshape(n, nb, 20)
+        d = fp16_to_grid(blocks[..., 0:2].copy().view(np.uint16)[..., 0])
+        m = fp16_to_grid(blocks[..., 2:4].copy().view(np.uint16)[..., 0])
+        qs = blocks[..., 4:20]
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, k)   # element j: low nibble of byte j, j+16: high
+        return QMatrix(Q4_1, codes.astype(np.uint8), d, m)
+    if type_name == "Q8_0":
+        blocks = raw.reshape(n, nb, 34)
+        d = fp16_to_grid(blocks[..., 0:2].copy().view(np.uint16)[..., 0])
+        codes = blocks[..., 2:34].copy().view(np.int8).reshape(n, k)
+        return QMatrix(Q8_0, codes, d, np.zeros_like(d))
+    raise ValueError(f"block format {type_name} is not supported (Q4_1 and Q8_0 are)")
+
+
+# ---------------------------------------------------------------- numpy reference of the rules
+
+def bit_length(x: np.ndarray) -> np.ndarray:
+    """Exact bit lengths of non-negative int64 values below 2^53."""
+    x = np.asarray(x, dtype=np.int64)
+    return np.where(x > 0, np.frexp(x.astype(np.float64))[1], 0).astype(np.int64)
+
+
+def row_shift(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(xs, d): each row shifted right by d = max(bit_length(max |x|) - ROW_BITS, 0), rounding half up."""
+    x = np.asarray(x, dtype=np.int64)
+    d = np.maximum(bit_length(np.abs(x).max(-1, keepdims=True)) - ROW_BITS, 0)
+    half = np.where(d > 0, np.int64(1) << np.maximum(d - 1, 0), 0)
+    return (x + half) >> d, d
+
+
+def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xq [T, K], a [T, K/32], d [T, 1]) of activation rows x [T, K] (module docstring)."""
+    xs, d = row_shift(x)
+    t, k = xs.shape
+    blocks = xs.reshape(t, k // BLOCK, BLOCK)
+    a = np.abs(blocks).max(-1)
+    den = 2 * np.maximum(a, 1)[..., None]
+    xq = np.where(a[..., None] > 0, (2 * ACT_MAX * blocks + den // 2) // den, 0)
+    return xq.reshape(t, k), a, d
+
+
+def block_acc(xq: np.ndarray, a: np.ndarray, w: QMatrix) -> np.ndarray:
+    """acc [T, N] = sum_b a_b (D S1 + M S2), exact int64 (S1 of a block is below 2^24 in
+    magnitude, so its float32 product is exact; the sums over blocks are int64)."""
+    t, k = xq.shape
+    n = w.shape[0]
+    nb = k // BLOCK
+    xb = xq.reshape(t, nb, BLOCK).transpose(1, 0, 2).astype(np.float32)               # [nb, T, 32]
+    cb = w.codes.reshape(n, nb, BLOCK).transpose(1, 2, 0).astype(np.float32)          # [nb, 32, N]
+    s1 = np.matmul(xb, cb).astype(np.int64)                                           # [nb, T, N]
+    s2 = xq.reshape(t, nb, BLOCK).sum(-1)                                             # [T, nb]
+    acc = np.zeros((t, n), dtype=np.int64)
+    for b in range(nb):
+        acc += a[:, b:b + 1] * (s1[b] * w.D[:, b] + s2[:, b:b + 1] * w.M[:, b])
+    return acc
+
+
+def requant_shifted(acc: np.ndarray, d: np.ndarray, mult, shift, lo, hi) -> np.ndarray:
+    """clamp(floor((acc 2^d mult + 2^(shift-1)) / 2^shift), lo, hi) exactly, for |acc| < 2^62,
+    0 < mult < 2^24, per-column (or scalar) mult, shift, lo, hi and per-row d.
+
+    With e = shift - d >= 33 the product is split at 2^32 so that no int64 overflows:
+    floor((A 2^32 + B + 2^(e-1)) / 2^e) = (A + (B >> 32) + 2^(e-33)) >> (e - 32) for
+    acc = A 2^32 + B, 0 <= B < 2^32 (2^(e-1) is a multiple of 2^32). Rows with a smaller e
+    fall back to Python integers."""
+    acc = np.asarray(acc, dtype=np.int64)
+    mult = np.broadcast_to(np.asarray(mult, dtype=np.int64), acc.shape[-1:])
+    shift = np.broadcast_to(np.asarray(shift, dtype=np.int64), acc.shape[-1:])
+    e = shift[None, :] - np.asarray(d, dtype=np.int64).reshape(-1, 1)
+    if np.all(e >= 33):
+        hi_part, lo_part = acc >> 32, acc & 0xFFFFFFFF
+        y = (hi_part * mult + ((lo_part * mult) >> 32) + (np.int64(1) << (e - 33))) >> (e - 32)
+        return np.clip(y, lo, hi)
+    out = np.empty(acc.shape, dtype=object)
+    lo_b = np.broadcast_to(np.asarray(lo, dtype=np.int64), acc.shape[-1:])
+    hi_b = np.broadcast_to(np.asarray(hi, dtype=np.int64), acc.shape[-1:])
+    for r in range(acc.shape[0]):
+        dr = int(np.asarray(d).reshape(-1)[r])
+        for c in range(acc.shape[1]):
+            s = int(shift[c])
+            v = (int(acc[r, c]) << dr) * int(mult[c])
+            v = (v + (1 << (s - 1))) >> s if s > 0 else v
+            out[r, c] = min(max(v, int(lo_b[c])), int(hi_b[c]))
+    return out.astype(np.int64)
+
+
+def block_dense(x: np.ndarray, w: QMatrix, mult, shift, lo, hi) -> np.ndarray:
+    """elements.block_dense on every element: x [T, K] int64 -> [T, N] int64."""
+    xq, a, d = quantize_rows(x)
+    return requant_shifted(block_acc(xq, a, w), d, mult, shift, lo, hi)
+
+
+def dense_shift(in_bits: int, out_bits: int) -> int:
+    """The requantisation shift that takes a block product of an input at 2^-in_bits
+    to an output at 2^-out_bits (with mult = MULT_127)."""
+    return FP16_GRID_BITS + in_bits + MULT_127_BITS - out_bits
+
+
+# ---------------------------------------------------------------- native layout
+
+Q4_1_PACKED = np.dtype([("D", "<i4"), ("M", "<i4"), ("qs", "u1", (16,))])          # 24 bytes
+Q8_0_PACKED = np.dtype([("D", "<i4"), ("qs", "i1", (32,))])                       # 36 bytes
+
+
+def pack(w: QMatrix) -> np.ndarray:
+    """The native kernels' blocks, row by row: Q4_1 {int32 D, int32 M, 16 bytes: code j
+    in the low nibble of byte j, code j + 16 in its high nibble} (the GGUF nibble order);
+    Q8_0 {int32 D, 32 int8 codes}."""
+    n, k = w.shape
+    nb = k // BLOCK
+    if w.fmt == Q4_1:
+        out = np.empty((n, nb), dtype=Q4_1_PACKED)
+        codes = w.codes.reshape(n, nb, BLOCK).astype(np.uint8)
+        out["qs"] = codes[..., :16] | (codes[..., 16:] << 4)
+        out["M"] = w.M
+    else:
+        out = np.empty((n, nb), dtype=Q8_0_PACKED)
+        out["qs"] = w.codes.reshape(n, nb, BLOCK)
+    out["D"] = w.D
+    return out
+
+
+class NativeDense:
+    """A block matrix with its requantisation (per-column shift and clamp, one
+    multiplier) in the native kernels' layout; `__call__` is block_dense."""
+
+    def __init__(self, w: QMatrix, mult: int, shift, lo, hi):
+        from opinfer.engine import native
+
+        n = w.shape[0]
+        self.w, self.mult = w, int(mult)
+        self.packed = pack(w)
+        col = lambda v: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64), (n,)))  # noqa: E731
+        self.shift, self.lo, self.hi = col(shift), col(lo), col(hi)
+        self.struct = native.QMat(w.fmt, n, w.shape[1], self.mult, self.packed.ctypes.data, self.shift.ctypes.data,
+                                  self.lo.ctypes.data, self.hi.ctypes.data)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        from opinfer.engine import native
+
+        x = np.ascontiguousarray(x, dtype=np.int64)
+        out = np.empty((x.shape[0], self.w.shape[0]), dtype=np.int64)
+        native.lib().oi_dense(self.struct, x.ctypes.data, x.shape[0], out.ctypes.data)
+        return out
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return block_dense(x, self.w, self.mult, self.shift, self.lo, self.hi)
+
+    def acc(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(acc, xq, a, d) as the native kernels compute them."""
+        from opinfer.engine import native
+
+        x = np.ascontiguousarray(x, dtype=np.int64)
+        t, (n, k) = x.shape[0], self.w.shape
+        acc = np.empty((t, n), dtype=np.int64)
+        xq = np.empty((t, k), dtype=np.int8)
+        a = np.empty((t, k // BLOCK), dtype=np.int32)
+        d = np.empty(t, dtype=np.int32)
+        native.lib().oi_dense_acc(self.struct, x.ctypes.data, t, acc.ctypes.data, xq.ctypes.data, a.ctypes.data,
+                                  d.ctypes.data)
+        return acc, xq, a, d

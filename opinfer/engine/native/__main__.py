@@ -1,0 +1,5 @@
+import sys
+
+from opinfer.engine.native import main
+
+sys.exit(main())

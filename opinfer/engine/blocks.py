@@ -92,7 +92,12 @@ class QMatrix:
         if self.D.size and max(int(np.abs(self.D).max()), int(np.abs(self.M).max())) >= 1 << 31:
             raise ValueError("a block scale does not fit int32 at 2^-24")
         if self.codes.size:
-            worst = max(int(np.abs(self.weights()[i:i + 256]).sum(1).max()) for i in range(0, self.shape[0], 256))
+            n, k = self.shape
+            worst = 0
+            for i in range(0, n, 1024):      # sum_i |D q_i + M| per row, in bounded chunks
+                q = self.codes[i:i + 1024].astype(np.int64).reshape(-1, k // BLOCK, BLOCK)
+                w = np.abs(q * self.D[i:i + 1024, :, None] + self.M[i:i + 1024, :, None])
+                worst = max(worst, int(w.sum((1, 2)).max()))
             if worst * (ACT_MAX << ROW_BITS) >= ACC_LIMIT:
                 raise ValueError("block products could leave int64")
 

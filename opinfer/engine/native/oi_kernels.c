@@ -18,6 +18,7 @@
  */
 #include <immintrin.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -132,8 +133,12 @@ static void *worker(void *p) {
     for (;;) {
         int spins = 0;
         while (atomic_load_explicit(&pool.gen, memory_order_acquire) == seen) {
-            if (++spins < 20000) {
+            if (++spins < 2000) {
                 _mm_pause();
+                continue;
+            }
+            if (spins < 4000) {   /* a shared machine: let other runnable threads go first */
+                sched_yield();
                 continue;
             }
             pthread_mutex_lock(&pool.mu);
@@ -186,7 +191,10 @@ static void parallel_for(task_fn fn, void *arg, int64_t total, int64_t min_per_t
     pthread_mutex_unlock(&pool.mu);
     int64_t e0 = total / parts;
     if (e0 > 0) fn(arg, 0, e0);
-    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) _mm_pause();
+    for (int spins = 0; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; spins++) {
+        if (spins < 2000) _mm_pause();
+        else sched_yield();
+    }
 }
 
 int oi_set_threads(int n) {   /* workers start on first use; a pool never shrinks (extra workers idle) */
@@ -330,6 +338,57 @@ __attribute__((target("avx2,fma"))) static int64_t dot_q8_0_avx2(const blk_q8_0 
     return hsum64(_mm256_add_epi64(acc0, acc1));
 }
 
+/* Four weight rows at once against one activation row: each block's x is loaded
+   once, the four rows' S1 lanes are reduced together (hadd), and the scale products
+   run on 4 x int64 lanes. acc[r] as dot_q4_1_scalar of row r. */
+__attribute__((target("avx2,fma"))) static void dot4_q4_1_avx2(const blk_q4_1 *w, int64_t nb, const int8_t *xq,
+                                                               const int32_t *a, const int32_t *as2, int64_t *acc) {
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    const blk_q4_1 *w0 = w, *w1 = w + nb, *w2 = w + 2 * nb, *w3 = w + 3 * nb;
+    __m256i sum = _mm256_setzero_si256();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+#define Q4ROW(W) ({ __m128i raw = _mm_loadu_si128((const __m128i *)(W)[b].qs); \
+        __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4); \
+        _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones); })
+        __m256i p0 = Q4ROW(w0), p1 = Q4ROW(w1), p2 = Q4ROW(w2), p3 = Q4ROW(w3);
+#undef Q4ROW
+        __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+        __m128i s1 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));  /* S1 of rows 0..3 */
+        s1 = _mm_mullo_epi32(s1, _mm_set1_epi32(a[b]));                                          /* |a S1| < 2^31 */
+        __m256i dv = _mm256_setr_epi64x(w0[b].D, w1[b].D, w2[b].D, w3[b].D);
+        __m256i mv = _mm256_setr_epi64x(w0[b].M, w1[b].M, w2[b].M, w3[b].M);
+        sum = _mm256_add_epi64(sum, _mm256_mul_epi32(_mm256_cvtepi32_epi64(s1), dv));
+        sum = _mm256_add_epi64(sum, _mm256_mul_epi32(mv, _mm256_set1_epi64x(as2[b])));
+    }
+    _mm256_storeu_si256((__m256i *)acc, sum);
+}
+
+__attribute__((target("avx2,fma"))) static void dot4_q8_0_avx2(const blk_q8_0 *w, int64_t nb, const int8_t *xq,
+                                                               const int32_t *a, int64_t *acc) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const blk_q8_0 *w0 = w, *w1 = w + nb, *w2 = w + 2 * nb, *w3 = w + 3 * nb;
+    int64_t r0 = 0, r1 = 0, r2 = 0, r3 = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+#define Q8ROW(W) ({ __m256i q = _mm256_loadu_si256((const __m256i *)(W)[b].qs); \
+        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)), ones); })
+        __m256i p0 = Q8ROW(w0), p1 = Q8ROW(w1), p2 = Q8ROW(w2), p3 = Q8ROW(w3);
+#undef Q8ROW
+        __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+        __m128i s1 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        int64_t ab = a[b];   /* |S1| < 2^19: a S1 D in int64 (the matrix's bound check keeps every sum below 2^62) */
+        r0 += ab * _mm_extract_epi32(s1, 0) * w0[b].D;
+        r1 += ab * _mm_extract_epi32(s1, 1) * w1[b].D;
+        r2 += ab * _mm_extract_epi32(s1, 2) * w2[b].D;
+        r3 += ab * _mm_extract_epi32(s1, 3) * w3[b].D;
+    }
+    acc[0] = r0;
+    acc[1] = r1;
+    acc[2] = r2;
+    acc[3] = r3;
+}
+
 static int use_avx2 = -1;
 
 static inline int have_avx2(void) {
@@ -370,7 +429,22 @@ static void dense_task(void *p, int64_t start, int64_t end) {
     dense_job *j = (dense_job *)p;
     const oi_qmat *w = j->w;
     int64_t nb = w->k / BLOCK;
-    for (int64_t n = start; n < end; n++) {
+    int64_t n = start;
+    if (use_avx2)
+        for (; n + 4 <= end; n += 4) {
+            int64_t c = j->col0 + n, acc[4];
+            for (int64_t t = 0; t < j->t; t++) {
+                if (w->fmt == 0)
+                    dot4_q4_1_avx2((const blk_q4_1 *)w->data + c * nb, nb, j->xq + t * w->k, j->a + t * nb,
+                                   j->as2 + t * nb, acc);
+                else
+                    dot4_q8_0_avx2((const blk_q8_0 *)w->data + c * nb, nb, j->xq + t * w->k, j->a + t * nb, acc);
+                for (int r = 0; r < 4; r++)
+                    j->out[t * j->ldo + n + r] = j->fold_only_acc ? acc[r]
+                        : requant_shifted(acc[r], j->d[t], w->mult, w->shift[c + r], w->lo[c + r], w->hi[c + r]);
+            }
+        }
+    for (; n < end; n++) {
         int64_t c = j->col0 + n;
         for (int64_t t = 0; t < j->t; t++) {
             int64_t acc = row_dot(w, c, j->xq + t * w->k, j->a + t * nb, j->as2 + t * nb);

@@ -13,9 +13,9 @@
         from the proven values), and StepVerifier checks those rows against
         the witness. The Python twin is opinfer/trace/decoder_ops.py.
 @dev    Stateless. The arithmetic is ElementRules' (`elem_*`, pinned to
-        opinfer/engine/elements.py by shared vectors), except DENSE_WIDE's
+        opinfer/engine/elements.py by shared vectors), except DENSE_BLOCK's
         product, taken in place over the witness exactly as
-        elements.dense_wide. Value j of slot s is the enc[s]-byte big-endian
+        elements.block_dense (ElementRules.elem_block_dense's rule). Value j of slot s is the enc[s]-byte big-endian
         two's complement number at witness offset pos[s] + j * enc[s], read
         in place and only below lens[s] (an unread slot has lens 0).
         Notation: L = prompt tokens, ta = tokens_at, s = step,
@@ -49,7 +49,7 @@ MAX_ROW: constant(uint256) = 2048
 MAX_SLOTS: constant(uint256) = 4
 MAX_PARAMS: constant(uint256) = 13
 # StepVerifier passes witnesses of up to 120,000 bytes; a decoder op's is far
-# shorter (SmolLM2's longest, DENSE_WIDE over an int32 row, is about 12 KB), and
+# shorter (SmolLM2's longest, DENSE_BLOCK over the 1,536-wide SwiGLU row, is about 17 KB), and
 # a smaller bound keeps this contract's memory (quadratic in cost) small.
 MAX_WITNESS: constant(uint256) = 65536
 MASK32: constant(uint256) = 4294967295
@@ -57,6 +57,10 @@ NOT_READ: constant(uint256) = max_value(uint256)
 TABLE_WIDTH: constant(uint256) = 256
 CHUNK_WIDTH: constant(uint256) = 256
 PAD: constant(int256) = -1
+BLOCK: constant(uint256) = 32
+MAX_BLOCKS: constant(uint256) = 64
+BLOCK_ROW_BITS: constant(uint256) = 15
+BLOCK_ACT_MAX: constant(int256) = 127
 
 # words of T_0
 TEMPERATURE: constant(uint256) = 3
@@ -67,7 +71,7 @@ SEPARATOR: constant(int256) = 65535
 
 OP_EMBED_TOKEN: constant(uint256) = 13
 OP_RMS_NORM: constant(uint256) = 14
-OP_DENSE_WIDE: constant(uint256) = 15
+OP_DENSE_BLOCK: constant(uint256) = 15
 OP_ROPE: constant(uint256) = 16
 OP_APPEND: constant(uint256) = 17
 OP_SWIGLU: constant(uint256) = 18
@@ -139,22 +143,35 @@ def element(
             token = self._value(extract32(_witness, _pos[1]), _enc[1], 0 < _lens[1])
             want = [NOT_READ, 0, 0, 0]
         assert token >= 0, "DecoderOps: negative token"
+        # slots 2, 3: the token's row of Q8_0 codes and its block scales D (2^-24);
+        # params shift, lo, hi: requant(D q, 1, shift, lo, hi) (elements.block_embed)
         want[2] = convert(token, uint256)
-        return self._value(extract32(_witness, _pos[2] + _col * _enc[2]), _enc[2], _col < _lens[2]), want
+        want[3] = want[2]
+        code: int256 = self._value(extract32(_witness, _pos[2] + _col * _enc[2]), _enc[2], _col < _lens[2])
+        dscale: int256 = self._value(extract32(_witness, _pos[3] + (_col // BLOCK) * _enc[3]), _enc[3], _col // BLOCK < _lens[3])
+        return staticcall rules.elem_requant(dscale * code, 1, convert(_params[0], uint256), _params[1], _params[2]), want
 
-    elif _code == OP_DENSE_WIDE:
-        # slots x, W, (mult, shift, lo, hi) per output; params in_bits, F.
-        # elements.dense_wide taken in place: d = max(bit_length(max |a|) - in_bits, 0),
-        # acc = sum ((a_i + 2^(d-1)) >> d) * w_i (no rounding term when d = 0),
-        # requant(acc << d, mult_n, shift_n, lo_n, hi_n). F = 0: output (r, c) is
-        # row i = r of x times row n = c of W; F > 0 (folded logits): i = 0, n = r F + c.
+    elif _code == OP_DENSE_BLOCK:
+        # slots x, codes, D, M (M only for Q4_1); params fmt (0 Q4_1, 1 Q8_0), F, mult,
+        # split, (shift, lo, hi) of columns below split (all when split is 0), then of the rest.
+        # elements.block_dense taken in place over the witness: d = max(bit_length(max |a|) - 15, 0),
+        # xs = (a + 2^(d-1)) >> d; per block of 32 s = max |xs|, xq = round_div(127 xs, s),
+        # acc += s (D sum q xq + M sum xq); requant(acc << d, mult, shift, lo, hi).
+        # F = 0: output (r, c) is row r of x times weight row n = c; F > 0 (folded logits): row 0, n = r F + c.
         fold: uint256 = convert(_params[1], uint256)
-        want = [_row, _col, _col, 0]
+        n: uint256 = _col
+        i0: uint256 = _row
         if fold > 0:
-            w: uint256 = _row * fold + _col
-            want = [0, w, w, 0]
+            n = _row * fold + _col
+            i0 = 0
+        q4: bool = _params[0] == 0
+        want = [i0, n, n, 0]
+        if q4:
+            want[3] = n
         cols: uint256 = _lens[0]
-        assert cols > 0 and cols <= MAX_ROW and cols == _lens[1], "DecoderOps: bad dense rows"
+        blocks: uint256 = cols // BLOCK
+        assert cols > 0 and cols <= MAX_ROW and cols % BLOCK == 0 and cols == _lens[1], "DecoderOps: bad block rows"
+        assert _lens[2] == blocks and (not q4 or _lens[3] == blocks), "DecoderOps: bad block scales"
         e0: uint256 = _enc[0]
         sh0: uint256 = 256 - 8 * e0
         e1: uint256 = _enc[1]
@@ -175,40 +192,45 @@ def element(
         if amax > 0:
             length += 1
         d: uint256 = 0
-        in_bits: uint256 = convert(_params[0], uint256)
-        if length > in_bits:
-            d = length - in_bits
-        assert d < 128, "DecoderOps: dense input too wide"
+        if length > BLOCK_ROW_BITS:
+            d = length - BLOCK_ROW_BITS
         half: int256 = 0
         if d > 0:
             half = 1 << (d - 1)
         acc: int256 = 0
-        o0 = _pos[0]
-        o1: uint256 = _pos[1]
-        if e0 <= 8 and e1 <= 8:
-            # |a| < 2^63 and half <= 2^62, so a + half < 2^64; products < 2^127,
-            # at most MAX_ROW of them: unchecked arithmetic gives the checked result
-            for j: uint256 in range(MAX_ROW):
-                if j >= cols:
-                    break
-                a: int256 = unsafe_add(convert(extract32(_witness, o0), int256) >> sh0, half) >> d
-                acc = unsafe_add(acc, unsafe_mul(a, convert(extract32(_witness, o1), int256) >> sh1))
+        xs: int256[BLOCK] = empty(int256[BLOCK])
+        for b: uint256 in range(MAX_BLOCKS):
+            if b >= blocks:
+                break
+            s: int256 = 0
+            o0 = _pos[0] + b * BLOCK * e0
+            for j: uint256 in range(BLOCK):
+                xs[j] = ((convert(extract32(_witness, o0), int256) >> sh0) + half) >> d
+                s = max(s, abs(xs[j]))
                 o0 = unsafe_add(o0, e0)
+            if s == 0:
+                continue
+            s1: int256 = 0
+            s2: int256 = 0
+            o1: uint256 = _pos[1] + b * BLOCK * e1
+            for j: uint256 in range(BLOCK):
+                # round_div(127 xs, s) = floor((254 xs + s) / 2s), a flooring division
+                num: int256 = 2 * BLOCK_ACT_MAX * xs[j] + s
+                xq: int256 = num // (2 * s)
+                if num < 0 and xq * 2 * s != num:
+                    xq -= 1
+                s1 += (convert(extract32(_witness, o1), int256) >> sh1) * xq
+                s2 += xq
                 o1 = unsafe_add(o1, e1)
-        else:
-            for j: uint256 in range(MAX_ROW):
-                if j >= cols:
-                    break
-                acc += (((convert(extract32(_witness, o0), int256) >> sh0) + half) >> d) * (convert(extract32(_witness, o1), int256) >> sh1)
-                o0 = unsafe_add(o0, e0)
-                o1 = unsafe_add(o1, e1)
+            acc += s * s1 * self._value(extract32(_witness, _pos[2] + b * _enc[2]), _enc[2], True)
+            if q4:
+                acc += s * s2 * self._value(extract32(_witness, _pos[3] + b * _enc[3]), _enc[3], True)
         shifted: int256 = acc << d
         assert shifted >> d == acc, "DecoderOps: accumulator overflow"
-        mult: int256 = self._value(extract32(_witness, _pos[2]), _enc[2], 0 < _lens[2])
-        shift_n: int256 = self._value(extract32(_witness, _pos[2] + _enc[2]), _enc[2], 1 < _lens[2])
-        lo: int256 = self._value(extract32(_witness, _pos[2] + 2 * _enc[2]), _enc[2], 2 < _lens[2])
-        hi: int256 = self._value(extract32(_witness, _pos[2] + 3 * _enc[2]), _enc[2], 3 < _lens[2])
-        return staticcall rules.elem_requant(shifted, mult, convert(shift_n, uint256), lo, hi), want
+        g: uint256 = 4
+        if _params[3] != 0 and convert(n, int256) >= _params[3]:
+            g = 7
+        return staticcall rules.elem_requant(shifted, _params[2], convert(_params[g], uint256), _params[g + 1], _params[g + 2]), want
 
     elif _code == OP_APPEND:
         # slots previous APPEND, src; params T (transposed), offset

@@ -25,6 +25,10 @@
 MAX_ROW: constant(uint256) = 2048
 CHUNK_WIDTH: constant(uint256) = 256
 MAX_CHUNKS: constant(uint256) = 512
+BLOCK: constant(uint256) = 32
+MAX_BLOCKS: constant(uint256) = 64           # MAX_ROW / BLOCK
+BLOCK_ROW_BITS: constant(uint256) = 15
+BLOCK_ACT_MAX: constant(int256) = 127
 
 LN_BITS: constant(uint256) = 8
 EXP_INPUT_MAX: constant(int256) = 1 << 20
@@ -145,22 +149,41 @@ def elem_l2_normalise(_row: DynArray[int256, MAX_ROW], _col: uint256, _out_bits:
 
 @external
 @pure
-def elem_dense_wide(_a: DynArray[int256, MAX_ROW], _w: DynArray[int256, MAX_ROW], _mult: int256, _shift: uint256, _lo: int256, _hi: int256, _in_bits: uint256) -> int256:
+def elem_block_dense(_a: DynArray[int256, MAX_ROW], _codes: DynArray[int256, MAX_ROW], _dscale: DynArray[int256, MAX_BLOCKS], _mscale: DynArray[int256, MAX_BLOCKS], _mult: int256, _shift: uint256, _lo: int256, _hi: int256) -> int256:
     """
-    @notice A dense element with wide inputs: d = max(bit_length(max |a|) - _in_bits, 0),
-            a'_i = (a_i + (d > 0 ? 2^(d-1) : 0)) >> d, acc = (sum a'_i w_i) << d,
-            requant(acc, _mult, _shift, _lo, _hi).
+    @notice One output of a GGUF block matrix (Q4_1: codes 0..15 with a scale D and a
+            minimum M per block of 32; Q8_0: signed codes, _mscale empty) times an
+            activation row, in exact integers (D, M: the fp16 numbers times 2^24).
+            d = max(bit_length(max |a|) - 15, 0), xs = (a + 2^(d-1)) >> d; per block
+            s = max |xs|, xq = round_div(127 xs, s) (0 when s = 0),
+            acc += s (D sum q xq + M sum xq); requant(acc << d, _mult, _shift, _lo, _hi).
     """
-    assert len(_a) == len(_w) and len(_a) > 0, "ElementRules: bad dense rows"
-    d: uint256 = self._excess_bits(_a, _in_bits)
+    n: uint256 = len(_a)
+    blocks: uint256 = n // BLOCK
+    assert n > 0 and n % BLOCK == 0 and len(_codes) == n and len(_dscale) == blocks, "ElementRules: bad block rows"
+    assert len(_mscale) == 0 or len(_mscale) == blocks, "ElementRules: bad block minimums"
+    d: uint256 = self._excess_bits(_a, BLOCK_ROW_BITS)
     half: int256 = 0
     if d > 0:
         half = 1 << (d - 1)
     acc: int256 = 0
-    for i: uint256 in range(MAX_ROW):
-        if i >= len(_a):
+    for b: uint256 in range(MAX_BLOCKS):
+        if b >= blocks:
             break
-        acc += ((_a[i] + half) >> d) * _w[i]
+        s: int256 = 0
+        for i: uint256 in range(BLOCK):
+            s = max(s, abs((_a[b * BLOCK + i] + half) >> d))
+        if s == 0:
+            continue
+        s1: int256 = 0
+        s2: int256 = 0
+        for i: uint256 in range(BLOCK):
+            xq: int256 = self._round_div(BLOCK_ACT_MAX * ((_a[b * BLOCK + i] + half) >> d), s)
+            s1 += _codes[b * BLOCK + i] * xq
+            s2 += xq
+        acc += _dscale[b] * s1 * s
+        if len(_mscale) > 0:
+            acc += _mscale[b] * s2 * s
     return self._requantise(acc << d, _mult, _shift, _lo, _hi)
 
 

@@ -160,18 +160,27 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def block_acc(xq: np.ndarray, a: np.ndarray, w: QMatrix) -> np.ndarray:
-    """acc [T, N] = sum_b a_b (D S1 + M S2), exact int64 (S1 of a block is below 2^24 in
-    magnitude, so its float32 product is exact; the sums over blocks are int64)."""
+    """acc [T, N] = sum_b a_b (D S1 + M S2) of quantised rows (xq, a) and a block matrix."""
+    return block_acc_raw(xq, a, w.codes, w.D, w.M)
+
+
+def block_acc_raw(xq: np.ndarray, a: np.ndarray, codes: np.ndarray, D: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """block_acc over the arrays: codes [N, K], D and M [N, K/32]. Exact: each block's S1
+    is below 2^24 in magnitude (its float32 product is exact), the sums over blocks are int64."""
     t, k = xq.shape
-    n = w.shape[0]
+    n = codes.shape[0]
     nb = k // BLOCK
     xb = xq.reshape(t, nb, BLOCK).transpose(1, 0, 2).astype(np.float32)               # [nb, T, 32]
-    cb = w.codes.reshape(n, nb, BLOCK).transpose(1, 2, 0).astype(np.float32)          # [nb, 32, N]
-    s1 = np.matmul(xb, cb).astype(np.int64)                                           # [nb, T, N]
-    s2 = xq.reshape(t, nb, BLOCK).sum(-1)                                             # [T, nb]
     acc = np.zeros((t, n), dtype=np.int64)
-    for b in range(nb):
-        acc += a[:, b:b + 1] * (s1[b] * w.D[:, b] + s2[:, b:b + 1] * w.M[:, b])
+    s2 = xq.reshape(t, nb, BLOCK).sum(-1)                                             # [T, nb]
+    step = max(1, (1 << 22) // max(k, 1))                                             # bounded temporaries
+    for start in range(0, n, step):
+        rows = slice(start, start + step)
+        cb = codes[rows].reshape(-1, nb, BLOCK).transpose(1, 2, 0).astype(np.float32)  # [nb, 32, n']
+        s1 = np.matmul(xb, cb).astype(np.int64)                                       # [nb, T, n']
+        part = acc[:, rows]
+        for b in range(nb):
+            part += a[:, b:b + 1] * (s1[b] * D[rows, b] + s2[:, b:b + 1] * M[rows, b])
     return acc
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from opinfer.errors import CommitmentError
-from opinfer.trace.ops import (CONTEXT, DENSE, DENSE_WIDE, EMBED_SUM, EMBED_TOKEN, LAYER_NORM, LOOKUP, POOL,
+from opinfer.engine.quant import INT32
+from opinfer.trace.ops import (CONTEXT, DENSE, DENSE_BLOCK, EMBED_SUM, EMBED_TOKEN, LAYER_NORM, LOOKUP, POOL,
                                RESIDUAL, RMS_NORM, ROPE, SOFTMAX, SWIGLU, WEIGHT, Op)
 from opinfer.trace.ops import DESC_WORDS
 from opinfer.trace.program import JobLimits, Program
@@ -141,68 +142,61 @@ def minilm_from_program(program: Program):
 # ---------------------------------------------------------------- SmolLM2-135M-Instruct
 
 def smollm2_from_program(program: Program):
+    """The native SmolLM2 engine from the program's integers alone: the GGUF blocks
+    (codes, D, M), the gains, the RoPE and SiLU tables and every scale of its ops."""
+    from opinfer.engine import blocks as bk
     from opinfer.engine import smollm2 as sm
 
     cur = _Cursor(program)
-    embed = cur.w(cur.take(EMBED_TOKEN), 2)
+    emb = cur.take(EMBED_TOKEN)
+    if tuple(emb.params[:3]) != (sm.EMBED_SHIFT, *INT32):
+        raise CommitmentError("the embedding's scale is not the engine's")
+    embed = bk.QMatrix(bk.Q8_0, cur.w(emb, 2).astype(np.int8), cur.w(emb, 3).copy(),
+                       np.zeros_like(cur.w(emb, 3)))
 
-    def norm(op: Op) -> "sm.RMSNorm":
-        return sm.RMSNorm(cur.w(op, 1)[:, 0].copy(), op.params[0])
+    def gain(op: Op) -> np.ndarray:
+        return cur.w(op, 1)[:, 0].copy()
 
-    def linears(op: Op, sizes: list[int]) -> list["sm.Linear"]:
-        w, p = cur.w(op, 1), cur.w(op, 2)
-        out, start = [], 0
-        for n in sizes:
-            rows = slice(start, start + n)
-            shift, lo, hi = (int(v) for v in p[start, 1:4])
-            if not (np.all(p[rows, 1] == shift) and np.all(p[rows, 2] == lo) and np.all(p[rows, 3] == hi)):
-                raise CommitmentError("a Linear's columns must share shift and clamp")
-            wt = w[rows].T.astype(np.float32)
-            out.append(sm.Linear(np.ascontiguousarray(wt), p[rows, 0].copy(), shift, lo, hi, sm.WIDE, op.params[0],
-                                 int(np.abs(w[rows]).max())))
-            start += n
-        return out
+    def dense(op: Op) -> "sm.Dense":
+        fmt, fold, mult, split, *groups = op.params[:10]
+        codes = cur.w(op, 1).astype(np.uint8 if fmt == bk.Q4_1 else np.int8)
+        m = cur.w(op, 3).copy() if fmt == bk.Q4_1 else np.zeros_like(cur.w(op, 2))
+        return sm.Dense(bk.QMatrix(fmt, codes, cur.w(op, 2).copy(), m), *groups[:3], split, *groups[3:6], mult=mult)
 
-    rope = None
-    blocks = []
+    layers, eps, rope, silu = [], None, None, None
     heads = kv_heads = head_dim = None
-    while program.ops[cur.at].code == RMS_NORM and program.ops[cur.at + 1].code == DENSE_WIDE \
+    while program.ops[cur.at].code == RMS_NORM and program.ops[cur.at + 1].code == DENSE_BLOCK \
             and program.ops[cur.at + 2].code == ROPE:
-        attn_norm = norm(cur.take(RMS_NORM))
-        qkv_op = cur.take(DENSE_WIDE)
+        norm = cur.take(RMS_NORM)
+        eps = norm.params[0]
+        qkv = dense(cur.take(DENSE_BLOCK))
         rope_op = cur.take(ROPE)
         rope = cur.w(rope_op, 1)
         head_dim = rope_op.params[0]
-        k_append = cur.take(17)
-        cur.take(17)
+        cur.take(17)                                          # APPEND (K cache)
+        cur.take(17)                                          # APPEND (V^T cache)
         scores = program.ops[cur.at]
         cur.at += 1
         heads, group = scores.rows & 0xFFFFFFFF, scores.params[1]
         kv_heads = heads // group
-        q, k, v = linears(qkv_op, [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
-        if k_append.params[1] != heads * head_dim:
-            raise CommitmentError("the K cache must start after the q heads")
-        softmax = cur.take(SOFTMAX)
-        ctx = cur.take(CONTEXT)
-        (o,) = linears(cur.take(DENSE_WIDE), [embed.shape[1]])
+        softmax, ctx = cur.take(SOFTMAX), cur.take(CONTEXT)
+        if tuple(softmax.params[:3]) != (1, sm.SCORE_SHIFT, sm.PROB_ONE) or \
+                tuple(ctx.params[2:6]) != (sm.CTX_MULT, sm.CTX_SHIFT, *INT32):
+            raise CommitmentError("the attention's scales are not the engine's")
+        o = dense(cur.take(DENSE_BLOCK))
         cur.take(RESIDUAL)
-        ffn_norm = norm(cur.take(RMS_NORM))
-        gate_up_op = cur.take(DENSE_WIDE)
+        ffn_gain = gain(cur.take(RMS_NORM))
+        gate_up = dense(cur.take(DENSE_BLOCK))
         swiglu = cur.take(SWIGLU)
-        hidden = swiglu.cols & 0xFFFFFFFF
-        gate, up = linears(gate_up_op, [hidden, hidden])
-        (down,) = linears(cur.take(DENSE_WIDE), [embed.shape[1]])
-        down.in_max = 1 << 30
+        silu = cur.w(swiglu, 1).reshape(-1).copy()
+        down = dense(cur.take(DENSE_BLOCK))
         cur.take(RESIDUAL)
-        blocks.append(sm.Block(attn_norm, q, k, v, softmax.params[0], softmax.params[1], ctx.params[2],
-                               ctx.params[3], o, ffn_norm, gate, up, cur.w(swiglu, 1).reshape(-1).copy(),
-                               down).fuse())
-    final_norm = norm(cur.take(RMS_NORM))
-    head_op = cur.take(DENSE_WIDE)
-    (lm_head,) = linears(head_op, [cur.w(head_op, 1).shape[0]])
+        layers.append(sm.Layer(gain(norm), qkv, o, ffn_gain, gate_up, down))
+    out_gain = gain(cur.take(RMS_NORM))
+    head = dense(cur.take(DENSE_BLOCK))
     half = head_dim // 2
-    return sm.IntSmolLM2(embed, blocks, final_norm, lm_head, rope[:, :half].copy(), rope[:, half:head_dim].copy(),
-                         heads, kv_heads, head_dim)
+    return sm.IntSmolLM2(embed, layers, out_gain, eps, rope[:, :half].copy(), rope[:, half:head_dim].copy(), silu,
+                         heads, kv_heads, head_dim, head)
 
 
 def main(argv=None) -> int:

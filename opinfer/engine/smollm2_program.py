@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct's decode step as an op program (docs/ops.md, "Decoder ops").
 
-The template (496 ops) processes one position per step, so a job of L
+The template (496 ops; every Linear a DENSE_BLOCK over the GGUF's own blocks) processes one position per step, so a job of L
 prompt tokens and M new tokens is L + M - 1 steps; the K and V^T caches are
 tensors that each step extends (APPEND reads the previous step's). The
 program and the fast engine (`smollm2.Session.generate`) compute the same
@@ -16,12 +16,13 @@ from functools import lru_cache
 
 import numpy as np
 
+from opinfer.engine import blocks as blk
 from opinfer.engine import elements as el
 from opinfer.engine import smollm2 as sm
-from opinfer.engine.quant import INT16, INT32
+from opinfer.engine.quant import INT32
 from opinfer.errors import CommitmentError
 from opinfer.trace.builder import ProgramBuilder
-from opinfer.trace.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_WIDE, EMBED_TOKEN, GEN, INPUT, MASKED_SUMS,
+from opinfer.trace.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_BLOCK, EMBED_TOKEN, GEN, INPUT, MASKED_SUMS,
                                MATCH, NEXT, PICK, PICK_TOKEN, RESIDUAL, RMS_NORM, ROPE, SAMPLE_WEIGHTS, SCORES, SOFTMAX,
                                SWIGLU, TABLE_WIDTH, Slot, dim, ref)
 from opinfer.trace.program import PER_POSITION, JobLimits, Program
@@ -39,64 +40,63 @@ PREV_CACHE = dim(per_step=1)    # the previous step's s positions
 T0 = Slot(ref(INPUT), ONE, dim(0, 1, 0, 1))
 
 
-def _channels(lin) -> np.ndarray:
-    """Per output column (mult, shift, lo, hi) of a Linear or a Fused."""
-    n = lin.wt.shape[1]
-    cols = [np.broadcast_to(np.asarray(v, dtype=np.int64), (n,)) for v in (lin.mult, lin.shift, lin.lo, lin.hi)]
-    return np.stack(cols, axis=1)
-
-
-def _dense(b: ProgramBuilder, x: Slot, lin, fold: int = 0) -> Slot:
-    w = b.weight(np.asarray(lin.wt, dtype=np.int64).T)
-    params = b.weight(_channels(lin))
-    n = lin.wt.shape[1]
+def _dense(b: ProgramBuilder, x: Slot, dense: sm.Dense, weights: list[Slot] | None = None, fold: int = 0) -> Slot:
+    """A DENSE_BLOCK op: slots x, codes, D (and M for Q4_1); params fmt, F, mult, split,
+    (shift, lo, hi) of the columns below split, (shift, lo, hi) of the rest."""
+    w = dense.w
+    if weights is None:
+        weights = [b.weight(w.codes.astype(np.int64)), b.weight(w.D)] + ([b.weight(w.M)] if w.fmt == blk.Q4_1 else [])
+    n = w.shape[0]
     rows, cols = (dim(n // fold), dim(fold)) if fold else (ONE, dim(n))
-    return b.op(DENSE_WIDE, rows, cols, [x, w, params], [lin.in_bits, fold])
+    params = [w.fmt, fold, dense.mult, dense.split, dense.shift0, dense.lo0, dense.hi0, dense.shift1, dense.lo1,
+              dense.hi1]
+    return b.op(DENSE_BLOCK, rows, cols, [x, *weights], params)
 
 
-def _norm(b: ProgramBuilder, x: Slot, norm: sm.RMSNorm, width: int) -> Slot:
-    return b.op(RMS_NORM, ONE, dim(width), [x, b.weight(norm.gain)], [norm.eps, *INT16])
+def _norm(b: ProgramBuilder, x: Slot, gain: np.ndarray, eps: int, width: int) -> Slot:
+    return b.op(RMS_NORM, ONE, dim(width), [x, b.weight(gain)], [eps, *INT32])
 
 
 def build_program(model: sm.IntSmolLM2) -> Program:
     b = ProgramBuilder()
     nh, nkv, D = model.n_heads, model.n_kv_heads, model.head_dim
-    width = model.embed.shape[1]
+    width = model.hidden
     kv = nkv * D
-    vocab = model.embed.shape[0]
+    vocab = model.vocab
     if vocab % TABLE_WIDTH:
         raise ValueError("the vocabulary must be a multiple of 256 (logits are folded into chunks of 256)")
     chunks = vocab // TABLE_WIDTH
 
+    # The Q8_0 token embeddings: gathered by EMBED_TOKEN, multiplied by the tied LM head.
+    embed = [b.weight(model.embed.codes.astype(np.int64)), b.weight(model.embed.D)]
     # EMBED_TOKEN reads the previous step's NEXT, whose index is known once
     # the template is complete: built with a placeholder, patched below.
-    x = b.op(EMBED_TOKEN, ONE, dim(width), [T0, b.prev(0, ONE, ONE), b.weight(model.embed)])
+    x = b.op(EMBED_TOKEN, ONE, dim(width), [T0, b.prev(0, ONE, ONE), *embed], [sm.EMBED_SHIFT, *INT32])
     rope_table = b.weight(np.concatenate([model.cos[:MAX_CONTEXT], model.sin[:MAX_CONTEXT]], axis=1))
     ones = b.weight(np.ones(width, dtype=np.int64))
-    for blk in model.blocks:
-        h = _norm(b, x, blk.attn_norm, width)
-        qkv = _dense(b, h, blk.qkv)
+    silu = b.weight(np.asarray(model.silu, dtype=np.int64).reshape(-1, TABLE_WIDTH))
+    for layer in model.layers:
+        h = _norm(b, x, layer.attn_gain, model.eps, width)
+        qkv = _dense(b, h, layer.qkv)
         qk = b.op(ROPE, ONE, dim((nh + nkv) * D), [qkv, rope_table], [D])
         k_at = len(b.ops)
         k_cache = b.op(APPEND, CACHE, dim(kv), [b.prev(k_at, PREV_CACHE, dim(kv)), qk], [0, nh * D])
         v_at = len(b.ops)
         vt_cache = b.op(APPEND, dim(kv), CACHE, [b.prev(v_at, dim(kv), PREV_CACHE), qkv], [1, (nh + nkv) * D])
         scores = b.op(SCORES, dim(nh), CACHE, [qk, k_cache], [D, nh // nkv])
-        probs = b.op(SOFTMAX, dim(nh), CACHE, [scores], [blk.score_mult, blk.score_shift, sm.PROB_ONE])
-        ctx = b.op(CONTEXT, ONE, dim(nh * D), [probs, vt_cache],
-                   [D, nh // nkv, blk.ctx_mult, blk.ctx_shift, *INT16])
-        o = _dense(b, ctx, blk.o)
+        probs = b.op(SOFTMAX, dim(nh), CACHE, [scores], [1, sm.SCORE_SHIFT, sm.PROB_ONE])
+        ctx = b.op(CONTEXT, ONE, dim(nh * D), [probs, vt_cache], [D, nh // nkv, sm.CTX_MULT, sm.CTX_SHIFT, *INT32])
+        o = _dense(b, ctx, layer.o)
         x = b.op(RESIDUAL, ONE, dim(width), [x, o, ones], [0, *INT32])
-        h = _norm(b, x, blk.ffn_norm, width)
-        gate_up = _dense(b, h, blk.gate_up)
-        table = np.asarray(blk.silu, dtype=np.int64).reshape(-1, TABLE_WIDTH)
-        hidden = blk.gate.wt.shape[1]
-        m = b.op(SWIGLU, ONE, dim(hidden), [gate_up, b.weight(table)], [sm.SILU_HALF])
-        down = _dense(b, m, blk.down)
+        h = _norm(b, x, layer.ffn_gain, model.eps, width)
+        gate_up = _dense(b, h, layer.gate_up)
+        hidden = layer.gate_up.split
+        m = b.op(SWIGLU, ONE, dim(hidden), [gate_up, silu], [sm.SILU_HALF])
+        down = _dense(b, m, layer.down)
         x = b.op(RESIDUAL, ONE, dim(width), [x, down, ones], [0, *INT32])
 
-    h = _norm(b, x, model.final_norm, width)
-    logits = _dense(b, h, model.lm_head, fold=TABLE_WIDTH)
+    h = _norm(b, x, model.out_gain, model.eps, width)
+    logits = _dense(b, h, model.head, weights=embed, fold=TABLE_WIDTH)
     row = dim(chunks)
     packs = b.op(CHUNK_ARGMAX, ONE, row, [logits])
     weights = b.op(SAMPLE_WEIGHTS, dim(chunks), dim(TABLE_WIDTH), [logits, packs, T0])
@@ -116,7 +116,7 @@ def build_program(model: sm.IntSmolLM2) -> Program:
     b.op(GEN, ONE, gen_cols, [b.prev(gen_at, ONE, gen_cols), nxt, match])
 
     first = b.ops[0]
-    b.ops[0] = replace(first, slots=(first.slots[0], b.prev(next_at, ONE, ONE), first.slots[2]))
+    b.ops[0] = replace(first, slots=(first.slots[0], b.prev(next_at, ONE, ONE), *first.slots[2:]))
     return Program(b.ops, b.weights, b.widths, PER_POSITION, NAME, limits(vocab))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from opinfer.engine import blocks
 from opinfer.engine import elements as el
 from opinfer.engine import quant
 from opinfer.errors import CommitmentError
@@ -56,22 +57,6 @@ def bit_length(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, np.frexp(np.asarray(x, dtype=np.float64))[1], 0).astype(np.int64)
 
 
-# ---------------------------------------------------------------- float copies of weights
-
-_FLOAT_T: dict[int, tuple[np.ndarray, np.ndarray, int, np.ndarray]] = {}
-
-
-def _weights_t(w: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """(W^T as float32, max |W|, max |W| per input index) for exact products, cached per weight array."""
-    hit = _FLOAT_T.get(id(w))
-    if hit is None or hit[0] is not w:
-        wt = np.ascontiguousarray(w.T.astype(np.float32))
-        hit = (w, wt, int(np.abs(w).max()) if w.size else 0,
-               np.abs(w).max(0).astype(np.int64) if w.size else np.zeros(w.shape[1], dtype=np.int64))
-        _FLOAT_T[id(w)] = hit
-    return hit[1], hit[2], hit[3]
-
-
 # ---------------------------------------------------------------- vectorised rules
 
 def _token(ins, ctx) -> int:
@@ -81,11 +66,14 @@ def _token(ins, ctx) -> int:
 
 
 def _embed_token(op, ins, ctx):
-    table = ins[2]
+    """The token's row of Q8_0 codes times its blocks' scales D, requant(D q, 1, shift, lo, hi)."""
+    codes, dscale = ins[2], ins[3]
+    shift, lo, hi = op.params[:3]
     token = _token(ins, ctx)
-    if not 0 <= token < table.shape[0]:
-        raise CommitmentError(f"token {token} outside the vocabulary of {table.shape[0]}")
-    return table[token:token + 1].copy()
+    if not 0 <= token < codes.shape[0]:
+        raise CommitmentError(f"token {token} outside the vocabulary of {codes.shape[0]}")
+    row = codes[token].reshape(-1, blocks.BLOCK) * dscale[token][:, None]
+    return quant.requant(row.reshape(1, -1), 1, shift, lo, hi)
 
 
 def _rms_norm(op, ins, ctx):
@@ -98,29 +86,20 @@ def _rms_norm(op, ins, ctx):
     return np.clip(quant.round_div(x * gain[:, 0], rms << (NORM_BITS + d)), lo, hi)
 
 
-def _dense_wide(op, ins, ctx):
-    x, w, p = ins
-    in_bits, fold = op.params[:2]
-    d = np.maximum(bit_length(np.abs(x).max(-1, keepdims=True)) - in_bits, 0)
-    half = np.where(d > 0, np.int64(1) << np.maximum(d - 1, 0), 0)
-    xs = (x + half) >> d
-    wt, w_max, row_max = _weights_t(w)
-    dot = quant.exact_matmul_blocked(xs, wt, 1 << in_bits, w_max, row_max)
-    out = _finish(dot, d, p[:, 0], p[:, 1], p[:, 2], p[:, 3])
+def _dense_block(op, ins, ctx):
+    """elements.block_dense on every output: x rows times the weight rows (codes, D, and M
+    for Q4_1); params fmt, F, mult, split, (shift, lo, hi) below split, (shift, lo, hi) above."""
+    fmt, fold, mult, split = op.params[:4]
+    x, codes, dscale = ins[:3]
+    mscale = ins[3] if fmt == blocks.Q4_1 else np.zeros_like(dscale)
+    n = codes.shape[0]
+    first = np.arange(n) < (split or n)
+    shift = np.where(first, op.params[4], op.params[7])
+    lo, hi = np.where(first, op.params[5], op.params[8]), np.where(first, op.params[6], op.params[9])
+    xq, a, d = blocks.quantize_rows(x)
+    acc = blocks.block_acc_raw(xq, a, codes, dscale, mscale)
+    out = blocks.requant_shifted(acc, d, mult, shift, lo, hi)
     return out.reshape(-1, fold) if fold else out
-
-
-def _finish(dot, d, mult, shift, lo, hi):
-    """requant(dot << d, mult, shift, lo, hi) per column, computed as
-    (dot * mult + 2^(e-1)) >> e with e = shift - d (the same number), or an
-    exact left shift when e <= 0 (then the rounding term vanishes)."""
-    if np.abs(dot).max(initial=0) * np.abs(mult).max(initial=0) >= 1 << 62:
-        raise CommitmentError("dense_wide: product beyond int64")
-    prod = dot * mult
-    e = shift - d
-    right = (prod + (np.int64(1) << np.maximum(e - 1, 0))) >> np.maximum(e, 0)
-    left = np.clip(prod, lo, hi) << np.maximum(-e, 0)
-    return np.clip(np.where(e >= 1, right, left), lo, hi)
 
 
 def _rope(op, ins, ctx):
@@ -262,17 +241,17 @@ def _gen(op, ins, ctx):
 
 def _reads_embed_token(op, r, c, ins, ctx):
     token = _token(ins, ctx)
-    return [0, None, token] if ctx.step < ctx.tokens else [None, 0, token]
+    return [0, None, token, token] if ctx.step < ctx.tokens else [None, 0, token, token]
 
 
 def _reads_row_and_channel(op, r, c, ins, ctx):
     return [r, c]
 
 
-def _reads_dense_wide(op, r, c, ins, ctx):
-    fold = op.params[1]
+def _reads_dense_block(op, r, c, ins, ctx):
+    fmt, fold = op.params[:2]
     n = r * fold + c if fold else c
-    return [0 if fold else r, n, n]
+    return [0 if fold else r, n, n] + ([n] if fmt == blocks.Q4_1 else [])
 
 
 def _reads_rope(op, r, c, ins, ctx):
@@ -315,14 +294,14 @@ def _reads_prev_first(op, r, c, ins, ctx):
 
 
 _ops.RUN.update({
-    _ops.EMBED_TOKEN: _embed_token, _ops.RMS_NORM: _rms_norm, _ops.DENSE_WIDE: _dense_wide, _ops.ROPE: _rope,
+    _ops.EMBED_TOKEN: _embed_token, _ops.RMS_NORM: _rms_norm, _ops.DENSE_BLOCK: _dense_block, _ops.ROPE: _rope,
     _ops.APPEND: _append, _ops.SWIGLU: _swiglu, _ops.CHUNK_ARGMAX: _chunk_argmax,
     _ops.SAMPLE_WEIGHTS: _sample_weights, _ops.MASKED_SUMS: _masked_sums, _ops.BISECT: _bisect, _ops.PICK: _pick,
     _ops.PICK_TOKEN: _pick_token, _ops.NEXT: _next, _ops.MATCH: _match, _ops.GEN: _gen,
 })
 _ops.READS.update({
     _ops.EMBED_TOKEN: _reads_embed_token, _ops.RMS_NORM: _reads_row_and_channel,
-    _ops.DENSE_WIDE: _reads_dense_wide, _ops.ROPE: _reads_rope, _ops.APPEND: _reads_append,
+    _ops.DENSE_BLOCK: _reads_dense_block, _ops.ROPE: _reads_rope, _ops.APPEND: _reads_append,
     _ops.SWIGLU: _reads_swiglu, _ops.CHUNK_ARGMAX: _reads_chunk, _ops.SAMPLE_WEIGHTS: _reads_weights,
     _ops.MASKED_SUMS: _reads_masked_sums, _ops.BISECT: _reads_all_first, _ops.PICK: _reads_all_first,
     _ops.PICK_TOKEN: _reads_pick_token, _ops.NEXT: _reads_all_first, _ops.MATCH: _reads_prev_first,

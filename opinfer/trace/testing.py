@@ -84,12 +84,7 @@ def toy_decoder(layers: int = 2, vocab: int = 512):
     from opinfer.engine import smollm2 as sm
     from opinfer.engine.smollm2_program import build_program
 
-    m = sm.default_model()
-    head = m.lm_head
-    small_head = sm.Linear(np.ascontiguousarray(head.wt[:, :vocab]), head.mult[:vocab], head.shift, head.lo, head.hi,
-                           head.in_max, head.in_bits, head.w_max)
-    small = sm.IntSmolLM2(m.embed[:vocab], m.blocks[:layers], m.final_norm, small_head, m.cos[:64], m.sin[:64],
-                          m.n_heads, m.n_kv_heads, m.head_dim)
+    small = sm.default_model().sliced(layers, vocab, 64)
     program = build_program(small)
     program.name = "toy-decoder"
     return program, small

@@ -89,13 +89,14 @@ def _rms_norm(op, ins, ctx):
 def _dense_block(op, ins, ctx):
     """elements.block_dense on every output: x rows times the weight rows (codes, D, and M
     for Q4_1); params fmt, F, mult, split, (shift, lo, hi) below split, (shift, lo, hi) above."""
-    fmt, fold, mult, split = op.params[:4]
+    p = (tuple(op.params) + (0,) * 10)[:10]
+    fmt, fold, mult, split = p[:4]
     x, codes, dscale = ins[:3]
     mscale = ins[3] if fmt == blocks.Q4_1 else np.zeros_like(dscale)
     n = codes.shape[0]
     first = np.arange(n) < (split or n)
-    shift = np.where(first, op.params[4], op.params[7])
-    lo, hi = np.where(first, op.params[5], op.params[8]), np.where(first, op.params[6], op.params[9])
+    shift = np.where(first, p[4], p[7])
+    lo, hi = np.where(first, p[5], p[8]), np.where(first, p[6], p[9])
     xq, a, d = blocks.quantize_rows(x)
     acc = blocks.block_acc_raw(xq, a, codes, dscale, mscale)
     out = blocks.requant_shifted(acc, d, mult, shift, lo, hi)

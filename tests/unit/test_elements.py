@@ -72,12 +72,13 @@ def test_exact_matmul_batched_and_wide_operands():
 # ---------------------------------------------------------------- SmolLM2 rules and sampling
 
 from opinfer.engine import sampling  # noqa: E402
-from opinfer.engine.smollm2 import LINEAR_IN_BITS, SILU_HALF, WIDE, Linear, RMSNorm, rope  # noqa: E402
-from opinfer.trace.ops import DENSE_WIDE, RUN, JobCtx, Op, dim  # noqa: E402
+from opinfer.engine import blocks as bk  # noqa: E402
+from opinfer.engine.smollm2 import SILU_HALF, rms_norm, rope  # noqa: E402
+from opinfer.trace.ops import DENSE_BLOCK, RUN, JobCtx, Op, dim  # noqa: E402
 
 
 def _wide_rows(shape, rng=RNG):
-    """Rows whose largest magnitudes span 0 to 32 bits (d = 0 up to d = 25 for 7-bit inputs)."""
+    """Rows whose largest magnitudes span 0 to 32 bits."""
     x = np.zeros(shape, dtype=np.int64)
     for r in range(shape[0]):
         bits = int(rng.integers(0, 33))
@@ -88,41 +89,79 @@ def _wide_rows(shape, rng=RNG):
 def test_rms_norm_rows_match():
     x = np.concatenate([_wide_rows((12, 576)), np.full((1, 576), -(2**31)), np.zeros((1, 576), dtype=np.int64),
                         np.full((1, 576), 9)])
-    gain = RNG.integers(-2**15, 2**15, size=576)
+    gain = RNG.integers(-2**26, 2**26, size=576)
     for eps in (0, 3, 2**30):
-        got = RMSNorm(gain, eps)(x)
+        got = rms_norm(x, gain, eps)
         for r in range(x.shape[0]):
             row = x[r].tolist()
             cols = range(576) if r < 3 else RNG.integers(0, 576, size=40).tolist()
             assert [int(got[r, c]) for c in cols] == [
-                el.rms_norm(row, c, int(gain[c]), eps, -32768, 32767) for c in cols]
+                el.rms_norm(row, c, int(gain[c]), eps, -(2**31), 2**31 - 1) for c in cols]
 
 
-@pytest.mark.parametrize("in_bits,w_max", [(el.DENSE_IN_BITS, 127), (LINEAR_IN_BITS, 511)])
-def test_dense_wide_rows_match_linear(in_bits, w_max):
-    """The engine's Linear (batch and one-row decoding paths) and the decoder
-    program's DENSE_WIDE rule (per-column shifts, so e = shift - d <= 0 too)
-    against elements.dense_wide; the engine runs in_bits = LINEAR_IN_BITS
-    with 10-bit weights."""
-    for k, out, in_max, lo, hi, in_rows in (
-        (576, 24, WIDE, -127, 127, _wide_rows((6, 576)) >> 17),       # int16 inputs (q/k/v, gate, up, lm_head)
-        (1536, 12, 1 << 62, -(2**31), 2**31 - 1, _wide_rows((5, 1536))),  # the down projection's int32 products
-        (64, 8, WIDE, -2048, 2047, np.full((2, 64), -32768)),          # all equal, saturating
-    ):
-        w = RNG.integers(-w_max, w_max + 1, size=(out, k))
-        mult, shift = RNG.integers(1, 2**20, size=out), 24
-        lin = Linear(w.T.astype(np.float32).copy(), mult, shift, lo, hi, in_max, in_bits, w_max)
-        got = lin(in_rows)
-        shifts = RNG.integers(0, 40, size=out)
-        params = np.stack([mult, shifts, np.full(out, lo), np.full(out, hi)], axis=1)
-        op = Op(DENSE_WIDE, dim(in_rows.shape[0]), dim(out), (), (in_bits, 0))
-        wide = RUN[DENSE_WIDE](op, [in_rows, w, params], JobCtx(1, 0, 10))
-        for r in range(in_rows.shape[0]):
-            a = in_rows[r].tolist()
-            assert got[r].tolist() == lin(in_rows[r:r + 1])[0].tolist() == [
-                el.dense_wide(a, w[c].tolist(), int(mult[c]), shift, lo, hi, in_bits) for c in range(out)]
-            assert wide[r].tolist() == [
-                el.dense_wide(a, w[c].tolist(), int(mult[c]), int(shifts[c]), lo, hi, in_bits) for c in range(out)]
+def _random_blocks(fmt, n, k, rng=RNG):
+    nb = k // bk.BLOCK
+    if fmt == bk.Q4_1:
+        codes, m = rng.integers(0, 16, size=(n, k)).astype(np.uint8), rng.integers(-2**27, 2**27, size=(n, nb))
+    else:
+        codes, m = rng.integers(-128, 128, size=(n, k)).astype(np.int8), np.zeros((n, nb), dtype=np.int64)
+    return bk.QMatrix(fmt, codes, rng.integers(-2**24, 2**24, size=(n, nb)), m)
+
+
+@pytest.mark.parametrize("fmt", [bk.Q4_1, bk.Q8_0])
+def test_block_dense_rows_match_the_element_rule(fmt):
+    """blocks.block_dense (the engine's numpy reference) and the program's DENSE_BLOCK
+    rule (two column groups, a folded output) against elements.block_dense, on rows
+    from zero to 2^40 (row shifts d = 0 to 26), negative ties and empty blocks."""
+    k, n = 576, 24
+    w = _random_blocks(fmt, n, k)
+    x = np.concatenate([_wide_rows((6, k)), np.full((1, k), -(2**40)), np.zeros((1, k), dtype=np.int64)])
+    x[1, :64] = 0                                      # two empty blocks
+    x[2] = -(2 * RNG.integers(0, 2**14, size=k) + 1) << 4   # odd multiples of 2^(d-1): ties in the row shift
+    split, shifts, clamps = 10, (55, 61), ((-(2**31), 2**31 - 1), (-23000, 23000))
+    params = [fmt, 0, bk.MULT_127, split, shifts[0], *clamps[0], shifts[1], *clamps[1]]
+    slots = [x, w.codes.astype(np.int64), w.D] + ([w.M] if fmt == bk.Q4_1 else [])
+    got = RUN[DENSE_BLOCK](Op(DENSE_BLOCK, dim(x.shape[0]), dim(n), (), tuple(params)), slots, JobCtx(1, 0, 10))
+    col_shift = np.where(np.arange(n) < split, *shifts)
+    lo = np.where(np.arange(n) < split, clamps[0][0], clamps[1][0])
+    hi = np.where(np.arange(n) < split, clamps[0][1], clamps[1][1])
+    assert np.array_equal(bk.block_dense(x, w, bk.MULT_127, col_shift, lo, hi), got)
+    for r in range(x.shape[0]):
+        for c in range(n):
+            assert got[r, c] == el.block_dense(x[r].tolist(), w.codes[c].astype(int).tolist(), w.D[c].tolist(),
+                                               w.M[c].tolist() if fmt == bk.Q4_1 else None, bk.MULT_127,
+                                               int(col_shift[c]), int(lo[c]), int(hi[c]))
+    folded = RUN[DENSE_BLOCK](Op(DENSE_BLOCK, dim(3), dim(8), (), (fmt, 8, bk.MULT_127, 0, 55, -(2**31), 2**31 - 1)),
+                              [x[3:4], *slots[1:]], JobCtx(1, 0, 10))
+    assert folded.shape == (3, 8)
+    assert folded.reshape(-1).tolist() == bk.block_dense(x[3:4], w, bk.MULT_127, 55, -(2**31), 2**31 - 1)[0].tolist()
+
+
+def test_block_quantisation_edges():
+    """The row shift rounds half up; a block's largest value maps to +-127; ties in
+    round_div(127 xs, s) round up; an all-zero block gives zeros."""
+    row = [0] * 32 + [-(1 << 15)] + [1 << 14] * 31 + [3] * 31 + [-1] + [(1 << 16) + 1] + [0] * 31
+    xq, scales, d = el.block_quantize(row)
+    assert d == 2 and scales[0] == 0 and xq[:32] == [0] * 32
+    assert xq[32] == -127 and scales[1] == 1 << 13
+    assert xq[33] == el.round_div(127 * (1 << 12), 1 << 13) == 64       # 63.5 rounds up
+    assert xq[96] == 127 and scales[3] == ((1 << 16) + 1 + 2) >> 2
+    npq, a, dd = bk.quantize_rows(np.array([row]))
+    assert npq[0].tolist() == xq and a[0].tolist() == scales and int(dd[0, 0]) == d
+    with pytest.raises(ValueError):
+        el.block_quantize([1] * 33)
+
+
+def test_fp16_scales_are_exact_integers():
+    import gguf  # noqa: F401 - the file's reader; numpy's float16 is the check
+
+    bits = np.arange(0, 1 << 16, dtype=np.uint32)
+    finite = ((bits >> 10) & 31) != 31
+    bits = bits[finite].astype(np.uint16)
+    exact = bits.view(np.float16).astype(np.float64) * (1 << bk.FP16_GRID_BITS)
+    assert np.array_equal(bk.fp16_to_grid(bits), exact.astype(np.int64))
+    with pytest.raises(ValueError, match="inf or NaN"):
+        bk.fp16_to_grid(np.array([0x7C00], dtype=np.uint16))
 
 
 def test_rope_rows_match():
@@ -145,7 +184,7 @@ def test_rope_rows_match():
 
 def test_silu_table_lookup_and_gate_match():
     table = RNG.integers(-32768, 32768, size=2 * SILU_HALF)
-    rows = table.reshape(-1, el.TABLE_WIDTH).tolist()       # on chain: [16, 256]
+    rows = table.reshape(-1, el.TABLE_WIDTH).tolist()       # on chain: [128, 256]
     gate = np.concatenate([RNG.integers(-SILU_HALF, SILU_HALF, size=300), [-SILU_HALF, SILU_HALF - 1, 0, -1]])
     up = RNG.integers(-32767, 32768, size=gate.size)
     got = table[gate + SILU_HALF] * up                          # smollm2.Session.forward's SwiGLU

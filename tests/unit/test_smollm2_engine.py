@@ -1,20 +1,21 @@
-"""The integer SmolLM2: exact KV cache, determinism, the Paris answer, the
-generation API (max_tokens, stop ids, stop sequences, sampling)."""
+"""The integer SmolLM2 on the GGUF's own blocks: the native forward equals the
+numpy reference bit for bit (whole sequences, any thread count, SIMD or scalar),
+exact KV cache, determinism, the Paris answer, the generation API (max_tokens,
+stop ids, stop sequences, sampling)."""
 
 import numpy as np
 import pytest
 
 from bench.corpus import PROSE
 from opinfer.engine.bpe_tokenizer import load_tokenizer
-from opinfer.engine import elements as el
-from opinfer.engine.quant import exact_matmul_blocked
-from opinfer.engine.smollm2 import LINEAR_IN_BITS, Fused, IntSmolLM2, Linear
+from opinfer.engine import native
+from opinfer.engine.smollm2 import IntSmolLM2, default_model, forward_many, reference_forward
 from opinfer.engine.smollm2_reference import SmolLM2Reference
 
 
 @pytest.fixture(scope="module")
 def model():
-    return IntSmolLM2.build()
+    return default_model()
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,46 @@ def test_build_and_run_are_deterministic(model, tok):
     ids = tok.encode("Same program, same input, same bits.")
     again = IntSmolLM2.build()
     assert np.array_equal(model.session(32).forward(ids), again.session(32).forward(ids))
+
+
+def test_native_forward_equals_the_numpy_reference(model, tok):
+    """The whole forward (prefill, then two decode steps) in C against the same rules
+    in plain numpy, op by op: every logit of every position, bit for bit."""
+    ids = tok.encode("Integer sums are exact, so every lane and thread gives the same bits.")
+    cache: dict = {}
+    ref = np.concatenate([reference_forward(model, ids, cache), reference_forward(model, [17], cache),
+                          reference_forward(model, [4000], cache)])
+    session = model.session(64)
+    got = np.concatenate([session.forward(ids, all_logits=True), session.forward([17], all_logits=True),
+                          session.forward([4000], all_logits=True)])
+    assert got.dtype == np.int64 and np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("threads,simd", [(1, True), (2, True), (4, True), (2, False)])
+def test_threads_and_simd_change_no_bit(model, tok, threads, simd):
+    ids = tok.encode("Threads split output rows; the sums stay exact.")
+    expected = model.session(64).forward(ids, all_logits=True)
+    before = native.lib().oi_get_threads()
+    try:
+        native.set_threads(threads)
+        native.set_simd(simd)
+        assert np.array_equal(model.session(64).forward(ids, all_logits=True), expected)
+    finally:
+        native.set_threads(before)
+        native.set_simd(True)
+
+
+def test_batched_sequences_get_their_own_bits(model, tok):
+    prompts = [tok.encode("First sequence."), tok.encode("A second, longer sequence of tokens."), [5]]
+    alone = [model.session(64).forward(p, all_logits=True) for p in prompts]
+    sessions = [model.session(64) for _ in prompts]
+    together = forward_many(sessions, prompts, all_logits=True)
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together))
+    steps = forward_many(sessions, [[11], [12], [13]])                  # a decode step of all three
+    for p, t, got in zip(prompts, (11, 12, 13), steps):
+        s = model.session(64)
+        s.forward(p)
+        assert np.array_equal(s.forward([t]), got)
 
 
 def test_greedy_chat_answer_names_paris(model, tok):
@@ -110,46 +151,6 @@ def test_sampled_tokens_come_from_next_token_with_the_step_index(model, greedy):
         logits = session.forward([token])
 
 
-RNG = np.random.default_rng(7)
-
-
-def test_blocked_exact_matmul_is_exact():
-    from opinfer.engine.quant import _blocks_needed
-
-    seen = set()
-    for k, n, a_max, b_max in ((576, 40, 512, 511), (1536, 30, 512, 511), (576, 20, 1024, 1023), (64, 8, 128, 127)):
-        b = RNG.integers(-b_max, b_max + 1, size=(k, n))
-        b[0] = b_max
-        row_max = np.abs(b).max(1)
-        for rows in (1, 3):
-            for scale in (0, 3, 6, 9, 12):    # small rows need fewer blocks (down to one plain product)
-                a = RNG.integers(-a_max, a_max + 1, size=(rows, k)) >> scale
-                a[:, 0] = a_max
-                for bound in (None, row_max):
-                    assert np.array_equal(exact_matmul_blocked(a, b.astype(np.float32), a_max, b_max, bound), a @ b)
-                seen.add(_blocks_needed(a[0], row_max, k))
-    assert {0, 1, 2} <= seen
-
-
-def test_linear_follows_the_dense_element_rule_and_fusing_changes_no_bit():
-    k = 576
-    ws = [RNG.integers(-511, 512, size=(n, k)) for n in (7, 5)]
-    lins = [Linear(w.T.astype(np.float32).copy(), RNG.integers(1, 2**20, size=w.shape[0]), shift, -2047, 2047,
-                   1 << 30, LINEAR_IN_BITS) for w, shift in zip(ws, (30, 12))]
-    x = RNG.integers(-(1 << 30), 1 << 30, size=(4, k)) >> RNG.integers(0, 30, size=(4, 1))
-    separate = [lin(x) for lin in lins]
-    for lin, w, got in zip(lins, ws, separate):
-        for r in range(x.shape[0]):
-            assert got[r].tolist() == [el.dense_wide(x[r].tolist(), w[c].tolist(), int(lin.mult[c]), lin.shift,
-                                                     lin.lo, lin.hi, LINEAR_IN_BITS) for c in range(w.shape[0])]
-    fused = Fused(lins)
-    assert all(lin.wt.base is fused.wt for lin in lins)
-    for r in range(x.shape[0]):                      # one row: the decoding paths
-        assert all(np.array_equal(f, s[r:r + 1]) for f, s in zip(fused.split(x[r:r + 1]), separate))
-        assert all(np.array_equal(lin(x[r:r + 1]), s[r:r + 1]) for lin, s in zip(lins, separate))
-    assert all(np.array_equal(f, s) for f, s in zip(fused.split(x), separate))
-
-
 def test_next_token_agreement_with_the_float_reference(model, tok):
     ids = tok.encode(PROSE)
     ours = model.session(len(ids)).forward(ids, all_logits=True).argmax(-1)
@@ -162,13 +163,24 @@ def test_context_overflow_is_a_clear_error(model):
         model.session(4).forward([1, 2, 3, 4, 5])
 
 
-def test_one_row_rms_norm_path_equals_the_batch_path():
-    from opinfer.engine.smollm2 import RMSNorm
+def test_the_kv_cache_grows_and_keeps_its_positions(model, tok):
+    ids = tok.encode("A cache that starts small " * 12)
+    whole = model.session(256).forward(ids)
+    s = model.session(256)
+    assert s.k.shape[2] == 64
+    s.forward(ids[:50])
+    s.forward(ids[50:])
+    assert s.k.shape[2] >= len(ids) and np.array_equal(s.forward([3], all_logits=True)[0],
+                                                       _then(model, ids, 3))
+    assert np.array_equal(model.session(256).forward(ids), whole)
 
-    x = RNG.integers(-(1 << 31), 1 << 31, size=(8, 576)) >> RNG.integers(0, 31, size=(8, 1))
-    x[0] = 0
-    gain = RNG.integers(-2**15, 2**15, size=576)
-    for eps in (0, 5, 2**30):
-        norm = RMSNorm(gain, eps)
-        batch = norm(x)
-        assert all(np.array_equal(norm(x[r:r + 1]), batch[r:r + 1]) for r in range(len(x)))
+
+def _then(model, ids, token):
+    s = model.session(len(ids) + 1)
+    s.forward(ids)
+    return s.forward([token])
+
+
+def test_out_of_vocabulary_tokens_are_a_clear_error(model):
+    with pytest.raises(ValueError, match="token ids"):
+        model.session(8).forward([49152])

@@ -107,7 +107,7 @@ def test_unread_slots_are_marked_in_the_witness():
 
 def test_the_real_program_has_a_bounded_context_and_refuses_what_it_cannot_run(program):
     from opinfer.engine.smollm2_program import MAX_CONTEXT, check_job
-    assert program.weights[1].shape == (MAX_CONTEXT, 64)      # the RoPE table: cos | sin
+    assert program.weights[2].shape == (MAX_CONTEXT, 64)      # the RoPE table: cos | sin (after the Q8_0 codes and scales)
     check_job(JobInput(tuple(range(MAX_CONTEXT)), max_tokens=1))
     for job, problem in ((JobInput(tuple(range(MAX_CONTEXT)), max_tokens=2), "context"),
                          (JobInput((49152, 1), max_tokens=1), "vocabulary"),

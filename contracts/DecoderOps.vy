@@ -227,10 +227,10 @@ def element(
                 acc += s * s2 * self._value(extract32(_witness, _pos[3] + b * _enc[3]), _enc[3], True)
         shifted: int256 = acc << d
         assert shifted >> d == acc, "DecoderOps: accumulator overflow"
-        g: uint256 = 4
+        grp: uint256 = 4
         if _params[3] != 0 and convert(n, int256) >= _params[3]:
-            g = 7
-        return staticcall rules.elem_requant(shifted, _params[2], convert(_params[g], uint256), _params[g + 1], _params[g + 2]), want
+            grp = 7
+        return staticcall rules.elem_requant(shifted, _params[2], convert(_params[grp], uint256), _params[grp + 1], _params[grp + 2]), want
 
     elif _code == OP_APPEND:
         # slots previous APPEND, src; params T (transposed), offset

@@ -102,27 +102,49 @@ def _bits_row(rng: random.Random, n: int, bits: int) -> list[int]:
     return row
 
 
-def dense_wide_cases(rng: random.Random, n: int):
-    outs = [(-127, 127), (-2048, 2047), (-32767, 32767), INT32]
+def block_dense_cases(rng: random.Random, n: int):
+    """Q4_1 and Q8_0 rows as SmolLM2 has them (576 and 1,536 wide) and short ones; inputs
+    from zero to 2^40 (row shifts up to 26), empty blocks, negative ties in the row shift
+    and in round_div(127 xs, s), saturating outputs, scales at the int32 edge, reverts."""
+    outs = [(-23000, 23000), (-(2**14), 2**14 - 1), INT32, (-127, 127)]
     for i in range(n):
-        k = [1536, 1536, 576, 576, 1536, 1][i] if i < 6 else rng.choice([1, 2, 3, 64, 576] + [rng.randint(1, 96)] * 4)
-        in_bits = 7 if i % 5 else rng.choice([1, 6, 8, 15, 30])
-        bits = rng.choice([0, 3, 7, 8, 9, 15, 16, 30, 31, 40])
-        a, w = _bits_row(rng, k, bits), _row(rng, k, 127)
-        mult, shift = rng.randint(1, 2**20), rng.randint(0, 40)
+        k = [1536, 576, 576, 1536, 32, 64][i] if i < 6 else rng.choice([32, 64, 96, 576, 1536] + [32 * rng.randint(1, 8)] * 3)
+        q4 = i % 3 != 2
+        nb = k // 32
+        bits = rng.choice([0, 3, 7, 15, 16, 17, 24, 31, 40])
+        a = _bits_row(rng, k, bits)
+        codes = _row_in(rng, k, 0, 15) if q4 else _row_in(rng, k, -128, 127)
+        dscale = [rng.randint(-2**24, 2**24) for _ in range(nb)]
+        mscale = [rng.randint(-2**27, 2**27) for _ in range(nb)] if q4 else []
+        mult, shift = rng.choice([8454660, rng.randint(1, 2**23)]), rng.randint(30, 70)
         lo, hi = rng.choice(outs)
-        if i == 0:  # the largest int16 row, all-equal: saturates
-            a, w, mult, shift, lo, hi = [-32768] * k, [-127] * k, 2**20 - 1, 10, *INT32
-        elif i == 1:  # int32 inputs of the down projection, all equal
-            a, w = [2**30] * k, [127] * k
-        elif i == 4:  # negative ties in the input shift: odd multiples of 2^(d-1)
-            d = 16 - 7
-            a = [-(2 * rng.randint(0, 63) + 1) << (d - 1) for _ in range(k)]
-            a[0] = -(1 << 15)
-            in_bits = 7
-        elif i == 5:
-            a = [rng.choice([-200, 200])]
-        yield (a, w, mult, shift, lo, hi, in_bits), el.dense_wide(a, w, mult, shift, lo, hi, in_bits)
+        if i == 0:      # the down projection's widest input, all equal, saturating at int32
+            a, codes, dscale, mscale, shift = [2**40] * k, [15] * k, [2**24] * nb, [2**27] * nb, 40
+            lo, hi = INT32
+        elif i == 3:    # negative ties in the row shift: odd multiples of 2^(d-1)
+            a = [-(2 * rng.randint(0, 2**14) + 1) << 5 for _ in range(k)]
+        elif i == 4:    # a block whose values tie in round_div(127 xs, s): xs = s / 2
+            a = [64] + [32] * 31
+        elif i == 5:    # one empty block, one at the scales' int32 edge
+            a = [0] * 32 + _bits_row(rng, 32, 15)
+            dscale, mscale = [2**31 - 1, -(2**31)], [-(2**31), 2**31 - 1]
+        m_arg = mscale if q4 else []
+        if i % 50 == 49:    # rows of different lengths, a row not a multiple of 32, too few scales: revert
+            kind = (i // 50) % 3
+            if kind == 0:
+                codes = codes[:-1]
+            elif kind == 1:
+                a, codes = a[:-5], codes[:-5]
+            else:
+                dscale = dscale[:-1]
+            yield (a, codes, dscale, m_arg, mult, shift, lo, hi), REVERT
+            continue
+        yield (a, codes, dscale, m_arg, mult, shift, lo, hi), el.block_dense(a, codes, dscale, m_arg if q4 else None,
+                                                                             mult, shift, lo, hi)
+
+
+def _row_in(rng: random.Random, n: int, lo: int, hi: int) -> list[int]:
+    return [rng.randint(lo, hi) for _ in range(n)]
 
 
 def rms_norm_cases(rng: random.Random, n: int):
@@ -361,7 +383,7 @@ CASES = {
     "elem_softmax": softmax_cases,
     "elem_residual": residual_cases,
     "elem_l2_normalise": l2_cases,
-    "elem_dense_wide": dense_wide_cases,
+    "elem_block_dense": block_dense_cases,
     "elem_rms_norm": rms_norm_cases,
     "elem_rope": rope_cases,
     "elem_rope_pair": rope_pair_cases,

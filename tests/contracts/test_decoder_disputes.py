@@ -59,7 +59,7 @@ def compute_args(trace: Trace, op_index: int, row: int, col: int, witness: bytes
 
 
 def template_ops(program) -> list[int]:
-    """One template op per (opcode, params[:2]) (e.g. both DENSE_WIDE folds, both
+    """One template op per (opcode, params[:2]) (e.g. both DENSE_BLOCK folds, both
     APPEND orientations, both MASKED_SUMS modes), plus the last BISECT."""
     seen, out = set(), []
     for j, op in enumerate(program.ops):
@@ -115,9 +115,9 @@ def test_every_decoder_op_class_matches_the_trace(system, decoder, traces, kind)
 # (APPEND's cache row vs new row, EMBED_TOKEN's prompt vs picked token, NEXT's
 # prompt / argmax / pick), step 0 where a previous-step slot is NOT_READ, the
 # three dense layers (q|k|v, the 3,072-wide gate|up, the 1,536-wide down) and
-# the folded LM head. Template ops: 0 EMBED_TOKEN, 1 RMS_NORM, 2 DENSE_WIDE
+# the folded LM head. Template ops: 0 EMBED_TOKEN, 1 RMS_NORM, 2 DENSE_BLOCK
 # (q|k|v), 3 ROPE, 4 APPEND (K), 5 APPEND (V^T), 6 SCORES, 7 SOFTMAX, 8 CONTEXT,
-# 10 RESIDUAL, 12 DENSE_WIDE (gate|up), 13 SWIGLU, 14 DENSE_WIDE (down), 32 the LM
+# 10 RESIDUAL, 12 DENSE_BLOCK (gate|up), 13 SWIGLU, 14 DENSE_BLOCK (down), 32 the LM
 # head, 33 CHUNK_ARGMAX, 34 SAMPLE_WEIGHTS, 35 MASKED_SUMS (totals), 36
 # MASKED_SUMS (mode 0), 37 the first BISECT, 69 the last, 71 PICK, 72
 # PICK_TOKEN, 73 NEXT, 74 MATCH, 75 GEN. The toy jobs have L = 4, M = 3: steps
@@ -126,10 +126,10 @@ CASES = [
     ("greedy", 0, 0, (0, 7), 50),            # EMBED_TOKEN, prompt token, previous NEXT not read
     ("sample", 0, 4, (0, 100), 50),          # EMBED_TOKEN, the token picked at step 3
     ("greedy", 1, 1, (0, 30), 500),          # RMS_NORM
-    ("greedy", 2, 0, (0, 11), 300),          # DENSE_WIDE q|k|v
-    ("sample", 12, 2, (0, 2500), 300),       # DENSE_WIDE gate|up, a column past 2,048
-    ("greedy", 14, 3, (0, 100), 1 << 12),    # DENSE_WIDE down, K = 1,536
-    ("sample", 32, 5, (1, 7), 1 << 20),      # DENSE_WIDE folded LM head
+    ("greedy", 2, 0, (0, 11), 300),          # DENSE_BLOCK q|k|v
+    ("sample", 12, 2, (0, 2500), 300),       # DENSE_BLOCK gate|up, a column past 2,048
+    ("greedy", 14, 3, (0, 100), 1 << 12),    # DENSE_BLOCK down, K = 1,536
+    ("sample", 32, 5, (1, 7), 1 << 20),      # DENSE_BLOCK folded LM head
     ("greedy", 3, 2, (0, 65), 300),          # ROPE
     ("greedy", 4, 0, (0, 5), 40),            # APPEND K, new row at step 0 (cache not read)
     ("sample", 19, 3, (1, 9), 40),           # APPEND K, cached row

@@ -111,7 +111,7 @@ def test_vectors_agree(batch, name):
 
 def test_batch_agrees_with_brownie_calls(rules, batch):
     """The hand-rolled batch encoding reads what brownie's own call reads."""
-    for name in ("elem_dense_wide", "elem_bisect_step", "elem_pick_chunk", "elem_draw"):
+    for name in ("elem_block_dense", "elem_bisect_step", "elem_pick_chunk", "elem_draw"):
         args, expected = next(c for c in cases(name, 200)[3:] if c[1] is not REVERT)
         value = getattr(rules, name)(*args)
         value = tuple(int(v) for v in value) if isinstance(value, tuple) else int(value)

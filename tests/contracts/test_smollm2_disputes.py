@@ -62,9 +62,9 @@ CASES = [
     (ops.EMBED_TOKEN, 0, 0, (0, 5), 3),            # token from T_0
     (ops.EMBED_TOKEN, 0, 5, (0, 100), 1),          # token from the previous step's NEXT
     (ops.RMS_NORM, 0, 1, (0, 17), 40),
-    (ops.DENSE_WIDE, 0, 2, (0, 700), 9),           # q|k|v
-    (ops.DENSE_WIDE, 3, 1, (0, 300), 1 << 12),     # down projection, a 1,536-wide row
-    (ops.DENSE_WIDE, -1, 4, (100, 17), 1 << 16),   # the folded LM head
+    (ops.DENSE_BLOCK, 0, 2, (0, 700), 9),           # q|k|v
+    (ops.DENSE_BLOCK, 3, 1, (0, 300), 1 << 12),     # down projection, a 1,536-wide row
+    (ops.DENSE_BLOCK, -1, 4, (100, 17), 1 << 16),   # the folded LM head
     (ops.ROPE, 0, 3, (0, 601), 5),
     (ops.APPEND, 0, 3, (1, 50), 7),                # K cache: a cached row
     (ops.APPEND, 0, 3, (3, 50), 7),                # K cache: the new row
@@ -99,7 +99,7 @@ def test_wrong_element_of_a_real_smollm2_job_is_narrowed_and_refuted(system, sta
     steps = honest.n // smollm2.num_ops
     position = (step % steps) * smollm2.num_ops + _op(smollm2, code, occurrence) + 1
     row, col = element
-    if code == ops.DENSE_WIDE and occurrence == 0:
+    if code == ops.DENSE_BLOCK and occurrence == 0:
         bad = corrupted_trace(smollm2, job, position, row, col, delta)   # every later op recomputed
         assert bad.state_root(bad.n) != honest.state_root(honest.n)
     else:

@@ -7,10 +7,22 @@ STAMPS := .stamps
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps compile test test-unit test-integration test-contracts test-coordinator test-challenger test-node test-faults bench up clean
+.PHONY: deps bench-deps compile test test-unit test-integration test-contracts test-coordinator test-challenger test-node test-faults bench up clean
 
 ## deps: create .venv, install pinned Python deps, the brownie/Vyper 0.4 shim and anvil.
-deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node $(STAMPS)/schemathesis $(STAMPS)/chromium
+deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node $(STAMPS)/schemathesis $(STAMPS)/chromium $(STAMPS)/native
+
+# The native integer kernels (C, gcc, no -march flag: AVX2 is chosen at run time).
+$(STAMPS)/native: opinfer/engine/native/oi_kernels.c $(STAMPS)/python
+	$(PY) -m opinfer.engine.native build
+	@touch $@
+
+## bench-deps: what the side-by-side benchmarks compare against, not needed by `make test`:
+## llama.cpp (llama-bench, llama-server, llama-perplexity) built from the sources vendored in the
+## llama-cpp-python sdist (GGML_NATIVE=OFF, AVX2/AVX-512, no AMX), and onnxruntime + onnx for MiniLM.
+bench-deps: deps
+	bench/build_llama.sh $(PY)
+	$(PY) -m pip install -q "onnxruntime==1.31.1" "onnx==1.23.2"
 
 $(STAMPS)/python: requirements.lock pyproject.toml
 	@mkdir -p $(STAMPS)
@@ -112,4 +124,4 @@ demo: compile
 	$(PY) -m opinfer.demo
 
 clean:
-	rm -rf build $(STAMPS) .venv .venv-schemathesis node_modules
+	rm -rf build $(STAMPS) bench/llama.cpp opinfer/engine/native/_oi_kernels.so .venv .venv-schemathesis node_modules

@@ -69,8 +69,9 @@ def dense_program(k: int, cols: int = 32, k_in: int = 40) -> Program:
 DECODER_STEPS = {
     "embed_token": (0, 4, (0, 100), "sample"),
     "rms_norm": (1, 1, (0, 30), "greedy"),
-    "dense_wide": (14, 3, (0, 100), "greedy"),
-    "dense_wide_lm_head": (32, 5, (1, 7), "sample"),
+    "dense_block": (14, 3, (0, 100), "greedy"),
+    "dense_block_gate_up": (12, 2, (0, 2500), "sample"),
+    "dense_block_lm_head": (32, 5, (1, 7), "sample"),
     "rope": (3, 2, (0, 65), "greedy"),
     "append": (19, 3, (1, 9), "sample"),
     "scores": (6, 3, (5, 2), "greedy"),

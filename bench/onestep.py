@@ -58,7 +58,7 @@ def per_class(verifier, trace: Trace, steps: list[int]) -> dict:
         variants.setdefault((op.code, op.params[:2]), j)
     out: dict = {}
     for (code, params), j in variants.items():
-        name = ops.NAMES[code] + ("_folded" if code == ops.DENSE_WIDE and params[1] else "")
+        name = ops.NAMES[code] + ("_folded" if code == ops.DENSE_BLOCK and params[1] else "")
         for step in steps:
             i = step * p.num_ops + j
             rows, cols = trace.tensors[i + 1].shape

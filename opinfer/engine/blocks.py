@@ -42,6 +42,9 @@ MULT_127_BITS = 30
 ACC_LIMIT = 1 << 62        # every |partial sum| of an accumulator stays below this (checked per matrix)
 Q4_1, Q8_0 = 0, 1
 FORMATS = {Q4_1: "Q4_1", Q8_0: "Q8_0"}
+# The native kernels' blocks, row by row (`pack`).
+Q4_1_PACKED = np.dtype([("D", "<i4"), ("M", "<i4"), ("qs", "u1", (16,))])          # 24 bytes
+Q8_0_PACKED = np.dtype([("D", "<i4"), ("qs", "i1", (32,))])                       # 36 bytes
 
 
 def fp16_to_grid(bits: np.ndarray) -> np.ndarray:
@@ -64,12 +67,14 @@ class QMatrix:
     codes: np.ndarray
     D: np.ndarray
     M: np.ndarray
+    checked: bool = False       # True: the bounds are known to hold (unpacked from a checked matrix)
 
     def __post_init__(self):
         n, k = self.codes.shape
         if k % BLOCK or self.D.shape != (n, k // BLOCK) or self.M.shape != self.D.shape:
             raise ValueError("a block matrix needs K a multiple of 32 and one (D, M) per block")
-        self.check_bounds()
+        if not self.checked:
+            self.check_bounds()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -102,7 +107,7 @@ class QMatrix:
                 raise ValueError("block products could leave int64")
 
     def rows(self, index) -> "QMatrix":
-        return QMatrix(self.fmt, self.codes[index], self.D[index], self.M[index])
+        return QMatrix(self.fmt, self.codes[index], self.D[index], self.M[index], checked=True)
 
     @classmethod
     def concat(cls, mats: list["QMatrix"]) -> "QMatrix":
@@ -115,21 +120,44 @@ class QMatrix:
 
 def from_gguf(raw: np.ndarray, type_name: str, n: int, k: int) -> QMatrix:
     """A GGUF tensor's raw bytes (gguf.GGUFReader's tensor.data) as a QMatrix [n, k]."""
+    return unpack(*pack_gguf(raw, type_name, n, k))
+
+
+def pack_gguf(raw: np.ndarray, type_name: str, n: int, k: int) -> tuple[np.ndarray, int]:
+    """(packed blocks, format) of a GGUF tensor's raw bytes: the file's blocks with their fp16
+    scales turned into exact int32 on the 2^-24 grid (`pack`'s layout; the nibble order is
+    the file's), checked against the accumulator bound chunk by chunk."""
     raw = np.asarray(raw, dtype=np.uint8)
     nb = k // BLOCK
     if type_name == "Q4_1":
         blocks = raw.reshape(n, nb, 20)
-        d = fp16_to_grid(blocks[..., 0:2].copy().view(np.uint16)[..., 0])
-        m = fp16_to_grid(blocks[..., 2:4].copy().view(np.uint16)[..., 0])
-        qs = blocks[..., 4:20]
-        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, k)   # element j: low nibble of byte j, j+16: high
-        return QMatrix(Q4_1, codes.astype(np.uint8), d, m)
-    if type_name == "Q8_0":
+        out = np.empty((n, nb), dtype=Q4_1_PACKED)
+        out["D"] = fp16_to_grid(blocks[..., 0:2].copy().view(np.uint16)[..., 0])
+        out["M"] = fp16_to_grid(blocks[..., 2:4].copy().view(np.uint16)[..., 0])
+        out["qs"] = blocks[..., 4:20]
+        fmt = Q4_1
+    elif type_name == "Q8_0":
         blocks = raw.reshape(n, nb, 34)
-        d = fp16_to_grid(blocks[..., 0:2].copy().view(np.uint16)[..., 0])
-        codes = blocks[..., 2:34].copy().view(np.int8).reshape(n, k)
-        return QMatrix(Q8_0, codes, d, np.zeros_like(d))
-    raise ValueError(f"block format {type_name} is not supported (Q4_1 and Q8_0 are)")
+        out = np.empty((n, nb), dtype=Q8_0_PACKED)
+        out["D"] = fp16_to_grid(blocks[..., 0:2].copy().view(np.uint16)[..., 0])
+        out["qs"] = blocks[..., 2:34].view(np.int8)
+        fmt = Q8_0
+    else:
+        raise ValueError(f"block format {type_name} is not supported (Q4_1 and Q8_0 are)")
+    for start in range(0, n, 4096):
+        unpack(out[start:start + 4096], fmt, checked=False)
+    return out, fmt
+
+
+def unpack(packed: np.ndarray, fmt: int, checked: bool = True) -> QMatrix:
+    """The QMatrix (codes, D, M) of packed blocks."""
+    n, nb = packed.shape
+    if fmt == Q4_1:
+        qs = packed["qs"]
+        codes = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).reshape(n, nb * BLOCK)
+        return QMatrix(Q4_1, codes, packed["D"].astype(np.int64), packed["M"].astype(np.int64), checked)
+    d = packed["D"].astype(np.int64)
+    return QMatrix(Q8_0, packed["qs"].reshape(n, nb * BLOCK), d, np.zeros_like(d), checked)
 
 
 # ---------------------------------------------------------------- numpy reference of the rules
@@ -227,10 +255,6 @@ def dense_shift(in_bits: int, out_bits: int) -> int:
 
 # ---------------------------------------------------------------- native layout
 
-Q4_1_PACKED = np.dtype([("D", "<i4"), ("M", "<i4"), ("qs", "u1", (16,))])          # 24 bytes
-Q8_0_PACKED = np.dtype([("D", "<i4"), ("qs", "i1", (32,))])                       # 36 bytes
-
-
 def pack(w: QMatrix) -> np.ndarray:
     """The native kernels' blocks, row by row: Q4_1 {int32 D, int32 M, 16 bytes: code j
     in the low nibble of byte j, code j + 16 in its high nibble} (the GGUF nibble order);
@@ -250,37 +274,41 @@ def pack(w: QMatrix) -> np.ndarray:
 
 
 class NativeDense:
-    """A block matrix with its requantisation (per-column shift and clamp, one
-    multiplier) in the native kernels' layout; `__call__` is block_dense."""
+    """Packed blocks with their requantisation (per-column shift and clamp, one
+    multiplier) for the native kernels; `__call__` is block_dense."""
 
-    def __init__(self, w: QMatrix, mult: int, shift, lo, hi):
+    def __init__(self, packed: np.ndarray, fmt: int, mult: int, shift, lo, hi):
         from opinfer.engine import native
 
-        n = w.shape[0]
-        self.w, self.mult = w, int(mult)
-        self.packed = pack(w)
+        n, nb = packed.shape
+        self.packed, self.fmt, self.mult = np.ascontiguousarray(packed), fmt, int(mult)
         col = lambda v: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64), (n,)))  # noqa: E731
         self.shift, self.lo, self.hi = col(shift), col(lo), col(hi)
-        self.struct = native.QMat(w.fmt, n, w.shape[1], self.mult, self.packed.ctypes.data, self.shift.ctypes.data,
+        self.shape = (n, nb * BLOCK)
+        self.struct = native.QMat(fmt, n, nb * BLOCK, self.mult, self.packed.ctypes.data, self.shift.ctypes.data,
                                   self.lo.ctypes.data, self.hi.ctypes.data)
+
+    @classmethod
+    def of(cls, w: QMatrix, mult: int, shift, lo, hi) -> "NativeDense":
+        return cls(pack(w), w.fmt, mult, shift, lo, hi)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         from opinfer.engine import native
 
         x = np.ascontiguousarray(x, dtype=np.int64)
-        out = np.empty((x.shape[0], self.w.shape[0]), dtype=np.int64)
+        out = np.empty((x.shape[0], self.shape[0]), dtype=np.int64)
         native.lib().oi_dense(self.struct, x.ctypes.data, x.shape[0], out.ctypes.data)
         return out
 
     def reference(self, x: np.ndarray) -> np.ndarray:
-        return block_dense(x, self.w, self.mult, self.shift, self.lo, self.hi)
+        return block_dense(x, unpack(self.packed, self.fmt), self.mult, self.shift, self.lo, self.hi)
 
     def acc(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(acc, xq, a, d) as the native kernels compute them."""
         from opinfer.engine import native
 
         x = np.ascontiguousarray(x, dtype=np.int64)
-        t, (n, k) = x.shape[0], self.w.shape
+        t, (n, k) = x.shape[0], self.shape
         acc = np.empty((t, n), dtype=np.int64)
         xq = np.empty((t, k), dtype=np.int8)
         a = np.empty((t, k // BLOCK), dtype=np.int32)

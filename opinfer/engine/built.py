@@ -151,8 +151,7 @@ def smollm2_from_program(program: Program):
     emb = cur.take(EMBED_TOKEN)
     if tuple(emb.params[:3]) != (sm.EMBED_SHIFT, *INT32):
         raise CommitmentError("the embedding's scale is not the engine's")
-    embed = bk.QMatrix(bk.Q8_0, cur.w(emb, 2).astype(np.int8), cur.w(emb, 3).copy(),
-                       np.zeros_like(cur.w(emb, 3)))
+    embed = (cur.w(emb, 2), cur.w(emb, 3))
 
     def gain(op: Op) -> np.ndarray:
         return cur.w(op, 1)[:, 0].copy()
@@ -161,7 +160,8 @@ def smollm2_from_program(program: Program):
         fmt, fold, mult, split, *groups = op.params[:10]
         codes = cur.w(op, 1).astype(np.uint8 if fmt == bk.Q4_1 else np.int8)
         m = cur.w(op, 3).copy() if fmt == bk.Q4_1 else np.zeros_like(cur.w(op, 2))
-        return sm.Dense(bk.QMatrix(fmt, codes, cur.w(op, 2).copy(), m), *groups[:3], split, *groups[3:6], mult=mult)
+        return sm.Dense.of(bk.QMatrix(fmt, codes, cur.w(op, 2).copy(), m), *groups[:3], split, *groups[3:6],
+                           mult=mult)
 
     layers, eps, rope, silu = [], None, None, None
     heads = kv_heads = head_dim = None
@@ -193,10 +193,15 @@ def smollm2_from_program(program: Program):
         cur.take(RESIDUAL)
         layers.append(sm.Layer(gain(norm), qkv, o, ffn_gain, gate_up, down))
     out_gain = gain(cur.take(RMS_NORM))
-    head = dense(cur.take(DENSE_BLOCK))
+    head_op = cur.take(DENSE_BLOCK)
+    if head_op.slots[1].ref != emb.slots[2].ref or head_op.slots[2].ref != emb.slots[3].ref:
+        raise CommitmentError("the LM head must be the token embeddings (tied)")
+    head = dense(head_op)
+    if not (np.array_equal(head.w.codes, embed[0]) and np.array_equal(head.w.D, embed[1])):
+        raise CommitmentError("the LM head must be the token embeddings (tied)")
     half = head_dim // 2
-    return sm.IntSmolLM2(embed, layers, out_gain, eps, rope[:, :half].copy(), rope[:, half:head_dim].copy(), silu,
-                         heads, kv_heads, head_dim, head)
+    return sm.IntSmolLM2(head, layers, out_gain, eps, rope[:, :half].copy(), rope[:, half:head_dim].copy(), silu,
+                         heads, kv_heads, head_dim)
 
 
 def main(argv=None) -> int:

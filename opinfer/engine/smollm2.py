@@ -60,10 +60,12 @@ CHAT_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, 
 
 @dataclass
 class Dense:
-    """A block matrix with its output format: columns [0, split) requantised with
-    (shift0, lo0, hi0), the rest with (shift1, lo1, hi1) (gate | up); one multiplier."""
+    """A block matrix (the file's blocks, packed for the native kernels) with its output
+    format: columns [0, split) requantised with (shift0, lo0, hi0), the rest with
+    (shift1, lo1, hi1) (gate | up); one multiplier."""
 
-    w: bk.QMatrix
+    packed: np.ndarray = field(repr=False)
+    fmt: int
     shift0: int
     lo0: int
     hi0: int
@@ -72,21 +74,42 @@ class Dense:
     lo1: int = 0
     hi1: int = 0
     mult: int = bk.MULT_127
-    native: bk.NativeDense | None = field(default=None, repr=False)
+    _native: bk.NativeDense | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, w: bk.QMatrix, *args, **kw) -> "Dense":
+        return cls(bk.pack(w), w.fmt, *args, **kw)
+
+    @property
+    def n(self) -> int:
+        return self.packed.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.packed.shape[1] * bk.BLOCK
+
+    @property
+    def w(self) -> bk.QMatrix:
+        """The blocks as (codes, D, M) integer arrays (unpacked on every call: the engine
+        keeps only the packed blocks)."""
+        return bk.unpack(self.packed, self.fmt)
 
     def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        n = self.w.shape[0]
-        split = self.split or n
-        col = lambda a, b: np.where(np.arange(n) < split, a, b).astype(np.int64)  # noqa: E731
+        split = self.split or self.n
+        col = lambda a, b: np.where(np.arange(self.n) < split, a, b).astype(np.int64)  # noqa: E731
         return col(self.shift0, self.shift1), col(self.lo0, self.lo1), col(self.hi0, self.hi1)
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         shift, lo, hi = self.columns()
         return bk.block_dense(x, self.w, self.mult, shift, lo, hi)
 
+    @property
+    def native(self) -> bk.NativeDense:
+        if self._native is None:
+            self._native = bk.NativeDense(self.packed, self.fmt, self.mult, *self.columns())
+        return self._native
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.native is None:
-            self.native = bk.NativeDense(self.w, self.mult, *self.columns())
         return self.native(x)
 
 
@@ -137,7 +160,7 @@ def silu_table() -> np.ndarray:
 
 @dataclass
 class IntSmolLM2:
-    embed: bk.QMatrix           # Q8_0 [V, H]: token embeddings and the tied LM head
+    head: Dense                 # the Q8_0 token embeddings [V, H]: gathered, and the tied LM head
     layers: list[Layer]
     out_gain: np.ndarray
     eps: int                    # at the squared residual scale
@@ -147,20 +170,27 @@ class IntSmolLM2:
     n_heads: int
     n_kv_heads: int
     head_dim: int
-    head: Dense = None          # the LM head (Dense over `embed`)
 
     def __post_init__(self):
-        if self.head is None:
-            self.head = Dense(self.embed, bk.dense_shift(ACT_BITS, LOGIT_BITS), *INT32)
         self._native = None
 
     @property
+    def embed(self) -> bk.QMatrix:
+        return self.head.w
+
+    def embed_rows(self, ids) -> np.ndarray:
+        """requant(D q, 1, EMBED_SHIFT) of the tokens' Q8_0 rows (elements.block_embed)."""
+        rows = bk.unpack(self.head.packed[np.asarray(ids, dtype=np.int64)], bk.Q8_0)
+        x = rows.codes.astype(np.int64).reshape(len(ids), -1, bk.BLOCK) * rows.D[..., None]
+        return requant(x, 1, EMBED_SHIFT, *INT32).reshape(len(ids), -1)
+
+    @property
     def hidden(self) -> int:
-        return self.embed.shape[1]
+        return self.head.k
 
     @property
     def vocab(self) -> int:
-        return self.embed.shape[0]
+        return self.head.n
 
     @property
     def max_ctx(self) -> int:
@@ -175,16 +205,23 @@ class IntSmolLM2:
         meta = gl.load_metadata(path)
         if meta.get("general.architecture") != "llama":
             raise gl.ModelFileError("expected a llama-architecture GGUF")
-        reader = gl._reader(path)
+        import gguf
+
+        reader = gguf.GGUFReader(path)          # our own reader: its memory map goes when the build ends
         tensors = {t.name: t for t in reader.tensors}
         H = int(meta["llama.embedding_length"])
         nh, nkv = int(meta["llama.attention.head_count"]), int(meta["llama.attention.head_count_kv"])
         D, F = H // nh, int(meta["llama.feed_forward_length"])
 
-        def q(name: str) -> bk.QMatrix:
-            t = tensors[name]
-            k, n = (int(v) for v in t.shape[:2])
-            return bk.from_gguf(t.data, t.tensor_type.name, n, k)
+        def q(*names: str) -> tuple[np.ndarray, int]:
+            packed = []
+            for name in names:
+                t = tensors[name]
+                k, n = (int(v) for v in t.shape[:2])
+                packed.append(bk.pack_gguf(t.data, t.tensor_type.name, n, k))
+            if len({fmt for _, fmt in packed}) != 1:
+                raise gl.ModelFileError(f"{names}: one block format expected")
+            return np.concatenate([p for p, _ in packed]), packed[0][1]
 
         def gain(name: str) -> np.ndarray:
             g = np.asarray(tensors[name].data, dtype=np.float64)   # float32 values, exact in float64
@@ -195,21 +232,24 @@ class IntSmolLM2:
             p = f"blk.{i}."
             layers.append(Layer(
                 attn_gain=gain(p + "attn_norm.weight"),
-                qkv=Dense(bk.QMatrix.concat([q(p + "attn_q.weight"), q(p + "attn_k.weight"), q(p + "attn_v.weight")]),
+                qkv=Dense(*q(p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"),
                           bk.dense_shift(ACT_BITS, QKV_BITS), *QKV_RANGE),
-                o=Dense(q(p + "attn_output.weight"), bk.dense_shift(ACT_BITS, RESIDUAL_BITS), *INT32),
+                o=Dense(*q(p + "attn_output.weight"), bk.dense_shift(ACT_BITS, RESIDUAL_BITS), *INT32),
                 ffn_gain=gain(p + "ffn_norm.weight"),
-                gate_up=Dense(bk.QMatrix.concat([q(p + "ffn_gate.weight"), q(p + "ffn_up.weight")]),
+                gate_up=Dense(*q(p + "ffn_gate.weight", p + "ffn_up.weight"),
                               bk.dense_shift(ACT_BITS, GATE_BITS), *GATE_RANGE, split=F,
                               shift1=bk.dense_shift(ACT_BITS, UP_BITS), lo1=INT32[0], hi1=INT32[1]),
-                down=Dense(q(p + "ffn_down.weight"), bk.dense_shift(SILU_BITS + UP_BITS, RESIDUAL_BITS), *INT32),
+                down=Dense(*q(p + "ffn_down.weight"), bk.dense_shift(SILU_BITS + UP_BITS, RESIDUAL_BITS), *INT32),
             ))
         if "output.weight" in tensors:
             raise gl.ModelFileError("an untied LM head is not supported")
         eps = int(math.floor(float(meta["llama.attention.layer_norm_rms_epsilon"]) * (1 << 2 * RESIDUAL_BITS) + 0.5))
         rows = rope_rows or int(meta.get("llama.context_length", 2048))
         cos, sin = rope_tables(rows, D, float(meta.get("llama.rope.freq_base", 10000.0)))
-        return cls(q("token_embd.weight"), layers, gain("output_norm.weight"), eps, cos, sin, silu_table(), nh, nkv, D)
+        head = Dense(*q("token_embd.weight"), bk.dense_shift(ACT_BITS, LOGIT_BITS), *INT32)
+        out_gain = gain("output_norm.weight")
+        del reader, tensors
+        return cls(head, layers, out_gain, eps, cos, sin, silu_table(), nh, nkv, D)
 
     def session(self, max_ctx: int = 2048) -> "Session":
         return Session(self, max_ctx)
@@ -221,9 +261,6 @@ class IntSmolLM2:
         if self._native is None:
             from opinfer.engine import native
 
-            for dense in self.all_dense():
-                if dense.native is None:
-                    dense.native = bk.NativeDense(dense.w, dense.mult, *dense.columns())
             keep = {}
 
             def arr(a, dtype=np.int64):
@@ -243,7 +280,7 @@ class IntSmolLM2:
             keep[id(head)] = head
             m = native.Model(
                 n_layers=len(L), hidden=self.hidden, n_heads=self.n_heads, n_kv=self.n_kv_heads,
-                head_dim=self.head_dim, ffn=L[0].down.w.shape[1], vocab=self.vocab, rope_rows=self.max_ctx,
+                head_dim=self.head_dim, ffn=L[0].down.k, vocab=self.vocab, rope_rows=self.max_ctx,
                 eps=self.eps, norm_lo=INT32[0], norm_hi=INT32[1], score_mult=1, score_shift=SCORE_SHIFT,
                 prob_one=PROB_ONE, ctx_mult=CTX_MULT, ctx_shift=CTX_SHIFT, ctx_lo=INT32[0], ctx_hi=INT32[1],
                 embed_shift=EMBED_SHIFT, res_lo=INT32[0], res_hi=INT32[1], silu_off=SILU_HALF,
@@ -260,9 +297,10 @@ class IntSmolLM2:
 
     def sliced(self, layers: int, vocab: int, rope_rows: int) -> "IntSmolLM2":
         """The first `layers` blocks and `vocab` tokens (test models with real weights)."""
-        return IntSmolLM2(self.embed.rows(slice(0, vocab)), self.layers[:layers], self.out_gain, self.eps,
-                          self.cos[:rope_rows], self.sin[:rope_rows], self.silu, self.n_heads, self.n_kv_heads,
-                          self.head_dim)
+        h = self.head
+        head = Dense(h.packed[:vocab].copy(), h.fmt, h.shift0, h.lo0, h.hi0, mult=h.mult)
+        return IntSmolLM2(head, self.layers[:layers], self.out_gain, self.eps, self.cos[:rope_rows],
+                          self.sin[:rope_rows], self.silu, self.n_heads, self.n_kv_heads, self.head_dim)
 
 
 class Session:
@@ -407,8 +445,7 @@ def reference_forward(model: IntSmolLM2, ids, cache: dict | None = None, on_op=N
     ids = np.asarray(list(ids), dtype=np.int64)
     T, D, nh, nkv = len(ids), m.head_dim, m.n_heads, m.n_kv_heads
     see = on_op or (lambda *a: None)
-    codes = m.embed.codes[ids].astype(np.int64).reshape(T, -1, bk.BLOCK)
-    x = requant(codes * m.embed.D[ids][..., None], 1, EMBED_SHIFT, *INT32).reshape(T, -1)
+    x = m.embed_rows(ids)
     see("embed", -1, x)
     cos, sin = m.cos[pos:pos + T], m.sin[pos:pos + T]
     for i, la in enumerate(m.layers):

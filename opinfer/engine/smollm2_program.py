@@ -43,12 +43,12 @@ T0 = Slot(ref(INPUT), ONE, dim(0, 1, 0, 1))
 def _dense(b: ProgramBuilder, x: Slot, dense: sm.Dense, weights: list[Slot] | None = None, fold: int = 0) -> Slot:
     """A DENSE_BLOCK op: slots x, codes, D (and M for Q4_1); params fmt, F, mult, split,
     (shift, lo, hi) of the columns below split, (shift, lo, hi) of the rest."""
-    w = dense.w
+    w = dense.w if weights is None else None
     if weights is None:
         weights = [b.weight(w.codes.astype(np.int64)), b.weight(w.D)] + ([b.weight(w.M)] if w.fmt == blk.Q4_1 else [])
-    n = w.shape[0]
+    n = dense.n
     rows, cols = (dim(n // fold), dim(fold)) if fold else (ONE, dim(n))
-    params = [w.fmt, fold, dense.mult, dense.split, dense.shift0, dense.lo0, dense.hi0, dense.shift1, dense.lo1,
+    params = [dense.fmt, fold, dense.mult, dense.split, dense.shift0, dense.lo0, dense.hi0, dense.shift1, dense.lo1,
               dense.hi1]
     return b.op(DENSE_BLOCK, rows, cols, [x, *weights], params)
 
@@ -68,7 +68,9 @@ def build_program(model: sm.IntSmolLM2) -> Program:
     chunks = vocab // TABLE_WIDTH
 
     # The Q8_0 token embeddings: gathered by EMBED_TOKEN, multiplied by the tied LM head.
-    embed = [b.weight(model.embed.codes.astype(np.int64)), b.weight(model.embed.D)]
+    emb = model.embed
+    embed = [b.weight(emb.codes.astype(np.int64)), b.weight(emb.D)]
+    del emb
     # EMBED_TOKEN reads the previous step's NEXT, whose index is known once
     # the template is complete: built with a placeholder, patched below.
     x = b.op(EMBED_TOKEN, ONE, dim(width), [T0, b.prev(0, ONE, ONE), *embed], [sm.EMBED_SHIFT, *INT32])

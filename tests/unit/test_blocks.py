@@ -35,7 +35,7 @@ def test_native_dense_equals_numpy_and_the_element_rule(fmt):
     w = _random(fmt, 43, 576)
     x = _rows(6, 576)
     shift = RNG.integers(40, 70, size=43)
-    dense = bk.NativeDense(w, bk.MULT_127, shift, -(2**31), 2**31 - 1)
+    dense = bk.NativeDense.of(w, bk.MULT_127, shift, -(2**31), 2**31 - 1)
     ref = dense.reference(x)
     before = native.lib().oi_get_threads()
     try:
@@ -74,7 +74,7 @@ def test_real_blocks_are_the_files_weights():
         expected = gguf.quants.dequantize(t.data, t.tensor_type)[rows].astype(np.float64)
         assert np.array_equal(w.dequantize(), expected)
         x = _rows(4, k) >> 10
-        dense = bk.NativeDense(w, bk.MULT_127, 60, -(2**31), 2**31 - 1)
+        dense = bk.NativeDense.of(w, bk.MULT_127, 60, -(2**31), 2**31 - 1)
         assert np.array_equal(dense(x), dense.reference(x))
 
 

@@ -22,7 +22,9 @@ $(STAMPS)/native: opinfer/engine/native/oi_kernels.c $(STAMPS)/python
 ## llama-cpp-python sdist (GGML_NATIVE=OFF, AVX2/AVX-512, no AMX), and onnxruntime + onnx for MiniLM.
 bench-deps: deps
 	bench/build_llama.sh $(PY)
-	$(PY) -m pip install -q "onnxruntime==1.31.1" "onnx==1.23.2"
+	# in bench/.pydeps, outside the pinned environment (bench/engine.py adds it to sys.path)
+	$(PY) -m pip install -q --no-deps --target bench/.pydeps "onnxruntime==1.31.1" "onnx==1.23.2" \
+	  "protobuf==6.33.1" "flatbuffers==25.9.23" "ml_dtypes==0.5.4"
 
 $(STAMPS)/python: requirements.lock pyproject.toml
 	@mkdir -p $(STAMPS)
@@ -124,4 +126,4 @@ demo: compile
 	$(PY) -m opinfer.demo
 
 clean:
-	rm -rf build $(STAMPS) bench/llama.cpp opinfer/engine/native/_oi_kernels.so .venv .venv-schemathesis node_modules
+	rm -rf build $(STAMPS) bench/llama.cpp bench/.pydeps opinfer/engine/native/_oi_kernels.so .venv .venv-schemathesis node_modules

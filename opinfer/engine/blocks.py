@@ -144,8 +144,8 @@ def pack_gguf(raw: np.ndarray, type_name: str, n: int, k: int) -> tuple[np.ndarr
         fmt = Q8_0
     else:
         raise ValueError(f"block format {type_name} is not supported (Q4_1 and Q8_0 are)")
-    for start in range(0, n, 4096):
-        unpack(out[start:start + 4096], fmt, checked=False)
+    for start in range(0, n, 512):          # bounded temporaries
+        unpack(out[start:start + 512], fmt, checked=False)
     return out, fmt
 
 

@@ -24,6 +24,7 @@ plain numpy, op by op, and tests check the two give the same bits.
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -249,6 +250,7 @@ class IntSmolLM2:
         head = Dense(*q("token_embd.weight"), bk.dense_shift(ACT_BITS, LOGIT_BITS), *INT32)
         out_gain = gain("output_norm.weight")
         del reader, tensors
+        gc.collect()                            # the reader's memory map holds reference cycles
         return cls(head, layers, out_gain, eps, cos, sin, silu_table(), nh, nkv, D)
 
     def session(self, max_ctx: int = 2048) -> "Session":

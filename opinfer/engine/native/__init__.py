@@ -107,9 +107,10 @@ def set_threads(n: int) -> int:
     return lib().oi_set_threads(int(n))
 
 
-def set_simd(on: bool) -> bool:
-    """Use the AVX2 kernels when the CPU has them (True) or the scalar ones (False); returns AVX2 in use."""
-    return bool(lib().oi_set_simd(1 if on else 0))
+def set_simd(level: int = 2) -> int:
+    """Which kernels run: 0 scalar, 1 AVX2, 2 AVX2 with AVX-VNNI (the default), each only
+    where the CPU has it (the same bits on every path); returns the level in use."""
+    return int(lib().oi_set_simd(int(level)))
 
 
 def ptr(a: np.ndarray | None) -> int | None:

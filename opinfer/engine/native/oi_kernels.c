@@ -219,7 +219,7 @@ int oi_get_threads(void) { return n_threads; }
 
 /* One row: d = max(bit_length(max |x|) - 15, 0), xs = (x + 2^(d-1)) >> d, per block
    a = max |xs|, xq = round_div(127 xs, a); as2 = a * sum xq. Returns d. */
-static int quantize_row(const int64_t *x, int64_t k, int8_t *xq, int32_t *a, int32_t *as2) {
+static int quantize_row(const int64_t *x, int64_t k, int8_t *xq, int32_t *a, int32_t *as2, int32_t *s2out) {
     uint64_t m = 0;
     for (int64_t i = 0; i < k; i++) {
         uint64_t v = x[i] < 0 ? (uint64_t)(-x[i]) : (uint64_t)x[i];
@@ -256,6 +256,7 @@ static int quantize_row(const int64_t *x, int64_t k, int8_t *xq, int32_t *a, int
             }
         }
         as2[b] = amax * s2;
+        s2out[b] = s2;
     }
     return d;
 }
@@ -338,70 +339,121 @@ __attribute__((target("avx2,fma"))) static int64_t dot_q8_0_avx2(const blk_q8_0 
     return hsum64(_mm256_add_epi64(acc0, acc1));
 }
 
-/* Four weight rows at once against one activation row: each block's x is loaded
-   once, the four rows' S1 lanes are reduced together (hadd), and the scale products
-   run on 4 x int64 lanes. acc[r] as dot_q4_1_scalar of row r. */
-__attribute__((target("avx2,fma"))) static void dot4_q4_1_avx2(const blk_q4_1 *w, int64_t nb, const int8_t *xq,
-                                                               const int32_t *a, const int32_t *as2, int64_t *acc) {
-    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    const blk_q4_1 *w0 = w, *w1 = w + nb, *w2 = w + 2 * nb, *w3 = w + 3 * nb;
-    __m256i sum = _mm256_setzero_si256();
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-#define Q4ROW(W) ({ __m128i raw = _mm_loadu_si128((const __m128i *)(W)[b].qs); \
-        __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), m4); \
-        _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones); })
-        __m256i p0 = Q4ROW(w0), p1 = Q4ROW(w1), p2 = Q4ROW(w2), p3 = Q4ROW(w3);
-#undef Q4ROW
-        __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
-        __m128i s1 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));  /* S1 of rows 0..3 */
-        s1 = _mm_mullo_epi32(s1, _mm_set1_epi32(a[b]));                                          /* |a S1| < 2^31 */
-        __m256i dv = _mm256_setr_epi64x(w0[b].D, w1[b].D, w2[b].D, w3[b].D);
-        __m256i mv = _mm256_setr_epi64x(w0[b].M, w1[b].M, w2[b].M, w3[b].M);
-        sum = _mm256_add_epi64(sum, _mm256_mul_epi32(_mm256_cvtepi32_epi64(s1), dv));
-        sum = _mm256_add_epi64(sum, _mm256_mul_epi32(mv, _mm256_set1_epi64x(as2[b])));
-    }
-    _mm256_storeu_si256((__m256i *)acc, sum);
-}
+/* Four weight rows against up to TMAX activation rows (decoding one or several
+   sequences, prefill): each block's codes are unpacked and its scales gathered once,
+   then used for every activation row; the four rows' S1 lanes are reduced together
+   (hadd) and the scale products run on 4 x int64 lanes. acc[4 t + r] is
+   dot_q4_1_scalar / dot_q8_0_scalar of weight row r and activation row t.
+   Two builds of each: AVX2 (maddubs + madd) and AVX-VNNI (dpbusd, the same sums). */
+#define TMAX 8
+#define MAC_AVX2(q, x) _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), ones)
+#define MAC_VNNI(q, x) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), q, x)
 
-__attribute__((target("avx2,fma"))) static void dot4_q8_0_avx2(const blk_q8_0 *w, int64_t nb, const int8_t *xq,
-                                                               const int32_t *a, int64_t *acc) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    const blk_q8_0 *w0 = w, *w1 = w + nb, *w2 = w + 2 * nb, *w3 = w + 3 * nb;
-    int64_t r0 = 0, r1 = 0, r2 = 0, r3 = 0;
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
-#define Q8ROW(W) ({ __m256i q = _mm256_loadu_si256((const __m256i *)(W)[b].qs); \
-        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q)), ones); })
-        __m256i p0 = Q8ROW(w0), p1 = Q8ROW(w1), p2 = Q8ROW(w2), p3 = Q8ROW(w3);
-#undef Q8ROW
-        __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
-        __m128i s1 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-        int64_t ab = a[b];   /* |S1| < 2^19: a S1 D in int64 (the matrix's bound check keeps every sum below 2^62) */
-        r0 += ab * _mm_extract_epi32(s1, 0) * w0[b].D;
-        r1 += ab * _mm_extract_epi32(s1, 1) * w1[b].D;
-        r2 += ab * _mm_extract_epi32(s1, 2) * w2[b].D;
-        r3 += ab * _mm_extract_epi32(s1, 3) * w3[b].D;
+#define DEF_DOT4XT_Q4_1(NAME, TARGET, MAC)                                                                     \
+    __attribute__((target(TARGET))) static void NAME(const blk_q4_1 *w, int64_t nb, int64_t T, const int8_t *xq, \
+                                                     const int32_t *a, const int32_t *as2, const int32_t *s2,      \
+                                                     int64_t k, int64_t *acc) {                                    \
+        const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);                                    \
+        (void)ones; (void)s2;                                                                                      \
+        const blk_q4_1 *w0 = w, *w1 = w + nb, *w2 = w + 2 * nb, *w3 = w + 3 * nb;                                 \
+        __m256i sum[TMAX];                                                                                         \
+        for (int64_t t = 0; t < T; t++) sum[t] = _mm256_setzero_si256();                                           \
+        for (int64_t b = 0; b < nb; b++) {                                                                         \
+            __m128i r0 = _mm_loadu_si128((const __m128i *)w0[b].qs), r1 = _mm_loadu_si128((const __m128i *)w1[b].qs); \
+            __m128i r2 = _mm_loadu_si128((const __m128i *)w2[b].qs), r3 = _mm_loadu_si128((const __m128i *)w3[b].qs); \
+            const __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), m4);                 \
+            const __m256i q1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r1, 4), r1), m4);                 \
+            const __m256i q2 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r2, 4), r2), m4);                 \
+            const __m256i q3 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r3, 4), r3), m4);                 \
+            const __m256i dv = _mm256_setr_epi64x(w0[b].D, w1[b].D, w2[b].D, w3[b].D);                             \
+            const __m256i mv = _mm256_setr_epi64x(w0[b].M, w1[b].M, w2[b].M, w3[b].M);                             \
+            for (int64_t t = 0; t < T; t++) {                                                                      \
+                __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * k + b * BLOCK));                         \
+                __m256i p0 = MAC(q0, x), p1 = MAC(q1, x), p2 = MAC(q2, x), p3 = MAC(q3, x);                        \
+                __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));              \
+                __m128i s1 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));            \
+                s1 = _mm_mullo_epi32(s1, _mm_set1_epi32(a[t * nb + b])); /* |a S1| < 2^31 */                     \
+                __m256i st = _mm256_add_epi64(sum[t], _mm256_mul_epi32(_mm256_cvtepi32_epi64(s1), dv));           \
+                sum[t] = _mm256_add_epi64(st, _mm256_mul_epi32(mv, _mm256_set1_epi64x(as2[t * nb + b])));        \
+            }                                                                                                      \
+        }                                                                                                          \
+        for (int64_t t = 0; t < T; t++) _mm256_storeu_si256((__m256i *)(acc + 4 * t), sum[t]);                    \
     }
-    acc[0] = r0;
-    acc[1] = r1;
-    acc[2] = r2;
-    acc[3] = r3;
-}
+
+/* Q8_0: AVX2 multiplies |q| by x with q's sign (pairs below 2^15); VNNI multiplies the
+   unsigned q + 128 by x and takes 128 S2 back off. Either way S1 is exact. */
+#define Q8_PREP_AVX2(q) _mm256_sign_epi8(q, q)
+#define Q8_MAC_AVX2(qa, q, x) _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(x, q)), ones)
+#define Q8_FIX_AVX2(s1, s2v) (s1)
+#define Q8_PREP_VNNI(q) _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80))
+#define Q8_MAC_VNNI(qa, q, x) _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), qa, x)
+#define Q8_FIX_VNNI(s1, s2v) _mm_sub_epi32(s1, _mm_slli_epi32(s2v, 7))
+
+#define DEF_DOT4XT_Q8_0(NAME, TARGET, PREP, QMAC, FIX)                                                          \
+    __attribute__((target(TARGET))) static void NAME(const blk_q8_0 *w, int64_t nb, int64_t T, const int8_t *xq, \
+                                                     const int32_t *a, const int32_t *as2, const int32_t *s2,      \
+                                                     int64_t k, int64_t *acc) {                                    \
+        const __m256i ones = _mm256_set1_epi16(1);                                                                 \
+        (void)ones; (void)as2;                                                                                     \
+        const blk_q8_0 *w0 = w, *w1 = w + nb, *w2 = w + 2 * nb, *w3 = w + 3 * nb;                                 \
+        for (int64_t i = 0; i < 4 * T; i++) acc[i] = 0;                                                            \
+        for (int64_t b = 0; b < nb; b++) {                                                                         \
+            const __m256i q0 = _mm256_loadu_si256((const __m256i *)w0[b].qs);                                      \
+            const __m256i q1 = _mm256_loadu_si256((const __m256i *)w1[b].qs);                                      \
+            const __m256i q2 = _mm256_loadu_si256((const __m256i *)w2[b].qs);                                      \
+            const __m256i q3 = _mm256_loadu_si256((const __m256i *)w3[b].qs);                                      \
+            const __m256i a0 = PREP(q0), a1 = PREP(q1), a2 = PREP(q2), a3 = PREP(q3);                              \
+            const int64_t d0 = w0[b].D, d1 = w1[b].D, d2 = w2[b].D, d3 = w3[b].D;                                  \
+            for (int64_t t = 0; t < T; t++) {                                                                      \
+                __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * k + b * BLOCK));                         \
+                __m256i p0 = QMAC(a0, q0, x), p1 = QMAC(a1, q1, x), p2 = QMAC(a2, q2, x), p3 = QMAC(a3, q3, x);    \
+                __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));              \
+                __m128i s1 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));            \
+                s1 = FIX(s1, _mm_set1_epi32(s2[t * nb + b]));                                                      \
+                int64_t ab = a[t * nb + b]; /* |S1| < 2^19: a S1 D in int64 (the bound check) */                   \
+                int64_t *o = acc + 4 * t;                                                                          \
+                o[0] += ab * _mm_extract_epi32(s1, 0) * d0;                                                        \
+                o[1] += ab * _mm_extract_epi32(s1, 1) * d1;                                                        \
+                o[2] += ab * _mm_extract_epi32(s1, 2) * d2;                                                        \
+                o[3] += ab * _mm_extract_epi32(s1, 3) * d3;                                                        \
+            }                                                                                                      \
+        }                                                                                                          \
+    }
+
+DEF_DOT4XT_Q4_1(dot4xt_q4_1_avx2, "avx2,fma", MAC_AVX2)
+DEF_DOT4XT_Q4_1(dot4xt_q4_1_vnni, "avx2,fma,avxvnni", MAC_VNNI)
+DEF_DOT4XT_Q8_0(dot4xt_q8_0_avx2, "avx2,fma", Q8_PREP_AVX2, Q8_MAC_AVX2, Q8_FIX_AVX2)
+DEF_DOT4XT_Q8_0(dot4xt_q8_0_vnni, "avx2,fma,avxvnni", Q8_PREP_VNNI, Q8_MAC_VNNI, Q8_FIX_VNNI)
+
+typedef void (*dot4xt_q4_fn)(const blk_q4_1 *, int64_t, int64_t, const int8_t *, const int32_t *, const int32_t *,
+                             const int32_t *, int64_t, int64_t *);
+typedef void (*dot4xt_q8_fn)(const blk_q8_0 *, int64_t, int64_t, const int8_t *, const int32_t *, const int32_t *,
+                             const int32_t *, int64_t, int64_t *);
+static dot4xt_q4_fn dot4xt_q4_1 = dot4xt_q4_1_avx2;
+static dot4xt_q8_fn dot4xt_q8_0 = dot4xt_q8_0_avx2;
 
 static int use_avx2 = -1;
+
+static int use_vnni = -1;
 
 static inline int have_avx2(void) {
     if (use_avx2 < 0) {
         __builtin_cpu_init();
         use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        if (use_vnni < 0) use_vnni = use_avx2 && __builtin_cpu_supports("avxvnni");
+        dot4xt_q4_1 = use_vnni ? dot4xt_q4_1_vnni : dot4xt_q4_1_avx2;
+        dot4xt_q8_0 = use_vnni ? dot4xt_q8_0_vnni : dot4xt_q8_0_avx2;
     }
     return use_avx2;
 }
 
-int oi_set_simd(int on) {   /* tests compare the scalar and AVX2 paths */
-    use_avx2 = on ? -1 : 0;
-    return have_avx2();
+/* Which kernels run: 0 scalar, 1 AVX2, 2 AVX2 + AVX-VNNI where the CPU has them (tests compare all). */
+int oi_set_simd(int level) {
+    use_avx2 = level >= 1 ? -1 : 0;
+    use_vnni = level >= 2 ? -1 : 0;
+    if (level == 0) return 0;
+    have_avx2();
+    return use_avx2 + (use_vnni > 0);
 }
 
 static inline int64_t row_dot(const oi_qmat *w, int64_t n, const int8_t *xq, const int32_t *a, const int32_t *as2) {
@@ -418,7 +470,7 @@ typedef struct {
     const oi_qmat *w;
     int64_t t;                  /* rows of activations */
     const int8_t *xq;
-    const int32_t *a, *as2;
+    const int32_t *a, *as2, *s2;
     const int32_t *d;
     int64_t *out;               /* [t, ldo] */
     int64_t ldo, col0;          /* output row stride and the first weight row */
@@ -432,16 +484,20 @@ static void dense_task(void *p, int64_t start, int64_t end) {
     int64_t n = start;
     if (use_avx2)
         for (; n + 4 <= end; n += 4) {
-            int64_t c = j->col0 + n, acc[4];
-            for (int64_t t = 0; t < j->t; t++) {
+            int64_t c = j->col0 + n, acc[4 * TMAX];
+            for (int64_t t0 = 0; t0 < j->t; t0 += TMAX) {
+                int64_t tn = j->t - t0 < TMAX ? j->t - t0 : TMAX;
                 if (w->fmt == 0)
-                    dot4_q4_1_avx2((const blk_q4_1 *)w->data + c * nb, nb, j->xq + t * w->k, j->a + t * nb,
-                                   j->as2 + t * nb, acc);
+                    dot4xt_q4_1((const blk_q4_1 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k, j->a + t0 * nb,
+                                j->as2 + t0 * nb, j->s2 + t0 * nb, w->k, acc);
                 else
-                    dot4_q8_0_avx2((const blk_q8_0 *)w->data + c * nb, nb, j->xq + t * w->k, j->a + t * nb, acc);
-                for (int r = 0; r < 4; r++)
-                    j->out[t * j->ldo + n + r] = j->fold_only_acc ? acc[r]
-                        : requant_shifted(acc[r], j->d[t], w->mult, w->shift[c + r], w->lo[c + r], w->hi[c + r]);
+                    dot4xt_q8_0((const blk_q8_0 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k, j->a + t0 * nb,
+                                j->as2 + t0 * nb, j->s2 + t0 * nb, w->k, acc);
+                for (int64_t t = 0; t < tn; t++)
+                    for (int r = 0; r < 4; r++)
+                        j->out[(t0 + t) * j->ldo + n + r] = j->fold_only_acc ? acc[4 * t + r]
+                            : requant_shifted(acc[4 * t + r], j->d[t0 + t], w->mult, w->shift[c + r], w->lo[c + r],
+                                              w->hi[c + r]);
             }
         }
     for (; n < end; n++) {
@@ -456,7 +512,7 @@ static void dense_task(void *p, int64_t start, int64_t end) {
 
 typedef struct {
     int8_t *xq;
-    int32_t *a, *as2, *d;
+    int32_t *a, *as2, *s2, *d;
     int64_t cap_x, cap_t;
 } act_buf;
 
@@ -465,10 +521,12 @@ static void act_reserve(act_buf *b, int64_t t, int64_t k) {
         free(b->xq);
         free(b->a);
         free(b->as2);
+        free(b->s2);
         b->cap_x = t * k;
         b->xq = malloc(b->cap_x + 64);
         b->a = malloc(sizeof(int32_t) * (b->cap_x / BLOCK + 1));
         b->as2 = malloc(sizeof(int32_t) * (b->cap_x / BLOCK + 1));
+        b->s2 = malloc(sizeof(int32_t) * (b->cap_x / BLOCK + 1));
     }
     if (t > b->cap_t) {
         free(b->d);
@@ -481,8 +539,9 @@ static void dense_rows(const oi_qmat *w, const int64_t *x, int64_t t, int64_t *o
                        act_buf *buf, int raw) {
     int64_t k = w->k, nb = k / BLOCK;
     act_reserve(buf, t, k);
-    for (int64_t r = 0; r < t; r++) buf->d[r] = quantize_row(x + r * k, k, buf->xq + r * k, buf->a + r * nb, buf->as2 + r * nb);
-    dense_job j = {w, t, buf->xq, buf->a, buf->as2, buf->d, out, rows, col0, raw};
+    for (int64_t r = 0; r < t; r++)
+        buf->d[r] = quantize_row(x + r * k, k, buf->xq + r * k, buf->a + r * nb, buf->as2 + r * nb, buf->s2 + r * nb);
+    dense_job j = {w, t, buf->xq, buf->a, buf->as2, buf->s2, buf->d, out, rows, col0, raw};
     parallel_for(dense_task, &j, rows, 16);
 }
 
@@ -493,7 +552,7 @@ int oi_dense(const oi_qmat *w, const int64_t *x, int64_t t, int64_t *out) {
     have_avx2();
     act_buf buf = {0};
     dense_rows(w, x, t, out, w->n, 0, &buf, 0);
-    free(buf.xq); free(buf.a); free(buf.as2); free(buf.d);
+    free(buf.xq); free(buf.a); free(buf.as2); free(buf.s2); free(buf.d);
     return 0;
 }
 
@@ -505,7 +564,7 @@ int oi_dense_acc(const oi_qmat *w, const int64_t *x, int64_t t, int64_t *acc, in
     memcpy(xq, buf.xq, t * w->k);
     memcpy(a, buf.a, sizeof(int32_t) * t * (w->k / BLOCK));
     memcpy(d, buf.d, sizeof(int32_t) * t);
-    free(buf.xq); free(buf.a); free(buf.as2); free(buf.d);
+    free(buf.xq); free(buf.a); free(buf.as2); free(buf.s2); free(buf.d);
     return 0;
 }
 
@@ -709,6 +768,6 @@ int oi_forward(const oi_model *m, int64_t nseq, oi_seq *seqs, const int64_t *tok
         for (int64_t s = 0; s < nseq; s++) seqs[s].pos += ntok[s];
     }
     free(row_seq); free(row_pos); free(x); free(h); free(qkv); free(ctx); free(gu); free(o);
-    free(buf.xq); free(buf.a); free(buf.as2); free(buf.d);
+    free(buf.xq); free(buf.a); free(buf.as2); free(buf.s2); free(buf.d);
     return rc;
 }

@@ -184,3 +184,24 @@ def _then(model, ids, token):
 def test_out_of_vocabulary_tokens_are_a_clear_error(model):
     with pytest.raises(ValueError, match="token ids"):
         model.session(8).forward([49152])
+
+
+def test_concurrent_callers_share_the_kernels_safely(model, tok):
+    """A node runs requests on several Python threads (ctypes releases the GIL): the
+    thread pool serves one caller at a time, the other computes alone, same bits."""
+    import threading
+
+    prompts = [tok.encode("One thread's prompt."), tok.encode("Another thread, another prompt, longer.")]
+    expected = [model.session(64).forward(p, all_logits=True) for p in prompts]
+    results: dict = {}
+
+    def run(k):
+        for _ in range(3):
+            results.setdefault(k, []).append(model.session(64).forward(prompts[k], all_logits=True))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(r, expected[k]) for k in (0, 1) for r in results[k])

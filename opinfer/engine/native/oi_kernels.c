@@ -169,14 +169,23 @@ static void pool_start(void) {
     }
 }
 
-/* fn over [0, total) split into n_threads contiguous parts (the caller runs part 0) */
+static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
+
+/* fn over [0, total) split into n_threads contiguous parts (the caller runs part 0). The
+   pool serves one caller at a time: a second thread calling in meanwhile (a node runs
+   requests on several threads) computes its whole range itself, with the same result. */
 static void parallel_for(task_fn fn, void *arg, int64_t total, int64_t min_per_thread) {
     int64_t parts = n_threads;
     if (min_per_thread > 0 && total / min_per_thread < parts) parts = total / min_per_thread;
     if (parts < 1) parts = 1;
-    if (parts > 1) pool_start();
+    if (parts <= 1 || pthread_mutex_trylock(&pool_busy) != 0) {
+        fn(arg, 0, total);
+        return;
+    }
+    pool_start();
     if (parts > pool.started + 1) parts = pool.started + 1;
     if (parts <= 1) {
+        pthread_mutex_unlock(&pool_busy);
         fn(arg, 0, total);
         return;
     }
@@ -195,11 +204,13 @@ static void parallel_for(task_fn fn, void *arg, int64_t total, int64_t min_per_t
         if (spins < 2000) _mm_pause();
         else sched_yield();
     }
+    pthread_mutex_unlock(&pool_busy);
 }
 
 int oi_set_threads(int n) {   /* workers start on first use; a pool never shrinks (extra workers idle) */
     if (n < 1) n = 1;
     if (n > MAX_THREADS) n = MAX_THREADS;
+    pthread_mutex_lock(&pool_busy);
     n_threads = n;
     if (pool.started && pool.pid == getpid())
         for (int64_t i = pool.started + 1; i < n; i++) {
@@ -210,6 +221,7 @@ int oi_set_threads(int n) {   /* workers start on first use; a pool never shrink
             if (pthread_create(&pool.th[i], &at, worker, (void *)(intptr_t)i) == 0) pool.started++;
             pthread_attr_destroy(&at);
         }
+    pthread_mutex_unlock(&pool_busy);
     return n_threads;
 }
 

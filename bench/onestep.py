@@ -54,11 +54,20 @@ def per_class(verifier, trace: Trace, steps: list[int]) -> dict:
     first template op at each of `steps`, first and last element."""
     p = trace.program
     variants: dict = {}
+    dense_names = iter(("qkv", "o", "gate_up", "down"))     # a decoder block's four DENSE_BLOCKs
     for j, op in enumerate(p.ops):
-        variants.setdefault((op.code, op.params[:2]), j)
+        key = (op.code, op.params[:2])
+        if op.code == ops.DENSE_BLOCK and not op.params[1]:
+            key = (op.code, op.params[:2], next(dense_names, None))
+            if key[2] is None:
+                continue
+        variants.setdefault(key, j)
     out: dict = {}
-    for (code, params), j in variants.items():
-        name = ops.NAMES[code] + ("_folded" if code == ops.DENSE_BLOCK and params[1] else "")
+    for key, j in variants.items():
+        code, params = key[0], key[1]
+        name = ops.NAMES[code]
+        if code == ops.DENSE_BLOCK:
+            name += "_lm_head" if params[1] else f"_{key[2]}"
         for step in steps:
             i = step * p.num_ops + j
             rows, cols = trace.tensors[i + 1].shape

@@ -144,8 +144,21 @@ def pack_gguf(raw: np.ndarray, type_name: str, n: int, k: int) -> tuple[np.ndarr
         fmt = Q8_0
     else:
         raise ValueError(f"block format {type_name} is not supported (Q4_1 and Q8_0 are)")
-    for start in range(0, n, 512):          # bounded temporaries
-        unpack(out[start:start + 512], fmt, checked=False)
+    # The accumulator bound (QMatrix.check_bounds) with sum_i |D q_i + M| <= |D| sum_i |q_i| + 32 |M|,
+    # cheap to take over the packed bytes; a matrix that fails it gets the exact check.
+    worst = 0
+    for start in range(0, n, 2048):         # bounded temporaries
+        part = out[start:start + 2048]
+        if fmt == Q4_1:
+            qs = part["qs"]
+            qsum = (qs & 0x0F).sum(-1, dtype=np.int64) + (qs >> 4).sum(-1, dtype=np.int64)
+            bound = np.abs(part["D"].astype(np.int64)) * qsum + BLOCK * np.abs(part["M"].astype(np.int64))
+        else:
+            bound = np.abs(part["D"].astype(np.int64)) * np.abs(part["qs"].astype(np.int16)).sum(-1, dtype=np.int64)
+        worst = max(worst, int(bound.sum(-1).max(initial=0)))
+    if worst * (ACT_MAX << ROW_BITS) >= ACC_LIMIT:
+        for start in range(0, n, 512):      # bounded temporaries
+            unpack(out[start:start + 512], fmt, checked=False)
     return out, fmt
 
 

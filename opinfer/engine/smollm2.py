@@ -24,7 +24,6 @@ plain numpy, op by op, and tests check the two give the same bits.
 
 from __future__ import annotations
 
-import gc
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -124,6 +123,18 @@ class Layer:
     down: Dense
 
 
+def _trim_heap() -> None:
+    """Give the build's freed temporaries back to the system (glibc keeps freed blocks of
+    large numpy arrays in its heap otherwise): the node's resident memory is then the
+    packed weights, not the build's peak."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def rms_norm(x: np.ndarray, gain: np.ndarray, eps: int, lo: int = INT32[0], hi: int = INT32[1]) -> np.ndarray:
     """elements.rms_norm on every element of the rows of x."""
     x = np.asarray(x, dtype=np.int64)
@@ -203,29 +214,34 @@ class IntSmolLM2:
         from opinfer.engine import gguf_loader as gl
 
         path = str(path or gl.find_gguf_path())
-        meta = gl.load_metadata(path)
+        # A light index of the file (no memory map, no parsed tokenizer), then each tensor's bytes.
+        meta, tensors = gl.read_index(path)
         if meta.get("general.architecture") != "llama":
             raise gl.ModelFileError("expected a llama-architecture GGUF")
-        import gguf
-
-        reader = gguf.GGUFReader(path)          # our own reader: its memory map goes when the build ends
-        tensors = {t.name: t for t in reader.tensors}
         H = int(meta["llama.embedding_length"])
         nh, nkv = int(meta["llama.attention.head_count"]), int(meta["llama.attention.head_count_kv"])
         D, F = H // nh, int(meta["llama.feed_forward_length"])
+
+        file = open(path, "rb")
+
+        def raw(t) -> np.ndarray:
+            # read, not the reader's memory map: touched pages of a map count in the
+            # process's resident memory until it is unmapped, and only the packed copy is kept
+            file.seek(t.offset)
+            return np.frombuffer(file.read(t.n_bytes), dtype=np.uint8)
 
         def q(*names: str) -> tuple[np.ndarray, int]:
             packed = []
             for name in names:
                 t = tensors[name]
                 k, n = (int(v) for v in t.shape[:2])
-                packed.append(bk.pack_gguf(t.data, t.tensor_type.name, n, k))
+                packed.append(bk.pack_gguf(raw(t), t.type_name, n, k))
             if len({fmt for _, fmt in packed}) != 1:
                 raise gl.ModelFileError(f"{names}: one block format expected")
             return np.concatenate([p for p, _ in packed]), packed[0][1]
 
         def gain(name: str) -> np.ndarray:
-            g = np.asarray(tensors[name].data, dtype=np.float64)   # float32 values, exact in float64
+            g = raw(tensors[name]).view("<f4").astype(np.float64)  # float32 values, exact in float64
             return np.floor(g * (1 << (NORM_BITS + ACT_BITS)) + 0.5).astype(np.int64)
 
         layers = []
@@ -249,8 +265,8 @@ class IntSmolLM2:
         cos, sin = rope_tables(rows, D, float(meta.get("llama.rope.freq_base", 10000.0)))
         head = Dense(*q("token_embd.weight"), bk.dense_shift(ACT_BITS, LOGIT_BITS), *INT32)
         out_gain = gain("output_norm.weight")
-        del reader, tensors
-        gc.collect()                            # the reader's memory map holds reference cycles
+        file.close()
+        _trim_heap()
         return cls(head, layers, out_gain, eps, cos, sin, silu_table(), nh, nkv, D)
 
     def session(self, max_ctx: int = 2048) -> "Session":

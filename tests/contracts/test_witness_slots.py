@@ -81,7 +81,8 @@ def test_witness_helper_is_trace_witness(toy_trace, greedy):
     """The helper writes what Trace.witness writes for the rule's own reads."""
     assert witness(toy_trace, 1, [0, 7]) == toy_trace.witness(1, 0, 7)
     p, i = greedy.program, 0
-    assert witness(greedy, i, [0, None, int(greedy.job.tokens[0])]) == greedy.witness(i, 0, 3)
+    token = int(greedy.job.tokens[0])
+    assert witness(greedy, i, [0, None, token, token]) == greedy.witness(i, 0, 3)
 
 
 def test_an_unread_slot_where_the_rule_reads_reverts(system, toy_trace):
@@ -112,12 +113,14 @@ def test_an_unread_slot_is_exactly_two_words(system, toy_trace):
 # (template op, step, element, the rule's reads, wrong reads, revert): a decoder
 # op must be given exactly the slots its rule reads (L = 4 prompt tokens).
 DECODER_CASES = [
-    # EMBED_TOKEN in the prompt reads T_0, not the previous NEXT (which at step 0 does not exist)
-    (0, 1, (0, 3), "prompt", [None, None, "t"], NO_VALUE),
-    (0, 1, (0, 3), "prompt", [0, 0, "t"], WRONG_ROW),
+    # EMBED_TOKEN in the prompt reads T_0, not the previous NEXT (which at step 0 does not exist),
+    # and the token's row of Q8_0 codes and of block scales
+    (0, 1, (0, 3), "prompt", [None, None, "t", "t"], NO_VALUE),
+    (0, 1, (0, 3), "prompt", [0, 0, "t", "t"], WRONG_ROW),
+    (0, 1, (0, 3), "prompt", [0, None, "t", None], NO_VALUE),
     # EMBED_TOKEN after the prompt reads the previous NEXT, not T_0
-    (0, 4, (0, 3), "picked", [0, 0, "t"], WRONG_ROW),
-    (0, 4, (0, 3), "picked", [None, None, "t"], NO_VALUE),
+    (0, 4, (0, 3), "picked", [0, 0, "t", "t"], WRONG_ROW),
+    (0, 4, (0, 3), "picked", [None, None, "t", "t"], NO_VALUE),
     # APPEND (K): a cached row reads the previous cache only, the new row the source only
     (4, 3, (1, 9), [1, None], [1, 0], WRONG_ROW),
     (4, 3, (1, 9), [1, None], [None, None], NO_VALUE),
@@ -138,9 +141,9 @@ def _reads(trace, op_index, reads):
     token = int(trace.job.tokens[step]) if step < len(trace.job.tokens) else \
         int(trace.tensors[op_index - trace.program.num_ops + 73 + 1][0, 0])
     if reads == "prompt":
-        return [0, None, token]
+        return [0, None, token, token]
     if reads == "picked":
-        return [None, 0, token]
+        return [None, 0, token, token]
     return [token if r == "t" else r for r in reads]
 
 
@@ -163,10 +166,12 @@ def test_a_previous_step_slot_read_at_step_0_reverts(system, greedy):
     token = int(greedy.job.tokens[0])
     # a well-formed entry for the [1, 1] slot: root, row 0, no proofs, e = 1, one value
     fake_prev = encode(["bytes32", "uint256", "uint256", "uint256", "uint256"], [greedy.input_root, 0, 0, 0, 1]) + b"\x05"
-    wit = slot_entry(greedy, 0, 0, 0) + fake_prev + slot_entry(greedy, 0, 2, token) + bytes(32)
+    wit = (slot_entry(greedy, 0, 0, 0) + fake_prev + slot_entry(greedy, 0, 2, token) + slot_entry(greedy, 0, 3, token)
+           + bytes(32))
     with brownie.reverts("StepVerifier: no previous step"):
         compute(system, greedy, 0, 0, 3, wit)
-    assert compute(system, greedy, 0, 0, 3, witness(greedy, 0, [0, None, token])) == int(greedy.tensors[1][0, 3])
+    assert compute(system, greedy, 0, 0, 3, witness(greedy, 0, [0, None, token, token])) == \
+        int(greedy.tensors[1][0, 3])
 
 
 # ---------------------------------------------------------------- dimensions

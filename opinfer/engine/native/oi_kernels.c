@@ -408,28 +408,31 @@ __attribute__((target("avx2,fma"))) static int64_t dot_q8_0_avx2(const blk_q8_0 
         const __m256i ones = _mm256_set1_epi16(1);                                                                 \
         (void)ones; (void)as2;                                                                                     \
         const blk_q8_0 *w0 = w, *w1 = w + nb, *w2 = w + 2 * nb, *w3 = w + 3 * nb;                                 \
-        for (int64_t i = 0; i < 4 * T; i++) acc[i] = 0;                                                            \
+        __m256i sum[TMAX];                                                                                         \
+        for (int64_t t = 0; t < T; t++) sum[t] = _mm256_setzero_si256();                                           \
         for (int64_t b = 0; b < nb; b++) {                                                                         \
             const __m256i q0 = _mm256_loadu_si256((const __m256i *)w0[b].qs);                                      \
             const __m256i q1 = _mm256_loadu_si256((const __m256i *)w1[b].qs);                                      \
             const __m256i q2 = _mm256_loadu_si256((const __m256i *)w2[b].qs);                                      \
             const __m256i q3 = _mm256_loadu_si256((const __m256i *)w3[b].qs);                                      \
             const __m256i a0 = PREP(q0), a1 = PREP(q1), a2 = PREP(q2), a3 = PREP(q3);                              \
-            const int64_t d0 = w0[b].D, d1 = w1[b].D, d2 = w2[b].D, d3 = w3[b].D;                                  \
+            const __m256i dv = _mm256_setr_epi64x(w0[b].D, w1[b].D, w2[b].D, w3[b].D);                             \
             for (int64_t t = 0; t < T; t++) {                                                                      \
                 __m256i x = _mm256_loadu_si256((const __m256i *)(xq + t * k + b * BLOCK));                         \
                 __m256i p0 = QMAC(a0, q0, x), p1 = QMAC(a1, q1, x), p2 = QMAC(a2, q2, x), p3 = QMAC(a3, q3, x);    \
                 __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));              \
                 __m128i s1 = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));            \
                 s1 = FIX(s1, _mm_set1_epi32(s2[t * nb + b]));                                                      \
-                int64_t ab = a[t * nb + b]; /* |S1| < 2^19: a S1 D in int64 (the bound check) */                   \
-                int64_t *o = acc + 4 * t;                                                                          \
-                o[0] += ab * _mm_extract_epi32(s1, 0) * d0;                                                        \
-                o[1] += ab * _mm_extract_epi32(s1, 1) * d1;                                                        \
-                o[2] += ab * _mm_extract_epi32(s1, 2) * d2;                                                        \
-                o[3] += ab * _mm_extract_epi32(s1, 3) * d3;                                                        \
+                /* p = S1 D (|S1| < 2^19, 64-bit lanes), then p a as (p mod 2^32) a + ((p >> 32) a) 2^32:   \
+                   exact, the true value being below 2^62 (the bound check) */                                    \
+                __m256i pd = _mm256_mul_epi32(_mm256_cvtepi32_epi64(s1), dv);                                       \
+                __m256i av = _mm256_set1_epi64x(a[t * nb + b]);                                                    \
+                __m256i lo = _mm256_mul_epu32(pd, av);                                                             \
+                __m256i hi = _mm256_mul_epi32(_mm256_srli_epi64(pd, 32), av);                                      \
+                sum[t] = _mm256_add_epi64(sum[t], _mm256_add_epi64(lo, _mm256_slli_epi64(hi, 32)));               \
             }                                                                                                      \
         }                                                                                                          \
+        for (int64_t t = 0; t < T; t++) _mm256_storeu_si256((__m256i *)(acc + 4 * t), sum[t]);                    \
     }
 
 DEF_DOT4XT_Q4_1(dot4xt_q4_1_avx2, "avx2,fma", MAC_AVX2)
@@ -547,12 +550,25 @@ static void act_reserve(act_buf *b, int64_t t, int64_t k) {
     }
 }
 
+typedef struct {
+    const int64_t *x;
+    int64_t k;
+    act_buf *buf;
+} quant_job;
+
+static void quant_task(void *p, int64_t start, int64_t end) {
+    quant_job *j = (quant_job *)p;
+    int64_t k = j->k, nb = k / BLOCK;
+    act_buf *b = j->buf;
+    for (int64_t r = start; r < end; r++)
+        b->d[r] = quantize_row(j->x + r * k, k, b->xq + r * k, b->a + r * nb, b->as2 + r * nb, b->s2 + r * nb);
+}
+
 static void dense_rows(const oi_qmat *w, const int64_t *x, int64_t t, int64_t *out, int64_t rows, int64_t col0,
                        act_buf *buf, int raw) {
-    int64_t k = w->k, nb = k / BLOCK;
-    act_reserve(buf, t, k);
-    for (int64_t r = 0; r < t; r++)
-        buf->d[r] = quantize_row(x + r * k, k, buf->xq + r * k, buf->a + r * nb, buf->as2 + r * nb, buf->s2 + r * nb);
+    act_reserve(buf, t, w->k);
+    quant_job q = {x, w->k, buf};
+    parallel_for(quant_task, &q, t, 2);                 /* rows of activations, quantised in parallel */
     dense_job j = {w, t, buf->xq, buf->a, buf->as2, buf->s2, buf->d, out, rows, col0, raw};
     parallel_for(dense_task, &j, rows, 16);
 }
@@ -680,6 +696,42 @@ static void rope_row(int64_t *x, int64_t heads, int64_t D, const int64_t *cos, c
     }
 }
 
+typedef struct {
+    const int64_t *x;
+    int64_t *y;
+    int64_t n;
+    const int64_t *gain;
+    const oi_model *m;
+} norm_job;
+
+static void norm_task(void *p, int64_t start, int64_t end) {
+    norm_job *j = (norm_job *)p;
+    for (int64_t r = start; r < end; r++)
+        rms_norm_row(j->x + r * j->n, j->n, j->gain, j->m->eps, j->m->norm_lo, j->m->norm_hi, j->y + r * j->n);
+}
+
+typedef struct {
+    const int64_t *gu;      /* [T, 2F]: gate | up */
+    int64_t *out;           /* [T, F] */
+    int64_t f;
+    const oi_model *m;
+    _Atomic int bad;        /* a gate outside the SiLU table */
+} swiglu_job;
+
+static void swiglu_task(void *p, int64_t start, int64_t end) {
+    swiglu_job *j = (swiglu_job *)p;
+    int64_t F = j->f;
+    for (int64_t r = start; r < end; r++)
+        for (int64_t c = 0; c < F; c++) {
+            int64_t idx = j->gu[r * 2 * F + c] + j->m->silu_off;
+            if (idx < 0 || idx >= j->m->silu_len) {
+                atomic_store(&j->bad, 1);
+                return;
+            }
+            j->out[r * F + c] = j->m->silu[idx] * j->gu[r * 2 * F + F + c];
+        }
+}
+
 /*
  * Append ntok[s] tokens to each sequence s (its rows stacked in `tokens`) and
  * compute logits: of every row (all_logits) or of each sequence's last row.
@@ -725,8 +777,8 @@ int oi_forward(const oi_model *m, int64_t nseq, oi_seq *seqs, const int64_t *tok
                                    m->res_lo, m->res_hi);
     }
     for (int64_t l = 0; l < m->n_layers && rc == 0; l++) {
-        for (int64_t r = 0; r < T; r++)
-            rms_norm_row(x + r * H, H, m->attn_gain + l * H, m->eps, m->norm_lo, m->norm_hi, h + r * H);
+        norm_job nj = {x, h, H, m->attn_gain + l * H, m};
+        parallel_for(norm_task, &nj, T, 2);
         dense_rows(&m->qkv[l], h, T, qkv, width, 0, &buf, 0);
         for (int64_t r = 0; r < T; r++) {
             int64_t *row = qkv + r * width;
@@ -746,19 +798,15 @@ int oi_forward(const oi_model *m, int64_t nseq, oi_seq *seqs, const int64_t *tok
         parallel_for(attn_task, &aj, T * nh, 1);
         dense_rows(&m->o[l], ctx, T, o, H, 0, &buf, 0);
         for (int64_t i = 0; i < T * H; i++) x[i] += o[i];
-        for (int64_t r = 0; r < T; r++)
-            rms_norm_row(x + r * H, H, m->ffn_gain + l * H, m->eps, m->norm_lo, m->norm_hi, h + r * H);
+        norm_job fj = {x, h, H, m->ffn_gain + l * H, m};
+        parallel_for(norm_task, &fj, T, 2);
         dense_rows(&m->gate_up[l], h, T, gu, 2 * F, 0, &buf, 0);
-        for (int64_t r = 0; r < T && rc == 0; r++)
-            for (int64_t c = 0; c < F; c++) {
-                int64_t idx = gu[r * 2 * F + c] + m->silu_off;
-                if (idx < 0 || idx >= m->silu_len) {
-                    rc = -1;
-                    break;
-                }
-                h[r * F + c] = m->silu[idx] * gu[r * 2 * F + F + c];
-            }
-        if (rc) break;
+        swiglu_job sj = {gu, h, F, m, 0};
+        parallel_for(swiglu_task, &sj, T, 2);
+        if (sj.bad) {
+            rc = -1;
+            break;
+        }
         dense_rows(&m->down[l], h, T, o, H, 0, &buf, 0);
         for (int64_t i = 0; i < T * H; i++) x[i] += o[i];
     }

@@ -67,6 +67,16 @@ static inline int64_t floor_div(int64_t n, int64_t d) {   /* d > 0 */
 }
 static inline int64_t round_div(int64_t n, int64_t d) { return floor_div(2 * n + d, 2 * d); }
 static inline int bit_length(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
+
+/* Largest |x[i]| of a row, as unsigned (|INT64_MIN| fits): what the row's shift is chosen from. */
+static inline uint64_t max_abs(const int64_t *x, int64_t n) {
+    uint64_t m = 0;
+    for (int64_t i = 0; i < n; i++) {
+        uint64_t v = x[i] < 0 ? (uint64_t)(-x[i]) : (uint64_t)x[i];
+        if (v > m) m = v;
+    }
+    return m;
+}
 static inline int64_t clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 static inline int64_t isqrt64(int64_t x) {   /* floor(sqrt(x)), 0 <= x < 2^62 */
@@ -232,12 +242,7 @@ int oi_get_threads(void) { return n_threads; }
 /* One row: d = max(bit_length(max |x|) - 15, 0), xs = (x + 2^(d-1)) >> d, per block
    a = max |xs|, xq = round_div(127 xs, a); as2 = a * sum xq. Returns d. */
 static int quantize_row(const int64_t *x, int64_t k, int8_t *xq, int32_t *a, int32_t *as2, int32_t *s2out) {
-    uint64_t m = 0;
-    for (int64_t i = 0; i < k; i++) {
-        uint64_t v = x[i] < 0 ? (uint64_t)(-x[i]) : (uint64_t)x[i];
-        if (v > m) m = v;
-    }
-    int d = bit_length(m) - ROW_BITS;
+    int d = bit_length(max_abs(x, k)) - ROW_BITS;
     if (d < 0) d = 0;
     int64_t half = d > 0 ? (1LL << (d - 1)) : 0;
     int32_t xs[BLOCK];
@@ -598,12 +603,7 @@ int oi_dense_acc(const oi_qmat *w, const int64_t *x, int64_t t, int64_t *acc, in
 
 static void rms_norm_row(const int64_t *x, int64_t n, const int64_t *gain, int64_t eps, int64_t lo, int64_t hi,
                          int64_t *y) {
-    uint64_t m = 0;
-    for (int64_t i = 0; i < n; i++) {
-        uint64_t v = x[i] < 0 ? (uint64_t)(-x[i]) : (uint64_t)x[i];
-        if (v > m) m = v;
-    }
-    int d = bit_length(m) - SQUARE_BITS;
+    int d = bit_length(max_abs(x, n)) - SQUARE_BITS;
     if (d < 0) d = 0;
     int64_t ss = 0;
     for (int64_t i = 0; i < n; i++) {

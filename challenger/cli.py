@@ -17,6 +17,7 @@ from challenger.sampler import Sampler
 from challenger.service import Challenger
 from challenger.settings import Settings
 from challenger.store import Store
+from opinfer.chain.reorg import resolve_confirmations
 from opinfer.chain.sender import TxSender
 
 
@@ -25,7 +26,7 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--key", dest="private_key", help="challenger private key (prefer OPINFER_CHALLENGER_PRIVATE_KEY)")
     run.add_argument("--rollup", help="ResultRollup address (the rest is read from it)")
     run.add_argument("--sample-rate", type=float, help="share of leaves re-executed, in [0, 1] (default 0.2)")
-    run.add_argument("--confirmations", type=int, help="blocks behind the head to scan up to (default 0)")
+    run.add_argument("--confirmations", type=int, help="blocks behind the head to scan up to (default: 0 on a devnet, 12 elsewhere)")
     run.add_argument("--state", dest="state_path", help="state file (default .opinfer/challenger.db)")
     run.add_argument("--start-block", type=int, help="first block to scan when the state file is new (default 0)")
     run.add_argument("--poll", dest="poll_interval", type=float, help="seconds between passes (default 2)")
@@ -46,10 +47,12 @@ def build(settings: Settings, executors: dict[str, Executor] | None = None, metr
     return Challenger(chain, Store(settings.state_path),
                       default_executors() if executors is None else executors,
                       Sampler(settings.secret_bytes(), settings.sample_rate), metrics or Metrics(),
-                      log or logs.setup(settings.log_level), confirmations=settings.confirmations,
+                      log or logs.setup(settings.log_level),
+                      confirmations=resolve_confirmations(settings.confirmations, w3.eth.chain_id),
                       start_block=settings.start_block, log_span=settings.log_span,
                       bond_top_up=settings.bond_top_up, workers=settings.workers,
-                      recheck_budget=settings.recheck_budget)
+                      recheck_budget=settings.recheck_budget,
+                      max_reorg_depth=settings.max_reorg_depth)
 
 
 def main(args: argparse.Namespace, executors: dict[str, Executor] | None = None) -> int:

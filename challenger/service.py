@@ -24,7 +24,15 @@ re-execute beyond the sample is bounded: `recheck_budget` leaves among its
 batches still inside their window; the rest are counted (metric
 `rechecks{outcome="over_budget"}`) and left to the sample.
 Every step is idempotent against the store and the chain, so a process
-killed anywhere redoes at most the step it was in."""
+killed anywhere redoes at most the step it was in.
+
+Before all of them, `follow` checks the hashes of the blocks scanned
+(opinfer.chain.reorg.HeadTracker) against the canonical chain: after a
+reorganisation it forgets the batches posted above the fork (their ids may
+now name other batches), moves the cursor back so the range is scanned
+again (every leaf the canonical chain holds is checked, whatever its batch
+id), and re-reads the game of every dispute left: a game that left the
+chain is challenged again, one that is live again is played again."""
 
 from __future__ import annotations
 
@@ -42,8 +50,9 @@ from challenger.logs import event
 from challenger.metrics import Metrics
 from challenger.sampler import Sampler
 from challenger.store import (DETECTED, DROPPED, EXPIRED, LOST, OPEN, VOID, WON, BatchRecord, Dispute, Store)
+from opinfer.chain.reorg import DEFAULT_MAX_DEPTH, HeadTracker
 from opinfer.errors import OpinferError
-from opinfer.trace import merkle
+from opinfer.trace import merkle, player
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.outputs import input_root
@@ -59,7 +68,8 @@ class Challenger:
     def __init__(self, chain, store: Store, executors: dict[str, Executor], sampler: Sampler, metrics: Metrics,
                  log: logging.Logger, confirmations: int = 0, start_block: int = 0, log_span: int = 2000,
                  bond_top_up: int = 0, clock: Callable[[], float] = time.monotonic, scan_slice_s: float = 5.0,
-                 workers: int = 2, recheck_budget: int = 256, settle_s: float = 2.0):
+                 workers: int = 2, recheck_budget: int = 256, settle_s: float = 2.0,
+                 max_reorg_depth: int = DEFAULT_MAX_DEPTH):
         self.chain, self.store, self.executors, self.sampler = chain, store, executors, sampler
         self.metrics, self.log, self.clock = metrics, log, clock
         self.confirmations, self.start_block, self.log_span = confirmations, start_block, log_span
@@ -77,6 +87,8 @@ class Challenger:
         self._requeued = False
         self.settle_s = settle_s   # a tick waits this long for background work, then moves what it finished
         store.bind(chain.chain_id, chain.rollup.address)
+        self.tracker = HeadTracker.loads(store.get("blocks"), max_reorg_depth)
+        self.reorgs = 0
         for node in store.suspects():
             sampler.mark(node)
 
@@ -87,6 +99,12 @@ class Challenger:
         # scan yields to them (scan_slice_s): after a restart the scan re-executes a backlog,
         # and what waited behind it ran the challenger's clock or the window out (tests/faults:
         # an honest challenger lost games on time, and challenged a lie it had found too late).
+        try:
+            self.follow()
+        except Exception as exc:  # noqa: BLE001 - acting on a view that may be reorganised: wait a tick
+            self.metrics.errors.labels("follow").inc()
+            event(self.log, "stage failed", logging.ERROR, stage="follow", error=repr(exc))
+            return
         seen = self.work.completed
         if not self._requeued:
             # Re-checks queued before a restart are gone with the process: queue them again
@@ -130,6 +148,47 @@ class Challenger:
                 break
         self.close()
 
+    # ------------------------------------------------------------ 0. follow
+
+    def follow(self) -> int | None:
+        """Detect a reorganisation of the blocks scanned; roll back above the fork. Returns the fork or None."""
+        fork = self.tracker.check(self.chain.block_hash)
+        if fork is None:
+            return None
+        self.rollback(fork)
+        self.store.put("blocks", self.tracker.dumps())
+        return fork
+
+    def rollback(self, fork: int, drain_s: float = 30.0) -> None:
+        forgotten = self.store.forget_above(fork)
+        if self.store.cursor is not None and self.store.cursor > fork:
+            self.store.cursor = fork
+        # Re-checks in flight hold batches read before the reorganisation: let them finish
+        # (bounded), then drop whatever they wrote for batch ids no longer recorded.
+        until = time.monotonic() + drain_s
+        while self.work.queued and time.monotonic() < until:
+            self.work.wait(until - time.monotonic())
+        self.store.drop_orphans()
+        with self._batches_lock:
+            self._batches.clear()
+        self.players.clear()
+        reopened = 0
+        me = self.chain.address.lower()
+        for d in self.store.disputes():
+            if d.game_id is None:
+                continue
+            g = self.chain.game(d.game_id)
+            ours = (g["batch_id"], g["leaf_index"], str(g["challenger"]).lower()) == (d.batch_id, d.leaf_index, me)
+            if not ours:
+                self.store.reopen(d.batch_id, d.leaf_index)   # the challenge left the chain: challenge again
+                reopened += 1
+            elif g["status"] == player.ACTIVE and d.status != OPEN:
+                self.store.set_dispute(d.batch_id, d.leaf_index, OPEN)   # its end left the chain: play on
+                reopened += 1
+        self.reorgs += 1
+        event(self.log, "chain reorganised: re-scanning", logging.WARNING, fork=fork, cursor=self.store.cursor,
+              batches_forgotten_games=len(forgotten), disputes_reopened=reopened)
+
     # ------------------------------------------------------------ 1. scan
 
     def scan(self) -> None:
@@ -141,6 +200,8 @@ class Challenger:
         started = self.clock()
         while cursor < safe:
             hi = min(safe, cursor + self.log_span)
+            # Read before the logs: a reorganisation after this read is caught by the next follow.
+            hi_hash = self.chain.block_hash(hi)
             for node in self.chain.slashed_nodes(cursor + 1, hi):
                 self.add_suspect(node, "slashed")
             sliced = False
@@ -156,6 +217,9 @@ class Challenger:
             # Only now is every batch of the range recorded: a crash before this
             # line re-reads the range and skips handled batches by id.
             self.store.cursor = cursor = hi
+            if hi_hash is not None:
+                self.tracker.remember(hi, hi_hash)
+                self.store.put("blocks", self.tracker.dumps())
         self.metrics.cursor.set(cursor)
         self.metrics.lag_blocks.set(max(head - cursor, 0))
         if cursor >= 0 and head > cursor:

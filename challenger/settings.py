@@ -24,7 +24,8 @@ class Settings:
     rollup: str = ""
     state_path: str = ".opinfer/challenger.db"
     sample_rate: float = 0.2
-    confirmations: int = 0
+    confirmations: int = -1         # -1: the chain kind's default (opinfer.chain.reorg: 0 on a devnet, 12 elsewhere)
+    max_reorg_depth: int = 64       # reorganisations up to this deep are detected and re-scanned exactly
     poll_interval: float = 2.0
     start_block: int = 0
     log_span: int = 2000
@@ -68,8 +69,9 @@ class Settings:
             raise ConfigError(f"sample rate must lie in [0, 1], got {self.sample_rate}")
         if self.workers < 0 or self.recheck_budget < 0:
             raise ConfigError("workers >= 0 and recheck_budget >= 0 are required")
-        if self.confirmations < 0 or self.log_span < 1 or self.poll_interval <= 0:
-            raise ConfigError("confirmations >= 0, log span >= 1 and poll interval > 0 are required")
+        if self.confirmations < -1 or self.log_span < 1 or self.poll_interval <= 0 or self.max_reorg_depth < 1:
+            raise ConfigError("confirmations >= 0 (or -1: the chain's default), log span >= 1, "
+                              "max reorg depth >= 1 and poll interval > 0 are required")
 
     def secret_bytes(self) -> bytes:
         """The sampling key. Derived from the private key by default: nodes

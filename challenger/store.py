@@ -10,7 +10,12 @@
   challenger resumes its games within their clocks.
 
 Every write is its own transaction (sqlite3 autocommit + WAL): a kill loses
-at most the write in flight, which the next pass redoes."""
+at most the write in flight, which the next pass redoes.
+
+A reorganisation (service.follow) forgets every batch posted above the fork,
+with its checks and disputes (the chain may give the same id to another
+batch: they are found again by the rescan), and re-reads the games of the
+rest; the hashes of the blocks scanned are kept under meta `blocks`."""
 
 from __future__ import annotations
 
@@ -128,6 +133,36 @@ class Store:
         self._q("INSERT INTO batches (batch_id, block_number, block_hash, tx_hash, deadline, leaf_count, status) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(batch_id) DO UPDATE SET status = excluded.status",
                 (b.batch_id, b.block_number, b.block_hash.hex(), b.tx_hash.hex(), b.deadline, b.leaf_count, b.status))
+
+    def forget_above(self, block: int) -> list[int]:
+        """Forget the batches posted above `block`, their checks and disputes
+        (in one transaction); returns the game ids of those disputes."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                ids = [r[0] for r in self._db.execute("SELECT batch_id FROM batches WHERE block_number > ?",
+                                                      (block,)).fetchall()]
+                games = []
+                for bid in ids:
+                    games += [r[0] for r in self._db.execute(
+                        "SELECT game_id FROM disputes WHERE batch_id = ? AND game_id IS NOT NULL", (bid,))]
+                    for table in ("checks", "disputes", "batches"):
+                        self._db.execute(f"DELETE FROM {table} WHERE batch_id = ?", (bid,))
+                self._db.execute("COMMIT")
+            except Exception:
+                self._db.execute("ROLLBACK")
+                raise
+        return games
+
+    def drop_orphans(self) -> None:
+        """Checks and disputes of batch ids no longer recorded (written by work begun before a reorganisation)."""
+        for table in ("checks", "disputes"):
+            self._q(f"DELETE FROM {table} WHERE batch_id NOT IN (SELECT batch_id FROM batches)")
+
+    def reopen(self, batch_id: int, index: int) -> None:
+        """A dispute whose game left the chain: wrong leaf found, not yet challenged."""
+        self._q("UPDATE disputes SET status = ?, game_id = NULL, start_block = NULL, revealed = NULL "
+                "WHERE batch_id = ? AND leaf_index = ?", (DETECTED, batch_id, index))
 
     def open_batches(self, now: int) -> list[BatchRecord]:
         """Handled batches still inside their challenge window."""

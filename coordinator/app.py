@@ -23,6 +23,7 @@ from coordinator.chain import Chain
 from coordinator.deps import KeyCache
 from coordinator.errors import ApiError, PayloadTooLarge
 from coordinator.finalizer import Finalizer
+from coordinator.follower import ChainFollower
 from coordinator.metrics import Metrics
 from coordinator.poster import BatchPoster, no_crash
 from coordinator.ratelimit import RateLimiter
@@ -30,6 +31,7 @@ from coordinator.routes import chat, embeddings, explorer, jobs, models, ops
 from coordinator.service import Catalog, InferenceService, Tokenizers
 from coordinator.settings import Settings
 from coordinator.wallet import Wallet
+from opinfer.chain.reorg import resolve_confirmations
 
 log = logging.getLogger("opinfer.coordinator")
 
@@ -58,12 +60,15 @@ class Coordinator:
         self.cache = ResponseCache(clock, settings.cache_ttl_s, settings.cache_stale_s, settings.cache_entries)
         self.limiter = RateLimiter(clock)
         self.key_cache = KeyCache(settings.key_cache_entries)   # Authorization header -> (id, prefix, rpm) or None
+        self.confirmations = resolve_confirmations(settings.confirmations, self.chain.chain_id)
+        self.follower = ChainFollower(self.sessions, self.chain, self.metrics, settings.max_reorg_depth,
+                                      self.confirmations, clock)
         self.poster = BatchPoster(self.sessions, self.chain, self.wallet, clock, self.metrics,
-                                  receipt_timeout=settings.receipt_timeout_s, confirmations=settings.confirmations,
+                                  receipt_timeout=settings.receipt_timeout_s, confirmations=self.confirmations,
                                   crash=crash,
-                                  on_reject=self._reject_node)
+                                  on_reject=self._reject_node, follower=self.follower)
         self.finalizer = Finalizer(self.sessions, self.chain, self.wallet, clock, self.metrics,
-                                   settings.receipt_timeout_s)
+                                   settings.receipt_timeout_s, self.confirmations, self.follower)
         self.jobs = None
         self.service = InferenceService(settings, self.sessions, self.catalog, self.pool, self.cache, self.metrics,
                                         clock, tokenizers, on_batch_due=self._batch_due, limiter=self.limiter)
@@ -112,9 +117,31 @@ class Coordinator:
             report["pending_leaves"] = s.scalar(select(func.count()).select_from(m.Leaf)
                                                 .where(m.Leaf.status == m.PENDING)) or 0
             report["last_batch"] = s.scalar(select(func.max(m.Batch.chain_batch_id)))
-        if report["nodes_in_rotation"] == 0:
+            report["posting"] = self._posting_health(s, now)
+        if report["nodes_in_rotation"] == 0 or report["posting"]["stalled"]:
             report["status"] = "degraded"
         return report
+
+    def _posting_health(self, s, now: float) -> dict:
+        """Is posting keeping up? Stalled: an answered leaf waits (unposted, or its batch
+        unconfirmed) longer than posting_stall_s, e.g. a receipt never comes, a
+        reorganisation dropped a batch and re-posting fails, or the poster keeps failing."""
+        waiting = s.scalar(select(func.min(m.Leaf.created_at)).where(m.Leaf.status == m.PENDING))
+        unconfirmed = s.scalar(select(func.count()).select_from(m.Batch)
+                               .where(m.Batch.state.in_((m.PREPARED, m.SENT)))) or 0
+        oldest = max(0.0, now - waiting) if waiting is not None else 0.0
+        out = {"oldest_pending_s": round(oldest, 1), "unconfirmed_batches": unconfirmed,
+               "last_posted_at": self.poster.last_posted_at, "last_error": self.poster.last_error,
+               "confirmations": self.confirmations, "reorgs": self.follower.reorgs,
+               "last_reorg": self.follower.last_reorg,
+               "reposts": s.scalar(select(func.sum(m.Batch.reposts))) or 0,
+               # with the scheduler off (tests drive the jobs) nothing posts on its own: no stall to report
+               "stalled": self.settings.scheduler and oldest > self.settings.posting_stall_s}
+        if out["stalled"]:
+            out["reason"] = (f"an answered leaf has waited {oldest:.0f} s to be posted "
+                             f"(limit posting_stall_s={self.settings.posting_stall_s:g})"
+                             + (f"; last error: {self.poster.last_error}" if self.poster.last_error else ""))
+        return out
 
     # ------------------------------------------------------------ lifecycle
 

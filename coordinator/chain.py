@@ -85,11 +85,13 @@ class Chain:
     def model_active(self, model_id: int) -> bool:
         return self.registry.functions.model_active(model_id).call()
 
-    def leaf_status(self, batch_id: int, index: int) -> str:
-        return LEAF_STATUS[self.rollup.functions.leaf_status(batch_id, index).call()]
+    def leaf_status(self, batch_id: int, index: int, block="latest") -> str:
+        return LEAF_STATUS[self.rollup.functions.leaf_status(batch_id, index).call(block_identifier=block)]
 
-    def batch(self, batch_id: int) -> dict:
-        root, data_hash, count, deadline, poster, finalized = self.rollup.functions.batch(batch_id).call()
+    def batch(self, batch_id: int, block="latest") -> dict:
+        """The batch as the chain holds it at `block` (a number: `confirmations` below the head)."""
+        root, data_hash, count, deadline, poster, finalized = self.rollup.functions.batch(batch_id).call(
+            block_identifier=block)
         return {"root": bytes(root), "data_hash": bytes(data_hash), "leaf_count": count, "deadline": deadline,
                 "poster": poster, "finalized": finalized}
 

@@ -30,6 +30,9 @@ class Metrics:
         self.disputes = Counter("opinfer_disputes_total", "Leaf status events seen on chain", ["event"],
                                 registry=r)
         self.pending_leaves = Gauge("opinfer_pending_leaves", "Leaves waiting for a batch", registry=r)
+        self.reorgs = Counter("opinfer_chain_reorgs_total", "Chain reorganisations detected", registry=r)
+        self.reposted_leaves = Counter("opinfer_reposted_leaves_total",
+                                       "Leaves posted again after a reorganisation dropped their batch", registry=r)
         self.nodes_up = Gauge("opinfer_nodes_in_rotation", "Nodes in rotation", registry=r)
         self.disagreements = Counter("opinfer_consensus_disagreements_total",
                                      "Consensus jobs whose nodes gave different output roots (GET /v1/disagreements)",

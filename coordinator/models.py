@@ -69,10 +69,18 @@ class Leaf(Base):
 # Batch states: prepared (tx signed and recorded, maybe not sent) -> sent ->
 # posted (receipt recorded) -> final; failed: the tx can never be mined
 # (reverted, or its nonce went to another tx), its leaves were released.
+# A reorganisation moves a batch back: final -> posted when its finalize
+# left the canonical chain, posted/final -> sent when its posting did (the
+# same signed bytes are broadcast again: same content, same leaves).
 PREPARED, SENT, BATCH_POSTED, BATCH_FINAL, FAILED = "prepared", "sent", "posted", "final", "failed"
 
 
 class Batch(Base):
+    """One batch, identified by its posting transaction (tx_hash) and content
+    (root); chain_batch_id is only the id the canonical chain gives it now: a
+    reorganisation can drop it (None) or mine the same transaction under
+    another id."""
+
     __tablename__ = "batches"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -89,6 +97,16 @@ class Batch(Base):
     created_at: Mapped[float] = mapped_column(Float)
     posted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finalized_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The block that holds the posting (checked against the canonical chain).
+    block_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    # Our finalize transaction, recorded before it is sent (re-sent when a
+    # reorganisation drops it), and the block that finalized the batch.
+    finalize_nonce: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finalize_tx_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    finalize_raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    finalize_block: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finalize_block_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+    reposts: Mapped[int] = mapped_column(Integer, default=0)   # times its posting left the chain and was re-sent
 
     leaves: Mapped[list[Leaf]] = relationship(back_populates="batch", order_by="Leaf.leaf_index")
 
@@ -143,3 +161,13 @@ class ChainCursor(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     block: Mapped[int] = mapped_column(Integer)
+
+
+class ChainBlock(Base):
+    """Hashes of the newest blocks the coordinator derived state from
+    (opinfer.chain.reorg.HeadTracker): how a reorganisation is detected."""
+
+    __tablename__ = "chain_blocks"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash: Mapped[bytes] = mapped_column(LargeBinary(32))

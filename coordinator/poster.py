@@ -18,6 +18,17 @@ hash: it cannot be mined twice); once the nonce is used by another
 transaction the batch can never be mined, so it is `failed` and its leaves
 are released. A leaf belongs to at most one live batch at a time, so no job
 is posted twice and none is lost.
+
+Reorganisations (coordinator/follower.py): each run starts by checking the
+blocks it relied on against the canonical chain. A batch whose posting left
+the chain goes back to `sent` with its leaves; its signed bytes are broadcast
+again (every live transaction of ours, postings and finalize calls, in nonce
+order: a dropped one below would hold the others back) and its receipt is
+recorded again, under whatever batch id the chain now gives it. New
+transactions never take the nonce of a dropped one (`next_nonce`), so a
+dropped batch is never displaced and its leaves never end up in two batches.
+A receipt counts only with `confirmations` blocks on top of it, and only
+while its block is canonical.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from sqlalchemy.orm import selectinload
 from coordinator import models as m
 from coordinator.chain import Chain
 from coordinator.errors import PostingError
+from coordinator.follower import ChainFollower
 from coordinator.metrics import Metrics
 from coordinator.wallet import Wallet
 from opinfer.trace.leaf import MAX_INPUTS_BYTES, MAX_LEAVES, Batch, ResultLeaf
@@ -78,7 +90,8 @@ def pack(leaves: list[m.Leaf], max_leaves: int = MAX_LEAVES) -> list[m.Leaf]:
 class BatchPoster:
     def __init__(self, sessions, chain: Chain, wallet: Wallet, clock: Callable[[], float], metrics: Metrics,
                  max_leaves: int = MAX_LEAVES, receipt_timeout: float = 120.0, confirmations: int = 0,
-                 crash: Callable[[str], None] = no_crash, on_reject: Callable[[str, str], None] | None = None):
+                 crash: Callable[[str], None] = no_crash, on_reject: Callable[[str, str], None] | None = None,
+                 follower: ChainFollower | None = None):
         self.sessions = sessions
         self.chain = chain
         self.wallet = wallet
@@ -90,6 +103,9 @@ class BatchPoster:
         self.crash = crash
         self.on_reject = on_reject or (lambda node, reason: None)
         self._lock = threading.Lock()
+        self.follower = follower or ChainFollower(sessions, chain, metrics, confirmations=confirmations, clock=clock)
+        self.last_posted_at: float | None = None   # health: when a batch was last recorded posted
+        self.last_error: str | None = None
 
     def pending_count(self) -> int:
         with self.sessions() as s:
@@ -99,17 +115,27 @@ class BatchPoster:
     def run_once(self) -> list[int]:
         """Reconcile unfinished batches, then post every pending leaf; returns the chain batch ids posted."""
         with self._lock, self.wallet.lock:
-            posted = self.reconcile()
-            # Only the leaves pending now: under steady traffic new leaves keep
-            # arriving while a receipt is awaited, and chasing them would post a
-            # stream of tiny batches (more gas per leaf, and CPU taken from
-            # answering requests). They wait for the next tick.
-            with self.sessions() as s:
-                upto = s.scalar(select(func.max(m.Leaf.id)).where(m.Leaf.status == m.PENDING,
-                                                                  m.Leaf.batch_pk.is_(None)))
-            while upto is not None and (batch_pk := self.prepare(upto)) is not None:
-                posted += self.send(batch_pk)
+            try:
+                posted = self._run()
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                raise
+            self.last_error = None
             return posted
+
+    def _run(self) -> list[int]:
+        self.follower.sync()
+        posted = self.reconcile()
+        # Only the leaves pending now: under steady traffic new leaves keep
+        # arriving while a receipt is awaited, and chasing them would post a
+        # stream of tiny batches (more gas per leaf, and CPU taken from
+        # answering requests). They wait for the next tick.
+        with self.sessions() as s:
+            upto = s.scalar(select(func.max(m.Leaf.id)).where(m.Leaf.status == m.PENDING,
+                                                              m.Leaf.batch_pk.is_(None)))
+        while upto is not None and (batch_pk := self.prepare(upto)) is not None:
+            posted += self.send(batch_pk)
+        return posted
 
     # ------------------------------------------------------------ steps
 
@@ -127,7 +153,7 @@ class BatchPoster:
             if not chosen:
                 return None
             batch = Batch([result_leaf(leaf) for leaf in chosen])
-            nonce = self.wallet.next_nonce()
+            nonce = self.follower.next_nonce(self.wallet)
             try:
                 raw, tx_hash = self.wallet.sign(self.chain.rollup.functions.post_batch(*batch.calldata), nonce)
             except PostingError as exc:
@@ -185,7 +211,7 @@ class BatchPoster:
             row = s.get(m.Batch, batch_pk)
             row.state = m.SENT
             tx_hash = row.tx_hash
-        receipt = self.wallet.wait(tx_hash, self.receipt_timeout, self.confirmations)
+        receipt = self.wallet.wait(tx_hash, self.receipt_timeout, self.confirmations, canonical=True)
         if receipt is None:
             raise PostingError(f"batch tx 0x{tx_hash.hex()} not mined with {self.confirmations} confirmations "
                                f"within {self.receipt_timeout} s")
@@ -202,13 +228,30 @@ class BatchPoster:
             event = self.chain.rollup.events.BatchPosted().process_receipt(receipt)[0]["args"]
             if bytes(event["root"]) != row.root:
                 raise PostingError(f"batch {batch_pk}: chain root differs from the recorded one")
+            # The id is the canonical chain's now: a row still holding it is one
+            # whose posting a reorganisation moved (its own receipt is read again).
+            for other in s.scalars(select(m.Batch).where(m.Batch.chain_batch_id == event["batch_id"],
+                                                         m.Batch.id != row.id)).all():
+                other.state, other.chain_batch_id, other.block_number, other.block_hash = m.SENT, None, None, None
+                for leaf in other.leaves:
+                    if leaf.status != m.REJECTED:
+                        leaf.status = m.PENDING
+            s.flush()
+            first = row.posted_at is None
             row.state, row.chain_batch_id = m.BATCH_POSTED, event["batch_id"]
-            row.deadline, row.block_number, row.posted_at = event["deadline"], receipt["blockNumber"], now
+            row.deadline, row.block_number = event["deadline"], receipt["blockNumber"]
+            row.block_hash = bytes(receipt["blockHash"])
+            row.posted_at = row.posted_at or now
+            self.follower.remember(s, receipt["blockNumber"], row.block_hash)
             for leaf in row.leaves:
                 leaf.status = m.POSTED
-                self.metrics.posting_lag.observe(max(0.0, now - leaf.created_at))
-            self.metrics.batch_size.observe(row.leaf_count)
-            log.info("batch %s posted as #%s (%s leaves)", batch_pk, row.chain_batch_id, row.leaf_count)
+                if first:
+                    self.metrics.posting_lag.observe(max(0.0, now - leaf.created_at))
+            if first:
+                self.metrics.batch_size.observe(row.leaf_count)
+            self.last_posted_at = now
+            log.info("batch %s posted as #%s (%s leaves%s)", batch_pk, row.chain_batch_id, row.leaf_count,
+                     "" if first else f", again after a reorganisation ({row.reposts} re-posts)")
             return [row.chain_batch_id]
 
     def _fail(self, row: m.Batch, reason: str) -> None:
@@ -224,15 +267,21 @@ class BatchPoster:
                                      .order_by(m.Batch.nonce)).all()
         for row in open_batches:
             receipt = self.wallet.receipt(row.tx_hash)
-            if receipt is None and self.wallet.mined_nonce() > row.nonce:
+            # Another transaction took the nonce (with `confirmations` on top: a
+            # reorganisation could still bring ours back): it can never be mined.
+            if receipt is None and self.wallet.mined_nonce(self.confirmations) > row.nonce:
                 receipt = self.wallet.receipt(row.tx_hash)  # mined in between?
                 if receipt is None:
                     with self.sessions() as s, s.begin():
                         self._fail(s.get(m.Batch, row.id), f"nonce {row.nonce} used by another transaction")
                     continue
-            if receipt is None:
-                self.wallet.broadcast(row.raw_tx)
-            receipt = self.wallet.wait(row.tx_hash, self.receipt_timeout, self.confirmations)
+        # Every live transaction of ours without a receipt goes out again, in nonce order.
+        self.follower.resend(self.wallet)
+        with self.sessions() as s:
+            open_batches = s.scalars(select(m.Batch).where(m.Batch.state.in_((m.PREPARED, m.SENT)))
+                                     .order_by(m.Batch.nonce)).all()
+        for row in open_batches:
+            receipt = self.wallet.wait(row.tx_hash, self.receipt_timeout, self.confirmations, canonical=True)
             if receipt is None:
                 raise PostingError(f"batch {row.id}: tx 0x{row.tx_hash.hex()} still not mined with "
                                    f"{self.confirmations} confirmations")

@@ -72,7 +72,12 @@ class Settings(BaseSettings):
     batch_max_jobs: int = 64            # a batch is posted as soon as this many leaves wait
     finalize_interval_s: float = 5.0
     node_refresh_s: float = 15.0
-    confirmations: int = 0              # blocks on top of a batch's before it is `posted` (0: the receipt)
+    # Blocks on top of a transaction before the coordinator relies on it (a batch `posted`, a
+    # finalize, a dispute event); -1: the chain kind's default (0 on a devnet, 12 elsewhere:
+    # opinfer.chain.reorg.default_confirmations).
+    confirmations: int = -1
+    max_reorg_depth: int = 64           # reorganisations up to this deep are detected and undone exactly
+    posting_stall_s: float = 60.0       # /healthz is degraded when an answered leaf waits longer to be posted
     receipt_timeout_s: float = 120.0
     scheduler: bool = True              # tests drive the jobs by hand
 

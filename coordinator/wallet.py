@@ -38,9 +38,12 @@ class Wallet:
     def next_nonce(self) -> int:
         return self.w3.eth.get_transaction_count(self.address, "pending")
 
-    def mined_nonce(self) -> int:
-        """Nonces below this one are used by mined transactions."""
-        return self.w3.eth.get_transaction_count(self.address, "latest")
+    def mined_nonce(self, confirmations: int = 0) -> int:
+        """Nonces below this one are used by transactions mined with `confirmations` blocks on top."""
+        if confirmations <= 0:
+            return self.w3.eth.get_transaction_count(self.address, "latest")
+        block = max(0, self.w3.eth.block_number - confirmations)
+        return self.w3.eth.get_transaction_count(self.address, block)
 
     def sign(self, fn, nonce: int) -> tuple[bytes, bytes]:
         """(raw transaction, tx hash) of a contract call; reverts surface here, before anything is recorded."""
@@ -69,19 +72,28 @@ class Wallet:
         except TransactionNotFound:
             return None
 
-    def wait(self, tx_hash: bytes, timeout: float, confirmations: int = 0, poll: float = 0.05):
-        """The receipt once `confirmations` more blocks are on top of its block;
-        None when that does not happen within `timeout`. The receipt is read
-        again on every poll, so a transaction reorganised out waits again."""
+    def wait(self, tx_hash: bytes, timeout: float, confirmations: int = 0, poll: float = 0.05,
+             canonical: bool = False):
+        """The receipt once `confirmations` more blocks are on top of its block
+        (and, with `canonical`, while that block is the canonical one at its
+        height: a node may serve a reorganised-out receipt for a while); None
+        when that does not happen within `timeout`. The receipt is read again
+        on every poll, so a transaction reorganised out waits again."""
         deadline = time.monotonic() + timeout
         while True:
             receipt = self.receipt(tx_hash)
             if receipt is not None and (confirmations <= 0
                                         or self.w3.eth.block_number >= receipt["blockNumber"] + confirmations):
-                return receipt
+                if not canonical or self._canonical(receipt):
+                    return receipt
             if time.monotonic() >= deadline:
                 return None
             time.sleep(poll)
+
+    def _canonical(self, receipt) -> bool:
+        from opinfer.chain.reorg import on_canonical_chain
+
+        return on_canonical_chain(self.w3, receipt)
 
     def transact(self, fn, timeout: float = 120.0):
         """Sign, send and wait for a call that needs no crash record (finalize: idempotent)."""

@@ -28,6 +28,15 @@ budgets; the defender's part is to start every build at once, in deadline
 order, on all its workers, and to move in every ready game while the others
 build.
 
+Before both, `follow` checks the hashes of the blocks scanned against the
+canonical chain (opinfer.chain.reorg.HeadTracker): after a reorganisation it
+forgets the games started above the fork (their ids may name other games
+now), scans again from the fork, and re-reads every game it had seen end:
+one live again on the canonical chain is played again. Moves are computed
+from the chain's game state each time, so a dropped move is simply made
+again. The defender scans up to the head, unconfirmed: a game runs on a
+clock, and answering early is safe because every answer is re-derived.
+
 What the node commits to is a Strategy: the honest one (here) answers from
 Trace.of(program, job); node/dishonest.py holds the test-only liars."""
 
@@ -44,7 +53,8 @@ from typing import Callable
 
 from node.logs import event
 from node.metrics import Metrics
-from node.store import LOST, OPEN, VOID, WON, Game, Store
+from node.store import LOST, OPEN, OVER, VOID, WON, Game, Store
+from opinfer.chain.reorg import DEFAULT_MAX_DEPTH, HeadTracker
 from opinfer.trace import bisection, player
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.program import Program, Trace
@@ -152,7 +162,7 @@ class Defender:
     def __init__(self, chain, store: Store, programs: Callable[[str], Program], metrics: Metrics,
                  log: logging.Logger, strategy: Strategy = HONEST, start_block: int = 0, log_span: int = 2000,
                  step_self: bool = True, trace_workers: int = 2, traces_kept: int = 8, build_wait_s: float = 2.0,
-                 trace_dir: str | Path | None = None):
+                 trace_dir: str | Path | None = None, max_reorg_depth: int = DEFAULT_MAX_DEPTH):
         self.chain, self.store, self.programs = chain, store, programs
         self.metrics, self.log, self.strategy = metrics, log, strategy
         self.start_block, self.log_span, self.step_self = start_block, log_span, step_self
@@ -165,12 +175,14 @@ class Defender:
         self.files = TraceFiles(Path(trace_dir) if trace_dir is not None else None)
         self.built = 0                          # traces built (not loaded) by this process
         store.bind(chain.chain_id, chain.rollup.address, chain.address)
+        self.tracker = HeadTracker.loads(store.get("blocks"), max_reorg_depth)
+        self.reorgs = 0
         self.metrics.games_active.set(len(store.games(OPEN)))
 
     # ------------------------------------------------------------ loop
 
     def tick(self) -> None:
-        for stage in (self.scan, self.play):
+        for stage in (self.follow, self.scan, self.play):
             try:
                 stage()
             except Exception as exc:  # noqa: BLE001 - an RPC hiccup: the stage runs again next tick
@@ -192,6 +204,32 @@ class Defender:
         thread.start()
         return thread, stop
 
+    # ------------------------------------------------------------ 0. follow
+
+    def follow(self) -> int | None:
+        """Detect a reorganisation of the blocks scanned; roll back above the fork. Returns the fork or None."""
+        fork = self.tracker.check(self.chain.block_hash)
+        if fork is None:
+            return None
+        forgotten = self.store.forget_above(fork)
+        if self.store.cursor is not None and self.store.cursor > fork:
+            self.store.cursor = fork
+        for gid in forgotten:   # the id may name another game now: nothing of this one is kept
+            self._traces.pop(gid, None)
+            self.builds.forget(gid)
+            self.files.drop(gid)
+        reopened = 0
+        for game in self.store.games(OVER):
+            g = self.chain.game(game.game_id)
+            if g["status"] == player.ACTIVE and (g["batch_id"], g["leaf_index"]) == (game.batch_id, game.leaf_index):
+                self.store.reopen(game.game_id)
+                reopened += 1
+        self.store.put("blocks", self.tracker.dumps())
+        self.reorgs += 1
+        event(self.log, "chain reorganised: re-reading games", logging.WARNING, fork=fork,
+              games_forgotten=len(forgotten), games_reopened=reopened)
+        return fork
+
     # ------------------------------------------------------------ 1. scan
 
     def scan(self) -> None:
@@ -201,12 +239,16 @@ class Defender:
             cursor = self.start_block - 1
         while cursor < head:
             hi = min(head, cursor + self.log_span)
+            hi_hash = self.chain.block_hash(hi)   # before the logs: a later reorganisation is caught next tick
             for s in self.chain.games_started(cursor + 1, hi):
                 if self.store.add_game(s, self.chain.job_input(s)):
                     self.metrics.games_seen.inc()
                     event(self.log, "challenged", logging.WARNING, game=s.game_id, batch=s.batch_id,
                           index=s.leaf_index, challenger=s.challenger, job_id=s.job_id)
             self.store.cursor = cursor = hi
+            if hi_hash is not None:
+                self.tracker.remember(hi, hi_hash)
+                self.store.put("blocks", self.tracker.dumps())
 
     # ------------------------------------------------------------ 2. play
 

@@ -9,7 +9,12 @@
   a restart from a rebuilt trace, can contradict an earlier one.
 
 Every write is its own transaction (autocommit + WAL): a kill loses at most
-the write in flight; the chain holds the truth and the next pass redoes it."""
+the write in flight; the chain holds the truth and the next pass redoes it.
+
+A reorganisation (defender.follow) forgets the games started above the fork
+with their claims (a game id may now name another game; the rescan finds
+what the canonical chain holds); the hashes of the blocks scanned are kept
+under meta `blocks`."""
 
 from __future__ import annotations
 
@@ -87,6 +92,32 @@ class Store:
     @cursor.setter
     def cursor(self, block: int) -> None:
         self._q("INSERT OR REPLACE INTO meta (key, value) VALUES ('cursor', ?)", (str(block),))
+
+    def get(self, key: str) -> str | None:
+        rows = self._q("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def put(self, key: str, value: str) -> None:
+        self._q("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+
+    def forget_above(self, block: int) -> list[int]:
+        """Forget the games started above `block` and their claims; returns their ids."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                ids = [r[0] for r in self._db.execute("SELECT game_id FROM games WHERE start_block > ?", (block,))]
+                for gid in ids:
+                    self._db.execute("DELETE FROM claims WHERE game_id = ?", (gid,))
+                    self._db.execute("DELETE FROM games WHERE game_id = ?", (gid,))
+                self._db.execute("COMMIT")
+            except Exception:
+                self._db.execute("ROLLBACK")
+                raise
+        return ids
+
+    def reopen(self, game_id: int) -> None:
+        """A game whose end left the chain: play it again."""
+        self._q("UPDATE games SET status = ?, outcome = NULL WHERE game_id = ?", (OPEN, game_id))
 
     def add_game(self, s, job_input: bytes) -> bool:
         if self._q("SELECT 1 FROM games WHERE game_id = ?", (s.game_id,)):

@@ -7,6 +7,7 @@ from web3 import Web3
 
 from opinfer.chain.deploy import contract
 from opinfer.chain.game import GameClient
+from opinfer.chain.reorg import canonical_hash
 from opinfer.chain.sender import TxSender
 
 
@@ -25,3 +26,7 @@ class ProtocolChain:
     @property
     def address(self) -> str:
         return self.sender.address
+
+    def block_hash(self, number: int) -> bytes | None:
+        """The canonical hash of block `number` (None past the head): reorganisation checks."""
+        return canonical_hash(self.w3)(number)

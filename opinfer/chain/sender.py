@@ -27,8 +27,11 @@ class TxSender:
     def send(self, tx: dict) -> dict:
         """Sign and send `tx` (a built transaction dict); return the receipt."""
         with self._lock:
-            if self._nonce is None:
-                self._nonce = self.w3.eth.get_transaction_count(self.address, "pending")
+            # The chain's count every time, not a cached one: a reorganisation
+            # drops mined transactions (their nonces are free again), and a
+            # cached nonce past them would leave every later transaction
+            # waiting in the pool behind the gap.
+            self._nonce = self.w3.eth.get_transaction_count(self.address, "pending")
             tx = {"chainId": self.w3.eth.chain_id, "gas": self.gas_limit, **tx, "nonce": self._nonce,
                   "from": self.address}
             if "gasPrice" not in tx and "maxFeePerGas" not in tx:

@@ -27,6 +27,12 @@ connection: is that leaf hash leaf `leaf_index` of batch `batch_id`
 model id the one the registry gives the requested model's name, and is the
 model root the one registered for it. The registry is the one the rollup
 itself uses (`ResultRollup.registry()`); nothing is skipped.
+
+Reorganisations: every chain read is made at the block `confirmations`
+below the head (default per chain kind: 0 on a devnet, 12 elsewhere;
+opinfer.chain.reorg), and the batch's posting transaction must be on the
+canonical chain, in a block with those confirmations, and must have posted
+the very batch id the coordinator names (a re-mined batch can change id).
 """
 
 from __future__ import annotations
@@ -268,10 +274,13 @@ class ChainReader:
     model registry is the one the rollup checks models against
     (`ResultRollup.registry()`); a configured address must be that one."""
 
-    def __init__(self, rpc_url: str, rollup: str, registry: str | None = None, timeout: float = 15.0):
+    def __init__(self, rpc_url: str, rollup: str, registry: str | None = None, timeout: float = 15.0,
+                 confirmations: int | None = None):
         from web3 import HTTPProvider, Web3
 
         from opinfer.chain import artifacts
+
+        self.confirmations = confirmations   # None: the chain kind's default, read on first use
 
         self.w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
         self.rollup = self.w3.eth.contract(address=Web3.to_checksum_address(rollup),
@@ -287,11 +296,37 @@ class ChainReader:
     def chain_id(self) -> int:
         return self.w3.eth.chain_id
 
-    def includes(self, batch_id: int, index: int, leaf_hash: bytes, proof: list[bytes]) -> bool:
-        return self.rollup.functions.verify_inclusion(batch_id, index, leaf_hash, proof).call()
+    def safe_block(self) -> int:
+        """The newest block with `confirmations` on top: every read is made there."""
+        if self.confirmations is None:
+            from opinfer.chain.reorg import default_confirmations
 
-    def leaf_status(self, batch_id: int, index: int) -> str:
-        return STATUS.get(self.rollup.functions.leaf_status(batch_id, index).call(), "unknown")
+            self.confirmations = default_confirmations(self.chain_id())
+        return max(0, self.w3.eth.block_number - self.confirmations)
+
+    def posting(self, tx_hash: str, safe: int) -> tuple[int | None, str]:
+        """(the batch id the transaction posted, why not) with the transaction
+        mined in a canonical block at or below `safe`."""
+        from opinfer.chain.reorg import on_canonical_chain
+
+        try:
+            receipt = self.w3.eth.get_transaction_receipt(tx_hash)
+        except Exception:  # noqa: BLE001 - TransactionNotFound
+            return None, f"transaction {tx_hash[:18]}… is not on the chain (reorganised out?)"
+        if receipt["blockNumber"] > safe:
+            return None, f"mined in block {receipt['blockNumber']}, above the confirmed block {safe}"
+        if not on_canonical_chain(self.w3, receipt):
+            return None, f"block {receipt['blockNumber']} of the transaction is no longer canonical"
+        events = self.rollup.events.BatchPosted().process_receipt(receipt)
+        if not events:
+            return None, "the transaction posted no batch"
+        return events[0]["args"]["batch_id"], f"block {receipt['blockNumber']}"
+
+    def includes(self, batch_id: int, index: int, leaf_hash: bytes, proof: list[bytes], block="latest") -> bool:
+        return self.rollup.functions.verify_inclusion(batch_id, index, leaf_hash, proof).call(block_identifier=block)
+
+    def leaf_status(self, batch_id: int, index: int, block="latest") -> str:
+        return STATUS.get(self.rollup.functions.leaf_status(batch_id, index).call(block_identifier=block), "unknown")
 
     def batch(self, batch_id: int) -> dict:
         root, _, count, deadline, poster, finalized = self.rollup.functions.batch(batch_id).call()
@@ -323,11 +358,20 @@ def verify_on_chain(report: VerificationReport, job: dict, chain: ChainReader,
         return report
     leaf_hash = _bytes(report.leaf_hash)
     proof = [_bytes(p) for p in job["proof"]]
-    included = chain.includes(int(report.batch_id), int(report.leaf_index), leaf_hash, proof)
+    safe = chain.safe_block()
+    if job.get("tx_hash"):
+        posted_id, detail = chain.posting(job["tx_hash"], safe)
+        ok = posted_id is not None and posted_id == int(report.batch_id)
+        if posted_id is not None and not ok:
+            detail = f"the transaction posted batch {posted_id}, not {report.batch_id}"
+        if not report.add("posting transaction on the canonical chain", ok, detail):
+            report.status = "pending"
+            return report
+    included = chain.includes(int(report.batch_id), int(report.leaf_index), leaf_hash, proof, block=safe)
     report.add("inclusion proof against the on-chain batch root", included,
                f"batch {report.batch_id}, leaf {report.leaf_index}, {len(proof)} siblings")
     registered = chain.model_root(int(job["model_id"]))
     report.add("model root registered on-chain", registered.lower() == job["model_root"].lower(),
                f"model {job['model_id']}: {registered[:18]}…")
-    report.status = chain.leaf_status(int(report.batch_id), int(report.leaf_index))
+    report.status = chain.leaf_status(int(report.batch_id), int(report.leaf_index), block=safe)
     return report

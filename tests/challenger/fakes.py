@@ -41,6 +41,9 @@ class FakeChain:
     def timestamp(self, block="latest"):
         return self.now
 
+    def block_hash(self, number):
+        return merkle.keccak(number.to_bytes(8, "big")) if 0 <= number <= self.block else None
+
     def mine(self, n: int = 1, seconds: int = 1):
         self.block += n
         self.now += seconds

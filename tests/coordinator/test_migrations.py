@@ -35,7 +35,7 @@ def test_every_step_downgrades_and_upgrades_again(tmp_path):
     url = f"sqlite:///{tmp_path}/m.db"
     cfg = alembic_config(url)
     revisions = [r.revision for r in reversed(list(ScriptDirectory.from_config(cfg).walk_revisions()))]
-    assert revisions == ["0001", "0002", "0003"]
+    assert revisions == ["0001", "0002", "0003", "0004"]
     seen = []
     for rev in revisions:
         before = tables(url)

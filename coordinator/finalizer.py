@@ -52,6 +52,7 @@ class Finalizer:
         """Follow the chain, watch events, then finalize due batches; returns the chain batch ids finalized now."""
         with self.wallet.lock:   # one of poster and finalizer at a time: sync rolls back rows both use
             self.follower.sync()
+            self.follower.resend(self.wallet)   # a finalize (or posting) a reorganisation dropped
             self.watch()
             return self.finalize_due()
 
@@ -92,9 +93,8 @@ class Finalizer:
             if receipt is None:
                 if self.wallet.mined_nonce(self.confirmations) <= batch.finalize_nonce:
                     return   # in flight, or dropped and re-sent by follower.resend
-            elif (receipt["status"] == 1 and self._finalizes(receipt, batch.chain_batch_id)
-                  and receipt["blockNumber"] + self.confirmations > self.chain.w3.eth.block_number):
-                return       # ours, waiting for its confirmations
+            elif receipt["status"] == 1 and self._finalizes(receipt, batch.chain_batch_id):
+                return       # ours: done, or waiting for its confirmations (the caller reads the chain)
             # Mined without finalizing this batch (reverted, or sent under an id a
             # reorganisation gave to another batch), or its nonce went elsewhere: a new one.
             self.finalize_resent += 1

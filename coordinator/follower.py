@@ -26,7 +26,6 @@ the blocks that back it are canonical."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from sqlalchemy import delete, or_, select
@@ -47,8 +46,6 @@ class ChainFollower:
         self.max_depth, self.confirmations, self.clock = max_depth, confirmations, clock
         self.reorgs = 0             # reorganisations seen by this process
         self.last_reorg: dict | None = None
-        self._vouch_cache: dict[int, tuple[float, bytes | None]] = {}
-        self._vouch_lock = threading.Lock()
 
     # ------------------------------------------------------------ tracking
 
@@ -85,8 +82,6 @@ class ChainFollower:
         if fork is not None:
             self.reorgs += 1
             self.metrics.reorgs.inc()
-            with self._vouch_lock:
-                self._vouch_cache.clear()
         return fork
 
     def _rollback(self, s, fork: int, canonical) -> None:
@@ -140,9 +135,12 @@ class ChainFollower:
         nonce is still free: batch postings in flight and finalize calls."""
         out = [(b.nonce, b.raw_tx, b.tx_hash) for b in s.scalars(
             select(m.Batch).where(m.Batch.state.in_((m.PREPARED, m.SENT)))).all()]
+        # Every finalize not known to be mined, whatever its batch's state now: its nonce lies
+        # between our other transactions', so it must be mined (or fail) for them to be. One
+        # sent under an id a reorganisation moved finalizes whatever batch holds it (anyone
+        # may), or reverts; the finalizer then sends one for the batch's new id.
         out += [(b.finalize_nonce, b.finalize_raw_tx, b.finalize_tx_hash) for b in s.scalars(
-            select(m.Batch).where(m.Batch.finalize_tx_hash.is_not(None), m.Batch.finalize_block.is_(None),
-                                  m.Batch.state == m.BATCH_POSTED)).all()]
+            select(m.Batch).where(m.Batch.finalize_tx_hash.is_not(None), m.Batch.finalize_block.is_(None))).all()]
         return sorted(t for t in out if t[0] >= mined_nonce)
 
     def next_nonce(self, wallet) -> int:
@@ -202,18 +200,9 @@ class ChainFollower:
                 view["leaf_hash"] = primary.get("leaf_hash")
         return view
 
-    def _canonical(self, number: int, ttl: float = 0.5) -> bytes | None:
-        now = time.monotonic()
-        with self._vouch_lock:
-            hit = self._vouch_cache.get(number)
-            if hit and now - hit[0] < ttl:
-                return hit[1]
-        value = canonical_hash(self.chain.w3)(number)
-        with self._vouch_lock:
-            self._vouch_cache[number] = (now, value)
-            if len(self._vouch_cache) > 4096:
-                self._vouch_cache.clear()
-        return value
+    def _canonical(self, number: int) -> bytes | None:
+        # Read every time (no cache): a cached hash is exactly what a reorganisation makes stale.
+        return canonical_hash(self.chain.w3)(number)
 
 
 def _receipt(w3, tx_hash: bytes):

@@ -22,6 +22,7 @@ from tests.coordinator.conftest import run_coordinator
 
 MINILM = "all-minilm-l6-v2"
 STATUS = {1: "posted", 2: "disputed", 3: "final", 4: "invalid"}
+UNLIMITED = {"anonymous_rate_limit_rpm": 0}   # the traffic thread is no abuse
 
 
 def mine(net, n=1):
@@ -32,7 +33,7 @@ def mine(net, n=1):
 @pytest.fixture(scope="module")
 def c1(net, tmp_path_factory):
     mine(net, 6)   # nothing of the session's set-up within reach of this module's reorganisations
-    running = run_coordinator(net, tmp_path_factory.mktemp("reorg") / "c1.db")
+    running = run_coordinator(net, tmp_path_factory.mktemp("reorg") / "c1.db", **UNLIMITED)
     yield running
     running.stop()
 
@@ -58,7 +59,7 @@ class Traffic:
             while not self.stop.is_set():
                 coord = self.coords[self.n % len(self.coords)]
                 self.one(coord, http)
-                self.stop.wait(0.05)
+                self.stop.wait(0.2)
 
     def one(self, coord, http=None):
         self.n += 1
@@ -93,6 +94,7 @@ def audit(net, answered: dict) -> None:
     assert not lost and not dup, (lost, dup)
     for job_id, coord in answered.items():
         view = httpx.get(f"{coord.url}/v1/jobs/{job_id}").json()
+        assert "error" not in view, view
         ((batch_id, index),) = where[job_id]
         assert (view["batch_id"], view["leaf_index"]) == (batch_id, index), (job_id, view["status"])
         assert view["status"] == STATUS[rollup.functions.leaf_status(batch_id, index).call()], job_id
@@ -160,7 +162,7 @@ def test_a_posting_mined_again_under_another_batch_id(c1, net, tmp_path):
     other = dev_keys(13)[12]
     TxSender(net.w3, net.keys["deployer"]).call(rollup.functions.set_coordinator(Account.from_key(other).address,
                                                                                  True))
-    c2 = run_coordinator(net, tmp_path / "c2.db", coordinator_key=other)
+    c2 = run_coordinator(net, tmp_path / "c2.db", coordinator_key=other, **UNLIMITED)
     traffic = Traffic(c1, c2)   # requests from this thread: the posting must be the newest block
     try:
         if True:

@@ -1,6 +1,8 @@
 """The fault suite's parts: client traffic that records what the API
 answered, a seeded plan of SIGKILLs (and restarts) of the devnet's
-processes, and an audit of the chain (batches decoded from calldata, leaf
+processes and of chain reorganisations (anvil_reorg, 1 to 5 blocks deep,
+each aimed at a block holding a batch posting, a finalize, a challenge or a
+game move), and an audit of the chain (batches decoded from calldata, leaf
 statuses, games, stakes) that says what was posted, finalized and proven.
 
 Loopback only: every process is the devnet's own (tests/faults/conftest.py)."""
@@ -21,7 +23,7 @@ from pathlib import Path
 import httpx
 from web3 import HTTPProvider, Web3
 
-from opinfer.chain import artifacts
+from opinfer.chain import artifacts, reorg
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch
 
@@ -189,10 +191,14 @@ class ChainView:
         self.stake = self.w3.eth.contract(address=c["StakeManager"], abi=artifacts.load("StakeManager").abi)
         self._batches: dict[int, list[PostedLeaf]] = {}
         self._scanned = -1
+        self._scanned_hash = b""
 
     def batches(self) -> dict[int, list[PostedLeaf]]:
-        """Every posted batch, rebuilt from its transaction's calldata and checked against the stored root."""
+        """Every posted batch on the canonical chain, rebuilt from its transaction's calldata and checked
+        against the stored root (all read again when the last block read is no longer canonical)."""
         head = self.w3.eth.block_number
+        if self._scanned >= 0 and reorg.canonical_hash(self.w3)(self._scanned) != self._scanned_hash:
+            self._batches, self._scanned = {}, -1
         if head > self._scanned:
             for e in self.rollup.events.BatchPosted().get_logs(from_block=self._scanned + 1, to_block=head):
                 bid = e["args"]["batch_id"]
@@ -206,7 +212,7 @@ class ChainView:
                 assert len(batch.leaves) == e["args"]["leaf_count"]
                 self._batches[bid] = [PostedLeaf(bid, i, leaf.job_id.hex(), leaf.node, leaf.model_id)
                                       for i, leaf in enumerate(batch.leaves)]
-            self._scanned = head
+            self._scanned, self._scanned_hash = head, reorg.canonical_hash(self.w3)(head)
         return self._batches
 
     def batch_count(self) -> int:
@@ -228,19 +234,41 @@ class ChainView:
     def events(self, contract, name: str) -> list:
         return list(getattr(contract.events, name)().get_logs(from_block=0, to_block="latest"))
 
+    def newest_block_with(self, kind: str, within: int) -> int | None:
+        """The newest of the last `within` blocks that holds an event of `kind`
+        (posting, finalize, challenge, move), or None."""
+        head = self.w3.eth.block_number
+        lo = max(0, head - within + 1)
+        found = [e["blockNumber"] for contract, name in REORG_EVENTS[kind]
+                 for e in getattr(contract(self).events, name)().get_logs(from_block=lo, to_block=head)]
+        return max(found) if found else None
+
+
+# Which events make a block worth reorganising away, per reorganisation target.
+GAME_MOVES = ("TraceOpened", "Bisected", "Picked", "TensorRevealed", "Descended", "Chosen", "ChunkRevealed",
+              "ElementPicked", "StepExecuted", "GameResolved")
+REORG_EVENTS = {
+    "posting": [(lambda v: v.rollup, "BatchPosted")],
+    "finalize": [(lambda v: v.rollup, "BatchFinalized")],
+    "challenge": [(lambda v: v.game, "GameStarted")],
+    "move": [(lambda v: v.game, name) for name in GAME_MOVES],
+}
+
 
 # --------------------------------------------------------------------------- faults
 
 
 @dataclass
 class Fault:
-    target: str          # coordinator | node | liar | challenger
-    trigger: str         # any | posting | game
+    target: str          # coordinator | node | liar | challenger | all | reorg
+    trigger: str         # any | posting | game | peers-up; for a reorg: posting | finalize | challenge | move
     gap_s: float         # wait before looking for the trigger
     down_s: float        # how long the process stays dead
     service: str = ""    # the devnet service killed
     fired: str = ""      # the trigger actually met ("timeout" when it was not)
     at: float = 0.0
+    depth: int = 0       # a reorg: the planned depth (blocks), then the one injected
+    dropped_txs: int = 0  # a reorg: transactions in the blocks it replaced
 
 
 def plan(rng: random.Random, honest: list[str]) -> list[Fault]:
@@ -264,6 +292,19 @@ def plan(rng: random.Random, honest: list[str]) -> list[Fault]:
             # One honest node at a time: kill one only once both serve again (a restarted
             # node is back after loading its models; with both down only the liar serves).
             f.service, f.trigger = rng.choice(honest), "peers-up"
+    # Reorganisations next to the kills, 1 to 5 blocks deep, one aimed at each kind of
+    # transaction the services rely on. Postings start at once; a challenge lands in the
+    # newest blocks only just after a lie is posted, so that reorg comes first and waits for
+    # the first game; moves follow in the middle; finalizations come after the window: last
+    # before `all` (it waits for the first finalize, and would hold back the kills behind it).
+    depths = {kind: rng.randint(1, 5) for kind in ("challenge", "posting", "move", "finalize")}
+    n = len(faults) - 1          # `all` stays last
+    faults.insert(0, Fault("reorg", "challenge", rng.uniform(1.0, 3.0), 0.0, depth=depths["challenge"]))
+    faults.insert(rng.randint(1, 1 + n // 3), Fault("reorg", "posting", rng.uniform(1.0, 3.0), 0.0,
+                                                    depth=depths["posting"]))
+    faults.insert(rng.randint(2 + n // 3, 2 + 2 * n // 3), Fault("reorg", "move", rng.uniform(1.0, 3.0), 0.0,
+                                                                 depth=depths["move"]))
+    faults.insert(len(faults) - 1, Fault("reorg", "finalize", rng.uniform(1.0, 3.0), 0.0, depth=depths["finalize"]))
     return faults
 
 
@@ -273,7 +314,8 @@ class Injector:
 
     def __init__(self, services: dict, faults: list[Fault], chain: ChainView, coordinator_db: Path, liar: str,
                  honest_urls: list[str], trigger_timeout: float = 30.0, deadline_s: float = 120.0,
-                 challenger_gap_s: float = 0.0, liar_slashed=lambda: False, log=print):
+                 challenger_gap_s: float = 0.0, liar_slashed=lambda: False, log=print,
+                 reorg_timeout: float = 30.0):
         self.services, self.faults, self.chain = services, faults, chain
         # A slashed node refuses to start (no stake): the liar, killed after it lost a game,
         # exits when it comes back. Not a failure, and nothing left to kill.
@@ -286,6 +328,7 @@ class Injector:
         self.honest_urls = honest_urls
         self.coordinator_db, self.liar = coordinator_db, liar
         self.trigger_timeout = trigger_timeout
+        self.reorg_timeout = reorg_timeout   # how long a reorg waits for a block holding its target
         self.deadline_s = deadline_s      # no kill starts later than this (s after start)
         self.log = log
         self.done = threading.Event()
@@ -311,8 +354,11 @@ class Injector:
                     return
                 if fault.target in ("challenger", "all"):
                     self.halted.wait(max(0.0, self.last_challenger_kill + self.challenger_gap_s - time.monotonic()))
-                if time.monotonic() - self.t0 > self.deadline_s and fault.target != "all":
+                if time.monotonic() - self.t0 > self.deadline_s and fault.target not in ("all", "reorg"):
                     self.log(f"  fault {fault.target}: dropped (past the deadline)")
+                    continue
+                if fault.target == "reorg":
+                    self.reorganise(fault)
                     continue
                 fault.fired = self._wait_trigger(fault.trigger)
                 if self.halted.is_set():
@@ -385,6 +431,38 @@ class Injector:
         for name in names:        # restarted even when halted: the fixture's teardown stops what runs
             self.services[name].start()
 
+    def reorganise(self, fault: Fault) -> None:
+        """Wait (bounded) until one of the last 5 blocks holds the fault's target, then replace
+        the newest blocks down to it (at least the planned depth, at most 5) with empty ones:
+        their transactions are gone, and every service must notice and re-derive."""
+        # A challenge waits for the first game (a burst must reach the liar first), a finalize for
+        # the end of the first window: up to the plan's deadline; the others briefly.
+        wait = self.deadline_s if fault.trigger in ("challenge", "finalize") else self.reorg_timeout
+        deadline = min(time.monotonic() + wait, max(self.t0 + self.deadline_s, time.monotonic() + 1))
+        depth, fault.fired = fault.depth, "timeout"
+        while time.monotonic() < deadline and not self.halted.is_set():
+            try:
+                block = self.chain.newest_block_with(fault.trigger, 5)
+                head = self.chain.w3.eth.block_number
+            except (OSError, ValueError, httpx.HTTPError):
+                block = None
+            if block is not None and head - block + 1 <= 5:
+                depth, fault.fired = max(fault.depth, head - block + 1), fault.trigger
+                break
+            time.sleep(0.05)
+        if self.halted.is_set():
+            return
+        w3 = self.chain.w3
+        head = w3.eth.block_number
+        depth = min(depth, head)
+        fault.dropped_txs = sum(len(w3.eth.get_block(n)["transactions"]) for n in range(head - depth + 1, head + 1))
+        reorg.anvil_reorg(w3, depth)
+        fault.depth, fault.service = depth, f"reorg-{fault.trigger}"
+        fault.at = time.monotonic() - self.t0
+        self.injected.append(fault)
+        self.log(f"  fault {len(self.injected):2d} t={fault.at:5.1f}s reorg {depth} block(s) "
+                 f"(target {fault.trigger}: {fault.fired}), {fault.dropped_txs} transactions dropped")
+
     def halt(self, timeout: float = 15.0) -> None:
         self.halted.set()
         self.thread.join(timeout)
@@ -423,6 +501,8 @@ class Outcome:
     locked_bond: int = 0
     liar_answered: int = 0
     liar_gone: int = 0           # liar kills skipped: it had exited (slashed nodes refuse to start)
+    reposted: int = 0            # leaves the coordinator posted again after a reorg dropped their batch
+    batches_reposted: int = 0
     wall_s: float = 0.0
     settle_s: float = 0.0
 
@@ -433,6 +513,25 @@ class Outcome:
     @property
     def duplicated(self) -> set[str]:
         return {j for j, where in self.posted.items() if len(where) > 1}
+
+    @property
+    def false_statuses(self) -> dict[str, tuple]:
+        """Answered jobs whose API status or place differs from the chain's: job id -> (api, chain)."""
+        name = {1: "posted", 2: "disputed", LEAF_FINAL: "final", LEAF_INVALID: "invalid"}
+        out = {}
+        for job_id, view in self.coordinator_view.items():
+            if job_id in self.rejected_after_slash:
+                continue
+            where = self.posted.get(job_id) or []
+            chain = [(name.get(self.leaf_status.get((w.batch_id, w.index))), w.batch_id, w.index) for w in where]
+            api = (view.get("status"), view.get("batch_id"), view.get("leaf_index"))
+            if chain != [api]:
+                out[job_id] = (api, chain)
+        return out
+
+    @property
+    def reorgs(self) -> list[Fault]:
+        return [f for f in self.fault_log if f.target == "reorg"]
 
     def batch_verdicts(self) -> tuple[int, int, int]:
         """(final, invalid, unsettled): a batch is invalid when one of its leaves is."""
@@ -452,13 +551,20 @@ class Outcome:
         final, invalid, unsettled = self.batch_verdicts()
         won = sum(g["status"] == player.CHALLENGER_WON for g in self.games)
         kinds = Counter(a.kind for a in self.answered.values())
+        reorgs = ", ".join(f"{r.trigger}:{r.depth}{'' if r.fired == r.trigger else '(missed)'}"
+                           for r in self.reorgs)
         return (f"faults: injected={sum(f.values())} (coordinator={f['coordinator']} node={f['node']} "
-                f"liar={f['liar']} challenger={f['challenger']} all={f['all']}; {self.killed} processes killed"
+                f"liar={f['liar']} challenger={f['challenger']} all={f['all']} reorg={f['reorg']}; "
+                f"{self.killed} processes killed"
                 f"{f'; liar exited once slashed, {self.liar_gone} kills skipped' if self.liar_gone else ''}) "
                 f"jobs answered={len(self.answered)} (embedding={kinds['embedding']} chat={kinds['chat']} "
                 f"liar={self.liar_answered}) "
                 f"failed={sum(self.failed.values())} posted={len(set(self.answered) & set(self.posted))} "
                 f"lost={len(self.lost)} duplicated={len(self.duplicated)} "
+                f"false_statuses={len(self.false_statuses)} "
+                f"reorgs injected={len(self.reorgs)} [{reorgs}] "
+                f"transactions dropped={sum(r.dropped_txs for r in self.reorgs)} "
+                f"jobs re-posted={self.reposted} (in {self.batches_reposted} batches) "
                 f"rejected_after_slash={len(self.rejected_after_slash)} batches={len(self.batches)} final={final} "
                 f"invalid={invalid} unsettled={unsettled} games={len(self.games)} won_by_challenger={won} "
                 f"seed={self.seed} wall={self.wall_s:.0f}s")

@@ -1,8 +1,10 @@
 """The fault suite: kill -9 the coordinator, an honest node, the dishonest
 node and the challenger (every client of anvil) at random points, seeded,
-while traffic runs and a dispute game is played; restart each; then check
-on the chain that every answered job was posted exactly once, every batch
-finalized, every game ended with the right winner.
+and reorganise the chain 1 to 5 blocks deep away from a batch posting, a
+finalize, a challenge and a game move, while traffic runs and a dispute
+game is played; restart each; then check on the chain that every answered
+job was posted exactly once, every batch finalized, every game ended with
+the right winner, and the coordinator's API says what the chain says.
 
 Seed: OPINFER_FAULT_SEED (default: random, printed). Run with
 `python -m pytest -p no:pytest-brownie -q -s -m faults tests/faults`."""
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import time
 
 import httpx
@@ -24,10 +27,11 @@ from tests.faults.harness import (LEAF_FINAL, LEAF_INVALID, ChainView, Injector,
 pytestmark = pytest.mark.faults
 
 MIN_TRAFFIC_S = 45      # traffic runs at least this long, and until the fault plan is done
-FAULTS_BY_S = 130       # no fault starts after this (the rest of the plan is dropped, but for the last, `all`)
+FAULTS_BY_S = 150       # no fault starts after this (the rest of the plan is dropped, but for `all` and reorgs)
 CHALLENGER_GAP_S = 30   # between two kills of the challenger (it must be able to act within each window)
 TRIGGER_TIMEOUT_S = 20  # how long a kill waits for its moment (batch in flight, game running; 2.5x: honest nodes up)
 SETTLE_S = 210          # after the traffic: until every batch is final and every game over
+REORG_TIMEOUT_S = 30    # how long a reorganisation waits for a block holding its target
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,8 @@ def outcome(faultnet) -> Outcome:
                         [n["url"] for n in info["nodes"] if not n["dishonest"]],
                         trigger_timeout=TRIGGER_TIMEOUT_S, deadline_s=FAULTS_BY_S,
                         challenger_gap_s=CHALLENGER_GAP_S,
-                        liar_slashed=lambda: chain.stake.functions.stake(liar).call() == 0).start()
+                        liar_slashed=lambda: chain.stake.functions.stake(liar).call() == 0,
+                        reorg_timeout=REORG_TIMEOUT_S).start()
     try:
         while not (injector.done.is_set() and time.monotonic() - t0 >= MIN_TRAFFIC_S):
             time.sleep(0.5)
@@ -68,6 +73,7 @@ def outcome(faultnet) -> Outcome:
             gone = svc.name == liar_node["role"] and chain.stake.functions.stake(liar).call() == 0
             assert svc.alive() or gone, f"{svc.name} is not running after the traffic (log {svc.log})"
         out = settle(chain, info, traffic, injector, seed, liar, time.monotonic() + SETTLE_S)
+        out.reposted, out.batches_reposted = reposts(state / "coordinator.db")
         out.settle_s = time.monotonic() - t0 - traffic_s
         out.wall_s = time.monotonic() - t0
     except BaseException:
@@ -78,6 +84,18 @@ def outcome(faultnet) -> Outcome:
         raise
     print("\n" + out.summary(), flush=True)
     return out
+
+
+def reposts(db) -> tuple[int, int]:
+    """(leaves, batches) the coordinator posted again after a reorganisation dropped their batch
+    (from its database: counters in /metrics restart with the process)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        leaves, batches = con.execute("select coalesce(sum(leaf_count * reposts), 0), "
+                                      "coalesce(sum(reposts > 0), 0) from batches").fetchone()
+        return int(leaves), int(batches)
+    finally:
+        con.close()
 
 
 def settle(chain: ChainView, info: dict, traffic: Traffic, injector: Injector, seed: int, liar: str,
@@ -153,6 +171,16 @@ def test_faults_were_injected_during_traffic_and_the_game(outcome):
     triggers = {(x.target, x.fired) for x in outcome.fault_log}
     print("fault triggers met: " + ", ".join(f"{t}@{w}" for t, w in sorted(triggers)))
     assert ("coordinator", "posting") in triggers, "no coordinator kill hit a batch in flight"
+    reorgs = outcome.reorgs
+    assert f["reorg"] == 4 and {r.trigger for r in reorgs} == {"posting", "finalize", "challenge", "move"}, reorgs
+    assert all(1 <= r.depth <= 5 for r in reorgs), reorgs
+    hit = [r for r in reorgs if r.fired == r.trigger]
+    print("reorganisations: " + ", ".join(f"{r.trigger}@{r.fired} depth {r.depth} ({r.dropped_txs} txs dropped)"
+                                          for r in reorgs))
+    # A posting is reorganised away in every run (batches are posted every second); the others
+    # need their moment (a game, the window's end) within the plan's time.
+    assert any(r.trigger == "posting" for r in hit) and len(hit) >= 3, reorgs
+    assert outcome.reposted >= 1, "no job was re-posted after its posting was reorganised away"
 
 
 def test_every_answered_job_is_posted_exactly_once(outcome):
@@ -207,8 +235,9 @@ def test_every_game_ended_with_the_right_winner(outcome, faultnet):
 
 
 def test_coordinator_agrees_with_the_chain(outcome):
-    """The coordinator's API (killed and restarted many times) tells each answered job's status and place
-    as the chain does."""
+    """The coordinator's API (killed and restarted many times, its postings, finalizations, challenges
+    and games reorganised away) tells each answered job's status and place as the chain does."""
+    assert not outcome.false_statuses, dict(list(outcome.false_statuses.items())[:10])
     status_name = {LEAF_FINAL: "final", LEAF_INVALID: "invalid"}
     for job_id, view in outcome.coordinator_view.items():
         if job_id in outcome.rejected_after_slash:

@@ -107,7 +107,12 @@ class Finalizer:
             row.finalize_nonce, row.finalize_tx_hash, row.finalize_raw_tx = nonce, tx_hash, raw
             row.finalize_block = row.finalize_block_hash = None
         self.wallet.broadcast(raw)
-        self.wallet.wait(tx_hash, self.receipt_timeout)
+        # The outcome is read from the chain (now or next run): no long wait holding the key's lock.
+        self.wallet.wait(tx_hash, min(self.receipt_timeout, 10.0), unstick=self._unstick)
+
+    def _unstick(self) -> None:
+        self.follower.sync()
+        self.follower.resend(self.wallet)
 
     def _finalizes(self, receipt, batch_id: int) -> bool:
         events = self.chain.rollup.events.BatchFinalized().process_receipt(receipt)

@@ -107,6 +107,12 @@ class BatchPoster:
         self.last_posted_at: float | None = None   # health: when a batch was last recorded posted
         self.last_error: str | None = None
 
+    def unstick(self) -> None:
+        """While a receipt is awaited: undo a reorganisation that happened meanwhile and send
+        its dropped transactions again (ours below the awaited one hold it in the pool)."""
+        self.follower.sync()
+        self.follower.resend(self.wallet)
+
     def pending_count(self) -> int:
         with self.sessions() as s:
             return len(s.scalars(select(m.Leaf.id).where(m.Leaf.status == m.PENDING, m.Leaf.batch_pk.is_(None)))
@@ -211,7 +217,8 @@ class BatchPoster:
             row = s.get(m.Batch, batch_pk)
             row.state = m.SENT
             tx_hash = row.tx_hash
-        receipt = self.wallet.wait(tx_hash, self.receipt_timeout, self.confirmations, canonical=True)
+        receipt = self.wallet.wait(tx_hash, self.receipt_timeout, self.confirmations, canonical=True,
+                                   unstick=self.unstick)
         if receipt is None:
             raise PostingError(f"batch tx 0x{tx_hash.hex()} not mined with {self.confirmations} confirmations "
                                f"within {self.receipt_timeout} s")
@@ -281,7 +288,8 @@ class BatchPoster:
             open_batches = s.scalars(select(m.Batch).where(m.Batch.state.in_((m.PREPARED, m.SENT)))
                                      .order_by(m.Batch.nonce)).all()
         for row in open_batches:
-            receipt = self.wallet.wait(row.tx_hash, self.receipt_timeout, self.confirmations, canonical=True)
+            receipt = self.wallet.wait(row.tx_hash, self.receipt_timeout, self.confirmations, canonical=True,
+                                       unstick=self.unstick)
             if receipt is None:
                 raise PostingError(f"batch {row.id}: tx 0x{row.tx_hash.hex()} still not mined with "
                                    f"{self.confirmations} confirmations")

@@ -73,13 +73,19 @@ class Wallet:
             return None
 
     def wait(self, tx_hash: bytes, timeout: float, confirmations: int = 0, poll: float = 0.05,
-             canonical: bool = False):
+             canonical: bool = False, unstick=None, unstick_after: float = 1.0):
         """The receipt once `confirmations` more blocks are on top of its block
         (and, with `canonical`, while that block is the canonical one at its
         height: a node may serve a reorganised-out receipt for a while); None
         when that does not happen within `timeout`. The receipt is read again
-        on every poll, so a transaction reorganised out waits again."""
+        on every poll, so a transaction reorganised out waits again.
+
+        `unstick()` runs when no receipt came for `unstick_after` s (then again
+        after as long): a reorganisation that dropped our earlier transactions
+        while this one was signed leaves it queued behind their nonces until
+        they are sent again (the poster and finalizer pass follower sync + resend)."""
         deadline = time.monotonic() + timeout
+        next_unstick = time.monotonic() + unstick_after
         while True:
             receipt = self.receipt(tx_hash)
             if receipt is not None and (confirmations <= 0
@@ -88,6 +94,9 @@ class Wallet:
                     return receipt
             if time.monotonic() >= deadline:
                 return None
+            if unstick is not None and receipt is None and time.monotonic() >= next_unstick:
+                unstick()
+                next_unstick = time.monotonic() + unstick_after
             time.sleep(poll)
 
     def _canonical(self, receipt) -> bool:

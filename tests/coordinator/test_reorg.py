@@ -17,6 +17,7 @@ from eth_account import Account
 from opinfer.chain import reorg
 from opinfer.chain.anvil import dev_keys
 from opinfer.chain.sender import TxSender
+from opinfer.sdk.verify import ChainReader, check_job, verify_on_chain
 from opinfer.trace.leaf import Batch
 from tests.coordinator.conftest import run_coordinator
 
@@ -100,6 +101,13 @@ def audit(net, answered: dict) -> None:
         assert view["status"] == STATUS[rollup.functions.leaf_status(batch_id, index).call()], job_id
 
 
+def sdk_verify(net, view):
+    """The SDK's verification of a job view against the chain (its own RPC connection)."""
+    rollup = net.addresses["ResultRollup"]
+    report = check_job(view, net.deployment.chain_id, rollup)
+    return verify_on_chain(report, view, ChainReader(net.anvil.url, rollup))
+
+
 def metric(coord, name) -> float:
     for line in httpx.get(f"{coord.url}/metrics").text.splitlines():
         if line.startswith(name + " "):
@@ -113,7 +121,9 @@ def test_a_dropped_posting_is_posted_again_exactly_once(c1, net, depth):
     with Traffic(c1) as traffic:
         ids = [traffic.one(c1) for _ in range(3)]
         c1.c.post_batches()
-        tx_hash = httpx.get(f"{c1.url}/v1/jobs/{ids[0]}").json()["tx_hash"]
+        stale = httpx.get(f"{c1.url}/v1/jobs/{ids[0]}").json()
+        tx_hash = stale["tx_hash"]
+        assert sdk_verify(net, stale).ok
         mine(net, depth - 1)     # the posting is `depth` blocks deep
         reorg.anvil_reorg(net.w3, depth)
         # Before the coordinator runs again, the API already stops vouching for the batch.
@@ -121,6 +131,10 @@ def test_a_dropped_posting_is_posted_again_exactly_once(c1, net, depth):
         assert view["status"] == "pending" and view["batch_id"] is None and view["proof"] is None
         with pytest.raises(Exception):
             net.w3.eth.get_transaction_receipt(tx_hash)
+        # The SDK, handed the view from before, does not take the coordinator's word for it.
+        report = sdk_verify(net, stale)
+        assert not report.ok and report.status == "pending"
+        assert report.failed().name == "posting transaction on the canonical chain"
         c1.c.post_batches()      # re-sends the dropped posting (same bytes), then posts what arrived meanwhile
         assert net.w3.eth.get_transaction_receipt(tx_hash)["status"] == 1
     c1.c.post_batches()
@@ -170,7 +184,7 @@ def test_a_posting_mined_again_under_another_batch_id(c1, net, tmp_path):
             theirs = traffic.one(c2)
             c1.c.post_batches()
             view = httpx.get(f"{c1.url}/v1/jobs/{mine_ids[0]}").json()
-            first_id, ours_tx = view["batch_id"], bytes.fromhex(view["tx_hash"][2:])
+            first_id, ours_tx, stale = view["batch_id"], bytes.fromhex(view["tx_hash"][2:]), view
             assert net.w3.eth.get_transaction_receipt(ours_tx)["blockNumber"] == net.w3.eth.block_number
             # c2 signs and records its batch without sending it; the reorganisation mines it first.
             c2_batch = c2.c.poster.prepare()
@@ -183,8 +197,11 @@ def test_a_posting_mined_again_under_another_batch_id(c1, net, tmp_path):
             assert rollup.functions.batch_count().call() == first_id + 1
             c1.c.post_batches()
             c2.c.post_batches()
+            # A view from before names the old id: the SDK sees the transaction posted another one.
+            report = sdk_verify(net, stale)
+            assert not report.ok and f"posted batch {first_id + 1}, not {first_id}" in report.failed().detail
             view = httpx.get(f"{c1.url}/v1/jobs/{mine_ids[0]}").json()
-            assert view["batch_id"] == first_id + 1 and view["status"] == "posted"
+            assert view["batch_id"] == first_id + 1 and view["status"] == "posted" and sdk_verify(net, view).ok
             assert httpx.get(f"{c2.url}/v1/jobs/{theirs}").json()["batch_id"] == first_id
             assert httpx.get(f"{c1.url}/v1/batches/{first_id + 1}").json()["tx_hash"] == "0x" + ours_tx.hex()
         c1.c.post_batches()

@@ -293,17 +293,16 @@ def plan(rng: random.Random, honest: list[str]) -> list[Fault]:
             # node is back after loading its models; with both down only the liar serves).
             f.service, f.trigger = rng.choice(honest), "peers-up"
     # Reorganisations next to the kills, 1 to 5 blocks deep, one aimed at each kind of
-    # transaction the services rely on. Postings start at once; a challenge lands in the
-    # newest blocks only just after a lie is posted, so that reorg comes first and waits for
-    # the first game; moves follow in the middle; finalizations come after the window: last
-    # before `all` (it waits for the first finalize, and would hold back the kills behind it).
-    depths = {kind: rng.randint(1, 5) for kind in ("challenge", "posting", "move", "finalize")}
+    # transaction the services rely on. A challenge lands in the newest blocks only just after
+    # a lie is posted and the game's moves follow it for a while, so those two come first and
+    # wait for the first game; postings come early (one a second); finalizations after the
+    # window: last before `all` (that one waits for the first finalize).
+    depths = {kind: rng.randint(1, 5) for kind in ("challenge", "move", "posting", "finalize")}
     n = len(faults) - 1          # `all` stays last
     faults.insert(0, Fault("reorg", "challenge", rng.uniform(1.0, 3.0), 0.0, depth=depths["challenge"]))
-    faults.insert(rng.randint(1, 1 + n // 3), Fault("reorg", "posting", rng.uniform(1.0, 3.0), 0.0,
+    faults.insert(1, Fault("reorg", "move", rng.uniform(0.5, 2.0), 0.0, depth=depths["move"]))
+    faults.insert(rng.randint(2, 2 + n // 3), Fault("reorg", "posting", rng.uniform(1.0, 3.0), 0.0,
                                                     depth=depths["posting"]))
-    faults.insert(rng.randint(2 + n // 3, 2 + 2 * n // 3), Fault("reorg", "move", rng.uniform(1.0, 3.0), 0.0,
-                                                                 depth=depths["move"]))
     faults.insert(len(faults) - 1, Fault("reorg", "finalize", rng.uniform(1.0, 3.0), 0.0, depth=depths["finalize"]))
     return faults
 
@@ -429,15 +428,15 @@ class Injector:
                  f"(trigger {fault.trigger}: {fault.fired}), down {fault.down_s:.1f}s")
         self.halted.wait(fault.down_s)
         for name in names:        # restarted even when halted: the fixture's teardown stops what runs
-            self.services[name].start()
+            restart(self.services[name])
 
     def reorganise(self, fault: Fault) -> None:
         """Wait (bounded) until one of the last 5 blocks holds the fault's target, then replace
         the newest blocks down to it (at least the planned depth, at most 5) with empty ones:
         their transactions are gone, and every service must notice and re-derive."""
-        # A challenge waits for the first game (a burst must reach the liar first), a finalize for
-        # the end of the first window: up to the plan's deadline; the others briefly.
-        wait = self.deadline_s if fault.trigger in ("challenge", "finalize") else self.reorg_timeout
+        # A challenge or a move waits for the first game (a burst must reach the liar first),
+        # a finalize for the end of the first window: up to the plan's deadline; a posting briefly.
+        wait = self.deadline_s if fault.trigger in ("challenge", "move", "finalize") else self.reorg_timeout
         deadline = min(time.monotonic() + wait, max(self.t0 + self.deadline_s, time.monotonic() + 1))
         depth, fault.fired = fault.depth, "timeout"
         while time.monotonic() < deadline and not self.halted.is_set():
@@ -466,6 +465,46 @@ class Injector:
     def halt(self, timeout: float = 15.0) -> None:
         self.halted.set()
         self.thread.join(timeout)
+
+
+class _Spawner:
+    """One thread that lives as long as the test process and starts every restarted service.
+    Services die with the thread that started them (prctl PR_SET_PDEATHSIG follows the
+    starting *thread*, opinfer/lifetime.py): started from the injector's thread, they all got
+    SIGTERM when the fault plan ended."""
+
+    def __init__(self):
+        import queue
+
+        self.jobs: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, name="fault-spawner", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            fn, done, box = self.jobs.get()
+            try:
+                box.append(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                box.append(exc)
+            done.set()
+
+    def call(self, fn):
+        done, box = threading.Event(), []
+        self.jobs.put((fn, done, box))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+
+_spawner: _Spawner | None = None
+
+
+def restart(svc) -> None:
+    global _spawner
+    if _spawner is None:
+        _spawner = _Spawner()
+    _spawner.call(svc.start)
 
 
 def kill(svc) -> None:

@@ -215,9 +215,9 @@ class Defender:
         if self.store.cursor is not None and self.store.cursor > fork:
             self.store.cursor = fork
         for gid in forgotten:   # the id may name another game now: nothing of this one is kept
-            self._traces.pop(gid, None)
-            self.builds.forget(gid)
-            self.files.drop(gid)
+            for key in [k for k in self._traces if k[0] == gid]:
+                self._traces.pop(key, None)
+            self.files.drop(gid)   # (builds are keyed by input too: one in flight cannot serve another game)
         reopened = 0
         for game in self.store.games(OVER):
             g = self.chain.game(game.game_id)
@@ -318,12 +318,18 @@ class Defender:
         except Exception:  # noqa: BLE001 - act reports it
             return True
 
+    @staticmethod
+    def _key(game: Game) -> tuple[int, bytes]:
+        """A trace's key: the game id and the disputed input. After a reorganisation the same id
+        can name a game over another leaf, and a build begun for the old one must not serve it."""
+        return game.game_id, game.input_root
+
     def request(self, game: Game, g: dict) -> None:
         """Start building the game's trace unless it is in memory, on disk or in flight."""
-        gid = game.game_id
-        if gid in self._traces or self.builds.busy(gid):
+        key = self._key(game)
+        if key in self._traces or self.builds.busy(key):
             return
-        self.builds.submit(gid, self.deadline(g), lambda: self._build(game))
+        self.builds.submit(key, self.deadline(g), lambda: self._build(game))
 
     def _program(self, game: Game) -> Program:
         name, root = self.chain.model(game.model_id)
@@ -353,21 +359,21 @@ class Defender:
 
     def trace(self, game: Game) -> Trace:
         """The game's trace, or TraceNotReady (its build is requested or running)."""
-        gid = game.game_id
-        trace = self._traces.get(gid)
+        gid, key = game.game_id, self._key(game)
+        trace = self._traces.get(key)
         if trace is None:
             try:
-                trace = self.builds.take(gid)
+                trace = self.builds.take(key)
             except KeyError:
                 # Evicted from memory (more games than traces_kept): back from disk, else rebuilt.
-                self.builds.submit(gid, 0, lambda: self._build(game))
-                trace = self.builds.take(gid)
+                self.builds.submit(key, 0, lambda: self._build(game))
+                trace = self.builds.take(key)
             if trace is PENDING:
                 raise TraceNotReady(gid)
-            self._traces[gid] = trace
+            self._traces[key] = trace
             while len(self._traces) > self.traces_kept:
                 self._traces.popitem(last=False)
-        self._traces.move_to_end(gid)
+        self._traces.move_to_end(key)
         return trace
 
     def act(self, game: Game, now: int, g: dict | None = None) -> None:
@@ -411,8 +417,8 @@ class Defender:
     def finish(self, game: Game, g: dict) -> None:
         outcome = OUTCOMES.get(g["status"], VOID)
         self.store.finish(game.game_id, outcome)
-        self._traces.pop(game.game_id, None)
-        self.builds.forget(game.game_id)
+        self._traces.pop(self._key(game), None)
+        self.builds.forget(self._key(game))
         self.files.drop(game.game_id)
         self.metrics.games.labels(outcome).inc()
         reason = self.chain.resolved_reason(game.game_id, game.start_block)

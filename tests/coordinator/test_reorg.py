@@ -233,3 +233,24 @@ def test_a_deep_rewind_with_evm_revert(c1, net):
     c1.c.finalize()
     audit(net, traffic.answered)
     assert all(httpx.get(f"{c1.url}/v1/jobs/{j}").json()["status"] in ("posted", "final") for j in traffic.answered)
+
+
+def test_health_reports_a_posting_stall(c1, net):
+    """An answered leaf left unposted longer than posting_stall_s makes /healthz degraded (503)
+    with the reason; posting it makes it ok again."""
+    settings = c1.c.settings
+    saved = settings.posting_stall_s, settings.scheduler
+    settings.posting_stall_s, settings.scheduler = 0.5, True   # as if the scheduler were posting
+    try:
+        Traffic(c1).one(c1)
+        import time
+
+        time.sleep(0.6)
+        r = httpx.get(f"{c1.url}/healthz")
+        posting = r.json()["posting"]
+        assert r.status_code == 503 and posting["stalled"] and "waited" in posting["reason"]
+        c1.c.post_batches()
+        r = httpx.get(f"{c1.url}/healthz")
+        assert r.status_code == 200 and not r.json()["posting"]["stalled"], r.json()
+    finally:
+        settings.posting_stall_s, settings.scheduler = saved

@@ -435,8 +435,8 @@ class Injector:
         the newest blocks down to it (at least the planned depth, at most 5) with empty ones:
         their transactions are gone, and every service must notice and re-derive."""
         # A challenge or a move waits for the first game (a burst must reach the liar first),
-        # a finalize for the end of the first window: up to the plan's deadline; a posting briefly.
-        wait = self.deadline_s if fault.trigger in ("challenge", "move", "finalize") else self.reorg_timeout
+        # a finalize for the end of the first window (up to the plan's deadline); a posting briefly.
+        wait = {"challenge": 60.0, "move": 45.0, "finalize": self.deadline_s}.get(fault.trigger, self.reorg_timeout)
         deadline = min(time.monotonic() + wait, max(self.t0 + self.deadline_s, time.monotonic() + 1))
         depth, fault.fired = fault.depth, "timeout"
         while time.monotonic() < deadline and not self.halted.is_set():

@@ -89,6 +89,7 @@ class Challenger:
         store.bind(chain.chain_id, chain.rollup.address)
         self.tracker = HeadTracker.loads(store.get("blocks"), max_reorg_depth)
         self.reorgs = 0
+        self._epoch = 0   # bumped by each rollback: work begun before it stops writing
         for node in store.suspects():
             sampler.mark(node)
 
@@ -159,15 +160,13 @@ class Challenger:
         self.store.put("blocks", self.tracker.dumps())
         return fork
 
-    def rollback(self, fork: int, drain_s: float = 30.0) -> None:
+    def rollback(self, fork: int) -> None:
         forgotten = self.store.forget_above(fork)
         if self.store.cursor is not None and self.store.cursor > fork:
             self.store.cursor = fork
-        # Re-checks in flight hold batches read before the reorganisation: let them finish
-        # (bounded), then drop whatever they wrote for batch ids no longer recorded.
-        until = time.monotonic() + drain_s
-        while self.work.queued and time.monotonic() < until:
-            self.work.wait(until - time.monotonic())
+        # Re-checks in flight hold batches read before the reorganisation: they stop writing
+        # (epoch), and what they wrote for batch ids no longer recorded goes.
+        self._epoch += 1
         self.store.drop_orphans()
         with self._batches_lock:
             self._batches.clear()
@@ -282,13 +281,15 @@ class Challenger:
                     self._batches.popitem(last=False)
         return batch
 
-    def check_leaves(self, batch_id: int, batch: Batch, indices: list[int]) -> None:
+    def check_leaves(self, batch_id: int, batch: Batch, indices: list[int], epoch: int | None = None) -> None:
         done = self.store.checked(batch_id)
         todo = [i for i in dict.fromkeys(indices) if i not in done]
         if not todo:
             return
         new_suspects = []
         for i, verdict in zip(todo, self.check_many([batch.leaves[i] for i in todo])):
+            if epoch is not None and epoch != self._epoch:
+                return   # a reorganisation since the batch was read: its id may name another batch now
             leaf = batch.leaves[i]
             self.store.add_check(batch_id, i, leaf.node, leaf.model_id, verdict)
             if verdict in solver.DISPUTABLE:
@@ -338,6 +339,7 @@ class Challenger:
             event(self.log, "re-check failed", logging.ERROR, node=node, batch=batch_id, error=repr(exc))
 
     def _recheck_now(self, node: str, batch_id: int, deadline: int, indices: list[int]) -> None:
+        epoch = self._epoch
         now = self.chain.timestamp()
         todo = [i for i in indices if i not in self.store.checked(batch_id)]
         if deadline <= now:
@@ -352,7 +354,7 @@ class Challenger:
                       logging.WARNING, node=node, budget=self.recheck_budget)
         if allowed:
             record = self.store.batch(batch_id)
-            self.check_leaves(batch_id, self.load(record), todo[:allowed])
+            self.check_leaves(batch_id, self.load(record), todo[:allowed], epoch)
             self.metrics.rechecks.labels("checked").inc(allowed)
         self.metrics.work_queued.labels("all").set(self.work.queued)
 

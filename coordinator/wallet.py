@@ -12,7 +12,7 @@ import time
 
 from eth_account import Account
 from web3 import Web3
-from web3.exceptions import ContractLogicError, TransactionNotFound
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3Exception
 
 from coordinator.errors import PostingError
 
@@ -60,7 +60,7 @@ class Wallet:
         """Send a signed transaction; sending one the node already has is not an error."""
         try:
             self.w3.eth.send_raw_transaction(raw)
-        except ValueError as exc:  # JSON-RPC errors
+        except (ValueError, Web3Exception) as exc:  # JSON-RPC errors (web3 7: Web3RPCError)
             text = str(exc).lower()
             if "already known" in text or "already imported" in text or "nonce too low" in text:
                 return  # the caller learns the outcome from the receipt / nonce

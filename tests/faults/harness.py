@@ -35,11 +35,22 @@ WORDS = ("rollup", "stake", "window", "bisection", "leaf", "batch", "proof", "no
 LEAF_FINAL, LEAF_INVALID = 3, 4
 
 
-def log_tails(logs: Path, lines: int = 40) -> str:
+def log_tails(logs: Path, lines: int = 40, firsts: int = 12) -> str:
+    """The last lines of each service log, after the first lines of each kind of error or
+    warning it logged (a tail alone often shows only the last symptom, repeated)."""
     out = []
     for path in sorted(Path(logs).glob("*.log")):
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-        out.append(f"----- {path.name} (last {len(text)} lines)\n" + "\n".join(text))
+        all_lines = path.read_text(errors="replace").splitlines()
+        seen, first = set(), []
+        for line in all_lines:
+            if '"level": "error"' in line or '"level": "warning"' in line or "Traceback" in line:
+                kind = line.split('"msg": ')[-1][:60]
+                if kind not in seen:
+                    seen.add(kind)
+                    first.append(line[:400])
+        text = all_lines[-lines:]
+        out.append(f"----- {path.name}: first of each warning/error ({len(first[:firsts])})\n" + "\n".join(first[:firsts])
+                   + f"\n----- {path.name} (last {len(text)} lines)\n" + "\n".join(text))
     return "\n".join(out)
 
 

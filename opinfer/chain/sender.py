@@ -4,10 +4,11 @@ receipt and turns reverts into ChainError with the contract's reason."""
 from __future__ import annotations
 
 import threading
+import time
 
 from eth_account import Account
 from web3 import Web3
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractLogicError, TransactionNotFound
 
 from opinfer.errors import ChainError
 
@@ -43,10 +44,37 @@ class TxSender:
                 self._nonce = None  # resync from the chain next time
                 raise
             self._nonce += 1
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+        receipt = self.wait(tx_hash, bytes(signed.raw_transaction))
         if receipt["status"] != 1:
             raise ChainError(f"transaction {tx_hash.hex()} reverted: {self._reason(tx)}")
         return receipt
+
+    def wait(self, tx_hash, raw: bytes, timeout: float = 120.0, poll: float = 0.1, resend_after: float = 1.0) -> dict:
+        """The receipt. A reorganisation can drop the transaction after it was mined and
+        before its receipt is read (the node then knows neither): it is sent again, the
+        same bytes, each `resend_after` s while the node does not know it."""
+        deadline = time.monotonic() + timeout
+        next_check = time.monotonic() + resend_after
+        while True:
+            try:
+                return self.w3.eth.get_transaction_receipt(tx_hash)
+            except TransactionNotFound:
+                pass
+            now = time.monotonic()
+            if now >= deadline:
+                raise ChainError(f"transaction 0x{bytes(tx_hash).hex()} not mined within {timeout} s")
+            if now >= next_check:
+                next_check = now + resend_after
+                try:
+                    self.w3.eth.get_transaction(tx_hash)
+                except TransactionNotFound:
+                    try:
+                        self.w3.eth.send_raw_transaction(raw)
+                    except Exception as exc:  # noqa: BLE001 - already known, or its nonce was taken
+                        if "nonce too low" in str(exc).lower():
+                            raise ChainError(f"transaction 0x{bytes(tx_hash).hex()} dropped and its nonce "
+                                             "used by another") from None
+            time.sleep(poll)
 
     def call(self, fn, value: int = 0) -> dict:
         """Simulate (to surface a revert reason), then send a contract function call."""

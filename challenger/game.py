@@ -17,6 +17,11 @@ from opinfer.trace import player
 from opinfer.trace.program import Trace
 
 
+class GameMoved(ChallengerError):
+    """The game id recorded for a dispute names no game of ours over that leaf: a
+    reorganisation dropped the challenge (the id may now name another game)."""
+
+
 class GamePlayer:
     def __init__(self, dispute: Dispute, chain, store: Store, trace: Callable[[], Trace], metrics,
                  log: logging.Logger):
@@ -34,6 +39,12 @@ class GamePlayer:
 
     def act(self, now: int) -> solver.Action:
         g = self.chain.game(self.gid)
+        # Checked on every move, not only when the block tracker sees a reorganisation: the
+        # challenge is mined after the newest block scanned, so dropping it alone leaves the
+        # scanned blocks as they were.
+        if "batch_id" in g and ((g["batch_id"], g["leaf_index"]) != (self.d.batch_id, self.d.leaf_index)
+                                or str(g["challenger"]).lower() != self.chain.address.lower()):
+            raise GameMoved(f"game {self.gid} is not ours over batch {self.d.batch_id} leaf {self.d.leaf_index}")
         revealed: list = []
         if g["status"] == player.ACTIVE and g["phase"] in (player.PICK, player.CHOOSE, player.ELEMENT):
             revealed = self._revealed(g)

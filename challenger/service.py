@@ -45,7 +45,7 @@ from typing import Callable
 from challenger import solver
 from challenger.errors import ChallengerError, DataUnavailable, DecodeError, TraceNotReady, Unverifiable
 from challenger.executors import Executor
-from challenger.game import GamePlayer
+from challenger.game import GameMoved, GamePlayer
 from challenger.logs import event
 from challenger.metrics import Metrics
 from challenger.sampler import Sampler
@@ -524,6 +524,12 @@ class Challenger:
             try:
                 action = p.act(now)
             except TraceNotReady:
+                continue
+            except GameMoved as exc:   # the challenge left the chain: challenge again (open_disputes)
+                self.players.pop(d.game_id, None)
+                self.store.reopen(d.batch_id, d.leaf_index)
+                event(self.log, "our challenge left the chain: challenging again", logging.WARNING,
+                      batch=d.batch_id, index=d.leaf_index, error=str(exc))
                 continue
             except Exception as exc:  # noqa: BLE001 - retried next tick, well inside the clock
                 self.metrics.errors.labels("play").inc()

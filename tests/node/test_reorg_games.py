@@ -132,3 +132,30 @@ def test_a_lie_survives_reorganisations_of_its_posting_challenge_moves_and_end(n
     assert net.leaf_status(old_id, 0) == POSTED
     (lost,) = defender.store.games()
     assert (lost.game_id, lost.batch_id, lost.outcome) == (d.game_id, new_id, LOST)
+
+
+def test_a_challenge_dropped_alone_is_made_again(net, tmp_path):
+    """Only the challenge's block is replaced: every block the challenger scanned stays, so
+    its block tracker sees nothing; its game id names no game of its own any more (checked on
+    each move), and it challenges again. Found by the fault suite: a lie went final."""
+    net.stake("n5")
+    strategy = dishonest.BEHAVIOURS["wrong-output"]()
+    liar = net.node("n5", dishonest.dishonest_node(strategy))
+    defender = net.defender("n5", tmp_path, strategy=strategy, node=liar)
+    c = make_challenger(net, tmp_path)
+    batch_id = net.post([net.execute(net.node("n1"), 80), net.execute(liar, 81)])
+    c.tick()
+    (d,) = c.store.disputes()
+    assert d.status == C_OPEN and net.w3.eth.block_number == d.start_block   # the challenge: the newest block
+    reorg.anvil_reorg(net.w3, 1)
+    game = net.c["DisputeGame"].functions
+    assert not game.has_challenged(batch_id, 1, net.addr["challenger"]).call()
+    for _ in range(80):
+        c.tick()
+        defender.tick()
+        if c.store.disputes(WON):
+            break
+    (d,) = c.store.disputes()
+    assert d.status == WON and c.reorgs == 0      # no reorganisation of the scanned blocks was seen
+    assert game.has_challenged(batch_id, 1, net.addr["challenger"]).call()
+    assert net.leaf_status(batch_id, 1) == INVALID and net.slashable("n5") == 0

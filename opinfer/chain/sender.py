@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 
 from eth_account import Account
 from web3 import Web3
@@ -20,6 +21,10 @@ class TxSender:
         self.gas_limit = gas_limit
         self._lock = threading.Lock()
         self._nonce: int | None = None
+        # Recent signed transactions by nonce: a reorganisation can drop some after they were
+        # mined, and one sent after them then waits in the pool behind the gap until they are
+        # sent again (the same bytes).
+        self._sent: OrderedDict[int, bytes] = OrderedDict()
 
     @property
     def address(self) -> str:
@@ -43,16 +48,21 @@ class TxSender:
             except Exception:
                 self._nonce = None  # resync from the chain next time
                 raise
+            nonce = self._nonce
+            self._sent[nonce] = bytes(signed.raw_transaction)
+            while len(self._sent) > 64:
+                self._sent.popitem(last=False)
             self._nonce += 1
-        receipt = self.wait(tx_hash, bytes(signed.raw_transaction))
+        receipt = self.wait(tx_hash, nonce)
         if receipt["status"] != 1:
             raise ChainError(f"transaction {tx_hash.hex()} reverted: {self._reason(tx)}")
         return receipt
 
-    def wait(self, tx_hash, raw: bytes, timeout: float = 120.0, poll: float = 0.1, resend_after: float = 1.0) -> dict:
+    def wait(self, tx_hash, nonce: int, timeout: float = 120.0, poll: float = 0.1, resend_after: float = 1.0) -> dict:
         """The receipt. A reorganisation can drop the transaction after it was mined and
-        before its receipt is read (the node then knows neither): it is sent again, the
-        same bytes, each `resend_after` s while the node does not know it."""
+        before its receipt is read, or drop earlier ones of ours that it then waits behind:
+        each `resend_after` s without a receipt, ours from the chain's mined count up to this
+        one are sent again (the same bytes; the node ignores those it has)."""
         deadline = time.monotonic() + timeout
         next_check = time.monotonic() + resend_after
         while True:
@@ -65,16 +75,19 @@ class TxSender:
                 raise ChainError(f"transaction 0x{bytes(tx_hash).hex()} not mined within {timeout} s")
             if now >= next_check:
                 next_check = now + resend_after
-                try:
-                    self.w3.eth.get_transaction(tx_hash)
-                except TransactionNotFound:
-                    try:
-                        self.w3.eth.send_raw_transaction(raw)
-                    except Exception as exc:  # noqa: BLE001 - already known, or its nonce was taken
-                        if "nonce too low" in str(exc).lower():
-                            raise ChainError(f"transaction 0x{bytes(tx_hash).hex()} dropped and its nonce "
-                                             "used by another") from None
+                self._resend(nonce)
             time.sleep(poll)
+
+    def _resend(self, upto: int) -> None:
+        mined = self.w3.eth.get_transaction_count(self.address, "latest")
+        for n in range(mined, upto + 1):
+            raw = self._sent.get(n)
+            if raw is None:
+                continue
+            try:
+                self.w3.eth.send_raw_transaction(raw)
+            except Exception:  # noqa: BLE001 - already known; or its nonce was taken: the receipt wait says
+                pass
 
     def call(self, fn, value: int = 0) -> dict:
         """Simulate (to surface a revert reason), then send a contract function call."""

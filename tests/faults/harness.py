@@ -35,7 +35,7 @@ WORDS = ("rollup", "stake", "window", "bisection", "leaf", "batch", "proof", "no
 LEAF_FINAL, LEAF_INVALID = 3, 4
 
 
-def log_tails(logs: Path, lines: int = 40, firsts: int = 12) -> str:
+def log_tails(logs: Path, lines: int = 40, firsts: int = 20) -> str:
     """The last lines of each service log, after the first lines of each kind of error or
     warning it logged (a tail alone often shows only the last symptom, repeated)."""
     out = []
@@ -44,7 +44,7 @@ def log_tails(logs: Path, lines: int = 40, firsts: int = 12) -> str:
         seen, first = set(), []
         for line in all_lines:
             if '"level": "error"' in line or '"level": "warning"' in line or "Traceback" in line:
-                kind = line.split('"msg": ')[-1][:60]
+                kind = line.split('"msg": ')[-1].split('",')[0]   # the message, not its fields
                 if kind not in seen:
                     seen.add(kind)
                     first.append(line[:400])

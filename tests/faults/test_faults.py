@@ -30,7 +30,7 @@ MIN_TRAFFIC_S = 45      # traffic runs at least this long, and until the fault p
 FAULTS_BY_S = 150       # no fault starts after this (the rest of the plan is dropped, but for `all` and reorgs)
 CHALLENGER_GAP_S = 30   # between two kills of the challenger (it must be able to act within each window)
 TRIGGER_TIMEOUT_S = 20  # how long a kill waits for its moment (batch in flight, game running; 2.5x: honest nodes up)
-SETTLE_S = 210          # after the traffic: until every batch is final and every game over
+SETTLE_S = 300          # after the traffic: until every batch is final and every game over (a bound)
 REORG_TIMEOUT_S = 30    # how long a reorganisation waits for a block holding its target
 
 

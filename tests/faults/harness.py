@@ -439,7 +439,7 @@ class Injector:
                  f"(trigger {fault.trigger}: {fault.fired}), down {fault.down_s:.1f}s")
         self.halted.wait(fault.down_s)
         for name in names:        # restarted even when halted: the fixture's teardown stops what runs
-            restart(self.services[name])
+            self.services[name].start()
 
     def reorganise(self, fault: Fault) -> None:
         """Wait (bounded) until one of the last 5 blocks holds the fault's target, then replace
@@ -476,46 +476,6 @@ class Injector:
     def halt(self, timeout: float = 15.0) -> None:
         self.halted.set()
         self.thread.join(timeout)
-
-
-class _Spawner:
-    """One thread that lives as long as the test process and starts every restarted service.
-    Services die with the thread that started them (prctl PR_SET_PDEATHSIG follows the
-    starting *thread*, opinfer/lifetime.py): started from the injector's thread, they all got
-    SIGTERM when the fault plan ended."""
-
-    def __init__(self):
-        import queue
-
-        self.jobs: queue.Queue = queue.Queue()
-        threading.Thread(target=self._run, name="fault-spawner", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            fn, done, box = self.jobs.get()
-            try:
-                box.append(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-                box.append(exc)
-            done.set()
-
-    def call(self, fn):
-        done, box = threading.Event(), []
-        self.jobs.put((fn, done, box))
-        done.wait()
-        if isinstance(box[0], BaseException):
-            raise box[0]
-        return box[0]
-
-
-_spawner: _Spawner | None = None
-
-
-def restart(svc) -> None:
-    global _spawner
-    if _spawner is None:
-        _spawner = _Spawner()
-    _spawner.call(svc.start)
 
 
 def kill(svc) -> None:

@@ -231,10 +231,16 @@ class ChainView:
     def __init__(self, models: dict[str, int]):
         self.models = models
 
-    def includes(self, *args) -> bool:
+    def safe_block(self) -> int:
+        return 100
+
+    def posting(self, tx_hash: str, safe: int) -> tuple[int | None, str]:
+        return 1, "block 90"
+
+    def includes(self, *args, **kwargs) -> bool:
         return True
 
-    def leaf_status(self, *args) -> str:
+    def leaf_status(self, *args, **kwargs) -> str:
         return "final"
 
     def model_root(self, model_id: int) -> str:

@@ -165,17 +165,22 @@ static void *worker(void *p) {
     return NULL;
 }
 
+/* Start worker i (1 MiB stack) at the pool's current generation; counts it when it started. */
+static void spawn_worker(int64_t i) {
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setstacksize(&at, 1 << 20);
+    start_gen[i] = atomic_load(&pool.gen);
+    if (pthread_create(&pool.th[i], &at, worker, (void *)(intptr_t)i) == 0) pool.started++;
+    pthread_attr_destroy(&at);
+}
+
 static void pool_start(void) {
     if (pool.started && pool.pid == getpid()) return;
     pool.started = 0;   /* after a fork the parent's workers do not exist here */
     pool.pid = getpid();
     for (int64_t i = 1; i < MAX_THREADS && i < n_threads; i++) {
-        pthread_attr_t at;
-        pthread_attr_init(&at);
-        pthread_attr_setstacksize(&at, 1 << 20);
-        start_gen[i] = atomic_load(&pool.gen);
-        if (pthread_create(&pool.th[i], &at, worker, (void *)(intptr_t)i) == 0) pool.started++;
-        pthread_attr_destroy(&at);
+        spawn_worker(i);
     }
 }
 
@@ -224,12 +229,7 @@ int oi_set_threads(int n) {   /* workers start on first use; a pool never shrink
     n_threads = n;
     if (pool.started && pool.pid == getpid())
         for (int64_t i = pool.started + 1; i < n; i++) {
-            pthread_attr_t at;
-            pthread_attr_init(&at);
-            pthread_attr_setstacksize(&at, 1 << 20);
-            start_gen[i] = atomic_load(&pool.gen);
-            if (pthread_create(&pool.th[i], &at, worker, (void *)(intptr_t)i) == 0) pool.started++;
-            pthread_attr_destroy(&at);
+            spawn_worker(i);
         }
     pthread_mutex_unlock(&pool_busy);
     return n_threads;

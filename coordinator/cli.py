@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 
@@ -15,11 +16,22 @@ def main(args) -> int:
         print(f"database at head: {settings.database_url}")
         return 0
     if args.action == "create-key":
+        given = None
+        if args.secret_stdin:
+            # stdin, not an argument: a secret on a command line is visible to every local user in ps
+            given = sys.stdin.readline().strip()
         db.upgrade(settings.database_url)
         sessions = db.session_factory(db.make_engine(settings.database_url))
-        with sessions() as s, s.begin():
-            row, secret = keys.create(s, args.name, time.time(), args.rpm)
-        print(secret)
+        try:
+            with sessions() as s, s.begin():
+                row, secret = keys.create(s, args.name, time.time(), args.rpm, secret=given)
+        except ValueError as exc:
+            print(f"opinfer coordinator create-key: {exc}", file=sys.stderr)
+            return 2
+        if given is None:
+            print(secret)
+        else:
+            print(f"imported API key {row.prefix}... as {args.name!r}")
         return 0
     import uvicorn
 

@@ -18,9 +18,19 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create(session, name: str, now: float, rate_limit_rpm: int | None = None) -> tuple[m.ApiKey, str]:
-    """A new key row and its secret (the only time the secret exists in clear)."""
-    secret = PREFIX + secrets.token_urlsafe(32)
+MIN_SECRET = 8
+
+
+def create(session, name: str, now: float, rate_limit_rpm: int | None = None,
+           secret: str | None = None) -> tuple[m.ApiKey, str]:
+    """A new key row and its secret (the only time the secret exists in clear).
+
+    secret: an operator-chosen secret to import (a devnet's published key, a key moved
+    from another deployment); by default a fresh random one."""
+    if secret is None:
+        secret = PREFIX + secrets.token_urlsafe(32)
+    elif len(secret) < MIN_SECRET or any(c.isspace() for c in secret):
+        raise ValueError(f"an imported API key needs at least {MIN_SECRET} characters and no spaces")
     row = m.ApiKey(name=name, key_hash=hash_key(secret), prefix=secret[:12], rate_limit_rpm=rate_limit_rpm,
                    revoked=False, created_at=now)
     session.add(row)

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     key = csub.add_parser("create-key", help="create an API key (printed once)")
     key.add_argument("name")
     key.add_argument("--rpm", type=int, default=None, help="requests per minute (default: OPINFER_RATE_LIMIT_RPM)")
+    key.add_argument("--secret-stdin", action="store_true",
+                     help="import the secret read from stdin (one line) instead of creating a random one")
     node = sub.add_parser("node", help="an inference node (settings: OPINFER_NODE_* env)")
     nsub = node.add_subparsers(dest="action", required=True)
     from node.cli import add_arguments as node_arguments

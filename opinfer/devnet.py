@@ -306,14 +306,14 @@ def _has_dishonest() -> bool:
 
 
 def _create_devnet_key(db_url: str) -> None:
-    from coordinator import db, keys
-    from coordinator import models as m
-
-    db.upgrade(db_url)
-    sessions = db.session_factory(db.make_engine(db_url))
-    with sessions() as s, s.begin():
-        s.add(m.ApiKey(name="devnet", key_hash=keys.hash_key(API_KEY), prefix=API_KEY[:12], rate_limit_rpm=0,
-                       revoked=False, created_at=time.time()))
+    """The devnet's published key, imported through the coordinator's own CLI: the supervisor
+    never writes into the coordinator's database (its schema is the coordinator's business)."""
+    env = {**os.environ, "OPINFER_DATABASE_URL": db_url}
+    done = subprocess.run(_python("opinfer.cli", "coordinator", "create-key", "devnet", "--rpm", "0",
+                                  "--secret-stdin"), input=API_KEY + "\n", env=env, capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode != 0:
+        raise ChainError(f"could not create the devnet API key: {done.stderr.strip()[-500:]}")
 
 
 def _wait_healthy(net: Devnet, api_url: str | None, timeout: float = 300.0) -> None:

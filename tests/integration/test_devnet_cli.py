@@ -142,3 +142,26 @@ def test_a_service_started_off_the_main_thread_outlives_that_thread(tmp_path):
         assert svc.alive()
     finally:
         svc.stop()
+
+
+def test_coordinator_create_key_imports_a_secret_from_stdin(tmp_path):
+    """How the devnet gives the coordinator its published key: through the coordinator's own
+    CLI, never by writing into its database; bad secrets are refused with a message, no traceback."""
+    env = {**__import__("os").environ, "OPINFER_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}"}
+    cmd = [sys.executable, "-m", "opinfer.cli", "coordinator", "create-key"]
+    ok = subprocess.run(cmd + ["devnet", "--rpm", "0", "--secret-stdin"], input="sk-devnet-test\n", env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "sk-devnet-test" not in ok.stdout       # the secret is not echoed back
+    bad = subprocess.run(cmd + ["other", "--secret-stdin"], input="a b\n", env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "at least 8 characters" in bad.stderr
+
+    from coordinator import db, keys
+    from coordinator import models as m
+
+    sessions = db.session_factory(db.make_engine(env["OPINFER_DATABASE_URL"]))
+    with sessions() as s:
+        rows = s.query(m.ApiKey).all()
+        assert [(r.name, r.rate_limit_rpm) for r in rows] == [("devnet", 0)]
+        assert rows[0].key_hash == keys.hash_key("sk-devnet-test")

@@ -31,7 +31,8 @@ import time
 
 import numpy as np
 
-from challenger.executors import MiniLMExecutor, SmolLM2Executor
+from challenger.executors import ModelExecutor
+from opinfer import models as registry
 from opinfer.trace.jobinput import JobInput
 
 TARGET_RATE = 0.05
@@ -54,16 +55,15 @@ def per_job(fn, jobs) -> float:
 
 
 def measure(args) -> dict:
-    from node.engines import ChatEngine, EmbeddingEngine
+    from node.engines import Engine
 
     rng = np.random.default_rng(7)
     out = {}
-    models = (("all-minilm-l6-v2", EmbeddingEngine, MiniLMExecutor, embed_jobs(args.embed_jobs, args.embed_tokens, rng)),
-              ("smollm2-135m-instruct", ChatEngine, SmolLM2Executor,
-               chat_jobs(args.chat_jobs, args.chat_prompt, args.chat_max_tokens, rng)))
-    for name, engine_cls, executor_cls, jobs in models:
-        engine, executor = engine_cls(), executor_cls()
-        executor._model = engine.model  # one copy of the weights for both sides
+    models = (("all-minilm-l6-v2", embed_jobs(args.embed_jobs, args.embed_tokens, rng)),
+              ("smollm2-135m-instruct", chat_jobs(args.chat_jobs, args.chat_prompt, args.chat_max_tokens, rng)))
+    for name, jobs in models:
+        engine = Engine(registry.get(name)).load()
+        executor = ModelExecutor(registry.get(name), engine=engine.engine)  # one copy of the weights for both sides
         engine.run(jobs[0])
         executor.output_roots(jobs[:2])  # warm up both paths
         node = per_job(lambda js: [engine.run(j) for j in js], jobs)

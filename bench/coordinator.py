@@ -62,7 +62,7 @@ class Network:
         from coordinator.local import free_port, start_network
         from opinfer.chain.sender import TxSender
 
-        self.net = start_network(n_nodes=3, window=window, models=("minilm",))
+        self.net = start_network(n_nodes=3, window=window, models=("embedding",))
         self.procs: list[subprocess.Popen] = []
         models = ",".join(f"{k}={v}" for k, v in self.net.models.items())
         c = self.net.deployment.contracts

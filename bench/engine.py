@@ -260,9 +260,9 @@ def onnx_minilm():
 SERVE_SCRIPT = """
 import json, sys, time, threading
 t0 = time.time()
-from node.engines import ChatEngine
+from node import engines
 from opinfer.trace.jobinput import JobInput
-engine = ChatEngine()
+engine = engines.load("smollm2-135m-instruct")
 jobs = [JobInput(tuple(json.loads(sys.argv[1])[i]), max_tokens=int(sys.argv[2])) for i in range(4)]
 first = engine.run(JobInput(jobs[0].tokens[:8], max_tokens=1))
 started = time.time() - t0

@@ -115,8 +115,8 @@ class Bench:
         self.tmp = tmp
         self.net = start_network(n_nodes=max_nodes, window=600, chat_root="placeholder")
         serve_nodes(self.net, announce=False)
-        engines.load(engines.MINILM)
-        engines.load(engines.SMOLLM2)
+        for name in engines.ENGINES:
+            engines.load(name)
         self.announced = 0
         self.running = None
 

@@ -13,14 +13,13 @@ from dataclasses import dataclass, field
 import uvicorn
 from web3 import HTTPProvider, Web3
 
+from opinfer import models as registry_models
 from opinfer.chain.anvil import Anvil, dev_keys
 from opinfer.chain.deploy import Deployment, ProtocolParams, deploy, register_program
 from opinfer.chain.sender import TxSender
 from opinfer.trace import merkle
 
 ROLES = ("deployer", "coordinator", "challenger")
-MINILM_PRICE_PER_1K = 10**12
-SMOLLM2_PRICE_PER_1K = 5 * 10**12
 
 
 def free_port() -> int:
@@ -112,25 +111,25 @@ class LocalNetwork:
 
 
 def chat_program(allow_placeholder: bool = True):
-    """SmolLM2's program when it can be built here, else a placeholder root."""
+    """The chat model's program when it can be built here, else a placeholder root."""
+    spec = registry_models.by_kind(registry_models.CHAT)[0]
     try:
-        from opinfer.engine.smollm2_program import default_program
-
-        return default_program()
+        return spec.load_program()
     except ImportError:
         if not allow_placeholder:
             raise
-        return Placeholder("smollm2-135m-instruct")
+        return Placeholder(spec.name)
 
 
-def start_network(n_nodes: int = 3, window: int = 60, models: tuple[str, ...] = ("minilm", "smollm2"),
+def start_network(n_nodes: int = 3, window: int = 60,
+                  models: tuple[str, ...] = (registry_models.EMBEDDING, registry_models.CHAT),
                   chat_root: str = "program") -> LocalNetwork:
     """Anvil + protocol + models + n staked, announced nodes (not yet serving: see serve_nodes).
 
-    chat_root: "program" registers SmolLM2's real model root (building its
-    program takes a while), "placeholder" a stand-in root."""
-    from opinfer.engine.minilm_program import default_program as minilm_program
-
+    models: the kinds to register, each the library's model of that kind
+    (opinfer/models) at its spec's price. chat_root: "program" registers the
+    chat model's real model root (building its program takes a while),
+    "placeholder" a stand-in root."""
     anvil = Anvil(accounts=10 + n_nodes, hardfork="cancun").start()
     try:
         w3 = Web3(HTTPProvider(anvil.url))
@@ -141,14 +140,15 @@ def start_network(n_nodes: int = 3, window: int = 60, models: tuple[str, ...] = 
         d = deploy(w3, owner, ProtocolParams(challenge_window=window, clock_budget=60), coordinators=(coordinator,))
         registry = d.contracts["ModelRegistry"]
         ids, placeholders = {}, []
-        if "minilm" in models:
-            p = minilm_program()
-            ids[p.name] = register_program(owner, registry, p, MINILM_PRICE_PER_1K)
-        if "smollm2" in models:
-            p = chat_program() if chat_root == "program" else Placeholder("smollm2-135m-instruct")
+        for kind in models:
+            spec = registry_models.by_kind(kind)[0]
+            if kind == registry_models.EMBEDDING:
+                p = spec.load_program()
+            else:
+                p = chat_program() if chat_root == "program" else Placeholder(spec.name)
             if isinstance(p, Placeholder):
                 placeholders.append(p.name)
-            ids[p.name] = register_program(owner, registry, p, SMOLLM2_PRICE_PER_1K)
+            ids[p.name] = register_program(owner, registry, p, spec.price_wei)
         return LocalNetwork(anvil, w3, d, keys, ids, all_keys[len(ROLES):], placeholders=placeholders)
     except Exception:
         anvil.stop()

@@ -25,16 +25,14 @@ from coordinator.metrics import Metrics
 from coordinator.nodes import NodePool
 from coordinator.schemas import ChatRequest, EmbeddingRequest, OpinferOptions
 from coordinator.settings import Settings
-from node.engines import MINILM, SMOLLM2
+from opinfer import models
 from opinfer.errors import CommitmentError
 from opinfer.trace.jobinput import JobInput, chat_prompt_ids
 from opinfer.trace.leaf import Batch as LeafBatch
 from opinfer.trace.leaf import ResultLeaf
 from opinfer.trace.outputs import embedding_output, generation_output, input_root, tensor_root
 
-KINDS = {MINILM: "embedding", SMOLLM2: "chat"}
-EMBED_DIM = 384
-MINILM_VOCAB, MINILM_POSITIONS = 30522, 512
+KINDS = {spec.name: spec.kind for spec in models.specs()}   # every model the library runs (opinfer/models)
 PROOF_CACHE_LEAVES = 4096
 SERVABLE = (m.PENDING, m.POSTED, m.FINAL)   # a cached answer is served only while its leaf is on its way to final
 
@@ -115,23 +113,24 @@ class Catalog:
 
 
 class Tokenizers:
-    """Loaded on first use: the coordinator tokenizes, nodes only see token ids."""
+    """Loaded on first use, from each model's spec: the coordinator tokenizes,
+    nodes only see token ids. `chat` and `embedding` are the library's chat
+    and embedding models' (one of each today)."""
 
     def __init__(self):
-        self._chat = None
+        self._loaded: dict[str, object] = {}
+
+    def of(self, name: str):
+        if name not in self._loaded:
+            self._loaded[name] = models.get(name).tokenizer()
+        return self._loaded[name]
 
     @property
     def chat(self):
-        if self._chat is None:
-            from opinfer.engine.bpe_tokenizer import load_tokenizer
+        return self.of(models.by_kind(models.CHAT)[0].name)
 
-            self._chat = load_tokenizer()
-        return self._chat
-
-    def embedding(self, text: str) -> list[int]:
-        from opinfer.engine import minilm_weights as fw
-
-        return [int(i) for i in fw.encode(text)]
+    def embedding(self, text: str, model: str | None = None) -> list[int]:
+        return models.get(model or models.by_kind(models.EMBEDDING)[0].name).encode(text)
 
     def chat_prompt(self, messages: list[tuple[str, str]]) -> list[int]:
         """ChatML ids with message text encoded as plain text, so a message
@@ -173,8 +172,10 @@ class InferenceService:
 
     async def embeddings(self, req: EmbeddingRequest, who: Principal) -> list[Answer]:
         model = self.catalog.get(req.model, "embedding")
-        if req.dimensions is not None and req.dimensions != EMBED_DIM:
-            raise BadRequest(f"`{req.model}` has {EMBED_DIM} dimensions; `dimensions` must be {EMBED_DIM} or left out",
+        spec = models.get(model.name)
+        dims = spec.dimensions
+        if req.dimensions is not None and req.dimensions != dims:
+            raise BadRequest(f"`{req.model}` has {dims} dimensions; `dimensions` must be {dims} or left out",
                              param="dimensions")
         items = req.input
         if isinstance(items, str) or (isinstance(items, list) and items and isinstance(items[0], int)):
@@ -189,17 +190,17 @@ class InferenceService:
                 if not item:
                     raise BadRequest("`input` must not contain empty strings", param="input")
             else:
-                if not item or not all(0 <= t < MINILM_VOCAB for t in item):
-                    raise BadRequest(f"token ids must be in [0, {MINILM_VOCAB})", param="input")
-                if len(item) > MINILM_POSITIONS:
-                    raise BadRequest(f"at most {MINILM_POSITIONS} tokens per input", param="input",
+                if not item or not all(0 <= t < spec.vocab for t in item):
+                    raise BadRequest(f"token ids must be in [0, {spec.vocab})", param="input")
+                if len(item) > spec.context:
+                    raise BadRequest(f"at most {spec.context} tokens per input", param="input",
                                      code="context_length_exceeded")
         self._check_consensus(req.opinfer.consensus)
         self.charge(who, len(items) * req.opinfer.consensus)
         # Tokenizing up to max_body_bytes of text takes about half a second: in a
         # worker thread (the tokenizer releases the GIL), never on the event loop.
         jobs = await anyio.to_thread.run_sync(
-            lambda: [JobInput(tuple(self.tokenizers.embedding(i) if isinstance(i, str) else i)) for i in items])
+            lambda: [JobInput(tuple(self.tokenizers.embedding(i, model.name) if isinstance(i, str) else i)) for i in items])
         return list(await asyncio.gather(*(self.run(model, job, "embedding", who, req.opinfer) for job in jobs)))
 
     def _check_consensus(self, k: int) -> None:
@@ -416,15 +417,16 @@ class InferenceService:
             if bytes.fromhex(answer["input_root"][2:]) != expected_in:
                 raise ValueError("input root differs from the job's")
             payload = answer["output"]
+            spec = models.get(body["model"])
             if kind == "embedding":
                 vector = [int(v) for v in payload["embedding"]]
-                if len(vector) != EMBED_DIM:
+                if len(vector) != spec.dimensions:
                     raise ValueError(f"embedding has {len(vector)} dimensions")
                 output = embedding_output(vector)
                 result = {"embedding": vector}
             else:
                 ids = [int(t) for t in payload["ids"]]
-                if not all(0 <= t < 49152 for t in ids):
+                if not all(0 <= t < spec.vocab for t in ids):
                     raise ValueError("token id outside the vocabulary")
                 if len(ids) > job.max_tokens or payload["finish_reason"] not in ("stop", "length"):
                     raise ValueError("more tokens than max_tokens, or an unknown finish reason")
@@ -611,7 +613,6 @@ def _columns(row, model) -> dict:
     return {c.key: getattr(row, c.key) for c in model.__table__.columns}
 
 
-def embedding_floats(vector: list[int]) -> np.ndarray:
-    from opinfer.engine.minilm import to_float
-
-    return to_float(np.asarray(vector, dtype=np.int64))
+def embedding_floats(vector: list[int], model: str | None = None) -> np.ndarray:
+    """The API's floats of an integer embedding (the model's own scale)."""
+    return models.get(model or models.by_kind(models.EMBEDDING)[0].name).to_float(vector)

@@ -17,11 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from opinfer import models
 from opinfer.chain import artifacts
 from opinfer.chain.anvil import free_port
 
 WINDOW, CLOCK = 20, 60
-CHAT, EMBED = "smollm2-135m-instruct", "all-minilm-l6-v2"
+CHAT, EMBED = (models.by_kind(kind)[0].name for kind in (models.CHAT, models.EMBEDDING))
 
 
 def say(msg: str) -> None:

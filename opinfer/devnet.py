@@ -23,6 +23,7 @@ from pathlib import Path
 
 from web3 import HTTPProvider, Web3
 
+from opinfer import models as registry_models
 from opinfer.chain import artifacts
 from opinfer.chain.anvil import Anvil, dev_keys, free_port
 from opinfer.chain.deploy import Deployment, ProtocolParams, deploy, register_program
@@ -34,9 +35,7 @@ STATE_DIR = Path(".opinfer")
 STATE_FILE = STATE_DIR / "devnet.json"
 API_KEY = "sk-devnet"
 # Roles of anvil's development accounts (public keys: for devnets only).
-# Prices in wei per 1,000 tokens (ModelRegistry.price_per_1k); devnet figures.
-MINILM_PRICE_WEI = 10**9
-SMOLLM2_PRICE_WEI = 5 * 10**9
+# Models and their prices (wei per 1,000 tokens) come from opinfer/models.
 ROLES = ("deployer", "coordinator", "challenger", "node1", "node2", "node3")
 NODE_STAKE_WEI = 2 * 10**18
 # Dishonest devnet nodes run node/dishonest.py's deep-element behaviour (MiniLM
@@ -94,20 +93,20 @@ def write_state(info: dict, state_file: Path = STATE_FILE) -> None:
 
 
 def register_models(owner: TxSender, registry) -> dict:
-    """Register both models under the roots of their programs, rebuilt from
-    the installed weight packages (deterministic on a machine: the same root
-    in every process and thread count; about 30 s and 4 GB for both)."""
-    from opinfer.engine import minilm_program, smollm2, smollm2_program
-
+    """Register every model of the library (opinfer/models) at its spec's price,
+    under the root of its program, rebuilt from the installed weight packages
+    (deterministic on a machine: the same root in every process and thread
+    count; about 30 s and 4 GB for both of today's models)."""
     out = {}
-    for module, price in ((minilm_program, MINILM_PRICE_WEI), (smollm2_program, SMOLLM2_PRICE_WEI)):
-        program = module.default_program()
-        model_id = register_program(owner, registry, program, price)
+    for spec in sorted(registry_models.specs(), key=lambda s: s.kind != registry_models.EMBEDDING):
+        program = spec.load_program()
+        model_id = register_program(owner, registry, program, spec.price_wei)
         out[program.name] = {"id": model_id, "model_root": "0x" + program.model_root.hex(),
                              "ops_per_step": program.num_ops}
-    # The devnet only needed the roots: give the programs' memory back.
-    for cached in (minilm_program.default_program, smollm2_program.default_program, smollm2.default_model):
-        cached.cache_clear()
+        del program
+    # The devnet only needed the roots: give the programs' (and engines') memory back.
+    for spec in registry_models.specs():
+        spec.release()
     return out
 
 
@@ -237,7 +236,7 @@ def _start_services(net: Devnet, log) -> None:
         dishonest = i >= opts.nodes - opts.dishonest
         port = opts.node_port + i if opts.node_port else free_port()
         url = f"http://127.0.0.1:{port}"
-        served = {n: mid for n, mid in models.items() if not dishonest or n == "all-minilm-l6-v2"}
+        served = {n: mid for n, mid in models.items() if not dishonest or registry_models.get(n).kind == "embedding"}
         sender = TxSender(w3, key)
         sender.call(stake.functions.stake_eth(), value=NODE_STAKE_WEI)
         sender.call(registry.functions.announce(url, list(served.values())))
@@ -371,7 +370,7 @@ def describe(info: dict) -> str:
         lines += ["", "try:",
                   f"  curl -s {info['api_url']}/chat/completions -H 'authorization: Bearer {API_KEY}' "
                   "-H 'content-type: application/json' \\",
-                  "    -d '{\"model\": \"smollm2-135m-instruct\", \"messages\": [{\"role\": \"user\", "
+                  f"    -d '{{\"model\": \"{registry_models.by_kind('chat')[0].name}\", \"messages\": [{{\"role\": \"user\", "
                   "\"content\": \"Say hi\"}]}'",
                   f"  source {_venv_activate()}   # once per terminal: puts `opinfer` on PATH",
                   "  opinfer chat \"Say hi\" --wait       # answer, then wait for finality and verify",

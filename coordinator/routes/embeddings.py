@@ -27,7 +27,7 @@ async def embeddings(req: EmbeddingRequest, svc=Depends(service), who=Depends(pr
     answers = await svc.embeddings(req, who)
     data = []
     for index, answer in enumerate(answers):
-        vector = embedding_floats(answer.job.result["embedding"])
+        vector = embedding_floats(answer.job.result["embedding"], req.model)
         if req.encoding_format == "base64":
             value = base64.b64encode(vector.astype("<f4").tobytes()).decode()
         else:

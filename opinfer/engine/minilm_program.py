@@ -14,12 +14,12 @@ import numpy as np
 
 from opinfer.engine import minilm as mm
 from opinfer.engine.quant import INT32
+from opinfer.models.minilm.spec import NAME
 from opinfer.trace.builder import ProgramBuilder
 from opinfer.trace.ops import (CONTEXT, DENSE, EMBED_SUM, INPUT, L2NORM, LAYER_NORM, LOOKUP, POOL, RESIDUAL, SCORES,
                                SOFTMAX, TABLE_WIDTH, TRANSPOSE, Slot, dim, ref)
 from opinfer.trace.program import ONE_STEP, JobLimits, Program
 
-NAME = "all-minilm-l6-v2"
 L = dim(0, 1)          # rows = the job's token count
 
 
@@ -57,7 +57,7 @@ def build_program(model: mm.IntMiniLM) -> Program:
     xt = b.op(TRANSPOSE, dim(width), L, [x])
     pooled = b.op(POOL, dim(1), dim(width), [xt, b.weight(model.pool_mult)])
     b.op(L2NORM, dim(1), dim(width), [pooled], [mm.OUT_BITS])
-    # The engine's checks (node/engines.py), committed in the model root so that
+    # The spec's refusal rule (opinfer/models/minilm/parts.py), committed in the model root so that
     # StepVerifier.job_shape refuses the same jobs: at most one token per row
     # of the position table, ids below the vocabulary, no new tokens, no stops.
     job_limits = JobLimits(positions=model.pos.shape[0], vocab=model.word.shape[0], min_new=0, max_new=0,

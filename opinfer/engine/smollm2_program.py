@@ -21,19 +21,20 @@ from opinfer.engine import elements as el
 from opinfer.engine import smollm2 as sm
 from opinfer.engine.quant import INT32
 from opinfer.errors import CommitmentError
+from opinfer.models.smollm2 import spec
 from opinfer.trace.builder import ProgramBuilder
 from opinfer.trace.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_BLOCK, EMBED_TOKEN, GEN, INPUT, MASKED_SUMS,
                                MATCH, NEXT, PICK, PICK_TOKEN, RESIDUAL, RMS_NORM, ROPE, SAMPLE_WEIGHTS, SCORES, SOFTMAX,
                                SWIGLU, TABLE_WIDTH, Slot, dim, ref)
 from opinfer.trace.program import PER_POSITION, JobLimits, Program
 
-NAME = "smollm2-135m-instruct"
 # Positions a job may use (prompt + max_tokens - 1 < MAX_CONTEXT): the RoPE
 # table has this many rows, so a longer job has no honest trace. It bounds
 # the widest whole-row rule, the attention SOFTMAX over s + 1 scores, to
 # 1,024 entries: about 3M gas for its one-step (2,048 would cost about 6M,
 # over the 5M budget; docs/ops.md, "Gas of the one-step").
-MAX_CONTEXT = 1024
+NAME, VOCAB = spec.NAME, spec.VOCAB
+MAX_CONTEXT = spec.CONTEXT   # defined in the model's spec (opinfer/models/smollm2/spec.py)
 ONE = dim(1)
 CACHE = dim(1, per_step=1)      # s + 1 positions
 PREV_CACHE = dim(per_step=1)    # the previous step's s positions
@@ -122,7 +123,7 @@ def build_program(model: sm.IntSmolLM2) -> Program:
     return Program(b.ops, b.weights, b.widths, PER_POSITION, NAME, limits(vocab))
 
 
-def limits(vocab: int = 49152) -> JobLimits:
+def limits(vocab: int = VOCAB) -> JobLimits:
     """What check_job enforces, committed in the model root so that
     StepVerifier.job_shape refuses the same jobs (a node that signs one loses
     at once): positions L + M - 1 <= MAX_CONTEXT, prompt tokens below the
@@ -130,7 +131,7 @@ def limits(vocab: int = 49152) -> JobLimits:
     return JobLimits(positions=MAX_CONTEXT, vocab=vocab, max_temperature=el.TEMPERATURE_MILLI_MAX, min_new=1)
 
 
-def check_job(job, vocab: int = 49152) -> None:
+def check_job(job, vocab: int = VOCAB) -> None:
     """Refuse a job that has no honest trace (what a coordinator or node checks
     before serving it): token ids beyond the vocabulary, no token to
     generate, a temperature above 2.0, or more positions than MAX_CONTEXT."""

@@ -225,9 +225,9 @@ class Client:
     def _decoder(self):
         if self._decode is None:
             try:
-                from opinfer.engine.bpe_tokenizer import load_tokenizer
+                from opinfer import models
 
-                tok = load_tokenizer()
+                tok = models.by_kind(models.CHAT)[0].tokenizer()
                 self._decode = lambda ids: tok.decode(list(ids), skip_special_tokens=True)
             except Exception:  # noqa: BLE001 - the weights package is optional for clients
                 self._decode = False

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from opinfer import models
 from opinfer.sdk.client import Client
 from opinfer.sdk.errors import JobInvalidError, SDKError, VerificationError
 
@@ -23,9 +24,10 @@ def add_arguments(sub) -> None:
         p.add_argument("--rollup", default=None, help="ResultRollup address (default: the devnet's)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
-    chat = sub.add_parser("chat", help="ask the chat model (SmolLM2-135M-Instruct)")
+    chat_model, embedding_model = (models.by_kind(kind)[0].name for kind in (models.CHAT, models.EMBEDDING))
+    chat = sub.add_parser("chat", help=f"ask the chat model ({chat_model})")
     chat.add_argument("prompt", nargs="+")
-    chat.add_argument("--model", default="smollm2-135m-instruct")
+    chat.add_argument("--model", default=chat_model)
     chat.add_argument("--system", default=None)
     chat.add_argument("--max-tokens", type=int, default=None)
     chat.add_argument("--temperature", type=float, default=None)
@@ -34,9 +36,9 @@ def add_arguments(sub) -> None:
     chat.add_argument("--wait", action="store_true", help="then wait for finality and verify against the chain")
     chat.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for finality")
     common(chat)
-    embed = sub.add_parser("embed", help="embed text (all-MiniLM-L6-v2)")
+    embed = sub.add_parser("embed", help=f"embed text ({embedding_model})")
     embed.add_argument("text", nargs="+", help="one or more texts")
-    embed.add_argument("--model", default="all-minilm-l6-v2")
+    embed.add_argument("--model", default=embedding_model)
     embed.add_argument("--full", action="store_true", help="print every dimension")
     embed.add_argument("--wait", action="store_true", help="then wait for finality and verify against the chain")
     embed.add_argument("--timeout", type=float, default=900.0)

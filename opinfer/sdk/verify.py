@@ -205,13 +205,10 @@ def _tokenizer(kind: str):
     """The tokenizer the coordinator applies to a request of this kind (the
     model packages are optional for clients: without them a request cannot
     be bound to its job, and verification says so)."""
-    if kind == "embedding":
-        from opinfer.engine import minilm_weights
+    from opinfer import models
 
-        return minilm_weights.encode
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
-
-    return load_tokenizer()
+    spec = models.by_kind(kind)[0]
+    return spec.encode if kind == models.EMBEDDING else spec.tokenizer()
 
 
 def expected_job_input(kind: str, request: dict, job_input, index: int = 0, tokenizer=None):

@@ -15,7 +15,9 @@ import pytest
 from web3 import HTTPProvider, Web3
 
 from challenger.chain import Chain
-from challenger.executors import MINILM, SMOLLM2, default_executors
+from challenger.executors import default_executors
+from opinfer.models.minilm.spec import NAME as MINILM
+from opinfer.models.smollm2.spec import NAME as SMOLLM2
 from challenger.metrics import Metrics
 from challenger.sampler import Sampler
 from challenger.service import Challenger

@@ -22,8 +22,8 @@ def net():
     network = start_network(n_nodes=3, window=60, chat_root=CHAT_ROOT)
     try:
         serve_nodes(network)
-        engines.load(engines.MINILM)
-        engines.load(engines.SMOLLM2)
+        for name in engines.ENGINES:
+            engines.load(name)
         yield network
     finally:
         network.stop()

@@ -90,10 +90,10 @@ def test_batcher_groups_concurrent_jobs_and_keeps_order():
 
 
 def test_minilm_batched_equals_one_at_a_time():
-    from node.engines import EmbeddingEngine
+    from node import engines
     from opinfer.trace.jobinput import JobInput
 
-    engine = EmbeddingEngine()
+    engine = engines.load("all-minilm-l6-v2")
     jobs = [JobInput(tuple(int(t) for t in np.random.default_rng(s).integers(1000, 20000, size=n)), max_tokens=0)
             for s, n in ((1, 5), (2, 17), (3, 9), (4, 33))]
     batched = engine.run_many(jobs)

@@ -1,0 +1,80 @@
+"""One runtime for every model: the node and the challenger run jobs through it.
+
+A Runtime refuses what its spec refuses, batches the rest into one engine
+pass (bit for bit the same as one job at a time: tests/unit/test_batch_determinism.py)
+and builds the engine and the integer program once, on first use. The node
+(node/engines.py) and the challenger (challenger/executors.py) only map a
+refusal onto their own errors."""
+
+from __future__ import annotations
+
+import threading
+
+from opinfer.models.spec import JobRefused, ModelSpec
+
+
+class Runtime:
+    # One build at a time in a process: a SmolLM2 build takes ~2.5 GB while it runs.
+    _build_lock = threading.Lock()
+
+    def __init__(self, spec: ModelSpec, engine=None):
+        self.spec = spec
+        self.name = spec.name
+        self.kind = spec.kind
+        self._engine = engine
+        self._program = None
+
+    @property
+    def engine(self):
+        """The fast engine, built on first use."""
+        if self._engine is None:
+            with self._build_lock:
+                if self._engine is None:
+                    self._engine = self.spec.load_engine()
+        return self._engine
+
+    def load(self) -> "Runtime":
+        """Build the engine now (a node loads before it announces itself)."""
+        self.engine  # noqa: B018 - builds it
+        return self
+
+    def program(self):
+        with self._build_lock:
+            if self._program is None:
+                self._program = self.spec.load_program()
+        return self._program
+
+    def check(self, job) -> None:
+        self.spec.check(job)
+
+    def run(self, job):
+        """(output tensor, payload) of one job; a refusal raises."""
+        self.check(job)
+        result = self.run_many([job])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def run_many(self, jobs: list) -> list:
+        """Per job (output tensor, payload) or the exception it raised (JobRefused when refused)."""
+        out: list = [None] * len(jobs)
+        ok = []
+        for k, job in enumerate(jobs):
+            try:
+                self.check(job)
+                ok.append(k)
+            except Exception as exc:  # noqa: BLE001 - reported per job
+                out[k] = exc
+        if ok:
+            for k, result in zip(ok, self.spec.run_batch(self.engine, [jobs[k] for k in ok])):
+                out[k] = result
+        return out
+
+    def output_roots(self, jobs: list) -> list:
+        """Per job its output root (what a leaf commits to) or its exception."""
+        from opinfer.trace.outputs import tensor_root
+
+        return [r if isinstance(r, Exception) else tensor_root(r[0]) for r in self.run_many(jobs)]
+
+
+__all__ = ["JobRefused", "Runtime"]

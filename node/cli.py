@@ -27,6 +27,9 @@ def add_arguments(nsub) -> None:
     run.add_argument("--state", dest="state_path", help="defender state file (default .opinfer/node-ADDRESS.db)")
     run.add_argument("--start-block", type=int, help="first block to watch for disputes on a new state file")
     run.add_argument("--max-batch", type=int, help="jobs per engine pass (default 8)")
+    run.add_argument("--prefill-tokens", type=int,
+                     help="chat: prompt tokens fed per decode step, bounding how long running streams stall "
+                          "(default 64; 0: whole prompts)")
     run.add_argument("--drain-seconds", type=int, help="graceful shutdown: wait for in-flight jobs (default 60)")
     run.add_argument("--poll", dest="poll_interval", type=float, help="defender: seconds between passes (default 1)")
     run.add_argument("--no-chain", action="store_true",
@@ -40,7 +43,8 @@ def add_arguments(nsub) -> None:
 
 
 SETTING_FLAGS = ("key", "rpc_url", "rollup_address", "log_level", "host", "port", "endpoint", "stake_eth",
-                 "auth_token", "state_path", "start_block", "max_batch", "drain_seconds", "poll_interval")
+                 "auth_token", "state_path", "start_block", "max_batch", "prefill_tokens", "drain_seconds",
+                 "poll_interval")
 
 
 def settings_from(args: argparse.Namespace, **extra):

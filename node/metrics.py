@@ -18,6 +18,9 @@ class Metrics:
                                                           30, 60, 120))
         self.batch_size = Histogram("batch_size", "Jobs per engine pass", ["model"], namespace=NS, registry=r,
                                     buckets=(1, 2, 4, 8, 16, 32))
+        self.first_token_seconds = Histogram("first_token_seconds", "Time from request to the first generated token",
+                                             ["model"], namespace=NS, registry=r,
+                                             buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10))
         self.inflight = Gauge("inflight", "Jobs in progress", namespace=NS, registry=r)
         self.auth_failures = Counter("auth_failures", "Requests refused by authentication", namespace=NS,
                                      registry=r)

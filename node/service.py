@@ -102,7 +102,8 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
               logging.WARNING)
     factory = node_factory or Node
     node = factory(settings.key, chain.chain_id, chain.rollup.address, model_ids, settings.concurrency,
-                   engines_by_name=by_name, metrics=metrics, max_batch=settings.max_batch)
+                   engines_by_name=by_name, metrics=metrics, max_batch=settings.max_batch,
+                   prefill_tokens=settings.prefill_tokens or None)
     store = Store(settings.state_path or default_state(chain.address))
     start = settings.start_block if settings.start_block >= 0 else max(chain.head() - 0, 0)
     defender = Defender(chain, store, node.program, metrics, log, strategy=strategy, start_block=start)
@@ -116,7 +117,7 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
 
     app = create_app(node=node, auth=auth, on_shutdown=shutdown)
     event(log, "serving", node=chain.address, url=f"http://{settings.host}:{settings.port}", endpoint=endpoint,
-          models=model_ids, pid=os.getpid())
+          models=model_ids, pid=os.getpid(), max_batch=node.max_batch, prefill_tokens=node.prefill_tokens)
     serve_until_signal(app, settings.host, settings.port, settings.drain_seconds)
     return 0
 

@@ -27,7 +27,8 @@ class NodeSettings(BaseSettings):
     endpoint: str = ""                  # URL announced in the registry (default http://host:port)
     stake_eth: float = 0.0              # stake to hold; 0: require an existing stake
     concurrency: int = 1                # engine passes at once per model (the engines use every core)
-    max_batch: int = 8                  # jobs per engine pass
+    max_batch: int = 8                  # jobs per engine pass (chat: jobs decoding together)
+    prefill_tokens: int = 64            # chat: prompt tokens per decode step (0: whole prompts); bounds stalls
     preload: bool = True
     drain_seconds: int = 60             # graceful shutdown: wait this long for in-flight jobs
     auth_token: str = Field("", repr=False)   # Authorization: Bearer <token>

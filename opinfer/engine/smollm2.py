@@ -408,33 +408,176 @@ def _ends_with(out: list[int], sequences) -> bool:
     return any(len(out) >= len(q) and tuple(out[-len(q):]) == q for q in sequences)
 
 
-def generate_sessions(sessions: list[Session], requests: list[dict]) -> list["Generation"]:
-    """Generate for several sessions at once (continuous batching of their decode steps)."""
-    from opinfer.engine.sampling import next_token
+class Stream:
+    """One request's generation inside a Decoder: the prompt still to feed, the tokens so far.
 
-    outs: list[list[int]] = [[] for _ in requests]
-    reasons: list[str | None] = [None if r["max_tokens"] > 0 else "length" for r in requests]
-    active = [k for k, r in enumerate(requests) if reasons[k] is None]
-    feed = {k: list(requests[k]["ids"]) for k in active}
-    while active:
-        logits = dict(zip(active, forward_many([sessions[k] for k in active], [feed[k] for k in active])))
-        still = []
-        for k in active:
-            r, out = requests[k], outs[k]
-            sampler = r.get("sampler")
-            greedy = sampler is None or getattr(sampler, "temperature_milli", 0) == 0
-            token = int(np.argmax(logits[k])) if greedy else int(next_token(logits[k], sampler, len(out)))
-            out.append(token)
-            stops = [tuple(int(t) for t in q) for q in r.get("stop_sequences", ()) if len(q)]
-            if token in {int(t) for t in r.get("stop_ids", ())} or _ends_with(out, stops):
-                reasons[k] = "stop"
-            elif len(out) >= r["max_tokens"]:
-                reasons[k] = "length"
-            else:
-                feed[k] = [token]
-                still.append(k)
-        active = still
-    return [Generation(out, reason) for out, reason in zip(outs, reasons)]
+    request = dict(ids, max_tokens, stop_ids=(), sampler=None, stop_sequences=()).
+    The next token is a function of this stream's own logits row and its own
+    tokens so far only (choose), never of the other streams in the batch."""
+
+    def __init__(self, session: Session, request: dict, prompt_logits: bool = False):
+        self.session, self.request = session, request
+        self.prompt = [int(t) for t in request["ids"]]
+        self.max_tokens = int(request["max_tokens"])
+        self.sampler = request.get("sampler")
+        self.stop_ids = {int(t) for t in request.get("stop_ids", ())}
+        self.stops = [tuple(int(t) for t in q) for q in request.get("stop_sequences", ()) if len(q)]
+        self.prompt_logits = prompt_logits
+        self.fed = 0                    # prompt tokens already in the cache
+        self.out: list[int] = []
+        self.reason: str | None = None if self.max_tokens > 0 else "length"
+        self.error: Exception | None = None
+        if self.reason is None and not self.prompt:
+            raise ValueError("a generation needs at least one prompt token")
+
+    @property
+    def done(self) -> bool:
+        return self.reason is not None or self.error is not None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.prompt)
+
+    def feed(self, budget: int | None) -> list[int]:
+        """The tokens this stream appends at the next step: a prompt chunk, or its last token."""
+        if self.prefilling:
+            return self.prompt[self.fed:] if budget is None else self.prompt[self.fed:self.fed + budget]
+        return [self.out[-1]]
+
+    def choose(self, logits: np.ndarray) -> int:
+        """The committed sampling rule: the argmax of the int64 logits (ties to the lowest id) when
+        there is no sampler or its temperature is 0, else sampling.next_token at step len(out)."""
+        from opinfer.engine.sampling import next_token
+
+        greedy = self.sampler is None or getattr(self.sampler, "temperature_milli", 0) == 0
+        return int(np.argmax(logits)) if greedy else int(next_token(logits, self.sampler, len(self.out)))
+
+    def accept(self, token: int) -> None:
+        self.out.append(token)
+        if token in self.stop_ids or _ends_with(self.out, self.stops):
+            self.reason = "stop"
+        elif len(self.out) >= self.max_tokens:
+            self.reason = "length"
+
+
+class Event(NamedTuple):
+    """What one step did for one stream: `token` drawn from the `logits` row (None while the
+    prompt is still being fed), and, for a stream that asked for them, the logits rows of the
+    prompt positions [start, start + len(prompt_rows)) fed at this step."""
+
+    stream: Stream
+    token: int | None
+    logits: np.ndarray | None
+    prompt_rows: np.ndarray | None
+    start: int
+
+
+class Decoder:
+    """Iteration-level scheduling of many generations (continuous batching).
+
+    Streams join (add) and leave (done, remove) between steps. Each step runs one
+    native pass (forward_many) over every running stream: one token for each stream
+    that is decoding, and prompt chunks of newcomers, at most `prefill_tokens` prompt
+    tokens per step in all (None: whole prompts), so a running stream waits at most
+    one pass of len(streams) + prefill_tokens rows for its next token. Every op is
+    exact and row-local and each stream chooses its tokens from its own row, so a
+    stream's tokens are the same whatever joins or leaves around it, and however its
+    prompt is chunked (tests/node/test_scheduler.py)."""
+
+    def __init__(self, prefill_tokens: int | None = None):
+        if prefill_tokens is not None and prefill_tokens < 1:
+            raise ValueError("prefill_tokens must be at least 1")
+        self.prefill_tokens = prefill_tokens
+        self.streams: list[Stream] = []
+
+    def add(self, session: Session, request: dict, prompt_logits: bool = False) -> Stream:
+        stream = Stream(session, request, prompt_logits)
+        if not stream.done:
+            self.streams.append(stream)
+        return stream
+
+    def remove(self, stream: Stream) -> None:
+        if stream in self.streams:
+            self.streams.remove(stream)
+
+    def plan(self) -> list[tuple[Stream, list[int]]]:
+        """The streams of the next step and what each appends (arrival order for prefill)."""
+        budget, batch = self.prefill_tokens, []
+        for s in self.streams:
+            if not s.prefilling:
+                batch.append((s, s.feed(None)))
+            elif budget is None or budget > 0:
+                ids = s.feed(budget)
+                batch.append((s, ids))
+                budget = None if budget is None else budget - len(ids)
+        return batch
+
+    def step(self) -> tuple[list[Event], list[Stream]]:
+        """One pass; returns the events and the streams that finished (and left) at this step."""
+        batch = self.plan()
+        if not batch:
+            return [], []
+        rows = self._forward(batch)
+        events, finished = [], []
+        for (s, ids), out in zip(batch, rows):
+            if s.error is not None:
+                finished.append(s)
+                continue
+            prompt_rows, start = None, s.fed
+            if s.prefilling:
+                if s.prompt_logits:
+                    prompt_rows = out
+                s.fed += len(ids)
+            last = out[-1]
+            if s.prefilling:                       # more prompt to feed: nothing to draw yet
+                events.append(Event(s, None, None, prompt_rows, start))
+                continue
+            token = s.choose(last)
+            s.accept(token)
+            events.append(Event(s, token, last, prompt_rows, start))
+            if s.done:
+                finished.append(s)
+        for s in finished:
+            self.remove(s)
+        return events, finished
+
+    def _forward(self, batch) -> list:
+        """Logits rows per stream ([n, V] for prompt-logits chunks, else [1, V]). A pass the
+        native step refuses is run again stream by stream, so only the culprit fails (a
+        refused pass moved no position; the re-run writes the same cache entries)."""
+        every = any(s.prompt_logits and s.prefilling for s, _ in batch)
+        sessions, feeds = [s.session for s, _ in batch], [ids for _, ids in batch]
+        try:
+            return self._rows(forward_many(sessions, feeds, all_logits=every), every)
+        except ValueError as exc:
+            if len(batch) == 1:
+                batch[0][0].error = exc
+                return [None]
+        rows = []
+        for s, ids in batch:
+            try:
+                rows.append(self._rows(forward_many([s.session], [ids], all_logits=every), every)[0])
+            except ValueError as exc:
+                s.error = exc
+                rows.append(None)
+        return rows
+
+    @staticmethod
+    def _rows(out: list, every: bool) -> list:
+        return [r if every else r[None, :] for r in out]
+
+
+def generate_sessions(sessions: list[Session], requests: list[dict]) -> list["Generation"]:
+    """Generate for several sessions at once (continuous batching of their decode steps):
+    the same tokens as each request alone."""
+    dec = Decoder()
+    streams = [dec.add(s, r) for s, r in zip(sessions, requests)]
+    while dec.streams:
+        dec.step()
+    for s in streams:
+        if s.error is not None:
+            raise s.error
+    return [Generation(s.out, s.reason) for s in streams]
 
 
 def generate_many(model: IntSmolLM2, requests: list[dict], max_ctx: int = 2048) -> list["Generation"]:

@@ -36,6 +36,7 @@ TEMPERATURE_MILLI_MAX = 2000
 SEED_LIMIT = 1 << 64
 PAD_OFFSET = 1 << 40       # padded logits are top - 2^40: their weight is 0
 CHUNK = el.CHUNK_WIDTH
+ZERO_WEIGHT_U = 5700       # exp_neg(u) == 0 for every u > 3016 (and by construction for u >= 5679)
 
 
 @dataclass(frozen=True)
@@ -131,12 +132,17 @@ def next_token(logits: np.ndarray, params: SamplingParams, step: int) -> int:
         raise ValueError(f"vocabulary size {logits.size} outside [1, 2^17)")
     if params.greedy:
         return int(np.argmax(logits))
-    w = padded_weights(logits, params.temperature_milli)
+    # Only logits near the top have a non-zero weight: u >= ZERO_WEIGHT_U gives exactly 0, and a
+    # zero weight is never drawn and adds nothing to any sum, so the rule over the near ids (in id
+    # order) draws the same token as over the whole row, ~50x faster (the decode loop runs it per
+    # sequence per step).
+    near = np.flatnonzero((logits.max() - logits) * 1000 < ZERO_WEIGHT_U * (params.temperature_milli << 8))
+    w = padded_weights(logits[near], params.temperature_milli)
     tau = top_p_threshold(w, params.top_p_q)
     kept_w = np.where(w >= tau, w, 0)
     cum = np.cumsum(kept_w)
     r = el.draw(params.seed, step, int(cum[-1]))
-    return int(np.searchsorted(cum, r, side="right"))
+    return int(near[np.searchsorted(cum, r, side="right")])
 
 
 def next_token_by_rules(logits, params: SamplingParams, step: int) -> int:

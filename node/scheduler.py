@@ -24,6 +24,7 @@ from typing import Callable
 from node.errors import BadJob, NodeError
 from opinfer.engine.logprobs import prompt_logprobs, token_logprobs
 from opinfer.engine.smollm2 import Decoder
+from opinfer.models import JobRefused
 from opinfer.trace.jobinput import JobInput
 
 log = logging.getLogger("opinfer.node.scheduler")
@@ -55,7 +56,8 @@ class Ticket:
 class Scheduler:
     def __init__(self, engine, max_batch: int = 8, prefill_tokens: int | None = 64, name: str = "scheduler",
                  on_step: Callable[[int], None] | None = None):
-        self.engine = engine
+        self.engine = engine                  # node.engines.Engine of a chat model
+        self.parts = engine.spec.parts        # its request(job) and result(job, ids, reason)
         self.max_batch = max(1, max_batch)
         self.decoder = Decoder(prefill_tokens)
         self.on_step = on_step
@@ -131,10 +133,10 @@ class Scheduler:
     def _admit(self, t: Ticket) -> bool:
         try:
             self.engine.check(t.job)
-            request = self.engine._request(t.job)
+            request = self.parts.request(t.job)
             if t.logprobs is not None and not 0 <= t.logprobs <= 20:
                 raise BadJob("logprobs must lie in [0, 20]")
-            session = self.engine.model.session(max_ctx=len(t.job.tokens) + t.job.max_tokens)
+            session = self.engine.engine.session(max_ctx=len(t.job.tokens) + t.job.max_tokens)
             t.stream = self.decoder.add(session, request, prompt_logits=t.want_prompt)
         except Exception as exc:  # noqa: BLE001 - reported to this job only
             t.future.set_exception(exc)
@@ -167,13 +169,13 @@ class Scheduler:
             t.future.set_exception(GenerationFailed(f"the engine failed at token {len(s.out)}: {s.error}"))
             return
         try:
-            output, payload = self.engine._payload(t.job, s.out, s.reason)
-        except BadJob as exc:
-            t.future.set_exception(exc)
-            return
+            result = self.parts.result(t.job, s.out, s.reason)
         except Exception as exc:  # noqa: BLE001
-            t.future.set_exception(GenerationFailed(f"the engine failed: {exc}"))
+            result = GenerationFailed(f"the engine failed: {exc}")
+        if isinstance(result, Exception):
+            t.future.set_exception(BadJob(str(result)) if isinstance(result, JobRefused) else result)
             return
+        output, payload = result
         if t.logprobs is not None:
             payload["logprobs"] = t.token_lp
         if t.want_prompt:

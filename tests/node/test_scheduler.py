@@ -11,11 +11,12 @@ import time
 import numpy as np
 import pytest
 
-from node.engines import SMOLLM2, load
+from node.engines import load
 from node.scheduler import GenerationFailed, Scheduler
 from opinfer.engine import smollm2 as sm
 from opinfer.engine.logprobs import prompt_logprobs, token_logprobs
-from opinfer.engine.sampling import SamplingParams, padded_weights
+from opinfer.engine.sampling import padded_weights
+from opinfer.models.smollm2.spec import NAME as SMOLLM2
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.outputs import generation_output, tensor_root
 
@@ -72,8 +73,8 @@ def test_decoder_random_arrivals_and_chunks_give_each_job_its_own_tokens(engine,
     while arrivals or dec.streams:
         while arrivals and arrivals[0][0] <= steps and len(dec.streams) < cap:
             _, k = arrivals.pop(0)
-            streams[k] = dec.add(engine.model.session(len(jobs[k].tokens) + jobs[k].max_tokens),
-                                 engine._request(jobs[k]))
+            streams[k] = dec.add(engine.engine.session(len(jobs[k].tokens) + jobs[k].max_tokens),
+                                 engine.spec.parts.request(jobs[k]))
         dec.step()
         steps += 1
     want = alone(seed)
@@ -114,10 +115,10 @@ def test_logprobs_are_the_samplers_temperature_one_distribution(engine, tok):
     sched = Scheduler(engine, max_batch=4, prefill_tokens=3)
     job = JobInput(tuple(prompt), max_tokens=4, temperature_milli=700, seed=3)
     out, payload = sched.submit(job, logprobs=5, prompt_logprobs=True).future.result(60)
-    whole = engine.model.session(64).forward(prompt, all_logits=True)      # the prompt in one pass
+    whole = engine.engine.session(64).forward(prompt, all_logits=True)      # the prompt in one pass
     sched.close()
     # generated tokens: ln(w / W) with the sampler's integer weights at temperature 1
-    s = engine.model.session(64)
+    s = engine.engine.session(64)
     row = s.forward(prompt)
     first = payload["logprobs"][0]
     w = padded_weights(row, 1000)
@@ -151,14 +152,14 @@ def test_a_failing_job_leaves_and_the_others_keep_their_bits(engine, tok, alone,
         return real(sessions, batch, all_logits)
 
     monkeypatch.setattr(sm, "forward_many", refusing)
-    session = engine.model.session
+    session = engine.engine.session
 
     def marked(max_ctx=2048):
         s = session(max_ctx)
         s.bad = max_ctx == len(bad.tokens) + bad.max_tokens
         return s
 
-    monkeypatch.setattr(engine.model, "session", marked)
+    monkeypatch.setattr(engine.engine, "session", marked)
     sched = Scheduler(engine, max_batch=8, prefill_tokens=None)
     seen = []
     tickets = [sched.submit(j) for j in jobs[:3]]

@@ -14,8 +14,9 @@ import uvicorn
 
 from node.app import Node, create_app
 from node.auth import Authenticator
-from node.engines import SMOLLM2, ProgramEngine, load
+from node.engines import ProgramEngine, load
 from opinfer.chain.anvil import dev_keys, free_port
+from opinfer.models.smollm2.spec import NAME as SMOLLM2
 from opinfer.trace.jobinput import JobInput
 from opinfer.trace.testing import toy_job, toy_program
 
@@ -128,14 +129,15 @@ def test_errors_before_the_first_token_keep_status_codes(server, tok):
 def test_an_error_mid_generation_is_an_error_event_and_nothing_is_signed(server, tok, monkeypatch):
     url, node = server
     engine = node.engines[SMOLLM2]
-    real = engine._payload
+    parts = engine.spec.parts
+    real = parts.result
 
     def broken(job, ids, reason):   # the output cannot be committed (simulated engine failure)
         if len(ids) == 5:
             raise RuntimeError("engine fault")
         return real(job, ids, reason)
 
-    monkeypatch.setattr(engine, "_payload", broken)
+    monkeypatch.setattr(parts, "result", broken)
     before = node.metrics.jobs.labels(SMOLLM2, "error")._value.get()
     got = events(url, body(tok, "Count: one, two,", 5, 6, stream=True))
     assert [e["type"] for _, e in got] == ["token"] * 5 + ["error"]

@@ -37,7 +37,15 @@ def load_engine():
     return default_model()
 
 
-def _result(job, ids, reason):
+def request(job) -> dict:
+    """A checked job as a generation request (smollm2.Decoder, Session.generate, generate_many):
+    the node's continuous batching (node/scheduler.py) and run_batch both start from it."""
+    return {"ids": list(job.tokens), "max_tokens": job.max_tokens, "sampler": sampler(job),
+            "stop_sequences": job.stop_sequences}
+
+
+def result(job, ids, reason):
+    """(output tensor, payload) of a finished generation, or the JobRefused it cannot be committed as."""
     from opinfer.trace.outputs import generation_output
 
     try:
@@ -53,15 +61,14 @@ def run_batch(engine, jobs: list) -> list:
     from opinfer.engine.smollm2 import generate_many
 
     if len(jobs) == 1:
-        job = jobs[0]
+        job, r = jobs[0], request(jobs[0])
         session = engine.session(max_ctx=len(job.tokens) + job.max_tokens)
-        ids, reason = session.generate(list(job.tokens), job.max_tokens, sampler=sampler(job),
-                                       stop_sequences=job.stop_sequences)
-        return [_result(job, ids, reason)]
-    requests = [{"ids": list(job.tokens), "max_tokens": job.max_tokens, "sampler": sampler(job),
-                 "stop_sequences": job.stop_sequences} for job in jobs]
+        ids, reason = session.generate(r["ids"], r["max_tokens"], sampler=r["sampler"],
+                                       stop_sequences=r["stop_sequences"])
+        return [result(job, ids, reason)]
+    requests = [request(job) for job in jobs]
     ctx = max(len(r["ids"]) + r["max_tokens"] for r in requests)
-    return [_result(job, ids, reason) for job, (ids, reason) in zip(jobs, generate_many(engine, requests, max_ctx=ctx))]
+    return [result(job, ids, reason) for job, (ids, reason) in zip(jobs, generate_many(engine, requests, max_ctx=ctx))]
 
 
 def load_program():

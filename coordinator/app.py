@@ -27,7 +27,7 @@ from coordinator.follower import ChainFollower
 from coordinator.metrics import Metrics
 from coordinator.poster import BatchPoster, no_crash
 from coordinator.ratelimit import RateLimiter
-from coordinator.routes import chat, embeddings, explorer, jobs, models, ops
+from coordinator.routes import chat, completions, embeddings, explorer, jobs, models, ops
 from coordinator.service import Catalog, InferenceService, Tokenizers
 from coordinator.settings import Settings
 from coordinator.wallet import Wallet
@@ -242,7 +242,7 @@ def create_app(settings: Settings | None = None, coordinator: Coordinator | None
     app = FastAPI(title="opinfer coordinator", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible API over a network of staked nodes with optimistic verification.")
     app.state.coordinator = coordinator
-    for module in (models, chat, embeddings, jobs, ops, explorer):
+    for module in (models, chat, completions, embeddings, jobs, ops, explorer):
         app.include_router(module.router)
 
     @app.exception_handler(ApiError)

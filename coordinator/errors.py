@@ -70,6 +70,15 @@ class NoNodeAvailable(ApiError):
     code = "no_node_available"
 
 
+class StreamFailed(ApiError):
+    """A streamed answer cannot be completed (sent as the stream's error event
+    once tokens went out): the client must discard the tokens it got."""
+
+    status = 502
+    type = "server_error"
+    code = "stream_failed"
+
+
 class NodeFailure(CoordinatorError):
     """One node attempt failed (timeout, HTTP error, bad answer); the router retries elsewhere."""
 

@@ -287,24 +287,41 @@ class NodePool:
                 return resp.status, b""
             return resp.status, await read_bounded(resp, self.max_answer_bytes)
 
-    async def execute(self, node: routing.NodeHealth, body: dict) -> dict:
-        """POST /v1/execute on `node`; NodeFailure on any kind of failure."""
+    async def execute(self, node: routing.NodeHealth, body: dict, on_token=None, limit: int | None = None) -> dict:
+        """POST /v1/execute on `node`; NodeFailure on any kind of failure.
+
+        With on_token (an async callable), the node is asked to stream
+        (docs/protocol.md, "Streaming"): each token event is handed to
+        on_token as it arrives, and the answer is the "done" event's body with
+        "_streamed": the ids the node streamed (the caller checks them against
+        the signed output). A node that answers with plain JSON instead is
+        accepted (an older node: "_streamed" is empty). `limit`: the most
+        bytes read (default max_answer_bytes; a stream of logprobs needs more)."""
         if node.endpoint_problem:
             raise NodeFailure(node.address, f"endpoint refused: {node.endpoint_problem}")
         node.inflight += 1
         started = time.perf_counter()
+        streamed: list[int] = []
         try:
+            if on_token is not None:
+                body = {**body, "stream": True}
             data = orjson.dumps(body)
             headers = {"content-type": "application/json"}
             if self.signer:
                 headers.update(self.signer.headers(data, node.address))
-            status, raw = await self._post(f"{node.endpoint}/v1/execute", data, headers)
+            if on_token is None:
+                status, raw = await self._post(f"{node.endpoint}/v1/execute", data, headers)
+            else:
+                status, raw = await self._post_stream(node, data, headers, on_token, streamed,
+                                                      limit or self.max_answer_bytes)
         except TimeoutError:
-            raise NodeFailure(node.address, "timeout") from None
+            raise NodeFailure(node.address, "timeout" + (f" after {len(streamed)} streamed tokens"
+                                                         if streamed else "")) from None
         except TooLarge as exc:
             raise NodeFailure(node.address, f"too large: {exc}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise NodeFailure(node.address, f"unreachable: {type(exc).__name__}") from None
+            where = f" after {len(streamed)} streamed tokens" if streamed else ""
+            raise NodeFailure(node.address, f"unreachable: {type(exc).__name__}{where}") from None
         finally:
             node.inflight -= 1
         if 300 <= status < 400:
@@ -313,14 +330,64 @@ class NodePool:
             raise NodeFailure(node.address, f"http {status}")
         if status >= 400:
             raise NodeFailure(node.address, f"refused: {raw[:200].decode(errors='replace')}", fault=False)
-        try:
-            answer = orjson.loads(raw)
-            if not isinstance(answer, dict):
-                raise ValueError
-        except ValueError:
-            raise NodeFailure(node.address, "bad answer: not a JSON object") from None
+        if isinstance(raw, dict):
+            answer = raw
+        else:
+            try:
+                answer = orjson.loads(raw)
+                if not isinstance(answer, dict):
+                    raise ValueError
+            except ValueError:
+                raise NodeFailure(node.address, "bad answer: not a JSON object") from None
         answer["_latency_ms"] = (time.perf_counter() - started) * 1000
+        answer["_streamed"] = streamed
         return answer
+
+    async def _post_stream(self, node: routing.NodeHealth, data: bytes, headers: dict, on_token, streamed: list,
+                           limit: int) -> tuple[int, bytes | dict]:
+        """(status, the "done" body) of a streamed POST, token events handed to on_token on
+        the way. Each read may take up to the node timeout (a node that stops sending is cut
+        off); the whole stream, ten times that. Events are split by hand, not with
+        readline(): a "done" line of many logprobs is longer than aiohttp's line limit."""
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s * 10, sock_read=self.timeout_s,
+                                        sock_connect=self.connect_timeout_s)
+        async with self._session().post(f"{node.endpoint}/v1/execute", data=data, headers=headers,
+                                        allow_redirects=False, timeout=timeout) as resp:
+            if 300 <= resp.status < 400:
+                return resp.status, b""
+            if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
+                return resp.status, await read_bounded(resp, limit)
+            buffer, seen = b"", 0
+            async for chunk in resp.content.iter_any():
+                seen += len(chunk)
+                if seen > limit:
+                    raise TooLarge(f"stream over {limit} bytes")
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.startswith(b"data:"):
+                        continue
+                    try:
+                        event = orjson.loads(line[5:])
+                        kind = event["type"]
+                    except (ValueError, KeyError, TypeError):
+                        raise NodeFailure(node.address, "bad answer: malformed stream event") from None
+                    if kind == "token":
+                        try:
+                            index, token = int(event["index"]), int(event["id"])
+                        except (KeyError, TypeError, ValueError):
+                            raise NodeFailure(node.address, "bad answer: malformed token event") from None
+                        if index != len(streamed):
+                            raise NodeFailure(node.address, f"bad answer: token {index} streamed out of order")
+                        streamed.append(token)
+                        await on_token(event)
+                    elif kind == "done":
+                        return 200, event
+                    elif kind == "error":
+                        error = event.get("error") if isinstance(event.get("error"), dict) else {}
+                        raise NodeFailure(node.address, f"node error after {len(streamed)} streamed tokens: "
+                                                        f"{str(error.get('message'))[:200]}")
+            raise NodeFailure(node.address, f"stream ended after {len(streamed)} tokens without an answer")
 
     def check(self, node: routing.NodeHealth) -> bool:
         """GET /healthz (blocking; from the refresh job). A static node learns its models here."""

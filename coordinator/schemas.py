@@ -59,16 +59,16 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
+    n: int | None = Field(None, ge=1)
     user: str | None = Field(None, max_length=256)
     metadata: dict[str, str] | None = None
     store: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
     # Defined by OpenAI, honoured only at their neutral values (see docs).
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
@@ -81,6 +81,31 @@ class ChatRequest(BaseModel):
     audio: Any = None
     prediction: Any = None
     web_search_options: Any = None
+    opinfer: OpinferOptions = Field(default_factory=OpinferOptions)
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions (OpenAI's legacy text completion): the prompt is plain text, no chat template."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(max_length=256)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)     # 0 with echo + logprobs: score the prompt only
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    user: str | None = Field(None, max_length=256)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
     opinfer: OpinferOptions = Field(default_factory=OpinferOptions)
 
 

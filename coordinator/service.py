@@ -20,10 +20,10 @@ from sqlalchemy.orm import object_session, selectinload, undefer
 from coordinator import models as m
 from coordinator.cache import ResponseCache, cache_key
 from coordinator.chain import Chain, ModelInfo
-from coordinator.errors import BadRequest, ModelNotFound, NodeFailure, NoNodeAvailable, NotFound
+from coordinator.errors import BadRequest, ModelNotFound, NodeFailure, NoNodeAvailable, NotFound, StreamFailed
 from coordinator.metrics import Metrics
 from coordinator.nodes import NodePool
-from coordinator.schemas import ChatRequest, EmbeddingRequest, OpinferOptions
+from coordinator.schemas import ChatRequest, CompletionRequest, EmbeddingRequest, OpinferOptions
 from coordinator.settings import Settings
 from opinfer import models
 from opinfer.errors import CommitmentError
@@ -49,6 +49,45 @@ def vote(results: list[dict], stake: dict[str, int]) -> tuple[bytes, int]:
     return winner, len(groups[winner])
 
 
+class Relay:
+    """Passes one job's streamed tokens on as they arrive, each index once, across
+    node attempts: a node that dies mid-stream is replaced by another running the
+    same job (same input and seed, so the same tokens); the replacement's tokens
+    that were already sent are checked, not sent again. The streamed ids must be
+    the ids of the signed answer that ends the stream (complete())."""
+
+    def __init__(self, emit):
+        self.emit = emit            # async: one token event {"index", "id", "logprob", "top"}
+        self.ids: list[int] = []
+        self.broken = False         # what was sent cannot be completed: the stream must end in an error
+        self.root: bytes | None = None
+
+    async def token(self, event: dict) -> None:
+        index, token = int(event["index"]), int(event["id"])
+        if index < len(self.ids):
+            if self.ids[index] != token:
+                self.broken = True
+                raise StreamFailed(f"nodes disagree on token {index} of the streamed answer (one of them lies); "
+                                   "discard the tokens received")
+            return
+        self.ids.append(token)
+        await self.emit(event)
+
+    async def complete(self, checked: dict) -> None:
+        """The signed, checked answer: it must extend what was sent; the rest is sent now."""
+        ids = checked["result"]["ids"]
+        if ids[:len(self.ids)] != self.ids:
+            self.broken = True
+            raise NodeFailure(checked["node"], "signed output differs from the tokens an earlier node streamed")
+        entries = checked["extra"].get("logprobs")
+        for index in range(len(self.ids), len(ids)):
+            self.ids.append(ids[index])
+            entry = entries[index] if entries else {}
+            await self.emit({"type": "token", "index": index, "id": ids[index], "logprob": entry.get("logprob"),
+                             "top": entry.get("top")})
+        self.root = checked["output_root"]
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: an API key (id, rate limit) or the anonymous devnet user."""
@@ -65,12 +104,14 @@ class Answer:
     cached: bool = False
     stale: bool = False
     agreed: int = 1
+    extra: dict = field(default_factory=dict)   # the node's unsigned extras (logprobs) of a fresh answer
 
     def opinfer(self) -> dict:
         job, leaf = self.job, self.leaf
         out = {"job_id": "0x" + job.id, "status": leaf.status, "node": leaf.node, "model_id": job.model_id,
                "model_root": "0x" + job.model_root.hex(), "input_root": "0x" + leaf.input_root.hex(),
-               "output_root": "0x" + leaf.output_root.hex(), "seed": job.seed, "cached": self.cached}
+               "output_root": "0x" + leaf.output_root.hex(), "signature": "0x" + leaf.signature.hex(),
+               "seed": job.seed, "cached": self.cached}
         if self.stale:
             out["stale"] = True
         if job.consensus > 1:
@@ -79,13 +120,29 @@ class Answer:
 
 
 @dataclass
-class ChatAnswer:
+class GenPlan:
+    """A validated generation request: its jobs (one per choice and prompt) and what to show."""
+
+    model: ModelInfo
+    kind: str                                   # "chat" | "completion"
+    jobs: list[tuple[int, JobInput]]            # (prompt index, job input) per choice
+    prompts: list[list[int]]
+    stops: list[tuple[int, ...]]                # token-level stop sequences (end of turn first)
+    top: int | None                             # logprobs: alternatives per token; None: no logprobs
+    prompt_logprobs: bool
+    options: OpinferOptions
+
+
+@dataclass
+class Generated:
+    """One choice's answer: the recorded job and leaf, plus the node's log-probabilities (unsigned)."""
+
     answer: Answer
     ids: list[int]
-    text: str
     finish_reason: str
     prompt_tokens: int
-    pieces: list[str] = field(default_factory=list)  # text per generated token, for streaming
+    logprobs: list[dict] | None = None
+    prompt_logprobs: list | None = None
 
 
 class Catalog:
@@ -213,79 +270,183 @@ class InferenceService:
         if self.limiter is not None and jobs > 1:
             self.limiter.take(who.key_id if who.key_id is not None else "anonymous", who.rpm, jobs - 1)
 
-    # ------------------------------------------------------------ chat
+    # ------------------------------------------------------------ generation (chat and text completion)
 
-    async def chat(self, req: ChatRequest, who: Principal) -> ChatAnswer:
-        from opinfer.engine.sampling import from_openai
-
+    async def plan_chat(self, req: ChatRequest, who: Principal) -> GenPlan:
         model = self.catalog.get(req.model, "chat")
         self._reject_unsupported(req)
+        if req.top_logprobs and not req.logprobs:
+            raise BadRequest("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
         max_tokens = req.max_completion_tokens or req.max_tokens or self.settings.default_max_tokens
-        if max_tokens > self.settings.max_completion_tokens:
-            raise BadRequest(f"max_tokens is {max_tokens}; the limit is {self.settings.max_completion_tokens}",
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        self._check_max_tokens(max_tokens, param)
+        messages = [("system" if msg.role == "developer" else msg.role, msg.text()) for msg in req.messages]
+        tok = self.tokenizers
+        await self._fits(sum(len(text.encode()) for _, text in messages), max_tokens, "messages")
+        stops = self._stops(req.stop)
+        prompt, stop_sequences = await anyio.to_thread.run_sync(lambda: (
+            tok.chat_prompt(messages), [(tok.chat_end,)] + [tuple(tok.chat.encode_ordinary(s)) for s in stops]))
+        self._check_length(len(prompt), max_tokens, param, "messages")
+        jobs = self._jobs(req, model, [prompt], stop_sequences, max_tokens, "messages")
+        return self._plan(model, "chat", jobs, [prompt], stop_sequences, req, who,
+                          top=(req.top_logprobs or 0) if req.logprobs else None, prompt_logprobs=False)
+
+    async def plan_completion(self, req: CompletionRequest, who: Principal) -> GenPlan:
+        from opinfer.trace.jobinput import completion_stop_sequences
+
+        model = self.catalog.get(req.model, "chat")
+        for param, ok, why in (("suffix", req.suffix in (None, ""), "insertion (suffix) is not supported"),
+                               ("best_of", req.best_of in (None, 1) or req.best_of == (req.n or 1),
+                                "best_of must equal n: opinfer returns every choice it runs")):
+            if not ok:
+                raise BadRequest(f"`{param}` is not supported: {why}", param=param, code="unsupported_parameter")
+        self._reject_penalties(req)
+        max_tokens = self.settings.default_max_tokens if req.max_tokens is None else req.max_tokens
+        self._check_max_tokens(max_tokens, "max_tokens")
+        if max_tokens == 0 and not req.echo:
+            raise BadRequest("max_tokens 0 generates nothing: use it with echo (and logprobs) to score a prompt",
                              param="max_tokens")
+        prompts = req.prompt if isinstance(req.prompt, list) and req.prompt and not isinstance(req.prompt[0], int) \
+            else [req.prompt]
+        if not prompts or any(not p for p in prompts):
+            raise BadRequest("`prompt` must not be empty", param="prompt")
+        if len(prompts) * (req.n or 1) > self.settings.max_choices:
+            raise BadRequest(f"{len(prompts)} prompts x n={req.n or 1} choices; the limit is "
+                             f"{self.settings.max_choices} (max_choices)", param="prompt")
+        tok = self.tokenizers
+        await self._fits(sum(len(p.encode()) for p in prompts if isinstance(p, str)), max_tokens, "prompt")
+        stops = self._stops(req.stop)
+        vocab = await anyio.to_thread.run_sync(lambda: tok.chat.vocab_size)
+
+        def encode():
+            out = []
+            for p in prompts:
+                if isinstance(p, str):
+                    out.append(tok.chat.encode_ordinary(p))
+                elif all(0 <= t < vocab for t in p):
+                    out.append([int(t) for t in p])
+                else:
+                    raise BadRequest(f"token ids must be in [0, {vocab})", param="prompt")
+            return out, list(completion_stop_sequences(tok.chat, stops))
+        ids, stop_sequences = await anyio.to_thread.run_sync(encode)
+        for p in ids:
+            if not p:
+                raise BadRequest("`prompt` encodes to no tokens", param="prompt")
+            self._check_length(len(p), max_tokens, "max_tokens", "prompt")
+        jobs = self._jobs(req, model, ids, stop_sequences, max_tokens, "prompt")
+        return self._plan(model, "completion", jobs, ids, stop_sequences, req, who,
+                          top=req.logprobs, prompt_logprobs=bool(req.echo and req.logprobs is not None))
+
+    def _plan(self, model, kind, jobs, prompts, stops, req, who, top, prompt_logprobs) -> GenPlan:
+        options = req.opinfer
+        self._check_consensus(options.consensus)
+        self.charge(who, len(jobs) * options.consensus)
+        if top is not None or prompt_logprobs:
+            # log-probabilities are not kept with a job: a cached answer has none
+            options = options.model_copy(update={"cache": False})
+        return GenPlan(model, kind, jobs, prompts, stops, top, prompt_logprobs, options)
+
+    def _jobs(self, req, model: ModelInfo, prompts: list[list[int]], stops, max_tokens: int,
+              prompt_param: str) -> list[tuple[int, JobInput]]:
+        """(prompt index, job input) of every choice: THE one place where a chat or a text
+        completion request becomes job inputs (sampling defaults, seeds, stops and the
+        sampler's other parameters), so what holds for one holds for both."""
+        from opinfer.engine.sampling import from_openai
+        from opinfer.trace.jobinput import choice_seed, sampling_defaults
+
+        n = req.n or 1
+        if n * len(prompts) > self.settings.max_choices:
+            raise BadRequest(f"n is {n}; the limit is {self.settings.max_choices} (max_choices)", param="n")
+        temperature, top_p = sampling_defaults(model.name)
+        temperature = temperature if req.temperature is None else req.temperature
+        top_p = top_p if req.top_p is None else req.top_p
         try:
-            sampling = from_openai(req.temperature, req.top_p, req.seed)
+            sampling = from_openai(temperature, top_p, req.seed)
         except ValueError as exc:
             raise BadRequest(str(exc), param=str(exc).split()[0]) from None
         seed = sampling.seed
         if req.seed is None and sampling.temperature_milli > 0:
             seed = secrets.randbits(64)  # recorded with the job: anyone can replay the draw
-        stops = req.stop if isinstance(req.stop, list) else ([req.stop] if req.stop else [])
+        jobs = []
+        for p, prompt in enumerate(prompts):
+            for i in range(n):
+                try:
+                    jobs.append((p, JobInput(tuple(prompt), max_tokens, sampling.temperature_milli, sampling.top_p_q,
+                                             choice_seed(seed, i), tuple(stops))))
+                except CommitmentError as exc:
+                    raise BadRequest(f"request does not fit a job input: {exc}", param=prompt_param) from None
+        return jobs
+
+    def _stops(self, stop) -> list[str]:
+        stops = stop if isinstance(stop, list) else ([stop] if stop else [])
         if len(stops) > self.settings.max_stop_sequences or any(not s for s in stops):
             raise BadRequest(f"`stop` takes 1 to {self.settings.max_stop_sequences} non-empty strings", param="stop")
-        tok = self.tokenizers
+        return stops
+
+    async def _fits(self, size: int, max_tokens: int, param: str) -> None:
+        """A text of `size` bytes that cannot fit whatever it tokenizes to is refused without tokenizing it."""
         limit = self.settings.max_context_tokens
-        messages = [("system" if msg.role == "developer" else msg.role, msg.text()) for msg in req.messages]
-        size = sum(len(text.encode()) for _, text in messages)
-        if size > (limit - max_tokens) * await anyio.to_thread.run_sync(lambda: tok.chat_max_token_bytes):
-            # cannot fit whatever it tokenizes to: refused without tokenizing it
-            raise BadRequest(f"messages ({size} bytes) exceed the context limit of {limit} tokens "
-                             f"with max_tokens {max_tokens}", param="messages", code="context_length_exceeded")
-        self._check_consensus(req.opinfer.consensus)
-        self.charge(who, req.opinfer.consensus)
-        # in a worker thread (the tokenizer releases the GIL): the event loop keeps serving
-        stop_sequences, prompt = await anyio.to_thread.run_sync(lambda: (
-            [(tok.chat_end,)] + [tuple(tok.chat.encode_ordinary(s)) for s in stops], tok.chat_prompt(messages)))
-        if len(prompt) + max_tokens > limit:
-            raise BadRequest(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the context limit "
-                             f"of {limit} tokens", param="messages", code="context_length_exceeded")
-        try:
-            job = JobInput(tuple(prompt), max_tokens, sampling.temperature_milli, sampling.top_p_q, seed,
-                           tuple(stop_sequences))
-        except CommitmentError as exc:
-            raise BadRequest(f"request does not fit a job input: {exc}", param="messages") from None
-        answer = await self.run(model, job, "chat", who, req.opinfer)
+        if size > (limit - max_tokens) * await anyio.to_thread.run_sync(lambda: self.tokenizers.chat_max_token_bytes):
+            raise BadRequest(f"{param} ({size} bytes) exceed the context limit of {limit} tokens "
+                             f"with max_tokens {max_tokens}", param=param, code="context_length_exceeded")
+
+    def _check_max_tokens(self, max_tokens: int, max_param: str) -> None:
+        if max_tokens > self.settings.max_completion_tokens:
+            raise BadRequest(f"{max_param} is {max_tokens}; the limit is {self.settings.max_completion_tokens}",
+                             param=max_param)
+
+    def _check_length(self, prompt: int, max_tokens: int, max_param: str, prompt_param: str) -> None:
+        limit = self.settings.max_context_tokens
+        if prompt + max_tokens > limit:
+            raise BadRequest(f"prompt ({prompt} tokens) + {max_param} ({max_tokens}) exceeds the context limit "
+                             f"of {limit} tokens", param=prompt_param, code="context_length_exceeded")
+
+    async def claim(self, plan: GenPlan, who: Principal) -> list[tuple[str, Answer | None]]:
+        """Per choice: (job id, the cached answer or None). Known before any node
+        runs, so a stream names its jobs (x-opinfer-job-id) in its first bytes."""
+        out = []
+        for _, job in plan.jobs:
+            answer = await self.lookup(plan.model, job, plan.options, who)
+            out.append((answer.job.id, answer) if answer else (secrets.token_bytes(16).hex(), None))
+        return out
+
+    async def generate(self, plan: GenPlan, index: int, who: Principal, job_id: str,
+                       cached: Answer | None = None, on_token=None) -> Generated:
+        """Choice `index`: run its job (streaming its tokens to on_token when given) or take
+        the cached answer; the returned answer's leaf is signed, checked and recorded."""
+        _, job = plan.jobs[index]
+        if cached is not None:
+            answer = cached
+        else:
+            extra = {}
+            if plan.top is not None:
+                extra["logprobs"] = plan.top
+            if plan.prompt_logprobs:
+                extra["prompt_logprobs"] = True
+            answer = await self.run(plan.model, job, plan.kind, who, plan.options, job_id=bytes.fromhex(job_id),
+                                    on_token=on_token, extra=extra, lookup=False)
         ids, reason = answer.job.result["ids"], answer.job.result["finish_reason"]
-        shown = list(ids)
-        if reason == "stop":
-            for seq in stop_sequences:
-                if tuple(shown[-len(seq):]) == seq:
-                    shown = shown[:-len(seq)]
-                    break
-        pieces, previous = [], ""
-        for i in range(len(shown)):
-            text = tok.chat.decode(shown[:i + 1], skip_special_tokens=True)
-            if text.endswith("\ufffd") and i + 1 < len(shown):
-                pieces.append("")  # half of a UTF-8 character: wait for the rest
-                continue
-            pieces.append(text[len(previous):])
-            previous = text
-        return ChatAnswer(answer, ids, previous, reason, len(prompt), pieces)
+        return Generated(answer, list(ids), reason, len(job.tokens), answer.extra.get("logprobs"),
+                         answer.extra.get("prompt_logprobs"))
+
+    def _reject_penalties(self, req) -> None:
+        for param, ok in (("presence_penalty", not req.presence_penalty),
+                          ("frequency_penalty", not req.frequency_penalty), ("logit_bias", not req.logit_bias)):
+            if not ok:
+                raise BadRequest(f"`{param}` is not supported: not part of the deterministic sampler yet",
+                                 param=param, code="unsupported_parameter")
 
     def _reject_unsupported(self, req: ChatRequest) -> None:
+        self._reject_penalties(req)
+        json_mode = "see docs/json-mode.md: a verifiable JSON mode is designed, not built"
         neutral = [
-            ("n", req.n in (None, 1), "only n=1 is supported"),
-            ("presence_penalty", not req.presence_penalty, "penalties are not part of the deterministic sampler"),
-            ("frequency_penalty", not req.frequency_penalty, "penalties are not part of the deterministic sampler"),
-            ("logit_bias", not req.logit_bias, "logit_bias is not supported"),
-            ("logprobs", not req.logprobs, "logprobs are not returned"),
-            ("top_logprobs", req.top_logprobs in (None, 0), "logprobs are not returned"),
-            ("tools", not req.tools, "tool calling is not supported"),
-            ("tool_choice", req.tool_choice in (None, "none"), "tool calling is not supported"),
-            ("functions", not req.functions, "function calling is not supported"),
-            ("function_call", req.function_call in (None, "none"), "function calling is not supported"),
-            ("response_format", req.response_format in (None, {"type": "text"}), "only text responses"),
+            ("tools", not req.tools, f"tool calling needs constrained decoding ({json_mode})"),
+            ("tool_choice", req.tool_choice in (None, "none"), f"tool calling needs constrained decoding ({json_mode})"),
+            ("functions", not req.functions, f"function calling needs constrained decoding ({json_mode})"),
+            ("function_call", req.function_call in (None, "none"),
+             f"function calling needs constrained decoding ({json_mode})"),
+            ("response_format", req.response_format in (None, {"type": "text"}),
+             f"only {{\"type\": \"text\"}}; JSON output cannot be guaranteed verifiably yet ({json_mode})"),
             ("modalities", req.modalities in (None, ["text"]), "only text output"),
             ("audio", req.audio is None, "audio is not supported"),
             ("prediction", req.prediction is None, "predicted outputs are not supported"),
@@ -299,24 +460,39 @@ class InferenceService:
 
     # ------------------------------------------------------------ one job
 
-    async def run(self, model: ModelInfo, job: JobInput, kind: str, who: Principal, options: OpinferOptions) -> Answer:
+    async def lookup(self, model: ModelInfo, job: JobInput, options: OpinferOptions, who: Principal) -> Answer | None:
+        """The cached answer to this job input (its usage recorded), or None."""
+        if not (options.cache and options.consensus == 1):
+            return None
+        entry = self.cache.get(cache_key(model.model_root, job.to_bytes()))
+        answer = entry and await anyio.to_thread.run_sync(self._load_answer, entry.job_id)
+        if answer:
+            self.metrics.cache.labels("hit").inc()
+            await anyio.to_thread.run_sync(self._record_usage, answer.job, who, True)
+            return answer
+        self.metrics.cache.labels("miss").inc()
+        return None
+
+    async def run(self, model: ModelInfo, job: JobInput, kind: str, who: Principal, options: OpinferOptions, *,
+                  job_id: bytes | None = None, on_token=None, extra: dict | None = None,
+                  lookup: bool = True) -> Answer:
+        """Run one job (cache, retries, consensus), record it and return the answer.
+        on_token: stream the tokens of one node as they come (see Relay); extra:
+        what else to ask the nodes for (logprobs), returned unsigned in answer.extra."""
         data = job.to_bytes()
         key = cache_key(model.model_root, data)
         k = options.consensus
         self._check_consensus(k)
-        if options.cache and k == 1:
-            entry = self.cache.get(key)
-            answer = entry and await anyio.to_thread.run_sync(self._load_answer, entry.job_id)
+        if lookup:
+            answer = await self.lookup(model, job, options, who)
             if answer:
-                self.metrics.cache.labels("hit").inc()
-                await anyio.to_thread.run_sync(self._record_usage, answer.job, who, True)
                 return answer
-            self.metrics.cache.labels("miss").inc()
-        job_id = secrets.token_bytes(16)
+        job_id = job_id or secrets.token_bytes(16)
+        relay = Relay(on_token) if on_token is not None else None
         try:
-            results, failure = await self._execute(model, job_id, job, data, kind, k)
+            results, failure = await self._execute(model, job_id, job, data, kind, k, relay, extra or {})
         except NoNodeAvailable:
-            entry = options.allow_stale and self.cache.get(key, allow_stale=True)
+            entry = options.allow_stale and relay is None and self.cache.get(key, allow_stale=True)
             answer = entry and await anyio.to_thread.run_sync(self._load_answer, entry.job_id)
             if answer:
                 self.metrics.cache.labels("stale").inc()
@@ -327,6 +503,7 @@ class InferenceService:
         winner, agreed = vote(results, {a: n.stake_wei for a, n in self.pool.nodes.items()})
         answer = await anyio.to_thread.run_sync(self._record, model, job_id, job, data, kind, results, winner, who)
         answer.agreed = agreed
+        answer.extra = next(r for r in results if r["output_root"] == winner)["extra"]
         self.unbatched += len(results)
         if self.unbatched >= self.settings.batch_max_jobs:
             self.unbatched = 0
@@ -337,6 +514,12 @@ class InferenceService:
             raise NoNodeAvailable(f"consensus of {k} not reached: {len(results)} of {k} nodes answered "
                                   f"({failure.message}); the finished executions are recorded as job 0x{job_id.hex()}",
                                   param="opinfer.consensus")
+        if relay is not None and relay.root != winner:
+            # The tokens streamed so far are a minority answer: the client must not keep them.
+            self.metrics.disagreements.labels(model.name).inc()
+            raise StreamFailed(f"consensus: the streamed answer lost the vote ({agreed} of {len(results)} nodes "
+                               f"gave another output); the executions are recorded as job 0x{job_id.hex()}",
+                               param="opinfer.consensus", code="consensus_disagreed")
         if agreed < len(results):
             # Some node lied (or several did): GET /v1/disagreements lists the job for challengers.
             self.metrics.disagreements.labels(model.name).inc()
@@ -346,19 +529,25 @@ class InferenceService:
         return answer
 
     async def _execute(self, model: ModelInfo, job_id: bytes, job: JobInput, data: bytes, kind: str,
-                       k: int) -> list[dict]:
+                       k: int, relay: Relay | None = None, extra: dict | None = None) -> list[dict]:
         """Results from k distinct nodes, each slot retried on other nodes, plus one
         more node when the k split evenly; and the first slot failure, if any
-        (the results that finished are kept: NoNodeAvailable only when none did)."""
+        (the results that finished are kept: NoNodeAvailable only when none did).
+
+        With a relay, the first slot streams its tokens through it; a node that
+        dies mid-stream is replaced by the next (same job, so the same tokens:
+        the relay passes on only those not yet sent, after checking the rest)."""
         if len(self.pool.serving(model.id)) < k:
             raise NoNodeAvailable(f"consensus of {k} needs {k} nodes serving `{model.name}`; "
                                   f"{len(self.pool.serving(model.id))} are registered", param="opinfer.consensus")
-        body = {"job_id": "0x" + job_id.hex(), "model": model.name, "model_id": model.id, "input": "0x" + data.hex()}
+        body = {"job_id": "0x" + job_id.hex(), "model": model.name, "model_id": model.id, "input": "0x" + data.hex(),
+                **(extra or {})}
         expected_in = input_root(job)
         tried: set[str] = set()
         reasons: list[str] = []
+        limit = self._answer_limit(job, extra or {})
 
-        async def slot() -> dict:
+        async def slot(stream: Relay | None = None) -> dict:
             for attempt in range(self.settings.max_attempts):
                 ranked = self.pool.rank(model.id, tried)
                 if not ranked:
@@ -369,21 +558,26 @@ class InferenceService:
                     await asyncio.sleep(self.pool.backoff(attempt - 1, self.settings.backoff_base_s,
                                                           self.settings.backoff_cap_s))
                 try:
-                    answer = await self.pool.execute(node, body)
+                    answer = await self.pool.execute(node, body, on_token=stream.token if stream else None,
+                                                     limit=limit)
                     checked = self._check(node.address, answer, body, expected_in, kind, job)
+                    if stream is not None:
+                        await stream.complete(checked)   # the streamed ids are the signed ones
                 except NodeFailure as exc:
                     reasons.append(exc.reason)
                     if exc.eject:
                         self.pool.eject(node, exc.reason)
                     elif exc.fault:
                         self.pool.failure(node, exc.reason)
+                    if stream is not None and stream.broken:
+                        raise StreamFailed(f"the stream cannot go on: {exc.reason}") from None
                     continue
                 self.pool.success(node, answer["_latency_ms"])
                 return checked
             raise NoNodeAvailable(f"no node answered for `{model.name}` "
                                   f"({'; '.join(reasons[-3:]) or 'none in rotation'})")
 
-        outcomes = await asyncio.gather(*(slot() for _ in range(k)), return_exceptions=True)
+        outcomes = await asyncio.gather(*(slot(relay if i == 0 else None) for i in range(k)), return_exceptions=True)
         results = [o for o in outcomes if isinstance(o, dict)]
         failures = [o for o in outcomes if not isinstance(o, dict)]
         for exc in failures:
@@ -432,6 +626,12 @@ class InferenceService:
                     raise ValueError("more tokens than max_tokens, or an unknown finish reason")
                 output = generation_output(ids, payload["finish_reason"], job.max_tokens)
                 result = {"ids": ids, "finish_reason": payload["finish_reason"]}
+                extra = self._extras(payload, body, ids, job)
+                streamed = answer.get("_streamed") or []
+                if streamed and streamed != ids:
+                    # what the client was shown is not what the node signed: a lie, not bad luck
+                    raise NodeFailure(address, f"bad answer: streamed tokens differ from the signed output "
+                                               f"({len(streamed)} streamed, {len(ids)} signed)", eject=True)
             output_root = bytes.fromhex(answer["output_root"][2:])
             if tensor_root(output) != output_root:
                 raise ValueError("output root does not commit to the returned output")
@@ -452,7 +652,34 @@ class InferenceService:
                                        "under the rollup's rule", eject=True)
         signature = leaf.signature
         return {"node": address, "output_root": output_root, "input_root": expected_in, "signature": signature,
-                "result": result}
+                "result": result, "extra": extra if kind != "embedding" else {}}
+
+    @staticmethod
+    def _extras(payload: dict, body: dict, ids: list[int], job: JobInput) -> dict:
+        """The log-probabilities asked for, checked for shape (one per token, the
+        token's own id): they are the node's word, not part of the signed leaf."""
+        extra = {}
+        if body.get("logprobs") is not None:
+            entries = payload.get("logprobs")
+            if not isinstance(entries, list) or len(entries) != len(ids) or \
+                    any(not isinstance(e, dict) or e.get("id") != t for e, t in zip(entries, ids)):
+                raise ValueError("logprobs missing or not one per generated token")
+            extra["logprobs"] = entries
+        if body.get("prompt_logprobs"):
+            values = payload.get("prompt_logprobs")
+            if not isinstance(values, list) or len(values) != len(job.tokens):
+                raise ValueError("prompt_logprobs missing or not one per prompt token")
+            extra["prompt_logprobs"] = values
+        return extra
+
+    def _answer_limit(self, job: JobInput, extra: dict) -> int:
+        """Bytes a node's answer may take: the configured bound, plus room for each
+        token's stream event and logprobs (streamed once, repeated in the final answer)."""
+        per_token = 128
+        if extra.get("logprobs") is not None:
+            per_token += 2 * (96 + 48 * int(extra["logprobs"]))
+        return (self.settings.max_node_answer_bytes + per_token * job.max_tokens
+                + 64 * len(job.tokens) * bool(extra.get("prompt_logprobs")))
 
     # ------------------------------------------------------------ records (run in a worker thread)
 

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     max_context_tokens: int = 1024
     max_stop_sequences: int = 4
     max_consensus: int = 5
+    max_choices: int = 8                # `n`: each choice is a job of its own
 
     # Nodes.
     node_timeout_s: float = 60.0

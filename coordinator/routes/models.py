@@ -4,16 +4,33 @@ from fastapi import APIRouter, Depends
 
 from coordinator.deps import coordinator, principal
 from coordinator.errors import ModelNotFound
-from coordinator.service import KINDS
+from coordinator.service import KINDS, MINILM_POSITIONS
 
 router = APIRouter()
 
 
+def context_length(c, mi) -> int:
+    """Positions a job may use: the embedding model's 512; for chat, the coordinator's
+    verifiable limit (prompt + completion, max_context_tokens)."""
+    return MINILM_POSITIONS if KINDS[mi.name] == "embedding" else c.settings.max_context_tokens
+
+
 def describe(c, mi) -> dict:
-    return {"id": mi.name, "object": "model", "created": 0, "owned_by": "opinfer",
-            "opinfer": {"model_id": mi.id, "model_root": "0x" + mi.model_root.hex(), "kind": KINDS[mi.name],
+    from opinfer.trace.jobinput import sampling_defaults
+
+    price = str(mi.price_per_1k)
+    out = {"id": mi.name, "object": "model", "created": 0, "owned_by": "opinfer",
+           # the names vLLM, OpenRouter and LiteLLM read
+           "context_length": context_length(c, mi), "max_model_len": context_length(c, mi),
+           "pricing": {"unit": "wei per 1,000 tokens (prompt + completion)", "prompt": price, "completion": price},
+           "opinfer": {"model_id": mi.id, "model_root": "0x" + mi.model_root.hex(), "kind": KINDS[mi.name],
                         "num_ops": mi.num_ops, "price_per_1k_tokens_wei": str(mi.price_per_1k),
                         "nodes": len(c.pool.serving(mi.id))}}
+    if KINDS[mi.name] == "chat":
+        temperature, top_p = sampling_defaults(mi.name)
+        out["max_completion_tokens"] = c.settings.max_completion_tokens
+        out["sampling_defaults"] = {"temperature": temperature, "top_p": top_p}
+    return out
 
 
 @router.get("/v1/models")

@@ -140,3 +140,41 @@ def chat_stop_sequences(tok, stops) -> tuple[tuple[int, ...], ...]:
     """The end-of-turn token, then each stop string's ids."""
     stops = stops if isinstance(stops, list) else ([stops] if stops else [])
     return ((tok.token_to_id("<|im_end|>"),),) + tuple(tuple(tok.encode_ordinary(s)) for s in stops)
+
+
+def completion_stop_sequences(tok, stops) -> tuple[tuple[int, ...], ...]:
+    """Text completion (POST /v1/completions): the model's end-of-sequence
+    token (and <|endoftext|> where that is another token), then each stop
+    string's ids. The prompt is plain text: no chat template."""
+    ends = [tok.eos_id] + ([tok.endoftext_id] if getattr(tok, "endoftext_id", tok.eos_id) != tok.eos_id else [])
+    stops = stops if isinstance(stops, list) else ([stops] if stops else [])
+    return tuple((e,) for e in ends) + tuple(tuple(tok.encode_ordinary(s)) for s in stops)
+
+
+SEED_MASK = (1 << 64) - 1
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """The seed of choice `index` of a request with n > 1 choices (each choice
+    is a job of its own): choice 0 keeps the request's seed (so n=1 and the
+    first of n are the same job); choice i > 0 takes the top 64 bits of
+    keccak256(abi.encode(uint256 seed, uint256 i)): different draws per
+    choice, and anyone can recompute them from the request's seed."""
+    if index == 0:
+        return seed
+    from eth_utils import keccak
+
+    digest = keccak(int(seed).to_bytes(32, "big") + int(index).to_bytes(32, "big"))
+    return int.from_bytes(digest[:8], "big") & SEED_MASK
+
+
+# Recommended sampling of each chat model when a request omits temperature /
+# top_p (as vLLM applies a model's generation config): SmolLM2-135M-Instruct's
+# model card samples at temperature 0.2, top_p 0.9; at OpenAI's 1.0 a 135M model
+# rambles. One function, read by the coordinator and the SDK's verification.
+_SAMPLING_DEFAULTS = {"smollm2-135m-instruct": (0.2, 0.9)}
+
+
+def sampling_defaults(model: str) -> tuple[float, float]:
+    """(temperature, top_p) used for a request that leaves them out (OpenAI's 1.0, 1.0 for an unknown model)."""
+    return _SAMPLING_DEFAULTS.get(model, (1.0, 1.0))

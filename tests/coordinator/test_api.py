@@ -111,10 +111,10 @@ def test_sampling_without_seed_records_one(client, coord):
     (dict(model="gpt-4o"), 404, "model"),
     (dict(model=MINILM), 400, "model"),
     (dict(max_tokens=100_000), 400, "max_tokens"),
-    (dict(n=2), 400, "n"),
+    (dict(n=9), 400, "n"),
     (dict(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
     (dict(temperature=3), 400, "temperature"),
-    (dict(logprobs=True), 400, "logprobs"),
+    (dict(presence_penalty=0.5), 400, "presence_penalty"),
     (dict(extra_body={"opinfer": {"consensus": 9}}), 400, "opinfer.consensus"),
 ])
 def test_openai_errors(client, kwargs, status, param):

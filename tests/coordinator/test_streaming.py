@@ -1,0 +1,276 @@
+"""Streaming through the coordinator, `n`, logprobs, /v1/completions and the
+API's errors, with the official `openai` package against real nodes over HTTP
+(tests/coordinator/conftest.py's network).
+
+A node that dies mid-stream is a real HTTP proxy in front of a real node that
+forwards the node's stream and cuts the connection after a few tokens (what a
+crashed process looks like to the coordinator)."""
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import Response, StreamingResponse
+from sqlalchemy import select
+
+from coordinator import models as m
+from coordinator.local import ServerThread
+from opinfer.trace.jobinput import JobInput, choice_seed
+from tests.coordinator.conftest import run_coordinator
+
+SMOL = "smollm2-135m-instruct"
+ASK = [{"role": "user", "content": "Name three colors."}]
+
+
+@pytest.fixture(scope="module")
+def coord(net, tmp_path_factory):
+    running = run_coordinator(net, tmp_path_factory.mktemp("stream") / "c.db")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def oa(coord):
+    from coordinator import keys
+
+    with coord.c.sessions() as s, s.begin():   # a key that is sent must be valid, even where keys are optional
+        _, secret = keys.create(s, "stream-tests", time.time(), rate_limit_rpm=0)
+    return openai.OpenAI(base_url=coord.url + "/v1", api_key=secret, max_retries=0)
+
+
+async def each(items):
+    for item in items:
+        yield item
+
+
+class DyingProxy:
+    """Forwards POST /v1/execute to a real node; the first `deaths` streams are
+    cut (the connection dropped, no terminating chunk) after `after` token events."""
+
+    def __init__(self, target: str, after: int, deaths: list):
+        self.target, self.after, self.deaths = target, after, deaths
+        self.cut = 0
+        app = FastAPI()
+
+        @app.post("/v1/execute")
+        async def execute(request: Request):
+            body = await request.body()
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+            client = httpx.AsyncClient(timeout=120)
+            resp = await client.send(client.build_request("POST", self.target + "/v1/execute", content=body,
+                                                          headers=headers), stream=True)
+            die = bool(self.deaths) and self.deaths.pop()
+            if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                data = await resp.aread()
+                await client.aclose()
+                if resp.status_code != 200:
+                    return Response(data, status_code=resp.status_code, media_type="application/json")
+                # a node that answers whole: its answer as the protocol's events
+                answer = json.loads(data)
+                events = [{"type": "token", "index": i, "id": t, "logprob": None, "top": None}
+                          for i, t in enumerate(answer["output"]["ids"])] + [{"type": "done", **answer}]
+                lines = [f"data: {json.dumps(e)}\n\n" for e in events]
+            else:
+                lines = None
+
+            async def relay():
+                tokens = 0
+                try:
+                    async for line in (resp.aiter_lines() if lines is None else each(lines)):
+                        if die and line.startswith("data:") and json.loads(line[5:])["type"] == "token":
+                            tokens += 1
+                            if tokens > self.after:
+                                self.cut += 1
+                                raise ConnectionAbortedError("node killed mid-stream")
+                        yield line if lines is not None else line + "\n"
+                finally:
+                    await resp.aclose()
+                    await client.aclose()
+            return StreamingResponse(relay(), status_code=resp.status_code, media_type="text/event-stream")
+
+        self.server = ServerThread(app).start()
+
+
+def test_stream_relays_tokens_as_generated(oa, coord):
+    kwargs = dict(model=SMOL, messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+                  max_tokens=48, temperature=0, extra_body={"opinfer": {"cache": False}})
+    started = time.perf_counter()
+    stamps, text, last = [], "", None
+    with oa.chat.completions.with_streaming_response.create(**kwargs, stream=True) as raw:
+        job_id = raw.headers["x-opinfer-job-id"]
+        for chunk in raw.parse():
+            if chunk.choices and chunk.choices[0].delta.content:
+                stamps.append(time.perf_counter() - started)
+                text += chunk.choices[0].delta.content
+            last = chunk
+    info = last.model_extra["opinfer"]
+    assert info["job_id"] == job_id and info["status"] == "pending" and info["signature"].startswith("0x")
+    assert last.choices[0].finish_reason == "length" and len(stamps) >= 20
+    # tokens arrive as sampled: the first well before the last
+    assert stamps[0] < 0.5 * stamps[-1], stamps
+    plain = oa.chat.completions.create(**kwargs)
+    assert plain.choices[0].message.content == text
+
+
+def test_node_dying_mid_stream_continues_on_another_node(coord, net, oa):
+    pool = coord.c.pool
+    deaths = [True]
+    proxies = {a: DyingProxy(n.endpoint, 3, deaths) for a, n in pool.nodes.items()}
+    saved = {a: n.endpoint for a, n in pool.nodes.items()}
+    try:
+        for a, n in pool.nodes.items():
+            n.endpoint = proxies[a].server.url
+        kwargs = dict(model=SMOL, messages=[{"role": "user", "content": "Count from one to twenty."}],
+                      max_tokens=24, temperature=0.7, seed=11, extra_body={"opinfer": {"cache": False}})
+        with oa.chat.completions.with_streaming_response.create(**kwargs, stream=True) as raw:
+            chunks = list(raw.parse())
+            job_id = raw.headers["x-opinfer-job-id"]
+    finally:
+        for a, n in pool.nodes.items():
+            n.endpoint = saved[a]
+        for p in proxies.values():
+            p.server.stop()
+    assert sum(p.cut for p in proxies.values()) == 1          # one stream was cut after 3 tokens
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    plain = oa.chat.completions.create(**kwargs)
+    assert text == plain.choices[0].message.content           # nothing lost, nothing repeated
+    final = chunks[-1].model_extra["opinfer"]
+    assert final["job_id"] == job_id
+    with coord.c.sessions() as s:
+        leaves = s.scalars(select(m.Leaf).where(m.Leaf.job_id == job_id[2:])).all()
+    assert [leaf.node for leaf in leaves] == [final["node"]]  # one leaf: the node that finished
+    coord.c.post_batches()
+    with coord.c.sessions() as s:
+        posted = s.scalars(select(m.Leaf).where(m.Leaf.job_id == job_id[2:])).all()
+    assert len(posted) == 1 and posted[0].batch_pk is not None
+
+
+def test_n_choices_are_jobs_with_derived_seeds(oa, coord):
+    raw = oa.chat.completions.with_raw_response.create(
+        model=SMOL, messages=ASK, max_tokens=8, temperature=1.0, seed=5, n=2, extra_body={"opinfer": {"cache": False}})
+    r = raw.parse()
+    assert [c.index for c in r.choices] == [0, 1]
+    ids = raw.headers["x-opinfer-job-id"].split(",")
+    assert len(set(ids)) == 2 and r.model_extra["opinfer"]["job_ids"] == ids
+    for i, job_id in enumerate(ids):
+        job = httpx.get(f"{coord.url}/v1/jobs/{job_id}").json()
+        assert int(job["seed"]) == choice_seed(5, i)
+        assert JobInput.from_bytes(bytes.fromhex(job["input"][2:])).seed == choice_seed(5, i)
+    assert r.usage.completion_tokens == sum(
+        httpx.get(f"{coord.url}/v1/jobs/{i}").json()["usage"]["completion_tokens"] for i in ids)
+    # choice 0 is the plain request's job
+    one = oa.chat.completions.create(model=SMOL, messages=ASK, max_tokens=8, temperature=1.0, seed=5,
+                                             extra_body={"opinfer": {"cache": False}})
+    assert one.choices[0].message.content == r.choices[0].message.content
+    streamed = list(oa.chat.completions.create(model=SMOL, messages=ASK, max_tokens=8, temperature=1.0,
+                                                       seed=5, n=2, stream=True))
+    for i in (0, 1):
+        text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices and c.choices[0].index == i)
+        assert text == r.choices[i].message.content
+
+
+def test_logprobs_in_openai_shape(oa):
+    r = oa.chat.completions.create(model=SMOL, messages=ASK, max_tokens=6, temperature=0, logprobs=True,
+                                           top_logprobs=3, extra_body={"opinfer": {"cache": False}})
+    content = r.choices[0].logprobs.content
+    assert content and len(content[0].top_logprobs) == 3
+    assert "".join(t.token for t in content).startswith(r.choices[0].message.content[:3])
+    for t in content:
+        assert t.logprob <= 0 and t.top_logprobs[0].logprob >= t.top_logprobs[-1].logprob
+        assert t.logprob == t.top_logprobs[0].logprob      # greedy: the chosen token is the most likely
+
+
+def test_completions_with_echo_scores_the_prompt(oa):
+    text = "The capital of France is"
+    r = oa.completions.create(model=SMOL, prompt=text, max_tokens=4, temperature=0, echo=True, logprobs=2)
+    choice = r.choices[0]
+    assert choice.text.startswith(text) and len(choice.text) > len(text)
+    lp = choice.logprobs
+    n_prompt = r.usage.prompt_tokens
+    assert lp.token_logprobs[0] is None and all(v <= 0 for v in lp.token_logprobs[1:])
+    assert len(lp.tokens) == n_prompt + r.usage.completion_tokens
+    assert "".join(lp.tokens[:n_prompt]) == text and lp.text_offset[n_prompt] == len(text)
+    scored = oa.completions.create(model=SMOL, prompt=text, max_tokens=0, echo=True, logprobs=0)
+    assert scored.choices[0].text == text and scored.choices[0].logprobs.token_logprobs[1:] == lp.token_logprobs[
+        1:n_prompt]
+    plain = oa.completions.create(model=SMOL, prompt=text, max_tokens=4, temperature=0)
+    assert choice.text == text + plain.choices[0].text
+    chunks = list(oa.completions.create(model=SMOL, prompt=text, max_tokens=4, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
+
+
+def test_omitted_temperature_takes_the_model_default(oa, coord):
+    r = oa.chat.completions.create(model=SMOL, messages=ASK, max_tokens=2)
+    job = httpx.get(f"{coord.url}/v1/jobs/{r.model_extra['opinfer']['job_id']}").json()
+    entry = next(x for x in oa.models.list().data if x.id == SMOL).model_extra
+    assert JobInput.from_bytes(bytes.fromhex(job["input"][2:])).temperature_milli == round(
+        entry["sampling_defaults"]["temperature"] * 1000) != 1000
+    assert entry["context_length"] == coord.c.settings.max_context_tokens and int(entry["pricing"]["prompt"]) > 0
+
+
+@pytest.mark.parametrize("path,body,status,param", [
+    ("chat", dict(n=99), 400, "n"),
+    ("chat", dict(n=0), 400, "n"),
+    ("chat", dict(response_format={"type": "json_object"}), 400, "response_format"),
+    ("chat", dict(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
+    ("chat", dict(top_logprobs=2), 400, "top_logprobs"),
+    ("chat", dict(logprobs=True, top_logprobs=21), 400, "top_logprobs"),
+    ("chat", dict(stop=["a", "b", "c", "d", "e"]), 400, "stop"),
+    ("chat", dict(max_completion_tokens=100_000), 400, "max_completion_tokens"),
+    ("chat", dict(seed=-1), 400, "seed"),
+    ("completions", dict(suffix="x"), 400, "suffix"),
+    ("completions", dict(max_tokens=0), 400, "max_tokens"),
+    ("completions", dict(prompt=""), 400, "prompt"),
+    ("completions", dict(prompt=[10**9]), 400, "prompt"),
+    ("completions", dict(stream=True, echo=True, logprobs=1), 400, "stream"),
+    ("completions", dict(best_of=3), 400, "best_of"),
+    ("completions", dict(model="all-minilm-l6-v2"), 400, "model"),
+])
+def test_bad_requests_are_openai_errors(coord, path, body, status, param):
+    base = {"model": SMOL, "max_tokens": 2}
+    base.update({"messages": ASK} if path == "chat" else {"prompt": "Hello"})
+    url = f"{coord.url}/v1/{'chat/completions' if path == 'chat' else 'completions'}"
+    r = httpx.post(url, json={**base, **body}, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_stream_error_before_first_token_is_http_and_after_is_an_event(coord):
+    pool = coord.c.pool
+    saved = {a: n.endpoint for a, n in pool.nodes.items()}
+    try:
+        for n in pool.nodes.values():
+            n.endpoint = "http://127.0.0.1:9"      # nothing listens: every attempt fails before a token
+        r = httpx.post(f"{coord.url}/v1/chat/completions", timeout=60,
+                       json={"model": SMOL, "messages": ASK, "max_tokens": 4, "stream": True,
+                             "opinfer": {"cache": False}})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_node_available"
+    finally:
+        for a, n in pool.nodes.items():
+            n.endpoint = saved[a]
+            n.failures, n.ejected_until = 0, 0.0
+    deaths = [True, True, True]                  # every node dies after 2 tokens: the stream cannot go on
+    proxies = {a: DyingProxy(n.endpoint, 2, deaths) for a, n in pool.nodes.items()}
+    try:
+        for a, n in pool.nodes.items():
+            n.endpoint = proxies[a].server.url
+        with httpx.stream("POST", f"{coord.url}/v1/chat/completions", timeout=60,
+                          json={"model": SMOL, "messages": ASK, "max_tokens": 12, "temperature": 0, "stream": True,
+                                "opinfer": {"cache": False}}) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data:")]
+            job_id = r.headers["x-opinfer-job-id"]
+    finally:
+        for a, n in pool.nodes.items():
+            n.endpoint = saved[a]
+            n.failures, n.ejected_until = 0, 0.0
+        for p in proxies.values():
+            p.server.stop()
+    assert r.status_code == 200 and lines[-1] != "data: [DONE]"
+    error = json.loads(lines[-1][5:])["error"]
+    assert error["type"] in ("service_unavailable", "server_error") and error["message"]
+    with coord.c.sessions() as s:   # a partial answer is never a leaf
+        assert s.scalars(select(m.Leaf).where(m.Leaf.job_id == job_id[2:])).all() == []

@@ -19,9 +19,10 @@ def request_key(path: str, body: dict) -> str:
 def cacheable(path: str, body: dict) -> bool:
     if body.get("stream"):
         return False
-    if path.endswith("/chat/completions"):
-        temperature = body.get("temperature")
-        return temperature in (None, 0, 0.0) or body.get("seed") is not None
+    if path.endswith("/completions"):
+        # deterministic only when greedy or seeded: an omitted temperature is the model's
+        # default (above 0, with a fresh seed per request)
+        return body.get("temperature") in (0, 0.0) or body.get("seed") is not None
     return path.endswith("/embeddings")
 
 

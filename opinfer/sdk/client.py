@@ -60,6 +60,7 @@ class Client:
         # job id -> (request body, item index): what this client asked for each job it got back
         self._requests: OrderedDict[str, tuple[dict, int]] = OrderedDict()
         self.chat = _Chat(self)
+        self.completions = _TextCompletions(self)
         self.embeddings = _Embeddings(self)
         self.models = _Models(self)
         self.jobs = _Jobs(self)
@@ -190,6 +191,9 @@ class Client:
     def _remember_response(self, data: dict, body: dict) -> None:
         if isinstance(data.get("opinfer"), dict):
             self.remember(data["opinfer"].get("job_id"), body)
+        for choice in data.get("choices") or []:     # n > 1: each choice is a job of its own
+            if isinstance(choice, dict) and isinstance(choice.get("opinfer"), dict):
+                self.remember(choice["opinfer"].get("job_id"), body, int(choice.get("index", 0)))
         for item in data.get("data") or []:
             if isinstance(item, dict) and isinstance(item.get("opinfer"), dict):
                 self.remember(item["opinfer"].get("job_id"), body, int(item.get("index", 0)))
@@ -209,10 +213,12 @@ class Client:
         for job_id, answer, index in answers:
             job = self.jobs.retrieve(job_id)
             chain = self.chain()
-            decode = self._decoder() if check_text and answer and answer.get("kind") == "chat" else None
-            report = check_job(job, self.network.chain_id, self.network.rollup, answer, decode=decode)
             sent, sent_index = (request, index) if request is not None else \
                 self._requests.get(str(job_id).lower(), (None, 0))
+            if answer and (sent or {}).get("echo"):
+                answer = {**answer, "content": None}   # the echoed prompt is not the job's output
+            decode = self._decoder() if check_text and answer and answer.get("kind") == "chat" else None
+            report = check_job(job, self.network.chain_id, self.network.rollup, answer, decode=decode)
             check_request(report, job, sent, sent_index)
             verify_on_chain(report, job, chain, model=(sent or {}).get("model") or job.get("model"))
             if report.status == "invalid":
@@ -249,46 +255,82 @@ def _answers(response) -> list[tuple[str, dict | None, int]]:
         return [(dict.get(item, "opinfer")["job_id"],
                  {"kind": "embedding", "embedding": dict.get(item, "embedding")}, int(dict.get(item, "index") or 0))
                 for item in dict.get(response, "data")]
-    if isinstance(response, dict) and response.get("object") == "chat.completion":
-        choice = dict.get(response, "choices")[0]
-        return [(dict.get(response, "opinfer")["job_id"],
-                 {"kind": "chat", "content": choice["message"]["content"], "finish_reason": choice["finish_reason"]},
-                 0)]
+    if isinstance(response, dict) and response.get("object") in ("chat.completion", "text_completion"):
+        out = []
+        for i, choice in enumerate(dict.get(response, "choices")):
+            info = dict.get(choice, "opinfer") if isinstance(choice, dict) and "opinfer" in choice else \
+                dict.get(response, "opinfer")
+            if response.get("object") == "chat.completion":
+                content = choice["message"]["content"]
+            else:
+                content = choice["text"]
+            out.append((info["job_id"], {"kind": "chat", "content": content,
+                                         "finish_reason": choice["finish_reason"]}, int(choice.get("index", i))))
+        return out
     if isinstance(response, _StreamedChat):
         return [(response.job_id, {"kind": "chat", "content": response.content,
-                                   "finish_reason": response.finish_reason}, 0)]
+                                   "finish_reason": response.finish_reason}, response.index)]
     return [(job_id_of(response), None, 0)]
 
 
 class _StreamedChat:
     """What a consumed stream amounts to, for verify()."""
 
-    def __init__(self, job_id: str, content: str, finish_reason: str | None):
-        self.job_id, self.content, self.finish_reason = job_id, content, finish_reason
+    def __init__(self, job_id: str, content: str, finish_reason: str | None, index: int = 0):
+        self.job_id, self.content, self.finish_reason, self.index = job_id, content, finish_reason, index
 
 
 class ChatStream:
-    """Iterate the chunks; afterwards .job_id, .content and .finish_reason hold the whole answer."""
+    """Iterate the chunks as the coordinator relays the node's tokens (each
+    chunk as soon as it arrives). Afterwards .job_id, .content, .finish_reason
+    and .opinfer (the signed leaf's summary, from the last chunk) hold the
+    answer of choice 0; .choices[i] the same per choice when n > 1. A stream
+    that breaks off raises APIError (the tokens received must be discarded)."""
 
-    def __init__(self, events: Iterator[Obj], on_job_id: Callable[[str], None] = lambda job_id: None):
+    def __init__(self, events: Iterator[Obj], on_job_id: Callable[[str, int], None] = lambda job_id, index: None,
+                 text_field: str = "content"):
         self._events = events
         self._on_job_id = on_job_id
-        self.job_id: str | None = None
-        self.content = ""
-        self.finish_reason: str | None = None
+        self._text = text_field
+        self.choices: dict[int, _StreamedChat] = {}
+        self.opinfer: Obj | None = None
+
+    def _choice(self, index: int) -> _StreamedChat:
+        return self.choices.setdefault(index, _StreamedChat(None, "", None, index))
 
     def __iter__(self) -> Iterator[Obj]:
         for chunk in self._events:
-            if "opinfer" in chunk and self.job_id is None:
-                self.job_id = chunk.opinfer.job_id
-                self._on_job_id(self.job_id)
+            if "error" in chunk and not chunk.get("choices"):
+                raise errors.from_response(502, {"error": dict(chunk["error"])})
             for choice in chunk.get("choices") or []:
-                self.content += (choice.get("delta") or {}).get("content") or ""
-                self.finish_reason = choice.get("finish_reason") or self.finish_reason
+                c = self._choice(int(choice.get("index") or 0))
+                if "opinfer" in chunk:
+                    if c.job_id is None:
+                        c.job_id = chunk.opinfer.job_id
+                        self._on_job_id(c.job_id, c.index)
+                    if choice.get("finish_reason"):
+                        c.opinfer = chunk.opinfer
+                        if c.index == 0:
+                            self.opinfer = chunk.opinfer
+                piece = (choice.get("delta") or {}).get("content") if self._text == "content" else choice.get("text")
+                c.content += piece or ""
+                c.finish_reason = choice.get("finish_reason") or c.finish_reason
             yield chunk
 
-    def answer(self) -> _StreamedChat:
-        return _StreamedChat(self.job_id, self.content, self.finish_reason)
+    @property
+    def job_id(self) -> str | None:
+        return self._choice(0).job_id
+
+    @property
+    def content(self) -> str:
+        return self._choice(0).content
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._choice(0).finish_reason
+
+    def answer(self, index: int = 0) -> _StreamedChat:
+        return self._choice(index)
 
 
 class _Completions:
@@ -303,13 +345,31 @@ class _Completions:
             body["stream"] = True
             sent = copy.deepcopy(body)
             return ChatStream(self._c.stream("/v1/chat/completions", body),
-                              on_job_id=lambda job_id: self._c.remember(job_id, sent))
+                              on_job_id=lambda job_id, index: self._c.remember(job_id, sent, index))
         return self._c.request("POST", "/v1/chat/completions", body, use_cache=True, allow_stale=allow_stale)
 
 
 class _Chat:
     def __init__(self, client: Client):
         self.completions = _Completions(client)
+
+
+class _TextCompletions:
+    """POST /v1/completions: a plain-text prompt (no chat template); echo + logprobs score a text."""
+
+    def __init__(self, client: Client):
+        self._c = client
+
+    def create(self, *, model: str, prompt, stream: bool = False, allow_stale: bool | None = None,
+               extra_body: dict | None = None, **params):
+        body = {"model": model, "prompt": prompt, **{k: v for k, v in params.items() if v is not None},
+                **(extra_body or {})}
+        if stream:
+            body["stream"] = True
+            sent = copy.deepcopy(body)
+            return ChatStream(self._c.stream("/v1/completions", body), text_field="text",
+                              on_job_id=lambda job_id, index: self._c.remember(job_id, sent, index))
+        return self._c.request("POST", "/v1/completions", body, use_cache=True, allow_stale=allow_stale)
 
 
 class _Embeddings:

@@ -228,12 +228,28 @@ def expected_job_input(kind: str, request: dict, job_input, index: int = 0, toke
         tokens = [int(t) for t in (tok(item) if isinstance(item, str) else item)]
         return JobInput(tuple(tokens))
     from opinfer.engine.sampling import from_openai
+    from opinfer.trace.jobinput import choice_seed, completion_stop_sequences, sampling_defaults
 
-    sampling = from_openai(request.get("temperature"), request.get("top_p"), request.get("seed"))
+    # what the coordinator applies to a request that leaves temperature / top_p out: the model's defaults
+    temperature, top_p = sampling_defaults(request.get("model", ""))
+    temperature = temperature if request.get("temperature") is None else request["temperature"]
+    top_p = top_p if request.get("top_p") is None else request["top_p"]
+    sampling = from_openai(temperature, top_p, request.get("seed"))
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or job_input.max_tokens
-    seed = sampling.seed
+    if kind == "completion":
+        max_tokens = job_input.max_tokens if request.get("max_tokens") is None else request["max_tokens"]
+    n = int(request.get("n") or 1)
+    seed = choice_seed(sampling.seed, index % n)      # choice i of n: docs/coordinator.md, "Choices"
     if request.get("seed") is None and sampling.temperature_milli > 0:
         seed = job_input.seed
+    if kind == "completion":
+        prompts = request["prompt"]
+        if not (isinstance(prompts, list) and prompts and not isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompt = prompts[index // n]
+        tokens = tok.encode_ordinary(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        return JobInput(tuple(tokens), max_tokens, sampling.temperature_milli, sampling.top_p_q, seed,
+                        completion_stop_sequences(tok, request.get("stop")))
     return JobInput(tuple(chat_prompt_ids(tok, chat_messages(request["messages"]))), max_tokens,
                     sampling.temperature_milli, sampling.top_p_q, seed, chat_stop_sequences(tok, request.get("stop")))
 
@@ -249,7 +265,7 @@ def check_request(report: VerificationReport, job: dict, request: dict | None, i
         report.add("job input is the request", False,
                    "no request to compare with: verify the response the client returned, or pass request=")
         return report
-    kind = "chat" if "messages" in request else "embedding"
+    kind = "chat" if "messages" in request else "completion" if "prompt" in request else "embedding"
     if job.get("kind") != kind:
         report.add("job input is the request", False, f"a {kind} request answered by a {job.get('kind')} job")
         return report

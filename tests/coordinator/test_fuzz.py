@@ -19,8 +19,10 @@ json_values = st.recursive(
     max_leaves=12)
 CHAT = {"model": SMOL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "temperature": 0}
 EMBED = {"model": MINILM, "input": "hi"}
+COMPLETE = {"model": SMOL, "prompt": "hi", "max_tokens": 1, "temperature": 0}
 FIELDS = ["model", "messages", "max_tokens", "temperature", "top_p", "seed", "stop", "stream", "n", "input",
-          "encoding_format", "dimensions", "opinfer", "stream_options", "logit_bias", "tools", "user"]
+          "encoding_format", "dimensions", "opinfer", "stream_options", "logit_bias", "tools", "user", "prompt",
+          "echo", "logprobs", "top_logprobs", "response_format", "suffix", "best_of", "max_completion_tokens"]
 
 
 def mutated(template):
@@ -43,14 +45,14 @@ EXPLORER = {"/v1/explorer/config", "/v1/explorer/overview", "/v1/explorer/jobs",
 
 def test_every_route_is_covered(client):
     paths = set(client.app.openapi()["paths"])
-    assert paths == {"/v1/models", "/v1/models/{model}", "/v1/chat/completions", "/v1/embeddings",
+    assert paths == {"/v1/models", "/v1/models/{model}", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
                      "/v1/jobs/{job_id}", "/v1/batches/{batch_id}", "/healthz", "/metrics", "/v1/usage",
                      "/v1/disagreements", *EXPLORER}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(path=st.sampled_from(["/v1/chat/completions", "/v1/embeddings"]),
-       body=json_values | mutated(CHAT) | mutated(EMBED))
+@given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]),
+       body=json_values | mutated(CHAT) | mutated(EMBED) | mutated(COMPLETE))
 def test_post_bodies_never_give_5xx(client, path, body):
     r = client.post(path, json=body)
     assert r.status_code < 500, (body, r.text)

@@ -75,7 +75,7 @@ def test_dishonest_node_is_slashed_and_its_job_invalid(devnet, client):
 
 def test_sdk_chat_goes_pending_to_final_and_verifies(devnet, client):
     r = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Name a color."}],
-                                       max_tokens=8)
+                                       max_tokens=8, temperature=0)
     assert r.choices[0].message.content
     assert r.opinfer.status == "pending" and r.opinfer.node == node(devnet, False)["address"]
     with pytest.raises(VerificationError):
@@ -88,9 +88,9 @@ def test_sdk_chat_goes_pending_to_final_and_verifies(devnet, client):
     assert report.final and report.status == "final"
     names = [c.name for c in report.checks]
     assert "inclusion proof against the on-chain batch root" in names and "node signature" in names
-    # The same request again is answered from the client's cache.
+    # The same request again is answered from the client's cache (greedy: deterministic).
     again = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "Name a color."}],
-                                           max_tokens=8)
+                                           max_tokens=8, temperature=0)
     assert again.opinfer.client_cached and again.opinfer.job_id == r.opinfer.job_id
 
 

@@ -67,6 +67,8 @@ def test_ttl_cache_fresh_stale_expired():
     assert c.get("k", allow_stale=True) is None and len(c) == 0
     assert cacheable("/v1/embeddings", {"input": "x"})
     assert cacheable("/v1/chat/completions", {"temperature": 0})
+    assert not cacheable("/v1/chat/completions", {})       # the model's default temperature, a fresh seed
+    assert cacheable("/v1/completions", {"prompt": "x", "temperature": 0})
     assert not cacheable("/v1/chat/completions", {"temperature": 0.7})
     assert cacheable("/v1/chat/completions", {"temperature": 0.7, "seed": 3})
     assert not cacheable("/v1/chat/completions", {"stream": True})
@@ -304,8 +306,15 @@ def test_chat_request_is_rebuilt_with_the_coordinators_encoding():
     request = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Name a color."}],
                "max_tokens": 8, "temperature": 0.7, "seed": 5, "stop": ["\n\n"]}
 
-    def job_for(req, seed=5, max_tokens=8):
-        ji = JobInput(tuple(chat_prompt_ids(tok, chat_messages(req["messages"]))), max_tokens, 700, 65536, seed,
+    from opinfer.engine.sampling import from_openai
+    from opinfer.trace.jobinput import sampling_defaults
+
+    # top_p is left out: the model's default applies (sampling_defaults), which the SDK applies too
+    top_p_q = from_openai(0.7, sampling_defaults("smollm2-135m-instruct")[1]).top_p_q
+    assert top_p_q < 65536
+
+    def job_for(req, seed=5, max_tokens=8, top=top_p_q):
+        ji = JobInput(tuple(chat_prompt_ids(tok, chat_messages(req["messages"]))), max_tokens, 700, top, seed,
                       chat_stop_sequences(tok, req.get("stop")))
         return {"kind": "chat", "input": "0x" + ji.to_bytes().hex()}
 
@@ -317,6 +326,12 @@ def test_chat_request_is_rebuilt_with_the_coordinators_encoding():
     assert bound(job_for(other), request).detail == "tokens differs from the request's"
     assert bound(job_for(request, seed=6), request).detail == "seed differs from the request's"
     assert bound(job_for(request, max_tokens=64), request).detail == "max_tokens differs from the request's"
+    assert bound(job_for(request, top=65536), request).detail == "top_p_q differs from the request's"
+    # choice 1 of n=2 carries the seed derived from the request's
+    from opinfer.trace.jobinput import choice_seed
+    two = dict(request, n=2)
+    assert check_request(VerificationReport("j"), job_for(two, seed=choice_seed(5, 1)), two, 1, tokenizer=tok).ok
+    assert not check_request(VerificationReport("j"), job_for(two, seed=5), two, 1, tokenizer=tok).ok
     # Left to the coordinator: no seed at temperature > 0 (a random one), no max_tokens (its default).
     free = {k: v for k, v in request.items() if k not in ("seed", "max_tokens")}
     assert bound(job_for(request, seed=123456, max_tokens=64), free).ok

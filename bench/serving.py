@@ -1,0 +1,250 @@
+"""Serving figures: time to first token, inter-token latency and aggregate
+throughput of streamed generation through the coordinator, beside
+llama.cpp's llama-server on the same GGUF (python -m bench.serving [--json]).
+
+A devnet on this machine, each part its own process as deployed: anvil with
+the protocol and SmolLM2 registered, ONE staked node and the coordinator
+(batch posting on). Every request is a streamed text completion
+(POST /v1/completions, stream: true, temperature 0, cache off) of a 30-token
+prompt (token ids, a different first words per request so no cache on
+either side helps), 32 new tokens.
+
+1. idle: requests one after another: time to first token (the first chunk
+   with text) p50/p95 (target p50 <= 150 ms) and the gaps between tokens
+   (inter-token latency) p50/p95.
+2. load: 1, 4 and 8 concurrent streams for a fixed time: aggregate generated
+   tokens/s (target: 8 streams >= 3x one stream) and time to first token
+   under that load.
+3. the same requests through llama-server (-c 4096, 8 slots, 2 threads) when
+   `make bench-deps` built it (bench/llama.cpp/bin), side by side.
+
+The machine is shared and noisy: one run, and the report says so."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+from bench.common import run, verdict
+from bench.coordinator import THREADS, spawn, wait_up
+from bench.engine import LLAMA_BIN, THREADS as LLAMA_THREADS, _gguf
+from bench.load import pct
+
+MODEL = "smollm2-135m-instruct"
+PROMPT_TOKENS = 30
+NEW_TOKENS = 32
+IDLE_REQUESTS = 20
+LOAD_SECONDS = 20.0
+CONCURRENCY = (1, 4, 8)
+TTFT_TARGET_MS = 150.0
+BASE = ("The history of the lighthouse on the northern cliffs begins with a fisherman who kept a lamp burning "
+        "through the winter storms so that the boats of his village could find the harbour at night.")
+WORDS = ["Today", "Yesterday", "Tomorrow", "Often", "Rarely", "Sometimes", "Always", "Never", "Usually", "Once"]
+
+
+def prompts(count: int) -> list[list[int]]:
+    """`count` different prompts of exactly PROMPT_TOKENS token ids."""
+    from opinfer.engine.bpe_tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    out = []
+    for i in range(count):
+        ids = tok.encode_ordinary(f"{WORDS[i % 10]} {i}: {BASE}")[:PROMPT_TOKENS]
+        assert len(ids) == PROMPT_TOKENS
+        out.append(ids)
+    return out
+
+
+class Devnet:
+    """anvil + protocol + SmolLM2 registered, one node process, the coordinator process."""
+
+    def __init__(self, tmp: str):
+        from coordinator.local import free_port, start_network
+        from opinfer.chain.sender import TxSender
+
+        # a stand-in model root: serving does not read the program (disputes would)
+        self.net = start_network(n_nodes=1, window=600, models=("smollm2",), chat_root="placeholder")
+        self.procs: list[subprocess.Popen] = []
+        c = self.net.deployment.contracts
+        key = self.net.node_keys[0]
+        port = free_port()
+        self.node_url = f"http://127.0.0.1:{port}"
+        models = ",".join(f"{k}={v}" for k, v in self.net.models.items())
+        self.procs.append(spawn(["node", "run", "--port", str(port), "--no-chain"], {
+            "OPINFER_NODE_KEY": key, "OPINFER_NODE_CHAIN_ID": str(self.net.deployment.chain_id),
+            "OPINFER_NODE_ROLLUP_ADDRESS": self.net.addresses["ResultRollup"], "OPINFER_NODE_MODELS": models,
+            "OPINFER_NODE_MAX_BATCH": "8", "OPENBLAS_NUM_THREADS": "2", "OMP_NUM_THREADS": "2"}))
+        sender = TxSender(self.net.w3, key)
+        sender.call(c["StakeManager"].functions.stake_eth(), value=2 * 10**18)
+        sender.call(c["ModelRegistry"].functions.announce(self.node_url, list(self.net.models.values())))
+        wait_up(self.node_url, 180)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.procs.append(spawn(["coordinator", "run", "--port", str(port)], {
+            **self.net.coordinator_env(), "OPINFER_DATABASE_URL": f"sqlite:///{tmp}/coordinator.db",
+            "OPINFER_DEVNET_FILE": "/nonexistent", "OPINFER_BATCH_INTERVAL_S": "2", "OPINFER_RATE_LIMIT_RPM": "0",
+            "OPINFER_FINALIZE_INTERVAL_S": "30", **THREADS}))
+        wait_up(self.url)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.net.stop()
+
+
+class LlamaServer:
+    def __init__(self):
+        from coordinator.local import free_port
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([str(LLAMA_BIN / "llama-server"), "-m", _gguf(), "-c", "4096", "-np", "8",
+                                      "-t", str(LLAMA_THREADS), "--host", "127.0.0.1", "--port", str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("llama-server did not start")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+async def stream_once(client: httpx.AsyncClient, url: str, prompt: list[int], extra: dict) -> dict:
+    """One streamed completion: time to first token, the token arrival times, tokens generated."""
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": NEW_TOKENS, "temperature": 0, "stream": True, **extra}
+    started = time.perf_counter()
+    stamps: list[float] = []
+    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"http {r.status_code}: {(await r.aread())[:200]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            if "error" in chunk:
+                raise RuntimeError(str(chunk["error"]))
+            if any(c.get("text") for c in chunk.get("choices") or []):
+                stamps.append(time.perf_counter() - started)
+    if not stamps:
+        raise RuntimeError("no token streamed")
+    return {"ttft": stamps[0], "gaps": [b - a for a, b in zip(stamps, stamps[1:])], "tokens": len(stamps),
+            "seconds": stamps[-1]}
+
+
+async def idle(url: str, extra: dict, prompt_list: list[list[int]]) -> dict:
+    async with httpx.AsyncClient(timeout=300) as client:
+        await stream_once(client, url, prompt_list[-1], extra)    # warm-up
+        runs = [await stream_once(client, url, p, extra) for p in prompt_list[:IDLE_REQUESTS]]
+    ttft = [r["ttft"] * 1000 for r in runs]
+    gaps = [g * 1000 for r in runs for g in r["gaps"]]
+    return {"requests": len(runs), "ttft_p50_ms": round(pct(ttft, 0.5), 1), "ttft_p95_ms": round(pct(ttft, 0.95), 1),
+            "itl_p50_ms": round(pct(gaps, 0.5), 1), "itl_p95_ms": round(pct(gaps, 0.95), 1)}
+
+
+async def load(url: str, extra: dict, streams: int, prompt_list: list[list[int]]) -> dict:
+    """`streams` clients, each starting its next stream when the last ended, for LOAD_SECONDS."""
+    stop = time.monotonic() + LOAD_SECONDS
+    runs: list[dict] = []
+    errors: list[str] = []
+
+    async def client_loop(n: int, client: httpx.AsyncClient) -> None:
+        i = 0
+        while time.monotonic() < stop:
+            try:
+                runs.append(await stream_once(client, url, prompt_list[(n * 97 + i) % len(prompt_list)], extra))
+            except Exception as exc:  # noqa: BLE001 - counted, reported
+                errors.append(str(exc)[:200])
+            i += 1
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=64)) as client:
+        await asyncio.gather(*(client_loop(n, client) for n in range(streams)))
+    wall = time.perf_counter() - started
+    ttft = [r["ttft"] * 1000 for r in runs]
+    return {"streams": streams, "requests": len(runs), "errors": len(errors), "first_error": errors[0] if errors else None,
+            "tokens_per_s": round(sum(r["tokens"] for r in runs) / wall, 1),
+            "ttft_p50_ms": round(pct(ttft, 0.5), 1) if ttft else None,
+            "ttft_p95_ms": round(pct(ttft, 0.95), 1) if ttft else None}
+
+
+def measure(url: str, extra: dict, prompt_list) -> dict:
+    out = {"idle": asyncio.run(idle(url, extra, prompt_list))}
+    for n in CONCURRENCY:
+        out[f"streams_{n}"] = asyncio.run(load(url, extra, n, prompt_list))
+    one, eight = out["streams_1"]["tokens_per_s"], out["streams_8"]["tokens_per_s"]
+    out["eight_over_one"] = round(eight / one, 2) if one else None
+    return out
+
+
+def compute() -> dict:
+    prompt_list = prompts(400)
+    result: dict = {"prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS, "load_seconds": LOAD_SECONDS}
+    with tempfile.TemporaryDirectory() as tmp:
+        devnet = Devnet(tmp)
+        try:
+            ours = measure(devnet.url, {"opinfer": {"cache": False}}, prompt_list)
+        finally:
+            devnet.stop()
+    ours["meets_target"] = ours["idle"]["ttft_p50_ms"] <= TTFT_TARGET_MS and (ours["eight_over_one"] or 0) >= 3
+    result["opinfer"] = ours
+    if (LLAMA_BIN / "llama-server").exists():
+        server = LlamaServer()
+        try:
+            llama = measure(server.url, {"cache_prompt": False}, prompt_list)
+        finally:
+            server.stop()
+        result["llama_server"] = llama
+        result["ratios"] = {
+            "ttft_p50_ours_over_llama": round(ours["idle"]["ttft_p50_ms"] / llama["idle"]["ttft_p50_ms"], 2),
+            "itl_p50_ours_over_llama": round(ours["idle"]["itl_p50_ms"] / llama["idle"]["itl_p50_ms"], 2),
+            **{f"tokens_per_s_{n}_ours_over_llama": round(ours[f"streams_{n}"]["tokens_per_s"]
+                                                          / llama[f"streams_{n}"]["tokens_per_s"], 2)
+               for n in CONCURRENCY if llama[f"streams_{n}"]["tokens_per_s"]}}
+    else:
+        result["llama_server"] = {"llama_cpp": "missing: run `make bench-deps` to build llama.cpp"}
+    return result
+
+
+def report(r: dict) -> None:
+    print(f"streamed text completion, {r['prompt_tokens']}-token prompt, {r['new_tokens']} new tokens, greedy "
+          "(one run on a shared, noisy machine)")
+    sides = [("opinfer (coordinator + 1 node)", r["opinfer"])]
+    if "idle" in r["llama_server"]:
+        sides.append(("llama-server", r["llama_server"]))
+    print(f"  {'':32}{'TTFT p50':>10}{'p95':>8}{'ITL p50':>9}{'p95':>8}   (ms, idle)")
+    for name, s in sides:
+        i = s["idle"]
+        print(f"  {name:32}{i['ttft_p50_ms']:10.1f}{i['ttft_p95_ms']:8.1f}{i['itl_p50_ms']:9.1f}{i['itl_p95_ms']:8.1f}")
+    print(f"  {'':32}" + "".join(f"{f'{n} streams tok/s':>18}" for n in CONCURRENCY) + "   (TTFT p50/p95 ms under load)")
+    for name, s in sides:
+        print(f"  {name:32}" + "".join(
+            f"{s[f'streams_{n}']['tokens_per_s']:>8.1f} ({s[f'streams_{n}']['ttft_p50_ms']}/"
+            f"{s[f'streams_{n}']['ttft_p95_ms']})".rjust(18) for n in CONCURRENCY))
+    o = r["opinfer"]
+    print(f"  TTFT p50 <= {TTFT_TARGET_MS:.0f} ms: {verdict(o['idle']['ttft_p50_ms'] <= TTFT_TARGET_MS)}; "
+          f"8 streams / 1 stream = {o['eight_over_one']} (target >= 3): {verdict((o['eight_over_one'] or 0) >= 3)}")
+    if "ratios" in r:
+        print("  ours / llama-server: " + ", ".join(f"{k} {v}" for k, v in r["ratios"].items()))
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:], __doc__, compute, report))

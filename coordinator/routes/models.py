@@ -4,15 +4,17 @@ from fastapi import APIRouter, Depends
 
 from coordinator.deps import coordinator, principal
 from coordinator.errors import ModelNotFound
-from coordinator.service import KINDS, MINILM_POSITIONS
+from coordinator.service import KINDS
+from opinfer import models
 
 router = APIRouter()
 
 
 def context_length(c, mi) -> int:
-    """Positions a job may use: the embedding model's 512; for chat, the coordinator's
-    verifiable limit (prompt + completion, max_context_tokens)."""
-    return MINILM_POSITIONS if KINDS[mi.name] == "embedding" else c.settings.max_context_tokens
+    """Positions a job may use: the model's (its spec: what its program can prove), and
+    for chat no more than the coordinator's max_context_tokens (prompt + completion)."""
+    spec = models.get(mi.name)
+    return spec.context if spec.kind == models.EMBEDDING else min(spec.context, c.settings.max_context_tokens)
 
 
 def describe(c, mi) -> dict:

@@ -219,7 +219,7 @@ def expected_job_input(kind: str, request: dict, job_input, index: int = 0, toke
     taken; every other field comes from the request alone."""
     from opinfer.trace.jobinput import JobInput, chat_messages, chat_prompt_ids, chat_stop_sequences
 
-    tok = tokenizer if tokenizer is not None else _tokenizer(kind)
+    tok = tokenizer if tokenizer is not None else _tokenizer("chat" if kind == "completion" else kind)
     if kind == "embedding":
         items = request["input"]
         if isinstance(items, str) or (isinstance(items, list) and items and isinstance(items[0], int)):

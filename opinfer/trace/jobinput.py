@@ -168,13 +168,15 @@ def choice_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "big") & SEED_MASK
 
 
-# Recommended sampling of each chat model when a request omits temperature /
-# top_p (as vLLM applies a model's generation config): SmolLM2-135M-Instruct's
-# model card samples at temperature 0.2, top_p 0.9; at OpenAI's 1.0 a 135M model
-# rambles. One function, read by the coordinator and the SDK's verification.
-_SAMPLING_DEFAULTS = {"smollm2-135m-instruct": (0.2, 0.9)}
-
-
 def sampling_defaults(model: str) -> tuple[float, float]:
-    """(temperature, top_p) used for a request that leaves them out (OpenAI's 1.0, 1.0 for an unknown model)."""
-    return _SAMPLING_DEFAULTS.get(model, (1.0, 1.0))
+    """(temperature, top_p) for a request that leaves them out: the model's recommended
+    sampling from its spec (opinfer/models; as vLLM applies a model's generation config),
+    OpenAI's (1.0, 1.0) for a model without one. Read by the coordinator and the SDK's
+    verification alike."""
+    from opinfer import models
+
+    try:
+        sampling = models.get(model).sampling
+    except models.UnknownModel:
+        sampling = None
+    return (sampling.temperature, sampling.top_p) if sampling else (1.0, 1.0)

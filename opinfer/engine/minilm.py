@@ -5,6 +5,12 @@ integer arithmetic only (int8 weights and activations, int32 accumulators, an
 int32 residual stream, integer LayerNorm with an exact integer square root,
 table-lookup softmax and GELU, integer mean pooling and L2 norm). The output
 embedding is int64 with scale 2^-14.
+
+The fast path is native (opinfer/engine/native: `oi_mlm_forward`, the whole
+forward in C over byte products with exact integer sums, threads over output
+columns and heads); `forward_reference` / `forward_batch_reference` and the
+layers' `__call__` are the same rules in plain numpy, and tests check the two
+give the same bits op by op and on whole sequences (tests/unit/test_minilm_native.py).
 """
 
 from __future__ import annotations
@@ -59,9 +65,42 @@ class Dense:
     hi: int
     in_max: int        # bound on |input|, for exact matmuls
     wt: np.ndarray = field(init=False, repr=False)
+    _native: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.wt = self.w.T.copy()
+
+    def native(self):
+        """The C matrix (oi_i8mat): the weights packed in panels of 16 rows x 4 columns,
+        their column sums, bias and multipliers; int8 input, or int16 as two byte planes."""
+        if self._native is None:
+            from opinfer.engine import native
+
+            n, k = self.w.shape
+            if np.abs(self.w).max(initial=0) > 127:
+                raise ValueError("MiniLM weights must be int8")
+            np_, kp = -(-n // 16) * 16, -(-k // 4) * 4
+            full = np.zeros((np_, kp), dtype=np.int8)
+            full[:n, :k] = self.w
+            wp = np.ascontiguousarray(full.reshape(np_ // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3))
+            colsum = self.w.sum(1).astype(np.int32)
+            bias = np.ascontiguousarray(self.bias, dtype=np.int64)
+            mult = np.ascontiguousarray(np.broadcast_to(self.mult, (n,)), dtype=np.int64)
+            planes = 1 if self.in_max <= 128 else 2
+            struct = native.I8Mat(n, k, np_, kp, planes, self.shift, self.lo, self.hi, wp.ctypes.data,
+                                  colsum.ctypes.data, bias.ctypes.data, mult.ctypes.data)
+            self._native = (struct, (wp, colsum, bias, mult))
+        return self._native[0]
+
+    def native_call(self, x: np.ndarray) -> np.ndarray:
+        """__call__ on the native kernels (the same bits)."""
+        from opinfer.engine import native
+
+        x = np.ascontiguousarray(x, dtype=np.int64)
+        y = np.empty((x.shape[0], self.w.shape[0]), dtype=np.int64)
+        if native.lib().oi_i8_dense(native.ctypes.byref(self.native()), x.ctypes.data, x.shape[0], y.ctypes.data):
+            raise ValueError("dense input outside its integer range")
+        return y
 
     def acc(self, x: np.ndarray) -> np.ndarray:
         return exact_matmul(x, self.wt, self.in_max, 128) + self.bias
@@ -79,6 +118,22 @@ class LayerNorm:
     gain: np.ndarray
     beta: np.ndarray
     eps: int
+
+    def native(self):
+        from opinfer.engine import native
+
+        g = np.ascontiguousarray(self.gain, dtype=np.int64)
+        b = np.ascontiguousarray(self.beta, dtype=np.int64)
+        return native.Ln(g.ctypes.data, b.ctypes.data, int(self.eps)), (g, b)
+
+    def native_call(self, x: np.ndarray) -> np.ndarray:
+        from opinfer.engine import native
+
+        x = np.ascontiguousarray(x, dtype=np.int64)
+        y = np.empty_like(x)
+        ln, keep = self.native()
+        native.lib().oi_mlm_layer_norm(native.ctypes.byref(ln), x.ctypes.data, x.shape[0], x.shape[1], y.ctypes.data)
+        return y
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n = x.shape[-1]
@@ -134,6 +189,7 @@ class IntMiniLM:
     layers: list[Layer]
     heads: int
     pool_mult: np.ndarray  # last LayerNorm's per-channel scales relative to the smallest (= 64)
+    _native: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def build(cls, calibration: list[str] = CALIBRATION) -> "IntMiniLM":
@@ -187,7 +243,86 @@ class IntMiniLM:
         pool_mult = np.floor(s_x / s_x.min() * 64 + 0.5).astype(np.int64)
         return cls(word, pos, typ, ln0, layers, config.heads, pool_mult)
 
-    # ---------------------------------------------------------------- inference
+    # ---------------------------------------------------------------- native inference
+
+    def native(self):
+        """The C model (oi_mlm), built once; it points into this model's arrays."""
+        if self._native is None:
+            from opinfer.engine import native
+
+            keep = []
+
+            def arr(a):
+                a = np.ascontiguousarray(a, dtype=np.int64)
+                keep.append(a)
+                return a.ctypes.data
+
+            def ln(norm):
+                struct, arrays = norm.native()
+                keep.append(arrays)
+                return struct
+
+            layers = (native.MlmLayer * len(self.layers))()
+            for slot, la in zip(layers, self.layers):
+                for name in ("q", "k", "v", "o", "up", "down"):
+                    setattr(slot, name, getattr(la, name).native())
+                slot.ln1, slot.ln2 = ln(la.ln1), ln(la.ln2)
+                slot.score_mult, slot.score_shift = int(la.score_mult), int(la.score_shift)
+                slot.ctx_mult, slot.ctx_shift = int(la.ctx_mult), int(la.ctx_shift)
+                slot.x_shift, slot.h_shift, slot.gelu_half = int(la.x_shift), int(la.h_shift), GELU_HALF
+                if len(la.gelu) != 2 * GELU_HALF:
+                    raise ValueError("GELU table of 2 GELU_HALF entries expected")
+                slot.x_mult = arr(np.broadcast_to(la.x_mult, (self.word.shape[1],)))
+                slot.h_mult = arr(np.broadcast_to(la.h_mult, (self.word.shape[1],)))
+                slot.gelu = arr(la.gelu)
+            keep.append(layers)
+            H = self.word.shape[1]
+            m = native.Mlm(len(self.layers), H, self.heads, self.layers[0].up.w.shape[0], self.word.shape[0],
+                           self.pos.shape[0], PROB_ONE, arr(self.word), arr(self.pos), arr(np.broadcast_to(self.typ, (H,))),
+                           ln(self.ln0), native.ctypes.addressof(layers))
+            self._native = (m, keep)
+        return self._native[0]
+
+    def attention_native(self, layer: Layer, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """_attend of one sequence on the native kernels (the same bits)."""
+        from opinfer.engine import native
+
+        q, k, v = (np.ascontiguousarray(a, dtype=np.int64) for a in (q, k, v))
+        ctx = np.empty_like(q)
+        rc = native.lib().oi_mlm_attention(q.ctypes.data, k.ctypes.data, v.ctypes.data, q.shape[0], self.heads,
+                                           q.shape[1], PROB_ONE, int(layer.score_mult), int(layer.score_shift),
+                                           int(layer.ctx_mult), int(layer.ctx_shift), ctx.ctypes.data)
+        if rc:
+            raise ValueError("attention input outside int8")
+        return ctx
+
+    def forward(self, ids: np.ndarray) -> np.ndarray:
+        """The embedding as int64 with scale 2^-OUT_BITS (an L2-unit vector), on the native kernels."""
+        return self.forward_batch([ids])[0]
+
+    def forward_batch(self, batch) -> list[np.ndarray]:
+        """forward() of several sequences in one native pass: the row-wise ops (dense
+        layers, norms, GELU, residuals) run over all sequences' rows stacked,
+        attention and pooling per sequence. Every op is exact and row-local
+        or per-sequence, so each result is bit for bit forward(ids), whatever
+        else is in the batch (tests/unit/test_batch_determinism.py)."""
+        from opinfer.engine import native
+
+        seqs = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in batch]
+        if not seqs:
+            return []
+        ids = np.ascontiguousarray(np.concatenate(seqs + [np.zeros(0, np.int64)]))
+        lens = np.array([len(s) for s in seqs], dtype=np.int64)
+        out = np.empty((max(len(ids), 1), self.word.shape[1]), dtype=np.int64)
+        rc = native.lib().oi_mlm_forward(native.ctypes.byref(self.native()), len(seqs), ids.ctypes.data,
+                                         lens.ctypes.data, out.ctypes.data)
+        if rc:
+            raise ValueError(f"token ids must be in [0, {self.word.shape[0]}) and at most "
+                             f"{self.pos.shape[0]} per sequence")
+        bounds = np.cumsum(np.concatenate([[0], lens]))
+        return [l2_normalise(out[a:b].sum(0) * self.pool_mult, OUT_BITS) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    # ---------------------------------------------------------------- the numpy reference
 
     def attention(self, layer: Layer, x: np.ndarray) -> np.ndarray:
         return self._attend(layer, layer.q(x), layer.k(x), layer.v(x))
@@ -204,8 +339,8 @@ class IntMiniLM:
         ctx = ctx.transpose(1, 0, 2).reshape(T, H * D)
         return requant(ctx, layer.ctx_mult, layer.ctx_shift, *INT8)
 
-    def forward(self, ids: np.ndarray) -> np.ndarray:
-        """The embedding as int64 with scale 2^-OUT_BITS (an L2-unit vector)."""
+    def forward_reference(self, ids: np.ndarray) -> np.ndarray:
+        """forward() in plain numpy, op by op (the reference the native kernels equal)."""
         ids = np.asarray(ids, dtype=np.int64)
         T = len(ids)
         x = self.ln0(self.word[ids] + self.pos[:T] + self.typ)
@@ -220,12 +355,8 @@ class IntMiniLM:
         # channels brought to one scale first.
         return l2_normalise(x.sum(0) * self.pool_mult, OUT_BITS)
 
-    def forward_batch(self, batch) -> list[np.ndarray]:
-        """forward() of several sequences in one pass: the row-wise ops (dense
-        layers, norms, GELU, residuals) run over all sequences' rows stacked,
-        attention and pooling per sequence. Every op is exact and row-local
-        or per-sequence, so each result is bit for bit forward(ids), whatever
-        else is in the batch (tests/unit/test_batch_determinism.py)."""
+    def forward_batch_reference(self, batch) -> list[np.ndarray]:
+        """forward_batch() in plain numpy (rows stacked, attention per sequence)."""
         seqs = [np.asarray(ids, dtype=np.int64) for ids in batch]
         if not seqs:
             return []

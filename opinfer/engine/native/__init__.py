@@ -73,6 +73,27 @@ class Seq(ctypes.Structure):
     _fields_ = [("k", P), ("v", P), ("cap", I64), ("pos", I64)]
 
 
+# MiniLM (opinfer/engine/minilm.py): int8 matrices packed in panels of 16 rows, LayerNorms, layers.
+class I8Mat(ctypes.Structure):
+    _fields_ = [(name, I64) for name in ("n", "k", "np", "kp", "planes", "shift", "lo", "hi")] + [
+        (name, P) for name in ("wp", "colsum", "bias", "mult")]
+
+
+class Ln(ctypes.Structure):
+    _fields_ = [("gain", P), ("beta", P), ("eps", I64)]
+
+
+class MlmLayer(ctypes.Structure):
+    _fields_ = [(name, I8Mat) for name in ("q", "k", "v", "o", "up", "down")] + [("ln1", Ln), ("ln2", Ln)] + [
+        (name, I64) for name in ("score_mult", "score_shift", "ctx_mult", "ctx_shift", "x_shift", "h_shift",
+                                 "gelu_half")] + [(name, P) for name in ("x_mult", "h_mult", "gelu")]
+
+
+class Mlm(ctypes.Structure):
+    _fields_ = [(name, I64) for name in ("n_layers", "hidden", "heads", "ffn", "vocab", "positions", "prob_one")] + [
+        (name, P) for name in ("word", "pos", "typ")] + [("ln0", Ln), ("layers", P)]
+
+
 def lib():
     """The loaded library (built first if needed), with its thread count from
     $OPINFER_THREADS (default: the CPUs this process may use, at most 8)."""
@@ -94,8 +115,17 @@ def lib():
             handle.oi_rms_norm.argtypes = [P, I64, I64, P, I64, I64, I64, P]
             handle.oi_exp_neg.argtypes = [I64]
             handle.oi_exp_neg.restype = I64
+            handle.oi_exp_neg_tab.argtypes = [I64]
+            handle.oi_exp_neg_tab.restype = I64
             handle.oi_forward.argtypes = [ctypes.POINTER(Model), I64, ctypes.POINTER(Seq), P, P, I64, P]
             handle.oi_forward.restype = ctypes.c_int
+            handle.oi_i8_dense.argtypes = [ctypes.POINTER(I8Mat), P, I64, P]
+            handle.oi_i8_dense.restype = ctypes.c_int
+            handle.oi_mlm_layer_norm.argtypes = [ctypes.POINTER(Ln), P, I64, I64, P]
+            handle.oi_mlm_attention.argtypes = [P, P, P, I64, I64, I64, I64, I64, I64, I64, I64, P]
+            handle.oi_mlm_attention.restype = ctypes.c_int
+            handle.oi_mlm_forward.argtypes = [ctypes.POINTER(Mlm), I64, P, P, P]
+            handle.oi_mlm_forward.restype = ctypes.c_int
             threads = os.environ.get(ENV_THREADS)
             handle.oi_set_threads(int(threads) if threads else min(len(os.sched_getaffinity(0)), 8))
             _lib = handle

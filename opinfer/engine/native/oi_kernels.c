@@ -102,6 +102,12 @@ static inline int64_t requant_shifted(int64_t acc, int d, int64_t mult, int64_t 
 }
 
 static inline int64_t requant(int64_t acc, int64_t mult, int64_t shift, int64_t lo, int64_t hi) {
+    /* the common case in int64: |acc|, |mult| < 2^31 and 1 <= shift <= 62 (the same value) */
+    if (shift >= 1 && shift <= 62 && (uint64_t)(acc + (1LL << 31)) < (1ULL << 32) &&
+        (uint64_t)(mult + (1LL << 31)) < (1ULL << 32)) {
+        int64_t p = (acc * mult + (1LL << (shift - 1))) >> shift;
+        return p < lo ? lo : (p > hi ? hi : p);
+    }
     return requant_shifted(acc, 0, mult, shift, lo, hi);
 }
 
@@ -114,6 +120,26 @@ static inline int64_t exp_neg(int64_t u) {   /* elements.exp_neg */
     int64_t p = EXP2_COEFFS[6];
     for (int i = 5; i >= 0; i--) p = EXP2_COEFFS[i] + ((p * f) >> 16);
     return (p + (1LL << (q + 13))) >> (q + 14);
+}
+
+/* exp_neg(u) is 0 once q = y >> 16 >= 32, i.e. for u >= EXP_TAB_N: below that, a table of its
+   values (built from exp_neg itself, so the same integers) replaces the polynomial */
+#define EXP_TAB_N 5679
+static int32_t exp_tab[EXP_TAB_N];
+static pthread_once_t exp_once = PTHREAD_ONCE_INIT;
+static void exp_tab_init(void) {
+    for (int64_t u = 0; u < EXP_TAB_N; u++) exp_tab[u] = (int32_t)exp_neg(u);
+}
+static inline int64_t exp_neg_tab(int64_t u) { return u < EXP_TAB_N ? exp_tab[u] : 0; }
+
+/* round_div(n, d) for 0 <= n < 2^50, 0 < d < 2^50 with a double reciprocal of 2d, corrected by
+   integer comparisons: the exact floor((2n + d) / 2d) */
+static inline int64_t round_div_inv(int64_t n, int64_t d, double inv2d) {
+    int64_t num = 2 * n + d, den = 2 * d;
+    int64_t q = (int64_t)((double)num * inv2d);
+    if (q * den > num) q--;
+    else if ((q + 1) * den <= num) q++;
+    return q;
 }
 
 /* ------------------------------------------------------------------ thread pool */
@@ -625,6 +651,11 @@ int oi_rms_norm(const int64_t *x, int64_t t, int64_t n, const int64_t *gain, int
 
 int64_t oi_exp_neg(int64_t u) { return exp_neg(u); }
 
+int64_t oi_exp_neg_tab(int64_t u) {   /* the table path (tests compare it with exp_neg over [0, 2^20]) */
+    pthread_once(&exp_once, exp_tab_init);
+    return exp_neg_tab(u);
+}
+
 /* ------------------------------------------------------------------ the SmolLM2 forward step */
 
 typedef struct {
@@ -829,5 +860,393 @@ int oi_forward(const oi_model *m, int64_t nseq, oi_seq *seqs, const int64_t *tok
     }
     free(row_seq); free(row_pos); free(x); free(h); free(qkv); free(ctx); free(gu); free(o);
     free(buf.xq); free(buf.a); free(buf.as2); free(buf.s2); free(buf.d);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ int8 GEMM (MiniLM) */
+
+/*
+ * MiniLM's dense layers and attention are int8 x int8 (or int16 x int8) products with
+ * exact int32/int64 sums (opinfer/engine/minilm.py states the rules in numpy). One kernel
+ * does them all: out[t, n] = sum_k u[t, k] s[n, k] with u unsigned bytes (activations,
+ * offset by +128 when signed: the offset is taken back as 128 colsum[n]) and s signed
+ * bytes (weights), int32 sums (|sum| <= K 255 128 < 2^31 for K < 65,000). A 16-bit
+ * activation is two byte planes, x = 256 hi + lo, two products over the same weights.
+ * Weights are packed in panels of 16 output rows, 4 consecutive k per row:
+ * p[n / 16][k / 4][16][4], so that one 32-byte load feeds eight int32 lanes with
+ * AVX-VNNI's dpbusd (or its exact AVX2 emulation with madd, or the scalar loop).
+ */
+#define GM_MR 6     /* activation rows per micro-tile (rows are padded to a multiple) */
+#define GM_NR 16    /* weight rows per panel */
+
+__attribute__((target("avx2,fma,avxvnni"))) static inline __m256i dp_vnni(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+}
+
+/* dpbusd in AVX2: even and odd bytes widened to 16 bits (u8 in [0, 255], s8 sign-extended),
+   madd sums each pair into an int32 lane: the same four products per lane, exactly */
+__attribute__((target("avx2,fma"))) static inline __m256i dp_avx2(__m256i acc, __m256i u, __m256i s) {
+    const __m256i lo8 = _mm256_set1_epi16(0xFF);
+    __m256i ue = _mm256_and_si256(u, lo8), uo = _mm256_srli_epi16(u, 8);
+    __m256i se = _mm256_srai_epi16(_mm256_slli_epi16(s, 8), 8), so = _mm256_srai_epi16(s, 8);
+    return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(ue, se), _mm256_madd_epi16(uo, so)));
+}
+
+/* GM_MR rows of u (row stride ldx) times one panel (kq groups of 4 k): out[GM_MR][GM_NR] */
+#define DEF_GEMM_TILE(NAME, TARGET, DP)                                                                          \
+    __attribute__((target(TARGET))) static void NAME(const uint8_t *x, int64_t ldx, const int8_t *wp, int64_t kq, \
+                                                     int32_t *out) {                                              \
+        __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;              \
+        __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;                                 \
+        for (int64_t q = 0; q < kq; q++) {                                                                        \
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wp + q * 64));                                \
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wp + q * 64 + 32));                           \
+            const uint8_t *xq = x + 4 * q;                                                                        \
+            __m256i b;                                                                                            \
+            int32_t v;                                                                                            \
+            memcpy(&v, xq, 4); b = _mm256_set1_epi32(v); c00 = DP(c00, b, w0); c01 = DP(c01, b, w1);              \
+            memcpy(&v, xq + ldx, 4); b = _mm256_set1_epi32(v); c10 = DP(c10, b, w0); c11 = DP(c11, b, w1);        \
+            memcpy(&v, xq + 2 * ldx, 4); b = _mm256_set1_epi32(v); c20 = DP(c20, b, w0); c21 = DP(c21, b, w1);    \
+            memcpy(&v, xq + 3 * ldx, 4); b = _mm256_set1_epi32(v); c30 = DP(c30, b, w0); c31 = DP(c31, b, w1);    \
+            memcpy(&v, xq + 4 * ldx, 4); b = _mm256_set1_epi32(v); c40 = DP(c40, b, w0); c41 = DP(c41, b, w1);    \
+            memcpy(&v, xq + 5 * ldx, 4); b = _mm256_set1_epi32(v); c50 = DP(c50, b, w0); c51 = DP(c51, b, w1);    \
+        }                                                                                                         \
+        _mm256_storeu_si256((__m256i *)(out + 0), c00); _mm256_storeu_si256((__m256i *)(out + 8), c01);           \
+        _mm256_storeu_si256((__m256i *)(out + 16), c10); _mm256_storeu_si256((__m256i *)(out + 24), c11);         \
+        _mm256_storeu_si256((__m256i *)(out + 32), c20); _mm256_storeu_si256((__m256i *)(out + 40), c21);         \
+        _mm256_storeu_si256((__m256i *)(out + 48), c30); _mm256_storeu_si256((__m256i *)(out + 56), c31);         \
+        _mm256_storeu_si256((__m256i *)(out + 64), c40); _mm256_storeu_si256((__m256i *)(out + 72), c41);         \
+        _mm256_storeu_si256((__m256i *)(out + 80), c50); _mm256_storeu_si256((__m256i *)(out + 88), c51);         \
+    }
+
+DEF_GEMM_TILE(gemm_tile_vnni, "avx2,fma,avxvnni", dp_vnni)
+DEF_GEMM_TILE(gemm_tile_avx2, "avx2,fma", dp_avx2)
+
+static void gemm_tile_scalar(const uint8_t *x, int64_t ldx, const int8_t *wp, int64_t kq, int32_t *out) {
+    for (int i = 0; i < GM_MR; i++)
+        for (int n = 0; n < GM_NR; n++) {
+            int32_t acc = 0;
+            for (int64_t q = 0; q < kq; q++)
+                for (int b = 0; b < 4; b++) acc += (int32_t)x[i * ldx + 4 * q + b] * wp[q * 64 + n * 4 + b];
+            out[i * GM_NR + n] = acc;
+        }
+}
+
+typedef void (*gemm_tile_fn)(const uint8_t *, int64_t, const int8_t *, int64_t, int32_t *);
+
+static gemm_tile_fn gemm_tile(void) {
+    have_avx2();
+    return use_vnni > 0 ? gemm_tile_vnni : (use_avx2 > 0 ? gemm_tile_avx2 : gemm_tile_scalar);
+}
+
+/* out[t, n] (int32, row stride ldo) for t < tp (a multiple of GM_MR), n in panels [p0, p1) */
+static void gemm_panels(gemm_tile_fn tile, const uint8_t *x, int64_t tp, int64_t ldx, const int8_t *wp, int64_t kq,
+                        int64_t p0, int64_t p1, int32_t *out, int64_t ldo) {
+    int32_t t[GM_MR * GM_NR];
+    for (int64_t p = p0; p < p1; p++)
+        for (int64_t r = 0; r < tp; r += GM_MR) {
+            tile(x + r * ldx, ldx, wp + p * kq * 64, kq, t);
+            for (int i = 0; i < GM_MR; i++) memcpy(out + (r + i) * ldo + p * GM_NR, t + i * GM_NR, sizeof(t[0]) * GM_NR);
+        }
+}
+
+static inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+/* A MiniLM dense layer: int8 weights [n, k] packed (np = n rounded up to 16, kp = k to 4),
+   colsum[n] = sum_k w, int64 bias and per-column multipliers, one shift, the output range;
+   planes 1: the input is int8, 2: int16 (two byte planes). */
+typedef struct {
+    int64_t n, k, np, kp, planes, shift, lo, hi;
+    const int8_t *wp;
+    const int32_t *colsum;
+    const int64_t *bias, *mult;
+} oi_i8mat;
+
+typedef struct {
+    const oi_i8mat *w;
+    gemm_tile_fn tile;
+    const uint8_t *xu;      /* planes x [tp][kp] */
+    int64_t t, tp;
+    int32_t *acc;           /* planes x [tp][np] */
+    int64_t *y;             /* [t][n] */
+} i8dense_job;
+
+static void i8dense_task(void *p, int64_t start, int64_t end) {
+    i8dense_job *j = (i8dense_job *)p;
+    const oi_i8mat *w = j->w;
+    int64_t kq = w->kp / 4, np = w->np;
+    for (int64_t pl = 0; pl < w->planes; pl++)
+        gemm_panels(j->tile, j->xu + pl * j->tp * w->kp, j->tp, w->kp, w->wp, kq, start, end, j->acc + pl * j->tp * np, np);
+    int64_t c0 = start * GM_NR, c1 = end * GM_NR < w->n ? end * GM_NR : w->n;
+    /* the column's constant, bias - 128 colsum; then requant, in int64 where it cannot overflow
+       (|a| < 2^40, |mult| < 2^22, 1 <= shift <= 62: the same value as the 128-bit rule) */
+    int64_t off[GM_NR * 8];
+    for (int64_t c0b = c0; c0b < c1; c0b += GM_NR * 8) {
+        int64_t c1b = c0b + GM_NR * 8 < c1 ? c0b + GM_NR * 8 : c1;
+        int fast = w->shift >= 1 && w->shift <= 62;
+        for (int64_t c = c0b; c < c1b; c++) {
+            off[c - c0b] = w->bias[c] - 128 * (int64_t)w->colsum[c] * (w->planes == 2 ? 256 : 1);
+            if (w->mult[c] < -(1LL << 22) || w->mult[c] > (1LL << 22) || off[c - c0b] < -(1LL << 39) ||
+                off[c - c0b] > (1LL << 39))
+                fast = 0;
+        }
+        for (int64_t t = 0; t < j->t; t++) {
+            const int32_t *a1 = j->acc + t * np, *a2 = j->acc + j->tp * np + t * np;
+            int64_t *y = j->y + t * w->n;
+            if (fast) {
+                int64_t half = 1LL << (w->shift - 1);
+                for (int64_t c = c0b; c < c1b; c++) {
+                    int64_t a = w->planes == 2 ? (int64_t)a1[c] * 256 + a2[c] : (int64_t)a1[c];
+                    int64_t p = ((a + off[c - c0b]) * w->mult[c] + half) >> w->shift;
+                    y[c] = p < w->lo ? w->lo : (p > w->hi ? w->hi : p);
+                }
+            } else {
+                for (int64_t c = c0b; c < c1b; c++) {
+                    int64_t a = w->planes == 2 ? (int64_t)a1[c] * 256 + a2[c] : (int64_t)a1[c];
+                    y[c] = requant(a + off[c - c0b], w->mult[c], w->shift, w->lo, w->hi);
+                }
+            }
+        }
+    }
+}
+
+/* y = requant(x w^T + bias) for x int64 [t, k] within int8 (planes 1) or int16 (planes 2);
+   -1 when an input is outside that range */
+static int i8dense(const oi_i8mat *w, const int64_t *x, int64_t t, int64_t *y) {
+    int64_t tp = round_up(t > 0 ? t : 1, GM_MR), kp = w->kp;
+    uint8_t *xu = malloc(w->planes * tp * kp + 64);
+    int32_t *acc = malloc(sizeof(int32_t) * w->planes * tp * w->np);
+    int rc = 0;
+    /* padding: the offset zero (128) in the signed plane, 0 in the low plane */
+    memset(xu, 128, tp * kp);
+    if (w->planes == 2) memset(xu + tp * kp, 0, tp * kp);
+    for (int64_t r = 0; r < t && !rc; r++)
+        for (int64_t i = 0; i < w->k; i++) {
+            int64_t v = x[r * w->k + i];
+            if (w->planes == 1) {
+                if (v < -128 || v > 127) { rc = -1; break; }
+                xu[r * kp + i] = (uint8_t)(v + 128);
+            } else {
+                if (v < -32768 || v > 32767) { rc = -1; break; }
+                xu[r * kp + i] = (uint8_t)((v >> 8) + 128);
+                xu[tp * kp + r * kp + i] = (uint8_t)(v & 255);
+            }
+        }
+    if (!rc) {
+        i8dense_job j = {w, gemm_tile(), xu, t, tp, acc, y};
+        parallel_for(i8dense_task, &j, w->np / GM_NR, 1);
+    }
+    free(xu);
+    free(acc);
+    return rc;
+}
+
+int oi_i8_dense(const oi_i8mat *w, const int64_t *x, int64_t t, int64_t *y) { return i8dense(w, x, t, y); }
+
+/* minilm.LayerNorm: mean = round_div(sum x, n), var = round_div(sum (x - mean)^2, n) + eps,
+   std = max(isqrt(var), 1), y = clamp(round_div((x - mean) gain, std 2^8) + beta, -128, 127) */
+static void mlm_ln_row(const int64_t *x, int64_t n, const int64_t *gain, const int64_t *beta, int64_t eps, int64_t *y) {
+    int64_t s = 0;
+    for (int64_t i = 0; i < n; i++) s += x[i];
+    int64_t mean = round_div(s, n), ss = 0;
+    for (int64_t i = 0; i < n; i++) ss += (x[i] - mean) * (x[i] - mean);
+    int64_t std = isqrt64(round_div(ss, n) + eps);
+    if (std < 1) std = 1;
+    int64_t den = std << 8;
+    for (int64_t i = 0; i < n; i++) y[i] = clamp(round_div((x[i] - mean) * gain[i], den) + beta[i], -128, 127);
+}
+
+typedef struct {
+    const int64_t *gain, *beta;
+    int64_t eps;
+} oi_ln;
+
+typedef struct {
+    const int64_t *x;
+    int64_t *y;
+    int64_t n;
+    const oi_ln *ln;
+} mlm_ln_job;
+
+static void mlm_ln_task(void *p, int64_t start, int64_t end) {
+    mlm_ln_job *j = (mlm_ln_job *)p;
+    for (int64_t r = start; r < end; r++) mlm_ln_row(j->x + r * j->n, j->n, j->ln->gain, j->ln->beta, j->ln->eps, j->y + r * j->n);
+}
+
+static void mlm_ln(const oi_ln *ln, const int64_t *x, int64_t t, int64_t n, int64_t *y) {
+    mlm_ln_job j = {x, y, n, ln};
+    parallel_for(mlm_ln_task, &j, t, 8);
+}
+
+int oi_mlm_layer_norm(const oi_ln *ln, const int64_t *x, int64_t t, int64_t n, int64_t *y) {
+    mlm_ln(ln, x, t, n, y);
+    return 0;
+}
+
+/* MiniLM attention of one sequence's rows (q, k, v int8 [T, H D], row stride ld), per head:
+   scores = q k^T (int32), the integer softmax (elements.softmax: z = max - s,
+   e = exp_neg(requant(z, score_mult, score_shift, 0, 2^20)), p = round_div(e one, sum e)),
+   ctx = requant(p v, ctx_mult, ctx_shift, -128, 127). Each score and context sum is a
+   product of the byte kernel: q + 128 against packed k rows; p (0 <= p <= one < 2^15) as
+   two unsigned byte planes against packed v columns. */
+typedef struct {
+    const int64_t *q, *k, *v;
+    int64_t *ctx;
+    int64_t ld, heads, hd, one;
+    int64_t score_mult, score_shift, ctx_mult, ctx_shift;
+    const int64_t *seq_start, *seq_len;   /* sequences of the batch */
+    gemm_tile_fn tile;
+    _Atomic int bad;
+} mlm_attn_job;
+
+static void mlm_attn_task(void *p, int64_t start, int64_t end) {
+    mlm_attn_job *j = (mlm_attn_job *)p;
+    int64_t D = j->hd, dp = round_up(D, 4), dq = dp / 4;
+    for (int64_t it = start; it < end; it++) {
+        int64_t s = it / j->heads, h = it % j->heads;
+        int64_t T = j->seq_len[s], r0 = j->seq_start[s];
+        if (T == 0) continue;
+        int64_t tp = round_up(T, GM_MR), np = round_up(T, GM_NR), tk = round_up(T, 4), ndp = round_up(D, GM_NR);
+        uint8_t *qu = malloc(tp * dp + 64);
+        int8_t *kp = calloc(np * dp + 64, 1);
+        int32_t *ksum = calloc(np, sizeof(int32_t));
+        int32_t *sc = malloc(sizeof(int32_t) * tp * np);
+        uint8_t *pu = malloc(2 * tp * tk + 64);
+        int8_t *vp = calloc(ndp * tk + 64, 1);
+        int32_t *cx = malloc(sizeof(int32_t) * 2 * tp * ndp);
+        int64_t *e = malloc(sizeof(int64_t) * T);
+        memset(qu, 128, tp * dp);
+        memset(pu, 0, 2 * tp * tk);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t d = 0; d < D; d++) {
+                int64_t qv = j->q[(r0 + t) * j->ld + h * D + d], kv = j->k[(r0 + t) * j->ld + h * D + d];
+                int64_t vv = j->v[(r0 + t) * j->ld + h * D + d];
+                if (qv < -128 || qv > 127 || kv < -128 || kv > 127 || vv < -128 || vv > 127) {
+                    atomic_store(&j->bad, 1);
+                    goto done;
+                }
+                qu[t * dp + d] = (uint8_t)(qv + 128);
+                /* k row t is weight row t: panel t / 16, group d / 4 */
+                kp[(t / GM_NR) * dq * 64 + (d / 4) * 64 + (t % GM_NR) * 4 + d % 4] = (int8_t)kv;
+                ksum[t] += (int32_t)kv;
+                /* v column d is weight row d over k = t */
+                vp[(d / GM_NR) * (tk / 4) * 64 + (t / 4) * 64 + (d % GM_NR) * 4 + t % 4] = (int8_t)vv;
+            }
+        gemm_panels(j->tile, qu, tp, dp, kp, dq, 0, np / GM_NR, sc, np);
+        for (int64_t i = 0; i < T; i++) {
+            int64_t top = INT64_MIN, sum = 0;
+            for (int64_t t = 0; t < T; t++) {
+                int64_t v = (int64_t)sc[i * np + t] - 128 * (int64_t)ksum[t];
+                e[t] = v;
+                if (v > top) top = v;
+            }
+            for (int64_t t = 0; t < T; t++) {
+                e[t] = exp_neg_tab(requant(top - e[t], j->score_mult, j->score_shift, 0, EXP_INPUT_MAX));
+                sum += e[t];
+            }
+            double inv = 1.0 / (double)(2 * sum);
+            for (int64_t t = 0; t < T; t++) {
+                int64_t pr = round_div_inv(e[t] * j->one, sum, inv);
+                pu[i * tk + t] = (uint8_t)(pr >> 8);
+                pu[tp * tk + i * tk + t] = (uint8_t)(pr & 255);
+            }
+        }
+        gemm_panels(j->tile, pu, tp, tk, vp, tk / 4, 0, ndp / GM_NR, cx, ndp);
+        gemm_panels(j->tile, pu + tp * tk, tp, tk, vp, tk / 4, 0, ndp / GM_NR, cx + tp * ndp, ndp);
+        for (int64_t i = 0; i < T; i++)
+            for (int64_t d = 0; d < D; d++) {
+                int64_t c = 256 * (int64_t)cx[i * ndp + d] + cx[tp * ndp + i * ndp + d];
+                j->ctx[(r0 + i) * j->ld + h * D + d] = requant(c, j->ctx_mult, j->ctx_shift, -128, 127);
+            }
+    done:
+        free(qu); free(kp); free(ksum); free(sc); free(pu); free(vp); free(cx); free(e);
+    }
+}
+
+static int mlm_attention(const int64_t *q, const int64_t *k, const int64_t *v, int64_t *ctx, int64_t nseq,
+                         const int64_t *seq_start, const int64_t *seq_len, int64_t heads, int64_t width, int64_t one,
+                         int64_t score_mult, int64_t score_shift, int64_t ctx_mult, int64_t ctx_shift) {
+    if (one < 0 || one >= 1 << 15) return -1;   /* probabilities must be two unsigned byte planes */
+    pthread_once(&exp_once, exp_tab_init);
+    mlm_attn_job j = {q, k, v, ctx, width, heads, width / heads, one, score_mult, score_shift, ctx_mult, ctx_shift,
+                      seq_start, seq_len, gemm_tile(), 0};
+    parallel_for(mlm_attn_task, &j, nseq * heads, 1);
+    return j.bad ? -1 : 0;
+}
+
+int oi_mlm_attention(const int64_t *q, const int64_t *k, const int64_t *v, int64_t t, int64_t heads, int64_t width,
+                     int64_t one, int64_t score_mult, int64_t score_shift, int64_t ctx_mult, int64_t ctx_shift,
+                     int64_t *ctx) {
+    int64_t start = 0;
+    return mlm_attention(q, k, v, ctx, 1, &start, &t, heads, width, one, score_mult, score_shift, ctx_mult, ctx_shift);
+}
+
+typedef struct {
+    oi_i8mat q, k, v, o, up, down;
+    oi_ln ln1, ln2;
+    int64_t score_mult, score_shift, ctx_mult, ctx_shift, x_shift, h_shift, gelu_half;
+    const int64_t *x_mult, *h_mult, *gelu;
+} oi_mlm_layer;
+
+typedef struct {
+    int64_t n_layers, hidden, heads, ffn, vocab, positions, prob_one;
+    const int64_t *word, *pos, *typ;
+    oi_ln ln0;
+    const oi_mlm_layer *layers;
+} oi_mlm;
+
+/* MiniLM's forward (minilm.IntMiniLM.forward_batch without the pooling) over nseq sequences
+   stacked: out = the last LayerNorm's int8 rows [sum len, hidden]. 0, or -1 on an id or
+   position out of range. */
+int oi_mlm_forward(const oi_mlm *m, int64_t nseq, const int64_t *ids, const int64_t *lens, int64_t *out) {
+    int64_t H = m->hidden, F = m->ffn, T = 0;
+    for (int64_t s = 0; s < nseq; s++) {
+        if (lens[s] < 0 || lens[s] > m->positions) return -1;
+        T += lens[s];
+    }
+    for (int64_t r = 0; r < T; r++)
+        if (ids[r] < 0 || ids[r] >= m->vocab) return -1;
+    if (T == 0) return 0;
+    int64_t *start = malloc(sizeof(int64_t) * (nseq + 1));
+    int64_t *x = out, *q = malloc(sizeof(int64_t) * T * H), *k = malloc(sizeof(int64_t) * T * H);
+    int64_t *v = malloc(sizeof(int64_t) * T * H), *c = malloc(sizeof(int64_t) * T * H);
+    int64_t *r = malloc(sizeof(int64_t) * T * H), *hb = malloc(sizeof(int64_t) * T * H);
+    int64_t *u = malloc(sizeof(int64_t) * T * F);
+    int rc = 0;
+    start[0] = 0;
+    for (int64_t s = 0; s < nseq; s++) start[s + 1] = start[s] + lens[s];
+    for (int64_t s = 0, row = 0; s < nseq; s++)
+        for (int64_t p = 0; p < lens[s]; p++, row++)
+            for (int64_t i = 0; i < H; i++) r[row * H + i] = m->word[ids[row] * H + i] + m->pos[p * H + i] + m->typ[i];
+    mlm_ln(&m->ln0, r, T, H, x);
+    for (int64_t l = 0; l < m->n_layers && !rc; l++) {
+        const oi_mlm_layer *L = &m->layers[l];
+        rc |= i8dense(&L->q, x, T, q);
+        rc |= i8dense(&L->k, x, T, k);
+        rc |= i8dense(&L->v, x, T, v);
+        if (rc) break;
+        rc |= mlm_attention(q, k, v, c, nseq, start, lens, m->heads, H, m->prob_one, L->score_mult, L->score_shift,
+                            L->ctx_mult, L->ctx_shift);
+        rc |= i8dense(&L->o, c, T, r);
+        if (rc) break;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t i = 0; i < H; i++)
+                r[t * H + i] += requant(x[t * H + i], L->x_mult[i], L->x_shift, INT32_MIN, INT32_MAX);
+        mlm_ln(&L->ln1, r, T, H, hb);
+        rc |= i8dense(&L->up, hb, T, u);
+        if (rc) break;
+        for (int64_t i = 0; i < T * F; i++) {
+            int64_t idx = u[i] + L->gelu_half;
+            if (idx < 0 || idx >= 2 * L->gelu_half) { rc = -1; break; }
+            u[i] = L->gelu[idx];
+        }
+        rc |= i8dense(&L->down, u, T, r);
+        if (rc) break;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t i = 0; i < H; i++)
+                r[t * H + i] += requant(hb[t * H + i], L->h_mult[i], L->h_shift, INT32_MIN, INT32_MAX);
+        mlm_ln(&L->ln2, r, T, H, x);
+    }
+    free(start); free(q); free(k); free(v); free(c); free(r); free(hb); free(u);
     return rc;
 }

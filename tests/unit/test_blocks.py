@@ -31,9 +31,10 @@ def _rows(t, k):
 
 @pytest.mark.parametrize("fmt", [bk.Q4_1, bk.Q8_0])
 def test_native_dense_equals_numpy_and_the_element_rule(fmt):
-    """Threads 1-4, AVX2 and scalar, 4-row groups and leftover rows (n = 43)."""
+    """Threads 1-4, AVX-VNNI, AVX2 and scalar, 8- and 4-row groups and leftover rows (n = 43),
+    more activation rows than one pass takes (11 > TMAX = 8)."""
     w = _random(fmt, 43, 576)
-    x = _rows(6, 576)
+    x = _rows(11, 576)
     shift = RNG.integers(40, 70, size=43)
     dense = bk.NativeDense.of(w, bk.MULT_127, shift, -(2**31), 2**31 - 1)
     ref = dense.reference(x)

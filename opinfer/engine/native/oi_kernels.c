@@ -90,6 +90,11 @@ static inline int64_t isqrt64(int64_t x) {   /* floor(sqrt(x)), 0 <= x < 2^62 */
 /* requant(acc << d, mult, shift, lo, hi) = clamp(floor((acc 2^d mult + 2^(shift-1)) / 2^shift)) */
 static inline int64_t requant_shifted(int64_t acc, int d, int64_t mult, int64_t shift, int64_t lo, int64_t hi) {
     int64_t e = shift - d;
+    /* in int64 when the product cannot overflow (|acc| < 2^40, 0 <= mult < 2^22, 1 <= e <= 62): the same value */
+    if (e >= 1 && e <= 62 && (uint64_t)(acc + (1LL << 40)) < (1ULL << 41) && (uint64_t)mult < (1ULL << 22)) {
+        int64_t p = (acc * mult + (1LL << (e - 1))) >> e;
+        return p < lo ? lo : (p > hi ? hi : p);
+    }
     __int128 p = (__int128)acc * mult;
     if (e >= 1) {
         p = (p + ((__int128)1 << (e - 1))) >> e;
@@ -471,6 +476,133 @@ DEF_DOT4XT_Q4_1(dot4xt_q4_1_vnni, "avx2,fma,avxvnni", MAC_VNNI)
 DEF_DOT4XT_Q8_0(dot4xt_q8_0_avx2, "avx2,fma", Q8_PREP_AVX2, Q8_MAC_AVX2, Q8_FIX_AVX2)
 DEF_DOT4XT_Q8_0(dot4xt_q8_0_vnni, "avx2,fma,avxvnni", Q8_PREP_VNNI, Q8_MAC_VNNI, Q8_FIX_VNNI)
 
+/* Eight weight rows against up to TMAX activation rows, AVX-VNNI, where each int32 lane is one
+   weight row (no horizontal sums): a block's 8 x 16 bytes of nibbles are transposed in registers
+   to four vectors of [row r: 4 bytes], whose low and high nibbles are the codes of k = 4j..4j+3
+   and 16 + 4j..; dpbusd of each with the activation's 4 bytes broadcast adds those products to
+   the row's lane. Then, as in dot4xt, a S1 (int32, < 2^31) times D and M times a S2 on int64
+   lanes (even rows and odd rows). acc[8 t + r] is dot_q4_1_scalar of row r and activation row t. */
+__attribute__((target("avx2,fma,avxvnni"))) static void dot8xt_q4_1_vnni(const blk_q4_1 *w, int64_t nb, int64_t T,
+                                                                       const int8_t *xq, const int32_t *a,
+                                                                       const int32_t *as2, int64_t k, int64_t *acc) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i se[TMAX], so[TMAX];
+    for (int64_t t = 0; t < T; t++) se[t] = so[t] = _mm256_setzero_si256();
+    for (int64_t b = 0; b < nb; b++) {
+        const blk_q4_1 *r0 = w + b, *r4 = w + 4 * nb + b;
+        __m256i y0 = _mm256_loadu2_m128i((const __m128i *)r4->qs, (const __m128i *)r0->qs);
+        __m256i y1 = _mm256_loadu2_m128i((const __m128i *)r4[nb].qs, (const __m128i *)r0[nb].qs);
+        __m256i y2 = _mm256_loadu2_m128i((const __m128i *)r4[2 * nb].qs, (const __m128i *)r0[2 * nb].qs);
+        __m256i y3 = _mm256_loadu2_m128i((const __m128i *)r4[3 * nb].qs, (const __m128i *)r0[3 * nb].qs);
+        __m256i t0 = _mm256_unpacklo_epi32(y0, y1), t1 = _mm256_unpackhi_epi32(y0, y1);
+        __m256i t2 = _mm256_unpacklo_epi32(y2, y3), t3 = _mm256_unpackhi_epi32(y2, y3);
+        __m256i l0 = _mm256_unpacklo_epi64(t0, t2), l1 = _mm256_unpackhi_epi64(t0, t2);
+        __m256i l2 = _mm256_unpacklo_epi64(t1, t3), l3 = _mm256_unpackhi_epi64(t1, t3);
+        /* rows in lanes 0..7: (r0, r1, r2, r3 | r4, r5, r6, r7) */
+        const __m256i c0 = _mm256_and_si256(l0, m4), c4 = _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4);
+        const __m256i c1 = _mm256_and_si256(l1, m4), c5 = _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4);
+        const __m256i c2 = _mm256_and_si256(l2, m4), c6 = _mm256_and_si256(_mm256_srli_epi16(l2, 4), m4);
+        const __m256i c3 = _mm256_and_si256(l3, m4), c7 = _mm256_and_si256(_mm256_srli_epi16(l3, 4), m4);
+        const __m256i dv = _mm256_setr_epi32(r0->D, r0[nb].D, r0[2 * nb].D, r0[3 * nb].D, r4->D, r4[nb].D,
+                                             r4[2 * nb].D, r4[3 * nb].D);
+        const __m256i mv = _mm256_setr_epi32(r0->M, r0[nb].M, r0[2 * nb].M, r0[3 * nb].M, r4->M, r4[nb].M,
+                                             r4[2 * nb].M, r4[3 * nb].M);
+        const __m256i dodd = _mm256_srli_epi64(dv, 32), modd = _mm256_srli_epi64(mv, 32);
+        for (int64_t t = 0; t < T; t++) {
+            const int32_t *x = (const int32_t *)(xq + t * k + b * BLOCK);
+            __m256i s = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), c0, _mm256_set1_epi32(x[0]));
+            s = _mm256_dpbusd_avx_epi32(s, c1, _mm256_set1_epi32(x[1]));
+            s = _mm256_dpbusd_avx_epi32(s, c2, _mm256_set1_epi32(x[2]));
+            s = _mm256_dpbusd_avx_epi32(s, c3, _mm256_set1_epi32(x[3]));
+            s = _mm256_dpbusd_avx_epi32(s, c4, _mm256_set1_epi32(x[4]));
+            s = _mm256_dpbusd_avx_epi32(s, c5, _mm256_set1_epi32(x[5]));
+            s = _mm256_dpbusd_avx_epi32(s, c6, _mm256_set1_epi32(x[6]));
+            s = _mm256_dpbusd_avx_epi32(s, c7, _mm256_set1_epi32(x[7]));
+            s = _mm256_mullo_epi32(s, _mm256_set1_epi32(a[t * nb + b]));   /* |a S1| < 2^31 */
+            const __m256i s2 = _mm256_set1_epi64x(as2[t * nb + b]);
+            se[t] = _mm256_add_epi64(se[t], _mm256_add_epi64(_mm256_mul_epi32(s, dv), _mm256_mul_epi32(mv, s2)));
+            so[t] = _mm256_add_epi64(so[t], _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(s, 32), dodd),
+                                                             _mm256_mul_epi32(modd, s2)));
+        }
+    }
+    for (int64_t t = 0; t < T; t++) {
+        int64_t e[4], o[4];
+        _mm256_storeu_si256((__m256i *)e, se[t]);
+        _mm256_storeu_si256((__m256i *)o, so[t]);
+        /* lanes 0..3 of the int32 vector: rows 0..3; 4..7: rows 4..7; even lanes in se, odd in so */
+        acc[8 * t + 0] = e[0]; acc[8 * t + 1] = o[0]; acc[8 * t + 2] = e[1]; acc[8 * t + 3] = o[1];
+        acc[8 * t + 4] = e[2]; acc[8 * t + 5] = o[2]; acc[8 * t + 6] = e[3]; acc[8 * t + 7] = o[3];
+    }
+}
+
+/* Q8_0, the same shape: the 8 rows' 32 code bytes transposed (8 x 8 dwords) so that lane r holds
+   row r's 4 codes of k = 4j..4j+3; dpbusd takes the codes + 128 (unsigned) against x and the
+   128 S2 is taken back; then p = S1 D on int64 lanes and p a as (p mod 2^32) a + ((p >> 32) a) 2^32
+   (exact: the true value is below 2^62, the load-time bound), as in dot4xt_q8_0. */
+__attribute__((target("avx2,fma,avxvnni"))) static void dot8xt_q8_0_vnni(const blk_q8_0 *w, int64_t nb, int64_t T,
+                                                                       const int8_t *xq, const int32_t *a,
+                                                                       const int32_t *s2, int64_t k, int64_t *acc) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    __m256i se[TMAX], so[TMAX];
+    for (int64_t t = 0; t < T; t++) se[t] = so[t] = _mm256_setzero_si256();
+    for (int64_t b = 0; b < nb; b++) {
+        const blk_q8_0 *r = w + b;
+        __m256i y0 = _mm256_loadu_si256((const __m256i *)r[0].qs), y1 = _mm256_loadu_si256((const __m256i *)r[nb].qs);
+        __m256i y2 = _mm256_loadu_si256((const __m256i *)r[2 * nb].qs);
+        __m256i y3 = _mm256_loadu_si256((const __m256i *)r[3 * nb].qs);
+        __m256i y4 = _mm256_loadu_si256((const __m256i *)r[4 * nb].qs);
+        __m256i y5 = _mm256_loadu_si256((const __m256i *)r[5 * nb].qs);
+        __m256i y6 = _mm256_loadu_si256((const __m256i *)r[6 * nb].qs);
+        __m256i y7 = _mm256_loadu_si256((const __m256i *)r[7 * nb].qs);
+        /* 8 x 8 transpose of dwords: c_j lane r = row r's dword j */
+        __m256i t0 = _mm256_unpacklo_epi32(y0, y1), t1 = _mm256_unpackhi_epi32(y0, y1);
+        __m256i t2 = _mm256_unpacklo_epi32(y2, y3), t3 = _mm256_unpackhi_epi32(y2, y3);
+        __m256i t4 = _mm256_unpacklo_epi32(y4, y5), t5 = _mm256_unpackhi_epi32(y4, y5);
+        __m256i t6 = _mm256_unpacklo_epi32(y6, y7), t7 = _mm256_unpackhi_epi32(y6, y7);
+        __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+        __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+        __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+        __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+        /* u0: rows 0-3 dword 0 | rows 0-3 dword 4; u4: rows 4-7 dword 0 | dword 4 */
+        const __m256i c0 = _mm256_xor_si256(_mm256_permute2x128_si256(u0, u4, 0x20), flip);
+        const __m256i c4 = _mm256_xor_si256(_mm256_permute2x128_si256(u0, u4, 0x31), flip);
+        const __m256i c1 = _mm256_xor_si256(_mm256_permute2x128_si256(u1, u5, 0x20), flip);
+        const __m256i c5 = _mm256_xor_si256(_mm256_permute2x128_si256(u1, u5, 0x31), flip);
+        const __m256i c2 = _mm256_xor_si256(_mm256_permute2x128_si256(u2, u6, 0x20), flip);
+        const __m256i c6 = _mm256_xor_si256(_mm256_permute2x128_si256(u2, u6, 0x31), flip);
+        const __m256i c3 = _mm256_xor_si256(_mm256_permute2x128_si256(u3, u7, 0x20), flip);
+        const __m256i c7 = _mm256_xor_si256(_mm256_permute2x128_si256(u3, u7, 0x31), flip);
+        const __m256i dv = _mm256_setr_epi32(r[0].D, r[nb].D, r[2 * nb].D, r[3 * nb].D, r[4 * nb].D, r[5 * nb].D,
+                                             r[6 * nb].D, r[7 * nb].D);
+        const __m256i dodd = _mm256_srli_epi64(dv, 32);
+        for (int64_t t = 0; t < T; t++) {
+            const int32_t *x = (const int32_t *)(xq + t * k + b * BLOCK);
+            __m256i s = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), c0, _mm256_set1_epi32(x[0]));
+            s = _mm256_dpbusd_avx_epi32(s, c1, _mm256_set1_epi32(x[1]));
+            s = _mm256_dpbusd_avx_epi32(s, c2, _mm256_set1_epi32(x[2]));
+            s = _mm256_dpbusd_avx_epi32(s, c3, _mm256_set1_epi32(x[3]));
+            s = _mm256_dpbusd_avx_epi32(s, c4, _mm256_set1_epi32(x[4]));
+            s = _mm256_dpbusd_avx_epi32(s, c5, _mm256_set1_epi32(x[5]));
+            s = _mm256_dpbusd_avx_epi32(s, c6, _mm256_set1_epi32(x[6]));
+            s = _mm256_dpbusd_avx_epi32(s, c7, _mm256_set1_epi32(x[7]));
+            s = _mm256_sub_epi32(s, _mm256_set1_epi32(s2[t * nb + b] * 128));
+            const __m256i av = _mm256_set1_epi64x(a[t * nb + b]);
+            __m256i pe = _mm256_mul_epi32(s, dv), po = _mm256_mul_epi32(_mm256_srli_epi64(s, 32), dodd);
+            __m256i le = _mm256_mul_epu32(pe, av), he = _mm256_mul_epi32(_mm256_srli_epi64(pe, 32), av);
+            __m256i lo = _mm256_mul_epu32(po, av), ho = _mm256_mul_epi32(_mm256_srli_epi64(po, 32), av);
+            se[t] = _mm256_add_epi64(se[t], _mm256_add_epi64(le, _mm256_slli_epi64(he, 32)));
+            so[t] = _mm256_add_epi64(so[t], _mm256_add_epi64(lo, _mm256_slli_epi64(ho, 32)));
+        }
+    }
+    for (int64_t t = 0; t < T; t++) {
+        int64_t e[4], o[4];
+        _mm256_storeu_si256((__m256i *)e, se[t]);
+        _mm256_storeu_si256((__m256i *)o, so[t]);
+        acc[8 * t + 0] = e[0]; acc[8 * t + 1] = o[0]; acc[8 * t + 2] = e[1]; acc[8 * t + 3] = o[1];
+        acc[8 * t + 4] = e[2]; acc[8 * t + 5] = o[2]; acc[8 * t + 6] = e[3]; acc[8 * t + 7] = o[3];
+    }
+}
+
 typedef void (*dot4xt_q4_fn)(const blk_q4_1 *, int64_t, int64_t, const int8_t *, const int32_t *, const int32_t *,
                              const int32_t *, int64_t, int64_t *);
 typedef void (*dot4xt_q8_fn)(const blk_q8_0 *, int64_t, int64_t, const int8_t *, const int32_t *, const int32_t *,
@@ -528,6 +660,24 @@ static void dense_task(void *p, int64_t start, int64_t end) {
     const oi_qmat *w = j->w;
     int64_t nb = w->k / BLOCK;
     int64_t n = start;
+    if (use_vnni > 0)
+        for (; n + 8 <= end; n += 8) {
+            int64_t c = j->col0 + n, acc[8 * TMAX];
+            for (int64_t t0 = 0; t0 < j->t; t0 += TMAX) {
+                int64_t tn = j->t - t0 < TMAX ? j->t - t0 : TMAX;
+                if (w->fmt == 0)
+                    dot8xt_q4_1_vnni((const blk_q4_1 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k, j->a + t0 * nb,
+                                     j->as2 + t0 * nb, w->k, acc);
+                else
+                    dot8xt_q8_0_vnni((const blk_q8_0 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k, j->a + t0 * nb,
+                                     j->s2 + t0 * nb, w->k, acc);
+                for (int64_t t = 0; t < tn; t++)
+                    for (int r = 0; r < 8; r++)
+                        j->out[(t0 + t) * j->ldo + n + r] = j->fold_only_acc ? acc[8 * t + r]
+                            : requant_shifted(acc[8 * t + r], j->d[t0 + t], w->mult, w->shift[c + r], w->lo[c + r],
+                                              w->hi[c + r]);
+            }
+        }
     if (use_avx2)
         for (; n + 4 <= end; n += 4) {
             int64_t c = j->col0 + n, acc[4 * TMAX];

@@ -15,6 +15,7 @@ give the same bits op by op and on whole sequences (tests/unit/test_minilm_nativ
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,7 @@ RESIDUAL_MAX = 1 << 14  # calibrated |residual| maps to this
 EXP_STEP_BITS = 8       # softmax exp inputs in units of 2^-8 (quant.exp_neg)
 PROB_ONE = 32767        # probabilities are int16 / 32767
 GELU_HALF = 2048        # GELU table index range [-2048, 2047]
+_NATIVE_LOCK = threading.RLock()   # the C structs are built once, whichever request thread comes first
 HEADROOM = 1.25         # calibrated |max| of int8 activations maps to 127 / HEADROOM
 
 CALIBRATION = [
@@ -73,24 +75,28 @@ class Dense:
     def native(self):
         """The C matrix (oi_i8mat): the weights packed in panels of 16 rows x 4 columns,
         their column sums, bias and multipliers; int8 input, or int16 as two byte planes."""
-        if self._native is None:
-            from opinfer.engine import native
-
-            n, k = self.w.shape
-            if np.abs(self.w).max(initial=0) > 127:
-                raise ValueError("MiniLM weights must be int8")
-            np_, kp = -(-n // 16) * 16, -(-k // 4) * 4
-            full = np.zeros((np_, kp), dtype=np.int8)
-            full[:n, :k] = self.w
-            wp = np.ascontiguousarray(full.reshape(np_ // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3))
-            colsum = self.w.sum(1).astype(np.int32)
-            bias = np.ascontiguousarray(self.bias, dtype=np.int64)
-            mult = np.ascontiguousarray(np.broadcast_to(self.mult, (n,)), dtype=np.int64)
-            planes = 1 if self.in_max <= 128 else 2
-            struct = native.I8Mat(n, k, np_, kp, planes, self.shift, self.lo, self.hi, wp.ctypes.data,
-                                  colsum.ctypes.data, bias.ctypes.data, mult.ctypes.data)
-            self._native = (struct, (wp, colsum, bias, mult))
+        with _NATIVE_LOCK:
+            if self._native is None:
+                self._native = self._build_native()
         return self._native[0]
+
+    def _build_native(self):
+        from opinfer.engine import native
+
+        n, k = self.w.shape
+        if np.abs(self.w).max(initial=0) > 127:
+            raise ValueError("MiniLM weights must be int8")
+        np_, kp = -(-n // 16) * 16, -(-k // 4) * 4
+        full = np.zeros((np_, kp), dtype=np.int8)
+        full[:n, :k] = self.w
+        wp = np.ascontiguousarray(full.reshape(np_ // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3))
+        colsum = self.w.sum(1).astype(np.int32)
+        bias = np.ascontiguousarray(self.bias, dtype=np.int64)
+        mult = np.ascontiguousarray(np.broadcast_to(self.mult, (n,)), dtype=np.int64)
+        planes = 1 if self.in_max <= 128 else 2
+        struct = native.I8Mat(n, k, np_, kp, planes, self.shift, self.lo, self.hi, wp.ctypes.data,
+                              colsum.ctypes.data, bias.ctypes.data, mult.ctypes.data)
+        return struct, (wp, colsum, bias, mult)
 
     def native_call(self, x: np.ndarray) -> np.ndarray:
         """__call__ on the native kernels (the same bits)."""
@@ -247,41 +253,45 @@ class IntMiniLM:
 
     def native(self):
         """The C model (oi_mlm), built once; it points into this model's arrays."""
-        if self._native is None:
-            from opinfer.engine import native
-
-            keep = []
-
-            def arr(a):
-                a = np.ascontiguousarray(a, dtype=np.int64)
-                keep.append(a)
-                return a.ctypes.data
-
-            def ln(norm):
-                struct, arrays = norm.native()
-                keep.append(arrays)
-                return struct
-
-            layers = (native.MlmLayer * len(self.layers))()
-            for slot, la in zip(layers, self.layers):
-                for name in ("q", "k", "v", "o", "up", "down"):
-                    setattr(slot, name, getattr(la, name).native())
-                slot.ln1, slot.ln2 = ln(la.ln1), ln(la.ln2)
-                slot.score_mult, slot.score_shift = int(la.score_mult), int(la.score_shift)
-                slot.ctx_mult, slot.ctx_shift = int(la.ctx_mult), int(la.ctx_shift)
-                slot.x_shift, slot.h_shift, slot.gelu_half = int(la.x_shift), int(la.h_shift), GELU_HALF
-                if len(la.gelu) != 2 * GELU_HALF:
-                    raise ValueError("GELU table of 2 GELU_HALF entries expected")
-                slot.x_mult = arr(np.broadcast_to(la.x_mult, (self.word.shape[1],)))
-                slot.h_mult = arr(np.broadcast_to(la.h_mult, (self.word.shape[1],)))
-                slot.gelu = arr(la.gelu)
-            keep.append(layers)
-            H = self.word.shape[1]
-            m = native.Mlm(len(self.layers), H, self.heads, self.layers[0].up.w.shape[0], self.word.shape[0],
-                           self.pos.shape[0], PROB_ONE, arr(self.word), arr(self.pos), arr(np.broadcast_to(self.typ, (H,))),
-                           ln(self.ln0), native.ctypes.addressof(layers))
-            self._native = (m, keep)
+        with _NATIVE_LOCK:
+            if self._native is None:
+                self._native = self._build_native()
         return self._native[0]
+
+    def _build_native(self):
+        from opinfer.engine import native
+
+        keep = []
+
+        def arr(a):
+            a = np.ascontiguousarray(a, dtype=np.int64)
+            keep.append(a)
+            return a.ctypes.data
+
+        def ln(norm):
+            struct, arrays = norm.native()
+            keep.append(arrays)
+            return struct
+
+        layers = (native.MlmLayer * len(self.layers))()
+        for slot, la in zip(layers, self.layers):
+            for name in ("q", "k", "v", "o", "up", "down"):
+                setattr(slot, name, getattr(la, name).native())
+            slot.ln1, slot.ln2 = ln(la.ln1), ln(la.ln2)
+            slot.score_mult, slot.score_shift = int(la.score_mult), int(la.score_shift)
+            slot.ctx_mult, slot.ctx_shift = int(la.ctx_mult), int(la.ctx_shift)
+            slot.x_shift, slot.h_shift, slot.gelu_half = int(la.x_shift), int(la.h_shift), GELU_HALF
+            if len(la.gelu) != 2 * GELU_HALF:
+                raise ValueError("GELU table of 2 GELU_HALF entries expected")
+            slot.x_mult = arr(np.broadcast_to(la.x_mult, (self.word.shape[1],)))
+            slot.h_mult = arr(np.broadcast_to(la.h_mult, (self.word.shape[1],)))
+            slot.gelu = arr(la.gelu)
+        keep.append(layers)
+        H = self.word.shape[1]
+        m = native.Mlm(len(self.layers), H, self.heads, self.layers[0].up.w.shape[0], self.word.shape[0],
+                       self.pos.shape[0], PROB_ONE, arr(self.word), arr(self.pos), arr(np.broadcast_to(self.typ, (H,))),
+                       ln(self.ln0), native.ctypes.addressof(layers))
+        return m, keep
 
     def attention_native(self, layer: Layer, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """_attend of one sequence on the native kernels (the same bits)."""

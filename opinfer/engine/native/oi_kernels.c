@@ -1160,28 +1160,45 @@ static void i8dense_task(void *p, int64_t start, int64_t end) {
     }
 }
 
+typedef struct {
+    const oi_i8mat *w;
+    const int64_t *x;
+    uint8_t *xu;
+    int64_t tp;
+    _Atomic int bad;
+} i8planes_job;
+
+/* rows of x into the byte planes: x + 128 (int8), or (x >> 8) + 128 and x & 255 (int16) */
+static void i8planes_task(void *p, int64_t start, int64_t end) {
+    i8planes_job *j = (i8planes_job *)p;
+    const oi_i8mat *w = j->w;
+    int64_t kp = w->kp;
+    for (int64_t r = start; r < end; r++)
+        for (int64_t i = 0; i < w->k; i++) {
+            int64_t v = j->x[r * w->k + i];
+            if (w->planes == 1) {
+                if (v < -128 || v > 127) { atomic_store(&j->bad, 1); return; }
+                j->xu[r * kp + i] = (uint8_t)(v + 128);
+            } else {
+                if (v < -32768 || v > 32767) { atomic_store(&j->bad, 1); return; }
+                j->xu[r * kp + i] = (uint8_t)((v >> 8) + 128);
+                j->xu[j->tp * kp + r * kp + i] = (uint8_t)(v & 255);
+            }
+        }
+}
+
 /* y = requant(x w^T + bias) for x int64 [t, k] within int8 (planes 1) or int16 (planes 2);
    -1 when an input is outside that range */
 static int i8dense(const oi_i8mat *w, const int64_t *x, int64_t t, int64_t *y) {
     int64_t tp = round_up(t > 0 ? t : 1, GM_MR), kp = w->kp;
     uint8_t *xu = malloc(w->planes * tp * kp + 64);
     int32_t *acc = malloc(sizeof(int32_t) * w->planes * tp * w->np);
-    int rc = 0;
     /* padding: the offset zero (128) in the signed plane, 0 in the low plane */
     memset(xu, 128, tp * kp);
     if (w->planes == 2) memset(xu + tp * kp, 0, tp * kp);
-    for (int64_t r = 0; r < t && !rc; r++)
-        for (int64_t i = 0; i < w->k; i++) {
-            int64_t v = x[r * w->k + i];
-            if (w->planes == 1) {
-                if (v < -128 || v > 127) { rc = -1; break; }
-                xu[r * kp + i] = (uint8_t)(v + 128);
-            } else {
-                if (v < -32768 || v > 32767) { rc = -1; break; }
-                xu[r * kp + i] = (uint8_t)((v >> 8) + 128);
-                xu[tp * kp + r * kp + i] = (uint8_t)(v & 255);
-            }
-        }
+    i8planes_job pj = {w, x, xu, tp, 0};
+    parallel_for(i8planes_task, &pj, t, 16);
+    int rc = pj.bad ? -1 : 0;
     if (!rc) {
         i8dense_job j = {w, gemm_tile(), xu, t, tp, acc, y};
         parallel_for(i8dense_task, &j, w->np / GM_NR, 1);

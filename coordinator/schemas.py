@@ -90,7 +90,7 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(max_length=256)
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(None, ge=0)     # 0 with echo + logprobs: score the prompt only
+    max_tokens: int | None = Field(None, ge=0)     # 0 is refused with a message saying how to score a text
     temperature: float | None = None
     top_p: float | None = None
     n: int | None = Field(None, ge=1)

@@ -303,9 +303,10 @@ class InferenceService:
         self._reject_penalties(req)
         max_tokens = self.settings.default_max_tokens if req.max_tokens is None else req.max_tokens
         self._check_max_tokens(max_tokens, "max_tokens")
-        if max_tokens == 0 and not req.echo:
-            raise BadRequest("max_tokens 0 generates nothing: use it with echo (and logprobs) to score a prompt",
-                             param="max_tokens")
+        if max_tokens == 0:
+            # a job generates at least one token (the engine's refusal rule): scoring asks for one
+            raise BadRequest("max_tokens must be at least 1; to score a text, ask for echo and logprobs with "
+                             "max_tokens 1 (the prompt's log-probabilities come with it)", param="max_tokens")
         prompts = req.prompt if isinstance(req.prompt, list) and req.prompt and not isinstance(req.prompt[0], int) \
             else [req.prompt]
         if not prompts or any(not p for p in prompts):

@@ -94,6 +94,29 @@ class DyingProxy:
         self.server = ServerThread(app).start()
 
 
+def test_stream_relays_tokens_as_generated(oa, coord):
+    kwargs = dict(model=SMOL, messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+                  max_tokens=48, temperature=0, extra_body={"opinfer": {"cache": False}})
+    for _ in coord.c.pool.nodes:   # warm every node's decoder up (its first job loads it)
+        oa.chat.completions.create(**{**kwargs, "max_tokens": 1})
+    started = time.perf_counter()
+    stamps, text, last = [], "", None
+    with oa.chat.completions.with_streaming_response.create(**kwargs, stream=True) as raw:
+        job_id = raw.headers["x-opinfer-job-id"]
+        for chunk in raw.parse():
+            if chunk.choices and chunk.choices[0].delta.content:
+                stamps.append(time.perf_counter() - started)
+                text += chunk.choices[0].delta.content
+            last = chunk
+    info = last.model_extra["opinfer"]
+    assert info["job_id"] == job_id and info["status"] == "pending" and info["signature"].startswith("0x")
+    assert last.choices[0].finish_reason == "length" and len(stamps) >= 20
+    # tokens arrive as sampled: the first well before the last
+    assert stamps[0] < 0.5 * stamps[-1], stamps
+    plain = oa.chat.completions.create(**kwargs)
+    assert plain.choices[0].message.content == text
+
+
 def test_node_dying_mid_stream_continues_on_another_node(coord, net, oa):
     pool = coord.c.pool
     deaths = [True]
@@ -149,6 +172,36 @@ def test_n_choices_are_jobs_with_derived_seeds(oa, coord):
     for i in (0, 1):
         text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices and c.choices[0].index == i)
         assert text == r.choices[i].message.content
+
+
+def test_logprobs_in_openai_shape(oa):
+    r = oa.chat.completions.create(model=SMOL, messages=ASK, max_tokens=6, temperature=0, logprobs=True,
+                                           top_logprobs=3, extra_body={"opinfer": {"cache": False}})
+    content = r.choices[0].logprobs.content
+    assert content and len(content[0].top_logprobs) == 3
+    assert "".join(t.token for t in content).startswith(r.choices[0].message.content[:3])
+    for t in content:
+        assert t.logprob <= 0 and t.top_logprobs[0].logprob >= t.top_logprobs[-1].logprob
+        assert t.logprob == t.top_logprobs[0].logprob      # greedy: the chosen token is the most likely
+
+
+def test_completions_with_echo_scores_the_prompt(oa):
+    text = "The capital of France is"
+    r = oa.completions.create(model=SMOL, prompt=text, max_tokens=4, temperature=0, echo=True, logprobs=2)
+    choice = r.choices[0]
+    assert choice.text.startswith(text) and len(choice.text) > len(text)
+    lp = choice.logprobs
+    n_prompt = r.usage.prompt_tokens
+    assert lp.token_logprobs[0] is None and all(v <= 0 for v in lp.token_logprobs[1:])
+    assert len(lp.tokens) == n_prompt + r.usage.completion_tokens
+    assert "".join(lp.tokens[:n_prompt]) == text and lp.text_offset[n_prompt] == len(text)
+    scored = oa.completions.create(model=SMOL, prompt=text, max_tokens=1, echo=True, logprobs=0)
+    # the prompt's log-probabilities do not depend on what follows it
+    assert scored.choices[0].logprobs.token_logprobs[:n_prompt] == lp.token_logprobs[:n_prompt]
+    plain = oa.completions.create(model=SMOL, prompt=text, max_tokens=4, temperature=0)
+    assert choice.text == text + plain.choices[0].text
+    chunks = list(oa.completions.create(model=SMOL, prompt=text, max_tokens=4, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
 
 
 def test_omitted_temperature_takes_the_model_default(oa, coord):

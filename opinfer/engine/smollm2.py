@@ -25,6 +25,7 @@ plain numpy, op by op, and tests check the two give the same bits.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
@@ -33,6 +34,12 @@ import numpy as np
 
 from opinfer.engine import blocks as bk
 from opinfer.engine.quant import INT32, isqrt, requant, round_div, softmax_rows
+
+# Native structs are built once, lazily; two threads building the same one at once
+# (two nodes' schedulers sharing one engine in a process: coordinator/local.serve_nodes)
+# would each keep their own copy, and the buffers of the one dropped were freed under
+# the other's running forward pass (a segfault). Built under this lock.
+_NATIVE_BUILD = threading.RLock()
 
 RESIDUAL_BITS = 15      # the residual stream at 2^-15
 ACT_BITS = 16           # RMSNorm outputs and the attention context at 2^-16
@@ -106,7 +113,9 @@ class Dense:
     @property
     def native(self) -> bk.NativeDense:
         if self._native is None:
-            self._native = bk.NativeDense(self.packed, self.fmt, self.mult, *self.columns())
+            with _NATIVE_BUILD:
+                if self._native is None:
+                    self._native = bk.NativeDense(self.packed, self.fmt, self.mult, *self.columns())
         return self._native
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -276,6 +285,12 @@ class IntSmolLM2:
 
     def native(self):
         """The C model struct (built once; it points into this model's arrays)."""
+        if self._native is None:
+            with _NATIVE_BUILD:
+                return self._build_native()
+        return self._native[0]
+
+    def _build_native(self):
         if self._native is None:
             from opinfer.engine import native
 

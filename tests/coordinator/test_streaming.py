@@ -276,3 +276,14 @@ def test_stream_error_before_first_token_is_http_and_after_is_an_event(coord):
     assert error["type"] in ("service_unavailable", "server_error") and error["message"]
     with coord.c.sessions() as s:   # a partial answer is never a leaf
         assert s.scalars(select(m.Leaf).where(m.Leaf.job_id == job_id[2:])).all() == []
+
+
+def test_consensus_stream_relays_one_node_and_ends_when_the_votes_agree(oa):
+    kwargs = dict(model=SMOL, messages=ASK, max_tokens=8, temperature=0)
+    # first: two nodes sharing one engine in this process decode at once (its native build is locked)
+    chunks = list(oa.chat.completions.create(**kwargs, stream=True, extra_body={"opinfer": {"consensus": 2}}))
+    plain = oa.chat.completions.create(**kwargs).choices[0].message.content
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    final = chunks[-1].model_extra["opinfer"]
+    assert final["consensus"] == {"k": 2, "agreed": 2} and chunks[-1].choices[0].finish_reason
+    assert text == plain

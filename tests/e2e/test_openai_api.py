@@ -20,6 +20,7 @@ def oa(devnet):
 def test_stream_tokens_arrive_as_generated(oa, client):
     kwargs = dict(model=CHAT, messages=[{"role": "user", "content": "Tell me a long story about the sea."}],
                   max_tokens=64, temperature=0, extra_body=NO_CACHE)
+    oa.chat.completions.create(**{**kwargs, "max_tokens": 1})   # the node's first chat job loads its decoder
     started = time.perf_counter()
     stamps, text, last = [], "", None
     for chunk in oa.chat.completions.create(**kwargs, stream=True):

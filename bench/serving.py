@@ -69,7 +69,7 @@ class Devnet:
         from opinfer.chain.sender import TxSender
 
         # a stand-in model root: serving does not read the program (disputes would)
-        self.net = start_network(n_nodes=1, window=600, models=("smollm2",), chat_root="placeholder")
+        self.net = start_network(n_nodes=1, window=600, models=("chat",), chat_root="placeholder")
         self.procs: list[subprocess.Popen] = []
         c = self.net.deployment.contracts
         key = self.net.node_keys[0]

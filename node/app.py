@@ -319,8 +319,14 @@ def create_app(settings: NodeSettings | None = None, node: Node | None = None, a
 
     async def _stream(run: Running, events: asyncio.Queue):
         try:
-            while (event := await events.get()) is not None:
-                yield sse(event)
+            ended = False
+            while not ended:
+                chunk = [await events.get()]
+                while not events.empty():      # tokens that queued meanwhile go out in one write
+                    chunk.append(events.get_nowait())
+                ended = chunk[-1] is None
+                if data := b"".join(sse(e) for e in chunk if e is not None):
+                    yield data
             try:
                 body = await run_in_threadpool(node.finish, run)
             except Exception as exc:  # noqa: BLE001 - a failed job: an error event, nothing signed

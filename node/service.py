@@ -117,7 +117,9 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
 
     app = create_app(node=node, auth=auth, on_shutdown=shutdown)
     event(log, "serving", node=chain.address, url=f"http://{settings.host}:{settings.port}", endpoint=endpoint,
-          models=model_ids, pid=os.getpid(), max_batch=node.max_batch, prefill_tokens=node.prefill_tokens)
+          models=model_ids, pid=os.getpid(), max_batch=node.max_batch, prefill_tokens=node.prefill_tokens,
+          # continuous batching: a running stream waits at most one pass of this many rows (docs/serving.md)
+          stall_bound_rows=node.max_batch + node.prefill_tokens if node.prefill_tokens else None)
     serve_until_signal(app, settings.host, settings.port, settings.drain_seconds)
     return 0
 

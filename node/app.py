@@ -34,10 +34,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from eth_account import Account
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from pydantic import BaseModel, Field
 
 from node import engines
@@ -247,6 +248,51 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
 
+class ExecuteGate:
+    """Body size, authentication and draining for POST /v1/execute, before the route runs.
+
+    A plain ASGI middleware (not Starlette's BaseHTTPMiddleware, which copies every
+    chunk of a streamed answer through a memory stream and a task): it reads the
+    body once, checks it (the signature covers the body) and hands the same bytes
+    to the route; the response, streamed or not, goes straight through."""
+
+    def __init__(self, app, node: "Node", auth: Authenticator):
+        self.app, self.node, self.auth = app, node, auth
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/v1/execute":
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY:
+                return await _error(413, f"request body over {MAX_BODY} bytes", "BadJob")(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            scope.setdefault("state", {})["caller"] = self.auth.check(Headers(scope=scope), body)
+        except AuthError as exc:
+            self.node.metrics.auth_failures.inc()
+            return await _error(exc.status, str(exc), "AuthError")(scope, receive, send)
+        if self.node.draining:
+            return await _error(503, "node is shutting down", "EngineUnavailable")(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()      # then the client's disconnect, if it goes away
+
+        await self.app(scope, replay, send)
+
+
 def create_app(settings: NodeSettings | None = None, node: Node | None = None, auth: Authenticator | None = None,
                on_shutdown=None) -> FastAPI:
     if node is None:
@@ -285,20 +331,7 @@ def create_app(settings: NodeSettings | None = None, node: Node | None = None, a
         return _error(400, "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]),
                       "BadJob")
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if request.url.path == "/v1/execute":
-            body = await request.body()
-            if len(body) > MAX_BODY:
-                return _error(413, f"request body over {MAX_BODY} bytes", "BadJob")
-            try:
-                request.state.caller = auth.check(request.headers, body)
-            except AuthError as exc:
-                node.metrics.auth_failures.inc()
-                return _error(exc.status, str(exc), "AuthError")
-            if node.draining:
-                return _error(503, "node is shutting down", "EngineUnavailable")
-        return await call_next(request)
+    app.add_middleware(ExecuteGate, node=node, auth=auth)
 
     @app.post("/v1/execute")
     async def execute(req: ExecuteRequest):

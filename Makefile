@@ -7,7 +7,7 @@ STAMPS := .stamps
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: deps bench-deps compile test test-unit test-integration test-contracts test-coordinator test-challenger test-node test-faults bench up clean
+.PHONY: deps bench-deps compile abi test test-unit test-integration test-contracts test-coordinator test-challenger test-node test-faults bench up clean
 
 ## deps: create .venv, install pinned Python deps, the brownie/Vyper 0.4 shim and anvil.
 deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node $(STAMPS)/schemathesis $(STAMPS)/chromium $(STAMPS)/native
@@ -68,6 +68,11 @@ $(STAMPS)/node: package.json package-lock.json
 compile: deps
 	rm -rf build
 	brownie compile
+
+## abi: after changing a contract, regenerate the ABIs shipped in the package (opinfer/chain/abi/)
+## from a fresh compile and commit them; tests/integration/test_packaged_abis.py fails until then.
+abi: compile
+	$(PY) -m opinfer.chain.artifacts export
 
 ## test-unit: pure logic, no chain.
 test-unit: deps

@@ -1,4 +1,11 @@
-"""The `opinfer` command."""
+"""The `opinfer` command.
+
+The client commands (chat, embed, status, verify) work with a plain
+`pip install opinfer`; the services (devnet, coordinator, node, challenger)
+need their extras. So nothing of a service is imported unless its command
+runs: its arguments are defined only when it is the command asked for, and
+a missing extra is a one-line message naming it (tests/unit/test_light_imports.py).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,22 @@ import sys
 
 from opinfer.errors import OpinferError
 
+#: command -> the extra that installs what it imports
+EXTRAS = {"devnet": "all", "coordinator": "coordinator", "node": "node", "challenger": "challenger"}
+#: our own packages: a missing module of ours is a broken install, not a missing extra
+_OURS = {"opinfer", "coordinator", "node", "challenger"}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _command(argv: list[str] | None) -> str | None:
+    """The subcommand named in argv (the first word that is not an option)."""
+    args = sys.argv[1:] if argv is None else argv
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; the services' subcommands are filled in only when argv names them (or argv is ["*"]:
+    every command, for tests)."""
+    wanted = _command(argv)
     parser = argparse.ArgumentParser(prog="opinfer", description="Decentralized inference with optimistic verification.")
     sub = parser.add_subparsers(dest="command", required=True)
     devnet = sub.add_parser("devnet", help="a local chain with the protocol deployed")
@@ -43,19 +64,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="import the secret read from stdin (one line) instead of creating a random one")
     node = sub.add_parser("node", help="an inference node (settings: OPINFER_NODE_* env)")
     nsub = node.add_subparsers(dest="action", required=True)
-    from node.cli import add_arguments as node_arguments
+    if wanted in ("node", "*"):
+        from node.cli import add_arguments as node_arguments
 
-    node_arguments(nsub)
+        node_arguments(nsub)
     chal = sub.add_parser("challenger", help="watch batches, re-execute samples, dispute fraud")
     chsub = chal.add_subparsers(dest="action", required=True)
-    from challenger.cli import add_arguments as challenger_arguments
+    chal_run = chsub.add_parser("run", help="follow the chain and play disputes (see docs/security.md)")
+    if wanted in ("challenger", "*"):
+        from challenger.cli import add_arguments as challenger_arguments   # imports web3 and the engine
 
-    challenger_arguments(chsub.add_parser("run", help="follow the chain and play disputes (see docs/security.md)"))
+        challenger_arguments(chal_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as exc:
+        command = _command(argv)
+        top = (exc.name or "").split(".")[0]
+        if command in EXTRAS and top and top not in _OURS:
+            print(f"opinfer: `opinfer {command}` needs what the client install leaves out ({exc.name} is missing): "
+                  f"pip install 'opinfer[{EXTRAS[command]}]' (see README, Install)", file=sys.stderr)
+            return 2
+        raise
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser(argv).parse_args(argv)
     try:
         if args.command == "devnet":
             from opinfer import devnet
@@ -66,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                                  state_dir=args.state_dir, services=not args.chain_only,
                                  batch_interval=args.batch_interval)
             return devnet.down(args.state_dir)
-        if args.command in ("chat", "embed", "status"):
+        if args.command in ("chat", "embed", "status", "verify"):
             from opinfer.sdk import commands
 
             return commands.main(args)

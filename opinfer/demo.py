@@ -48,8 +48,8 @@ def main() -> int:
                         chain_id=info["chain_id"], rollup_address=info["contracts"]["ResultRollup"],
                         registry_address=info["contracts"]["ModelRegistry"])
         w3 = client.chain().w3
-        stake = w3.eth.contract(address=info["contracts"]["StakeManager"], abi=artifacts.load("StakeManager").abi)
-        game = w3.eth.contract(address=info["contracts"]["DisputeGame"], abi=artifacts.load("DisputeGame").abi)
+        stake = w3.eth.contract(address=info["contracts"]["StakeManager"], abi=artifacts.abi("StakeManager"))
+        game = w3.eth.contract(address=info["contracts"]["DisputeGame"], abi=artifacts.abi("DisputeGame"))
         stake_before = stake.functions.stake(liar).call()
         say(f"models: {', '.join(m.id for m in client.list_models())}")
 

@@ -216,7 +216,7 @@ def _start_services(net: Devnet, log) -> None:
     state = opts.state_dir.resolve()
     logs = state / "logs"
     w3 = Web3(HTTPProvider(info["rpc_url"]))
-    stake, registry = (w3.eth.contract(address=info["contracts"][n], abi=artifacts.load(n).abi)
+    stake, registry = (w3.eth.contract(address=info["contracts"][n], abi=artifacts.abi(n))
                        for n in ("StakeManager", "ModelRegistry"))
     models = {name: m["id"] for name, m in info["models"].items()}
     api_port = opts.api_port if _port_free(opts.api_port) else free_port()

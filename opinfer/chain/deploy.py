@@ -64,8 +64,10 @@ class Deployment:
         return {"chain_id": self.chain_id, "contracts": self.addresses, "params": asdict(self.params)}
 
 
-def contract(w3: Web3, name: str, address: str, build_dir=artifacts.DEFAULT_BUILD):
-    return w3.eth.contract(address=address, abi=artifacts.load(name, build_dir).abi)
+def contract(w3: Web3, name: str, address: str, build_dir=None):
+    """A deployed protocol contract, with its shipped ABI (or the one compiled in build_dir)."""
+    abi = artifacts.abi(name) if build_dir is None else artifacts.load(name, build_dir).abi
+    return w3.eth.contract(address=address, abi=abi)
 
 
 def deploy(w3: Web3, sender: TxSender, params: ProtocolParams = ProtocolParams(), treasury: str | None = None,

@@ -129,7 +129,12 @@ class SmolLM2Tokenizer:
 
     @classmethod
     def from_gguf(cls, path: str | os.PathLike | None = None) -> "SmolLM2Tokenizer":
-        meta = load_metadata(path)
+        return cls.from_metadata(load_metadata(path))
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping) -> "SmolLM2Tokenizer":
+        """From GGUF tokenizer metadata: the file's, or the copy shipped in
+        opinfer/engine/tokenizer_data (what clients use: no weights needed)."""
         if meta.get("tokenizer.ggml.model") != "gpt2":
             raise ModelFileError(f"expected a gpt2 (byte-level BPE) tokenizer, got {meta.get('tokenizer.ggml.model')!r}")
         if meta.get("tokenizer.ggml.pre") != "smollm":

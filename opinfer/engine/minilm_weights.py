@@ -59,10 +59,9 @@ def tokenizer():
     positions (sentence-transformers' max_seq_length) are truncated."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
-    tok.no_padding()
-    tok.enable_truncation(256)
-    return tok
+    from opinfer.engine.tokenizer_data import configure_minilm
+
+    return configure_minilm(Tokenizer.from_file(str(model_dir() / "tokenizer.json")))
 
 
 def encode(text: str) -> np.ndarray:

@@ -235,7 +235,7 @@ class Client:
 
                 tok = models.by_kind(models.CHAT)[0].tokenizer()
                 self._decode = lambda ids: tok.decode(list(ids), skip_special_tokens=True)
-            except Exception:  # noqa: BLE001 - the weights package is optional for clients
+            except Exception:  # noqa: BLE001 - without a tokenizer the text is not compared
                 self._decode = False
         return self._decode or None
 

@@ -1,15 +1,16 @@
-"""`opinfer chat`, `opinfer embed`, `opinfer status`: the SDK from a terminal."""
+"""`opinfer chat`, `opinfer embed`, `opinfer status`, `opinfer verify`: the SDK from a terminal."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 
 from opinfer import models
 from opinfer.sdk.client import Client
-from opinfer.sdk.errors import JobInvalidError, SDKError, VerificationError
+from opinfer.sdk.errors import ConfigurationError, JobInvalidError, SDKError, VerificationError
 
 PHASES = {1: "open", 2: "bisect", 3: "pick", 4: "tensor", 5: "descend", 6: "choose", 7: "chunk", 8: "element",
           9: "step"}
@@ -35,6 +36,7 @@ def add_arguments(sub) -> None:
     chat.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     chat.add_argument("--wait", action="store_true", help="then wait for finality and verify against the chain")
     chat.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for finality")
+    chat.add_argument("--save", metavar="FILE", help="write the request and the answer as JSON, for `opinfer verify`")
     common(chat)
     embed = sub.add_parser("embed", help=f"embed text ({embedding_model})")
     embed.add_argument("text", nargs="+", help="one or more texts")
@@ -42,10 +44,20 @@ def add_arguments(sub) -> None:
     embed.add_argument("--full", action="store_true", help="print every dimension")
     embed.add_argument("--wait", action="store_true", help="then wait for finality and verify against the chain")
     embed.add_argument("--timeout", type=float, default=900.0)
+    embed.add_argument("--save", metavar="FILE", help="write the request and the answer as JSON, for `opinfer verify`")
     common(embed)
     status = sub.add_parser("status", help="batches, windows, games, stakes (as tables)")
     status.add_argument("--batches", type=int, default=10, help="latest N batches (default 10)")
     common(status)
+    verify = sub.add_parser("verify", help="verify an answer against the chain, bound to the request sent for it")
+    verify.add_argument("file", help="JSON {\"request\": ..., \"response\": ...} as `chat/embed --save` write it "
+                        "('-': stdin), or a response (then --request)")
+    verify.add_argument("--request", metavar="FILE", help="JSON of the request body that was sent")
+    verify.add_argument("--wait", action="store_true", help="wait for finality first")
+    verify.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for finality")
+    verify.add_argument("--allow-pending", action="store_true",
+                        help="check everything but finality (exit 0 while the window is open)")
+    common(verify)
 
 
 def client_from(args) -> Client:
@@ -61,6 +73,8 @@ def main(args) -> int:
             return chat(args)
         if args.command == "embed":
             return embed(args)
+        if args.command == "verify":
+            return verify(args)
         return status(args)
     except JobInvalidError as exc:
         print(f"\nINVALID: {exc}", file=sys.stderr)
@@ -91,6 +105,7 @@ def chat(args) -> int:
             return 0
         print(r.choices[0].message.content)
         job_id, target = r.opinfer.job_id, r
+        save(args, params, r.model_dump())
     else:
         stream = client.chat.completions.create(stream=True, **params)
         for chunk in stream:
@@ -100,6 +115,10 @@ def chat(args) -> int:
                     print(piece, end="", flush=True)
         print()
         job_id, target = stream.job_id, stream.answer()
+        save(args, dict(params, stream=True), {"object": "chat.completion", "opinfer": {"job_id": job_id},
+                                               "choices": [{"index": 0, "finish_reason": stream.finish_reason,
+                                                            "message": {"role": "assistant",
+                                                                        "content": stream.content}}]})
     print(f"job {job_id} ({'pending' if not args.wait else 'waiting for finality'})", file=sys.stderr)
     if args.wait:
         return wait_and_verify(client, [job_id], target, args.timeout, args.json)
@@ -110,6 +129,7 @@ def embed(args) -> int:
     client = client_from(args)
     inputs = args.text if len(args.text) > 1 else args.text[0]
     r = client.embeddings.create(model=args.model, input=inputs)
+    save(args, {"model": args.model, "input": inputs}, r.model_dump())
     if args.json and not args.wait:
         print(json.dumps(r.model_dump(), indent=2))
         return 0
@@ -169,6 +189,55 @@ def wait_and_verify(client: Client, job_ids: list[str], response, timeout: float
     return 0
 
 
+def save(args, request: dict, response: dict) -> None:
+    """--save FILE: what `opinfer verify FILE` needs (the request as sent: verify binds the job to it)."""
+    if getattr(args, "save", None):
+        body = {k: v for k, v in request.items() if v is not None}
+        with open(args.save, "w") as f:
+            json.dump({"request": body, "response": response}, f, indent=2)
+
+
+def _read_json(path: str, what: str):
+    try:
+        text = sys.stdin.read() if path == "-" else open(path).read()
+        return json.loads(text)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the {what} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigurationError(f"the {what} {path} is not JSON: {exc}") from None
+
+
+def verify(args) -> int:
+    """Verify a saved answer (or a job id) against the chain, bound to its request: exit 0 when every check
+    holds (and the leaf is final, unless --allow-pending), 3 when one fails (the report names it)."""
+    client = client_from(args)
+    if re.fullmatch(r"0x[0-9a-fA-F]{64}", args.file):
+        saved: object = args.file                      # a job id: the answer itself is not compared
+    else:
+        saved = _read_json(args.file, "answer file")
+    request, response = None, saved
+    if isinstance(saved, dict) and "response" in saved:
+        request, response = saved.get("request"), saved["response"]
+    if args.request:
+        request = _read_json(args.request, "request file")
+    if not isinstance(request, dict):
+        raise ConfigurationError("no request to bind the answer to: save it with `opinfer chat --save FILE`, "
+                                 "or pass --request FILE (the body that was sent)")
+    if args.wait:
+        from opinfer.sdk.client import _answers
+
+        for job_id, _, _ in _answers(response):
+            client.jobs.wait_final(job_id, timeout=args.timeout, poll_s=1.0)
+    report = client.verify(response, request=request, require_final=not args.allow_pending)
+    if args.json:
+        print(json.dumps({"job_id": report.job_id, "status": report.status, "ok": report.ok,
+                          "checks": [c.__dict__ for c in report.checks]}, indent=2))
+    else:
+        print(report.summary())
+        print(f"verified: job {report.job_id} is {report.status} on-chain")
+    return 0
+
+
 # ---------------------------------------------------------------- status
 
 
@@ -195,7 +264,7 @@ def gather_status(client: Client, batches: int = 10) -> dict:
     w3 = chain.w3
 
     def c(name, address):
-        return w3.eth.contract(address=address, abi=artifacts.load(name).abi)
+        return w3.eth.contract(address=address, abi=artifacts.abi(name))
 
     rollup = chain.rollup
     registry = c("ModelRegistry", rollup.functions.registry().call())

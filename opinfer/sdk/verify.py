@@ -202,9 +202,9 @@ def check_job(job: dict, chain_id: int, rollup: str, answer: dict | None = None,
 
 
 def _tokenizer(kind: str):
-    """The tokenizer the coordinator applies to a request of this kind (the
-    model packages are optional for clients: without them a request cannot
-    be bound to its job, and verification says so)."""
+    """The tokenizer the coordinator applies to a request of this kind: the
+    copy shipped in the model's folder (tested equal to the model package's),
+    so a client needs no weights."""
     from opinfer import models
 
     spec = models.by_kind(kind)[0]
@@ -297,14 +297,14 @@ class ChainReader:
 
         self.w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
         self.rollup = self.w3.eth.contract(address=Web3.to_checksum_address(rollup),
-                                           abi=artifacts.load("ResultRollup").abi)
+                                           abi=artifacts.abi("ResultRollup"))
         bound = self.rollup.functions.registry().call()
         if int(bound, 16) == 0:
             raise ConfigurationError(f"the rollup at {rollup} names no model registry")
         if registry and Web3.to_checksum_address(registry) != Web3.to_checksum_address(bound):
             raise ConfigurationError(f"registry {registry} is not the one the rollup at {rollup} uses ({bound})")
         self.registry = self.w3.eth.contract(address=Web3.to_checksum_address(bound),
-                                             abi=artifacts.load("ModelRegistry").abi)
+                                             abi=artifacts.abi("ModelRegistry"))
 
     def chain_id(self) -> int:
         return self.w3.eth.chain_id

@@ -134,7 +134,7 @@ class SmolLM2Tokenizer:
     @classmethod
     def from_metadata(cls, meta: Mapping) -> "SmolLM2Tokenizer":
         """From GGUF tokenizer metadata: the file's, or the copy shipped in
-        opinfer/engine/tokenizer_data (what clients use: no weights needed)."""
+        opinfer/models/smollm2/tokenizer.json.gz (what the spec gives: no weights needed)."""
         if meta.get("tokenizer.ggml.model") != "gpt2":
             raise ModelFileError(f"expected a gpt2 (byte-level BPE) tokenizer, got {meta.get('tokenizer.ggml.model')!r}")
         if meta.get("tokenizer.ggml.pre") != "smollm":

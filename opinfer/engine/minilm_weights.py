@@ -59,9 +59,10 @@ def tokenizer():
     positions (sentence-transformers' max_seq_length) are truncated."""
     from tokenizers import Tokenizer
 
-    from opinfer.engine.tokenizer_data import configure_minilm
-
-    return configure_minilm(Tokenizer.from_file(str(model_dir() / "tokenizer.json")))
+    tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(256)
+    return tok
 
 
 def encode(text: str) -> np.ndarray:

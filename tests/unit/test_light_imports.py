@@ -23,7 +23,7 @@ FORBIDDEN_OURS = ("opinfer.engine.smollm2", "opinfer.engine.minilm", "opinfer.en
                   "opinfer.demo", "opinfer.workpool", "opinfer.chain.deploy", "opinfer.chain.anvil",
                   "opinfer.chain.sender", "opinfer.chain.game", "opinfer.trace.decoder", "opinfer.trace.player",
                   "opinfer.trace.program", "opinfer.trace.builder")
-MODEL_HEAVY = ("program", "reference", "loader", "weights", "calibrate", "runtime")
+MODEL_HEAVY = ("program", "reference", "loader", "weights", "calibrate", "engine")
 
 SCRIPT = r"""
 import json, sys

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 
+from opinfer.models import shipped
 from opinfer.models.minilm.spec import NAME, POSITIONS, VOCAB
 from opinfer.models.spec import JobRefused
 
@@ -45,16 +49,37 @@ def release() -> None:
     default_program.cache_clear()
 
 
-def tokenizer():
-    from opinfer.engine.minilm_weights import tokenizer as wordpiece
+#: The model package's tokenizer.json, shipped for clients.
+TOKENIZER_FILE = Path(__file__).with_name("tokenizer.json.gz")
+#: sentence-transformers' max_seq_length for this model (its sentence_bert_config.json)
+MAX_SEQ_LENGTH = 256
 
-    return wordpiece()
+
+@functools.lru_cache(maxsize=1)
+def tokenizer():
+    """The WordPiece tokenizer from the copy of the package's tokenizer.json
+    shipped in this folder (opinfer/models/shipped.py: no weights needed), set
+    up as sentence-transformers runs the model and as the engine's copy is
+    (minilm_weights.tokenizer; tests/unit/test_client_tokenizers.py): no
+    padding (the file pads to 128), truncation at MAX_SEQ_LENGTH."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(shipped.read(TOKENIZER_FILE).decode())
+    tok.no_padding()
+    tok.enable_truncation(MAX_SEQ_LENGTH)
+    return tok
 
 
 def encode(text: str):
-    from opinfer.engine.minilm_weights import encode as wordpiece_encode
+    return np.asarray(tokenizer().encode(text).ids, dtype=np.int64)
 
-    return wordpiece_encode(text)
+
+def export_tokenizer() -> Path:
+    from opinfer.engine.minilm_weights import model_dir
+
+    shipped.write(TOKENIZER_FILE, (model_dir() / "tokenizer.json").read_bytes())
+    tokenizer.cache_clear()
+    return TOKENIZER_FILE
 
 
 def to_float(vector) -> np.ndarray:

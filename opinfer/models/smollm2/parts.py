@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
+
 from opinfer.errors import CommitmentError
+from opinfer.models import shipped
 from opinfer.models.spec import JobRefused
 
 
@@ -84,12 +89,36 @@ def release() -> None:
     smollm2.default_model.cache_clear()
 
 
+#: The GGUF's tokenizer metadata (these keys, under their GGUF names), shipped for clients.
+TOKENIZER_FILE = Path(__file__).with_name("tokenizer.json.gz")
+TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.merges",
+                  "tokenizer.ggml.token_type", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                  "tokenizer.chat_template")
+
+
+def tokenizer_metadata() -> dict:
+    return json.loads(shipped.read(TOKENIZER_FILE))
+
+
+@functools.lru_cache(maxsize=1)
 def tokenizer():
     """The GGUF file's byte-level BPE tokenizer; its `chat_template` (the file's
-    tokenizer.chat_template, ChatML) and `default_system_prompt` with it."""
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    tokenizer.chat_template, ChatML) and `default_system_prompt` with it. Built
+    from the copy of the file's tokenizer metadata shipped in this folder
+    (opinfer/models/shipped.py), so no weights are needed."""
+    from opinfer.engine.bpe_tokenizer import SmolLM2Tokenizer
 
-    return load_tokenizer()
+    return SmolLM2Tokenizer.from_metadata(tokenizer_metadata())
+
+
+def export_tokenizer() -> Path:
+    from opinfer.engine.gguf_loader import load_metadata
+
+    meta = load_metadata()
+    data = {k: meta[k] for k in TOKENIZER_KEYS}
+    shipped.write(TOKENIZER_FILE, json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
+    tokenizer.cache_clear()
+    return TOKENIZER_FILE
 
 
 def encode(text: str) -> list[int]:

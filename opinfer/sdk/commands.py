@@ -100,12 +100,12 @@ def chat(args) -> int:
                   seed=args.seed)
     if args.json or args.no_stream:
         r = client.chat.completions.create(**params)
+        save(args, params, r.model_dump())
         if args.json and not args.wait:
             print(json.dumps(r.model_dump(), indent=2))
             return 0
         print(r.choices[0].message.content)
         job_id, target = r.opinfer.job_id, r
-        save(args, params, r.model_dump())
     else:
         stream = client.chat.completions.create(stream=True, **params)
         for chunk in stream:

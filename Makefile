@@ -131,4 +131,4 @@ demo: compile
 	$(PY) -m opinfer.demo
 
 clean:
-	rm -rf build $(STAMPS) bench/llama.cpp bench/.pydeps opinfer/engine/native/_oi_kernels.so .venv .venv-schemathesis node_modules
+	rm -rf build .pybuild $(STAMPS) bench/llama.cpp bench/.pydeps opinfer/engine/native/_oi_kernels.so .venv .venv-schemathesis node_modules

@@ -33,7 +33,7 @@ import numpy as np
 
 from challenger.executors import ModelExecutor
 from opinfer import models as registry
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 
 TARGET_RATE = 0.05
 

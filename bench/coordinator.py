@@ -107,7 +107,7 @@ def cpu_s(proc: subprocess.Popen) -> float:
 
 def overhead(network: Network, rounds: int = 200) -> dict:
     from opinfer.engine import minilm_weights as fw
-    from opinfer.trace.jobinput import JobInput
+    from opinfer.semantics.jobinput import JobInput
 
     data = JobInput(tuple(int(i) for i in fw.encode(TEXT))).to_bytes()
     model_id = next(iter(network.net.models.values()))

@@ -264,7 +264,7 @@ import json, sys, time, threading
 t0 = time.time()
 from node import engines
 from opinfer.engine.smollm2 import generate_sessions
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 engine = engines.load("smollm2-135m-instruct")
 jobs = [JobInput(tuple(json.loads(sys.argv[1])[i]), max_tokens=int(sys.argv[2])) for i in range(4)]
 first = engine.run(JobInput(jobs[0].tokens[:8], max_tokens=1))

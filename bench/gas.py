@@ -31,10 +31,12 @@ from opinfer.chain.game import play as play_game
 from opinfer.chain.sender import TxSender
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
-from opinfer.trace.merkle import keccak
-from opinfer.trace.ops import DENSE, SAME, WEIGHT, Op, Slot, dim, ref
-from opinfer.trace.program import Program, Trace
-from opinfer.trace.testing import corrupted_trace, dot_op, toy_decoder_job, toy_decoder_program, toy_job, toy_program
+from opinfer.semantics.merkle import keccak
+from opinfer.semantics.ops import DENSE, SAME, WEIGHT, Op, Slot, dim, ref
+from opinfer.semantics.program import Program
+from opinfer.trace.state import Trace
+from opinfer.models.smollm2.testing import toy_decoder_job, toy_decoder_program
+from opinfer.trace.testing import corrupted_trace, dot_op, toy_job, toy_program
 
 INPUT_BYTES = 64  # a short prompt's token ids, compressed
 TARGET_PER_LEAF = 5_000

@@ -26,10 +26,11 @@ from bench.common import verdict
 from opinfer.chain.anvil import Anvil, dev_keys
 from opinfer.chain.deploy import ProtocolParams, deploy
 from opinfer.chain.sender import TxSender
-from opinfer.trace import ops
-from opinfer.trace.jobinput import JobInput
-from opinfer.trace.ops import CONTEXT, DOT, INPUT, SAME, SOFTMAX, WEIGHT, Op, Slot, dim, ref
-from opinfer.trace.program import Program, Trace, job_steps
+from opinfer.semantics import ops
+from opinfer.semantics.jobinput import JobInput
+from opinfer.semantics.ops import CONTEXT, DOT, INPUT, SAME, SOFTMAX, WEIGHT, Op, Slot, dim, ref
+from opinfer.semantics.program import Program, job_steps
+from opinfer.trace.state import Trace
 
 TARGET = 5_000_000
 

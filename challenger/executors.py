@@ -19,9 +19,9 @@ from challenger.errors import Unverifiable
 from opinfer import models
 from opinfer.errors import OpinferError
 from opinfer.models import JobRefused, Runtime
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.outputs import tensor_root
-from opinfer.trace.program import Program
+from opinfer.semantics.program import Program
 
 
 class Executor(Protocol):

@@ -14,7 +14,7 @@ from challenger.errors import ChallengerError
 from challenger.logs import event
 from challenger.store import Dispute, Store
 from opinfer.trace import player
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 
 
 class GameMoved(ChallengerError):

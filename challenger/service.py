@@ -52,11 +52,12 @@ from challenger.sampler import Sampler
 from challenger.store import (DETECTED, DROPPED, EXPIRED, LOST, OPEN, VOID, WON, BatchRecord, Dispute, Store)
 from opinfer.chain.reorg import DEFAULT_MAX_DEPTH, HeadTracker
 from opinfer.errors import OpinferError
-from opinfer.trace import merkle, player
-from opinfer.trace.jobinput import JobInput
+from opinfer.trace import player
+from opinfer.semantics import merkle
+from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.outputs import input_root
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 from opinfer.workpool import PENDING, DeadlinePool
 
 RECHECK_CHUNK = 4   # leaves per re-check job

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from challenger.errors import ConfigError
-from opinfer.trace import merkle
+from opinfer.semantics import merkle
 
 ENV = "OPINFER_CHALLENGER_"
 DEVNET_FILE = Path(".opinfer/devnet.json")

@@ -9,8 +9,9 @@ from typing import Callable
 
 from eth_abi import encode
 
-from opinfer.trace import merkle, player
-from opinfer.trace.program import Trace
+from opinfer.trace import player
+from opinfer.semantics import merkle
+from opinfer.trace.state import Trace
 
 OK = "ok"
 WRONG_OUTPUT = "output-root"   # re-execution gives another output root

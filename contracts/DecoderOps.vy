@@ -11,9 +11,9 @@
         rule leaves unread; data-dependent rows such as the token's
         embedding row, the SiLU table row or the picked chunk are computed
         from the proven values), and StepVerifier checks those rows against
-        the witness. The Python twin is opinfer/trace/decoder_ops.py.
+        the witness. The Python twin is opinfer/semantics/decoder_ops.py.
 @dev    Stateless. The arithmetic is ElementRules' (`elem_*`, pinned to
-        opinfer/engine/elements.py by shared vectors), except DENSE_BLOCK's
+        opinfer/semantics/elements.py by shared vectors), except DENSE_BLOCK's
         product, taken in place over the witness exactly as
         elements.block_dense (ElementRules.elem_block_dense's rule). Value j of slot s is the enc[s]-byte big-endian
         two's complement number at witness offset pos[s] + j * enc[s], read

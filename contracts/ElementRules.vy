@@ -9,7 +9,7 @@
         `StepVerifier` proves the inputs against the committed state and
         calls these functions for the value.
 @dev    Each `elem_*` function is bit-identical to the function of the same
-        name (without `elem_`) in opinfer/engine/elements.py; docs/ops.md
+        name (without `elem_`) in opinfer/semantics/elements.py; docs/ops.md
         ("Element rules") gives each formula and its reason, and
         tests/contracts/test_shared_vectors.py checks both on shared vectors.
         Conventions: rounding is half up (floor(x + 1/2)) with flooring

@@ -173,7 +173,7 @@ def job_shape(_model_root: bytes32, _ops_per_step: uint256, _model_header: Bytes
             terminated by 0xFFFF) and, for a limited model, its job limits:
             positions (L, or L + max(M, 1) - 1 per position), prompt tokens
             below the vocabulary, temperature, new tokens, stop words.
-            The Python twin is opinfer.trace.program.job_shape.
+            The Python twin is opinfer.semantics.program.job_shape.
     @param _model_header abi_encode(program_root, weights_root, num_weights, steps_mode)
     """
     model: Model = abi_decode(_model_header, Model)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from web3 import HTTPProvider, Web3
 
 from opinfer.chain.deploy import contract
+from opinfer.trace.tables import LEAF_STATUS_NAMES
 
-LEAF_STATUS = {0: "unknown", 1: "posted", 2: "disputed", 3: "final", 4: "invalid"}
+LEAF_STATUS = LEAF_STATUS_NAMES   # ResultRollup.leaf_status codes
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from opinfer import models as registry_models
 from opinfer.chain.anvil import Anvil, dev_keys
 from opinfer.chain.deploy import Deployment, ProtocolParams, deploy, register_program
 from opinfer.chain.sender import TxSender
-from opinfer.trace import merkle
+from opinfer.semantics import merkle
 
 ROLES = ("deployer", "coordinator", "challenger")
 

@@ -27,7 +27,7 @@ from coordinator.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 from coordinator.settings import Settings
 from opinfer import models
 from opinfer.errors import CommitmentError
-from opinfer.trace.jobinput import JobInput, chat_prompt_ids
+from opinfer.semantics.jobinput import JobInput, chat_prompt_ids
 from opinfer.trace.leaf import Batch as LeafBatch
 from opinfer.trace.leaf import ResultLeaf
 from opinfer.trace.outputs import embedding_output, generation_output, input_root, tensor_root

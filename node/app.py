@@ -49,7 +49,7 @@ from node.metrics import Metrics
 from node.scheduler import Scheduler, Ticket
 from node.settings import NodeSettings
 from opinfer.errors import CommitmentError
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.leaf import MAX_INPUT_BYTES, ResultLeaf
 from opinfer.trace.outputs import input_root, tensor_root
 

@@ -24,7 +24,7 @@ from node.errors import BadJob
 from opinfer import models
 from opinfer.errors import CommitmentError
 from opinfer.models import JobRefused, Runtime
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 
 
 def _bad(exc: Exception) -> Exception:

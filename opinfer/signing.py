@@ -17,7 +17,7 @@ import time
 
 from eth_account import Account
 
-from opinfer.trace import merkle
+from opinfer.semantics import merkle
 
 
 def request_digest(ts: int, recipient: str, body: bytes) -> bytes:

@@ -13,11 +13,10 @@ state (DisputeGame.games(id) as a dict); no I/O. The focus has a scale:
 
 from __future__ import annotations
 
-CHUNK = 16   # DisputeGame.CHUNK: values per tensor-tree leaf
-PHASES = {1: "open", 2: "bisect", 3: "pick", 4: "tensor", 5: "descend", 6: "choose", 7: "chunk",
-          8: "element", 9: "step"}
-NODE_PHASES = frozenset({1, 2, 4, 5, 7})
-STATUS = {0: "unknown", 1: "active", 2: "node won", 3: "challenger won", 4: "void"}
+from opinfer.semantics.tensor import CHUNK  # noqa: F401 - DisputeGame.CHUNK: values per tensor-tree leaf
+from opinfer.trace.tables import GAME_STATUS_NAMES as STATUS
+from opinfer.trace.tables import NODE_PHASES
+from opinfer.trace.tables import PHASE_NAMES as PHASES  # noqa: F401 - the explorer views read g.PHASES
 MOVER = {"GameStarted": "challenger", "TraceOpened": "node", "Bisected": "node", "Picked": "challenger",
          "TensorRevealed": "node", "Descended": "node", "Chosen": "challenger", "ChunkRevealed": "node",
          "ElementPicked": "challenger", "StepExecuted": "anyone", "GameResolved": "contract",

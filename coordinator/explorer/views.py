@@ -21,14 +21,11 @@ from coordinator import models as m
 from coordinator.errors import ApiError, NotFound
 from coordinator.explorer import games as g
 from coordinator.explorer.events import ChainIndex
+from opinfer.trace.tables import GAME_FIELDS
 
 log = logging.getLogger("opinfer.coordinator.explorer")
 POLL_MS = 2000                  # how often the page polls
 STATUSES = (m.PENDING, m.POSTED, m.DISPUTED, m.FINAL, m.INVALID, m.REJECTED)
-GAME_FIELDS = ("batch_id", "leaf_index", "node", "challenger", "bond", "model_root", "ops_per_step", "job",
-               "num_ops", "status", "phase", "node_clock", "challenger_clock", "last_move_at", "lo", "hi",
-               "lo_root", "hi_root", "pending", "rows", "cols", "col_bits", "depth", "level", "index", "subtree",
-               "row", "col", "claimed")   # DisputeGame.games(id), in order
 
 
 class ChainUnavailable(ApiError):

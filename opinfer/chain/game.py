@@ -6,7 +6,7 @@ from __future__ import annotations
 from opinfer.chain.sender import TxSender
 from opinfer.errors import ChainError
 from opinfer.trace import player
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 
 
 class GameClient:

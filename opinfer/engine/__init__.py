@@ -1,1 +1,3 @@
-"""Model engines: GGUF loading, tokenizer and the float reference for SmolLM2-135M-Instruct."""
+"""Model engines: the fast integer engines (native kernels, SmolLM2 and MiniLM),
+their op programs and built program files, GGUF loading, tokenizers and float
+references. Built on opinfer/semantics; never imports opinfer/trace."""

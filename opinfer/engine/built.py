@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from opinfer.errors import CommitmentError
-from opinfer.engine.quant import INT32
-from opinfer.trace.ops import (CONTEXT, DENSE, DENSE_BLOCK, EMBED_SUM, EMBED_TOKEN, LAYER_NORM, LOOKUP, POOL,
+from opinfer.semantics.quant import INT32
+from opinfer.semantics.ops import (CONTEXT, DENSE, DENSE_BLOCK, EMBED_SUM, EMBED_TOKEN, LAYER_NORM, LOOKUP, POOL,
                                RESIDUAL, RMS_NORM, ROPE, SOFTMAX, SWIGLU, WEIGHT, Op)
-from opinfer.trace.ops import DESC_WORDS
-from opinfer.trace.program import JobLimits, Program
+from opinfer.semantics.ops import DESC_WORDS
+from opinfer.semantics.program import JobLimits, Program
 
 FORMAT = 1
 DTYPES = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
@@ -144,7 +144,7 @@ def minilm_from_program(program: Program):
 def smollm2_from_program(program: Program):
     """The native SmolLM2 engine from the program's integers alone: the GGUF blocks
     (codes, D, M), the gains, the RoPE and SiLU tables and every scale of its ops."""
-    from opinfer.engine import blocks as bk
+    from opinfer.semantics import blocks as bk
     from opinfer.engine import smollm2 as sm
 
     cur = _Cursor(program)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from opinfer.engine.quant import quantize_symmetric
+from opinfer.semantics.quant import quantize_symmetric
 
 
 def absmax(records: list[dict], key: str) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 
 from opinfer.engine import minilm_weights as fw
 from opinfer.engine.calibrate import absmax, channel_absmax, quantize_rows
-from opinfer.engine.quant import (INT8, INT16, INT32, channel_multipliers, exact_matmul, isqrt, l2_normalise,
+from opinfer.semantics.quant import (INT8, INT16, INT32, channel_multipliers, exact_matmul, isqrt, l2_normalise,
                                   multiplier_shift, quantize_symmetric, requant, round_div, softmax_rows)
 
 OUT_BITS = 14           # output embedding scale 2^-14

@@ -1,4 +1,4 @@
-"""all-MiniLM-L6-v2 as an op program (opinfer/trace/ops.py) for disputes.
+"""all-MiniLM-L6-v2 as an op program (opinfer/semantics/ops.py) for disputes.
 
 The fast engine (`minilm.IntMiniLM.forward`) and this program compute the
 same bits (tests/unit/test_model_programs.py); the program exists so that a
@@ -13,12 +13,12 @@ from functools import lru_cache
 import numpy as np
 
 from opinfer.engine import minilm as mm
-from opinfer.engine.quant import INT32
+from opinfer.semantics.quant import INT32
 from opinfer.models.minilm.spec import NAME
-from opinfer.trace.builder import ProgramBuilder
-from opinfer.trace.ops import (CONTEXT, DENSE, EMBED_SUM, INPUT, L2NORM, LAYER_NORM, LOOKUP, POOL, RESIDUAL, SCORES,
+from opinfer.semantics.builder import ProgramBuilder
+from opinfer.semantics.ops import (CONTEXT, DENSE, EMBED_SUM, INPUT, L2NORM, LAYER_NORM, LOOKUP, POOL, RESIDUAL, SCORES,
                                SOFTMAX, TABLE_WIDTH, TRANSPOSE, Slot, dim, ref)
-from opinfer.trace.program import ONE_STEP, JobLimits, Program
+from opinfer.semantics.program import ONE_STEP, JobLimits, Program
 
 L = dim(0, 1)          # rows = the job's token count
 

@@ -2,7 +2,7 @@
 
 The next token is a pure function of the int logits row, the sampling
 parameters and the step index, built only from the element rules in
-opinfer/engine/elements.py, so a dispute can check it 256 logits at a time
+opinfer/semantics/elements.py, so a dispute can check it 256 logits at a time
 (docs/ops.md, "Element rules"):
 
 1. greedy (temperature_milli == 0): the argmax, ties to the lowest id
@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from opinfer.engine import elements as el
-from opinfer.engine.quant import exp_neg, round_div
+from opinfer.semantics import elements as el
+from opinfer.semantics.quant import exp_neg, round_div
 
-TEMPERATURE_MILLI_MAX = 2000
+TEMPERATURE_MILLI_MAX = el.TEMPERATURE_MILLI_MAX
 SEED_LIMIT = 1 << 64
 PAD_OFFSET = 1 << 40       # padded logits are top - 2^40: their weight is 0
 CHUNK = el.CHUNK_WIDTH

@@ -2,7 +2,7 @@
 
 Recipe (docs/quantisation.md): the weights are the file's Q4_1 blocks (and its
 Q8_0 token embeddings, also the tied LM head) as exact integers
-(opinfer.engine.blocks); every Linear is elements.block_dense (blockwise int8
+(opinfer.semantics.blocks); every Linear is elements.block_dense (blockwise int8
 activations like llama.cpp's, exact integer sums); every activation has a fixed
 binary scale, so nothing is calibrated and the model (and its root) is a
 function of the file's bytes:
@@ -32,8 +32,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from opinfer.engine import blocks as bk
-from opinfer.engine.quant import INT32, isqrt, requant, round_div, softmax_rows
+from opinfer.engine.native_dense import NativeDense
+from opinfer.semantics import blocks as bk
+from opinfer.semantics.quant import INT32, isqrt, requant, round_div, softmax_rows
 
 # Native structs are built once, lazily; two threads building the same one at once
 # (two nodes' schedulers sharing one engine in a process: coordinator/local.serve_nodes)
@@ -81,7 +82,7 @@ class Dense:
     lo1: int = 0
     hi1: int = 0
     mult: int = bk.MULT_127
-    _native: bk.NativeDense | None = field(default=None, repr=False)
+    _native: NativeDense | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, w: bk.QMatrix, *args, **kw) -> "Dense":
@@ -111,11 +112,11 @@ class Dense:
         return bk.block_dense(x, self.w, self.mult, shift, lo, hi)
 
     @property
-    def native(self) -> bk.NativeDense:
+    def native(self) -> NativeDense:
         if self._native is None:
             with _NATIVE_BUILD:
                 if self._native is None:
-                    self._native = bk.NativeDense(self.packed, self.fmt, self.mult, *self.columns())
+                    self._native = NativeDense(self.packed, self.fmt, self.mult, *self.columns())
         return self._native
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from opinfer.engine import elements as el
+from opinfer.semantics import elements as el
 
 INT8, INT16, INT32 = (-128, 127), (-32768, 32767), (-(2**31), 2**31 - 1)
 RANGES = (INT8, INT16, INT32)

@@ -11,10 +11,10 @@ import time
 from opinfer import models
 from opinfer.sdk.client import Client
 from opinfer.sdk.errors import ConfigurationError, JobInvalidError, SDKError, VerificationError
+from opinfer.trace.tables import GAME_STATUS_NAMES, PHASE_NAMES
 
-PHASES = {1: "open", 2: "bisect", 3: "pick", 4: "tensor", 5: "descend", 6: "choose", 7: "chunk", 8: "element",
-          9: "step"}
-GAME_STATUS = {0: "-", 1: "active", 2: "node won", 3: "challenger won", 4: "void"}
+PHASES = PHASE_NAMES
+GAME_STATUS = {**GAME_STATUS_NAMES, 0: "-"}
 
 
 def add_arguments(sub) -> None:

@@ -17,7 +17,7 @@ recomputed locally:
 - `check_request`: that the job is the caller's own request. The expected
   job input is rebuilt from the request the client sent (messages and
   parameters, or the embedding input) with the coordinator's encoding
-  (`opinfer.trace.jobinput`) and compared byte for byte, so a coordinator
+  (`opinfer.semantics.jobinput`) and compared byte for byte, so a coordinator
   cannot answer prompt A with the (real, final) result of prompt B.
 
 `verify_on_chain` then asks the chain, over the caller's own RPC
@@ -43,8 +43,9 @@ import numpy as np
 
 from opinfer.errors import CommitmentError
 from opinfer.sdk.errors import ConfigurationError, VerificationError
+from opinfer.trace.tables import LEAF_STATUS_NAMES
 
-STATUS = {0: "unknown", 1: "posted", 2: "disputed", 3: "final", 4: "invalid"}
+STATUS = LEAF_STATUS_NAMES   # ResultRollup.leaf_status codes
 EMBEDDING_SCALE = 1 << 14
 
 
@@ -141,7 +142,7 @@ def check_job(job: dict, chain_id: int, rollup: str, answer: dict | None = None,
     answer the caller received for it: {"kind": "embedding", "embedding": [...]}
     or {"kind": "chat", "content": str, "finish_reason": str}. `decode(ids)`
     (a tokenizer) lets the chat text itself be compared."""
-    from opinfer.trace.jobinput import JobInput
+    from opinfer.semantics.jobinput import JobInput
     from opinfer.trace.leaf import ResultLeaf
     from opinfer.trace.outputs import input_root
 
@@ -217,7 +218,7 @@ def expected_job_input(kind: str, request: dict, job_input, index: int = 0, toke
     (chat: max_tokens unset takes its default; no seed with temperature > 0
     takes a fresh random seed, recorded in the job) the job's value is
     taken; every other field comes from the request alone."""
-    from opinfer.trace.jobinput import JobInput, chat_messages, chat_prompt_ids, chat_stop_sequences
+    from opinfer.semantics.jobinput import JobInput, chat_messages, chat_prompt_ids, chat_stop_sequences
 
     tok = tokenizer if tokenizer is not None else _tokenizer("chat" if kind == "completion" else kind)
     if kind == "embedding":
@@ -259,7 +260,7 @@ def check_request(report: VerificationReport, job: dict, request: dict | None, i
     """Bind the job to the caller's own request: the job input must be the
     one rebuilt from `request`, the kind the one asked for. Without a request
     the check fails (nothing else ties a job to what was asked)."""
-    from opinfer.trace.jobinput import JobInput
+    from opinfer.semantics.jobinput import JobInput
 
     if request is None:
         report.add("job input is the request", False,

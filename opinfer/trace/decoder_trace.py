@@ -13,7 +13,7 @@ and keeping every tensor costs as much memory. This trace instead:
   replaying that one step from the carried state, and checks the replayed
   roots against the stored ones.
 
-It exposes the same interface as program.Trace (tensors[i], trees[i],
+It exposes the same interface as state.Trace (tensors[i], trees[i],
 state roots and proofs, witness).
 """
 
@@ -24,11 +24,12 @@ from collections import OrderedDict
 import numpy as np
 
 from opinfer.errors import CommitmentError
-from opinfer.trace import merkle
-from opinfer.trace.jobinput import JobInput
-from opinfer.trace.ops import APPEND, INPUT, PREV, SAME, WEIGHT
-from opinfer.trace.program import Program, Trace, job_steps
-from opinfer.trace.tensor import CHUNK, TensorTree, _words, row_root, zero_chunk, zero_row_root
+from opinfer.semantics import merkle
+from opinfer.semantics.jobinput import JobInput
+from opinfer.semantics.ops import APPEND, INPUT, PREV, SAME, WEIGHT
+from opinfer.semantics.program import Program, job_steps
+from opinfer.trace.state import Trace
+from opinfer.semantics.tensor import CHUNK, TensorTree, _words, row_root, zero_chunk, zero_row_root
 
 MASK128 = (1 << 128) - 1
 STEPS_KEPT = 3          # replayed steps kept in memory

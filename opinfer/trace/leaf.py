@@ -25,7 +25,7 @@ from eth_account import Account
 from eth_utils import to_checksum_address
 
 from opinfer.errors import CommitmentError
-from opinfer.trace import merkle
+from opinfer.semantics import merkle
 
 MAX_INPUT_BYTES = 4096
 MAX_INPUTS_BYTES = 16384

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from opinfer.errors import CommitmentError
-from opinfer.trace.jobinput import JobInput
-from opinfer.trace.tensor import TensorTree
+from opinfer.semantics.jobinput import JobInput
+from opinfer.semantics.tensor import TensorTree
 
 PAD = -1
 

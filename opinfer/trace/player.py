@@ -11,16 +11,10 @@ from dataclasses import dataclass
 
 from opinfer.errors import CommitmentError
 from opinfer.trace import bisection
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 
-OPEN, BISECT, PICK, TENSOR, DESCEND, CHOOSE, CHUNK, ELEMENT, STEP = range(1, 10)
-NODE_PHASES = frozenset({OPEN, BISECT, TENSOR, DESCEND, CHUNK})
-ACTIVE, NODE_WON, CHALLENGER_WON, VOID = 1, 2, 3, 4
-
-# Field order of DisputeGame.games(id).
-GAME_FIELDS = ("batch_id", "leaf_index", "node", "challenger", "bond", "model_root", "ops_per_step", "job", "num_ops", "status", "phase",
-               "node_clock", "challenger_clock", "last_move_at", "lo", "hi", "lo_root", "hi_root", "pending",
-               "rows", "cols", "col_bits", "depth", "level", "index", "subtree", "row", "col", "claimed")
+from opinfer.trace.tables import (ACTIVE, BISECT, CHALLENGER_WON, CHOOSE, CHUNK, DESCEND, ELEMENT,  # noqa: F401
+                                  GAME_FIELDS, NODE_PHASES, NODE_WON, OPEN, PICK, STEP, TENSOR, VOID)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from opinfer.chain.game import GameClient
 from opinfer.chain.sender import TxSender
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace, toy_job, toy_program
 
 ROLES = ("deployer", "coordinator", "challenger", "honest", "cheat", "cheat2", "cheat3", "cheat4", "cheat5", "cheat6")

@@ -26,8 +26,8 @@ from node.app import ExecuteRequest, Node
 from opinfer.chain.anvil import Anvil, dev_keys
 from opinfer.chain.deploy import ProtocolParams, deploy
 from opinfer.chain.sender import TxSender
-from opinfer.trace import merkle
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics import merkle
+from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.leaf import Batch, ResultLeaf
 
 N_MINILM, N_SMOLLM2, PER_BATCH = 150, 70, 32

@@ -20,7 +20,7 @@ from challenger.settings import Settings
 from challenger.store import DETECTED, OPEN, WON, Store
 from opinfer.trace import player
 from opinfer.trace.bisection import dissection_points
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace, toy_job, toy_program
 from tests.challenger.fakes import CHEAT, HONEST, FakeChain, leaf
 
@@ -101,7 +101,7 @@ def test_decide_picks_the_first_disputed_part_from_our_trace():
 def test_revealed_values_are_checked_against_the_game_commitment():
     from eth_abi import encode
 
-    from opinfer.trace.merkle import keccak
+    from opinfer.semantics.merkle import keccak
 
     claims = [b"\x01" * 32, b"\x02" * 32, b"\x03" * 32]
     g = game(pending=keccak(encode(["bytes32[]"], [claims])))

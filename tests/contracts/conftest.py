@@ -9,7 +9,7 @@ from brownie import accounts, chain
 
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace, toy_job, toy_program  # noqa: F401  (re-exported for tests)
 
 PROGRAM_HEADER = toy_program().model_header()

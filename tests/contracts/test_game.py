@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from brownie import chain
 
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 
 from conftest import (ACTIVE, CHALLENGER_WON, NODE_WON, PROGRAM_HEADER, VOID, Driver, corrupted_trace, game_state,
                       make_leaf, post)

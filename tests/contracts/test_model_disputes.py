@@ -13,9 +13,9 @@ import pytest
 from conftest import CHALLENGER_WON, NODE_WON, Driver, make_leaf, post
 from opinfer.engine import minilm_weights as fw
 from opinfer.engine.minilm_program import default_program
-from opinfer.trace import ops
-from opinfer.trace.jobinput import JobInput
-from opinfer.trace.program import Trace
+from opinfer.semantics import ops
+from opinfer.semantics.jobinput import JobInput
+from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace
 
 
@@ -100,7 +100,7 @@ def test_job_beyond_the_position_table_loses_at_once(system, staked, coordinator
 
     from conftest import ACTIVE, game_state
     from opinfer.trace.leaf import ResultLeaf
-    from opinfer.trace.tensor import TensorTree
+    from opinfer.semantics.tensor import TensorTree
 
     job = JobInput(tuple(range(1000, 1000 + tokens)))
     leaf = ResultLeaf(job_id=(900 + tokens).to_bytes(16, "big"), model_id=minilm_id,

@@ -15,7 +15,7 @@ from eth_abi import decode, encode
 
 from opinfer.engine import sampling
 from opinfer.engine.vectors import CASES, REVERT, cases
-from opinfer.trace.merkle import keccak
+from opinfer.semantics.merkle import keccak
 
 ERROR_SELECTOR = keccak(b"Error(string)")[:4]
 CODE_LIMIT = 24576
@@ -174,14 +174,14 @@ def _job_input_cases(rng: np.random.Generator, n: int) -> list[list[int]]:
 
 
 def test_job_shape_agrees_with_python(rules):
-    """StepVerifier.job_shape and opinfer.trace.program.job_shape agree on
+    """StepVerifier.job_shape and opinfer.semantics.program.job_shape agree on
     300 job inputs for each of five mode words (the real models' limits, toy
     limits and none); a well-formed job's T_0 root is TensorTree's."""
     from brownie import DecoderOps, StepVerifier
 
     from opinfer.engine import smollm2_program
-    from opinfer.trace.program import PER_POSITION, JobLimits, job_shape
-    from opinfer.trace.tensor import TensorTree
+    from opinfer.semantics.program import PER_POSITION, JobLimits, job_shape
+    from opinfer.semantics.tensor import TensorTree
 
     verifier = StepVerifier.deploy(rules, DecoderOps.deploy(rules, {"from": accounts[0]}), {"from": accounts[0]})
     minilm = JobLimits(positions=512, vocab=30522, min_new=0, max_new=0, max_stop_words=0)

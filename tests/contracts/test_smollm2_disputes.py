@@ -16,10 +16,10 @@ import pytest
 from conftest import CHALLENGER_WON, NODE_WON, Driver, make_leaf, post
 from opinfer.engine.bpe_tokenizer import load_tokenizer
 from opinfer.engine.smollm2_program import default_program
-from opinfer.trace import ops
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics import ops
+from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.outputs import parse_generation
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace, patched_trace
 
 MAX_TOKENS = 3
@@ -139,7 +139,7 @@ def test_job_outside_the_engine_limits_loses_at_once(system, staked, coordinator
 
     from conftest import ACTIVE, game_state
     from opinfer.trace.leaf import ResultLeaf
-    from opinfer.trace.tensor import TensorTree
+    from opinfer.semantics.tensor import TensorTree
 
     bad = replace(job, **change)
     leaf = ResultLeaf(job_id=(1700 + len(str(change))).to_bytes(16, "big"), model_id=smollm2_id,

@@ -12,10 +12,10 @@ from opinfer.chain.game import GameClient, play
 from opinfer.chain.sender import TxSender
 from opinfer.engine.minilm_program import default_program
 from opinfer.trace import player
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.leaf import Batch
 from opinfer.trace.outputs import embedding_output, tensor_root
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace
 
 MINILM = "all-minilm-l6-v2"

@@ -146,7 +146,7 @@ def test_network_resolution(tmp_path, monkeypatch):
 def test_local_checks_of_a_signed_embedding_job():
     from eth_account import Account
 
-    from opinfer.trace.jobinput import JobInput
+    from opinfer.semantics.jobinput import JobInput
     from opinfer.trace.leaf import ResultLeaf
     from opinfer.trace.outputs import embedding_output, input_root, tensor_root
 
@@ -192,7 +192,7 @@ def signed_embedding_job(tokens, vector, job_no: int = 1, model_id: int = 1) -> 
     """A real job record: the leaf signed by the node's key, as the coordinator serves it."""
     from eth_account import Account
 
-    from opinfer.trace.jobinput import JobInput
+    from opinfer.semantics.jobinput import JobInput
     from opinfer.trace.leaf import ResultLeaf
     from opinfer.trace.outputs import embedding_output, input_root, tensor_root
 
@@ -300,7 +300,7 @@ def test_chat_request_is_rebuilt_with_the_coordinators_encoding():
     job's; another prompt, a changed parameter or a wrong seed is caught."""
     from opinfer.engine.bpe_tokenizer import load_tokenizer
     from opinfer.sdk.verify import VerificationReport, check_request
-    from opinfer.trace.jobinput import JobInput, chat_messages, chat_prompt_ids, chat_stop_sequences
+    from opinfer.semantics.jobinput import JobInput, chat_messages, chat_prompt_ids, chat_stop_sequences
 
     tok = load_tokenizer()
     request = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Name a color."}],

@@ -11,7 +11,7 @@ from opinfer.chain.sender import TxSender
 from opinfer.errors import ChainError
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace, toy_job, toy_program
 
 

@@ -23,7 +23,7 @@ from opinfer.chain.game import GameClient
 from opinfer.chain.sender import TxSender
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
-from opinfer.trace.program import Trace
+from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace, toy_job, toy_program
 
 ROLES = ("deployer", "coordinator", "challenger", "griefer", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8")
@@ -124,7 +124,7 @@ class Griefer:
             *batch.challenge_args(batch_id, index, self.net.program.model_header())))
         gid = self.net.c["DisputeGame"].events.GameStarted().process_receipt(receipt, errors=DISCARD)[0]["args"][
             "game_id"]
-        from opinfer.trace.jobinput import JobInput
+        from opinfer.semantics.jobinput import JobInput
 
         job = JobInput.from_bytes(leaves[index].input)
         self.traces[gid] = trace or corrupted_trace(self.net.program, job, 2, 0, 7, delta=40)

@@ -127,7 +127,7 @@ def test_a_lying_node_is_slashed_by_the_challenger(net, tmp_path, behaviour):
     leaves = [net.execute(honest, 40), net.execute(node, 41), net.execute(honest, 42)]
     # the lie is in the signed output root, and the defender commits to the same trace
     assert leaves[1].output_root == strategy.trace(net.program, __import__(
-        "opinfer.trace.jobinput", fromlist=["JobInput"]).JobInput.from_bytes(leaves[1].input)).output_root
+        "opinfer.semantics.jobinput", fromlist=["JobInput"]).JobInput.from_bytes(leaves[1].input)).output_root
     c = make_challenger(net, tmp_path)
     batch_id = net.post(leaves)
     if behaviour in ("silent", "late"):
@@ -164,8 +164,8 @@ def test_inconsistent_bisection_on_a_correct_output_is_slashed(net, tmp_path):
     leaves = [net.execute(node, 50)]
     assert leaves[0].output_root == net.execute(net.node("n1"), 50).output_root  # a correct output
     batch_id = net.post(leaves)
-    from opinfer.trace.jobinput import JobInput
-    from opinfer.trace.program import Trace
+    from opinfer.semantics.jobinput import JobInput
+    from opinfer.trace.state import Trace
 
     # a challenger with the honest trace disputes it (it would lose against an honest defence)
     griefer = Griefer(net)

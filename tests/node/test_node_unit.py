@@ -91,7 +91,7 @@ def test_batcher_groups_concurrent_jobs_and_keeps_order():
 
 def test_minilm_batched_equals_one_at_a_time():
     from node import engines
-    from opinfer.trace.jobinput import JobInput
+    from opinfer.semantics.jobinput import JobInput
 
     engine = engines.load("all-minilm-l6-v2")
     jobs = [JobInput(tuple(int(t) for t in np.random.default_rng(s).integers(1000, 20000, size=n)), max_tokens=0)

@@ -4,8 +4,9 @@ numpy reference and the element rule (elements.block_dense), bit for bit."""
 import numpy as np
 import pytest
 
-from opinfer.engine import blocks as bk
-from opinfer.engine import elements as el
+from opinfer.engine.native_dense import NativeDense
+from opinfer.semantics import blocks as bk
+from opinfer.semantics import elements as el
 from opinfer.engine import native
 
 RNG = np.random.default_rng(11)
@@ -36,7 +37,7 @@ def test_native_dense_equals_numpy_and_the_element_rule(fmt):
     w = _random(fmt, 43, 576)
     x = _rows(11, 576)
     shift = RNG.integers(40, 70, size=43)
-    dense = bk.NativeDense.of(w, bk.MULT_127, shift, -(2**31), 2**31 - 1)
+    dense = NativeDense.of(w, bk.MULT_127, shift, -(2**31), 2**31 - 1)
     ref = dense.reference(x)
     before = native.lib().oi_get_threads()
     try:
@@ -75,7 +76,7 @@ def test_real_blocks_are_the_files_weights():
         expected = gguf.quants.dequantize(t.data, t.tensor_type)[rows].astype(np.float64)
         assert np.array_equal(w.dequantize(), expected)
         x = _rows(4, k) >> 10
-        dense = bk.NativeDense.of(w, bk.MULT_127, 60, -(2**31), 2**31 - 1)
+        dense = NativeDense.of(w, bk.MULT_127, 60, -(2**31), 2**31 - 1)
         assert np.array_equal(dense(x), dense.reference(x))
 
 

@@ -15,7 +15,7 @@ from opinfer.engine.minilm import IntMiniLM
 from opinfer.engine.minilm_program import build_program
 from opinfer.engine.sampling import SamplingParams
 from opinfer.errors import CommitmentError
-from opinfer.trace.testing import toy_decoder, toy_decoder_job
+from opinfer.models.smollm2.testing import toy_decoder, toy_decoder_job
 
 
 def test_minilm_round_trip_and_engine_from_the_file(tmp_path):

@@ -10,10 +10,11 @@ wrong tensor (patched_trace).
 import numpy as np
 import pytest
 
-from opinfer.trace import merkle, ops
+from opinfer.semantics import merkle, ops
 from opinfer.trace.decoder_trace import AppendTree, DecoderTrace
-from opinfer.trace.program import Trace
-from opinfer.trace.testing import corrupted_trace, patched_trace, toy_decoder, toy_decoder_job
+from opinfer.trace.state import Trace
+from opinfer.models.smollm2.testing import toy_decoder, toy_decoder_job
+from opinfer.trace.testing import corrupted_trace, patched_trace
 
 
 def test_append_tree_roots_equal_padded_merkle_roots():

@@ -1,11 +1,11 @@
 """The vectorised engine computes every element by the per-element rules
-that StepVerifier re-executes (opinfer/engine/elements.py)."""
+that StepVerifier re-executes (opinfer/semantics/elements.py)."""
 
 import numpy as np
 import pytest
 
-from opinfer.engine import elements as el
-from opinfer.engine import quant
+from opinfer.semantics import elements as el
+from opinfer.semantics import quant
 from opinfer.engine.minilm import LayerNorm
 
 RNG = np.random.default_rng(2024)
@@ -72,9 +72,9 @@ def test_exact_matmul_batched_and_wide_operands():
 # ---------------------------------------------------------------- SmolLM2 rules and sampling
 
 from opinfer.engine import sampling  # noqa: E402
-from opinfer.engine import blocks as bk  # noqa: E402
+from opinfer.semantics import blocks as bk  # noqa: E402
 from opinfer.engine.smollm2 import SILU_HALF, rms_norm, rope  # noqa: E402
-from opinfer.trace.ops import DENSE_BLOCK, RUN, JobCtx, Op, dim  # noqa: E402
+from opinfer.semantics.ops import DENSE_BLOCK, RUN, JobCtx, Op, dim  # noqa: E402
 
 
 def _wide_rows(shape, rng=RNG):

@@ -9,7 +9,7 @@ import pytest
 
 from opinfer.engine import minilm_weights as fw
 from opinfer.engine.minilm import CALIBRATION, OUT_BITS, IntMiniLM, to_float
-from opinfer.engine.quant import exact_matmul, isqrt, requant, round_div
+from opinfer.semantics.quant import exact_matmul, isqrt, requant, round_div
 
 
 @pytest.fixture(scope="module")

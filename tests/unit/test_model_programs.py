@@ -8,8 +8,8 @@ from bench.corpus import SENTENCES
 from opinfer.engine import minilm_weights as fw
 from opinfer.engine.minilm import IntMiniLM
 from opinfer.engine.minilm_program import build_program
-from opinfer.trace.jobinput import JobInput
-from opinfer.trace.program import Trace
+from opinfer.semantics.jobinput import JobInput
+from opinfer.trace.state import Trace
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_stop_words_move_the_tokens_but_not_the_embedding(program):
 ROOT_SCRIPT = """
 from opinfer.engine import minilm_weights as fw
 from opinfer.engine.minilm_program import default_program
-from opinfer.trace.jobinput import JobInput
-from opinfer.trace.program import Trace
+from opinfer.semantics.jobinput import JobInput
+from opinfer.trace.state import Trace
 p = default_program()
 t = Trace.of(p, JobInput(tuple(int(i) for i in fw.encode("Same bits in every process."))))
 print(p.model_root.hex(), t.output_root.hex(), t.state_root(t.n).hex())

@@ -9,7 +9,7 @@ import pytest
 
 from opinfer import models
 from opinfer.models import JobRefused, ModelSpec, Runtime, UnknownModel
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.outputs import tensor_root
 from opinfer.trace.testing import TOY_TOKENS, toy_job, toy_program
 

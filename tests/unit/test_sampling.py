@@ -11,10 +11,10 @@ from eth_abi import encode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opinfer.engine import elements as el
+from opinfer.semantics import elements as el
 from opinfer.engine import sampling
 from opinfer.engine.sampling import SamplingParams, from_openai, next_token, next_token_by_rules
-from opinfer.trace.merkle import keccak
+from opinfer.semantics.merkle import keccak
 
 VOCAB = 49152
 

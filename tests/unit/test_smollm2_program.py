@@ -17,11 +17,12 @@ from opinfer.engine.sampling import SamplingParams
 from opinfer.engine.smollm2 import default_model
 from opinfer.engine.smollm2_program import default_program
 from opinfer.errors import CommitmentError
-from opinfer.trace import ops
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics import ops
+from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.outputs import generation_output, parse_generation
-from opinfer.trace.program import Trace, job_shape
-from opinfer.trace.testing import toy_decoder, toy_decoder_job
+from opinfer.semantics.program import job_shape
+from opinfer.trace.state import Trace
+from opinfer.models.smollm2.testing import toy_decoder, toy_decoder_job
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +140,8 @@ def test_jobs_without_an_honest_trace_are_refused():
 
 ROOT_SCRIPT = """
 from opinfer.engine.smollm2_program import default_program
-from opinfer.trace.jobinput import JobInput
-from opinfer.trace.program import Trace
+from opinfer.semantics.jobinput import JobInput
+from opinfer.trace.state import Trace
 p = default_program()
 t = Trace.of(p, JobInput((504, 3575, 282), max_tokens=2, temperature_milli=800, seed=7))
 print(p.model_root.hex(), t.output_root.hex(), t.state_root(t.n).hex())

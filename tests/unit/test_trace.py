@@ -6,13 +6,15 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from opinfer.errors import CommitmentError
-from opinfer.trace import bisection, merkle
+from opinfer.trace import bisection
+from opinfer.semantics import merkle
 from opinfer.trace.leaf import Batch, ResultLeaf
-from opinfer.engine.quant import requant
-from opinfer.trace.jobinput import JobInput
-from opinfer.trace.program import Program, Trace
+from opinfer.semantics.quant import requant
+from opinfer.semantics.jobinput import JobInput
+from opinfer.semantics.program import Program
+from opinfer.trace.state import Trace
 from opinfer.trace.testing import random_program, toy_job
-from opinfer.trace.tensor import CHUNK, TensorTree, chunk_hash
+from opinfer.semantics.tensor import CHUNK, TensorTree, chunk_hash
 
 
 def test_merkle_proofs_fold_to_root_for_every_leaf_and_size():
@@ -183,7 +185,7 @@ def test_job_input_round_trips_and_rejects_malformed_bytes():
 
 
 def test_packed_weight_rows_hash_like_words_of_packed_values():
-    from opinfer.trace.tensor import chunk_hashes
+    from opinfer.semantics.tensor import chunk_hashes
     row = np.arange(-300, 300)
     # 2-byte values: 256 per chunk; the packing is big-endian, first value most significant.
     packed = chunk_hashes(row, 2)

@@ -31,10 +31,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BLOCK = 32
+from opinfer.semantics import elements as el
+
+BLOCK = el.BLOCK
 FP16_GRID_BITS = 24        # fp16 values are integers at 2^-24
-ROW_BITS = 15              # activation rows are brought to |xs| <= 2^15 before blocking
-ACT_MAX = 127              # blockwise int8 activations in [-127, 127]
+ROW_BITS = el.BLOCK_ROW_BITS  # activation rows are brought to |xs| <= 2^15 before blocking
+ACT_MAX = el.BLOCK_ACT_MAX    # blockwise int8 activations in [-127, 127]
 # round(2^30 / 127): folds the blocks' 1/127 into a requantisation multiplier
 # (mult / 2^shift = 2^(out_bits - 24 - in_bits) / 127 with shift = 24 + in_bits + 30 - out_bits).
 MULT_127 = 8454660
@@ -284,48 +286,3 @@ def pack(w: QMatrix) -> np.ndarray:
         out["qs"] = w.codes.reshape(n, nb, BLOCK)
     out["D"] = w.D
     return out
-
-
-class NativeDense:
-    """Packed blocks with their requantisation (per-column shift and clamp, one
-    multiplier) for the native kernels; `__call__` is block_dense."""
-
-    def __init__(self, packed: np.ndarray, fmt: int, mult: int, shift, lo, hi):
-        from opinfer.engine import native
-
-        n, nb = packed.shape
-        self.packed, self.fmt, self.mult = np.ascontiguousarray(packed), fmt, int(mult)
-        col = lambda v: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64), (n,)))  # noqa: E731
-        self.shift, self.lo, self.hi = col(shift), col(lo), col(hi)
-        self.shape = (n, nb * BLOCK)
-        self.struct = native.QMat(fmt, n, nb * BLOCK, self.mult, self.packed.ctypes.data, self.shift.ctypes.data,
-                                  self.lo.ctypes.data, self.hi.ctypes.data)
-
-    @classmethod
-    def of(cls, w: QMatrix, mult: int, shift, lo, hi) -> "NativeDense":
-        return cls(pack(w), w.fmt, mult, shift, lo, hi)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        from opinfer.engine import native
-
-        x = np.ascontiguousarray(x, dtype=np.int64)
-        out = np.empty((x.shape[0], self.shape[0]), dtype=np.int64)
-        native.lib().oi_dense(self.struct, x.ctypes.data, x.shape[0], out.ctypes.data)
-        return out
-
-    def reference(self, x: np.ndarray) -> np.ndarray:
-        return block_dense(x, unpack(self.packed, self.fmt), self.mult, self.shift, self.lo, self.hi)
-
-    def acc(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(acc, xq, a, d) as the native kernels compute them."""
-        from opinfer.engine import native
-
-        x = np.ascontiguousarray(x, dtype=np.int64)
-        t, (n, k) = x.shape[0], self.shape
-        acc = np.empty((t, n), dtype=np.int64)
-        xq = np.empty((t, k), dtype=np.int8)
-        a = np.empty((t, k // BLOCK), dtype=np.int32)
-        d = np.empty(t, dtype=np.int32)
-        native.lib().oi_dense_acc(self.struct, x.ctypes.data, t, acc.ctypes.data, xq.ctypes.data, a.ctypes.data,
-                                  d.ctypes.data)
-        return acc, xq, a, d

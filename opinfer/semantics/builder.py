@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from opinfer.trace.ops import PREV, SAME, WEIGHT, Op, Slot, dim, ref, width_for
+from opinfer.semantics.ops import PREV, SAME, WEIGHT, Op, Slot, dim, ref, width_for
 
 
 class ProgramBuilder:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from eth_abi import decode, encode
 
-from opinfer.engine import quant
+from opinfer.semantics import elements as el
+from opinfer.semantics import quant
 from opinfer.errors import CommitmentError
 
 # ref kinds
@@ -34,7 +35,7 @@ MAX_SLOTS = 4
 MAX_PARAMS = 13
 DESC_WORDS = 3 + 4 * MAX_SLOTS + MAX_PARAMS
 
-# opcodes (13..27: the decoder's, opinfer/trace/decoder_ops.py)
+# opcodes (13..27: the decoder's, opinfer/semantics/decoder_ops.py)
 DOT, EMBED_SUM, LAYER_NORM, DENSE, SCORES, SOFTMAX, TRANSPOSE, CONTEXT, RESIDUAL, LOOKUP, POOL, L2NORM = range(1, 13)
 (EMBED_TOKEN, RMS_NORM, DENSE_BLOCK, ROPE, APPEND, SWIGLU, CHUNK_ARGMAX, SAMPLE_WEIGHTS, MASKED_SUMS, BISECT, PICK,
  PICK_TOKEN, NEXT, MATCH, GEN) = range(13, 28)
@@ -45,8 +46,8 @@ NAMES = {DOT: "dot", EMBED_SUM: "embed_sum", LAYER_NORM: "layer_norm", DENSE: "d
          SAMPLE_WEIGHTS: "sample_weights", MASKED_SUMS: "masked_sums", BISECT: "bisect", PICK: "pick",
          PICK_TOKEN: "pick_token", NEXT: "next", MATCH: "match", GEN: "gen"}
 NOT_READ = (1 << 256) - 1   # the witness's row of a slot an element does not read
-TABLE_WIDTH = 256  # lookup tables are stored as [n / 256, 256]
-LN_BITS = 8
+TABLE_WIDTH = el.TABLE_WIDTH  # lookup tables are stored as [n / 256, 256]
+LN_BITS = el.LN_BITS
 
 
 def dim(c: int = 0, per_token: int = 0, per_step: int = 0, per_tokens_at: int = 0, per_gen: int = 0) -> int:
@@ -302,4 +303,4 @@ def width_for(values: np.ndarray) -> int:
     raise CommitmentError("weight values beyond int64")
 
 
-from opinfer.trace import decoder_ops  # noqa: E402,F401  (registers opcodes 13..27 in RUN and READS)
+from opinfer.semantics import decoder_ops  # noqa: E402,F401  (registers opcodes 13..27 in RUN and READS)

@@ -236,7 +236,7 @@ def top_p_threshold(weights: list[int], top_p_q: int) -> int:
 
 def draw(seed: int, step: int, total: int) -> int:
     """uint256(keccak256(abi_encode(uint256 seed, uint256 step))) % total."""
-    from opinfer.trace.merkle import keccak
+    from opinfer.semantics.merkle import keccak
 
     seed, step = int(seed), int(step)
     if total <= 0 or not 0 <= seed < 1 << 256 or not 0 <= step < 1 << 256:

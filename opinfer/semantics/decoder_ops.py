@@ -3,21 +3,21 @@
 A decoder program processes one position per step: step s reads token s
 and produces the token at position s + 1. The rules here are the vectorised
 twins of contracts/DecoderOps.vy and, for the arithmetic, of
-opinfer/engine/elements.py; each op also names the rows an element reads
+opinfer/semantics/elements.py; each op also names the rows an element reads
 (None: the slot is not read, NOT_READ in the witness).
 
-Importing opinfer.trace.ops registers these in its RUN and READS tables.
+Importing opinfer.semantics.ops registers these in its RUN and READS tables.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from opinfer.engine import blocks
-from opinfer.engine import elements as el
-from opinfer.engine import quant
+from opinfer.semantics import blocks
+from opinfer.semantics import elements as el
+from opinfer.semantics import quant
 from opinfer.errors import CommitmentError
-from opinfer.trace import ops as _ops
+from opinfer.semantics import ops as _ops
 
 PAD = -1
 ROPE_BITS = el.ROPE_BITS

@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from opinfer.errors import CommitmentError
-from opinfer.trace import merkle
+from opinfer.semantics import merkle
 
 CHUNK = 16
 CHUNK_BYTES = 32 * CHUNK

@@ -1,0 +1,53 @@
+"""Block matrices for the native kernels (opinfer/engine/native): the fast
+path of DENSE_BLOCK, bit for bit blocks.block_dense (tests/unit/test_blocks.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from opinfer.semantics.blocks import BLOCK, QMatrix, block_dense, pack, unpack
+
+
+class NativeDense:
+    """Packed blocks with their requantisation (per-column shift and clamp, one
+    multiplier) for the native kernels; `__call__` is block_dense."""
+
+    def __init__(self, packed: np.ndarray, fmt: int, mult: int, shift, lo, hi):
+        from opinfer.engine import native
+
+        n, nb = packed.shape
+        self.packed, self.fmt, self.mult = np.ascontiguousarray(packed), fmt, int(mult)
+        col = lambda v: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=np.int64), (n,)))  # noqa: E731
+        self.shift, self.lo, self.hi = col(shift), col(lo), col(hi)
+        self.shape = (n, nb * BLOCK)
+        self.struct = native.QMat(fmt, n, nb * BLOCK, self.mult, self.packed.ctypes.data, self.shift.ctypes.data,
+                                  self.lo.ctypes.data, self.hi.ctypes.data)
+
+    @classmethod
+    def of(cls, w: QMatrix, mult: int, shift, lo, hi) -> "NativeDense":
+        return cls(pack(w), w.fmt, mult, shift, lo, hi)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        from opinfer.engine import native
+
+        x = np.ascontiguousarray(x, dtype=np.int64)
+        out = np.empty((x.shape[0], self.shape[0]), dtype=np.int64)
+        native.lib().oi_dense(self.struct, x.ctypes.data, x.shape[0], out.ctypes.data)
+        return out
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        return block_dense(x, unpack(self.packed, self.fmt), self.mult, self.shift, self.lo, self.hi)
+
+    def acc(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(acc, xq, a, d) as the native kernels compute them."""
+        from opinfer.engine import native
+
+        x = np.ascontiguousarray(x, dtype=np.int64)
+        t, (n, k) = x.shape[0], self.shape
+        acc = np.empty((t, n), dtype=np.int64)
+        xq = np.empty((t, k), dtype=np.int8)
+        a = np.empty((t, k // BLOCK), dtype=np.int32)
+        d = np.empty(t, dtype=np.int32)
+        native.lib().oi_dense_acc(self.struct, x.ctypes.data, t, acc.ctypes.data, xq.ctypes.data, a.ctypes.data,
+                                  d.ctypes.data)
+        return acc, xq, a, d

@@ -1,0 +1,45 @@
+"""The toy decoder: SmolLM2 cut to a few blocks and tokens, a decoder
+program with every decoder op class (tests and benches of the decoder game)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from opinfer.semantics.jobinput import JobInput
+from opinfer.semantics.program import Program
+
+
+@lru_cache(maxsize=2)
+def toy_decoder(layers: int = 2, vocab: int = 512):
+    """(program, model): SmolLM2 cut to its first `layers` blocks and `vocab`
+    tokens (real weights, so activations look real), a decoder program with
+    every decoder op class and 76 ops per step; the engine runs the same
+    model, so program and engine can be compared on it too."""
+    from opinfer.engine import smollm2 as sm
+    from opinfer.engine.smollm2_program import build_program
+
+    small = sm.default_model().sliced(layers, vocab, 64)
+    program = build_program(small)
+    program.name = "toy-decoder"
+    return program, small
+
+
+def toy_decoder_program() -> Program:
+    return toy_decoder()[0]
+
+
+def toy_decoder_job(kind: str = "greedy", tokens: int = 4, max_tokens: int = 3) -> JobInput:
+    """A job for the toy decoder: "greedy", "sample" (temperature 0.9, top_p 0.8)
+    or "stop" (greedy with stop sequences, one of which its output hits)."""
+    ids = tuple(int(t) for t in np.random.default_rng(3).integers(0, 512, size=tokens))
+    if kind == "greedy":
+        return JobInput(ids, max_tokens=max_tokens)
+    if kind == "sample":
+        return JobInput(ids, max_tokens=max_tokens, temperature_milli=900, top_p_q=52429, seed=(1 << 63) + 12345)
+    if kind == "stop":
+        program = toy_decoder_program()
+        first = int(program.run(JobInput(ids, max_tokens=1))[-1][0, 0])
+        return JobInput(ids, max_tokens=max_tokens, stop_sequences=((511, 510), (first,)))
+    raise ValueError(f"unknown toy job kind {kind!r}")

@@ -22,8 +22,8 @@ SERVICE_EXCEPTIONS = {
 # Entry points inside the library package that start services, each with its reason.
 LIBRARY_EXCEPTIONS = {
     "opinfer/cli.py": "the `opinfer` command dispatches to each service's own CLI",
-    "opinfer/devnet.py": "the devnet supervisor starts the services (and, until the supervisor work of issue 15, "
-                         "writes the coordinator's devnet key and runs in-process nodes)",
+    "opinfer/devnet.py": "the devnet supervisor starts the services (and its own liar, dishonest_node_main, "
+                         "is a node.app.Node subclass)",
 }
 
 

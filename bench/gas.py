@@ -29,13 +29,13 @@ from opinfer.chain.deploy import ProtocolParams, deploy
 from opinfer.chain.game import GameClient
 from opinfer.chain.game import play as play_game
 from opinfer.chain.sender import TxSender
-from opinfer.trace import player
-from opinfer.trace.leaf import Batch, ResultLeaf
+from opinfer.models.smollm2.testing import toy_decoder_job, toy_decoder_program
 from opinfer.semantics.merkle import keccak
 from opinfer.semantics.ops import DENSE, SAME, WEIGHT, Op, Slot, dim, ref
 from opinfer.semantics.program import Program
+from opinfer.trace import player
+from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.state import Trace
-from opinfer.models.smollm2.testing import toy_decoder_job, toy_decoder_program
 from opinfer.trace.testing import corrupted_trace, dot_op, toy_job, toy_program
 
 INPUT_BYTES = 64  # a short prompt's token ids, compressed

@@ -20,8 +20,8 @@ from opinfer import models
 from opinfer.errors import OpinferError
 from opinfer.models import JobRefused, Runtime
 from opinfer.semantics.jobinput import JobInput
-from opinfer.trace.outputs import tensor_root
 from opinfer.semantics.program import Program
+from opinfer.trace.outputs import tensor_root
 
 
 class Executor(Protocol):

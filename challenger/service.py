@@ -52,9 +52,9 @@ from challenger.sampler import Sampler
 from challenger.store import (DETECTED, DROPPED, EXPIRED, LOST, OPEN, VOID, WON, BatchRecord, Dispute, Store)
 from opinfer.chain.reorg import DEFAULT_MAX_DEPTH, HeadTracker
 from opinfer.errors import OpinferError
-from opinfer.trace import player
 from opinfer.semantics import merkle
 from opinfer.semantics.jobinput import JobInput
+from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.outputs import input_root
 from opinfer.trace.state import Trace

@@ -9,8 +9,8 @@ from typing import Callable
 
 from eth_abi import encode
 
-from opinfer.trace import player
 from opinfer.semantics import merkle
+from opinfer.trace import player
 from opinfer.trace.state import Trace
 
 OK = "ok"

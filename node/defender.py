@@ -55,9 +55,9 @@ from node.logs import event
 from node.metrics import Metrics
 from node.store import LOST, OPEN, OVER, VOID, WON, Game, Store
 from opinfer.chain.reorg import DEFAULT_MAX_DEPTH, HeadTracker
-from opinfer.trace import bisection, player
 from opinfer.semantics.jobinput import JobInput
 from opinfer.semantics.program import Program
+from opinfer.trace import bisection, player
 from opinfer.trace.state import Trace
 from opinfer.workpool import PENDING, DeadlinePool
 

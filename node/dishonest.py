@@ -27,10 +27,10 @@ import numpy as np
 
 from node.app import Node
 from node.defender import Strategy
-from opinfer.trace import player
 from opinfer.semantics.jobinput import JobInput
-from opinfer.trace.outputs import parse_generation
 from opinfer.semantics.program import Program
+from opinfer.trace import player
+from opinfer.trace.outputs import parse_generation
 from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace, patched_trace
 

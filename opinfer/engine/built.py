@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from opinfer.errors import CommitmentError
-from opinfer.semantics.quant import INT32
 from opinfer.semantics.ops import (CONTEXT, DENSE, DENSE_BLOCK, EMBED_SUM, EMBED_TOKEN, LAYER_NORM, LOOKUP, POOL,
-                               RESIDUAL, RMS_NORM, ROPE, SOFTMAX, SWIGLU, WEIGHT, Op)
+                                   RESIDUAL, RMS_NORM, ROPE, SOFTMAX, SWIGLU, WEIGHT, Op)
 from opinfer.semantics.ops import DESC_WORDS
 from opinfer.semantics.program import JobLimits, Program
+from opinfer.semantics.quant import INT32
 
 FORMAT = 1
 DTYPES = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
@@ -144,8 +144,8 @@ def minilm_from_program(program: Program):
 def smollm2_from_program(program: Program):
     """The native SmolLM2 engine from the program's integers alone: the GGUF blocks
     (codes, D, M), the gains, the RoPE and SiLU tables and every scale of its ops."""
-    from opinfer.semantics import blocks as bk
     from opinfer.engine import smollm2 as sm
+    from opinfer.semantics import blocks as bk
 
     cur = _Cursor(program)
     emb = cur.take(EMBED_TOKEN)

@@ -23,7 +23,7 @@ import numpy as np
 from opinfer.engine import minilm_weights as fw
 from opinfer.engine.calibrate import absmax, channel_absmax, quantize_rows
 from opinfer.semantics.quant import (INT8, INT16, INT32, channel_multipliers, exact_matmul, isqrt, l2_normalise,
-                                  multiplier_shift, quantize_symmetric, requant, round_div, softmax_rows)
+                                     multiplier_shift, quantize_symmetric, requant, round_div, softmax_rows)
 
 OUT_BITS = 14           # output embedding scale 2^-14
 LN_BITS = 8             # fractional bits of LayerNorm gains

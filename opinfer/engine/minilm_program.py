@@ -13,12 +13,12 @@ from functools import lru_cache
 import numpy as np
 
 from opinfer.engine import minilm as mm
-from opinfer.semantics.quant import INT32
 from opinfer.models.minilm.spec import NAME
 from opinfer.semantics.builder import ProgramBuilder
 from opinfer.semantics.ops import (CONTEXT, DENSE, EMBED_SUM, INPUT, L2NORM, LAYER_NORM, LOOKUP, POOL, RESIDUAL, SCORES,
-                               SOFTMAX, TABLE_WIDTH, TRANSPOSE, Slot, dim, ref)
+                                   SOFTMAX, TABLE_WIDTH, TRANSPOSE, Slot, dim, ref)
 from opinfer.semantics.program import ONE_STEP, JobLimits, Program
+from opinfer.semantics.quant import INT32
 
 L = dim(0, 1)          # rows = the job's token count
 

@@ -16,17 +16,17 @@ from functools import lru_cache
 
 import numpy as np
 
-from opinfer.semantics import blocks as blk
-from opinfer.semantics import elements as el
 from opinfer.engine import smollm2 as sm
-from opinfer.semantics.quant import INT32
 from opinfer.errors import CommitmentError
 from opinfer.models.smollm2 import spec
+from opinfer.semantics import blocks as blk
+from opinfer.semantics import elements as el
 from opinfer.semantics.builder import ProgramBuilder
-from opinfer.semantics.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_BLOCK, EMBED_TOKEN, GEN, INPUT, MASKED_SUMS,
-                               MATCH, NEXT, PICK, PICK_TOKEN, RESIDUAL, RMS_NORM, ROPE, SAMPLE_WEIGHTS, SCORES, SOFTMAX,
-                               SWIGLU, TABLE_WIDTH, Slot, dim, ref)
+from opinfer.semantics.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_BLOCK, EMBED_TOKEN, GEN, INPUT,
+                                   MASKED_SUMS, MATCH, NEXT, PICK, PICK_TOKEN, RESIDUAL, RMS_NORM, ROPE,
+                                   SAMPLE_WEIGHTS, SCORES, SOFTMAX, SWIGLU, TABLE_WIDTH, Slot, dim, ref)
 from opinfer.semantics.program import PER_POSITION, JobLimits, Program
+from opinfer.semantics.quant import INT32
 
 # Positions a job may use (prompt + max_tokens - 1 < MAX_CONTEXT): the RoPE
 # table has this many rows, so a longer job has no honest trace. It bounds

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from opinfer.errors import CommitmentError
 from opinfer.semantics import blocks
 from opinfer.semantics import elements as el
-from opinfer.semantics import quant
-from opinfer.errors import CommitmentError
 from opinfer.semantics import ops as _ops
+from opinfer.semantics import quant
 
 PAD = -1
 ROPE_BITS = el.ROPE_BITS

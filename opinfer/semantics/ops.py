@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from eth_abi import decode, encode
 
+from opinfer.errors import CommitmentError
 from opinfer.semantics import elements as el
 from opinfer.semantics import quant
-from opinfer.errors import CommitmentError
 
 # ref kinds
 INPUT, SAME, PREV, WEIGHT = 1, 2, 3, 4

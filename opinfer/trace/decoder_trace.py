@@ -28,8 +28,8 @@ from opinfer.semantics import merkle
 from opinfer.semantics.jobinput import JobInput
 from opinfer.semantics.ops import APPEND, INPUT, PREV, SAME, WEIGHT
 from opinfer.semantics.program import Program, job_steps
-from opinfer.trace.state import Trace
 from opinfer.semantics.tensor import CHUNK, TensorTree, _words, row_root, zero_chunk, zero_row_root
+from opinfer.trace.state import Trace
 
 MASK128 = (1 << 128) - 1
 STEPS_KEPT = 3          # replayed steps kept in memory

@@ -6,8 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from challenger.chain import BatchEvent, ModelInfo
-from opinfer.trace import player
 from opinfer.semantics import merkle
+from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.outputs import input_root, tensor_root
 

@@ -220,8 +220,8 @@ def test_a_job_outside_the_models_committed_limits_is_disputed_and_won_at_once(n
     import dataclasses
 
     from opinfer.chain.deploy import register_program
-    from opinfer.trace.leaf import ResultLeaf
     from opinfer.semantics.program import JobLimits
+    from opinfer.trace.leaf import ResultLeaf
     from opinfer.trace.state import Trace
     from opinfer.trace.testing import TOY_TOKENS, toy_job, toy_program
 

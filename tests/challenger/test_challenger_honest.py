@@ -16,8 +16,6 @@ from web3 import HTTPProvider, Web3
 
 from challenger.chain import Chain
 from challenger.executors import default_executors
-from opinfer.models.minilm.spec import NAME as MINILM
-from opinfer.models.smollm2.spec import NAME as SMOLLM2
 from challenger.metrics import Metrics
 from challenger.sampler import Sampler
 from challenger.service import Challenger
@@ -26,6 +24,8 @@ from node.app import ExecuteRequest, Node
 from opinfer.chain.anvil import Anvil, dev_keys
 from opinfer.chain.deploy import ProtocolParams, deploy
 from opinfer.chain.sender import TxSender
+from opinfer.models.minilm.spec import NAME as MINILM
+from opinfer.models.smollm2.spec import NAME as SMOLLM2
 from opinfer.semantics import merkle
 from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.leaf import Batch, ResultLeaf

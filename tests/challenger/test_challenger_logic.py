@@ -10,7 +10,6 @@ import pytest
 from challenger import solver
 from challenger.chain import ModelInfo
 from challenger.errors import ConfigError, DecodeError
-from opinfer.errors import ChainError
 from challenger.executors import ProgramExecutor
 from challenger.logs import JsonFormatter, event
 from challenger.metrics import Metrics
@@ -18,6 +17,7 @@ from challenger.sampler import Sampler
 from challenger.service import Challenger
 from challenger.settings import Settings
 from challenger.store import DETECTED, OPEN, WON, Store
+from opinfer.errors import ChainError
 from opinfer.trace import player
 from opinfer.trace.bisection import dissection_points
 from opinfer.trace.state import Trace

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import CHALLENGER_WON, NODE_WON, Driver, make_leaf, post
+from opinfer.models.smollm2.testing import toy_decoder_job, toy_decoder_program
 from opinfer.semantics import ops
 from opinfer.semantics.program import job_steps
 from opinfer.trace.state import Trace
-from opinfer.models.smollm2.testing import toy_decoder_job, toy_decoder_program
 from opinfer.trace.testing import corrupted_trace
 
 KINDS = ("greedy", "sample", "stop")

@@ -17,9 +17,9 @@ from brownie import chain
 
 from conftest import ACTIVE, CHALLENGER_WON, game_state, post
 from opinfer.semantics.jobinput import JobInput
-from opinfer.trace.leaf import ResultLeaf
 from opinfer.semantics.program import PER_POSITION, JobLimits, Program, job_shape
 from opinfer.semantics.tensor import TensorTree
+from opinfer.trace.leaf import ResultLeaf
 from opinfer.trace.testing import toy_program
 
 ETHER = 10**18

@@ -99,8 +99,8 @@ def test_job_beyond_the_position_table_loses_at_once(system, staked, coordinator
     from brownie import chain
 
     from conftest import ACTIVE, game_state
-    from opinfer.trace.leaf import ResultLeaf
     from opinfer.semantics.tensor import TensorTree
+    from opinfer.trace.leaf import ResultLeaf
 
     job = JobInput(tuple(range(1000, 1000 + tokens)))
     leaf = ResultLeaf(job_id=(900 + tokens).to_bytes(16, "big"), model_id=minilm_id,

@@ -138,8 +138,8 @@ def test_job_outside_the_engine_limits_loses_at_once(system, staked, coordinator
     from brownie import chain
 
     from conftest import ACTIVE, game_state
-    from opinfer.trace.leaf import ResultLeaf
     from opinfer.semantics.tensor import TensorTree
+    from opinfer.trace.leaf import ResultLeaf
 
     bad = replace(job, **change)
     leaf = ResultLeaf(job_id=(1700 + len(str(change))).to_bytes(16, "big"), model_id=smollm2_id,

@@ -16,12 +16,12 @@ from eth_abi import encode
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from opinfer.models.smollm2.testing import toy_decoder_job, toy_decoder_program
 from opinfer.semantics import merkle, ops
 from opinfer.semantics.ops import DOT, INPUT, NOT_READ, WEIGHT, JobCtx, Op, Slot, dim, ref
 from opinfer.semantics.program import PER_POSITION, Program, job_steps, value_bytes
-from opinfer.trace.state import Trace
 from opinfer.semantics.tensor import row_bytes
-from opinfer.models.smollm2.testing import toy_decoder_job, toy_decoder_program
+from opinfer.trace.state import Trace
 
 WRONG_ROW = "StepVerifier: witness reads the wrong row"
 NO_VALUE = "DecoderOps: value beyond its row"

@@ -11,8 +11,8 @@ from opinfer.chain.anvil import dev_keys
 from opinfer.chain.game import GameClient, play
 from opinfer.chain.sender import TxSender
 from opinfer.engine.minilm_program import default_program
-from opinfer.trace import player
 from opinfer.semantics.jobinput import JobInput
+from opinfer.trace import player
 from opinfer.trace.leaf import Batch
 from opinfer.trace.outputs import embedding_output, tensor_root
 from opinfer.trace.state import Trace

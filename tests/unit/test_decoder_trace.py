@@ -10,10 +10,10 @@ wrong tensor (patched_trace).
 import numpy as np
 import pytest
 
+from opinfer.models.smollm2.testing import toy_decoder, toy_decoder_job
 from opinfer.semantics import merkle, ops
 from opinfer.trace.decoder_trace import AppendTree, DecoderTrace
 from opinfer.trace.state import Trace
-from opinfer.models.smollm2.testing import toy_decoder, toy_decoder_job
 from opinfer.trace.testing import corrupted_trace, patched_trace
 
 

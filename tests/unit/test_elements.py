@@ -4,9 +4,9 @@ that StepVerifier re-executes (opinfer/semantics/elements.py)."""
 import numpy as np
 import pytest
 
+from opinfer.engine.minilm import LayerNorm
 from opinfer.semantics import elements as el
 from opinfer.semantics import quant
-from opinfer.engine.minilm import LayerNorm
 
 RNG = np.random.default_rng(2024)
 
@@ -72,8 +72,8 @@ def test_exact_matmul_batched_and_wide_operands():
 # ---------------------------------------------------------------- SmolLM2 rules and sampling
 
 from opinfer.engine import sampling  # noqa: E402
-from opinfer.semantics import blocks as bk  # noqa: E402
 from opinfer.engine.smollm2 import SILU_HALF, rms_norm, rope  # noqa: E402
+from opinfer.semantics import blocks as bk  # noqa: E402
 from opinfer.semantics.ops import DENSE_BLOCK, RUN, JobCtx, Op, dim  # noqa: E402
 
 

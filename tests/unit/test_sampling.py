@@ -11,9 +11,9 @@ from eth_abi import encode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opinfer.semantics import elements as el
 from opinfer.engine import sampling
 from opinfer.engine.sampling import SamplingParams, from_openai, next_token, next_token_by_rules
+from opinfer.semantics import elements as el
 from opinfer.semantics.merkle import keccak
 
 VOCAB = 49152

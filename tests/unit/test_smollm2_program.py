@@ -17,12 +17,12 @@ from opinfer.engine.sampling import SamplingParams
 from opinfer.engine.smollm2 import default_model
 from opinfer.engine.smollm2_program import default_program
 from opinfer.errors import CommitmentError
+from opinfer.models.smollm2.testing import toy_decoder, toy_decoder_job
 from opinfer.semantics import ops
 from opinfer.semantics.jobinput import JobInput
-from opinfer.trace.outputs import generation_output, parse_generation
 from opinfer.semantics.program import job_shape
+from opinfer.trace.outputs import generation_output, parse_generation
 from opinfer.trace.state import Trace
-from opinfer.models.smollm2.testing import toy_decoder, toy_decoder_job
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from opinfer.errors import CommitmentError
-from opinfer.trace import bisection
 from opinfer.semantics import merkle
-from opinfer.trace.leaf import Batch, ResultLeaf
-from opinfer.semantics.quant import requant
 from opinfer.semantics.jobinput import JobInput
 from opinfer.semantics.program import Program
+from opinfer.semantics.quant import requant
+from opinfer.semantics.tensor import CHUNK, TensorTree, chunk_hash
+from opinfer.trace import bisection
+from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.state import Trace
 from opinfer.trace.testing import random_program, toy_job
-from opinfer.semantics.tensor import CHUNK, TensorTree, chunk_hash
 
 
 def test_merkle_proofs_fold_to_root_for_every_leaf_and_size():

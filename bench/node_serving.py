@@ -81,7 +81,7 @@ class NodeProcess:
 
 
 def job_body(tok, prompt_ids, max_tokens: int, job: int, seed: int) -> dict:
-    from opinfer.trace.jobinput import JobInput
+    from opinfer.semantics.jobinput import JobInput
 
     data = JobInput(tuple(prompt_ids), max_tokens=max_tokens, temperature_milli=700, seed=seed).to_bytes()
     return {"job_id": "0x" + job.to_bytes(16, "big").hex(), "model": MODEL, "model_id": 2,

@@ -292,7 +292,7 @@ class InferenceService:
                           top=(req.top_logprobs or 0) if req.logprobs else None, prompt_logprobs=False)
 
     async def plan_completion(self, req: CompletionRequest, who: Principal) -> GenPlan:
-        from opinfer.trace.jobinput import completion_stop_sequences
+        from opinfer.semantics.jobinput import completion_stop_sequences
 
         model = self.catalog.get(req.model, "chat")
         for param, ok, why in (("suffix", req.suffix in (None, ""), "insertion (suffix) is not supported"),
@@ -353,7 +353,8 @@ class InferenceService:
         completion request becomes job inputs (sampling defaults, seeds, stops and the
         sampler's other parameters), so what holds for one holds for both."""
         from opinfer.engine.sampling import from_openai
-        from opinfer.trace.jobinput import choice_seed, sampling_defaults
+        from opinfer.models import sampling_defaults
+        from opinfer.semantics.jobinput import choice_seed
 
         n = req.n or 1
         if n * len(prompts) > self.settings.max_choices:

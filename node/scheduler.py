@@ -25,7 +25,7 @@ from node.errors import BadJob, NodeError
 from opinfer.engine.logprobs import prompt_logprobs, token_logprobs
 from opinfer.engine.smollm2 import Decoder
 from opinfer.models import JobRefused
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 
 log = logging.getLogger("opinfer.node.scheduler")
 

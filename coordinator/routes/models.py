@@ -18,7 +18,7 @@ def context_length(c, mi) -> int:
 
 
 def describe(c, mi) -> dict:
-    from opinfer.trace.jobinput import sampling_defaults
+    from opinfer.models import sampling_defaults
 
     price = str(mi.price_per_1k)
     out = {"id": mi.name, "object": "model", "created": 0, "owned_by": "opinfer",

@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
-from opinfer.engine import elements as el
-from opinfer.engine.quant import exp_neg, round_div
+from opinfer.semantics import elements as el
+from opinfer.semantics.quant import exp_neg, round_div
 
 LOGIT_ONE = 1 << 16                  # logits at 2^-16
 CUT = 23 * LOGIT_ONE                 # beyond 23 nats below the top exp_neg is exactly 0 (q >= 32)

@@ -54,8 +54,18 @@ def names() -> list[str]:
     return list(_registry)
 
 
+def sampling_defaults(name: str) -> tuple[float, float]:
+    """(temperature, top_p) for a request that leaves them out: the model's recommended
+    sampling from its spec (as vLLM applies a model's generation config), OpenAI's
+    (1.0, 1.0) for a model without one. Read by the coordinator and the SDK's
+    verification alike."""
+    spec = _registry.get(name)
+    sampling = spec.sampling if spec else None
+    return (sampling.temperature, sampling.top_p) if sampling else (1.0, 1.0)
+
+
 for _module in BUILTIN:
     register(importlib.import_module(_module).SPEC)
 
 __all__ = ["CHAT", "EMBEDDING", "JobRefused", "ModelSpec", "Runtime", "Sampling", "UnknownModel", "by_kind", "get",
-           "names", "register", "specs"]
+           "names", "register", "sampling_defaults", "specs"]

@@ -229,7 +229,8 @@ def expected_job_input(kind: str, request: dict, job_input, index: int = 0, toke
         tokens = [int(t) for t in (tok(item) if isinstance(item, str) else item)]
         return JobInput(tuple(tokens))
     from opinfer.engine.sampling import from_openai
-    from opinfer.trace.jobinput import choice_seed, completion_stop_sequences, sampling_defaults
+    from opinfer.models import sampling_defaults
+    from opinfer.semantics.jobinput import choice_seed, completion_stop_sequences
 
     # what the coordinator applies to a request that leaves temperature / top_p out: the model's defaults
     temperature, top_p = sampling_defaults(request.get("model", ""))

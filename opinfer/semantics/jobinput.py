@@ -166,17 +166,3 @@ def choice_seed(seed: int, index: int) -> int:
 
     digest = keccak(int(seed).to_bytes(32, "big") + int(index).to_bytes(32, "big"))
     return int.from_bytes(digest[:8], "big") & SEED_MASK
-
-
-def sampling_defaults(model: str) -> tuple[float, float]:
-    """(temperature, top_p) for a request that leaves them out: the model's recommended
-    sampling from its spec (opinfer/models; as vLLM applies a model's generation config),
-    OpenAI's (1.0, 1.0) for a model without one. Read by the coordinator and the SDK's
-    verification alike."""
-    from opinfer import models
-
-    try:
-        sampling = models.get(model).sampling
-    except models.UnknownModel:
-        sampling = None
-    return (sampling.temperature, sampling.top_p) if sampling else (1.0, 1.0)

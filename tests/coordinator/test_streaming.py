@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from coordinator import models as m
 from coordinator.local import ServerThread
-from opinfer.trace.jobinput import JobInput, choice_seed
+from opinfer.semantics.jobinput import JobInput, choice_seed
 from tests.coordinator.conftest import run_coordinator
 
 SMOL = "smollm2-135m-instruct"

@@ -307,7 +307,7 @@ def test_chat_request_is_rebuilt_with_the_coordinators_encoding():
                "max_tokens": 8, "temperature": 0.7, "seed": 5, "stop": ["\n\n"]}
 
     from opinfer.engine.sampling import from_openai
-    from opinfer.trace.jobinput import sampling_defaults
+    from opinfer.models import sampling_defaults
 
     # top_p is left out: the model's default applies (sampling_defaults), which the SDK applies too
     top_p_q = from_openai(0.7, sampling_defaults("smollm2-135m-instruct")[1]).top_p_q
@@ -328,7 +328,7 @@ def test_chat_request_is_rebuilt_with_the_coordinators_encoding():
     assert bound(job_for(request, max_tokens=64), request).detail == "max_tokens differs from the request's"
     assert bound(job_for(request, top=65536), request).detail == "top_p_q differs from the request's"
     # choice 1 of n=2 carries the seed derived from the request's
-    from opinfer.trace.jobinput import choice_seed
+    from opinfer.semantics.jobinput import choice_seed
     two = dict(request, n=2)
     assert check_request(VerificationReport("j"), job_for(two, seed=choice_seed(5, 1)), two, 1, tokenizer=tok).ok
     assert not check_request(VerificationReport("j"), job_for(two, seed=5), two, 1, tokenizer=tok).ok

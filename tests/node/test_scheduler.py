@@ -17,7 +17,7 @@ from opinfer.engine import smollm2 as sm
 from opinfer.engine.logprobs import prompt_logprobs, token_logprobs
 from opinfer.engine.sampling import padded_weights
 from opinfer.models.smollm2.spec import NAME as SMOLLM2
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.outputs import generation_output, tensor_root
 
 TEXTS = ["The capital of France is", "Once upon a time, in a small village", "1, 2, 3,",

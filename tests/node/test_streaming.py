@@ -17,7 +17,7 @@ from node.auth import Authenticator
 from node.engines import ProgramEngine, load
 from opinfer.chain.anvil import dev_keys, free_port
 from opinfer.models.smollm2.spec import NAME as SMOLLM2
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.testing import toy_job, toy_program
 
 KEY, = dev_keys(1)

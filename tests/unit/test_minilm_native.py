@@ -7,7 +7,7 @@ import pytest
 from opinfer.engine import minilm_weights as fw
 from opinfer.engine import native
 from opinfer.engine.minilm import GELU_HALF, IntMiniLM
-from opinfer.engine.quant import EXP_INPUT_MAX, exp_neg
+from opinfer.semantics.quant import EXP_INPUT_MAX, exp_neg
 
 TEXTS = ["A cat.", "x", "Optimistic verification trusts first and checks later; the challenger re-executes. " * 2]
 

@@ -14,7 +14,7 @@ from opinfer.engine.gguf_loader import load_metadata
 from opinfer.models import shipped
 from opinfer.models.minilm import parts as minilm_parts
 from opinfer.models.smollm2 import parts as smollm2_parts
-from opinfer.trace.jobinput import chat_messages, chat_prompt_ids, chat_stop_sequences
+from opinfer.semantics.jobinput import chat_messages, chat_prompt_ids, chat_stop_sequences
 
 TEXTS = ["Hello <|im_end|> world", "Numbers 1234 and 3.14", "naïve café 🙂\n\ttabs", ""]
 

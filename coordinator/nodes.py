@@ -287,7 +287,8 @@ class NodePool:
                 return resp.status, b""
             return resp.status, await read_bounded(resp, self.max_answer_bytes)
 
-    async def execute(self, node: routing.NodeHealth, body: dict, on_token=None, limit: int | None = None) -> dict:
+    async def execute(self, node: routing.NodeHealth, body: dict, on_token=None, limit: int | None = None,
+                      total_s: float | None = None) -> dict:
         """POST /v1/execute on `node`; NodeFailure on any kind of failure.
 
         With on_token (an async callable), the node is asked to stream
@@ -296,7 +297,8 @@ class NodePool:
         "_streamed": the ids the node streamed (the caller checks them against
         the signed output). A node that answers with plain JSON instead is
         accepted (an older node: "_streamed" is empty). `limit`: the most
-        bytes read (default max_answer_bytes; a stream of logprobs needs more)."""
+        bytes read (default max_answer_bytes; a stream of logprobs needs more);
+        `total_s`: the most a stream may take (default ten node timeouts)."""
         if node.endpoint_problem:
             raise NodeFailure(node.address, f"endpoint refused: {node.endpoint_problem}")
         node.inflight += 1
@@ -313,7 +315,7 @@ class NodePool:
                 status, raw = await self._post(f"{node.endpoint}/v1/execute", data, headers)
             else:
                 status, raw = await self._post_stream(node, data, headers, on_token, streamed,
-                                                      limit or self.max_answer_bytes)
+                                                      limit or self.max_answer_bytes, total_s or self.timeout_s * 10)
         except TimeoutError:
             raise NodeFailure(node.address, "timeout" + (f" after {len(streamed)} streamed tokens"
                                                          if streamed else "")) from None
@@ -344,12 +346,13 @@ class NodePool:
         return answer
 
     async def _post_stream(self, node: routing.NodeHealth, data: bytes, headers: dict, on_token, streamed: list,
-                           limit: int) -> tuple[int, bytes | dict]:
+                           limit: int, total_s: float) -> tuple[int, bytes | dict]:
         """(status, the "done" body) of a streamed POST, token events handed to on_token on
         the way. Each read may take up to the node timeout (a node that stops sending is cut
-        off); the whole stream, ten times that. Events are split by hand, not with
-        readline(): a "done" line of many logprobs is longer than aiohttp's line limit."""
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s * 10, sock_read=self.timeout_s,
+        off); the whole stream, total_s (a node that drips is cut off too). Events are split
+        by hand, not with readline(): a "done" line of many logprobs is longer than
+        aiohttp's line limit."""
+        timeout = aiohttp.ClientTimeout(total=total_s, sock_read=self.timeout_s,
                                         sock_connect=self.connect_timeout_s)
         async with self._session().post(f"{node.endpoint}/v1/execute", data=data, headers=headers,
                                         allow_redirects=False, timeout=timeout) as resp:

@@ -548,6 +548,8 @@ class InferenceService:
         tried: set[str] = set()
         reasons: list[str] = []
         limit = self._answer_limit(job, extra or {})
+        # a stream may take the node timeout plus a floor rate per token (honest nodes are ~10x faster)
+        total_s = self.settings.node_timeout_s + job.max_tokens * self.settings.node_token_timeout_s
 
         async def slot(stream: Relay | None = None) -> dict:
             for attempt in range(self.settings.max_attempts):
@@ -561,7 +563,7 @@ class InferenceService:
                                                           self.settings.backoff_cap_s))
                 try:
                     answer = await self.pool.execute(node, body, on_token=stream.token if stream else None,
-                                                     limit=limit)
+                                                     limit=limit, total_s=total_s)
                     checked = self._check(node.address, answer, body, expected_in, kind, job)
                     if stream is not None:
                         await stream.complete(checked)   # the streamed ids are the signed ones

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # Nodes.
     node_timeout_s: float = 60.0
     node_connect_timeout_s: float = 2.0
+    # A stream may take node_timeout_s + max_tokens x this (each read at most node_timeout_s):
+    # a node that drips its stream is cut off, an honest one (about 0.1 s a token here) is not.
+    node_token_timeout_s: float = 1.0
     max_attempts: int = 3
     backoff_base_s: float = 0.05
     backoff_cap_s: float = 1.0

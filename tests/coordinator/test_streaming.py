@@ -6,6 +6,7 @@ A node that dies mid-stream is a real HTTP proxy in front of a real node that
 forwards the node's stream and cuts the connection after a few tokens (what a
 crashed process looks like to the coordinator)."""
 
+import asyncio
 import json
 import time
 
@@ -50,8 +51,8 @@ class DyingProxy:
     """Forwards POST /v1/execute to a real node; the first `deaths` streams are
     cut (the connection dropped, no terminating chunk) after `after` token events."""
 
-    def __init__(self, target: str, after: int, deaths: list):
-        self.target, self.after, self.deaths = target, after, deaths
+    def __init__(self, target: str, after: int, deaths: list, stall: bool = False, tamper: bool = False):
+        self.target, self.after, self.deaths, self.stall, self.tamper = target, after, deaths, stall, tamper
         self.cut = 0
         app = FastAPI()
 
@@ -80,10 +81,19 @@ class DyingProxy:
                 tokens = 0
                 try:
                     async for line in (resp.aiter_lines() if lines is None else each(lines)):
+                        if die and self.tamper and line.startswith("data:"):
+                            event = json.loads(line[5:])
+                            if event["type"] == "token" and event["index"] == self.after:
+                                self.cut += 1     # streams a token other than the one it signs
+                                line = "data: " + json.dumps({**event, "id": (event["id"] + 1) % 49152})
+                            yield line if lines is not None and line.endswith("\n") else line + "\n"
+                            continue
                         if die and line.startswith("data:") and json.loads(line[5:])["type"] == "token":
                             tokens += 1
                             if tokens > self.after:
                                 self.cut += 1
+                                if self.stall:     # alive but silent: the connection stays open
+                                    await asyncio.sleep(60)
                                 raise ConnectionAbortedError("node killed mid-stream")
                         yield line if lines is not None else line + "\n"
                 finally:
@@ -287,3 +297,58 @@ def test_consensus_stream_relays_one_node_and_ends_when_the_votes_agree(oa):
     final = chunks[-1].model_extra["opinfer"]
     assert final["consensus"] == {"k": 2, "agreed": 2} and chunks[-1].choices[0].finish_reason
     assert text == plain
+
+
+def test_a_node_that_stalls_mid_stream_is_cut_off_and_replaced(net, tmp_path):
+    run = run_coordinator(net, tmp_path / "c.db", node_timeout_s=3)
+    pool = run.c.pool
+    deaths = [True]
+    proxies = {a: DyingProxy(n.endpoint, 2, deaths, stall=True) for a, n in pool.nodes.items()}
+    try:
+        for a, n in pool.nodes.items():
+            n.endpoint = proxies[a].server.url
+        body = {"model": SMOL, "messages": ASK, "max_tokens": 10, "temperature": 0, "stream": True,
+                "opinfer": {"cache": False}}
+        started = time.perf_counter()
+        with httpx.stream("POST", f"{run.url}/v1/chat/completions", json=body, timeout=120) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data:")]
+        elapsed = time.perf_counter() - started
+        for a, n in pool.nodes.items():
+            n.endpoint = net.node_servers[[s.url for s in net.node_servers].index(proxies[a].target)].url
+        plain = httpx.post(f"{run.url}/v1/chat/completions", timeout=120,
+                           json={**body, "stream": False}).json()["choices"][0]["message"]["content"]
+    finally:
+        for p in proxies.values():
+            p.server.stop()
+        run.stop()
+    assert sum(p.cut for p in proxies.values()) == 1 and lines[-1] == "data: [DONE]"
+    text = "".join((json.loads(x[5:])["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+                   for x in lines[:-1])
+    assert text == plain and elapsed < 30      # cut after node_timeout_s (3 s) of silence, not 60 s
+
+
+def test_a_node_streaming_other_tokens_than_it_signs_ends_the_stream_in_an_error(coord, net):
+    pool = coord.c.pool
+    saved = {a: n.endpoint for a, n in pool.nodes.items()}
+    deaths = [True]
+    proxies = {a: DyingProxy(n.endpoint, 1, deaths, tamper=True) for a, n in pool.nodes.items()}
+    try:
+        for a, n in pool.nodes.items():
+            n.endpoint = proxies[a].server.url
+        with httpx.stream("POST", f"{coord.url}/v1/chat/completions", timeout=120,
+                          json={"model": SMOL, "messages": ASK, "max_tokens": 6, "temperature": 0, "stream": True,
+                                "opinfer": {"cache": False}}) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data:")]
+            job_id = r.headers["x-opinfer-job-id"]
+        liar = next(a for a, p in proxies.items() if p.cut)
+        assert pool.nodes[liar].ejected_until > time.time()     # out of rotation at once
+    finally:
+        for a, n in pool.nodes.items():
+            n.endpoint = saved[a]
+            n.failures, n.ejected_until = 0, 0.0
+        for p in proxies.values():
+            p.server.stop()
+    error = json.loads(lines[-1][5:])["error"]
+    assert error["code"] == "stream_failed" and "discard" in error["message"]
+    with coord.c.sessions() as s:   # the tokens sent cannot be taken back: no leaf is served for them
+        assert s.scalars(select(m.Leaf).where(m.Leaf.job_id == job_id[2:])).all() == []

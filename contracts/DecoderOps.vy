@@ -42,6 +42,8 @@ interface IElementRules:
     def elem_draw(_seed: uint256, _step: uint256, _total: int256) -> int256: pure
     def elem_pick_chunk(_chunk_sums: DynArray[int256, MAX_ROW], _r: int256) -> (uint256, int256): pure
     def elem_pick_in_chunk(_weights: DynArray[int256, MAX_ROW], _tau: int256, _r_rest: int256) -> uint256: pure
+    def elem_exp_sum(_values: DynArray[int256, MAX_ROW], _top: int256, _mult: int256, _shift: uint256) -> int256: pure
+    def elem_softmax_prob(_value: int256, _top: int256, _total: int256, _mult: int256, _shift: uint256, _one: int256) -> int256: pure
 
 # ---------------------------------------------------------------- constants
 
@@ -84,6 +86,11 @@ OP_PICK_TOKEN: constant(uint256) = 24
 OP_NEXT: constant(uint256) = 25
 OP_MATCH: constant(uint256) = 26
 OP_GEN: constant(uint256) = 27
+# a long row's attention softmax in chunks (opinfer/trace/attention_ops.py)
+OP_EXP_SUMS: constant(uint256) = 30
+OP_PROBS: constant(uint256) = 31
+# StepVerifier proves rows of up to MAX_COLS values; EXP_SUMS and PROBS read them in place
+MAX_COLS: constant(uint256) = 4096
 
 # ---------------------------------------------------------------- storage
 
@@ -267,6 +274,40 @@ def element(
         if _col == last and done == 0:
             return self._value(extract32(_witness, _pos[1]), _enc[1], 0 < _lens[1]), want
         return PAD, want
+
+    elif _code == OP_EXP_SUMS or _code == OP_PROBS:
+        # slot 0 the scores row (up to MAX_COLS: the context), read in place for its maximum.
+        # EXP_SUMS: element (r, j) = elem_exp_sum(x[r, 256 j : 256 j + 256], max x[r]); params mult, shift.
+        # PROBS: slot 1 the row's chunk sums; elem_softmax_prob(x[r, c], max x[r], sum sums[r]); params mult, shift, one.
+        # (inline: an internal function would copy the witness in memory)
+        n: uint256 = _lens[0]
+        assert n > 0 and n <= MAX_COLS, "DecoderOps: bad scores row"
+        e: uint256 = _enc[0]
+        sh: uint256 = 256 - 8 * e
+        top: int256 = min_value(int256)
+        at: uint256 = _pos[0]
+        for j: uint256 in range(MAX_COLS):
+            if j >= n:
+                break
+            top = max(top, convert(extract32(_witness, at), int256) >> sh)
+            at = unsafe_add(at, e)
+        if _code == OP_EXP_SUMS:
+            chunk: DynArray[int256, CHUNK_WIDTH] = []
+            start: uint256 = _col * CHUNK_WIDTH
+            at = _pos[0] + start * e
+            for j: uint256 in range(CHUNK_WIDTH):
+                if start + j >= n:
+                    break
+                chunk.append(convert(extract32(_witness, at), int256) >> sh)
+                at = unsafe_add(at, e)
+            return staticcall rules.elem_exp_sum(chunk, top, _params[0], convert(_params[1], uint256)), [_row, 0, 0, 0]
+        total: int256 = 0
+        for j: uint256 in range(MAX_COLS):
+            if j >= _lens[1]:
+                break
+            total += convert(extract32(_witness, _pos[1] + j * _enc[1]), int256) >> (256 - 8 * _enc[1])
+        value: int256 = self._value(extract32(_witness, _pos[0] + _col * e), e, _col < n)
+        return staticcall rules.elem_softmax_prob(value, top, total, _params[0], convert(_params[1], uint256), _params[2]), [_row, _row, 0, 0]
 
     # The rules that take a whole row get it here: slot k's first n values.
     k: uint256 = 0

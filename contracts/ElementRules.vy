@@ -124,6 +124,31 @@ def elem_softmax(_row: DynArray[int256, MAX_ROW], _col: uint256, _mult: int256, 
 
 @external
 @pure
+def elem_exp_sum(_values: DynArray[int256, CHUNK_WIDTH], _top: int256, _mult: int256, _shift: uint256) -> int256:
+    """
+    @notice One chunk's share of a long row's softmax denominator:
+            sum of exp_neg(requant(_top - v, _mult, _shift, 0, 2^20)), _top the row's maximum.
+    """
+    total: int256 = 0
+    for v: int256 in _values:
+        assert v <= _top, "ElementRules: value above the row's maximum"
+        total += self._exp_neg(self._requantise(_top - v, _mult, _shift, 0, EXP_INPUT_MAX))
+    return total
+
+
+@external
+@pure
+def elem_softmax_prob(_value: int256, _top: int256, _total: int256, _mult: int256, _shift: uint256, _one: int256) -> int256:
+    """
+    @notice A softmax element from its row's maximum and exact sum of exps:
+            round_div(exp_neg(requant(_top - _value, _mult, _shift, 0, 2^20)) * _one, _total).
+    """
+    assert _value <= _top and _total > 0, "ElementRules: bad softmax element"
+    return self._round_div(self._exp_neg(self._requantise(_top - _value, _mult, _shift, 0, EXP_INPUT_MAX)) * _one, _total)
+
+
+@external
+@pure
 def elem_residual(_a: int256, _x: int256, _mult_a: int256, _shift_a: uint256, _mult_x: int256, _shift_x: uint256, _lo: int256, _hi: int256) -> int256:
     """
     @notice Two branches brought to one scale and added.

@@ -378,9 +378,11 @@ def compute_element(
         value, want = staticcall self.decoder.element(code, p, self._dim(op[2], _job, step), _job, step, _row, _col, _witness, pos, enc, lens)
         self._want(rows, want[0], want[1], want[2], want[3])
         return value
-    # Rows wider than MAX_ROW (up to MAX_COLS) are for the decoder's single-value reads.
+    # Rows wider than MAX_ROW (up to MAX_COLS) are for the decoder's single-value
+    # reads and for CONTEXT, whose product is taken in place (a decoder's
+    # probabilities and V^T rows span the context: up to 4,096 positions).
     for i: uint256 in range(MAX_SLOTS):
-        assert lens[i] <= MAX_ROW, "StepVerifier: bad row width"
+        assert lens[i] <= MAX_ROW or code == OP_CONTEXT, "StepVerifier: bad row width"
     # The ops whose rule reads a whole row get slot 0's values.
     row: DynArray[int256, MAX_ROW] = []
     if code in [OP_LAYER_NORM, OP_SOFTMAX, OP_L2NORM, OP_POOL]:
@@ -470,16 +472,16 @@ def compute_element(
     s1: uint256 = sh[1]
     acc: int256 = bias
     if e0 <= 8 and e1 <= 8 and bias > -(1 << 200) and bias < (1 << 200):
-        # |products| < 2^126, at most MAX_ROW of them: no partial sum overflows,
+        # |products| < 2^126, at most MAX_COLS of them: no partial sum overflows,
         # so unchecked arithmetic gives the checked result
-        for i: uint256 in range(MAX_ROW):
+        for i: uint256 in range(MAX_COLS):
             if i >= n:
                 break
             acc = unsafe_add(acc, unsafe_mul(convert(extract32(_witness, o0), int256) >> s0, convert(extract32(_witness, o1), int256) >> s1))
             o0 = unsafe_add(o0, e0)
             o1 = unsafe_add(o1, e1)
     else:
-        for i: uint256 in range(MAX_ROW):
+        for i: uint256 in range(MAX_COLS):
             if i >= n:
                 break
             acc += (convert(extract32(_witness, o0), int256) >> s0) * (convert(extract32(_witness, o1), int256) >> s1)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from opinfer.errors import CommitmentError
-from opinfer.semantics.ops import (CONTEXT, DENSE, DENSE_BLOCK, EMBED_SUM, EMBED_TOKEN, LAYER_NORM, LOOKUP, POOL,
-                                   RESIDUAL, RMS_NORM, ROPE, SOFTMAX, SWIGLU, WEIGHT, Op)
+from opinfer.semantics.ops import (CONTEXT, DENSE, DENSE_BLOCK, EMBED_SUM, EMBED_TOKEN, EXP_SUMS, LAYER_NORM, LOOKUP,
+                                   POOL, PROBS, RESIDUAL, RMS_NORM, ROPE, SOFTMAX, SWIGLU, WEIGHT, Op)
 from opinfer.semantics.ops import DESC_WORDS
 from opinfer.semantics.program import JobLimits, Program
 from opinfer.semantics.quant import INT32
@@ -179,8 +179,8 @@ def smollm2_from_program(program: Program):
         cur.at += 1
         heads, group = scores.rows & 0xFFFFFFFF, scores.params[1]
         kv_heads = heads // group
-        softmax, ctx = cur.take(SOFTMAX), cur.take(CONTEXT)
-        if tuple(softmax.params[:3]) != (1, sm.SCORE_SHIFT, sm.PROB_ONE) or \
+        sums, softmax, ctx = cur.take(EXP_SUMS), cur.take(PROBS), cur.take(CONTEXT)
+        if tuple(sums.params[:2]) != (1, sm.SCORE_SHIFT) or tuple(softmax.params[:3]) != (1, sm.SCORE_SHIFT, sm.PROB_ONE) or \
                 tuple(ctx.params[2:6]) != (sm.CTX_MULT, sm.CTX_SHIFT, *INT32):
             raise CommitmentError("the attention's scales are not the engine's")
         o = dense(cur.take(DENSE_BLOCK))

@@ -22,19 +22,24 @@ from opinfer.models.smollm2 import spec
 from opinfer.semantics import blocks as blk
 from opinfer.semantics import elements as el
 from opinfer.semantics.builder import ProgramBuilder
-from opinfer.semantics.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_BLOCK, EMBED_TOKEN, GEN, INPUT,
-                                   MASKED_SUMS, MATCH, NEXT, PICK, PICK_TOKEN, RESIDUAL, RMS_NORM, ROPE,
-                                   SAMPLE_WEIGHTS, SCORES, SOFTMAX, SWIGLU, TABLE_WIDTH, Slot, dim, ref)
+from opinfer.semantics.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_BLOCK, EMBED_TOKEN, EXP_SUMS, GEN,
+                                   INPUT, MASKED_SUMS, MATCH, NEXT, PICK, PICK_TOKEN, PROBS, RESIDUAL, RMS_NORM, ROPE,
+                                   SAMPLE_WEIGHTS, SCORES, SWIGLU, TABLE_WIDTH, Slot, dim, ref)
 from opinfer.semantics.program import PER_POSITION, JobLimits, Program
 from opinfer.semantics.quant import INT32
 
-# Positions a job may use (prompt + max_tokens - 1 < MAX_CONTEXT): the RoPE
-# table has this many rows, so a longer job has no honest trace. It bounds
-# the widest whole-row rule, the attention SOFTMAX over s + 1 scores, to
-# 1,024 entries: about 3M gas for its one-step (2,048 would cost about 6M,
-# over the 5M budget; docs/ops.md, "Gas of the one-step").
 NAME, VOCAB = spec.NAME, spec.VOCAB
-MAX_CONTEXT = spec.CONTEXT   # defined in the model's spec (opinfer/models/smollm2/spec.py)
+# Positions a job may use (prompt + max_tokens - 1 <= MAX_CONTEXT), defined in
+# the model's spec (opinfer/models/smollm2/spec.py): the RoPE table has this
+# many rows, so a longer job has no honest trace. The rows that grow with the
+# context (scores, probabilities, the V^T cache) are proven whole, and
+# StepVerifier proves rows of up to 4,096 values; the attention softmax is
+# split into chunks of 256 (EXP_SUMS, PROBS) so that no one-step takes more
+# than 256 exps (docs/ops.md, "Long context").
+MAX_CONTEXT = spec.CONTEXT
+CONTEXT_CHUNKS = MAX_CONTEXT // TABLE_WIDTH     # EXP_SUMS' columns: chunks of 256 positions
+# The GEN row holds M + 1 values and is proven whole: M + 1 <= 4,096.
+MAX_NEW = spec.MAX_NEW
 ONE = dim(1)
 CACHE = dim(1, per_step=1)      # s + 1 positions
 PREV_CACHE = dim(per_step=1)    # the previous step's s positions
@@ -87,7 +92,8 @@ def build_program(model: sm.IntSmolLM2) -> Program:
         v_at = len(b.ops)
         vt_cache = b.op(APPEND, dim(kv), CACHE, [b.prev(v_at, dim(kv), PREV_CACHE), qkv], [1, (nh + nkv) * D])
         scores = b.op(SCORES, dim(nh), CACHE, [qk, k_cache], [D, nh // nkv])
-        probs = b.op(SOFTMAX, dim(nh), CACHE, [scores], [1, sm.SCORE_SHIFT, sm.PROB_ONE])
+        sums = b.op(EXP_SUMS, dim(nh), dim(CONTEXT_CHUNKS), [scores], [1, sm.SCORE_SHIFT])
+        probs = b.op(PROBS, dim(nh), CACHE, [scores, sums], [1, sm.SCORE_SHIFT, sm.PROB_ONE])
         ctx = b.op(CONTEXT, ONE, dim(nh * D), [probs, vt_cache], [D, nh // nkv, sm.CTX_MULT, sm.CTX_SHIFT, *INT32])
         o = _dense(b, ctx, layer.o)
         x = b.op(RESIDUAL, ONE, dim(width), [x, o, ones], [0, *INT32])
@@ -127,16 +133,17 @@ def limits(vocab: int = VOCAB) -> JobLimits:
     """What check_job enforces, committed in the model root so that
     StepVerifier.job_shape refuses the same jobs (a node that signs one loses
     at once): positions L + M - 1 <= MAX_CONTEXT, prompt tokens below the
-    vocabulary, temperature_milli <= 2000, at least one new token."""
-    return JobLimits(positions=MAX_CONTEXT, vocab=vocab, max_temperature=el.TEMPERATURE_MILLI_MAX, min_new=1)
+    vocabulary, temperature_milli <= 2000, 1 <= max_tokens <= MAX_NEW."""
+    return JobLimits(positions=MAX_CONTEXT, vocab=vocab, max_temperature=el.TEMPERATURE_MILLI_MAX, min_new=1,
+                     max_new=MAX_NEW)
 
 
 def check_job(job, vocab: int = VOCAB) -> None:
     """Refuse a job that has no honest trace (what a coordinator or node checks
     before serving it): token ids beyond the vocabulary, no token to
-    generate, a temperature above 2.0, or more positions than MAX_CONTEXT."""
-    if job.max_tokens < 1:
-        raise CommitmentError("max_tokens must be at least 1")
+    generate (or more than MAX_NEW), a temperature above 2.0, or more positions than MAX_CONTEXT."""
+    if not 1 <= job.max_tokens <= MAX_NEW:
+        raise CommitmentError(f"max_tokens must be between 1 and {MAX_NEW}")
     if job.temperature_milli > el.TEMPERATURE_MILLI_MAX:
         raise CommitmentError(f"temperature_milli must be at most {el.TEMPERATURE_MILLI_MAX} (temperature 2.0)")
     if max(job.tokens) >= vocab:

@@ -65,6 +65,36 @@ def softmax_cases(rng: random.Random, n: int):
         yield (row, col, mult, shift, 32767), el.softmax(row, col, mult, shift, 32767)
 
 
+def exp_sum_cases(rng: random.Random, n: int):
+    """Chunks of a long scores row: full (256), short (a row's last chunk), empty
+    (a chunk past the row), one value above top (reverts)."""
+    lengths = [256, 0, 1, 255] + [rng.randint(1, 256) for _ in range(n - 4)]
+    for i, k in enumerate(lengths):
+        values = _row(rng, k, 2**30)
+        top = max(values + [0]) + rng.choice([0, 0, 1, 2**20])
+        if i % 50 == 49 and values:
+            values[rng.randrange(k)] = top + 1
+        mult, shift = rng.choice([1, rng.randint(1, 2**20)]), rng.randint(0, 30)
+        yield (values, top, mult, shift), _expect(el.exp_sum, values, top, mult, shift)
+
+
+def softmax_prob_cases(rng: random.Random, n: int):
+    """Elements of a long row's softmax from its maximum and chunk sums; the
+    first ones are whole rows checked against elements.softmax."""
+    for i in range(n):
+        k = rng.choice([1, 300, 4096]) if i < 6 else rng.randint(1, 64)
+        row = _row(rng, k, 2**20)
+        col, top = rng.randrange(k), max(row)
+        mult, shift = rng.randint(1, 2**20), rng.randint(10, 30)
+        total = sum(el.exp_sum(row[j:j + el.CHUNK_WIDTH], top, mult, shift) for j in range(0, k, el.CHUNK_WIDTH))
+        if i < 6:
+            assert el.softmax_prob(row[col], top, total, mult, shift, 32767) == el.softmax(row, col, mult, shift, 32767)
+        value = row[col] if i % 40 != 39 else top + 1
+        if i % 40 == 19:
+            total = 0
+        yield (value, top, total, mult, shift, 32767), _expect(el.softmax_prob, value, top, total, mult, shift, 32767)
+
+
 def residual_cases(rng: random.Random, n: int):
     for _ in range(n):
         a, x = rng.randint(-2**31, 2**31), rng.randint(-128, 127)
@@ -381,6 +411,8 @@ CASES = {
     "elem_layer_norm": layer_norm_cases,
     "elem_exp_neg": exp_cases,
     "elem_softmax": softmax_cases,
+    "elem_exp_sum": exp_sum_cases,
+    "elem_softmax_prob": softmax_prob_cases,
     "elem_residual": residual_cases,
     "elem_l2_normalise": l2_cases,
     "elem_block_dense": block_dense_cases,

@@ -68,6 +68,25 @@ def softmax(row: list[int], col: int, mult: int, shift: int, one: int) -> int:
     return round_div(exps[col] * one, sum(exps))
 
 
+def exp_sum(values: list[int], top: int, mult: int, shift: int) -> int:
+    """One chunk's share of a softmax's denominator: sum of
+    exp_neg(requant(top - v, mult, shift, 0, EXP_INPUT_MAX)) over the chunk's
+    values, `top` the whole row's maximum (no value above it). The chunks'
+    sums add up to softmax's exact sum, so a long row's softmax splits into
+    chunks without changing a bit (docs/ops.md, "Long context")."""
+    if len(values) > CHUNK_WIDTH or any(v > top for v in values):
+        raise ValueError("exp_sum: more than 256 values or a value above top")
+    return sum(exp_neg(requant(top - v, mult, shift, 0, EXP_INPUT_MAX)) for v in values)
+
+
+def softmax_prob(value: int, top: int, total: int, mult: int, shift: int, one: int) -> int:
+    """softmax's element from the row's maximum and its exact sum of exps:
+    round_div(exp_neg(requant(top - value, mult, shift, 0, EXP_INPUT_MAX)) * one, total)."""
+    if value > top or total <= 0:
+        raise ValueError("softmax_prob: value above top or a non-positive total")
+    return round_div(exp_neg(requant(top - value, mult, shift, 0, EXP_INPUT_MAX)) * one, total)
+
+
 def residual(a: int, x: int, mult_a: int, shift_a: int, mult_x: int, shift_x: int, lo: int, hi: int) -> int:
     """Two branches brought to one scale and added."""
     return requant(a, mult_a, shift_a, lo, hi) + requant(x, mult_x, shift_x, lo, hi)

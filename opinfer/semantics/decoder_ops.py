@@ -97,10 +97,38 @@ def _dense_block(op, ins, ctx):
     first = np.arange(n) < (split or n)
     shift = np.where(first, p[4], p[7])
     lo, hi = np.where(first, p[5], p[8]), np.where(first, p[6], p[9])
-    xq, a, d = blocks.quantize_rows(x)
-    acc = blocks.block_acc_raw(xq, a, codes, dscale, mscale)
-    out = blocks.requant_shifted(acc, d, mult, shift, lo, hi)
+    native = _native_dense(fmt, codes, dscale, mscale, mult, shift, lo, hi)
+    if native is not None:
+        out = native(x)
+    else:
+        xq, a, d = blocks.quantize_rows(x)
+        acc = blocks.block_acc_raw(xq, a, codes, dscale, mscale)
+        out = blocks.requant_shifted(acc, d, mult, shift, lo, hi)
     return out.reshape(-1, fold) if fold else out
+
+
+_NATIVE: dict = {}          # id of the codes array -> (the arrays, their NativeDense)
+_NATIVE_KEPT = 256
+
+
+def _native_dense(fmt, codes, dscale, mscale, mult, shift, lo, hi):
+    """The native kernel of a DENSE_BLOCK's weights (the engine's: the same bits as
+    the numpy rule, tests/unit/test_blocks.py), packed once per weight tensor, so
+    that a long job's trace is not bound by numpy products; None where the
+    kernels cannot be loaded or the matrix is outside their bounds (numpy then)."""
+    key = (id(codes), id(dscale), fmt, mult, shift.tobytes(), lo.tobytes(), hi.tobytes())
+    hit = _NATIVE.get(key)
+    if hit is not None and hit[0][0] is codes and hit[0][1] is dscale:
+        return hit[1]
+    try:
+        small = codes.astype(np.uint8 if fmt == blocks.Q4_1 else np.int8)
+        dense = blocks.NativeDense.of(blocks.QMatrix(fmt, small, dscale, mscale), mult, shift, lo, hi)
+    except Exception:       # noqa: BLE001 -- no compiler or library, or bounds: the numpy rule
+        dense = None
+    if len(_NATIVE) >= _NATIVE_KEPT:
+        _NATIVE.pop(next(iter(_NATIVE)))
+    _NATIVE[key] = ((codes, dscale), dense)
+    return dense
 
 
 def _rope(op, ins, ctx):

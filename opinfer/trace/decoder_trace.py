@@ -273,4 +273,16 @@ class DecoderTrace(Trace):
         return self._steps_kept[step]
 
     def patched(self, position: int, tensor: np.ndarray) -> "DecoderTrace":
-        return DecoderTrace(self.program, self.job, self.on_op, {**self.replace, position: tensor})
+        """This trace with tensor `position` shown as `tensor` (no later op reads
+        it): only that tensor's root changes, so the copy shares everything else
+        instead of running the job again (a long job's trace takes minutes)."""
+        bad = DecoderTrace.__new__(DecoderTrace)
+        bad.__dict__.update(self.__dict__)
+        bad.replace = {**self.replace, position: tensor}
+        bad._state_leaves = list(self._state_leaves)
+        bad._state_leaves[position] = TensorTree.build(tensor).root
+        bad._full_levels = None
+        bad._steps_kept = OrderedDict()
+        bad.tensors = _LazyTensors(bad)
+        bad.trees = _LazyTrees(bad)
+        return bad

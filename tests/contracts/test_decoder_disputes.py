@@ -1,7 +1,7 @@
 """Disputes of toy decoder jobs on anvil, one per decoder op class.
 
 The toy decoder (opinfer.trace.testing.toy_decoder_program: SmolLM2 cut to
-two blocks and 512 tokens, every decoder op class, 76 ops per step) runs a
+two blocks and 512 tokens, every decoder op class, 78 ops per step) runs a
 greedy job, a sampling job (temperature 0.9, top_p 0.8) and a greedy job with
 stop sequences. First the StepVerifier (with DecoderOps) recomputes elements
 of every op class at step 0 (previous-step slots NOT_READ), in the prompt and
@@ -25,8 +25,10 @@ from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace
 
 KINDS = ("greedy", "sample", "stop")
-# The op classes a decoder step runs (SCORES, SOFTMAX, CONTEXT and RESIDUAL are the encoder's, reused).
-DECODER_CODES = (ops.SCORES, ops.SOFTMAX, ops.CONTEXT, ops.RESIDUAL) + tuple(range(ops.EMBED_TOKEN, ops.GEN + 1))
+# The op classes a decoder step runs (SCORES, CONTEXT and RESIDUAL are the encoder's, reused;
+# EXP_SUMS and PROBS the attention softmax in chunks).
+DECODER_CODES = ((ops.SCORES, ops.CONTEXT, ops.RESIDUAL) + tuple(range(ops.EMBED_TOKEN, ops.GEN + 1))
+                 + (ops.EXP_SUMS, ops.PROBS))
 GAS: dict[str, int] = {}
 
 
@@ -118,50 +120,51 @@ def test_every_decoder_op_class_matches_the_trace(system, decoder, traces, kind)
 # prompt / argmax / pick), step 0 where a previous-step slot is NOT_READ, the
 # three dense layers (q|k|v, the 3,072-wide gate|up, the 1,536-wide down) and
 # the folded LM head. Template ops: 0 EMBED_TOKEN, 1 RMS_NORM, 2 DENSE_BLOCK
-# (q|k|v), 3 ROPE, 4 APPEND (K), 5 APPEND (V^T), 6 SCORES, 7 SOFTMAX, 8 CONTEXT,
-# 10 RESIDUAL, 12 DENSE_BLOCK (gate|up), 13 SWIGLU, 14 DENSE_BLOCK (down), 32 the LM
-# head, 33 CHUNK_ARGMAX, 34 SAMPLE_WEIGHTS, 35 MASKED_SUMS (totals), 36
-# MASKED_SUMS (mode 0), 37 the first BISECT, 69 the last, 71 PICK, 72
-# PICK_TOKEN, 73 NEXT, 74 MATCH, 75 GEN. The toy jobs have L = 4, M = 3: steps
+# (q|k|v), 3 ROPE, 4 APPEND (K), 5 APPEND (V^T), 6 SCORES, 7 EXP_SUMS, 8 PROBS,
+# 9 CONTEXT, 11 RESIDUAL, 13 DENSE_BLOCK (gate|up), 14 SWIGLU, 15 DENSE_BLOCK (down),
+# 34 the LM head, 35 CHUNK_ARGMAX, 36 SAMPLE_WEIGHTS, 37 MASKED_SUMS (totals), 38
+# MASKED_SUMS (mode 0), 39 the first BISECT, 71 the last, 73 PICK, 74
+# PICK_TOKEN, 75 NEXT, 76 MATCH, 77 GEN. The toy jobs have L = 4, M = 3: steps
 # 0..2 are the prompt's, 3..5 produce the generated tokens.
 CASES = [
     ("greedy", 0, 0, (0, 7), 50),            # EMBED_TOKEN, prompt token, previous NEXT not read
     ("sample", 0, 4, (0, 100), 50),          # EMBED_TOKEN, the token picked at step 3
     ("greedy", 1, 1, (0, 30), 500),          # RMS_NORM
     ("greedy", 2, 0, (0, 11), 300),          # DENSE_BLOCK q|k|v
-    ("sample", 12, 2, (0, 2500), 300),       # DENSE_BLOCK gate|up, a column past 2,048
-    ("greedy", 14, 3, (0, 100), 1 << 12),    # DENSE_BLOCK down, K = 1,536
-    ("sample", 32, 5, (1, 7), 1 << 20),      # DENSE_BLOCK folded LM head
+    ("sample", 13, 2, (0, 2500), 300),       # DENSE_BLOCK gate|up, a column past 2,048
+    ("greedy", 15, 3, (0, 100), 1 << 12),    # DENSE_BLOCK down, K = 1,536
+    ("sample", 34, 5, (1, 7), 1 << 20),      # DENSE_BLOCK folded LM head
     ("greedy", 3, 2, (0, 65), 300),          # ROPE
     ("greedy", 4, 0, (0, 5), 40),            # APPEND K, new row at step 0 (cache not read)
-    ("sample", 19, 3, (1, 9), 40),           # APPEND K, cached row
+    ("sample", 20, 3, (1, 9), 40),           # APPEND K, cached row
     ("greedy", 5, 4, (3, 2), 40),            # APPEND V^T, cached column
-    ("stop", 20, 2, (100, 2), 40),           # APPEND V^T, new column
+    ("stop", 21, 2, (100, 2), 40),           # APPEND V^T, new column
     ("greedy", 6, 3, (5, 2), 3000),          # SCORES
-    ("sample", 7, 4, (4, 1), 900),           # SOFTMAX
-    ("greedy", 8, 3, (0, 40), 70),           # CONTEXT
-    ("sample", 10, 2, (0, 50), 1 << 16),     # RESIDUAL
-    ("greedy", 13, 1, (0, 700), 1 << 14),    # SWIGLU
-    ("greedy", 33, 3, (0, 1), 1 << 17),      # CHUNK_ARGMAX
-    ("greedy", 34, 3, (1, 3), 7),            # SAMPLE_WEIGHTS, greedy (all zero)
-    ("sample", 34, 4, (0, 30), 7),           # SAMPLE_WEIGHTS
-    ("sample", 35, 3, (0, 1), 5),            # MASKED_SUMS, totals (mode 1)
-    ("sample", 36, 4, (0, 0), 5),            # MASKED_SUMS, mode 0
-    ("sample", 37, 3, (0, 1), -1),           # BISECT, the first (weight bounds)
-    ("sample", 69, 5, (0, 0), 1),            # BISECT, the last
-    ("sample", 71, 4, (0, 1), -7),           # PICK
-    ("greedy", 71, 3, (0, 1), 3),            # PICK, greedy (0, 0)
-    ("sample", 72, 3, (0, 0), 1),            # PICK_TOKEN
-    ("greedy", 72, 4, (0, 0), 2),            # PICK_TOKEN, greedy (0)
-    ("greedy", 73, 1, (0, 0), 1),            # NEXT, the prompt's next token
-    ("greedy", 73, 4, (0, 0), 1),            # NEXT, argmax
-    ("sample", 73, 5, (0, 0), 1),            # NEXT, picked
-    ("stop", 74, 0, (0, 0), 1),              # MATCH at step 0 (previous GEN not read)
-    ("stop", 74, 3, (0, 0), 1),              # MATCH, the first generated token ends a stop sequence
-    ("greedy", 74, 5, (0, 0), 1),            # MATCH, no stop sequence
-    ("stop", 75, 0, (0, 3), 1),              # GEN at step 0 (previous GEN not read)
-    ("greedy", 75, 4, (0, 0), 1),            # GEN, a copied id
-    ("stop", 75, 5, (0, 1), 5),              # GEN after the stop: PAD
+    ("sample", 7, 4, (4, 0), 1 << 12),       # EXP_SUMS
+    ("sample", 8, 4, (4, 1), 900),           # PROBS
+    ("greedy", 9, 3, (0, 40), 70),           # CONTEXT
+    ("sample", 11, 2, (0, 50), 1 << 16),     # RESIDUAL
+    ("greedy", 14, 1, (0, 700), 1 << 14),    # SWIGLU
+    ("greedy", 35, 3, (0, 1), 1 << 17),      # CHUNK_ARGMAX
+    ("greedy", 36, 3, (1, 3), 7),            # SAMPLE_WEIGHTS, greedy (all zero)
+    ("sample", 36, 4, (0, 30), 7),           # SAMPLE_WEIGHTS
+    ("sample", 37, 3, (0, 1), 5),            # MASKED_SUMS, totals (mode 1)
+    ("sample", 38, 4, (0, 0), 5),            # MASKED_SUMS, mode 0
+    ("sample", 39, 3, (0, 1), -1),           # BISECT, the first (weight bounds)
+    ("sample", 71, 5, (0, 0), 1),            # BISECT, the last
+    ("sample", 73, 4, (0, 1), -7),           # PICK
+    ("greedy", 73, 3, (0, 1), 3),            # PICK, greedy (0, 0)
+    ("sample", 74, 3, (0, 0), 1),            # PICK_TOKEN
+    ("greedy", 74, 4, (0, 0), 2),            # PICK_TOKEN, greedy (0)
+    ("greedy", 75, 1, (0, 0), 1),            # NEXT, the prompt's next token
+    ("greedy", 75, 4, (0, 0), 1),            # NEXT, argmax
+    ("sample", 75, 5, (0, 0), 1),            # NEXT, picked
+    ("stop", 76, 0, (0, 0), 1),              # MATCH at step 0 (previous GEN not read)
+    ("stop", 76, 3, (0, 0), 1),              # MATCH, the first generated token ends a stop sequence
+    ("greedy", 76, 5, (0, 0), 1),            # MATCH, no stop sequence
+    ("stop", 77, 0, (0, 3), 1),              # GEN at step 0 (previous GEN not read)
+    ("greedy", 77, 4, (0, 0), 1),            # GEN, a copied id
+    ("stop", 77, 5, (0, 1), 5),              # GEN after the stop: PAD
 ]
 
 

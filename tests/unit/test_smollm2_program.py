@@ -43,12 +43,13 @@ def _engine(model, job: JobInput, max_ctx: int = 2048):
 
 
 def test_template_shape(program):
-    assert program.num_ops == 496
+    assert program.num_ops == 526
     assert program.steps_mode == 1
     codes = {op.code for op in program.ops}
     decoder = set(range(ops.EMBED_TOKEN, ops.GEN + 1))
     assert decoder <= codes
-    assert {ops.SCORES, ops.SOFTMAX, ops.CONTEXT, ops.RESIDUAL} <= codes
+    # the attention softmax in chunks (EXP_SUMS, PROBS): no whole-row SOFTMAX over the context
+    assert {ops.SCORES, ops.EXP_SUMS, ops.PROBS, ops.CONTEXT, ops.RESIDUAL} <= codes and ops.SOFTMAX not in codes
     assert program.ops[-1].code == ops.GEN
 
 
@@ -107,18 +108,28 @@ def test_unread_slots_are_marked_in_the_witness():
 
 
 def test_the_real_program_has_a_bounded_context_and_refuses_what_it_cannot_run(program):
-    from opinfer.engine.smollm2_program import MAX_CONTEXT, check_job
+    from opinfer.engine.smollm2_program import MAX_CONTEXT, MAX_NEW, check_job
+    assert MAX_CONTEXT == 4096 and MAX_NEW == 4095
     assert program.weights[2].shape == (MAX_CONTEXT, 64)      # the RoPE table: cos | sin (after the Q8_0 codes and scales)
-    check_job(JobInput(tuple(range(MAX_CONTEXT)), max_tokens=1))
-    for job, problem in ((JobInput(tuple(range(MAX_CONTEXT)), max_tokens=2), "context"),
+    # the longest prompt fits one job-input row (2,048 words: 10 header words + 2,038 tokens);
+    # prompt + max_tokens - 1 positions up to MAX_CONTEXT, max_tokens up to MAX_NEW
+    longest = tuple(range(2038))
+    check_job(JobInput(longest, max_tokens=MAX_CONTEXT + 1 - len(longest)))
+    check_job(JobInput((7,), max_tokens=MAX_NEW))
+    for job, problem in ((JobInput(longest, max_tokens=MAX_CONTEXT + 2 - len(longest)), "context"),
+                         (JobInput((7,), max_tokens=MAX_NEW + 1), "max_tokens"),
                          (JobInput((49152, 1), max_tokens=1), "vocabulary"),
                          (JobInput((1, 2), max_tokens=0), "max_tokens"),
                          (JobInput((1, 2), max_tokens=1, temperature_milli=2001), "temperature")):
         with pytest.raises(CommitmentError, match=problem):
             check_job(job)
+    with pytest.raises(CommitmentError, match="too long"):
+        JobInput(tuple(range(2039)), max_tokens=1)
     # The same limits are in the model root: job_shape refuses exactly what check_job refuses.
     assert program.limits is not None and program.mode_word >> 8
-    for job in (JobInput(tuple(range(MAX_CONTEXT)), max_tokens=1), JobInput(tuple(range(MAX_CONTEXT)), max_tokens=2),
+    for job in (JobInput(longest, max_tokens=MAX_CONTEXT + 1 - len(longest)),
+                JobInput(longest, max_tokens=MAX_CONTEXT + 2 - len(longest)),
+                JobInput((7,), max_tokens=MAX_NEW), JobInput((7,), max_tokens=MAX_NEW + 1),
                 JobInput((49151, 1), max_tokens=3, temperature_milli=2000), JobInput((49152, 1), max_tokens=1),
                 JobInput((1, 2), max_tokens=0), JobInput((1, 2), max_tokens=1, temperature_milli=2001),
                 JobInput((5,), max_tokens=1, stop_sequences=((49999, 3),))):
@@ -154,3 +165,63 @@ def test_model_root_and_trace_are_the_same_in_another_process_with_one_thread(pr
     assert out.returncode == 0, out.stderr
     trace = Trace.of(program, JobInput((504, 3575, 282), max_tokens=2, temperature_milli=800, seed=7))
     assert out.stdout.split() == [program.model_root.hex(), trace.output_root.hex(), trace.state_root(trace.n).hex()]
+
+
+def test_long_context_job_program_equals_its_engine():
+    """A sampled job past 1,024 positions (1,032): the attention softmax spans
+    five chunks of 256 (EXP_SUMS, PROBS); the program's tokens are the engine's
+    (SmolLM2 cut to one block and 256 tokens, real weights)."""
+    from opinfer.models.smollm2.testing import long_toy_decoder, long_toy_job
+
+    program, model = long_toy_decoder()
+    job = long_toy_job()
+    assert len(job.tokens) + job.max_tokens - 1 > 1024
+    tensors = program.run(job)
+    assert np.array_equal(tensors[-1], _engine(model, job))
+    last = (len(tensors) - 2) // program.num_ops           # the last step's EXP_SUMS: chunk 4 holds positions 1,024..
+    sums = tensors[1 + last * program.num_ops + next(j for j, op in enumerate(program.ops) if op.code == ops.EXP_SUMS)]
+    assert sums.shape == (9, 16) and (sums[:, :5] > 0).all() and not sums[:, 5:].any()
+
+
+def _step(program, job, step, carry):
+    """Every output of one step of `program`, from the previous step's carried tensors."""
+    t0, outs = job.tensor(), []
+    for j, op in enumerate(program.ops):
+        ins = []
+        for s in op.slots:
+            kind, idx = s.ref >> 128, s.ref & ((1 << 128) - 1)
+            ins.append(t0 if kind == ops.INPUT else outs[idx] if kind == ops.SAME
+                       else program.weights[idx] if kind == ops.WEIGHT else carry[idx])
+        outs.append(op.run(ins, program.ctx(job, step * program.num_ops + j)))
+    return outs
+
+
+def test_real_program_step_past_1024_positions_equals_the_engine(program, tok):
+    """The real SmolLM2 at position 1,100: the program's step, fed the engine's own
+    KV cache of the 1,100 positions before it, gives the engine's logits and token
+    bit for bit (a full 1,100-position trace would take minutes)."""
+    model = default_model()
+    text = "The history of the city begins with a small fishing village on the river. " * 80
+    ids = tuple(tok.encode(text))[:1101]
+    assert len(ids) == 1101
+    job = JobInput(ids, max_tokens=1)
+    s = len(ids) - 1                                          # the last prompt step: 1,101 positions
+    session = model.session(2048)
+    session.forward(ids[:s])
+    logits = session.forward(ids[s:])
+    carry, layer = {}, 0
+    gen = next(j for j, op in enumerate(program.ops) if op.code == ops.GEN)
+    for j, op in enumerate(program.ops):
+        if op.code == ops.APPEND:
+            k, v = session.k[layer // 2, :, :s].astype(np.int64), session.v[layer // 2, :, :s].astype(np.int64)
+            carry[j] = v.transpose(0, 2, 1).reshape(-1, s) if op.params[0] else k.transpose(1, 0, 2).reshape(s, -1)
+            layer += 1
+        elif op.code == ops.NEXT:
+            carry[j] = np.array([[ids[s]]])
+    carry[gen] = np.array([[-1, 0]])
+    outs = _step(program, job, s, carry)
+    head = max(j for j, op in enumerate(program.ops) if op.code == ops.DENSE_BLOCK)
+    assert np.array_equal(outs[head].reshape(-1), logits)
+    assert outs[-1][0, 0] == int(np.argmax(logits))
+    sums = outs[next(j for j, op in enumerate(program.ops) if op.code == ops.EXP_SUMS)]
+    assert (sums[:, :5] > 0).all() and not sums[:, 5:].any()  # positions 0..1,100: five chunks of 256

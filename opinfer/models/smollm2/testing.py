@@ -15,7 +15,7 @@ from opinfer.semantics.program import Program
 def toy_decoder(layers: int = 2, vocab: int = 512):
     """(program, model): SmolLM2 cut to its first `layers` blocks and `vocab`
     tokens (real weights, so activations look real), a decoder program with
-    every decoder op class and 76 ops per step; the engine runs the same
+    every decoder op class and 78 ops per step; the engine runs the same
     model, so program and engine can be compared on it too."""
     from opinfer.engine import smollm2 as sm
     from opinfer.engine.smollm2_program import build_program
@@ -24,6 +24,26 @@ def toy_decoder(layers: int = 2, vocab: int = 512):
     program = build_program(small)
     program.name = "toy-decoder"
     return program, small
+
+
+@lru_cache(maxsize=1)
+def long_toy_decoder(positions: int = 1100):
+    """(program, model): SmolLM2 cut to one block and 256 tokens with a RoPE
+    table of `positions` rows: a long-context job (past 1,024 positions, so
+    the attention softmax spans several chunks of 256) runs in seconds."""
+    from opinfer.engine import smollm2 as sm
+    from opinfer.engine.smollm2_program import build_program
+
+    small = sm.default_model().sliced(1, 256, positions)
+    program = build_program(small)
+    program.name = "toy-decoder-long"
+    return program, small
+
+
+def long_toy_job(tokens: int = 1030, max_tokens: int = 3) -> JobInput:
+    """A sampled job of the long toy decoder: tokens + max_tokens - 1 positions."""
+    ids = tuple(int(t) for t in np.random.default_rng(11).integers(0, 256, size=tokens))
+    return JobInput(ids, max_tokens=max_tokens, temperature_milli=800, top_p_q=58982, seed=4242)
 
 
 def toy_decoder_program() -> Program:

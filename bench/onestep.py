@@ -8,8 +8,12 @@ on a real sampled chat job, the StepVerifier recomputes elements of the
 trace (first and last element, every step's worst for the decoder) and the
 largest `compute_element` gas is printed. The decoder's rows that grow with
 the context (attention scores, probabilities, the V^T cache) are also
-measured at MAX_CONTEXT = 1,024 positions with a synthetic program holding
-SOFTMAX and CONTEXT over 1,024-wide rows, the widest the protocol accepts.
+measured at MAX_CONTEXT = 4,096 positions with a synthetic program holding
+the chunked softmax (EXP_SUMS, PROBS) and CONTEXT over 4,096-wide rows, the
+widest the protocol accepts, with scores that need 8 bytes each in the
+witness and a small spread so that every exp is computed in full (the
+costliest case); bench.longctx measures every op class of a real decoder
+at 4,096 positions.
 DisputeGame.step adds the game's own checks to these figures (bench.gas
 measures whole steps through the game). Target: the largest under 5M gas.
 """
@@ -28,7 +32,7 @@ from opinfer.chain.deploy import ProtocolParams, deploy
 from opinfer.chain.sender import TxSender
 from opinfer.semantics import ops
 from opinfer.semantics.jobinput import JobInput
-from opinfer.semantics.ops import CONTEXT, DOT, INPUT, SAME, SOFTMAX, WEIGHT, Op, Slot, dim, ref
+from opinfer.semantics.ops import CONTEXT, DOT, EXP_SUMS, INPUT, PROBS, SAME, WEIGHT, Op, Slot, dim, ref
 from opinfer.semantics.program import Program, job_steps
 from opinfer.trace.state import Trace
 
@@ -77,22 +81,27 @@ def per_class(verifier, trace: Trace, steps: list[int]) -> dict:
     return out
 
 
-def long_rows_program(width: int = 1024, k: int = 32) -> Program:
-    """SOFTMAX and CONTEXT over `width`-wide rows (the decoder's at MAX_CONTEXT):
-    scores from a DOT of T_0's tokens ([1, k]) with a [width, k] weight, a small
-    spread, so that every exp is computed in full (the costliest case); CONTEXT = probabilities . a
+def long_rows_program(width: int = 4096, k: int = 32) -> Program:
+    """The chunked softmax (EXP_SUMS [1, width / 256], PROBS) and CONTEXT over
+    `width`-wide rows (the decoder's at MAX_CONTEXT): scores from a DOT of
+    T_0's tokens ([1, k]) with a [width, k] weight, times 2^12 so that each
+    needs 8 bytes in the witness (SmolLM2's q.k at 2^-18 can), with a small
+    spread so that every exp is computed in full; CONTEXT = probabilities . a
     [64, width] weight row (V^T), requantised."""
     rng = np.random.default_rng(width)
     w = rng.integers(-1, 2, size=(width, k))
-    w[:, :10] = 0            # the header words (top_p_q - 1 = 65535) would spread the scores
+    w[:, :10] = 0            # the header words (top_p_q - 1 = 65535) would spread the scores ...
+    w[:, 4] = 127            # ... but one, with one weight for every score: an offset of 2^23
     vt = rng.integers(-2047, 2048, size=(64, width))
     t0 = Slot(ref(INPUT), dim(1), dim(0, 1, 0, 1))
     scores = Op(DOT, dim(1), dim(width), (t0, Slot(ref(WEIGHT, 0), dim(width), dim(k), 1)),
-                (1, 0, -(1 << 40), 1 << 40))
-    probs = Op(SOFTMAX, dim(1), dim(width), (Slot(ref(SAME, 0), dim(1), dim(width)),), (1 << 14, 12, 32767))
-    ctx = Op(CONTEXT, dim(1), dim(64), (Slot(ref(SAME, 1), dim(1), dim(width)), Slot(ref(WEIGHT, 1), dim(64), dim(width), 2)),
+                (1 << 12, 0, -(1 << 60), 1 << 60))     # about 2^35 each, spread about 2^20
+    row = Slot(ref(SAME, 0), dim(1), dim(width))
+    sums = Op(EXP_SUMS, dim(1), dim(width // 256), (row,), (1, 10))
+    probs = Op(PROBS, dim(1), dim(width), (row, Slot(ref(SAME, 1), dim(1), dim(width // 256))), (1, 10, 32767))
+    ctx = Op(CONTEXT, dim(1), dim(64), (Slot(ref(SAME, 2), dim(1), dim(width)), Slot(ref(WEIGHT, 1), dim(64), dim(width), 2)),
              (64, 1, 1 << 15, 30, -32768, 32767))
-    return Program([scores, probs, ctx], [w, vt], [1, 2], name="long-rows")
+    return Program([scores, sums, probs, ctx], [w, vt], [1, 2], name="long-rows")
 
 
 def run() -> dict:
@@ -125,9 +134,11 @@ def run() -> dict:
 
         program = long_rows_program(MAX_CONTEXT)
         trace = Trace.of(program, JobInput(tuple(range(1, 23))))
+        last = MAX_CONTEXT // 256 - 1
         out["long_rows"] = {"width": MAX_CONTEXT,
-                            "gas": {"softmax": max(element_gas(verifier, trace, 1, 0, c) for c in (0, MAX_CONTEXT - 1)),
-                                    "context": element_gas(verifier, trace, 2, 0, 63)}}
+                            "gas": {"exp_sums": max(element_gas(verifier, trace, 1, 0, c) for c in (0, last)),
+                                    "probs": max(element_gas(verifier, trace, 2, 0, c) for c in (0, MAX_CONTEXT - 1)),
+                                    "context": element_gas(verifier, trace, 3, 0, 63)}}
     largest = max(g for section in out.values() for g in section["gas"].values())
     out["largest"] = largest
     out["target"] = TARGET

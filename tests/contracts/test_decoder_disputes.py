@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from conftest import CHALLENGER_WON, NODE_WON, Driver, make_leaf, post
-from opinfer.models.smollm2.testing import toy_decoder_job, toy_decoder_program
+from opinfer.models.smollm2.testing import long_toy_decoder, long_toy_job, toy_decoder_job, toy_decoder_program
 from opinfer.semantics import ops
 from opinfer.semantics.program import job_steps
 from opinfer.trace.state import Trace
-from opinfer.trace.testing import corrupted_trace
+from opinfer.trace.testing import corrupted_trace, patched_trace
 
 KINDS = ("greedy", "sample", "stop")
 # The op classes a decoder step runs (SCORES, CONTEXT and RESIDUAL are the encoder's, reused;
@@ -217,3 +217,77 @@ def test_one_step_gas_per_decoder_op_class():
         for name, gas in sorted(table.items(), key=lambda kv: -kv[1]):
             print(f"  {name:<16}{gas:>10}")
             assert gas < 5_000_000
+
+
+# ---------------------------------------------------------------- a long-context job
+
+@pytest.fixture(scope="module")
+def long_decoder():
+    return long_toy_decoder()[0]
+
+
+@pytest.fixture(scope="module")
+def long_id(system, long_decoder, deployer):
+    tx = system.registry.register_model(long_decoder.name, long_decoder.model_root, long_decoder.num_ops, 1000,
+                                        {"from": deployer})
+    return tx.return_value
+
+
+@pytest.fixture(scope="module")
+def long_trace(long_decoder):
+    """A sampled job of 1,030 prompt tokens and 3 new ones: 1,032 positions, the
+    attention softmax over five chunks of 256 (SmolLM2's widths, one block)."""
+    return Trace.of(long_decoder, long_toy_job())
+
+
+def _code_at(program, code: int) -> int:
+    return next(j for j, op in enumerate(program.ops) if op.code == code)
+
+
+def test_long_context_rows_are_verified_on_chain(system, long_decoder, long_trace):
+    """Every op class whose rows grow with the context, at the last step (1,032
+    positions): the chain computes the trace's values, each one-step far under 5M."""
+    p, trace = long_decoder, long_trace
+    step = job_steps(p.steps_mode, trace.job) - 1
+    for code, params0, elements in ((ops.SCORES, None, [(8, 1031)]), (ops.EXP_SUMS, None, [(0, 0), (8, 4), (3, 5)]),
+                                    (ops.PROBS, None, [(0, 1031), (4, 700)]), (ops.CONTEXT, None, [(0, 575)]),
+                                    (ops.APPEND, 1, [(191, 1030), (5, 1031)]), (ops.GEN, None, [(0, 2)])):
+        j = next(j for j, op in enumerate(p.ops) if op.code == code and (params0 is None or op.params[0] == params0))
+        i = step * p.num_ops + j
+        for r, c in elements:
+            args = compute_args(trace, i, r, c)
+            assert system.verifier.compute_element(*args) == int(trace.tensors[i + 1][r, c]), (ops.NAMES[code], r, c)
+            gas = system.verifier.compute_element.estimate_gas(*args)
+            LONG_GAS[ops.NAMES[code]] = max(LONG_GAS.get(ops.NAMES[code], 0), gas)
+            assert gas < 5_000_000
+
+
+LONG_GAS: dict[str, int] = {}
+
+
+@pytest.mark.parametrize("code,element,delta", [(ops.EXP_SUMS, (6, 4), 1 << 10), (ops.PROBS, (2, 1029), 7)],
+                         ids=["exp_sums", "probs"])
+def test_long_context_lie_in_the_chunked_softmax_is_narrowed_and_slashed(system, staked, coordinator, nodes,
+                                                                        challengers, long_decoder, long_id,
+                                                                        long_trace, code, element, delta):
+    """A node lies in the attention softmax of the last step of a 1,032-position
+    job (the chunk of positions 1,024..1,031, or one probability past 1,024): the
+    bisection narrows the game to that element, the one-step refutes it and the
+    node is slashed."""
+    honest, p = long_trace, long_decoder
+    step = job_steps(p.steps_mode, honest.job) - 1
+    position = step * p.num_ops + _code_at(p, code) + 1
+    row, col = element
+    bad = patched_trace(honest, position, row, col, delta)
+    batch_id, batch, _ = post(system, coordinator, [make_leaf(bad, nodes[0], long_id, system.rollup, job=7)])
+    gid = system.game.challenge(*batch.challenge_args(batch_id, 0, p.model_header()),
+                                {"from": challengers[0]}).return_value
+    driver = Driver(system, gid, nodes[0], bad, challengers[0], honest)
+    end = driver.play()
+    assert (end["hi"], end["row"], end["col"]) == (position, row, col)
+    assert end["status"] == CHALLENGER_WON
+    assert system.stake.slashable(nodes[0]) == 0
+    assert driver.txs[-1].fn_name == "step"
+    LONG_GAS["step " + ops.NAMES[code]] = driver.txs[-1].gas_used
+    assert driver.txs[-1].gas_used < 5_000_000
+    print(f"\nlong context ({step + 1} positions), gas: {LONG_GAS}")

@@ -1,0 +1,187 @@
+"""Long context (4,096 positions): one-step gas, trace time and memory.
+
+    python -m bench.longctx [--json] [--skip-toy] [--skip-engine] [--skip-steps]
+
+- toy: SmolLM2's widths cut to one block and 256 tokens (opinfer.trace.testing
+  long_toy_decoder) with a RoPE table of 4,096 rows, one sampled job of
+  2,038 prompt tokens (the longest a job-input row holds) and 2,059 new ones:
+  4,096 positions. Its trace (seconds, peak RSS), the program's output against
+  the engine's, and StepVerifier.compute_element gas of every op class whose
+  rows grow with the context, at the last step (target < 5M each).
+- engine: the real SmolLM2 engine generating the same shape of job (2,038
+  prompt tokens, 2,058 new ones greedily; the KV cache at 4,096 positions):
+  seconds, KV cache bytes, peak RSS.
+- steps: the real SmolLM2 program's trace cost per step (running the step's
+  526 ops and hashing every output as DecoderTrace does, caches
+  incrementally) at positions 1, 1,024, 2,048 and 4,095, fed the engine's own
+  KV cache; the whole 4,096-position trace is extrapolated from a line fitted
+  through them (the per-step cost grows linearly with the position), against
+  the devnet's clock budget of 300 s (a trace must leave 60 s for the moves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+TARGET_GAS = 5_000_000
+CLOCK_S = 300
+MOVE_MARGIN_S = 60
+PROMPT = 2038            # 10 header words + 2,038 tokens = the 2,048-word job-input row
+POSITIONS = 4096
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _ids(n: int) -> list[int]:
+    from opinfer.engine.bpe_tokenizer import load_tokenizer
+
+    text = ("The history of the city begins with a small fishing village on the river, where traders "
+            "from the north met merchants from the coast every spring. ") * 400
+    ids = load_tokenizer().encode(text)
+    assert len(ids) >= n
+    return ids[:n]
+
+
+def toy() -> dict:
+    from web3 import HTTPProvider, Web3
+
+    from opinfer.chain.anvil import Anvil, dev_keys
+    from opinfer.chain.deploy import ProtocolParams, deploy
+    from opinfer.chain.sender import TxSender
+    from opinfer.engine.sampling import SamplingParams
+    from opinfer.models.smollm2.testing import long_toy_decoder
+    from opinfer.semantics import ops
+    from opinfer.semantics.jobinput import JobInput
+    from opinfer.semantics.program import job_steps
+    from opinfer.trace.outputs import generation_output
+    from opinfer.trace.state import Trace
+
+    from bench.onestep import element_gas
+
+    program, model = long_toy_decoder(POSITIONS)
+    ids = tuple(int(t) % 256 for t in _ids(PROMPT))
+    job = JobInput(ids, max_tokens=POSITIONS + 1 - PROMPT, temperature_milli=800, top_p_q=58982, seed=4242)
+    t = time.perf_counter()
+    trace = Trace.of(program, job)
+    trace_s = time.perf_counter() - t
+    sampler = SamplingParams(job.temperature_milli, job.top_p_q, job.seed)
+    g = model.session(POSITIONS + 1).generate(list(job.tokens), job.max_tokens, sampler=sampler)
+    same = bool(np.array_equal(trace.output, generation_output(g.ids, g.finish_reason, job.max_tokens)))
+    step = job_steps(program.steps_mode, job) - 1
+    gas: dict[str, int] = {}
+    with Anvil(accounts=2) as anvil:
+        w3 = Web3(HTTPProvider(anvil.url))
+        verifier = deploy(w3, TxSender(w3, dev_keys(1)[0]), ProtocolParams(), coordinators=()).contracts["StepVerifier"]
+        for j, op in enumerate(program.ops):
+            name = ops.NAMES[op.code] + ("_vt" if op.code == ops.APPEND and op.params[0] else "")
+            if name in gas or op.code in (ops.DENSE_BLOCK, ops.SWIGLU, ops.BISECT):
+                continue
+            i = step * program.num_ops + j
+            rows, cols = trace.tensors[i + 1].shape
+            gas[name] = max(element_gas(verifier, trace, i, r, c) for r, c in {(0, 0), (rows - 1, cols - 1)})
+    return {"positions": step + 1, "prompt": PROMPT, "new_tokens": job.max_tokens, "program_equals_engine": same,
+            "trace_s": round(trace_s, 1), "peak_rss_mb": round(peak_rss_mb()), "gas": gas,
+            "largest": max(gas.values()), "meets_target": max(gas.values()) < TARGET_GAS and same}
+
+
+def engine() -> dict:
+    from opinfer.engine.smollm2 import default_model
+
+    model = default_model()
+    ids = _ids(PROMPT)
+    session = model.session(POSITIONS)
+    t = time.perf_counter()
+    g = session.generate(ids, POSITIONS - PROMPT)   # the last token is sampled, never fed: 4,095 cached + 1
+    seconds = time.perf_counter() - t
+    return {"positions": session.pos + 1, "generated": len(g.ids), "seconds": round(seconds, 1),
+            "tokens_per_s": round(len(g.ids) / seconds, 1),
+            "kv_cache_mb": round((session.k.nbytes + session.v.nbytes) / 2**20, 1),
+            "peak_rss_mb": round(peak_rss_mb())}
+
+
+def steps() -> dict:
+    """Per-step trace cost of the real program at a few positions, then the total."""
+    from opinfer.engine.smollm2 import default_model
+    from opinfer.engine.smollm2_program import default_program
+    from opinfer.semantics import ops
+    from opinfer.semantics.jobinput import JobInput
+    from opinfer.semantics.tensor import TensorTree
+    from opinfer.trace.decoder_trace import _ColsCache, _RowsCache
+
+    model, program = default_model(), default_program()
+    ids = _ids(POSITIONS)
+    job = JobInput(tuple(ids[:PROMPT]), max_tokens=POSITIONS + 1 - PROMPT)
+    session = model.session(POSITIONS)
+    t0 = job.tensor()
+    caches = [j for j, op in enumerate(program.ops) if op.code == ops.APPEND]
+    gen = next(j for j, op in enumerate(program.ops) if op.code == ops.GEN)
+    nxt = next(j for j, op in enumerate(program.ops) if op.code == ops.NEXT)
+    points = {}
+    for s in (1, 1024, 2048, POSITIONS - 1):
+        session.forward(ids[session.pos:s])
+        carry = {nxt: np.array([[ids[s]]]), gen: np.full((1, job.max_tokens + 1), -1, dtype=np.int64)}
+        incremental = {}
+        for n, j in enumerate(caches):
+            k = session.k[n // 2, :, :s].astype(np.int64)
+            v = session.v[n // 2, :, :s].astype(np.int64)
+            if program.ops[j].params[0]:
+                carry[j] = v.transpose(0, 2, 1).reshape(-1, s)
+                incremental[j] = _ColsCache(carry[j].shape[0])
+            else:
+                carry[j] = k.transpose(1, 0, 2).reshape(s, -1)
+                incremental[j] = _RowsCache(carry[j].shape[1])
+            incremental[j].reset(carry[j])
+        t = time.perf_counter()
+        outs = []
+        for j, op in enumerate(program.ops):
+            ins = []
+            for slot in op.slots:
+                kind, idx = slot.ref >> 128, slot.ref & ((1 << 128) - 1)
+                ins.append(t0 if kind == ops.INPUT else outs[idx] if kind == ops.SAME
+                           else program.weights[idx] if kind == ops.WEIGHT else carry[idx])
+            outs.append(op.run(ins, program.ctx(job, s * program.num_ops + j)))
+        run_s = time.perf_counter() - t
+        for j, out in enumerate(outs):
+            if j in incremental:
+                incremental[j].append(out[:, -1] if program.ops[j].params[0] else out[-1])
+                incremental[j].root()
+            else:
+                TensorTree.build(out).root
+        points[s] = {"run_s": round(run_s, 3), "total_s": round(time.perf_counter() - t, 3)}
+    xs = np.array(list(points), dtype=np.float64)
+    ys = np.array([p["total_s"] for p in points.values()])
+    b, a = np.polyfit(xs, ys, 1)
+    total = POSITIONS * a + b * (POSITIONS - 1) * POSITIONS / 2
+    budget = CLOCK_S - MOVE_MARGIN_S
+    return {"per_step": {str(k): v for k, v in points.items()}, "fit_s": [round(a, 4), round(b * 1000, 4)],
+            "estimated_trace_s": round(total), "budget_s": budget, "peak_rss_mb": round(peak_rss_mb()),
+            "meets_target": total <= budget}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true")
+    for name in ("toy", "engine", "steps"):
+        parser.add_argument(f"--skip-{name}", action="store_true")
+    args = parser.parse_args(argv)
+    out = {}
+    for name, fn in (("toy", toy), ("engine", engine), ("steps", steps)):
+        if not getattr(args, f"skip_{name}"):
+            out[name] = fn()
+            if not args.json:
+                print(name, json.dumps(out[name], indent=1), flush=True)
+    if args.json:
+        print(json.dumps(out))
+    return 0 if all(s.get("meets_target", True) for s in out.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

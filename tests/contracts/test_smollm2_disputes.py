@@ -71,7 +71,8 @@ CASES = [
     (ops.APPEND, 1, 3, (10, 1), 7),                # V^T cache: a cached column
     (ops.APPEND, 1, 3, (10, 3), 7),                # V^T cache: the new column
     (ops.SCORES, 0, 3, (4, 2), 100),
-    (ops.SOFTMAX, 0, 3, (2, 1), 500),
+    (ops.EXP_SUMS, 0, 3, (2, 0), 1 << 10),         # the attention softmax's chunk sums
+    (ops.PROBS, 0, 3, (2, 1), 500),
     (ops.CONTEXT, 0, 2, (0, 200), 50),
     (ops.RESIDUAL, 0, 1, (0, 11), 1 << 10),
     (ops.SWIGLU, 0, 2, (0, 1000), 77),
@@ -122,8 +123,10 @@ def test_wrong_element_of_a_real_smollm2_job_is_narrowed_and_refuted(system, sta
 
 
 @pytest.mark.parametrize("change,lost", [
-    (dict(max_tokens=1020), False),         # 5 + 1020 - 1 = 1024 positions: the RoPE table's
-    (dict(max_tokens=1021), True),          # 1,025 positions: beyond the RoPE table
+    (dict(max_tokens=4092), False),         # 5 + 4092 - 1 = 4096 positions: the RoPE table's
+    (dict(max_tokens=4093), True),          # 4,097 positions: beyond the RoPE table
+    (dict(tokens=(7,), max_tokens=4095), False),   # 4,095 positions, MAX_NEW new tokens
+    (dict(tokens=(7,), max_tokens=4096), True),    # 4,096 positions but a GEN row of 4,097 values
     (dict(max_tokens=0), True),             # no new token
     (dict(temperature_milli=2001), True),   # above temperature 2.0
     (dict(tokens=(49152,)), True),          # outside the vocabulary

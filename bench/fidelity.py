@@ -62,6 +62,10 @@ class Float64SmolLM2:
         self.layers = [{k: f(v) for k, v in vars(la).items()} for la in w.layers]
 
     def logits(self, ids) -> np.ndarray:
+        return self.hidden(ids) @ self.embed.T
+
+    def hidden(self, ids) -> np.ndarray:
+        """The last RMSNorm's output for every position (logits = hidden . embed^T)."""
         w = self.w
         T, D, nh, nkv = len(ids), w.head_dim, w.n_heads, w.n_kv_heads
         norm = lambda x, g: x / np.sqrt((x * x).mean(-1, keepdims=True) + w.rms_eps) * g  # noqa: E731
@@ -92,7 +96,7 @@ class Float64SmolLM2:
             h = norm(x, la["ffn_norm"])
             g = h @ la["w_gate"].T
             x = x + (g / (1 + np.exp(-g)) * (h @ la["w_up"].T)) @ la["w_down"].T
-        return norm(x, self.out_norm) @ self.embed.T
+        return norm(x, self.out_norm)
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -169,6 +173,36 @@ def smollm2() -> dict:
         ppl_ok = abs(ppl_int / llama["llama_ppl"] - 1) <= 0.01
     out["meets_target"] = bool(agreement >= 0.96 and kl <= 0.005 and ppl_ok and "Paris" in answer)
     return out
+
+
+LONG_TEXT = Path("/usr/share/common-licenses/GPL-3")
+
+
+def smollm2_long(positions: int = 4096) -> dict:
+    """Top-1 agreement and mean KL over one context of `positions` tokens (the
+    long-context limit, docs/ops.md "Long context") of held-out text (Debian's
+    copy of the GPL-3, 6,935 tokens), same targets as `smollm2`:
+
+        python -c "from bench.fidelity import smollm2_long; print(smollm2_long())"
+    """
+    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.engine.smollm2 import default_model
+
+    ids = load_tokenizer().encode(" ".join(LONG_TEXT.read_text().split()))[: positions + 1]
+    model, ref = default_model(), Float64SmolLM2()
+    hidden = ref.hidden(ids[:-1])
+    session = model.session(len(ids))
+    agree, kls = [], []
+    for start in range(0, len(ids) - 1, 512):    # logits 512 positions at a time: bounded memory
+        piece = ids[start:min(start + 512, len(ids) - 1)]
+        ours = _int_logprobs(session.forward(piece, all_logits=True))
+        theirs = _log_softmax(hidden[start:start + len(piece)] @ ref.embed.T)
+        agree += list(ours.argmax(-1) == theirs.argmax(-1))
+        kls += list((np.exp(theirs) * (theirs - ours)).sum(-1))
+    agreement, kl = float(np.mean(agree)), float(np.mean(kls))
+    tail = float(np.mean(agree[-1024:]))          # the last 1,024 positions alone
+    return {"positions": len(ids) - 1, "top1_agreement": round(agreement, 4), "mean_kl": round(kl, 5),
+            "top1_last_1024": round(tail, 4), "meets_target": bool(agreement >= 0.96 and kl <= 0.005)}
 
 
 def report(result: dict) -> None:

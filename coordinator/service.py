@@ -279,14 +279,14 @@ class InferenceService:
             raise BadRequest("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
         max_tokens = req.max_completion_tokens or req.max_tokens or self.settings.default_max_tokens
         param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-        self._check_max_tokens(max_tokens, param)
+        self._check_max_tokens(model.name, max_tokens, param)
         messages = [("system" if msg.role == "developer" else msg.role, msg.text()) for msg in req.messages]
         tok = self.tokenizers
-        await self._fits(sum(len(text.encode()) for _, text in messages), max_tokens, "messages")
+        await self._fits(model.name, sum(len(text.encode()) for _, text in messages), max_tokens, "messages")
         stops = self._stops(req.stop)
         prompt, stop_sequences = await anyio.to_thread.run_sync(lambda: (
             tok.chat_prompt(messages), [(tok.chat_end,)] + [tuple(tok.chat.encode_ordinary(s)) for s in stops]))
-        self._check_length(len(prompt), max_tokens, param, "messages")
+        self._check_length(model.name, len(prompt), max_tokens, param, "messages")
         jobs = self._jobs(req, model, [prompt], stop_sequences, max_tokens, "messages")
         return self._plan(model, "chat", jobs, [prompt], stop_sequences, req, who,
                           top=(req.top_logprobs or 0) if req.logprobs else None, prompt_logprobs=False)
@@ -302,7 +302,7 @@ class InferenceService:
                 raise BadRequest(f"`{param}` is not supported: {why}", param=param, code="unsupported_parameter")
         self._reject_penalties(req)
         max_tokens = self.settings.default_max_tokens if req.max_tokens is None else req.max_tokens
-        self._check_max_tokens(max_tokens, "max_tokens")
+        self._check_max_tokens(model.name, max_tokens, "max_tokens")
         if max_tokens == 0:
             # a job generates at least one token (the engine's refusal rule): scoring asks for one
             raise BadRequest("max_tokens must be at least 1; to score a text, ask for echo and logprobs with "
@@ -315,7 +315,7 @@ class InferenceService:
             raise BadRequest(f"{len(prompts)} prompts x n={req.n or 1} choices; the limit is "
                              f"{self.settings.max_choices} (max_choices)", param="prompt")
         tok = self.tokenizers
-        await self._fits(sum(len(p.encode()) for p in prompts if isinstance(p, str)), max_tokens, "prompt")
+        await self._fits(model.name, sum(len(p.encode()) for p in prompts if isinstance(p, str)), max_tokens, "prompt")
         stops = self._stops(req.stop)
         vocab = await anyio.to_thread.run_sync(lambda: tok.chat.vocab_size)
 
@@ -333,7 +333,7 @@ class InferenceService:
         for p in ids:
             if not p:
                 raise BadRequest("`prompt` encodes to no tokens", param="prompt")
-            self._check_length(len(p), max_tokens, "max_tokens", "prompt")
+            self._check_length(model.name, len(p), max_tokens, "max_tokens", "prompt")
         jobs = self._jobs(req, model, ids, stop_sequences, max_tokens, "prompt")
         return self._plan(model, "completion", jobs, ids, stop_sequences, req, who,
                           top=req.logprobs, prompt_logprobs=bool(req.echo and req.logprobs is not None))
@@ -376,7 +376,9 @@ class InferenceService:
                     jobs.append((p, JobInput(tuple(prompt), max_tokens, sampling.temperature_milli, sampling.top_p_q,
                                              choice_seed(seed, i), tuple(stops))))
                 except CommitmentError as exc:
-                    raise BadRequest(f"request does not fit a job input: {exc}", param=prompt_param) from None
+                    # the job input is one on-chain row of 2,048 words: 10 header words, the stop words, the prompt
+                    raise BadRequest(f"request does not fit a job input: {exc}", param=prompt_param,
+                                     code="context_length_exceeded") from None
         return jobs
 
     def _stops(self, stop) -> list[str]:
@@ -385,20 +387,31 @@ class InferenceService:
             raise BadRequest(f"`stop` takes 1 to {self.settings.max_stop_sequences} non-empty strings", param="stop")
         return stops
 
-    async def _fits(self, size: int, max_tokens: int, param: str) -> None:
+    def _context_limit(self, model: str) -> int:
+        """prompt + max_tokens: the model's context + 1 (its spec), or the operator's lower limit."""
+        context = models.get(model).context + 1
+        return min(self.settings.max_context_tokens or context, context)
+
+    def _max_new(self, model: str) -> int:
+        """The most new tokens: the model's (its spec), or the operator's lower limit."""
+        spec = models.get(model)
+        most = spec.extra.get("max_new_tokens", spec.context)
+        return min(self.settings.max_completion_tokens or most, most)
+
+    async def _fits(self, model: str, size: int, max_tokens: int, param: str) -> None:
         """A text of `size` bytes that cannot fit whatever it tokenizes to is refused without tokenizing it."""
-        limit = self.settings.max_context_tokens
+        limit = self._context_limit(model)
         if size > (limit - max_tokens) * await anyio.to_thread.run_sync(lambda: self.tokenizers.chat_max_token_bytes):
             raise BadRequest(f"{param} ({size} bytes) exceed the context limit of {limit} tokens "
                              f"with max_tokens {max_tokens}", param=param, code="context_length_exceeded")
 
-    def _check_max_tokens(self, max_tokens: int, max_param: str) -> None:
-        if max_tokens > self.settings.max_completion_tokens:
-            raise BadRequest(f"{max_param} is {max_tokens}; the limit is {self.settings.max_completion_tokens}",
-                             param=max_param)
+    def _check_max_tokens(self, model: str, max_tokens: int, max_param: str) -> None:
+        limit = self._max_new(model)
+        if max_tokens > limit:
+            raise BadRequest(f"{max_param} is {max_tokens}; the limit is {limit}", param=max_param)
 
-    def _check_length(self, prompt: int, max_tokens: int, max_param: str, prompt_param: str) -> None:
-        limit = self.settings.max_context_tokens
+    def _check_length(self, model: str, prompt: int, max_tokens: int, max_param: str, prompt_param: str) -> None:
+        limit = self._context_limit(model)
         if prompt + max_tokens > limit:
             raise BadRequest(f"prompt ({prompt} tokens) + {max_param} ({max_tokens}) exceeds the context limit "
                              f"of {limit} tokens", param=prompt_param, code="context_length_exceeded")

@@ -39,11 +39,13 @@ class Settings(BaseSettings):
     # Request limits (each error names the one it hit).
     max_body_bytes: int = 1_000_000
     max_embedding_inputs: int = 64
-    max_completion_tokens: int = 256
+    # None: the model's own limits (its spec, opinfer/models: SmolLM2 takes up to 4,095 new tokens
+    # and a context of 4,096 positions, i.e. prompt + max_tokens <= 4,097); a number caps them lower
+    max_completion_tokens: int | None = None
     default_max_tokens: int = 64
-    # prompt + completion; a SmolLM2 job past smollm2_program.MAX_CONTEXT + 1 = 1,025 tokens has no
-    # verifiable trace (its RoPE table, which bounds the one-step gas), so the limit stays at or below it
-    max_context_tokens: int = 1024
+    # prompt + completion tokens; None: the model's context + 1 (a job of L + M - 1 <= context positions;
+    # past it a job has no verifiable trace); a number caps it lower
+    max_context_tokens: int | None = None
     max_stop_sequences: int = 4
     max_consensus: int = 5
     max_choices: int = 8                # `n`: each choice is a job of its own

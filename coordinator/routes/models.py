@@ -14,7 +14,7 @@ def context_length(c, mi) -> int:
     """Positions a job may use: the model's (its spec: what its program can prove), and
     for chat no more than the coordinator's max_context_tokens (prompt + completion)."""
     spec = models.get(mi.name)
-    return spec.context if spec.kind == models.EMBEDDING else min(spec.context, c.settings.max_context_tokens)
+    return spec.context if spec.kind == models.EMBEDDING else min(spec.context, c.settings.max_context_tokens or spec.context)
 
 
 def describe(c, mi) -> dict:
@@ -30,7 +30,7 @@ def describe(c, mi) -> dict:
                         "nodes": len(c.pool.serving(mi.id))}}
     if KINDS[mi.name] == "chat":
         temperature, top_p = sampling_defaults(mi.name)
-        out["max_completion_tokens"] = c.settings.max_completion_tokens
+        out["max_completion_tokens"] = c.service._max_new(mi.name)      # the spec's, or the operator's lower one
         out["sampling_defaults"] = {"temperature": temperature, "top_p": top_p}
     return out
 

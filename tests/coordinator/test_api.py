@@ -112,6 +112,7 @@ def test_sampling_without_seed_records_one(client, coord):
     (dict(model=MINILM), 400, "model"),
     (dict(max_tokens=100_000), 400, "max_tokens"),
     (dict(n=9), 400, "n"),
+    (dict(max_tokens=4096), 400, "max_tokens"),          # SmolLM2's spec: at most 4,095 new tokens
     (dict(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
     (dict(temperature=3), 400, "temperature"),
     (dict(presence_penalty=0.5), 400, "presence_penalty"),
@@ -125,6 +126,14 @@ def test_openai_errors(client, kwargs, status, param):
     assert exc.value.body["param"] == param and exc.value.body["message"]
 
 
+def test_max_tokens_up_to_the_remaining_context(client):
+    """max_tokens is no longer capped at 256: up to the model's remaining context (SmolLM2:
+    prompt + max_tokens <= 4,097); the answer ends on the chat's end token long before."""
+    resp = client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "Say hello."}],
+                                          max_tokens=4000, temperature=0)
+    assert resp.choices[0].finish_reason == "stop" and resp.choices[0].message.content
+
+
 def test_malformed_and_oversized_bodies(coord):
     url = f"{coord.url}/v1/chat/completions"
     r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
@@ -133,9 +142,13 @@ def test_malformed_and_oversized_bodies(coord):
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     r = httpx.post(url, content=b"x" * 1_000_001, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "max_body_bytes" in r.json()["error"]["message"]
-    long = "word " * 3000
+    long = "word " * 5000                   # past the 4,096-position context
     r = httpx.post(url, json={"model": SMOL, "messages": [{"role": "user", "content": long}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    long = "word " * 3000                   # within the context, past the 2,048-word job input
+    r = httpx.post(url, json={"model": SMOL, "messages": [{"role": "user", "content": long}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert "job input" in r.json()["error"]["message"]
     r = httpx.post(f"{coord.url}/v1/embeddings", json={"model": MINILM, "input": ["a"] * 65})
     assert r.status_code == 400 and "max_embedding_inputs" in r.json()["error"]["message"]
     r = httpx.get(f"{coord.url}/v1/jobs/0x" + "ab" * 16)

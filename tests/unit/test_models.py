@@ -59,7 +59,8 @@ def _gguf():
     ("all-minilm-l6-v2", JobInput((30522,)), r"\[0, 30522\)"),
     ("smollm2-135m-instruct", JobInput((1, 2), max_tokens=0), "max_tokens >= 1"),
     ("smollm2-135m-instruct", JobInput((49152,), max_tokens=1), "outside the vocabulary"),
-    ("smollm2-135m-instruct", JobInput((1,) * 1000, max_tokens=26), "exceeds the context of 1024"),
+    ("smollm2-135m-instruct", JobInput((1,) * 2000, max_tokens=2098), "exceeds the context of 4096"),
+    ("smollm2-135m-instruct", JobInput((1,), max_tokens=4096), "between 1 and 4095"),
     ("smollm2-135m-instruct", JobInput((1, 2), max_tokens=4, temperature_milli=2001), "at most 2000"),
 ])
 def test_node_and_challenger_refuse_by_the_spec(name, job, why):
@@ -79,7 +80,8 @@ def test_node_and_challenger_refuse_by_the_spec(name, job, why):
 
 
 def test_both_context_ends_are_accepted():
-    models.get("smollm2-135m-instruct").check(JobInput((1,) * 1000, max_tokens=25))   # 1024 positions
+    models.get("smollm2-135m-instruct").check(JobInput((1,) * 2000, max_tokens=2097))   # 4096 positions
+    models.get("smollm2-135m-instruct").check(JobInput((1,), max_tokens=4095))          # the most new tokens
     models.get("all-minilm-l6-v2").check(JobInput((1,) * 512))
 
 

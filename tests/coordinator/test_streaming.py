@@ -220,7 +220,9 @@ def test_omitted_temperature_takes_the_model_default(oa, coord):
     entry = next(x for x in oa.models.list().data if x.id == SMOL).model_extra
     assert JobInput.from_bytes(bytes.fromhex(job["input"][2:])).temperature_milli == round(
         entry["sampling_defaults"]["temperature"] * 1000) != 1000
-    assert entry["context_length"] == coord.c.settings.max_context_tokens and int(entry["pricing"]["prompt"]) > 0
+    # the model's context (its spec: 4,096 positions) and new tokens (4,095), the coordinator setting none lower
+    assert (entry["context_length"], entry["max_completion_tokens"]) == (4096, 4095)
+    assert int(entry["pricing"]["prompt"]) > 0
 
 
 @pytest.mark.parametrize("path,body,status,param", [

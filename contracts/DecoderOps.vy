@@ -4,8 +4,9 @@
 @custom:contract-name DecoderOps
 @license MIT
 @author opinfer
-@notice One element of the decoder's op classes (opcodes 13..27: SmolLM2's
-        decode step, docs/ops.md "Decoder ops"), from rows that
+@notice One element of the decoder's op classes (opcodes 13..27 and the
+        attention softmax in chunks, 30 EXP_SUMS and 31 PROBS: SmolLM2's
+        decode step, docs/ops.md "Decoder ops", "Long context"), from rows that
         `StepVerifier` has already proven. It returns the element's value and
         the row each slot must have been read at (NOT_READ for a slot the
         rule leaves unread; data-dependent rows such as the token's

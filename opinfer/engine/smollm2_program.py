@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct's decode step as an op program (docs/ops.md, "Decoder ops").
 
-The template (496 ops; every Linear a DENSE_BLOCK over the GGUF's own blocks) processes one position per step, so a job of L
+The template (526 ops; every Linear a DENSE_BLOCK over the GGUF's own blocks) processes one position per step, so a job of L
 prompt tokens and M new tokens is L + M - 1 steps; the K and V^T caches are
 tensors that each step extends (APPEND reads the previous step's). The
 program and the fast engine (`smollm2.Session.generate`) compute the same

@@ -128,19 +128,22 @@ DECODER_CASES = [
     (4, 3, (3, 9), [None, 0], [2, 0], WRONG_ROW),
     (4, 3, (3, 9), [None, 0], [None, None], NO_VALUE),
     # GEN reads the previous GEN from step 1 on
-    (75, 4, (0, 0), [0, 0, 0], [None, 0, 0], NO_VALUE),
-    (75, 4, (0, 0), [0, 0, 0], [0, None, 0], WRONG_ROW),   # a copied id does not need next
+    (77, 4, (0, 0), [0, 0, 0], [None, 0, 0], NO_VALUE),
+    (77, 4, (0, 0), [0, 0, 0], [0, None, 0], WRONG_ROW),   # a copied id does not need next
     # MATCH: at step 3 the first generated token; its previous GEN is read
-    (74, 3, (0, 0), [0, 0, 0], [0, None, 0], WRONG_ROW),
-    (74, 3, (0, 0), [0, 0, 0], [0, 0, None], NO_VALUE),
+    (76, 3, (0, 0), [0, 0, 0], [0, None, 0], WRONG_ROW),
+    (76, 3, (0, 0), [0, 0, 0], [0, 0, None], NO_VALUE),
 ]
+
+
+NEXT_AT = 75     # the toy decoder's NEXT (template op 75 of 78)
 
 
 def _reads(trace, op_index, reads):
     """Placeholders: "t" = the token's embedding row, "prompt"/"picked" = the rule's reads."""
     step = op_index // trace.program.num_ops
     token = int(trace.job.tokens[step]) if step < len(trace.job.tokens) else \
-        int(trace.tensors[op_index - trace.program.num_ops + 73 + 1][0, 0])
+        int(trace.tensors[op_index - trace.program.num_ops + NEXT_AT + 1][0, 0])
     if reads == "prompt":
         return [0, None, token, token]
     if reads == "picked":

@@ -52,6 +52,13 @@ def roles(nodes: int) -> tuple[str, ...]:
     return ("deployer", "coordinator", "challenger") + tuple(f"node{i + 1}" for i in range(max(nodes, 3)))
 
 
+# The context a devnet's coordinator accepts: SmolLM2's 4,096 positions need a dispute clock that
+# covers their trace (about 4,600 CPU seconds on this machine, docs/protocol.md "Trace building
+# time"); under that clock the devnet keeps the 1,024-position context the 300 s clock was sized for.
+LONG_CONTEXT_CLOCK_S = 4800
+SHORT_CLOCK_CONTEXT = 1025      # prompt + max_tokens: 1,024 positions
+
+
 def start(port: int = 8545, window: int = 600, clock: int = 300, nodes: int = 3,
           state_file: Path = STATE_FILE) -> tuple[Anvil, Deployment, dict]:
     names = roles(nodes)
@@ -277,6 +284,10 @@ def _start_services(net: Devnet, log) -> None:
             # 127.0.0.1, keyless requests (the devnet key still works), /metrics without a key
             "OPINFER_ALLOW_PRIVATE_ENDPOINTS": "true", "OPINFER_REQUIRE_API_KEY": "false",
             "OPINFER_PUBLIC_METRICS": "true"}
+    if opts.clock < LONG_CONTEXT_CLOCK_S:
+        # the dispute clock must cover building a job's trace, or an honest node loses on time:
+        # a short clock keeps the context it was sized for (docs/protocol.md, "Trace building time")
+        cenv["OPINFER_MAX_CONTEXT_TOKENS"] = str(SHORT_CLOCK_CONTEXT)
     net.services.append(Service("coordinator", _python("opinfer.cli", "coordinator", "run", "--host", "127.0.0.1",
                                                        "--port", str(api_port)),
                                 cenv, logs / "coordinator.log").start())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from opinfer.semantics.blocks import BLOCK, QMatrix, block_dense, pack, unpack
+from opinfer.semantics.blocks import BLOCK, Q4_1, QMatrix, block_dense, pack, unpack
 
 
 class NativeDense:
@@ -51,3 +51,23 @@ class NativeDense:
         native.lib().oi_dense_acc(self.struct, x.ctypes.data, t, acc.ctypes.data, xq.ctypes.data, a.ctypes.data,
                                   d.ctypes.data)
         return acc, xq, a, d
+
+
+def program_kernel(fmt, codes, dscale, mscale, mult, shift, lo, hi):
+    """The program's DENSE_BLOCK on the native kernels (semantics/decoder_ops.py's
+    dense_kernel); None where they cannot be loaded or the matrix is outside
+    their bounds, and the numpy rule runs."""
+    try:
+        small = codes.astype(np.uint8 if fmt == Q4_1 else np.int8)
+        return NativeDense.of(QMatrix(fmt, small, dscale, mscale), mult, shift, lo, hi)
+    except Exception:       # noqa: BLE001 -- no compiler or library, or bounds: the numpy rule
+        return None
+
+
+def _register() -> None:
+    from opinfer.semantics import decoder_ops
+
+    decoder_ops.dense_kernel = program_kernel
+
+
+_register()

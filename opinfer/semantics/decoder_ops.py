@@ -107,24 +107,25 @@ def _dense_block(op, ins, ctx):
     return out.reshape(-1, fold) if fold else out
 
 
-_NATIVE: dict = {}          # id of the codes array -> (the arrays, their NativeDense)
+# A faster kernel for DENSE_BLOCK's products with the same bits, registered by the
+# engine (opinfer/engine/native_dense.py: the native kernels; semantics imports no
+# engine): kernel(fmt, codes, D, M, mult, shift, lo, hi) -> a callable on x, or None.
+dense_kernel = None
+_NATIVE: dict = {}          # id of the codes array -> (the arrays, their kernel)
 _NATIVE_KEPT = 256
 
 
 def _native_dense(fmt, codes, dscale, mscale, mult, shift, lo, hi):
-    """The native kernel of a DENSE_BLOCK's weights (the engine's: the same bits as
-    the numpy rule, tests/unit/test_blocks.py), packed once per weight tensor, so
-    that a long job's trace is not bound by numpy products; None where the
-    kernels cannot be loaded or the matrix is outside their bounds (numpy then)."""
+    """The registered kernel of a DENSE_BLOCK's weights, built once per weight
+    tensor, so that a long job's trace is not bound by numpy products; None
+    without one (numpy then)."""
+    if dense_kernel is None:
+        return None
     key = (id(codes), id(dscale), fmt, mult, shift.tobytes(), lo.tobytes(), hi.tobytes())
     hit = _NATIVE.get(key)
     if hit is not None and hit[0][0] is codes and hit[0][1] is dscale:
         return hit[1]
-    try:
-        small = codes.astype(np.uint8 if fmt == blocks.Q4_1 else np.int8)
-        dense = blocks.NativeDense.of(blocks.QMatrix(fmt, small, dscale, mscale), mult, shift, lo, hi)
-    except Exception:       # noqa: BLE001 -- no compiler or library, or bounds: the numpy rule
-        dense = None
+    dense = dense_kernel(fmt, codes, dscale, mscale, mult, shift, lo, hi)
     if len(_NATIVE) >= _NATIVE_KEPT:
         _NATIVE.pop(next(iter(_NATIVE)))
     _NATIVE[key] = ((codes, dscale), dense)

@@ -239,7 +239,7 @@ def compute() -> dict:
 
 def report(r: dict) -> None:
     print(f"streamed text completion, {r['prompt_tokens']}-token prompt, {r['new_tokens']} new tokens, greedy "
-          "(one run on a shared, noisy machine)")
+          f"(one run on a shared machine, load average {r.get('load_average_1m')} on its cores)")
     sides = [("opinfer (coordinator + 1 node)", r["opinfer"])]
     if "idle" in r["llama_server"]:
         sides.append(("llama-server", r["llama_server"]))

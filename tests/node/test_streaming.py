@@ -111,9 +111,10 @@ def test_errors_before_the_first_token_keep_status_codes(server, tok):
     for payload, status, words in (({**ok, "model_id": 9}, 400, "does not serve"),
                                    ({**ok, "logprobs": 21}, 400, "logprobs"),
                                    ({**ok, "input": "0x0102"}, 400, "malformed job input"),
-                                   (body(tok, "Hello", 5000, 5, stream=True), 400, "context")):
+                                   (body(tok, "Hello", 5000, 5, stream=True), 400, "max_tokens")):
         r = httpx.post(url + "/v1/execute", json=payload, headers=H, timeout=60)
         assert r.status_code == status and words in r.json()["error"]["message"], (r.status_code, r.text)
+        assert r.headers["content-type"] == "application/json"
     assert httpx.post(url + "/v1/execute", json=ok, timeout=60).status_code == 401
     toy = toy_program()
     r = httpx.post(url + "/v1/execute", headers=H, timeout=60,

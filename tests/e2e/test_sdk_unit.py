@@ -127,6 +127,35 @@ def test_streaming_chunks_accumulate():
     assert len(list(s)) == 4 and s.content == "Hello" and s.job_id == "0xab" and s.finish_reason == "stop"
 
 
+def test_streams_of_several_choices_and_a_broken_stream():
+    def chunk(index, delta, finish=None, **extra):
+        return {"choices": [{"index": index, "delta": delta, "finish_reason": finish}], **extra}
+    chunks = [chunk(0, {"role": "assistant", "content": ""}, opinfer={"job_id": "0xa0", "status": "streaming"}),
+              chunk(1, {"role": "assistant", "content": ""}, opinfer={"job_id": "0xa1", "status": "streaming"}),
+              chunk(1, {"content": "B"}), chunk(0, {"content": "A"}), chunk(0, {"content": "a"}),
+              chunk(0, {}, "stop", opinfer={"job_id": "0xa0", "status": "pending", "signature": "0x01"}),
+              chunk(1, {}, "length", opinfer={"job_id": "0xa1", "status": "pending", "signature": "0x02"})]
+    broken = chunks[:4] + [{"error": {"message": "the stream cannot go on", "type": "server_error",
+                                      "param": None, "code": "stream_failed"}}]
+
+    def sse(items, done=True):
+        return "".join(f"data: {json.dumps(c)}\n\n" for c in items) + ("data: [DONE]\n\n" if done else "")
+
+    state = {"body": sse(chunks)}
+    c = fake_client(lambda request: httpx.Response(200, text=state["body"],
+                                                   headers={"content-type": "text/event-stream"}))
+    s = c.chat.completions.create(model="m", messages=[], n=2, stream=True)
+    list(s)
+    assert (s.content, s.choices[1].content, s.finish_reason, s.choices[1].finish_reason) == ("Aa", "B", "stop",
+                                                                                               "length")
+    assert s.opinfer.signature == "0x01" and s.choices[1].opinfer.job_id == "0xa1"
+    assert c._requests["0xa1"][1] == 1          # choice 1's job is bound to choice index 1 of the request
+    state["body"] = sse(broken, done=False)
+    with pytest.raises(errors.APIError) as err:
+        list(c.chat.completions.create(model="m", messages=[], stream=True))
+    assert err.value.code == "stream_failed"
+
+
 def test_network_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("OPINFER_DEVNET_FILE", str(tmp_path / "none.json"))
     with pytest.raises(errors.ConfigurationError, match="no running devnet"):

@@ -46,7 +46,7 @@ from node.auth import Authenticator, AuthError
 from node.batching import Batcher
 from node.errors import BadJob, EngineUnavailable, NodeError
 from node.metrics import Metrics
-from node.scheduler import Scheduler, Ticket
+from node.scheduler import Cancelled, Scheduler, Ticket
 from node.settings import NodeSettings
 from opinfer.errors import CommitmentError
 from opinfer.semantics.jobinput import JobInput
@@ -205,13 +205,15 @@ class Node:
         with self._lock:
             self.running += 1
         self.metrics.inflight.inc()
-        run.future.add_done_callback(self._done)
+        run.future.add_done_callback(lambda f: self._done(name, f))
         return run
 
-    def _done(self, _future) -> None:
+    def _done(self, name: str, future) -> None:
         with self._lock:
             self.running -= 1
         self.metrics.inflight.dec()
+        if not future.cancelled() and isinstance(future.exception(), Cancelled):
+            self.metrics.jobs.labels(name, "cancelled").inc()
 
     def finish(self, run: Running) -> dict:
         """Wait for the job's output and sign its leaf (a failed job raises: nothing is signed)."""

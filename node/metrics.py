@@ -11,8 +11,8 @@ NS = "opinfer_node"
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = r = registry or CollectorRegistry()
-        self.jobs = Counter("jobs", "Jobs answered, by model and outcome (ok, refused, error)", ["model", "outcome"],
-                            namespace=NS, registry=r)
+        self.jobs = Counter("jobs", "Jobs answered, by model and outcome (ok, refused, error, cancelled)",
+                            ["model", "outcome"], namespace=NS, registry=r)
         self.job_seconds = Histogram("job_seconds", "Time from request to signed answer", ["model"], namespace=NS,
                                      registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
                                                           30, 60, 120))

@@ -37,6 +37,10 @@ class GenerationFailed(NodeError):
     """The engine failed in the middle of a job (nothing is signed for it)."""
 
 
+class Cancelled(GenerationFailed):
+    """The job was cancelled (its client went away) and left the batch."""
+
+
 class Ticket:
     """A submitted job: its future ((output, payload) or the error), its options and progress."""
 
@@ -108,7 +112,7 @@ class Scheduler:
             for t in [t for t in running if t.cancelled]:
                 self.decoder.remove(t.stream)
                 running.remove(t)
-                t.future.set_exception(GenerationFailed("cancelled"))
+                t.future.set_exception(Cancelled("cancelled"))
             if not running:
                 continue
             if self.on_step:

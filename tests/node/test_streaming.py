@@ -146,3 +146,20 @@ def test_an_error_mid_generation_is_an_error_event_and_nothing_is_signed(server,
     assert node.metrics.jobs.labels(SMOLLM2, "error")._value.get() == before + 1
     r = httpx.post(url + "/v1/execute", json=body(tok, "Count: one, two,", 5, 7), headers=H, timeout=60)
     assert r.status_code == 503 and r.json()["error"]["type"] == "GenerationFailed"
+
+
+def test_a_client_that_goes_away_cancels_its_job(server, tok):
+    """The job leaves the decode batch at the next step and nothing is signed for it."""
+    url, node = server
+    ok_before = node.metrics.jobs.labels(SMOLLM2, "ok")._value.get()
+    cancelled = node.metrics.jobs.labels(SMOLLM2, "cancelled")._value.get()
+    with httpx.stream("POST", url + "/v1/execute", json=body(tok, "Tell me a very long story", 300, 8, stream=True),
+                      headers=H, timeout=60) as r:
+        lines = r.iter_lines()
+        assert json.loads(next(line for line in lines if line.startswith("data: "))[6:])["type"] == "token"
+    deadline = time.time() + 20            # the connection is closed: the job must leave long before 300 tokens
+    while node.running and time.time() < deadline:
+        time.sleep(0.05)
+    assert node.running == 0
+    assert node.metrics.jobs.labels(SMOLLM2, "cancelled")._value.get() == cancelled + 1   # left, not finished
+    assert node.metrics.jobs.labels(SMOLLM2, "ok")._value.get() == ok_before

@@ -158,7 +158,8 @@ static struct {
     int started;              /* workers running */
     pid_t pid;                /* the process that started them (a fork starts its own) */
     _Atomic int64_t gen;      /* bumped for every task */
-    _Atomic int64_t pending;  /* workers still busy with the current task */
+    _Atomic uint64_t work;    /* the task's chunks: gen (32 bits) | next chunk (16) | chunks (16) */
+    _Atomic int64_t done;     /* chunks of the current task finished */
     task_fn fn;
     void *arg;
     int64_t total, parts;
@@ -167,6 +168,25 @@ static struct {
 static int n_threads = 1;
 
 static int64_t start_gen[MAX_THREADS];   /* the task counter when worker i was created */
+
+/* Claim and run chunks of task g until none is left. A chunk is claimed by a compare-and-swap
+   on `work`, which names the task: a thread that wakes late finds another task's word and
+   claims nothing. fn, arg and total are read after the claim: task g cannot end (and its
+   caller post another) while a claimed chunk is unfinished. */
+static void run_chunks(uint32_t g) {
+    for (;;) {
+        uint64_t v = atomic_load_explicit(&pool.work, memory_order_acquire);
+        if ((uint32_t)(v >> 32) != g) return;
+        uint64_t idx = (v >> 16) & 0xFFFF, n = v & 0xFFFF;
+        if (idx >= n) return;
+        if (!atomic_compare_exchange_weak_explicit(&pool.work, &v, v + (1u << 16), memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        int64_t s = pool.total * (int64_t)idx / (int64_t)n, e = pool.total * (int64_t)(idx + 1) / (int64_t)n;
+        if (s < e) pool.fn(pool.arg, s, e);
+        atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
+    }
+}
 
 static void *worker(void *p) {
     int64_t id = (int64_t)(intptr_t)p;
@@ -186,12 +206,8 @@ static void *worker(void *p) {
             while (atomic_load(&pool.gen) == seen) pthread_cond_wait(&pool.cv, &pool.mu);
             pthread_mutex_unlock(&pool.mu);
         }
-        seen = atomic_load(&pool.gen);
-        if (id < pool.parts) {
-            int64_t s = pool.total * id / pool.parts, e = pool.total * (id + 1) / pool.parts;
-            if (s < e) pool.fn(pool.arg, s, e);
-        }
-        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+        seen = atomic_load_explicit(&pool.gen, memory_order_acquire);
+        if (id < pool.parts) run_chunks((uint32_t)seen);   /* workers beyond the thread count stay idle */
     }
     return NULL;
 }
@@ -217,9 +233,15 @@ static void pool_start(void) {
 
 static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
 
-/* fn over [0, total) split into n_threads contiguous parts (the caller runs part 0). The
-   pool serves one caller at a time: a second thread calling in meanwhile (a node runs
-   requests on several threads) computes its whole range itself, with the same result. */
+#define CHUNKS_PER_THREAD 4
+
+/* fn over [0, total), in CHUNKS_PER_THREAD chunks per thread that the caller and the workers
+   claim as they come free: on a shared machine a worker the scheduler has parked leaves its
+   chunks to the others instead of holding up the step (the caller waits only for chunks
+   claimed and running, never for a worker to wake). fn(s, e) computes rows [s, e) whoever
+   runs it, so the split changes no bit. The pool serves one caller at a time: a second thread
+   calling in meanwhile (a node runs requests on several threads) computes its whole range
+   itself, with the same result. */
 static void parallel_for(task_fn fn, void *arg, int64_t total, int64_t min_per_thread) {
     int64_t parts = n_threads;
     if (min_per_thread > 0 && total / min_per_thread < parts) parts = total / min_per_thread;
@@ -235,18 +257,24 @@ static void parallel_for(task_fn fn, void *arg, int64_t total, int64_t min_per_t
         fn(arg, 0, total);
         return;
     }
+    int64_t chunks = parts * CHUNKS_PER_THREAD;
+    if (min_per_thread > 0 && total / min_per_thread < chunks) chunks = total / min_per_thread;
+    if (chunks > total) chunks = total;
+    if (chunks > 0xFFFF) chunks = 0xFFFF;
+    if (chunks < parts) chunks = parts;
     pool.fn = fn;
     pool.arg = arg;
     pool.total = total;
     pool.parts = parts;
-    atomic_store(&pool.pending, pool.started);
+    atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
+    int64_t g = atomic_load(&pool.gen) + 1;
+    atomic_store_explicit(&pool.work, ((uint64_t)(uint32_t)g << 32) | (uint64_t)chunks, memory_order_release);
     pthread_mutex_lock(&pool.mu);
-    atomic_fetch_add_explicit(&pool.gen, 1, memory_order_release);
+    atomic_store_explicit(&pool.gen, g, memory_order_release);
     pthread_cond_broadcast(&pool.cv);
     pthread_mutex_unlock(&pool.mu);
-    int64_t e0 = total / parts;
-    if (e0 > 0) fn(arg, 0, e0);
-    for (int spins = 0; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; spins++) {
+    run_chunks((uint32_t)g);
+    for (int spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) < chunks; spins++) {
         if (spins < 2000) _mm_pause();
         else sched_yield();
     }
@@ -745,13 +773,20 @@ static void quant_task(void *p, int64_t start, int64_t end) {
         b->d[r] = quantize_row(j->x + r * k, k, b->xq + r * k, b->a + r * nb, b->as2 + r * nb, b->s2 + r * nb);
 }
 
+/* dense_task over groups of 8 output rows (the 8-row kernels' unit; ldo is the row count) */
+static void dense_group_task(void *p, int64_t start, int64_t end) {
+    dense_job *j = (dense_job *)p;
+    int64_t e = 8 * end < j->ldo ? 8 * end : j->ldo;
+    dense_task(p, 8 * start, e);
+}
+
 static void dense_rows(const oi_qmat *w, const int64_t *x, int64_t t, int64_t *out, int64_t rows, int64_t col0,
                        act_buf *buf, int raw) {
     act_reserve(buf, t, w->k);
     quant_job q = {x, w->k, buf};
     parallel_for(quant_task, &q, t, 2);                 /* rows of activations, quantised in parallel */
     dense_job j = {w, t, buf->xq, buf->a, buf->as2, buf->s2, buf->d, out, rows, col0, raw};
-    parallel_for(dense_task, &j, rows, 16);
+    parallel_for(dense_group_task, &j, (rows + 7) / 8, 2);
 }
 
 /* ------------------------------------------------------------------ exported ops (tests, trace) */

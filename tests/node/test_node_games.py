@@ -283,7 +283,8 @@ def test_a_game_over_a_batch_and_challenge_sent_through_contracts_is_defended(ne
 
     def forwarder(owner):
         art = artifacts.load("Forwarder")
-        return contract(net.w3, "Forwarder", net.senders[owner].deploy(art.abi, art.bytecode))
+        # a test-only contract: its ABI is in build/, not among the package's shipped ones
+        return contract(net.w3, "Forwarder", net.senders[owner].deploy(art.abi, art.bytecode), art.path.parent)
 
     net.stake("n8")
     node = net.node("n8")
@@ -298,7 +299,7 @@ def test_a_game_over_a_batch_and_challenge_sent_through_contracts_is_defended(ne
     # the griefer challenges through its own contract wallet (which holds the bond)
     griefer = TxSender(net.w3, net.keys["griefer"])   # a fresh nonce (other tests' griefers share the key)
     art = artifacts.load("Forwarder")
-    proxy = contract(net.w3, "Forwarder", griefer.deploy(art.abi, art.bytecode))
+    proxy = contract(net.w3, "Forwarder", griefer.deploy(art.abi, art.bytecode), art.path.parent)
     sm = net.c["StakeManager"]
     griefer.call(proxy.functions.forward(sm.address, sm.encode_abi("deposit_bond", args=[])),
                                 value=net.params.challenge_bond)

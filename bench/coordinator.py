@@ -106,7 +106,7 @@ def cpu_s(proc: subprocess.Popen) -> float:
 
 
 def overhead(network: Network, rounds: int = 200) -> dict:
-    from opinfer.engine import minilm_weights as fw
+    from opinfer.models.minilm import weights as fw
     from opinfer.semantics.jobinput import JobInput
 
     data = JobInput(tuple(int(i) for i in fw.encode(TEXT))).to_bytes()

@@ -1,4 +1,4 @@
-"""Evaluation text, never used for calibration (opinfer/engine/minilm.py has
+"""Evaluation text, never used for calibration (opinfer/models/minilm/engine.py has
 the calibration sentences)."""
 
 SENTENCES = [

@@ -53,7 +53,7 @@ def _median(xs) -> float:
 
 
 def _gguf() -> str:
-    from opinfer.engine.gguf_loader import find_gguf_path
+    from opinfer.models.smollm2.gguf import find_gguf_path
 
     return str(find_gguf_path())
 
@@ -82,8 +82,8 @@ def llama_bench(runs: int = 1) -> dict:
 def smollm2_speed(runs: int) -> dict:
     from bench.corpus import PROSE
     from opinfer.engine import native
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
-    from opinfer.engine.smollm2 import default_model, forward_many
+    from opinfer.models.smollm2.engine import default_model, forward_many
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
 
     native.set_threads(THREADS)
     text = load_tokenizer().encode(PROSE * 4)
@@ -140,8 +140,8 @@ def smollm2_speed(runs: int) -> dict:
 
 def float_reference_decode(runs: int) -> float:
     from bench.corpus import PROSE
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
-    from opinfer.engine.smollm2_reference import SmolLM2Reference
+    from opinfer.models.smollm2.reference import SmolLM2Reference
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
 
     text = load_tokenizer().encode(PROSE)
     ref = SmolLM2Reference(max_ctx=256)
@@ -158,8 +158,8 @@ def float_reference_decode(runs: int) -> float:
 # ---------------------------------------------------------------- MiniLM
 
 def minilm(runs: int) -> dict:
-    from opinfer.engine import minilm_weights as fw
-    from opinfer.engine.minilm import IntMiniLM
+    from opinfer.models.minilm import weights as fw
+    from opinfer.models.minilm.engine import IntMiniLM
 
     model = IntMiniLM.build()
     ids = fw.encode(" ".join(["token"] * 126))
@@ -200,7 +200,7 @@ def onnx_minilm():
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from opinfer.engine import minilm_weights as fw
+    from opinfer.models.minilm import weights as fw
 
     config, w = fw.load()
     nodes, inits = [], []
@@ -263,7 +263,7 @@ SERVE_SCRIPT = """
 import json, sys, time, threading
 t0 = time.time()
 from node import engines
-from opinfer.engine.smollm2 import generate_sessions
+from opinfer.models.smollm2.engine import generate_sessions
 from opinfer.semantics.jobinput import JobInput
 engine = engines.load("smollm2-135m-instruct")
 jobs = [JobInput(tuple(json.loads(sys.argv[1])[i]), max_tokens=int(sys.argv[2])) for i in range(4)]
@@ -291,7 +291,7 @@ print(json.dumps({"peak_rss_mb": round(hwm, 1), "startup_s": round(started, 2), 
 
 def _prompts(n: int = 4, length: int = 300) -> list[list[int]]:
     from bench.corpus import PROSE
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
 
     ids = load_tokenizer().encode(PROSE * 8)
     return [ids[i * 37:i * 37 + length] for i in range(n)]

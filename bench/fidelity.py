@@ -28,8 +28,8 @@ import numpy as np
 
 from bench.common import run, verdict
 from bench.corpus import SENTENCES
-from opinfer.engine import minilm_weights as fw
-from opinfer.engine.minilm import IntMiniLM, to_float
+from opinfer.models.minilm import weights as fw
+from opinfer.models.minilm.engine import IntMiniLM, to_float
 
 HELD_OUT = Path("/usr/share/common-licenses/Apache-2.0")
 POSITIONS = 2000
@@ -53,7 +53,7 @@ class Float64SmolLM2:
     """llama.cpp's llama graph in float64 on the GGUF's dequantised weights (one sequence, no cache)."""
 
     def __init__(self):
-        from opinfer.engine.gguf_loader import load_weights
+        from opinfer.models.smollm2.gguf import load_weights
 
         w = load_weights()
         f = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
@@ -105,7 +105,7 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _int_logprobs(logits: np.ndarray) -> np.ndarray:
-    from opinfer.engine.smollm2 import LOGIT_BITS
+    from opinfer.models.smollm2.engine import LOGIT_BITS
 
     return _log_softmax(np.asarray(logits, dtype=np.float64) / (1 << LOGIT_BITS))
 
@@ -137,9 +137,9 @@ def llama_perplexity(path: str, text: str) -> dict:
 
 
 def smollm2() -> dict:
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
-    from opinfer.engine.gguf_loader import find_gguf_path
-    from opinfer.engine.smollm2 import default_model
+    from opinfer.models.smollm2.engine import default_model
+    from opinfer.models.smollm2.gguf import find_gguf_path
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     if not HELD_OUT.exists():
@@ -185,8 +185,8 @@ def smollm2_long(positions: int = 4096) -> dict:
 
         python -c "from bench.fidelity import smollm2_long; print(smollm2_long())"
     """
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
-    from opinfer.engine.smollm2 import default_model
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
+    from opinfer.models.smollm2.engine import default_model
 
     ids = load_tokenizer().encode(" ".join(LONG_TEXT.read_text().split()))[: positions + 1]
     model, ref = default_model(), Float64SmolLM2()

@@ -42,7 +42,7 @@ def peak_rss_mb() -> float:
 
 
 def _ids(n: int) -> list[int]:
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
 
     text = ("The history of the city begins with a small fishing village on the river, where traders "
             "from the north met merchants from the coast every spring. ") * 400
@@ -94,7 +94,7 @@ def toy() -> dict:
 
 
 def engine() -> dict:
-    from opinfer.engine.smollm2 import default_model
+    from opinfer.models.smollm2.engine import default_model
 
     model = default_model()
     ids = _ids(PROMPT)
@@ -110,8 +110,8 @@ def engine() -> dict:
 
 def steps() -> dict:
     """Per-step trace cost of the real program at a few positions, then the total."""
-    from opinfer.engine.smollm2 import default_model
-    from opinfer.engine.smollm2_program import default_program
+    from opinfer.models.smollm2.engine import default_model
+    from opinfer.models.smollm2.program import default_program
     from opinfer.semantics import ops
     from opinfer.semantics.jobinput import JobInput
     from opinfer.semantics.tensor import TensorTree

@@ -168,7 +168,7 @@ def stall(url: str, tok, prompt, tokens: int) -> dict:
 
 
 def compute(stream_counts=(1, 4, 8), rounds: int = 3, tokens: int = 64, prefill_tokens: int = 64) -> dict:
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     prompt = tok.encode_chat([{"role": "user", "content": PROMPT}])

@@ -105,11 +105,11 @@ def long_rows_program(width: int = 4096, k: int = 32) -> Program:
 
 
 def run() -> dict:
-    from opinfer.engine import minilm_weights as fw
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
-    from opinfer.engine.minilm_program import default_program as minilm_program
-    from opinfer.engine.smollm2_program import MAX_CONTEXT
-    from opinfer.engine.smollm2_program import default_program as smollm2_program
+    from opinfer.models.minilm import weights as fw
+    from opinfer.models.minilm.program import default_program as minilm_program
+    from opinfer.models.smollm2.program import MAX_CONTEXT
+    from opinfer.models.smollm2.program import default_program as smollm2_program
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
 
     with Anvil(accounts=2) as anvil:
         w3 = Web3(HTTPProvider(anvil.url))

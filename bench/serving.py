@@ -50,7 +50,7 @@ WORDS = ["Today", "Yesterday", "Tomorrow", "Often", "Rarely", "Sometimes", "Alwa
 
 def prompts(count: int) -> list[list[int]]:
     """`count` different prompts of exactly PROMPT_TOKENS token ids."""
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     out = []

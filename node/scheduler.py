@@ -1,6 +1,6 @@
 """Continuous batching of a chat model's jobs (iteration-level scheduling).
 
-One worker thread per chat model drives an opinfer.engine.smollm2.Decoder: at
+One worker thread per chat model drives an opinfer.models.smollm2.engine.Decoder: at
 every step it lets waiting jobs join (up to max_batch running), runs one native
 pass over every running job (one token per decoding job, prompt chunks of
 newcomers: at most prefill_tokens prompt tokens per step in all), hands each
@@ -23,7 +23,7 @@ from typing import Callable
 
 from node.errors import BadJob, NodeError
 from opinfer.engine.logprobs import prompt_logprobs, token_logprobs
-from opinfer.engine.smollm2 import Decoder
+from opinfer.models.smollm2.engine import Decoder
 from opinfer.models import JobRefused
 from opinfer.semantics.jobinput import JobInput
 

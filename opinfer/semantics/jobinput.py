@@ -103,7 +103,7 @@ class JobInput:
 # One encoding of an OpenAI-style request into a job input, used by the
 # coordinator (to build the job) and by the SDK (to check that the job it is
 # shown is the request it sent). `tok` is the chat model's tokenizer
-# (opinfer.engine.bpe_tokenizer); nothing here imports it.
+# (opinfer.models.smollm2.tokenizer); nothing here imports it.
 
 def chat_messages(messages) -> list[tuple[str, str]]:
     """(role, text) pairs from OpenAI messages (dicts or objects with role and

@@ -187,7 +187,7 @@ def channel_multipliers(ratios: np.ndarray, bits: int = 20) -> tuple[np.ndarray,
     return np.floor(ratios * (1 << shift) + 0.5).astype(np.int64), shift
 
 
-# Integer exp for softmax; the rule is documented in opinfer/engine/elements.exp_neg.
+# Integer exp for softmax; the rule is documented in opinfer/semantics/elements.exp_neg.
 _EXP2_COEFFS = (1073741824, -744261118, 257941248, -59597083, 10327387, -1431680, 165394)
 EXP_INPUT_MAX = 1 << 20
 

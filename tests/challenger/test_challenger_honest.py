@@ -52,7 +52,7 @@ def net():
 
 
 def jobs() -> list[tuple[str, JobInput]]:
-    from opinfer.engine.minilm_weights import encode
+    from opinfer.models.minilm.weights import encode
 
     rng = np.random.default_rng(2024)
     out = []

@@ -11,8 +11,8 @@ upheld and the challenger loses its bond.
 import pytest
 
 from conftest import CHALLENGER_WON, NODE_WON, Driver, make_leaf, post
-from opinfer.engine import minilm_weights as fw
-from opinfer.engine.minilm_program import default_program
+from opinfer.models.minilm import weights as fw
+from opinfer.models.minilm.program import default_program
 from opinfer.semantics import ops
 from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.state import Trace

@@ -1,5 +1,5 @@
 """Python engine and the Vyper ElementRules contract agree bit for bit on
-shared vectors (opinfer/engine/vectors.py): at least 200 instances per
+shared vectors (opinfer/semantics/vectors.py): at least 200 instances per
 element rule (random plus edge cases: saturation, negative ties, the longest
 rows the models read, reverts). Each rule's instances go to anvil as one
 JSON-RPC batch of eth_calls, encoded with eth_abi (brownie's per-call
@@ -14,8 +14,8 @@ from brownie import ElementRules, accounts, web3
 from eth_abi import decode, encode
 
 from opinfer.engine import sampling
-from opinfer.engine.vectors import CASES, REVERT, cases
 from opinfer.semantics.merkle import keccak
+from opinfer.semantics.vectors import CASES, REVERT, cases
 
 ERROR_SELECTOR = keccak(b"Error(string)")[:4]
 CODE_LIMIT = 24576
@@ -179,7 +179,7 @@ def test_job_shape_agrees_with_python(rules):
     limits and none); a well-formed job's T_0 root is TensorTree's."""
     from brownie import DecoderOps, StepVerifier
 
-    from opinfer.engine import smollm2_program
+    from opinfer.models.smollm2 import program as smollm2_program
     from opinfer.semantics.program import PER_POSITION, JobLimits, job_shape
     from opinfer.semantics.tensor import TensorTree
 

@@ -14,8 +14,8 @@ challenger who claims the wrong value.
 import pytest
 
 from conftest import CHALLENGER_WON, NODE_WON, Driver, make_leaf, post
-from opinfer.engine.bpe_tokenizer import load_tokenizer
-from opinfer.engine.smollm2_program import default_program
+from opinfer.models.smollm2.program import default_program
+from opinfer.models.smollm2.tokenizer import load_tokenizer
 from opinfer.semantics import ops
 from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.outputs import parse_generation

@@ -8,8 +8,8 @@ import numpy as np
 import openai
 import pytest
 
-from opinfer.engine import minilm_weights as fw
-from opinfer.engine.minilm import IntMiniLM, to_float
+from opinfer.models.minilm import weights as fw
+from opinfer.models.minilm.engine import IntMiniLM, to_float
 
 MINILM, SMOL = "all-minilm-l6-v2", "smollm2-135m-instruct"
 

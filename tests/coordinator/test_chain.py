@@ -10,7 +10,7 @@ from node.app import Node, create_app
 from opinfer.chain.anvil import dev_keys
 from opinfer.chain.game import GameClient, play
 from opinfer.chain.sender import TxSender
-from opinfer.engine.minilm_program import default_program
+from opinfer.models.minilm.program import default_program
 from opinfer.semantics.jobinput import JobInput
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch

@@ -327,7 +327,7 @@ def test_chat_request_is_rebuilt_with_the_coordinators_encoding():
     """Point 11, chat: the job input rebuilt from messages and parameters
     (the tokenizer and ChatML encoding the coordinator uses) must be the
     job's; another prompt, a changed parameter or a wrong seed is caught."""
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
     from opinfer.sdk.verify import VerificationReport, check_request
     from opinfer.semantics.jobinput import JobInput, chat_messages, chat_prompt_ids, chat_stop_sequences
 

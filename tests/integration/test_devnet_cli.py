@@ -31,7 +31,8 @@ def test_devnet_up_writes_state_and_stops_cleanly(tmp_path):
         assert info["params"]["challenge_window"] == 60
         # Both models are registered under the roots their weights and programs give.
         from opinfer.chain.deploy import contract
-        from opinfer.engine import minilm_program, smollm2_program
+        from opinfer.models.minilm import program as minilm_program
+        from opinfer.models.smollm2 import program as smollm2_program
         registry = contract(w3, "ModelRegistry", info["contracts"]["ModelRegistry"])
         for module in (minilm_program, smollm2_program):
             program = module.default_program()

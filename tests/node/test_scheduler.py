@@ -13,7 +13,7 @@ import pytest
 
 from node.engines import load
 from node.scheduler import GenerationFailed, Scheduler
-from opinfer.engine import smollm2 as sm
+from opinfer.models.smollm2 import engine as sm
 from opinfer.engine.logprobs import prompt_logprobs, token_logprobs
 from opinfer.engine.sampling import padded_weights
 from opinfer.models.smollm2.spec import NAME as SMOLLM2
@@ -31,7 +31,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def tok():
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
 
     return load_tokenizer()
 

@@ -27,7 +27,7 @@ H = {"authorization": "Bearer tok"}
 
 @pytest.fixture(scope="module")
 def tok():
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
 
     return load_tokenizer()
 

@@ -9,11 +9,11 @@ alone. Checked here for several batch compositions of both real models.
 import numpy as np
 import pytest
 
-from opinfer.engine import minilm_weights as fw
-from opinfer.engine.bpe_tokenizer import load_tokenizer
-from opinfer.engine.minilm import IntMiniLM
 from opinfer.engine.sampling import SamplingParams
-from opinfer.engine.smollm2 import default_model, generate_many
+from opinfer.models.minilm import weights as fw
+from opinfer.models.minilm.engine import IntMiniLM
+from opinfer.models.smollm2.engine import default_model, generate_many
+from opinfer.models.smollm2.tokenizer import load_tokenizer
 from opinfer.trace.outputs import embedding_output, generation_output, tensor_root
 
 SENTENCES = ["Optimistic verification trusts first and checks later.",

@@ -65,7 +65,7 @@ def test_real_blocks_are_the_files_weights():
     exactly (times 2^24), and the native products over them equal the numpy reference."""
     import gguf
 
-    from opinfer.engine.gguf_loader import _reader, find_gguf_path
+    from opinfer.models.smollm2.gguf import _reader, find_gguf_path
 
     tensors = {t.name: t for t in _reader(str(find_gguf_path())).tensors}
     for name in ("blk.0.ffn_down.weight", "token_embd.weight"):

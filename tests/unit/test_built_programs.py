@@ -9,12 +9,12 @@ bits.
 import numpy as np
 import pytest
 
-from opinfer.engine import minilm_weights as fw
-from opinfer.engine.built import load_program, main, minilm_from_program, save_program, smollm2_from_program
-from opinfer.engine.minilm import IntMiniLM
-from opinfer.engine.minilm_program import build_program
 from opinfer.engine.sampling import SamplingParams
 from opinfer.errors import CommitmentError
+from opinfer.models.built import load_program, main, minilm_from_program, save_program, smollm2_from_program
+from opinfer.models.minilm import weights as fw
+from opinfer.models.minilm.engine import IntMiniLM
+from opinfer.models.minilm.program import build_program
 from opinfer.models.smollm2.testing import toy_decoder, toy_decoder_job
 
 

@@ -8,9 +8,9 @@ changes: `python -m opinfer.models.shipped export`."""
 import json
 
 from opinfer import models
-from opinfer.engine import minilm_weights
-from opinfer.engine.bpe_tokenizer import load_tokenizer
-from opinfer.engine.gguf_loader import load_metadata
+from opinfer.models.minilm import weights as minilm_weights
+from opinfer.models.smollm2.tokenizer import load_tokenizer
+from opinfer.models.smollm2.gguf import load_metadata
 from opinfer.models import shipped
 from opinfer.models.minilm import parts as minilm_parts
 from opinfer.models.smollm2 import parts as smollm2_parts

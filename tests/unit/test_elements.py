@@ -4,7 +4,7 @@ that StepVerifier re-executes (opinfer/semantics/elements.py)."""
 import numpy as np
 import pytest
 
-from opinfer.engine.minilm import LayerNorm
+from opinfer.models.minilm.engine import LayerNorm
 from opinfer.semantics import elements as el
 from opinfer.semantics import quant
 
@@ -72,7 +72,7 @@ def test_exact_matmul_batched_and_wide_operands():
 # ---------------------------------------------------------------- SmolLM2 rules and sampling
 
 from opinfer.engine import sampling  # noqa: E402
-from opinfer.engine.smollm2 import SILU_HALF, rms_norm, rope  # noqa: E402
+from opinfer.models.smollm2.engine import SILU_HALF, rms_norm, rope  # noqa: E402
 from opinfer.semantics import blocks as bk  # noqa: E402
 from opinfer.semantics.ops import DENSE_BLOCK, RUN, JobCtx, Op, dim  # noqa: E402
 

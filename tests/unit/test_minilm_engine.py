@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from opinfer.engine import minilm_weights as fw
-from opinfer.engine.minilm import CALIBRATION, OUT_BITS, IntMiniLM, to_float
+from opinfer.models.minilm import weights as fw
+from opinfer.models.minilm.engine import CALIBRATION, OUT_BITS, IntMiniLM, to_float
 from opinfer.semantics.quant import exact_matmul, isqrt, requant, round_div
 
 
@@ -58,7 +58,7 @@ def test_build_is_deterministic(model):
 def test_same_bits_across_processes_and_thread_counts(model):
     text = "Threads and processes must not change a single bit."
     expected = model.embed(text).tolist()
-    code = ("import json; from opinfer.engine.minilm import IntMiniLM; "
+    code = ("import json; from opinfer.models.minilm.engine import IntMiniLM; "
             f"print(json.dumps(IntMiniLM.build().embed({text!r}).tolist()))")
     for threads in ("1", "2"):
         env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)

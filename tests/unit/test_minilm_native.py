@@ -4,9 +4,9 @@ at every SIMD level (scalar, AVX2, AVX-VNNI) and thread count (1, 2, 4)."""
 import numpy as np
 import pytest
 
-from opinfer.engine import minilm_weights as fw
+from opinfer.models.minilm import weights as fw
 from opinfer.engine import native
-from opinfer.engine.minilm import GELU_HALF, IntMiniLM
+from opinfer.models.minilm.engine import GELU_HALF, IntMiniLM
 from opinfer.semantics.quant import EXP_INPUT_MAX, exp_neg
 
 TEXTS = ["A cat.", "x", "Optimistic verification trusts first and checks later; the challenger re-executes. " * 2]

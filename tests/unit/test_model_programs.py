@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from bench.corpus import SENTENCES
-from opinfer.engine import minilm_weights as fw
-from opinfer.engine.minilm import IntMiniLM
-from opinfer.engine.minilm_program import build_program
+from opinfer.models.minilm import weights as fw
+from opinfer.models.minilm.engine import IntMiniLM
+from opinfer.models.minilm.program import build_program
 from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.state import Trace
 
@@ -58,8 +58,8 @@ def test_stop_words_move_the_tokens_but_not_the_embedding(program):
 
 
 ROOT_SCRIPT = """
-from opinfer.engine import minilm_weights as fw
-from opinfer.engine.minilm_program import default_program
+from opinfer.models.minilm import weights as fw
+from opinfer.models.minilm.program import default_program
 from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.state import Trace
 p = default_program()

@@ -28,8 +28,10 @@ def test_registry_by_name_and_kind():
 
 
 def test_specs_match_the_installed_files_and_programs():
-    from opinfer.engine import minilm_program, minilm_weights, smollm2_program
-    from opinfer.engine.gguf_loader import read_index
+    from opinfer.models.minilm import program as minilm_program
+    from opinfer.models.minilm import weights as minilm_weights
+    from opinfer.models.smollm2 import program as smollm2_program
+    from opinfer.models.smollm2.gguf import read_index
 
     mini, smol = models.get("all-minilm-l6-v2"), models.get("smollm2-135m-instruct")
     cfg = json.loads((minilm_weights.model_dir() / "config.json").read_text())
@@ -48,7 +50,7 @@ def test_specs_match_the_installed_files_and_programs():
 
 
 def _gguf():
-    from opinfer.engine.gguf_loader import find_gguf_path
+    from opinfer.models.smollm2.gguf import find_gguf_path
 
     return find_gguf_path()
 

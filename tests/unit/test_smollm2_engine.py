@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from bench.corpus import PROSE
-from opinfer.engine.bpe_tokenizer import load_tokenizer
 from opinfer.engine import native
-from opinfer.engine.smollm2 import IntSmolLM2, default_model, forward_many, reference_forward
-from opinfer.engine.smollm2_reference import SmolLM2Reference
+from opinfer.models.smollm2.engine import IntSmolLM2, default_model, forward_many, reference_forward
+from opinfer.models.smollm2.reference import SmolLM2Reference
+from opinfer.models.smollm2.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

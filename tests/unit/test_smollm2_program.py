@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from opinfer.engine.bpe_tokenizer import load_tokenizer
+from opinfer.models.smollm2.tokenizer import load_tokenizer
 from opinfer.engine.sampling import SamplingParams
-from opinfer.engine.smollm2 import default_model
-from opinfer.engine.smollm2_program import default_program
+from opinfer.models.smollm2.engine import default_model
+from opinfer.models.smollm2.program import default_program
 from opinfer.errors import CommitmentError
 from opinfer.models.smollm2.testing import toy_decoder, toy_decoder_job
 from opinfer.semantics import ops
@@ -108,7 +108,7 @@ def test_unread_slots_are_marked_in_the_witness():
 
 
 def test_the_real_program_has_a_bounded_context_and_refuses_what_it_cannot_run(program):
-    from opinfer.engine.smollm2_program import MAX_CONTEXT, MAX_NEW, check_job
+    from opinfer.models.smollm2.program import MAX_CONTEXT, MAX_NEW, check_job
     assert MAX_CONTEXT == 4096 and MAX_NEW == 4095
     assert program.weights[2].shape == (MAX_CONTEXT, 64)      # the RoPE table: cos | sin (after the Q8_0 codes and scales)
     # the longest prompt fits one job-input row (2,048 words: 10 header words + 2,038 tokens);
@@ -150,7 +150,7 @@ def test_jobs_without_an_honest_trace_are_refused():
 
 
 ROOT_SCRIPT = """
-from opinfer.engine.smollm2_program import default_program
+from opinfer.models.smollm2.program import default_program
 from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.state import Trace
 p = default_program()

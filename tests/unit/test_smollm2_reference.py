@@ -13,16 +13,16 @@ import functools
 import numpy as np
 import pytest
 
-from opinfer.engine import gguf_loader
-from opinfer.engine.gguf_loader import ModelFileError, unpermute_qk
+from opinfer.models.smollm2 import gguf as gguf_loader
+from opinfer.models.smollm2.gguf import ModelFileError, unpermute_qk
 
 try:
     gguf_loader.find_gguf_path()
 except ModelFileError as exc:  # pragma: no cover - environment without the model
     pytest.skip(f"SmolLM2 GGUF not available: {exc}", allow_module_level=True)
 
-from opinfer.engine.bpe_tokenizer import SmolLM2Tokenizer, default_system_prompt, load_tokenizer
-from opinfer.engine.smollm2_reference import SmolLM2Reference
+from opinfer.models.smollm2.reference import SmolLM2Reference
+from opinfer.models.smollm2.tokenizer import SmolLM2Tokenizer, default_system_prompt, load_tokenizer
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"

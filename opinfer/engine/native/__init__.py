@@ -73,7 +73,7 @@ class Seq(ctypes.Structure):
     _fields_ = [("k", P), ("v", P), ("cap", I64), ("pos", I64)]
 
 
-# MiniLM (opinfer/engine/minilm.py): int8 matrices packed in panels of 16 rows, LayerNorms, layers.
+# MiniLM (opinfer/models/minilm/engine.py): int8 matrices packed in panels of 16 rows, LayerNorms, layers.
 class I8Mat(ctypes.Structure):
     _fields_ = [(name, I64) for name in ("n", "k", "np", "kp", "planes", "shift", "lo", "hi")] + [
         (name, P) for name in ("wp", "colsum", "bias", "mult")]

@@ -24,7 +24,7 @@ def check(job) -> None:
 
 
 def load_engine():
-    from opinfer.engine.minilm import IntMiniLM
+    from opinfer.models.minilm.engine import IntMiniLM
 
     return IntMiniLM.build()
 
@@ -38,13 +38,13 @@ def run_batch(engine, jobs: list) -> list:
 
 
 def load_program():
-    from opinfer.engine.minilm_program import default_program
+    from opinfer.models.minilm.program import default_program
 
     return default_program()
 
 
 def release() -> None:
-    from opinfer.engine.minilm_program import default_program
+    from opinfer.models.minilm.program import default_program
 
     default_program.cache_clear()
 
@@ -75,7 +75,7 @@ def encode(text: str):
 
 
 def export_tokenizer() -> Path:
-    from opinfer.engine.minilm_weights import model_dir
+    from opinfer.models.minilm.weights import model_dir
 
     shipped.write(TOKENIZER_FILE, (model_dir() / "tokenizer.json").read_bytes())
     tokenizer.cache_clear()
@@ -83,6 +83,6 @@ def export_tokenizer() -> Path:
 
 
 def to_float(vector) -> np.ndarray:
-    from opinfer.engine.minilm import to_float as scale
+    from opinfer.models.minilm.engine import to_float as scale
 
     return scale(np.asarray(vector, dtype=np.int64))

@@ -25,7 +25,7 @@ def check(job) -> None:
     """What the program's committed limits refuse too (smollm2_program.check_job:
     ids beyond the vocabulary, no new token, temperature above 2.0, more
     positions than the context), and sampling parameters out of range."""
-    from opinfer.engine.smollm2_program import check_job
+    from opinfer.models.smollm2.program import check_job
 
     if job.max_tokens < 1:
         raise JobRefused("a chat job needs max_tokens >= 1")
@@ -37,7 +37,7 @@ def check(job) -> None:
 
 
 def load_engine():
-    from opinfer.engine.smollm2 import default_model
+    from opinfer.models.smollm2.engine import default_model
 
     return default_model()
 
@@ -63,7 +63,7 @@ def result(job, ids, reason):
 def run_batch(engine, jobs: list) -> list:
     """One job: its own session. Several: continuous batching of the decode
     steps (generate_many), the same tokens as each job alone."""
-    from opinfer.engine.smollm2 import generate_many
+    from opinfer.models.smollm2.engine import generate_many
 
     if len(jobs) == 1:
         job, r = jobs[0], request(jobs[0])
@@ -77,13 +77,14 @@ def run_batch(engine, jobs: list) -> list:
 
 
 def load_program():
-    from opinfer.engine.smollm2_program import default_program
+    from opinfer.models.smollm2.program import default_program
 
     return default_program()
 
 
 def release() -> None:
-    from opinfer.engine import smollm2, smollm2_program
+    from opinfer.models.smollm2 import engine as smollm2
+    from opinfer.models.smollm2 import program as smollm2_program
 
     smollm2_program.default_program.cache_clear()
     smollm2.default_model.cache_clear()
@@ -106,13 +107,13 @@ def tokenizer():
     tokenizer.chat_template, ChatML) and `default_system_prompt` with it. Built
     from the copy of the file's tokenizer metadata shipped in this folder
     (opinfer/models/shipped.py), so no weights are needed."""
-    from opinfer.engine.bpe_tokenizer import SmolLM2Tokenizer
+    from opinfer.models.smollm2.tokenizer import SmolLM2Tokenizer
 
     return SmolLM2Tokenizer.from_metadata(tokenizer_metadata())
 
 
 def export_tokenizer() -> Path:
-    from opinfer.engine.gguf_loader import load_metadata
+    from opinfer.models.smollm2.gguf import load_metadata
 
     meta = load_metadata()
     data = {k: meta[k] for k in TOKENIZER_KEYS}

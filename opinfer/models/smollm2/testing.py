@@ -17,8 +17,8 @@ def toy_decoder(layers: int = 2, vocab: int = 512):
     tokens (real weights, so activations look real), a decoder program with
     every decoder op class and 78 ops per step; the engine runs the same
     model, so program and engine can be compared on it too."""
-    from opinfer.engine import smollm2 as sm
-    from opinfer.engine.smollm2_program import build_program
+    from opinfer.models.smollm2 import engine as sm
+    from opinfer.models.smollm2.program import build_program
 
     small = sm.default_model().sliced(layers, vocab, 64)
     program = build_program(small)
@@ -31,8 +31,8 @@ def long_toy_decoder(positions: int = 1100):
     """(program, model): SmolLM2 cut to one block and 256 tokens with a RoPE
     table of `positions` rows: a long-context job (past 1,024 positions, so
     the attention softmax spans several chunks of 256) runs in seconds."""
-    from opinfer.engine import smollm2 as sm
-    from opinfer.engine.smollm2_program import build_program
+    from opinfer.models.smollm2 import engine as sm
+    from opinfer.models.smollm2.program import build_program
 
     small = sm.default_model().sliced(1, 256, positions)
     program = build_program(small)

@@ -16,8 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from opinfer.engine import smollm2 as sm
 from opinfer.errors import CommitmentError
+from opinfer.models.smollm2 import engine as sm
 from opinfer.models.smollm2 import spec
 from opinfer.semantics import blocks as blk
 from opinfer.semantics import elements as el

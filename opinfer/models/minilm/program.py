@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from opinfer.engine import minilm as mm
+from opinfer.models.minilm import engine as mm
 from opinfer.models.minilm.spec import NAME
 from opinfer.semantics.builder import ProgramBuilder
 from opinfer.semantics.ops import (CONTEXT, DENSE, EMBED_SUM, INPUT, L2NORM, LAYER_NORM, LOOKUP, POOL, RESIDUAL, SCORES,

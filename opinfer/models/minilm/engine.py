@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from opinfer.engine import minilm_weights as fw
-from opinfer.engine.calibrate import absmax, channel_absmax, quantize_rows
+from opinfer.models.minilm import weights as fw
+from opinfer.models.minilm.calibrate import absmax, channel_absmax, quantize_rows
 from opinfer.semantics.quant import (INT8, INT16, INT32, channel_multipliers, exact_matmul, isqrt, l2_normalise,
                                      multiplier_shift, quantize_symmetric, requant, round_div, softmax_rows)
 

@@ -10,7 +10,7 @@ expected, and `minilm_from_program` / `smollm2_from_program` rebuild the fast
 engines from nothing but the program's integers, so a node or challenger on
 any machine computes the registered model's bits.
 
-    python -m opinfer.engine.built save all-minilm-l6-v2 minilm.npz
+    python -m opinfer.models.built save all-minilm-l6-v2 minilm.npz
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class _Cursor:
 # ---------------------------------------------------------------- all-MiniLM-L6-v2
 
 def minilm_from_program(program: Program):
-    from opinfer.engine import minilm as mm
+    from opinfer.models.minilm import engine as mm
 
     cur = _Cursor(program)
     emb = cur.take(EMBED_SUM)
@@ -144,7 +144,7 @@ def minilm_from_program(program: Program):
 def smollm2_from_program(program: Program):
     """The native SmolLM2 engine from the program's integers alone: the GGUF blocks
     (codes, D, M), the gains, the RoPE and SiLU tables and every scale of its ops."""
-    from opinfer.engine import smollm2 as sm
+    from opinfer.models.smollm2 import engine as sm
     from opinfer.semantics import blocks as bk
 
     cur = _Cursor(program)
@@ -205,11 +205,12 @@ def smollm2_from_program(program: Program):
 
 
 def main(argv=None) -> int:
-    """python -m opinfer.engine.built save NAME PATH | check PATH [ROOT]"""
+    """python -m opinfer.models.built save NAME PATH | check PATH [ROOT]"""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if len(args) == 3 and args[0] == "save":
-            from opinfer.engine import minilm_program, smollm2_program
+            from opinfer.models.minilm import program as minilm_program
+            from opinfer.models.smollm2 import program as smollm2_program
             modules = {m.NAME: m for m in (minilm_program, smollm2_program)}
             if args[1] not in modules:
                 raise CommitmentError(f"unknown model {args[1]!r}; one of {sorted(modules)}")

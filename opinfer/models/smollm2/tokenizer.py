@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-from opinfer.engine.gguf_loader import ModelFileError, find_gguf_path, load_metadata
+from opinfer.models.smollm2.gguf import ModelFileError, find_gguf_path, load_metadata
 
 TOKEN_TYPE_CONTROL = 3
 

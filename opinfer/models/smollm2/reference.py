@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from opinfer.engine.gguf_loader import SmolLM2Weights, load_weights
+from opinfer.models.smollm2.gguf import SmolLM2Weights, load_weights
 
 F32 = np.float32
 

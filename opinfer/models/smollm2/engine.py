@@ -221,7 +221,7 @@ class IntSmolLM2:
     @classmethod
     def build(cls, path=None, rope_rows: int | None = None) -> "IntSmolLM2":
         """The model from the GGUF file alone (no calibration: every scale is fixed)."""
-        from opinfer.engine import gguf_loader as gl
+        from opinfer.models.smollm2 import gguf as gl
 
         path = str(path or gl.find_gguf_path())
         # A light index of the file (no memory map, no parsed tokenizer), then each tensor's bytes.

@@ -1,6 +1,6 @@
 """Continuous batching of a chat model's jobs (iteration-level scheduling).
 
-One worker thread per chat model drives an opinfer.models.smollm2.engine.Decoder: at
+One worker thread per chat model drives its model's Decoder (parts.decoder): at
 every step it lets waiting jobs join (up to max_batch running), runs one native
 pass over every running job (one token per decoding job, prompt chunks of
 newcomers: at most prefill_tokens prompt tokens per step in all), hands each
@@ -23,7 +23,6 @@ from typing import Callable
 
 from node.errors import BadJob, NodeError
 from opinfer.engine.logprobs import prompt_logprobs, token_logprobs
-from opinfer.models.smollm2.engine import Decoder
 from opinfer.models import JobRefused
 from opinfer.semantics.jobinput import JobInput
 
@@ -61,9 +60,9 @@ class Scheduler:
     def __init__(self, engine, max_batch: int = 8, prefill_tokens: int | None = 64, name: str = "scheduler",
                  on_step: Callable[[int], None] | None = None):
         self.engine = engine                  # node.engines.Engine of a chat model
-        self.parts = engine.spec.parts        # its request(job) and result(job, ids, reason)
+        self.parts = engine.spec.parts        # its decoder(prefill), request(job) and result(job, ids, reason)
         self.max_batch = max(1, max_batch)
-        self.decoder = Decoder(prefill_tokens)
+        self.decoder = self.parts.decoder(prefill_tokens)
         self.on_step = on_step
         self._q: queue.Queue = queue.Queue()
         self._stop = False

@@ -13,9 +13,9 @@ import pytest
 
 from node.engines import load
 from node.scheduler import GenerationFailed, Scheduler
-from opinfer.models.smollm2 import engine as sm
 from opinfer.engine.logprobs import prompt_logprobs, token_logprobs
 from opinfer.engine.sampling import padded_weights
+from opinfer.models.smollm2 import engine as sm
 from opinfer.models.smollm2.spec import NAME as SMOLLM2
 from opinfer.semantics.jobinput import JobInput
 from opinfer.trace.outputs import generation_output, tensor_root

@@ -76,6 +76,13 @@ def run_batch(engine, jobs: list) -> list:
     return [result(job, ids, reason) for job, (ids, reason) in zip(jobs, generate_many(engine, requests, max_ctx=ctx))]
 
 
+def decoder(prefill_tokens: int | None = None):
+    """A continuous-batching decoder over this model's engine (the node's scheduler drives it)."""
+    from opinfer.models.smollm2.engine import Decoder
+
+    return Decoder(prefill_tokens)
+
+
 def load_program():
     from opinfer.models.smollm2.program import default_program
 

@@ -411,11 +411,6 @@ def test_a_liar_that_unbonds_before_the_posting_tick_is_still_posted(net, tmp_pa
         job = httpx.get(f"{run.url}/v1/jobs/{body['job_id']}").json()
         assert job["status"] != "rejected"                       # the coordinator does not drop it itself
         assert httpx.get(f"{run.url}/v1/jobs/{honest['job_id']}").json()["status"] == "posted"   # no stall
-        from pathlib import Path
-
-        rollup = (Path(__file__).parents[2] / "contracts" / "ResultRollup.vy").read_text()
-        if "stake_manager.is_active(run.node)" in rollup:
-            pytest.xfail("ResultRollup.post_batch still requires active stake (issue 14 point 10, contract side)")
         assert job["status"] == "posted" and job["batch_id"]
     finally:
         hostile.mode = "honest"

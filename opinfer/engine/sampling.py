@@ -20,6 +20,12 @@ opinfer/semantics/elements.py, so a dispute can check it 256 logits at a time
    (on chain: pick_chunk over the chunks' masked sums, then pick_in_chunk).
 
 Weights below tau (padding included, since tau >= 1) are never drawn.
+
+Before all of this, `penalise` applies the job's presence and frequency
+penalties and logit bias to the logits (OpenAI's rule in integers,
+elements.penalty: logit - (presence [n > 0] + frequency n) + bias, n = how
+often the token was generated before this step); `choose` is the one place
+that turns a logits row and the tokens generated so far into the next token.
 """
 
 from __future__ import annotations
@@ -31,9 +37,14 @@ import numpy as np
 
 from opinfer.semantics import elements as el
 from opinfer.semantics.quant import exp_neg, round_div
+from opinfer.semantics.quant import penalise as penalise_row
 
 TEMPERATURE_MILLI_MAX = el.TEMPERATURE_MILLI_MAX
 SEED_LIMIT = 1 << 64
+INT16 = (-(1 << 15), (1 << 15) - 1)
+PENALTY_MAX = 2 * (1 << el.PENALTY_BITS)     # OpenAI's |presence|, |frequency| <= 2.0
+BIAS_MAX = 100 * (1 << el.BIAS_BITS)         # OpenAI's |logit_bias| <= 100
+MAX_BIAS_ENTRIES = 300                        # OpenAI's cap on logit_bias entries
 PAD_OFFSET = 1 << 40       # padded logits are top - 2^40: their weight is 0
 CHUNK = el.CHUNK_WIDTH
 ZERO_WEIGHT_U = 5700       # exp_neg(u) == 0 for every u > 3016 (and by construction for u >= 5679)
@@ -43,29 +54,55 @@ ZERO_WEIGHT_U = 5700       # exp_neg(u) == 0 for every u > 3016 (and by construc
 class SamplingParams:
     """temperature_milli: temperature * 1000 in [0, 2000], 0 = greedy;
     top_p_q: round(top_p * 2^16) in [1, 2^16] (2^16 keeps every token);
-    seed: in [0, 2^64), the draw for step s is keccak256(seed, s) (no hidden randomness)."""
+    seed: in [0, 2^64), the draw for step s is keccak256(seed, s) (no hidden randomness);
+    presence_q, frequency_q: the penalties at 2^-12 (int16; the API keeps them in
+    [-8192, 8192], OpenAI's [-2, 2]); logit_bias: (token id, bias at 2^-8) pairs
+    (int16 biases; the API keeps them in [-25600, 25600], OpenAI's [-100, 100]).
+    Any int16 value has a defined result (the job input carries int16 words)."""
 
     temperature_milli: int
     top_p_q: int = el.TOP_P_ONE
     seed: int = 0
+    presence_q: int = 0
+    frequency_q: int = 0
+    logit_bias: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self):
         for name, value, lo, hi in (("temperature_milli", self.temperature_milli, 0, TEMPERATURE_MILLI_MAX),
                                     ("top_p_q", self.top_p_q, 1, el.TOP_P_ONE),
-                                    ("seed", self.seed, 0, SEED_LIMIT - 1)):
+                                    ("seed", self.seed, 0, SEED_LIMIT - 1),
+                                    ("presence_q", self.presence_q, *INT16),
+                                    ("frequency_q", self.frequency_q, *INT16)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
             if not lo <= value <= hi:
                 raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value}")
             object.__setattr__(self, name, int(value))
+        bias = tuple((int(t), int(b)) for t, b in self.logit_bias)
+        if any(not (0 <= t <= 0xFFFF and INT16[0] <= b <= INT16[1]) for t, b in bias):
+            raise ValueError("logit_bias entries must be (uint16 token id, int16 bias)")
+        object.__setattr__(self, "logit_bias", bias)
 
     @property
     def greedy(self) -> bool:
         return self.temperature_milli == 0
 
+    @property
+    def penalised(self) -> bool:
+        """Whether penalise changes anything."""
+        return bool(self.presence_q or self.frequency_q or self.logit_bias)
+
+    @classmethod
+    def of_job(cls, job) -> "SamplingParams":
+        """The sampler of a job input (opinfer.trace.jobinput.JobInput, read by attribute)."""
+        return cls(job.temperature_milli, job.top_p_q, job.seed, getattr(job, "presence_q", 0),
+                   getattr(job, "frequency_q", 0), tuple(getattr(job, "logit_bias", ())))
+
 
 def from_openai(temperature: float | None = None, top_p: float | None = None,
-                seed: int | None = None) -> SamplingParams:
+                seed: int | None = None, presence_penalty: float | None = None,
+                frequency_penalty: float | None = None, logit_bias: dict | None = None,
+                vocab: int = 0xFFFF) -> SamplingParams:
     """SamplingParams from OpenAI-style request fields.
 
     - temperature: in [0, 2], default 1 (OpenAI's default); 0 is greedy;
@@ -77,6 +114,11 @@ def from_openai(temperature: float | None = None, top_p: float | None = None,
       requests without a seed must pick one itself (e.g. from its own
       randomness) and record it with the job, or every unseeded request with
       the same prompt samples the same text.
+    - presence_penalty, frequency_penalty: in [-2, 2], default 0;
+      presence_q = round(penalty * 2^12) (half up).
+    - logit_bias: {token id (an int or its decimal string): bias in [-100, 100]},
+      at most 300 entries, ids below `vocab`; each bias_q = round(bias * 2^8)
+      (half up); entries sorted by id (one encoding per request).
     Raises ValueError naming the parameter when a value is out of range."""
     t = 1.0 if temperature is None else _number("temperature", temperature, 0.0, 2.0)
     p = 1.0 if top_p is None else _number("top_p", top_p, 0.0, 1.0)
@@ -88,8 +130,38 @@ def from_openai(temperature: float | None = None, top_p: float | None = None,
         raise ValueError(f"seed must lie in [0, 2^64), got {seed}")
     else:
         s = int(seed)
+    pres = 0.0 if presence_penalty is None else _number("presence_penalty", presence_penalty, -2.0, 2.0)
+    freq = 0.0 if frequency_penalty is None else _number("frequency_penalty", frequency_penalty, -2.0, 2.0)
     return SamplingParams(temperature_milli=math.floor(t * 1000 + 0.5),
-                          top_p_q=max(math.floor(p * el.TOP_P_ONE + 0.5), 1), seed=s)
+                          top_p_q=max(math.floor(p * el.TOP_P_ONE + 0.5), 1), seed=s,
+                          presence_q=math.floor(pres * (1 << el.PENALTY_BITS) + 0.5),
+                          frequency_q=math.floor(freq * (1 << el.PENALTY_BITS) + 0.5),
+                          logit_bias=_logit_bias(logit_bias, vocab))
+
+
+def _logit_bias(bias, vocab: int) -> tuple[tuple[int, int], ...]:
+    if bias is None:
+        return ()
+    if not isinstance(bias, dict):
+        raise ValueError(f"logit_bias must be a map from token ids to numbers, got {type(bias).__name__}")
+    if len(bias) > MAX_BIAS_ENTRIES:
+        raise ValueError(f"logit_bias takes at most {MAX_BIAS_ENTRIES} entries, got {len(bias)}")
+    out: dict[int, int] = {}
+    for key, value in bias.items():
+        if isinstance(key, bool) or not isinstance(key, (int, str, np.integer)):
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+        try:
+            token = int(key)
+        except ValueError:
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}") from None
+        if isinstance(key, str) and key.strip() != str(token):
+            raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+        if not 0 <= token < min(vocab, 0xFFFF):
+            raise ValueError(f"logit_bias token id {token} outside the vocabulary of {min(vocab, 0xFFFF)}")
+        if token in out:
+            raise ValueError(f"logit_bias names token {token} twice")
+        out[token] = math.floor(_number("logit_bias", value, -100.0, 100.0) * (1 << el.BIAS_BITS) + 0.5)
+    return tuple(sorted(out.items()))
 
 
 def _number(name: str, value, lo: float, hi: float) -> float:
@@ -123,6 +195,27 @@ def top_p_threshold(weights: np.ndarray, top_p_q: int) -> int:
     kept = np.cumsum(values * counts)
     first = int(np.argmax((kept << 16) >= top_p_q * total))
     return min(int(values[first]), el.WEIGHT_MAX)
+
+
+def penalise(logits: np.ndarray, params: SamplingParams | None, generated) -> np.ndarray:
+    """elements.penalty on every logit of a row (semantics.quant.penalise, the
+    rule the program's PENALTY op runs too): `generated` are the ids the job
+    generated before this step. Identity when the params penalise nothing."""
+    z = np.asarray(logits, dtype=np.int64).ravel()
+    if params is None or not params.penalised:
+        return z
+    return penalise_row(z, params.presence_q, params.frequency_q, params.logit_bias, generated)
+
+
+def choose(logits: np.ndarray, params: SamplingParams | None, generated) -> int:
+    """The next token of a job from its logits row and the ids it generated so
+    far: penalise, then the argmax (params None or greedy) or next_token with
+    step = len(generated). The engine's generation loop calls this, once."""
+    generated = list(generated)
+    z = penalise(logits, params, generated)
+    if params is None or params.greedy:
+        return int(np.argmax(z))
+    return next_token(z, params, len(generated))
 
 
 def next_token(logits: np.ndarray, params: SamplingParams, step: int) -> int:

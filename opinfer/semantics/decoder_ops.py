@@ -1,4 +1,4 @@
-"""The decoder's op classes (opcodes 13..27; docs/ops.md, "Decoder ops").
+"""The decoder's op classes (opcodes 13..27 and 32; docs/ops.md, "Decoder ops").
 
 A decoder program processes one position per step: step s reads token s
 and produces the token at position s + 1. The rules here are the vectorised
@@ -23,7 +23,8 @@ PAD = -1
 ROPE_BITS = el.ROPE_BITS
 SQUARE_BITS = el.SQUARE_BITS
 NORM_BITS = el.NORM_BITS
-TEMPERATURE, TOP_P, SEED_AT, STOPS_AT = 3, 4, 5, 10   # words of T_0
+TEMPERATURE, TOP_P, SEED_AT, STOP_COUNT, STOPS_AT = 3, 4, 5, 9, 10   # words of T_0
+VERSION_PENALTIES = 2
 
 
 def _g(ctx) -> int:
@@ -40,9 +41,9 @@ def _seed(t0: np.ndarray) -> int:
 
 
 def stop_sequences(t0: np.ndarray, ctx) -> list[list[int]]:
-    """The job's stop sequences: non-empty runs of T_0[10..ta) between 0xFFFF words."""
+    """The job's stop sequences: non-empty runs of T_0[10..10 + S) between 0xFFFF words (S = T_0[9])."""
     out, cur = [], []
-    for w in t0[0, STOPS_AT:ctx.tokens_at]:
+    for w in t0[0, STOPS_AT:STOPS_AT + _word(t0, STOP_COUNT)]:
         if int(w) == 0xFFFF:
             if cur:
                 out.append(cur)
@@ -50,6 +51,20 @@ def stop_sequences(t0: np.ndarray, ctx) -> list[list[int]]:
         else:
             cur.append(int(w))
     return out
+
+
+def _int16(word: int) -> int:
+    return word - (1 << 16) if word >= 1 << 15 else word
+
+
+def penalty_params(t0: np.ndarray) -> tuple[int, int, tuple[tuple[int, int], ...]] | None:
+    """A version-2 job's (presence_q, frequency_q, bias entries) (T_0[10 + S ..]:
+    presence_q, frequency_q, B, then B (id, bias_q) pairs, int16 words); None for version 1."""
+    if _word(t0, 0) != VERSION_PENALTIES:
+        return None
+    at = STOPS_AT + _word(t0, STOP_COUNT)
+    bias = tuple((_word(t0, at + 3 + 2 * k), _int16(_word(t0, at + 4 + 2 * k))) for k in range(_word(t0, at + 2)))
+    return _int16(_word(t0, at)), _int16(_word(t0, at + 1)), bias
 
 
 def bit_length(x: np.ndarray) -> np.ndarray:
@@ -170,6 +185,19 @@ def _swiglu(op, ins, ctx):
     if idx.min() < 0 or idx.max() >= flat.size:
         raise CommitmentError("swiglu: gate outside the table")
     return (flat[idx] * x[0, h:2 * h]).reshape(1, h)
+
+
+def _penalty(op, ins, ctx):
+    """quant.penalise of the logits [NC, 256] (token 256 r + c) with the job's
+    penalties and bias, counting the ids generated before this step: the
+    previous step's GEN row [0, g) (none in the prompt or at step 0)."""
+    z, t0, prev_gen = ins
+    params = penalty_params(t0)
+    if params is None:
+        return z.copy()
+    g = _g(ctx)
+    generated = prev_gen[0, :g] if prev_gen is not None and g > 0 else []
+    return quant.penalise(z.reshape(-1), *params, generated).reshape(z.shape)
 
 
 def _chunk_argmax(op, ins, ctx):
@@ -297,6 +325,11 @@ def _reads_swiglu(op, r, c, ins, ctx):
     return [0, (int(ins[0][0, c]) + op.params[0]) // _ops.TABLE_WIDTH]
 
 
+def _reads_penalty(op, r, c, ins, ctx):
+    """logits row r, T_0, the previous step's GEN (not at step 0)."""
+    return [r, 0, None if ctx.step == 0 else 0]
+
+
 def _reads_chunk(op, r, c, ins, ctx):
     return [c]
 
@@ -327,7 +360,7 @@ _ops.RUN.update({
     _ops.EMBED_TOKEN: _embed_token, _ops.RMS_NORM: _rms_norm, _ops.DENSE_BLOCK: _dense_block, _ops.ROPE: _rope,
     _ops.APPEND: _append, _ops.SWIGLU: _swiglu, _ops.CHUNK_ARGMAX: _chunk_argmax,
     _ops.SAMPLE_WEIGHTS: _sample_weights, _ops.MASKED_SUMS: _masked_sums, _ops.BISECT: _bisect, _ops.PICK: _pick,
-    _ops.PICK_TOKEN: _pick_token, _ops.NEXT: _next, _ops.MATCH: _match, _ops.GEN: _gen,
+    _ops.PICK_TOKEN: _pick_token, _ops.NEXT: _next, _ops.MATCH: _match, _ops.GEN: _gen, _ops.PENALTY: _penalty,
 })
 _ops.READS.update({
     _ops.EMBED_TOKEN: _reads_embed_token, _ops.RMS_NORM: _reads_row_and_channel,
@@ -335,5 +368,5 @@ _ops.READS.update({
     _ops.SWIGLU: _reads_swiglu, _ops.CHUNK_ARGMAX: _reads_chunk, _ops.SAMPLE_WEIGHTS: _reads_weights,
     _ops.MASKED_SUMS: _reads_masked_sums, _ops.BISECT: _reads_all_first, _ops.PICK: _reads_all_first,
     _ops.PICK_TOKEN: _reads_pick_token, _ops.NEXT: _reads_all_first, _ops.MATCH: _reads_prev_first,
-    _ops.GEN: _reads_prev_first,
+    _ops.GEN: _reads_prev_first, _ops.PENALTY: _reads_penalty,
 })

@@ -287,6 +287,35 @@ def pick_in_chunk(weights: list[int], tau: int, r_rest: int) -> int:
     raise ValueError("pick_in_chunk: draw beyond the chunk")
 
 
+# ---------------------------------------------------------------- penalties and logit bias (before sampling)
+
+PENALTY_BITS = 12         # presence / frequency penalties at 2^-12 of a logit (OpenAI's [-2, 2]: [-8192, 8192])
+BIAS_BITS = 8             # logit_bias at 2^-8 of a logit (OpenAI's [-100, 100]: [-25600, 25600])
+LOGIT_BITS = 16           # the logits they apply to
+PENALTY_SCALE = 1 << (LOGIT_BITS - PENALTY_BITS)
+BIAS_SCALE = 1 << (LOGIT_BITS - BIAS_BITS)
+LOGIT_RANGE = (-(1 << 31), (1 << 31) - 1)   # penalised logits stay int32, like the LM head's
+
+
+def penalty(logit: int, count: int, presence: int, frequency: int, bias: int) -> int:
+    """OpenAI's rule in integers: logit - (presence [count > 0] + frequency count)
+    + bias, penalties at 2^-12 and the bias at 2^-8 brought to the logits' 2^-16
+    exactly (multiplied by 16 and 256), clamped to int32."""
+    if count < 0:
+        raise ValueError("penalty: negative count")
+    value = logit - (presence * (1 if count > 0 else 0) + frequency * count) * PENALTY_SCALE + bias * BIAS_SCALE
+    return min(max(value, LOGIT_RANGE[0]), LOGIT_RANGE[1])
+
+
+def penalised_logit(logit: int, token: int, generated: list[int], presence: int, frequency: int,
+                    bias_entries: list[tuple[int, int]]) -> int:
+    """penalty() of token `token`: count = how often it was generated before
+    this step, bias = the sum of the bias entries naming it (a job's entries
+    name distinct tokens; the sum makes the rule total)."""
+    return penalty(logit, sum(1 for t in generated if t == token), presence, frequency,
+                   sum(b for t, b in bias_entries if t == token))
+
+
 # ---------------------------------------------------------------- the file's own blocks (GGUF Q4_1 / Q8_0)
 
 BLOCK = 32                # weights and activations are blocked by 32 along the inner dimension

@@ -4,12 +4,19 @@ A job's input is what the coordinator posts on-chain with the leaf, so a
 challenger needs nothing else and the contract can check the input tensor
 against the bytes (input binding). The bytes are big-endian uint16 words:
 
-    [version=1, n_tokens L, max_tokens M, temperature_milli, top_p_q - 1,
-     seed (4 words, most significant first), S, stop words (S), tokens (L)]
+    version 1: [1, n_tokens L, max_tokens M, temperature_milli, top_p_q - 1,
+                seed (4 words, most significant first), S, stop words (S), tokens (L)]
+    version 2: [2, L, M, temperature_milli, top_p_q - 1, seed (4), S, stop words (S),
+                presence_q, frequency_q, B, (token id, bias_q) x B, tokens (L)]
 
 Stop words hold token-level stop sequences, each sequence followed by the
-word 0xFFFF. T_0 is one row: the words as integers, so element j of T_0 is
-word j (StepVerifier.input_tensor_root rebuilds its root from the bytes).
+word 0xFFFF. Version 2 adds the sampler's penalties: presence_q and
+frequency_q at 2^-12 of a logit and each logit bias at 2^-8, as int16 two's
+complement words (opinfer.engine.elements.penalty); a job without penalties
+or bias is written as version 1, so every earlier job keeps its bytes and
+roots. T_0 is one row: the words as integers, so element j of T_0 is word j
+(StepVerifier.input_tensor_root rebuilds its root from the bytes); the
+tokens start at tokens_at = 10 + S (version 1) or 13 + S + 2B (version 2).
 """
 
 from __future__ import annotations
@@ -20,11 +27,18 @@ import numpy as np
 
 from opinfer.errors import CommitmentError
 
-VERSION = 1
+VERSION = 1                 # no penalties
+VERSION_PENALTIES = 2       # presence / frequency penalties and logit bias
 HEADER_WORDS = 10           # through S
+PENALTY_WORDS = 3           # presence_q, frequency_q, B (version 2, after the stop words)
 SEPARATOR = 0xFFFF
 MAX_WORDS = 2048            # one tensor row on-chain (StepVerifier MAX_ROW)
-TOKENS_AT = HEADER_WORDS    # plus S
+TOKENS_AT = HEADER_WORDS    # plus S (and, in version 2, 3 + 2B)
+INT16 = (-(1 << 15), (1 << 15) - 1)
+
+
+def _signed(word: int) -> int:
+    return word - (1 << 16) if word >= 1 << 15 else word
 
 
 @dataclass(frozen=True)
@@ -35,8 +49,17 @@ class JobInput:
     top_p_q: int = 65536
     seed: int = 0
     stop_sequences: tuple[tuple[int, ...], ...] = field(default=())
+    presence_q: int = 0
+    frequency_q: int = 0
+    logit_bias: tuple[tuple[int, int], ...] = field(default=())
+    # 1 or 2; None: 2 when the job has a penalty or a bias, else 1 (from_bytes keeps what it read)
+    version: int | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "logit_bias", tuple((int(t), int(b)) for t, b in self.logit_bias))
+        penalised = bool(self.presence_q or self.frequency_q or self.logit_bias)
+        if self.version is None:
+            object.__setattr__(self, "version", VERSION_PENALTIES if penalised else VERSION)
         checks = [
             (len(self.tokens) >= 1, "a job needs at least one token"),
             (all(0 <= t < SEPARATOR for t in self.tokens), "token ids must be in [0, 65535)"),
@@ -46,6 +69,12 @@ class JobInput:
             (0 <= self.seed < 1 << 64, "seed must be in [0, 2^64)"),
             (all(s and all(0 <= t < SEPARATOR for t in s) for s in self.stop_sequences),
              "stop sequences must be non-empty token id lists"),
+            (self.version in (VERSION, VERSION_PENALTIES), f"unknown job input version {self.version}"),
+            (self.version == VERSION_PENALTIES or not penalised, "penalties and logit bias need version 2"),
+            (all(INT16[0] <= v <= INT16[1] for v in (self.presence_q, self.frequency_q)),
+             "presence_q and frequency_q must be int16"),
+            (all(0 <= t <= 0xFFFF and INT16[0] <= b <= INT16[1] for t, b in self.logit_bias),
+             "logit_bias entries must be (uint16 token id, int16 bias)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -59,11 +88,20 @@ class JobInput:
             out += list(seq) + [SEPARATOR]
         return out
 
+    def penalty_words(self) -> list[int]:
+        """Version 2's words after the stop words: presence_q, frequency_q, B, then the bias entries."""
+        if self.version == VERSION:
+            return []
+        out = [self.presence_q & 0xFFFF, self.frequency_q & 0xFFFF, len(self.logit_bias)]
+        for token, bias in self.logit_bias:
+            out += [token, bias & 0xFFFF]
+        return out
+
     def words(self) -> list[int]:
         stop = self.stop_words()
         seed = [(self.seed >> (16 * (3 - i))) & 0xFFFF for i in range(4)]
-        return ([VERSION, len(self.tokens), self.max_tokens, self.temperature_milli, self.top_p_q - 1]
-                + seed + [len(stop)] + stop + list(self.tokens))
+        return ([self.version, len(self.tokens), self.max_tokens, self.temperature_milli, self.top_p_q - 1]
+                + seed + [len(stop)] + stop + self.penalty_words() + list(self.tokens))
 
     def to_bytes(self) -> bytes:
         return np.asarray(self.words(), dtype=">u2").tobytes()
@@ -74,18 +112,30 @@ class JobInput:
     @property
     def tokens_at(self) -> int:
         """Index in T_0 of the first token."""
-        return TOKENS_AT + len(self.stop_words())
+        return TOKENS_AT + len(self.stop_words()) + len(self.penalty_words())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "JobInput":
+        """The job input the bytes hold; accepts what StepVerifier.job_shape's
+        layout check accepts (opinfer.trace.program.job_shape), no more."""
         if len(data) % 2 or len(data) < 2 * HEADER_WORDS:
             raise CommitmentError("job input must be an even number of bytes holding at least the header")
         w = [int(v) for v in np.frombuffer(data, dtype=">u2")]
-        if w[0] != VERSION:
+        if w[0] not in (VERSION, VERSION_PENALTIES):
             raise CommitmentError(f"unknown job input version {w[0]}")
         n, s = w[1], w[9]
-        if len(w) != HEADER_WORDS + s + n:
-            raise CommitmentError("job input length does not match its token and stop counts")
+        at = HEADER_WORDS + s                  # after the stop words
+        presence = frequency = 0
+        bias: list[tuple[int, int]] = []
+        if w[0] == VERSION_PENALTIES:
+            if len(w) < at + PENALTY_WORDS:
+                raise CommitmentError("job input too short for its penalty words")
+            presence, frequency, b = _signed(w[at]), _signed(w[at + 1]), w[at + 2]
+            bias = [(w[at + 3 + 2 * k], _signed(w[at + 4 + 2 * k])) for k in range(b)
+                    if at + 4 + 2 * k < len(w)]
+            at += PENALTY_WORDS + 2 * b
+        if len(w) != at + n:
+            raise CommitmentError("job input length does not match its token, stop and bias counts")
         stop_words, seqs, cur = w[HEADER_WORDS:HEADER_WORDS + s], [], []
         for t in stop_words:
             if t == SEPARATOR:
@@ -96,7 +146,7 @@ class JobInput:
         if cur:
             raise CommitmentError("unterminated stop sequence")
         seed = (w[5] << 48) | (w[6] << 32) | (w[7] << 16) | w[8]
-        return cls(tuple(w[HEADER_WORDS + s:]), w[2], w[3], w[4] + 1, seed, tuple(seqs))
+        return cls(tuple(w[at:]), w[2], w[3], w[4] + 1, seed, tuple(seqs), presence, frequency, tuple(bias), w[0])
 
 
 # ---------------------------------------------------------------- requests -> job inputs

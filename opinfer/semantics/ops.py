@@ -35,18 +35,19 @@ MAX_SLOTS = 4
 MAX_PARAMS = 13
 DESC_WORDS = 3 + 4 * MAX_SLOTS + MAX_PARAMS
 
-# opcodes (13..27: the decoder's, opinfer/semantics/decoder_ops.py)
+# opcodes (13..27 and 32: the decoder's, opinfer/semantics/decoder_ops.py)
 DOT, EMBED_SUM, LAYER_NORM, DENSE, SCORES, SOFTMAX, TRANSPOSE, CONTEXT, RESIDUAL, LOOKUP, POOL, L2NORM = range(1, 13)
 (EMBED_TOKEN, RMS_NORM, DENSE_BLOCK, ROPE, APPEND, SWIGLU, CHUNK_ARGMAX, SAMPLE_WEIGHTS, MASKED_SUMS, BISECT, PICK,
  PICK_TOKEN, NEXT, MATCH, GEN) = range(13, 28)
 # a long row's attention softmax in chunks (opinfer/trace/attention_ops.py)
 EXP_SUMS, PROBS = 30, 31
+PENALTY = 32    # the sampler's penalties and logit bias
 NAMES = {DOT: "dot", EMBED_SUM: "embed_sum", LAYER_NORM: "layer_norm", DENSE: "dense", SCORES: "scores",
          SOFTMAX: "softmax", TRANSPOSE: "transpose", CONTEXT: "context", RESIDUAL: "residual", LOOKUP: "lookup",
          POOL: "pool", L2NORM: "l2norm", EMBED_TOKEN: "embed_token", RMS_NORM: "rms_norm", DENSE_BLOCK: "dense_block",
          ROPE: "rope", APPEND: "append", SWIGLU: "swiglu", CHUNK_ARGMAX: "chunk_argmax",
          SAMPLE_WEIGHTS: "sample_weights", MASKED_SUMS: "masked_sums", BISECT: "bisect", PICK: "pick",
-         PICK_TOKEN: "pick_token", NEXT: "next", MATCH: "match", GEN: "gen", EXP_SUMS: "exp_sums", PROBS: "probs"}
+         PICK_TOKEN: "pick_token", NEXT: "next", MATCH: "match", GEN: "gen", EXP_SUMS: "exp_sums", PROBS: "probs", PENALTY: "penalty"}
 NOT_READ = (1 << 256) - 1   # the witness's row of a slot an element does not read
 TABLE_WIDTH = el.TABLE_WIDTH  # lookup tables are stored as [n / 256, 256]
 LN_BITS = el.LN_BITS

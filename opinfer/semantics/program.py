@@ -18,7 +18,7 @@ from eth_abi import encode
 
 from opinfer.errors import CommitmentError
 from opinfer.semantics import merkle
-from opinfer.semantics.jobinput import JobInput
+from opinfer.semantics.jobinput import PENALTY_WORDS, VERSION, VERSION_PENALTIES, JobInput
 from opinfer.semantics.ops import INPUT, PREV, SAME, WEIGHT, JobCtx, Op, width_for
 from opinfer.semantics.tensor import TensorTree
 
@@ -67,16 +67,21 @@ class JobLimits:
 def job_shape(mode_word: int, ops_per_step: int, data: bytes) -> tuple[bool, int, int]:
     """Twin of StepVerifier.job_shape (without the model-root check and T_0's
     root): (well formed, number of ops, packed job L | tokens_at << 32 | steps << 64).
-    Well formed: the JobInput layout (version 1, lengths that add up, prompt
+    Well formed: the JobInput layout (version 1 or 2, lengths that add up, prompt
     tokens below 0xFFFF, stop sequences non-empty and terminated) and, for a
     limited model, the JobLimits in the mode word."""
     if len(data) < 2 * HEADER_WORDS or len(data) % 2:
         return False, 0, 0
     w = [int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2)]
     tokens, stops = w[1], w[9]
-    if w[0] != 1 or tokens == 0 or len(w) != HEADER_WORDS + stops + tokens:
+    at = HEADER_WORDS + stops                      # tokens_at
+    if w[0] == VERSION_PENALTIES:                  # presence, frequency, B and B (id, bias) pairs
+        if len(w) < at + PENALTY_WORDS:
+            return False, 0, 0
+        at += PENALTY_WORDS + 2 * w[at + 2]
+    if w[0] not in (VERSION, VERSION_PENALTIES) or tokens == 0 or len(w) != at + tokens:
         return False, 0, 0
-    stop_words, prompt = w[HEADER_WORDS:HEADER_WORDS + stops], w[HEADER_WORDS + stops:]
+    stop_words, prompt = w[HEADER_WORDS:HEADER_WORDS + stops], w[at:]
     if SEPARATOR in prompt:
         return False, 0, 0
     if stop_words and (stop_words[0] == SEPARATOR or stop_words[-1] != SEPARATOR
@@ -90,7 +95,7 @@ def job_shape(mode_word: int, ops_per_step: int, data: bytes) -> tuple[bool, int
         if (positions > limits.positions or max(prompt) >= limits.vocab or w[3] > limits.max_temperature
                 or not limits.min_new <= w[2] <= limits.max_new or stops > limits.max_stop_words):
             return False, 0, 0
-    return True, steps * ops_per_step, tokens | (HEADER_WORDS + stops) << 32 | steps << 64
+    return True, steps * ops_per_step, tokens | at << 32 | steps << 64
 
 
 def value_bytes(row: np.ndarray) -> tuple[int, bytes]:

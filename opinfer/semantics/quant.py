@@ -35,6 +35,25 @@ def round_div(num, den) -> np.ndarray:
     return (2 * num + den) // (2 * den)
 
 
+def penalise(logits, presence: int, frequency: int, bias_entries, generated) -> np.ndarray:
+    """elements.penalty on every logit of a row (token t = index t): counts of
+    t among `generated` (ids outside the row count for nothing), the biases of
+    the entries naming t summed (entries beyond the row match nothing)."""
+    from opinfer.semantics import elements as el
+
+    z = np.asarray(logits, dtype=np.int64).ravel()
+    vocab = z.size
+    adj = np.zeros(vocab, dtype=np.int64)
+    if presence or frequency:
+        ids = np.asarray(list(generated), dtype=np.int64)
+        counts = np.bincount(ids[(ids >= 0) & (ids < vocab)], minlength=vocab)
+        adj -= (presence * (counts > 0) + frequency * counts) * el.PENALTY_SCALE
+    for token, bias in bias_entries:
+        if 0 <= token < vocab:
+            adj[token] += bias * el.BIAS_SCALE
+    return np.clip(z + adj, *el.LOGIT_RANGE)
+
+
 def isqrt(x) -> np.ndarray:
     """floor(sqrt(x)) for 0 <= x < 2^62, exactly: a float estimate corrected
     by integer comparisons (the result does not depend on float rounding)."""

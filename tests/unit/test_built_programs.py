@@ -38,7 +38,7 @@ def test_decoder_round_trip_and_engine_from_the_file(tmp_path):
     engine = smollm2_from_program(load_program(path, expected_root=program.model_root))
     for kind in ("greedy", "sample", "stop"):
         job = toy_decoder_job(kind, tokens=6, max_tokens=4)
-        sampler = SamplingParams(job.temperature_milli, job.top_p_q, job.seed) if job.temperature_milli else None
+        sampler = SamplingParams.of_job(job)
         runs = [m.session(64).generate(list(job.tokens), job.max_tokens, sampler=sampler,
                                        stop_sequences=job.stop_sequences) for m in (model, engine)]
         assert runs[0] == runs[1]

@@ -36,7 +36,7 @@ def tok():
 
 
 def _engine(model, job: JobInput, max_ctx: int = 2048):
-    sampler = SamplingParams(job.temperature_milli, job.top_p_q, job.seed) if job.temperature_milli else None
+    sampler = SamplingParams.of_job(job)
     g = model.session(max_ctx).generate(list(job.tokens), job.max_tokens, sampler=sampler,
                                         stop_sequences=job.stop_sequences)
     return generation_output(g.ids, g.finish_reason, job.max_tokens)

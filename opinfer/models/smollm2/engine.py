@@ -375,10 +375,11 @@ class Session:
     def generate(self, ids, max_tokens: int, stop_ids=(), sampler=None, stop_sequences=()) -> "Generation":
         """Append the prompt `ids`, then generate at most `max_tokens` tokens.
 
-        Each token is the argmax of the int64 logits (ties to the lowest id)
-        when `sampler` is None or has temperature 0, otherwise
-        opinfer.engine.sampling.next_token(logits, sampler, step) with step
-        the index of the generated token (0 for the first). Generation stops
+        Each token is opinfer.engine.sampling.choose(logits, sampler, generated):
+        the logits penalised by the sampler's presence/frequency penalties and
+        logit bias, then their argmax (ties to the lowest id) when `sampler` is
+        None or has temperature 0, otherwise sampling.next_token(..., step)
+        with step the index of the generated token (0 for the first). Generation stops
         after a token of `stop_ids` (kept in the output) or as soon as the
         generated ids end with one of `stop_sequences` (token-id sequences,
         kept too): finish reason "stop"; otherwise after `max_tokens`
@@ -461,12 +462,19 @@ class Stream:
         return [self.out[-1]]
 
     def choose(self, logits: np.ndarray) -> int:
-        """The committed sampling rule: the argmax of the int64 logits (ties to the lowest id) when
-        there is no sampler or its temperature is 0, else sampling.next_token at step len(out)."""
-        from opinfer.engine.sampling import next_token
+        """The committed sampling rule, sampling.choose: the logits penalised by the sampler's
+        presence/frequency penalties and logit bias (counting this stream's tokens so far),
+        then their argmax (ties to the lowest id) when there is no sampler or its temperature
+        is 0, else sampling.next_token at step len(out)."""
+        from opinfer.engine.sampling import choose
 
-        greedy = self.sampler is None or getattr(self.sampler, "temperature_milli", 0) == 0
-        return int(np.argmax(logits)) if greedy else int(next_token(logits, self.sampler, len(self.out)))
+        return choose(logits, self.sampler, self.out)
+
+    def drawn_from(self, logits: np.ndarray) -> np.ndarray:
+        """The row the next token is drawn from (the penalised logits; logprobs read it)."""
+        from opinfer.engine.sampling import penalise
+
+        return penalise(logits, self.sampler, self.out)
 
     def accept(self, token: int) -> None:
         self.out.append(token)
@@ -548,9 +556,10 @@ class Decoder:
             if s.prefilling:                       # more prompt to feed: nothing to draw yet
                 events.append(Event(s, None, None, prompt_rows, start))
                 continue
+            row = s.drawn_from(last)
             token = s.choose(last)
             s.accept(token)
-            events.append(Event(s, token, last, prompt_rows, start))
+            events.append(Event(s, token, row, prompt_rows, start))
             if s.done:
                 finished.append(s)
         for s in finished:

@@ -16,7 +16,7 @@ def sampler(job):
     from opinfer.engine.sampling import SamplingParams
 
     try:
-        return SamplingParams(job.temperature_milli, job.top_p_q, job.seed)
+        return SamplingParams.of_job(job)   # penalties and logit bias included
     except ValueError as exc:
         raise JobRefused(str(exc)) from None
 

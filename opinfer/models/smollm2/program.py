@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct's decode step as an op program (docs/ops.md, "Decoder ops").
 
-The template (526 ops; every Linear a DENSE_BLOCK over the GGUF's own blocks) processes one position per step, so a job of L
+The template (527 ops; every Linear a DENSE_BLOCK over the GGUF's own blocks) processes one position per step, so a job of L
 prompt tokens and M new tokens is L + M - 1 steps; the K and V^T caches are
 tensors that each step extends (APPEND reads the previous step's). The
 program and the fast engine (`smollm2.Session.generate`) compute the same
@@ -23,7 +23,7 @@ from opinfer.semantics import blocks as blk
 from opinfer.semantics import elements as el
 from opinfer.semantics.builder import ProgramBuilder
 from opinfer.semantics.ops import (APPEND, BISECT, CHUNK_ARGMAX, CONTEXT, DENSE_BLOCK, EMBED_TOKEN, EXP_SUMS, GEN,
-                                   INPUT, MASKED_SUMS, MATCH, NEXT, PICK, PICK_TOKEN, PROBS, RESIDUAL, RMS_NORM, ROPE,
+                                   INPUT, MASKED_SUMS, MATCH, NEXT, PENALTY, PICK, PICK_TOKEN, PROBS, RESIDUAL, RMS_NORM, ROPE,
                                    SAMPLE_WEIGHTS, SCORES, SWIGLU, TABLE_WIDTH, Slot, dim, ref)
 from opinfer.semantics.program import PER_POSITION, JobLimits, Program
 from opinfer.semantics.quant import INT32
@@ -106,6 +106,10 @@ def build_program(model: sm.IntSmolLM2) -> Program:
 
     h = _norm(b, x, model.out_gain, model.eps, width)
     logits = _dense(b, h, model.head, weights=embed, fold=TABLE_WIDTH)
+    # Presence/frequency penalties and logit bias (identity for a version-1 job):
+    # reads the previous step's GEN (the ids generated so far), patched in below.
+    penalty_at = len(b.ops)
+    logits = b.op(PENALTY, dim(chunks), dim(TABLE_WIDTH), [logits, T0, b.prev(0, ONE, ONE)])
     row = dim(chunks)
     packs = b.op(CHUNK_ARGMAX, ONE, row, [logits])
     weights = b.op(SAMPLE_WEIGHTS, dim(chunks), dim(TABLE_WIDTH), [logits, packs, T0])
@@ -126,6 +130,8 @@ def build_program(model: sm.IntSmolLM2) -> Program:
 
     first = b.ops[0]
     b.ops[0] = replace(first, slots=(first.slots[0], b.prev(next_at, ONE, ONE), *first.slots[2:]))
+    pen = b.ops[penalty_at]
+    b.ops[penalty_at] = replace(pen, slots=(*pen.slots[:2], b.prev(gen_at, ONE, gen_cols)))
     return Program(b.ops, b.weights, b.widths, PER_POSITION, NAME, limits(vocab))
 
 

@@ -5,7 +5,7 @@
 @license MIT
 @author opinfer
 @notice One element of the decoder's op classes (opcodes 13..27 and the
-        attention softmax in chunks, 30 EXP_SUMS and 31 PROBS: SmolLM2's
+        attention softmax in chunks, 30 EXP_SUMS and 31 PROBS, and 32 PENALTY: SmolLM2's
         decode step, docs/ops.md "Decoder ops", "Long context"), from rows that
         `StepVerifier` has already proven. It returns the element's value and
         the row each slot must have been read at (NOT_READ for a slot the
@@ -45,6 +45,7 @@ interface IElementRules:
     def elem_pick_in_chunk(_weights: DynArray[int256, MAX_ROW], _tau: int256, _r_rest: int256) -> uint256: pure
     def elem_exp_sum(_values: DynArray[int256, MAX_ROW], _top: int256, _mult: int256, _shift: uint256) -> int256: pure
     def elem_softmax_prob(_value: int256, _top: int256, _total: int256, _mult: int256, _shift: uint256, _one: int256) -> int256: pure
+    def elem_penalty(_logit: int256, _count: uint256, _presence: int256, _frequency: int256, _bias: int256) -> int256: pure
 
 # ---------------------------------------------------------------- constants
 
@@ -69,8 +70,11 @@ BLOCK_ACT_MAX: constant(int256) = 127
 TEMPERATURE: constant(uint256) = 3
 TOP_P: constant(uint256) = 4
 SEED_AT: constant(uint256) = 5
+STOP_COUNT: constant(uint256) = 9
 STOPS_AT: constant(uint256) = 10
 SEPARATOR: constant(int256) = 65535
+VERSION_PENALTIES: constant(int256) = 2
+MAX_GEN: constant(uint256) = 4096       # a GEN row's values (StepVerifier's widest row)
 
 OP_EMBED_TOKEN: constant(uint256) = 13
 OP_RMS_NORM: constant(uint256) = 14
@@ -92,6 +96,7 @@ OP_EXP_SUMS: constant(uint256) = 30
 OP_PROBS: constant(uint256) = 31
 # StepVerifier proves rows of up to MAX_COLS values; EXP_SUMS and PROBS read them in place
 MAX_COLS: constant(uint256) = 4096
+OP_PENALTY: constant(uint256) = 32
 
 # ---------------------------------------------------------------- storage
 
@@ -127,7 +132,7 @@ def element(
     """
     @notice Element (_row, _col) of a decoder op at step _step of the job,
             and the row each slot must have been read at.
-    @param _code The opcode (13..27).
+    @param _code The opcode (13..27, 32).
     @param _params The op descriptor's 13 params.
     @param _cols The op's output columns at this step.
     @param _job L | tokens_at << 32 | steps << 64 (StepVerifier.job_shape).
@@ -250,6 +255,39 @@ def element(
         if transposed:
             j = offset + _row
         return self._value(extract32(_witness, _pos[1] + j * _enc[1]), _enc[1], j < _lens[1]), [NOT_READ, 0, 0, 0]
+
+    elif _code == OP_PENALTY:
+        # slots logits [NC, 256], T_0, previous GEN (not read at step 0); token t = 256 r + c.
+        # Version 2 inputs carry, after the stop words (at = 10 + S), presence_q,
+        # frequency_q, B and B (id, bias_q) pairs as int16 words; version 1: no change.
+        want = [_row, 0, 0, 0]
+        if _step == 0:
+            want[2] = NOT_READ
+        logit: int256 = self._value(extract32(_witness, _pos[0] + _col * _enc[0]), _enc[0], _col < _lens[0])
+        if self._value(extract32(_witness, _pos[1]), _enc[1], 0 < _lens[1]) != VERSION_PENALTIES:
+            return logit, want
+        at: uint256 = STOPS_AT + convert(self._value(extract32(_witness, _pos[1] + STOP_COUNT * _enc[1]), _enc[1], STOP_COUNT < _lens[1]), uint256)
+        presence: int256 = self._int16(self._value(extract32(_witness, _pos[1] + at * _enc[1]), _enc[1], at < _lens[1]))
+        frequency: int256 = self._int16(self._value(extract32(_witness, _pos[1] + (at + 1) * _enc[1]), _enc[1], at + 1 < _lens[1]))
+        entries: uint256 = convert(self._value(extract32(_witness, _pos[1] + (at + 2) * _enc[1]), _enc[1], at + 2 < _lens[1]), uint256)
+        token: int256 = convert(_row * CHUNK_WIDTH + _col, int256)
+        # how often t was generated before this step: the previous GEN row's [0, g)
+        count: uint256 = 0
+        if g > 0:
+            for j: uint256 in range(MAX_GEN):
+                if j >= convert(g, uint256):
+                    break
+                if self._value(extract32(_witness, _pos[2] + j * _enc[2]), _enc[2], j < _lens[2]) == token:
+                    count += 1
+        # the bias entries naming t (summed: the rule is total)
+        bias: int256 = 0
+        for k: uint256 in range(MAX_ROW):
+            if k >= entries:
+                break
+            j: uint256 = at + 3 + 2 * k
+            if self._value(extract32(_witness, _pos[1] + j * _enc[1]), _enc[1], j < _lens[1]) == token:
+                bias += self._int16(self._value(extract32(_witness, _pos[1] + (j + 1) * _enc[1]), _enc[1], j + 1 < _lens[1]))
+        return staticcall rules.elem_penalty(logit, count, presence, frequency, bias), want
 
     elif _code == OP_GEN:
         # slots previous GEN (not read at step 0), next, match; the row is the
@@ -446,12 +484,13 @@ def element(
             return 0, want
         last: uint256 = convert(g, uint256)
         token: int256 = self._value(extract32(_witness, _pos[2]), _enc[2], 0 < _lens[2])
-        # the stop sequences are the non-empty runs of T_0[10..ta) between separators
+        # the stop sequences are the non-empty runs of T_0[10..10 + S) between separators
+        stops_end: uint256 = STOPS_AT + convert(row[STOP_COUNT], uint256)
         start: uint256 = STOPS_AT
         for i: uint256 in range(STOPS_AT, MAX_ROW + STOPS_AT):
-            if i > tokens_at:
+            if i > stops_end:
                 break
-            if i < tokens_at and row[i] != SEPARATOR:
+            if i < stops_end and row[i] != SEPARATOR:
                 continue
             size: uint256 = i - start
             if size > 0 and size <= last + 1:
@@ -476,6 +515,17 @@ def element(
 
 
 # ---------------------------------------------------------------- internal
+
+@internal
+@pure
+def _int16(_word: int256) -> int256:
+    """
+    @dev A uint16 job input word read as int16 (two's complement).
+    """
+    if _word >= 32768:
+        return _word - 65536
+    return _word
+
 
 @internal
 @pure

@@ -40,6 +40,10 @@ INDEX_BITS: constant(uint256) = 17
 INDEX_MASK: constant(int256) = (1 << 17) - 1
 TOP_P_ONE: constant(uint256) = 1 << 16
 TEMPERATURE_MILLI_MAX: constant(uint256) = 2000
+PENALTY_SCALE: constant(int256) = 16         # penalties at 2^-12 to the logits' 2^-16
+BIAS_SCALE: constant(int256) = 256           # logit bias at 2^-8 to the logits' 2^-16
+LOGIT_MIN: constant(int256) = -(1 << 31)
+LOGIT_MAX: constant(int256) = (1 << 31) - 1
 
 # ---------------------------------------------------------------- MiniLM rules
 
@@ -424,6 +428,22 @@ def elem_pick_in_chunk(_weights: DynArray[int256, CHUNK_WIDTH], _tau: int256, _r
             if prefix > _r_rest:
                 return i
     raise "ElementRules: draw beyond the chunk"
+
+
+@external
+@pure
+def elem_penalty(_logit: int256, _count: uint256, _presence: int256, _frequency: int256, _bias: int256) -> int256:
+    """
+    @notice OpenAI's presence/frequency penalties and logit bias in integers:
+            clamp(_logit - (_presence [_count > 0] + _frequency _count) 16 + _bias 256, int32),
+            penalties at 2^-12 and the bias at 2^-8 of the logits' 2^-16.
+    @param _count How often the token was generated before this step.
+    """
+    present: int256 = 0
+    if _count > 0:
+        present = 1
+    value: int256 = _logit - (_presence * present + _frequency * convert(_count, int256)) * PENALTY_SCALE + _bias * BIAS_SCALE
+    return min(max(value, LOGIT_MIN), LOGIT_MAX)
 
 
 # ---------------------------------------------------------------- internal

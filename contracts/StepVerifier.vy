@@ -29,8 +29,11 @@
           each), the ones its engine enforces off-chain, so job_shape
           refuses what an honest node would never sign.
         - job input: big-endian uint16 words [version, L, M, temperature,
-          top_p - 1, seed x 4, S, stop words x S, tokens x L]; T_0 is one row
-          holding the words.
+          top_p - 1, seed x 4, S, stop words x S, tokens x L] (version 1) or
+          [2, L, M, temperature, top_p - 1, seed x 4, S, stop words x S,
+          presence, frequency, B, (id, bias) x B, tokens x L] (version 2:
+          the sampler's penalties and logit bias, int16 words); T_0 is one
+          row holding the words.
         - op_desc = abi_encode(int256[32]): opcode, rows, cols, then four
           slots (ref, rows, cols, width), then 13 params. dim = c + a*L +
           b*s + t*ta + m*M packed as c | a << 32 | b << 64 | t << 96 |
@@ -38,7 +41,7 @@
           tokens to generate). ref = kind << 128 | index with kind 1 = T_0,
           2 = op of this step, 3 = op of the previous step, 4 = weight
           tensor.
-        - ops 1..12 are computed here; the decoder's ops 13..27 by
+        - ops 1..12 are computed here; the decoder's ops 13..27 and 32 by
           `DecoderOps`, which returns the value and the rows it read.
 """
 
@@ -59,6 +62,9 @@ MAX_SLOTS: constant(uint256) = 4
 DESC_WORDS: constant(uint256) = 32
 PARAMS_AT: constant(uint256) = 19
 HEADER_WORDS: constant(uint256) = 10
+VERSION: constant(int256) = 1
+VERSION_PENALTIES: constant(int256) = 2
+PENALTY_WORDS: constant(uint256) = 3
 SEPARATOR: constant(int256) = 65535
 LIMITED: constant(uint256) = 256
 MASK16: constant(uint256) = 65535
@@ -168,7 +174,7 @@ def job_shape(_model_root: bytes32, _ops_per_step: uint256, _model_header: Bytes
     """
     @notice Check a job input: (well formed, number of ops of the job, packed
             job dimensions L | tokens_at << 32 | steps << 64, T_0 root).
-            Well formed: the job input layout (version 1, lengths that add
+            Well formed: the job input layout (version 1 or 2, lengths that add
             up, prompt tokens below 0xFFFF, stop sequences non-empty and
             terminated by 0xFFFF) and, for a limited model, its job limits:
             positions (L, or L + max(M, 1) - 1 per position), prompt tokens
@@ -183,7 +189,14 @@ def job_shape(_model_root: bytes32, _ops_per_step: uint256, _model_header: Bytes
     words: DynArray[int256, MAX_ROW] = self._input_words(_input)
     tokens: uint256 = convert(words[1], uint256)
     stops: uint256 = convert(words[9], uint256)
-    if words[0] != 1 or tokens == 0 or len(words) != HEADER_WORDS + stops + tokens:
+    # tokens_at: after the stop words and, in version 2, the penalty words
+    # (presence, frequency, B, then B (id, bias) pairs)
+    at: uint256 = HEADER_WORDS + stops
+    if words[0] == VERSION_PENALTIES:
+        if len(words) < at + PENALTY_WORDS:
+            return False, 0, 0, empty(bytes32)
+        at += PENALTY_WORDS + 2 * convert(words[at + 2], uint256)
+    if (words[0] != VERSION and words[0] != VERSION_PENALTIES) or tokens == 0 or len(words) != at + tokens:
         return False, 0, 0, empty(bytes32)
     mode: uint256 = model.steps_mode
     limited: bool = mode & LIMITED != 0
@@ -204,7 +217,7 @@ def job_shape(_model_root: bytes32, _ops_per_step: uint256, _model_header: Bytes
     for i: uint256 in range(MAX_ROW):
         if i >= tokens:
             break
-        if words[HEADER_WORDS + stops + i] >= vocab:
+        if words[at + i] >= vocab:
             return False, 0, 0, empty(bytes32)
     new_tokens: uint256 = convert(words[2], uint256)
     steps: uint256 = 1
@@ -218,7 +231,7 @@ def job_shape(_model_root: bytes32, _ops_per_step: uint256, _model_header: Bytes
             return False, 0, 0, empty(bytes32)
         if new_tokens < (mode >> 80) & MASK16 or new_tokens > (mode >> 96) & MASK16 or stops > (mode >> 112) & MASK16:
             return False, 0, 0, empty(bytes32)
-    job: uint256 = tokens | (HEADER_WORDS + stops) << 32 | steps << 64
+    job: uint256 = tokens | at << 32 | steps << 64
     return True, steps * _ops_per_step, job, self._row_root(words, 32)
 
 

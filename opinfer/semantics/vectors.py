@@ -404,6 +404,21 @@ def pick_in_chunk_cases(rng: random.Random, n: int):
         yield (weights, tau, r), _expect(el.pick_in_chunk, weights, tau, r)
 
 
+def penalty_cases(rng: random.Random, n: int):
+    """Logits across int32 (and the clamp's edges), counts 0, 1 and up to a
+    4,096-token generation, every int16 penalty and bias (OpenAI's edges
+    +-8,192 and +-25,600 among them), biases summed over duplicate entries."""
+    for i in range(n):
+        logit = rng.choice([rng.randint(-2**21, 2**21)] * 3 + [rng.randint(-2**31, 2**31 - 1), -2**31, 2**31 - 1, 0])
+        count = rng.choice([0, 0, 1, 2, rng.randint(0, 4096), 65535])
+        presence = rng.choice([0, 8192, -8192, rng.randint(-8192, 8192), rng.randint(-2**15, 2**15 - 1)])
+        frequency = rng.choice([0, 8192, -8192, rng.randint(-8192, 8192), rng.randint(-2**15, 2**15 - 1)])
+        bias = rng.choice([0, 25600, -25600, rng.randint(-25600, 25600), rng.randint(-1000 * 2**15, 1000 * 2**15)])
+        if i % 25 == 0:   # pushed past the clamp from the top edge
+            logit, presence, frequency, bias = 2**31 - 1, -2**15, -2**15, 2**15 - 1
+        yield (logit, count, presence, frequency, bias), el.penalty(logit, count, presence, frequency, bias)
+
+
 # contract function name -> case generator
 CASES = {
     "elem_requant": requant_cases,
@@ -431,6 +446,7 @@ CASES = {
     "elem_draw": draw_cases,
     "elem_pick_chunk": pick_chunk_cases,
     "elem_pick_in_chunk": pick_in_chunk_cases,
+    "elem_penalty": penalty_cases,
 }
 
 

@@ -1,9 +1,10 @@
 """Disputes of toy decoder jobs on anvil, one per decoder op class.
 
 The toy decoder (opinfer.trace.testing.toy_decoder_program: SmolLM2 cut to
-two blocks and 512 tokens, every decoder op class, 78 ops per step) runs a
-greedy job, a sampling job (temperature 0.9, top_p 0.8) and a greedy job with
-stop sequences. First the StepVerifier (with DecoderOps) recomputes elements
+two blocks and 512 tokens, every decoder op class, 79 ops per step) runs a
+greedy job, a sampling job (temperature 0.9, top_p 0.8), a greedy job with
+stop sequences and a greedy job with presence/frequency penalties and logit
+bias (a version-2 job input). First the StepVerifier (with DecoderOps) recomputes elements
 of every op class at step 0 (previous-step slots NOT_READ), in the prompt and
 in the generated steps and must agree with the trace. Then, for each op class,
 a node corrupts one element (every later op recomputed from it); the real
@@ -24,11 +25,11 @@ from opinfer.semantics.program import job_steps
 from opinfer.trace.state import Trace
 from opinfer.trace.testing import corrupted_trace, patched_trace
 
-KINDS = ("greedy", "sample", "stop")
+KINDS = ("greedy", "sample", "stop", "penalty")
 # The op classes a decoder step runs (SCORES, CONTEXT and RESIDUAL are the encoder's, reused;
 # EXP_SUMS and PROBS the attention softmax in chunks).
 DECODER_CODES = ((ops.SCORES, ops.CONTEXT, ops.RESIDUAL) + tuple(range(ops.EMBED_TOKEN, ops.GEN + 1))
-                 + (ops.EXP_SUMS, ops.PROBS))
+                 + (ops.EXP_SUMS, ops.PROBS, ops.PENALTY))
 GAS: dict[str, int] = {}
 
 
@@ -117,14 +118,14 @@ def test_every_decoder_op_class_matches_the_trace(system, decoder, traces, kind)
 # (job kind, template op, step, element, delta): every decoder op class (and the
 # encoder classes the decoder reuses), both branches of the rules that have two
 # (APPEND's cache row vs new row, EMBED_TOKEN's prompt vs picked token, NEXT's
-# prompt / argmax / pick), step 0 where a previous-step slot is NOT_READ, the
-# three dense layers (q|k|v, the 3,072-wide gate|up, the 1,536-wide down) and
-# the folded LM head. Template ops: 0 EMBED_TOKEN, 1 RMS_NORM, 2 DENSE_BLOCK
-# (q|k|v), 3 ROPE, 4 APPEND (K), 5 APPEND (V^T), 6 SCORES, 7 EXP_SUMS, 8 PROBS,
-# 9 CONTEXT, 11 RESIDUAL, 13 DENSE_BLOCK (gate|up), 14 SWIGLU, 15 DENSE_BLOCK (down),
-# 34 the LM head, 35 CHUNK_ARGMAX, 36 SAMPLE_WEIGHTS, 37 MASKED_SUMS (totals), 38
-# MASKED_SUMS (mode 0), 39 the first BISECT, 71 the last, 73 PICK, 74
-# PICK_TOKEN, 75 NEXT, 76 MATCH, 77 GEN. The toy jobs have L = 4, M = 3: steps
+# prompt / argmax / pick, PENALTY's version 1 / biased / generated tokens), step 0
+# where a previous-step slot is NOT_READ, the three dense layers (q|k|v, the
+# 3,072-wide gate|up, the 1,536-wide down) and the folded LM head. Template ops:
+# 0 EMBED_TOKEN, 1 RMS_NORM, 2 DENSE_BLOCK (q|k|v), 3 ROPE, 4 APPEND (K), 5 APPEND
+# (V^T), 6 SCORES, 7 EXP_SUMS, 8 PROBS, 9 CONTEXT, 11 RESIDUAL, 13 DENSE_BLOCK
+# (gate|up), 14 SWIGLU, 15 DENSE_BLOCK (down), 34 the LM head, 35 PENALTY, 36
+# CHUNK_ARGMAX, 37 SAMPLE_WEIGHTS, 38 MASKED_SUMS (totals), 39 MASKED_SUMS (mode 0),
+# 40 the first BISECT, 72 the last, 74 PICK, 75 PICK_TOKEN, 76 NEXT, 77 MATCH, 78 GEN. The toy jobs have L = 4, M = 3: steps
 # 0..2 are the prompt's, 3..5 produce the generated tokens.
 CASES = [
     ("greedy", 0, 0, (0, 7), 50),            # EMBED_TOKEN, prompt token, previous NEXT not read
@@ -145,26 +146,30 @@ CASES = [
     ("greedy", 9, 3, (0, 40), 70),           # CONTEXT
     ("sample", 11, 2, (0, 50), 1 << 16),     # RESIDUAL
     ("greedy", 14, 1, (0, 700), 1 << 14),    # SWIGLU
-    ("greedy", 35, 3, (0, 1), 1 << 17),      # CHUNK_ARGMAX
-    ("greedy", 36, 3, (1, 3), 7),            # SAMPLE_WEIGHTS, greedy (all zero)
-    ("sample", 36, 4, (0, 30), 7),           # SAMPLE_WEIGHTS
-    ("sample", 37, 3, (0, 1), 5),            # MASKED_SUMS, totals (mode 1)
-    ("sample", 38, 4, (0, 0), 5),            # MASKED_SUMS, mode 0
-    ("sample", 39, 3, (0, 1), -1),           # BISECT, the first (weight bounds)
-    ("sample", 71, 5, (0, 0), 1),            # BISECT, the last
-    ("sample", 73, 4, (0, 1), -7),           # PICK
-    ("greedy", 73, 3, (0, 1), 3),            # PICK, greedy (0, 0)
-    ("sample", 74, 3, (0, 0), 1),            # PICK_TOKEN
-    ("greedy", 74, 4, (0, 0), 2),            # PICK_TOKEN, greedy (0)
-    ("greedy", 75, 1, (0, 0), 1),            # NEXT, the prompt's next token
-    ("greedy", 75, 4, (0, 0), 1),            # NEXT, argmax
-    ("sample", 75, 5, (0, 0), 1),            # NEXT, picked
-    ("stop", 76, 0, (0, 0), 1),              # MATCH at step 0 (previous GEN not read)
-    ("stop", 76, 3, (0, 0), 1),              # MATCH, the first generated token ends a stop sequence
-    ("greedy", 76, 5, (0, 0), 1),            # MATCH, no stop sequence
-    ("stop", 77, 0, (0, 3), 1),              # GEN at step 0 (previous GEN not read)
-    ("greedy", 77, 4, (0, 0), 1),            # GEN, a copied id
-    ("stop", 77, 5, (0, 1), 5),              # GEN after the stop: PAD
+    ("greedy", 36, 3, (0, 1), 1 << 17),      # CHUNK_ARGMAX
+    ("greedy", 37, 3, (1, 3), 7),            # SAMPLE_WEIGHTS, greedy (all zero)
+    ("sample", 37, 4, (0, 30), 7),           # SAMPLE_WEIGHTS
+    ("sample", 38, 3, (0, 1), 5),            # MASKED_SUMS, totals (mode 1)
+    ("sample", 39, 4, (0, 0), 5),            # MASKED_SUMS, mode 0
+    ("sample", 40, 3, (0, 1), -1),           # BISECT, the first (weight bounds)
+    ("sample", 72, 5, (0, 0), 1),            # BISECT, the last
+    ("sample", 74, 4, (0, 1), -7),           # PICK
+    ("greedy", 74, 3, (0, 1), 3),            # PICK, greedy (0, 0)
+    ("sample", 75, 3, (0, 0), 1),            # PICK_TOKEN
+    ("greedy", 75, 4, (0, 0), 2),            # PICK_TOKEN, greedy (0)
+    ("greedy", 76, 1, (0, 0), 1),            # NEXT, the prompt's next token
+    ("greedy", 76, 4, (0, 0), 1),            # NEXT, argmax
+    ("sample", 76, 5, (0, 0), 1),            # NEXT, picked
+    ("stop", 77, 0, (0, 0), 1),              # MATCH at step 0 (previous GEN not read)
+    ("stop", 77, 3, (0, 0), 1),              # MATCH, the first generated token ends a stop sequence
+    ("greedy", 77, 5, (0, 0), 1),            # MATCH, no stop sequence
+    ("stop", 78, 0, (0, 3), 1),              # GEN at step 0 (previous GEN not read)
+    ("greedy", 78, 4, (0, 0), 1),            # GEN, a copied id
+    ("stop", 78, 5, (0, 1), 5),              # GEN after the stop: PAD
+    ("greedy", 35, 4, (1, 3), 1),            # PENALTY, a version-1 job (the logits as they are)
+    ("penalty", 35, 0, (0, 5), 1),           # PENALTY at step 0 (previous GEN not read): a biased token
+    ("penalty", 35, 5, (0, 216), 1),         # PENALTY, token 216 generated once before: presence and frequency
+    ("penalty", 35, 4, (0, 7), 1),           # PENALTY, a token neither generated nor biased
 ]
 
 
@@ -203,6 +208,29 @@ def test_corrupted_decoder_element_is_narrowed_and_refuted(system, staked, coord
     assert (end["hi"], end["row"], end["col"]) == (position, row, col)
     assert end["status"] == NODE_WON
     assert system.stake.slashable(nodes[1]) > 0
+
+
+def test_a_node_that_ignores_the_penalties_is_narrowed_to_the_penalty_op_and_slashed(
+        system, staked, coordinator, nodes, challengers, decoder, decoder_id, traces):
+    """A node that serves a penalised job as if it had no penalties (its trace
+    passes the logits through every PENALTY op, the T_0 it signed is the job's)
+    loses at step 0's PENALTY, on an element the bias changes."""
+    from opinfer.trace.outputs import parse_generation
+    from opinfer.trace.testing import unpenalised_trace
+
+    honest = traces["penalty"]
+    bad = unpenalised_trace(decoder, honest.job)
+    assert parse_generation(bad.output) != parse_generation(honest.output)   # the answer differs too
+    j = next(k for k, op in enumerate(decoder.ops) if op.code == ops.PENALTY)
+    batch_id, batch, _ = post(system, coordinator, [make_leaf(bad, nodes[0], decoder_id, system.rollup, job=3)])
+    gid = system.game.challenge(*batch.challenge_args(batch_id, 0, decoder.model_header()),
+                                {"from": challengers[0]}).return_value
+    end = Driver(system, gid, nodes[0], bad, challengers[0], honest).play()
+    assert end["hi"] == j + 1                                         # step 0's PENALTY
+    changed = {(0, 5), (1, 300 - 256)}                                # the two biased tokens
+    assert (end["row"], end["col"]) in changed
+    assert end["status"] == CHALLENGER_WON
+    assert system.stake.slashable(nodes[0]) == 0
 
 
 STEP_GAS: dict[str, int] = {}

@@ -156,7 +156,8 @@ def test_sampling_composed_on_chain_matches_engine(batch, vocab, temperature_mil
 def _job_input_cases(rng: np.random.Generator, n: int) -> list[list[int]]:
     """Job inputs around every edge job_shape checks: lengths, prompt tokens
     at the vocabulary and at 0xFFFF, stop sequences empty or unterminated,
-    new tokens, temperature and positions at the limits."""
+    new tokens, temperature and positions at the limits, version 2's penalty
+    words (bias counts that do or do not add up)."""
     out = []
     for _ in range(n):
         tokens = [int(t) for t in rng.choice([0, 5, 29999, 30000, 30521, 30522, 49151, 49152, 65534, 65535],
@@ -166,7 +167,16 @@ def _job_input_cases(rng: np.random.Generator, n: int) -> list[list[int]]:
         stops = [int(t) for t in rng.choice([1, 2, 0xFFFF], size=int(rng.choice([0, 0, 1, 2, 3, 5])))]
         new = int(rng.choice([0, 1, 2, 11, 12, 1020, 1021, 65535]))
         temperature = int(rng.choice([0, 700, 2000, 2001, 65535]))
-        words = [1, len(tokens), new, temperature, int(rng.integers(0, 1 << 16)), 0, 0, 0, 9, len(stops)] + stops + tokens
+        version, penalty = 1, []
+        if rng.random() < 0.4:   # version 2: presence, frequency, B, B (id, bias) pairs, any uint16 words
+            entries = int(rng.choice([0, 1, 3, 300]))
+            penalty = [int(w) for w in rng.integers(0, 1 << 16, size=2)] + [entries]
+            penalty += [int(w) for w in rng.integers(0, 1 << 16, size=2 * entries)]
+            version = 2
+            if rng.random() < 0.1:   # B off by one: the lengths no longer add up
+                penalty[2] += int(rng.choice([-1, 1])) if entries else 1
+        words = ([version, len(tokens), new, temperature, int(rng.integers(0, 1 << 16)), 0, 0, 0, 9, len(stops)]
+                 + stops + penalty + tokens)
         if rng.random() < 0.08:  # a broken header: version, token count, length
             words[int(rng.choice([0, 1, 9]))] += 1
         out.append(words)
@@ -180,6 +190,8 @@ def test_job_shape_agrees_with_python(rules):
     from brownie import DecoderOps, StepVerifier
 
     from opinfer.models.smollm2 import program as smollm2_program
+    from opinfer.errors import CommitmentError
+    from opinfer.semantics.jobinput import JobInput
     from opinfer.semantics.program import PER_POSITION, JobLimits, job_shape
     from opinfer.semantics.tensor import TensorTree
 
@@ -200,7 +212,7 @@ def test_job_shape_agrees_with_python(rules):
             calls.append((root, 7, header, data))
             expected.append(job_shape(mode, 7, data))
     got = Batch(verifier).call("job_shape", calls)
-    mismatches, formed = [], 0
+    mismatches, formed, versions = [], 0, set()
     for (_, _, _, data), want, value in zip(calls, expected, got):
         if value[:3] != want:
             mismatches.append((data.hex()[:80], want, value[:3]))
@@ -208,5 +220,13 @@ def test_job_shape_agrees_with_python(rules):
             formed += 1
             row = np.frombuffer(data, dtype=">u2").astype(np.int64).reshape(1, -1)
             assert value[3] == TensorTree.build(row).root
+            # the JobInput decoder accepts exactly these (the challenger decodes what the chain accepts)
+            assert JobInput.from_bytes(data).to_bytes() == data
+            versions.add(data[1])
     assert not mismatches, mismatches[:3]
     assert 0.08 * len(calls) < formed < 0.8 * len(calls)  # both sides of the edges exercised
+    assert versions == {1, 2}
+    for data in inputs:   # and refuses what the chain refuses
+        if not job_shape(0, 7, data)[0]:
+            with pytest.raises(CommitmentError):
+                JobInput.from_bytes(data)

@@ -15,7 +15,7 @@ from opinfer.semantics.program import Program
 def toy_decoder(layers: int = 2, vocab: int = 512):
     """(program, model): SmolLM2 cut to its first `layers` blocks and `vocab`
     tokens (real weights, so activations look real), a decoder program with
-    every decoder op class and 78 ops per step; the engine runs the same
+    every decoder op class and 79 ops per step; the engine runs the same
     model, so program and engine can be compared on it too."""
     from opinfer.models.smollm2 import engine as sm
     from opinfer.models.smollm2.program import build_program
@@ -51,8 +51,10 @@ def toy_decoder_program() -> Program:
 
 
 def toy_decoder_job(kind: str = "greedy", tokens: int = 4, max_tokens: int = 3) -> JobInput:
-    """A job for the toy decoder: "greedy", "sample" (temperature 0.9, top_p 0.8)
-    or "stop" (greedy with stop sequences, one of which its output hits)."""
+    """A job for the toy decoder: "greedy", "sample" (temperature 0.9, top_p 0.8),
+    "stop" (greedy with stop sequences, one of which its output hits) or
+    "penalty" (greedy with a presence penalty of -1.0, a frequency penalty of
+    2.0 and two logit biases: its third token is not the unpenalised one)."""
     ids = tuple(int(t) for t in np.random.default_rng(3).integers(0, 512, size=tokens))
     if kind == "greedy":
         return JobInput(ids, max_tokens=max_tokens)
@@ -62,4 +64,7 @@ def toy_decoder_job(kind: str = "greedy", tokens: int = 4, max_tokens: int = 3) 
         program = toy_decoder_program()
         first = int(program.run(JobInput(ids, max_tokens=1))[-1][0, 0])
         return JobInput(ids, max_tokens=max_tokens, stop_sequences=((511, 510), (first,)))
+    if kind == "penalty":
+        return JobInput(ids, max_tokens=max_tokens, presence_q=-4096, frequency_q=8192,
+                        logit_bias=((5, 1280), (300, -25600)))
     raise ValueError(f"unknown toy job kind {kind!r}")

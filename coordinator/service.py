@@ -300,7 +300,6 @@ class InferenceService:
                                 "best_of must equal n: opinfer returns every choice it runs")):
             if not ok:
                 raise BadRequest(f"`{param}` is not supported: {why}", param=param, code="unsupported_parameter")
-        self._reject_penalties(req)
         max_tokens = self.settings.default_max_tokens if req.max_tokens is None else req.max_tokens
         self._check_max_tokens(model.name, max_tokens, "max_tokens")
         if max_tokens == 0:
@@ -363,7 +362,8 @@ class InferenceService:
         temperature = temperature if req.temperature is None else req.temperature
         top_p = top_p if req.top_p is None else req.top_p
         try:
-            sampling = from_openai(temperature, top_p, req.seed)
+            sampling = from_openai(temperature, top_p, req.seed, req.presence_penalty, req.frequency_penalty,
+                                   req.logit_bias, vocab=models.get(model.name).vocab)
         except ValueError as exc:
             raise BadRequest(str(exc), param=str(exc).split()[0]) from None
         seed = sampling.seed
@@ -374,7 +374,8 @@ class InferenceService:
             for i in range(n):
                 try:
                     jobs.append((p, JobInput(tuple(prompt), max_tokens, sampling.temperature_milli, sampling.top_p_q,
-                                             choice_seed(seed, i), tuple(stops))))
+                                             choice_seed(seed, i), tuple(stops), sampling.presence_q,
+                                             sampling.frequency_q, sampling.logit_bias)))
                 except CommitmentError as exc:
                     # the job input is one on-chain row of 2,048 words: 10 header words, the stop words, the prompt
                     raise BadRequest(f"request does not fit a job input: {exc}", param=prompt_param,
@@ -444,15 +445,7 @@ class InferenceService:
         return Generated(answer, list(ids), reason, len(job.tokens), answer.extra.get("logprobs"),
                          answer.extra.get("prompt_logprobs"))
 
-    def _reject_penalties(self, req) -> None:
-        for param, ok in (("presence_penalty", not req.presence_penalty),
-                          ("frequency_penalty", not req.frequency_penalty), ("logit_bias", not req.logit_bias)):
-            if not ok:
-                raise BadRequest(f"`{param}` is not supported: not part of the deterministic sampler yet",
-                                 param=param, code="unsupported_parameter")
-
     def _reject_unsupported(self, req: ChatRequest) -> None:
-        self._reject_penalties(req)
         json_mode = "see docs/json-mode.md: a verifiable JSON mode is designed, not built"
         neutral = [
             ("tools", not req.tools, f"tool calling needs constrained decoding ({json_mode})"),

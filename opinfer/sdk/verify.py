@@ -236,7 +236,8 @@ def expected_job_input(kind: str, request: dict, job_input, index: int = 0, toke
     temperature, top_p = sampling_defaults(request.get("model", ""))
     temperature = temperature if request.get("temperature") is None else request["temperature"]
     top_p = top_p if request.get("top_p") is None else request["top_p"]
-    sampling = from_openai(temperature, top_p, request.get("seed"))
+    sampling = from_openai(temperature, top_p, request.get("seed"), request.get("presence_penalty"),
+                           request.get("frequency_penalty"), request.get("logit_bias"))
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or job_input.max_tokens
     if kind == "completion":
         max_tokens = job_input.max_tokens if request.get("max_tokens") is None else request["max_tokens"]
@@ -251,9 +252,11 @@ def expected_job_input(kind: str, request: dict, job_input, index: int = 0, toke
         prompt = prompts[index // n]
         tokens = tok.encode_ordinary(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         return JobInput(tuple(tokens), max_tokens, sampling.temperature_milli, sampling.top_p_q, seed,
-                        completion_stop_sequences(tok, request.get("stop")))
+                        completion_stop_sequences(tok, request.get("stop")), sampling.presence_q,
+                        sampling.frequency_q, sampling.logit_bias)
     return JobInput(tuple(chat_prompt_ids(tok, chat_messages(request["messages"]))), max_tokens,
-                    sampling.temperature_milli, sampling.top_p_q, seed, chat_stop_sequences(tok, request.get("stop")))
+                    sampling.temperature_milli, sampling.top_p_q, seed, chat_stop_sequences(tok, request.get("stop")),
+                    sampling.presence_q, sampling.frequency_q, sampling.logit_bias)
 
 
 def check_request(report: VerificationReport, job: dict, request: dict | None, index: int = 0,
@@ -277,7 +280,8 @@ def check_request(report: VerificationReport, job: dict, request: dict | None, i
     except Exception as exc:  # noqa: BLE001 - any failure to rebuild fails the check, with its reason
         report.add("job input is the request", False, f"cannot rebuild the job input from the request: {exc}")
         return report
-    diff = next((f for f in ("tokens", "max_tokens", "temperature_milli", "top_p_q", "seed", "stop_sequences")
+    diff = next((f for f in ("tokens", "max_tokens", "temperature_milli", "top_p_q", "seed", "stop_sequences",
+                             "presence_q", "frequency_q", "logit_bias")
                  if getattr(expected, f) != getattr(job_input, f)), None)
     report.add("job input is the request", diff is None and expected.to_bytes() == job_input.to_bytes(),
                "rebuilt from the request" if diff is None else f"{diff} differs from the request's")

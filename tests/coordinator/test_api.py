@@ -107,7 +107,38 @@ def test_sampling_without_seed_records_one(client, coord):
     assert replay.model_extra["opinfer"]["output_root"] == resp.model_extra["opinfer"]["output_root"]
 
 
+def test_penalties_and_logit_bias_are_part_of_the_job(client, coord):
+    """presence_penalty, frequency_penalty and logit_bias go into the job input
+    (version 2), change the answer as OpenAI's rule says, and the answer is the
+    engine's on that job input alone (what a challenger re-executes)."""
+    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.engine.sampling import SamplingParams
+    from opinfer.engine.smollm2 import default_model
+    from opinfer.trace.jobinput import JobInput
+
+    tok = load_tokenizer()
+    paris = sorted({tok.encode(w)[0] for w in ("Paris", " Paris")})
+    kwargs = dict(model=SMOL, messages=[{"role": "user", "content": "What is the capital of France?"}],
+                  max_tokens=8, temperature=0, extra_body={"opinfer": {"cache": False}})
+    assert "Paris" in client.chat.completions.create(**kwargs).choices[0].message.content
+    resp = client.chat.completions.create(**kwargs, presence_penalty=0.5, frequency_penalty=1.25,
+                                          logit_bias={str(t): -100 for t in paris})
+    assert "Paris" not in resp.choices[0].message.content
+    job = httpx.get(f"{coord.url}/v1/jobs/{resp.model_extra['opinfer']['job_id']}").json()
+    ji = JobInput.from_bytes(bytes.fromhex(job["input"].removeprefix("0x")))
+    assert ji.version == 2 and (ji.presence_q, ji.frequency_q) == (2048, 5120)
+    assert ji.logit_bias == tuple((t, -25600) for t in paris)
+    g = default_model().session().generate(list(ji.tokens), ji.max_tokens, sampler=SamplingParams.of_job(ji),
+                                           stop_sequences=ji.stop_sequences)
+    assert job["result"]["ids"] == g.ids
+
+
 @pytest.mark.parametrize("kwargs,status,param", [
+    (dict(presence_penalty=2.5), 400, "presence_penalty"),
+    (dict(frequency_penalty=-3), 400, "frequency_penalty"),
+    (dict(logit_bias={"49152": 1}), 400, "logit_bias"),
+    (dict(logit_bias={"7": 101}), 400, "logit_bias"),
+    (dict(logit_bias={str(t): 1 for t in range(301)}), 400, "logit_bias"),
     (dict(model="gpt-4o"), 404, "model"),
     (dict(model=MINILM), 400, "model"),
     (dict(max_tokens=100_000), 400, "max_tokens"),

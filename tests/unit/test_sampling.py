@@ -184,3 +184,70 @@ def test_from_openai_rejects_with_the_parameter_name(kwargs, name):
 def test_sampling_params_validate(args, name):
     with pytest.raises(ValueError, match=name):
         SamplingParams(*args)
+
+
+# ---------------------------------------------------------------- penalties and logit bias
+
+
+def _penalty_params(rng: np.random.Generator, temperature_milli: int = 0) -> SamplingParams:
+    bias = [(int(t), int(rng.integers(-2**15, 2**15))) for t in rng.integers(0, 800, size=int(rng.integers(0, 6)))]
+    if bias:
+        bias.append((bias[0][0], 77))               # a duplicate id: the biases add
+    return SamplingParams(temperature_milli, presence_q=int(rng.integers(-2**15, 2**15)),
+                          frequency_q=int(rng.integers(-2**15, 2**15)), logit_bias=tuple(bias))
+
+
+@pytest.mark.parametrize("vocab", [256, 700])
+def test_penalise_equals_the_element_rule(vocab):
+    rng = np.random.default_rng(vocab)
+    for n in range(6):
+        logits = _logits(rng, vocab, n % 4)
+        params = _penalty_params(rng)
+        generated = [int(t) for t in rng.integers(0, vocab, size=int(rng.integers(0, 40)))] + [vocab + 5, -1]
+        got = sampling.penalise(logits, params, generated)
+        want = [el.penalised_logit(int(logits[t]), t, generated, params.presence_q, params.frequency_q,
+                                   list(params.logit_bias)) for t in range(vocab)]
+        assert got.tolist() == want
+        assert got.min() >= -2**31 and got.max() < 2**31
+
+
+def test_penalty_rule_is_openais_in_fixed_point():
+    one = 1 << 16                                  # a logit of 1.0
+    # presence 0.5 (2048 at 2^-12), frequency 0.25 (1024), count 3: 0.5 + 0.75 = 1.25 off; bias +2.5 (640 at 2^-8)
+    assert el.penalty(10 * one, 3, 2048, 1024, 640) == 10 * one - (5 * one) // 4 + (5 * one) // 2
+    assert el.penalty(10 * one, 0, 2048, 1024, 0) == 10 * one          # never generated: no penalty
+    assert el.penalty(2**31 - 1, 0, 0, 0, 25600) == 2**31 - 1          # clamped to int32
+    p = from_openai(0, presence_penalty=0.5, frequency_penalty=-2, logit_bias={"5": -100, 7: 0.5, "300": 100})
+    assert (p.presence_q, p.frequency_q, p.logit_bias) == (2048, -8192, ((5, -25600), (7, 128), (300, 25600)))
+    assert from_openai(0).penalised is False and p.penalised
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(presence_penalty=2.01), "presence_penalty"), (dict(frequency_penalty=-2.5), "frequency_penalty"),
+    (dict(presence_penalty="1"), "presence_penalty"), (dict(logit_bias={"5": 100.5}), "logit_bias"),
+    (dict(logit_bias={"x": 1}), "logit_bias"), (dict(logit_bias={"-1": 1}), "logit_bias"),
+    (dict(logit_bias={"49152": 1}), "logit_bias"), (dict(logit_bias={"5": 1, 5: 2}), "logit_bias"),
+    (dict(logit_bias={str(t): 1 for t in range(301)}), "logit_bias"), (dict(logit_bias=[1]), "logit_bias"),
+])
+def test_penalty_parameters_are_validated(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name}"):
+        from_openai(**kwargs, vocab=VOCAB)
+
+
+def test_choose_penalises_before_argmax_and_sampling():
+    rng = np.random.default_rng(5)
+    logits = rng.integers(-2**20, 2**20, size=700)
+    top = int(np.argmax(logits))
+    assert sampling.choose(logits, None, []) == top == sampling.choose(logits, SamplingParams(0), [top])
+    # a +100 bias wins greedy decoding; a -100 bias on the argmax removes it
+    assert sampling.choose(logits, SamplingParams(0, logit_bias=((9, 25600),)), []) == 9
+    second = int(np.argsort(logits)[-2])
+    assert sampling.choose(logits, SamplingParams(0, logit_bias=((top, -25600),)), []) == second
+    # a large frequency penalty stops a repeat once the token was generated
+    rep = SamplingParams(0, frequency_q=2**15 - 1)
+    assert sampling.choose(logits, rep, []) == top and sampling.choose(logits, rep, [top]) != top
+    # sampling draws from the penalised row at step len(generated)
+    params = SamplingParams(800, 60000, 11, presence_q=3000, frequency_q=-500, logit_bias=((3, 900),))
+    generated = [top, 3, 3, 17]
+    z = sampling.penalise(logits, params, generated)
+    assert sampling.choose(logits, params, generated) == next_token(z, params, 4) == next_token_by_rules(z, params, 4)

@@ -43,10 +43,10 @@ def _engine(model, job: JobInput, max_ctx: int = 2048):
 
 
 def test_template_shape(program):
-    assert program.num_ops == 526
+    assert program.num_ops == 527
     assert program.steps_mode == 1
     codes = {op.code for op in program.ops}
-    decoder = set(range(ops.EMBED_TOKEN, ops.GEN + 1))
+    decoder = set(range(ops.EMBED_TOKEN, ops.GEN + 1)) | {ops.PENALTY}
     assert decoder <= codes
     # the attention softmax in chunks (EXP_SUMS, PROBS): no whole-row SOFTMAX over the context
     assert {ops.SCORES, ops.EXP_SUMS, ops.PROBS, ops.CONTEXT, ops.RESIDUAL} <= codes and ops.SOFTMAX not in codes
@@ -70,6 +70,24 @@ def test_sampled_tokens_are_the_engines(program, tok, temperature, top_p, seed):
     assert np.array_equal(program.run(job)[-1], _engine(default_model(), job))
 
 
+@pytest.mark.parametrize("sampled", [False, True])
+def test_penalised_jobs_are_the_engines_bit_for_bit(program, tok, sampled):
+    """Presence/frequency penalties and logit bias (a version-2 job input): the
+    program's PENALTY op and the engine's sampling.choose give the same tokens,
+    and the penalties change them."""
+    ids = tuple(tok.encode("one one one one one"))
+    base = dict(max_tokens=5, temperature_milli=900 if sampled else 0, top_p_q=60000, seed=3)
+    free = program.run(JobInput(ids, **base))[-1]
+    bias = tok.encode(" two")[0]
+    job = JobInput(ids, presence_q=4096, frequency_q=8192, logit_bias=((bias, 25600 if sampled else 1280),), **base)
+    out = program.run(job)[-1]
+    assert np.array_equal(out, _engine(default_model(), job))
+    assert not np.array_equal(out, free)
+    tokens, _ = parse_generation(out)
+    if sampled:   # +100 outweighs the penalties of up to 4 repeats (1.0 + 4 x 2.0)
+        assert tokens == [bias] * 5
+
+
 def test_stop_sequences_end_generation_like_the_engine(program, tok):
     ids = tuple(tok.encode("The capital of France is"))
     free = program.run(JobInput(ids, max_tokens=5))[-1]
@@ -82,7 +100,7 @@ def test_stop_sequences_end_generation_like_the_engine(program, tok):
     assert parse_generation(out) == (tokens[:3], "stop")
 
 
-@pytest.mark.parametrize("kind", ["greedy", "sample", "stop"])
+@pytest.mark.parametrize("kind", ["greedy", "sample", "stop", "penalty"])
 def test_toy_decoder_program_equals_its_engine(kind):
     program, model = toy_decoder()
     job = toy_decoder_job(kind, tokens=5, max_tokens=4)

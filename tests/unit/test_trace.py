@@ -184,6 +184,29 @@ def test_job_input_round_trips_and_rejects_malformed_bytes():
         JobInput((1,), top_p_q=0)
 
 
+def test_job_input_version_2_carries_penalties_and_version_1_is_unchanged():
+    plain = JobInput((5, 900), max_tokens=3, stop_sequences=((2,),))
+    assert plain.version == 1 and plain.to_bytes()[:2] == b"\x00\x01"      # earlier jobs keep their bytes
+    job = JobInput((5, 900), max_tokens=3, stop_sequences=((2,),), presence_q=-8192, frequency_q=4096,
+                   logit_bias=((7, -25600), (49151, 256)))
+    w = job.words()
+    assert job.version == 2 and w[0] == 2
+    # after the stop words [2, 0xFFFF]: presence, frequency (int16 words), B, the pairs, then the tokens
+    assert w[12:12 + 3 + 4] == [0x10000 - 8192, 4096, 2, 7, 0x10000 - 25600, 49151, 256]
+    assert job.tokens_at == 10 + 2 + 3 + 4 and w[job.tokens_at:] == [5, 900]
+    assert JobInput.from_bytes(job.to_bytes()) == job
+    # a version-2 input without penalties keeps its version (and bytes) through a round trip
+    zero = JobInput((5,), max_tokens=1, version=2)
+    assert JobInput.from_bytes(zero.to_bytes()) == zero and zero.tokens_at == 13
+    for bad in (job.to_bytes()[:-2], job.to_bytes() + b"\x00\x05", zero.to_bytes()[:22]):
+        with pytest.raises(CommitmentError):
+            JobInput.from_bytes(bad)
+    with pytest.raises(CommitmentError, match="version 2"):
+        JobInput((1,), presence_q=1, version=1)
+    with pytest.raises(CommitmentError, match="int16"):
+        JobInput((1,), frequency_q=1 << 15)
+
+
 def test_packed_weight_rows_hash_like_words_of_packed_values():
     from opinfer.semantics.tensor import chunk_hashes
     row = np.arange(-300, 300)

@@ -14,6 +14,8 @@ widest the protocol accepts, with scores that need 8 bytes each in the
 witness and a small spread so that every exp is computed in full (the
 costliest case); bench.longctx measures every op class of a real decoder
 at 4,096 positions.
+PENALTY is measured at its widest too (a 2,045-word input with 300
+logit-bias entries and 1,023 generated ids to count, penalty_program).
 DisputeGame.step adds the game's own checks to these figures (bench.gas
 measures whole steps through the game). Target: the largest under 5M gas.
 """
@@ -104,6 +106,37 @@ def long_rows_program(width: int = 4096, k: int = 32) -> Program:
     return Program([scores, sums, probs, ctx], [w, vt], [1, 2], name="long-rows")
 
 
+def penalty_program(job: JobInput) -> Program:
+    """PENALTY at its widest: a toy decoder step (DOT logits [1, 256] from T_0,
+    PENALTY, CHUNK_ARGMAX, NEXT, MATCH, GEN) for one job whose T_0 is nearly
+    the 2,048 words an input may hold (300 logit-bias entries, a long prompt)
+    and whose GEN row is 1,025 wide, so that the last step's PENALTY counts
+    over 1,023 generated ids (all the same token: every comparison a match)."""
+    from opinfer.trace.ops import CHUNK_ARGMAX, GEN, MATCH, NEXT, PENALTY, PREV
+
+    k = len(job.words())
+    w = np.zeros((256, k), dtype=np.int64)
+    w[7, job.tokens_at:] = 1                 # token 7's logit: the sum of the prompt, far above the rest
+    t0 = Slot(ref(INPUT), dim(1), dim(0, 1, 0, 1))
+    one, gen = dim(1), dim(1, per_gen=1)
+    ops_ = [
+        Op(DOT, one, dim(256), (t0, Slot(ref(WEIGHT, 0), dim(256), dim(k), 1)), (1, 0, -(1 << 31), (1 << 31) - 1)),
+        Op(PENALTY, one, dim(256), (Slot(ref(SAME, 0), one, dim(256)), t0, Slot(ref(PREV, 5), one, gen))),
+        Op(CHUNK_ARGMAX, one, one, (Slot(ref(SAME, 1), one, dim(256)),)),
+        Op(NEXT, one, one, (t0, Slot(ref(SAME, 2), one, one), Slot(ref(SAME, 2), one, one))),
+        Op(MATCH, one, one, (t0, Slot(ref(PREV, 5), one, gen), Slot(ref(SAME, 3), one, one))),
+        Op(GEN, one, gen, (Slot(ref(PREV, 5), one, gen), Slot(ref(SAME, 3), one, one), Slot(ref(SAME, 4), one, one))),
+    ]
+    return Program(ops_, [w], [1], steps_mode=1, name="penalty-widest")
+
+
+def penalty_job(max_tokens: int = 1024, entries: int = 300) -> JobInput:
+    bias = tuple((3 * i, -25600 + 171 * i) for i in range(entries - 1)) + ((7, 25600),)
+    prompt = 2048 - 13 - 2 * entries - 3
+    return JobInput(tuple(range(100, 100 + prompt)), max_tokens=max_tokens, presence_q=-8192, frequency_q=-8192,
+                    logit_bias=tuple(sorted(bias)))
+
+
 def run() -> dict:
     from opinfer.models.minilm import weights as fw
     from opinfer.models.minilm.program import default_program as minilm_program
@@ -139,6 +172,12 @@ def run() -> dict:
                             "gas": {"exp_sums": max(element_gas(verifier, trace, 1, 0, c) for c in (0, last)),
                                     "probs": max(element_gas(verifier, trace, 2, 0, c) for c in (0, MAX_CONTEXT - 1)),
                                     "context": element_gas(verifier, trace, 3, 0, 63)}}
+        job = penalty_job()
+        trace = Trace.of(penalty_program(job), job)
+        last = trace.n - 6 + 1                       # the last step's PENALTY
+        assert int(trace.tensors[-1][0, :-1].max()) == int(trace.tensors[-1][0, :-1].min()) == 7
+        out["penalty_widest"] = {"input_words": len(job.words()), "generated": job.max_tokens - 1,
+                                 "gas": {"penalty": element_gas(verifier, trace, last, 0, 7)}}
     largest = max(g for section in out.values() for g in section["gas"].values())
     out["largest"] = largest
     out["target"] = TARGET
@@ -148,7 +187,7 @@ def run() -> dict:
 
 def report(result: dict) -> None:
     print("one-step gas (StepVerifier.compute_element), largest per op class")
-    for model in ("minilm", "smollm2", "long_rows"):
+    for model in ("minilm", "smollm2", "long_rows", "penalty_widest"):
         section = result[model]
         size = {k: v for k, v in section.items() if k != "gas"}
         print(f"  {model} {size}")

@@ -1,7 +1,8 @@
 """Disputes of a real SmolLM2-135M-Instruct job, one per op class, on anvil.
 
-The job: a real prompt, sampled (temperature 0.7, top_p 0.9, a seed) with
-a stop sequence that its second generated token hits, so every branch of the
+The job: a real prompt, sampled (temperature 0.7, top_p 0.9, a seed, presence
+and frequency penalties and a logit bias) with a stop sequence that its second
+generated token hits, so every branch of the
 decode step is live (prompt and generated steps, the sampling chain, MATCH
 and the done flag). For each op class a node's trace has one wrong element
 (patched_trace: every other tensor honest; one case recomputes every later
@@ -39,7 +40,9 @@ def smollm2_id(system, smollm2, deployer):
 @pytest.fixture(scope="module")
 def job(smollm2):
     ids = tuple(load_tokenizer().encode("The capital of France is"))
-    sampled = dict(max_tokens=MAX_TOKENS, temperature_milli=700, top_p_q=58982, seed=2026)
+    # penalised (a version-2 job input: presence 0.4, frequency 0.2, a +1.0 bias on token 504)
+    sampled = dict(max_tokens=MAX_TOKENS, temperature_milli=700, top_p_q=58982, seed=2026, presence_q=1638,
+                   frequency_q=819, logit_bias=((504, 256),))
     free, _ = parse_generation(smollm2.run(JobInput(ids, **sampled))[-1])
     return JobInput(ids, stop_sequences=((49151, 49150), (free[1],)), **sampled)
 
@@ -76,6 +79,7 @@ CASES = [
     (ops.CONTEXT, 0, 2, (0, 200), 50),
     (ops.RESIDUAL, 0, 1, (0, 11), 1 << 10),
     (ops.SWIGLU, 0, 2, (0, 1000), 77),
+    (ops.PENALTY, 0, 5, (1, 248), 1),              # the biased token 504, a generated step
     (ops.CHUNK_ARGMAX, 0, 4, (0, 50), 1 << 17),
     (ops.SAMPLE_WEIGHTS, 0, 4, (3, 200), 1000),
     (ops.MASKED_SUMS, 0, 4, (0, 5), 10),           # a chunk's total

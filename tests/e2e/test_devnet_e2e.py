@@ -131,3 +131,12 @@ def test_openai_package_against_the_devnet(devnet, client):
     with pytest.raises(VerificationError) as err:  # another prompt's final result is not this answer
         client.verify(chat.model_dump(), request=dict(sent, messages=[{"role": "user", "content": "Hi"}]))
     assert err.value.check == "job input is the request"
+    # Penalties and logit bias are part of the committed sampler: the answer is final (the
+    # challenger, sampling every leaf, re-executed it and agreed) and verifies against the request.
+    penalised = dict(sent, max_tokens=6, presence_penalty=0.6, frequency_penalty=1.0, logit_bias={"28": -100})
+    answer = oa.chat.completions.create(**penalised).model_dump()
+    client.jobs.wait_final(answer["opinfer"]["job_id"], timeout=120, poll_s=0.5)
+    assert client.verify(answer, request=penalised).final
+    with pytest.raises(VerificationError) as err:  # the same answer for other penalties is not bound
+        client.verify(answer, request=dict(penalised, presence_penalty=0.5))
+    assert err.value.check == "job input is the request"

@@ -44,7 +44,7 @@ def net():
         d = deploy(w3, owner, ProtocolParams(), coordinators=(coordinator.address,))
         reg = d.contracts["ModelRegistry"].functions
         ids = {}
-        for name, ops in ((MINILM, 95), (SMOLLM2, 526)):
+        for name, ops in ((MINILM, 95), (SMOLLM2, 527)):
             owner.call(reg.register_model(name, merkle.keccak(name.encode()), ops, 0))
             ids[name] = reg.model_id_by_name(name).call()
         node.call(d.contracts["StakeManager"].functions.stake_eth(), value=2 * 10**18)

@@ -128,15 +128,18 @@ DECODER_CASES = [
     (4, 3, (3, 9), [None, 0], [2, 0], WRONG_ROW),
     (4, 3, (3, 9), [None, 0], [None, None], NO_VALUE),
     # GEN reads the previous GEN from step 1 on
-    (77, 4, (0, 0), [0, 0, 0], [None, 0, 0], NO_VALUE),
-    (77, 4, (0, 0), [0, 0, 0], [0, None, 0], WRONG_ROW),   # a copied id does not need next
+    (78, 4, (0, 0), [0, 0, 0], [None, 0, 0], NO_VALUE),
+    (78, 4, (0, 0), [0, 0, 0], [0, None, 0], WRONG_ROW),   # a copied id does not need next
     # MATCH: at step 3 the first generated token; its previous GEN is read
-    (76, 3, (0, 0), [0, 0, 0], [0, None, 0], WRONG_ROW),
-    (76, 3, (0, 0), [0, 0, 0], [0, 0, None], NO_VALUE),
+    (77, 3, (0, 0), [0, 0, 0], [0, None, 0], WRONG_ROW),
+    (77, 3, (0, 0), [0, 0, 0], [0, 0, None], NO_VALUE),
+    # PENALTY reads its logits row, T_0 and, from step 1 on, the previous GEN (a version-1 job too)
+    (35, 3, (1, 5), [1, 0, 0], [1, 0, None], WRONG_ROW),
+    (35, 3, (1, 5), [1, 0, 0], [0, 0, 0], WRONG_ROW),
 ]
 
 
-NEXT_AT = 75     # the toy decoder's NEXT (template op 75 of 78)
+NEXT_AT = 76     # the toy decoder's NEXT (template op 76 of 79)
 
 
 def _reads(trace, op_index, reads):

@@ -112,7 +112,7 @@ def penalty_program(job: JobInput) -> Program:
     the 2,048 words an input may hold (300 logit-bias entries, a long prompt)
     and whose GEN row is 1,025 wide, so that the last step's PENALTY counts
     over 1,023 generated ids (all the same token: every comparison a match)."""
-    from opinfer.trace.ops import CHUNK_ARGMAX, GEN, MATCH, NEXT, PENALTY, PREV
+    from opinfer.semantics.ops import CHUNK_ARGMAX, GEN, MATCH, NEXT, PENALTY, PREV
 
     k = len(job.words())
     w = np.zeros((256, k), dtype=np.int64)

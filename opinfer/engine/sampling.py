@@ -94,7 +94,7 @@ class SamplingParams:
 
     @classmethod
     def of_job(cls, job) -> "SamplingParams":
-        """The sampler of a job input (opinfer.trace.jobinput.JobInput, read by attribute)."""
+        """The sampler of a job input (opinfer.semantics.jobinput.JobInput, read by attribute)."""
         return cls(job.temperature_milli, job.top_p_q, job.seed, getattr(job, "presence_q", 0),
                    getattr(job, "frequency_q", 0), tuple(getattr(job, "logit_bias", ())))
 

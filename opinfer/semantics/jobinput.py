@@ -12,7 +12,7 @@ against the bytes (input binding). The bytes are big-endian uint16 words:
 Stop words hold token-level stop sequences, each sequence followed by the
 word 0xFFFF. Version 2 adds the sampler's penalties: presence_q and
 frequency_q at 2^-12 of a logit and each logit bias at 2^-8, as int16 two's
-complement words (opinfer.engine.elements.penalty); a job without penalties
+complement words (opinfer.semantics.elements.penalty); a job without penalties
 or bias is written as version 1, so every earlier job keeps its bytes and
 roots. T_0 is one row: the words as integers, so element j of T_0 is word j
 (StepVerifier.input_tensor_root rebuilds its root from the bytes); the
@@ -117,7 +117,7 @@ class JobInput:
     @classmethod
     def from_bytes(cls, data: bytes) -> "JobInput":
         """The job input the bytes hold; accepts what StepVerifier.job_shape's
-        layout check accepts (opinfer.trace.program.job_shape), no more."""
+        layout check accepts (opinfer.semantics.program.job_shape), no more."""
         if len(data) % 2 or len(data) < 2 * HEADER_WORDS:
             raise CommitmentError("job input must be an even number of bytes holding at least the header")
         w = [int(v) for v in np.frombuffer(data, dtype=">u2")]

@@ -114,7 +114,7 @@ def test_penalties_and_logit_bias_are_part_of_the_job(client, coord):
     from opinfer.engine.bpe_tokenizer import load_tokenizer
     from opinfer.engine.sampling import SamplingParams
     from opinfer.engine.smollm2 import default_model
-    from opinfer.trace.jobinput import JobInput
+    from opinfer.semantics.jobinput import JobInput
 
     tok = load_tokenizer()
     paris = sorted({tok.encode(w)[0] for w in ("Paris", " Paris")})
@@ -146,7 +146,6 @@ def test_penalties_and_logit_bias_are_part_of_the_job(client, coord):
     (dict(max_tokens=4096), 400, "max_tokens"),          # SmolLM2's spec: at most 4,095 new tokens
     (dict(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
     (dict(temperature=3), 400, "temperature"),
-    (dict(presence_penalty=0.5), 400, "presence_penalty"),
     (dict(extra_body={"opinfer": {"consensus": 9}}), 400, "opinfer.consensus"),
 ])
 def test_openai_errors(client, kwargs, status, param):

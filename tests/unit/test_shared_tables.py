@@ -48,7 +48,7 @@ def test_opcodes_and_ref_kinds():
     sv = constants("StepVerifier")
     assert sorted(sv[f"OP_{n}"] for n in names if f"OP_{n}" in sv) == list(range(1, 13))
     assert sv["OP_DECODER_FIRST"] == ops.EMBED_TOKEN
-    codes = set(range(1, 28)) | {ops.EXP_SUMS, ops.PROBS}     # 30, 31: the attention softmax in chunks
+    codes = set(range(1, 28)) | {ops.EXP_SUMS, ops.PROBS, ops.PENALTY}   # 30, 31: softmax in chunks; 32: penalties
     assert set(ops.NAMES) == codes and set(ops.NAMES) <= set(ops.RUN) and set(ops.NAMES) <= set(ops.READS)
     assert (sv["KIND_INPUT"], sv["KIND_SAME"], sv["KIND_PREV"], sv["KIND_WEIGHT"]) == (ops.INPUT, ops.SAME, ops.PREV,
                                                                                         ops.WEIGHT)

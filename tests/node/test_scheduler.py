@@ -42,9 +42,12 @@ def jobs_for(tok, seed: int) -> list[JobInput]:
     for k, text in enumerate(TEXTS):
         greedy = rng.random() < 0.4
         stop = (tuple(tok.encode(" 5")),) if text.startswith("1,") else ()
+        # some jobs penalised: the penalties count each stream's own tokens, whatever runs beside it
+        penalties = dict(presence_q=rng.randrange(-8192, 8193), frequency_q=rng.randrange(-8192, 8193),
+                         logit_bias=((rng.randrange(49152), rng.randrange(-25600, 25601)),)) if k % 3 == 1 else {}
         jobs.append(JobInput(tuple(tok.encode(text)), max_tokens=rng.randint(2, 9), stop_sequences=stop,
                              temperature_milli=0 if greedy else rng.choice([300, 700, 1000, 1500]),
-                             top_p_q=rng.choice([65536, 50000]), seed=rng.randrange(1 << 64)))
+                             top_p_q=rng.choice([65536, 50000]), seed=rng.randrange(1 << 64), **penalties))
     return jobs
 
 

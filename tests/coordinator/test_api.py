@@ -113,7 +113,7 @@ def test_penalties_and_logit_bias_are_part_of_the_job(client, coord):
     engine's on that job input alone (what a challenger re-executes)."""
     from opinfer.engine.bpe_tokenizer import load_tokenizer
     from opinfer.engine.sampling import SamplingParams
-    from opinfer.engine.smollm2 import default_model
+    from opinfer.models.smollm2.engine import default_model
     from opinfer.semantics.jobinput import JobInput
 
     tok = load_tokenizer()

@@ -111,7 +111,7 @@ def test_penalties_and_logit_bias_are_part_of_the_job(client, coord):
     """presence_penalty, frequency_penalty and logit_bias go into the job input
     (version 2), change the answer as OpenAI's rule says, and the answer is the
     engine's on that job input alone (what a challenger re-executes)."""
-    from opinfer.engine.bpe_tokenizer import load_tokenizer
+    from opinfer.models.smollm2.tokenizer import load_tokenizer
     from opinfer.engine.sampling import SamplingParams
     from opinfer.models.smollm2.engine import default_model
     from opinfer.semantics.jobinput import JobInput

@@ -456,6 +456,7 @@
       await pollChain();
       if (route.name === "missing") { $("#view").innerHTML = `<h1>Not found</h1><p>No page ${esc(location.hash)}.</p>`; return; }
       if (route.name === "settings" && !first) return;   // do not redraw a form being typed in
+      if (state.searchMessage && !first) return;         // a failed search's answer stays until the user moves on
       const html = await views[route.name](route.arg);
       if (seq !== state.seq) return;                     // a newer refresh (another route) won
       const keep = $("#verify-panel");
@@ -523,6 +524,7 @@
   }
 
   function go() {
+    state.searchMessage = false;
     state.route = parseRoute();
     document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === state.route.name ||
       (a.dataset.nav === "games" && state.route.name === "game") || (a.dataset.nav === "batches" && state.route.name === "batch") ||
@@ -537,8 +539,13 @@
     if (!q) return;
     try {
       const r = await api(`/v1/explorer/search?q=${encodeURIComponent(q)}`);
-      location.hash = `#/${r.kind}/${r.id}`;
+      const target = `#/${r.kind}/${r.id}`;
+      if (location.hash === target) go(); else location.hash = target;   // same page: no hashchange
     } catch (e) {
+      // The live refresh would redraw the previous page over this answer: drop the one in
+      // flight (a newer seq) and skip redraws until the route changes (go() clears it).
+      state.seq++;
+      state.searchMessage = true;
       $("#view").innerHTML = `<h1>Search</h1><p class="bad" id="view-error">${esc(e.message)}</p>`;
     }
   });

@@ -79,23 +79,37 @@ class Network:
             self.node_urls.append(url)
         for url in self.node_urls:
             wait_up(url)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.procs.append(spawn(["coordinator", "run", "--port", str(port)], {
-            **self.net.coordinator_env(), "OPINFER_DATABASE_URL": f"sqlite:///{tmp}/coordinator.db",
-            "OPINFER_DEVNET_FILE": "/nonexistent", "OPINFER_BATCH_INTERVAL_S": "2", "OPINFER_BATCH_MAX_JOBS": "64",
-            "OPINFER_FINALIZE_INTERVAL_S": "30", "OPINFER_RATE_LIMIT_RPM": "0", **(coordinator_env or {})}))
-        wait_up(self.url)
+        self.url = start_coordinator(self.net, tmp, self.procs, {"OPINFER_BATCH_MAX_JOBS": "64",
+                                                                 **(coordinator_env or {})})
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self.net.stop()
+        stop_all(self.procs, self.net)
+
+
+def start_coordinator(net, tmp: str, procs: list, env: dict) -> str:
+    """The coordinator as its own process over net (appended to procs); its URL once it answers."""
+    from coordinator.local import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs.append(spawn(["coordinator", "run", "--port", str(port)], {
+        **net.coordinator_env(), "OPINFER_DATABASE_URL": f"sqlite:///{tmp}/coordinator.db",
+        "OPINFER_DEVNET_FILE": "/nonexistent", "OPINFER_BATCH_INTERVAL_S": "2",
+        "OPINFER_FINALIZE_INTERVAL_S": "30", "OPINFER_RATE_LIMIT_RPM": "0", **env}))
+    wait_up(url)
+    return url
+
+
+def stop_all(procs: list, net) -> None:
+    """Terminate the processes (kill those that do not exit in 10 s), then the chain."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    net.stop()
 
 
 def cpu_s(proc: subprocess.Popen) -> float:

@@ -32,7 +32,7 @@ import time
 import httpx
 
 from bench.common import run, verdict
-from bench.coordinator import THREADS, spawn, wait_up
+from bench.coordinator import THREADS, spawn, start_coordinator, stop_all, wait_up
 from bench.engine import LLAMA_BIN, THREADS as LLAMA_THREADS, _gguf
 from bench.load import pct
 
@@ -84,23 +84,10 @@ class Devnet:
         sender.call(c["StakeManager"].functions.stake_eth(), value=2 * 10**18)
         sender.call(c["ModelRegistry"].functions.announce(self.node_url, list(self.net.models.values())))
         wait_up(self.node_url, 180)
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.procs.append(spawn(["coordinator", "run", "--port", str(port)], {
-            **self.net.coordinator_env(), "OPINFER_DATABASE_URL": f"sqlite:///{tmp}/coordinator.db",
-            "OPINFER_DEVNET_FILE": "/nonexistent", "OPINFER_BATCH_INTERVAL_S": "2", "OPINFER_RATE_LIMIT_RPM": "0",
-            "OPINFER_FINALIZE_INTERVAL_S": "30", **THREADS}))
-        wait_up(self.url)
+        self.url = start_coordinator(self.net, tmp, self.procs, THREADS)
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self.net.stop()
+        stop_all(self.procs, self.net)
 
 
 class LlamaServer:

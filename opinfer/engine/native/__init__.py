@@ -66,7 +66,7 @@ class Model(ctypes.Structure):
         "norm_hi", "score_mult", "score_shift", "prob_one", "ctx_mult", "ctx_shift", "ctx_lo", "ctx_hi",
         "embed_shift", "res_lo", "res_hi", "silu_off", "silu_len")] + [
         (name, P) for name in ("attn_gain", "ffn_gain", "out_gain", "qkv", "o", "gate_up", "down", "head", "silu",
-                               "cos", "sin")]
+                               "cos", "sin", "embed", "qkv_bias")]
 
 
 class Seq(ctypes.Structure):

@@ -52,8 +52,10 @@ typedef struct {
     int64_t silu_off, silu_len;
     const int64_t *attn_gain, *ffn_gain, *out_gain;   /* [L, H], [L, H], [H] */
     const oi_qmat *qkv, *o, *gate_up, *down;          /* [L] each */
-    const oi_qmat *head;                              /* the Q8_0 token embeddings (tied LM head) */
+    const oi_qmat *head;                              /* the LM head (the token embeddings when tied) */
     const int64_t *silu, *cos, *sin;                  /* [silu_len], [rope_rows, D/2] x 2 */
+    const oi_qmat *embed;                             /* the Q8_0 token embeddings */
+    const int64_t *qkv_bias;                          /* [L, (nh + 2 nkv) D] added after the q|k|v clamp, or NULL */
 } oi_model;
 
 typedef struct {
@@ -841,7 +843,7 @@ int64_t oi_exp_neg_tab(int64_t u) {   /* the table path (tests compare it with e
     return exp_neg_tab(u);
 }
 
-/* ------------------------------------------------------------------ the SmolLM2 forward step */
+/* ------------------------------------------------------------------ the llama-family forward step */
 
 typedef struct {
     const oi_model *m;
@@ -985,7 +987,7 @@ int oi_forward(const oi_model *m, int64_t nseq, oi_seq *seqs, const int64_t *tok
     int rc = 0;
 
     /* token embeddings: requant(D q, 1, embed_shift) of the Q8_0 row */
-    const oi_qmat *E = m->head;
+    const oi_qmat *E = m->embed;
     for (int64_t r = 0; r < T; r++) {
         const blk_q8_0 *row = (const blk_q8_0 *)E->data + tokens[r] * (H / BLOCK);
         for (int64_t c = 0; c < H; c++)
@@ -998,6 +1000,8 @@ int oi_forward(const oi_model *m, int64_t nseq, oi_seq *seqs, const int64_t *tok
         dense_rows(&m->qkv[l], h, T, qkv, width, 0, &buf, 0);
         for (int64_t r = 0; r < T; r++) {
             int64_t *row = qkv + r * width;
+            if (m->qkv_bias)   /* the clamp left room for it: |q| stays <= 23000 */
+                for (int64_t i = 0; i < width; i++) row[i] += m->qkv_bias[l * width + i];
             const int64_t *cs = m->cos + row_pos[r] * (D / 2), *sn = m->sin + row_pos[r] * (D / 2);
             rope_row(row, nh + nkv, D, cs, sn);
             oi_seq *sq = &seqs[row_seq[r]];

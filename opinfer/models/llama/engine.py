@@ -1,7 +1,9 @@
-"""SmolLM2-135M-Instruct as an integer program over the GGUF file's own blocks, with a KV cache.
+"""A llama-family decoder (llama, Mistral's llama files, qwen2) as integers over its GGUF file's own blocks, with a KV cache.
 
-Recipe (docs/quantisation.md): the weights are the file's Q4_1 blocks (and its
-Q8_0 token embeddings, also the tied LM head) as exact integers
+Every size comes from the file's metadata (opinfer/models/llama/gguf.py);
+SmolLM2-135M-Instruct (opinfer/models/smollm2) is one file of the family.
+Recipe (docs/quantisation.md): the weights are the file's Q4_1 / Q8_0 blocks (its
+Q8_0 token embeddings, also the LM head when tied) as exact integers
 (opinfer.semantics.blocks); every Linear is elements.block_dense (blockwise int8
 activations like llama.cpp's, exact integer sums); every activation has a fixed
 binary scale, so nothing is calibrated and the model (and its root) is a
@@ -10,10 +12,18 @@ function of the file's bytes:
     residual stream        2^-15  (int32 branches; SmolLM2's largest residual is ~25,000)
     RMSNorm output, ctx    2^-16  (gains are the file's float32 gains times 2^24, rounded)
     q, k, v                2^-9, clamped to +-23,000 (+-45: q, k, v stay below 22 on real text;
-                           after RoPE they fit int16, the KV cache's type)
+                           after RoPE they fit int16, the KV cache's type); with Q/K/V biases
+                           (qwen2) the product is clamped to +-(23,000 - B), B the layer's
+                           largest |bias| at 2^-9, and the bias added after (a RESIDUAL op)
     gate                   2^-8, an index into a SiLU table over [-64, 64) (32,768 entries at 2^-14)
     up                     2^-14; silu * up at 2^-28 into the down projection
     logits                 2^-16
+
+Scores q.k are at 2^-18; exp's input is (max - score) / sqrt(D) at 2^-8: a shift
+when sqrt(D) is a power of two (SmolLM2's D = 64), else a multiplier over 2^16
+(`score_scale`). A qwen2 file's Q/K rows are permuted per head at load
+(`neox_rows`, llama.cpp's converter permutation) so that one RoPE rule (adjacent
+pairs) serves both orders; q.k is unchanged.
 
 RMSNorm, RoPE, the integer-exp softmax with int16 probabilities and the
 argmax/sampling rules are unchanged (elements.py). The fast path is the native
@@ -63,7 +73,22 @@ INT16 = (-32768, 32767)
 GATE_RANGE = (-SILU_HALF, SILU_HALF - 1)
 QKV_RANGE = (-QKV_MAX, QKV_MAX)
 
-CHAT_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+
+
+def score_scale(head_dim: int) -> tuple[int, int]:
+    """(mult, shift) taking q.k at 2^-18 to (q.k / sqrt(D)) in exp's 2^-8 units: (1, 10 + log2 sqrt(D))
+    when sqrt(D) is a power of two (D = 64: SCORE_SHIFT), else (round(2^16 / sqrt(D)), 26)."""
+    root = math.isqrt(head_dim)
+    base = 2 * QKV_BITS - 8
+    if root * root == head_dim and root & (root - 1) == 0:
+        return 1, base + root.bit_length() - 1
+    return int(math.floor((1 << 16) / math.sqrt(head_dim) + 0.5)), base + 16
+
+
+def neox_rows(n_heads: int, head_dim: int) -> np.ndarray:
+    """Row order taking a head's (i, i + D/2) RoPE pairs (qwen2, Hugging Face) to adjacent rows
+    (2i, 2i + 1): new row h D + 2i + t is old row h D + t D/2 + i."""
+    return np.arange(n_heads * head_dim).reshape(n_heads, 2, head_dim // 2).transpose(0, 2, 1).reshape(-1)
 
 
 @dataclass
@@ -131,6 +156,7 @@ class Layer:
     ffn_gain: np.ndarray
     gate_up: Dense              # gate | up [2F, H]
     down: Dense
+    qkv_bias: np.ndarray | None = None   # int64 [(nh + 2 nkv) D] at 2^-9 (qwen2), added after the clamp
 
 
 def _trim_heap() -> None:
@@ -181,8 +207,8 @@ def silu_table() -> np.ndarray:
 
 
 @dataclass
-class IntSmolLM2:
-    head: Dense                 # the Q8_0 token embeddings [V, H]: gathered, and the tied LM head
+class IntLlama:
+    head: Dense                 # the LM head [V, H] (the Q8_0 token embeddings when tied)
     layers: list[Layer]
     out_gain: np.ndarray
     eps: int                    # at the squared residual scale
@@ -192,17 +218,28 @@ class IntSmolLM2:
     n_heads: int
     n_kv_heads: int
     head_dim: int
+    embed_matrix: Dense | None = None    # the Q8_0 token embeddings when the head is its own (untied)
+    score_mult: int = 1
+    score_shift: int = SCORE_SHIFT
 
     def __post_init__(self):
         self._native = None
 
     @property
+    def tied(self) -> bool:
+        return self.embed_matrix is None
+
+    @property
+    def embedding(self) -> Dense:
+        return self.head if self.embed_matrix is None else self.embed_matrix
+
+    @property
     def embed(self) -> bk.QMatrix:
-        return self.head.w
+        return self.embedding.w
 
     def embed_rows(self, ids) -> np.ndarray:
         """requant(D q, 1, EMBED_SHIFT) of the tokens' Q8_0 rows (elements.block_embed)."""
-        rows = bk.unpack(self.head.packed[np.asarray(ids, dtype=np.int64)], bk.Q8_0)
+        rows = bk.unpack(self.embedding.packed[np.asarray(ids, dtype=np.int64)], bk.Q8_0)
         x = rows.codes.astype(np.int64).reshape(len(ids), -1, bk.BLOCK) * rows.D[..., None]
         return requant(x, 1, EMBED_SHIFT, *INT32).reshape(len(ids), -1)
 
@@ -219,18 +256,46 @@ class IntSmolLM2:
         return self.cos.shape[0]
 
     @classmethod
-    def build(cls, path=None, rope_rows: int | None = None) -> "IntSmolLM2":
-        """The model from the GGUF file alone (no calibration: every scale is fixed)."""
-        from opinfer.models.smollm2 import gguf as gl
+    def build(cls, path, rope_rows: int | None = None) -> "IntLlama":
+        """The model from the GGUF file alone (no calibration: every scale is fixed); every
+        size from its metadata (gguf.Config: a file outside the family is refused)."""
+        from opinfer.models.llama import gguf as gl
 
-        path = str(path or gl.find_gguf_path())
+        path = str(path)
         # A light index of the file (no memory map, no parsed tokenizer), then each tensor's bytes.
         meta, tensors = gl.read_index(path)
-        if meta.get("general.architecture") != "llama":
-            raise gl.ModelFileError("expected a llama-architecture GGUF")
-        H = int(meta["llama.embedding_length"])
-        nh, nkv = int(meta["llama.attention.head_count"]), int(meta["llama.attention.head_count_kv"])
-        D, F = H // nh, int(meta["llama.feed_forward_length"])
+        cfg = gl.Config.of(meta, tensors, path)
+        H, nh, nkv, D, F = cfg.hidden, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn
+
+        def need(name: str, shape: tuple[int, ...], types: tuple[str, ...]):
+            t = tensors.get(name)
+            if t is None:
+                raise gl.ModelFileError(f"{path}: tensor {name} is missing")
+            if tuple(int(v) for v in t.shape) != shape:
+                raise gl.ModelFileError(f"{path}: {name} has ggml shape {list(t.shape)}, the metadata says {list(shape)}")
+            if t.type_name not in types:
+                raise gl.ModelFileError(f"{path}: {name} is {t.type_name}; this library takes {' or '.join(types)}")
+            return t
+
+        blocks, vectors = ("Q4_1", "Q8_0"), ("F32", "F16")
+        width = (nh + 2 * nkv) * D
+        for i in range(cfg.n_layers):
+            p = f"blk.{i}."
+            for name, shape in (("attn_q", (H, nh * D)), ("attn_k", (H, nkv * D)), ("attn_v", (H, nkv * D)),
+                                ("attn_output", (nh * D, H)), ("ffn_gate", (H, F)), ("ffn_up", (H, F)),
+                                ("ffn_down", (F, H))):
+                need(p + name + ".weight", shape, blocks)
+            for name in ("attn_norm", "ffn_norm"):
+                need(p + name + ".weight", (H,), vectors)
+            if cfg.qkv_bias:
+                for x, n in (("q", nh * D), ("k", nkv * D), ("v", nkv * D)):
+                    need(f"{p}attn_{x}.bias", (n,), vectors)
+        need("token_embd.weight", (H, cfg.vocab), ("Q8_0",))
+        need("output_norm.weight", (H,), vectors)
+        if not cfg.tied:
+            need("output.weight", (H, cfg.vocab), blocks)
+        neox = cfg.rope == "neox"
+        rows_q, rows_k = (neox_rows(nh, D), neox_rows(nkv, D)) if neox else (None, None)
 
         file = open(path, "rb")
 
@@ -240,44 +305,65 @@ class IntSmolLM2:
             file.seek(t.offset)
             return np.frombuffer(file.read(t.n_bytes), dtype=np.uint8)
 
-        def q(*names: str) -> tuple[np.ndarray, int]:
+        def q(*names: str, order: tuple = ()) -> tuple[np.ndarray, int]:
             packed = []
-            for name in names:
+            for j, name in enumerate(names):
                 t = tensors[name]
                 k, n = (int(v) for v in t.shape[:2])
-                packed.append(bk.pack_gguf(raw(t), t.type_name, n, k))
+                rows, fmt = bk.pack_gguf(raw(t), t.type_name, n, k)
+                if j < len(order) and order[j] is not None:
+                    rows = rows[order[j]]          # whole rows move: each keeps the file's blocks
+                packed.append((rows, fmt))
             if len({fmt for _, fmt in packed}) != 1:
-                raise gl.ModelFileError(f"{names}: one block format expected")
+                raise gl.ModelFileError(f"{path}: {', '.join(names)}: one block format expected (they are fused)")
             return np.concatenate([p for p, _ in packed]), packed[0][1]
 
+        def floats(name: str) -> np.ndarray:
+            t = tensors[name]
+            return raw(t).view("<f4" if t.type_name == "F32" else "<f2").astype(np.float64)   # exact in float64
+
         def gain(name: str) -> np.ndarray:
-            g = raw(tensors[name]).view("<f4").astype(np.float64)  # float32 values, exact in float64
-            return np.floor(g * (1 << (NORM_BITS + ACT_BITS)) + 0.5).astype(np.int64)
+            return np.floor(floats(name) * (1 << (NORM_BITS + ACT_BITS)) + 0.5).astype(np.int64)
+
+        def qkv_dense(p: str) -> tuple[Dense, np.ndarray | None]:
+            matrix = q(p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight", order=(rows_q, rows_k))
+            if not cfg.qkv_bias:
+                return Dense(*matrix, bk.dense_shift(ACT_BITS, QKV_BITS), *QKV_RANGE), None
+            parts = [floats(f"{p}attn_{x}.bias") for x in "qkv"]
+            if neox:
+                parts[0], parts[1] = parts[0][rows_q], parts[1][rows_k]
+            bias = np.floor(np.concatenate(parts) * (1 << QKV_BITS) + 0.5).astype(np.int64)
+            room = QKV_MAX - int(np.abs(bias).max())
+            if room < QKV_MAX // 2:
+                raise gl.ModelFileError(f"{path}: {p}attn_*.bias reaches {QKV_MAX - room} at 2^-{QKV_BITS}: beyond "
+                                        f"half the q/k/v range of +-{QKV_MAX}")
+            return Dense(*matrix, bk.dense_shift(ACT_BITS, QKV_BITS), -room, room), bias
 
         layers = []
-        for i in range(int(meta["llama.block_count"])):
+        for i in range(cfg.n_layers):
             p = f"blk.{i}."
+            qkv, bias = qkv_dense(p)
             layers.append(Layer(
                 attn_gain=gain(p + "attn_norm.weight"),
-                qkv=Dense(*q(p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"),
-                          bk.dense_shift(ACT_BITS, QKV_BITS), *QKV_RANGE),
+                qkv=qkv,
                 o=Dense(*q(p + "attn_output.weight"), bk.dense_shift(ACT_BITS, RESIDUAL_BITS), *INT32),
                 ffn_gain=gain(p + "ffn_norm.weight"),
                 gate_up=Dense(*q(p + "ffn_gate.weight", p + "ffn_up.weight"),
                               bk.dense_shift(ACT_BITS, GATE_BITS), *GATE_RANGE, split=F,
                               shift1=bk.dense_shift(ACT_BITS, UP_BITS), lo1=INT32[0], hi1=INT32[1]),
                 down=Dense(*q(p + "ffn_down.weight"), bk.dense_shift(SILU_BITS + UP_BITS, RESIDUAL_BITS), *INT32),
+                qkv_bias=bias,
             ))
-        if "output.weight" in tensors:
-            raise gl.ModelFileError("an untied LM head is not supported")
-        eps = int(math.floor(float(meta["llama.attention.layer_norm_rms_epsilon"]) * (1 << 2 * RESIDUAL_BITS) + 0.5))
-        rows = rope_rows or int(meta.get("llama.context_length", 2048))
-        cos, sin = rope_tables(rows, D, float(meta.get("llama.rope.freq_base", 10000.0)))
-        head = Dense(*q("token_embd.weight"), bk.dense_shift(ACT_BITS, LOGIT_BITS), *INT32)
+        eps = int(math.floor(cfg.rms_eps * (1 << 2 * RESIDUAL_BITS) + 0.5))
+        rows = rope_rows or cfg.context_length
+        cos, sin = rope_tables(rows, D, cfg.rope_theta)
+        embed = Dense(*q("token_embd.weight"), bk.dense_shift(ACT_BITS, LOGIT_BITS), *INT32)
+        head = embed if cfg.tied else Dense(*q("output.weight"), bk.dense_shift(ACT_BITS, LOGIT_BITS), *INT32)
         out_gain = gain("output_norm.weight")
         file.close()
         _trim_heap()
-        return cls(head, layers, out_gain, eps, cos, sin, silu_table(), nh, nkv, D)
+        return cls(head, layers, out_gain, eps, cos, sin, silu_table(), nh, nkv, D,
+                   embed_matrix=None if cfg.tied else embed, score_mult=score_scale(D)[0], score_shift=score_scale(D)[1])
 
     def session(self, max_ctx: int = 2048) -> "Session":
         return Session(self, max_ctx)
@@ -312,35 +398,44 @@ class IntSmolLM2:
             L = self.layers
             head = (native.QMat * 1)(self.head.native.struct)
             keep[id(head)] = head
+            embed = head if self.tied else (native.QMat * 1)(self.embedding.native.struct)
+            keep[id(embed)] = embed
+            width = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+            biased = any(la.qkv_bias is not None for la in L)
+            bias = arr(np.stack([la.qkv_bias if la.qkv_bias is not None else np.zeros(width, np.int64)
+                                 for la in L])) if biased else None
             m = native.Model(
                 n_layers=len(L), hidden=self.hidden, n_heads=self.n_heads, n_kv=self.n_kv_heads,
                 head_dim=self.head_dim, ffn=L[0].down.k, vocab=self.vocab, rope_rows=self.max_ctx,
-                eps=self.eps, norm_lo=INT32[0], norm_hi=INT32[1], score_mult=1, score_shift=SCORE_SHIFT,
+                eps=self.eps, norm_lo=INT32[0], norm_hi=INT32[1], score_mult=self.score_mult, score_shift=self.score_shift,
                 prob_one=PROB_ONE, ctx_mult=CTX_MULT, ctx_shift=CTX_SHIFT, ctx_lo=INT32[0], ctx_hi=INT32[1],
                 embed_shift=EMBED_SHIFT, res_lo=INT32[0], res_hi=INT32[1], silu_off=SILU_HALF,
                 silu_len=len(self.silu),
                 attn_gain=arr(np.stack([la.attn_gain for la in L])), ffn_gain=arr(np.stack([la.ffn_gain for la in L])),
                 out_gain=arr(self.out_gain), qkv=structs([la.qkv for la in L]), o=structs([la.o for la in L]),
                 gate_up=structs([la.gate_up for la in L]), down=structs([la.down for la in L]),
-                head=ctypes.addressof(head), silu=arr(self.silu), cos=arr(self.cos), sin=arr(self.sin))
+                head=ctypes.addressof(head), silu=arr(self.silu), cos=arr(self.cos), sin=arr(self.sin),
+                embed=ctypes.addressof(embed), qkv_bias=bias)
             self._native = (m, keep)
         return self._native[0]
 
     def all_dense(self) -> list[Dense]:
-        return [d for la in self.layers for d in (la.qkv, la.o, la.gate_up, la.down)] + [self.head]
+        return [d for la in self.layers for d in (la.qkv, la.o, la.gate_up, la.down)] + [self.head] + (
+            [] if self.tied else [self.embedding])
 
-    def sliced(self, layers: int, vocab: int, rope_rows: int) -> "IntSmolLM2":
+    def sliced(self, layers: int, vocab: int, rope_rows: int) -> "IntLlama":
         """The first `layers` blocks and `vocab` tokens (test models with real weights)."""
-        h = self.head
-        head = Dense(h.packed[:vocab].copy(), h.fmt, h.shift0, h.lo0, h.hi0, mult=h.mult)
-        return IntSmolLM2(head, self.layers[:layers], self.out_gain, self.eps, self.cos[:rope_rows],
-                          self.sin[:rope_rows], self.silu, self.n_heads, self.n_kv_heads, self.head_dim)
+        cut = lambda d: Dense(d.packed[:vocab].copy(), d.fmt, d.shift0, d.lo0, d.hi0, mult=d.mult)  # noqa: E731
+        return type(self)(cut(self.head), self.layers[:layers], self.out_gain, self.eps, self.cos[:rope_rows],
+                          self.sin[:rope_rows], self.silu, self.n_heads, self.n_kv_heads, self.head_dim,
+                          embed_matrix=None if self.tied else cut(self.embedding), score_mult=self.score_mult,
+                          score_shift=self.score_shift)
 
 
 class Session:
     """One sequence with an int16 KV cache that grows as positions are used."""
 
-    def __init__(self, model: IntSmolLM2, max_ctx: int = 2048):
+    def __init__(self, model: IntLlama, max_ctx: int = 2048):
         self.m = model
         self.max_ctx = min(max_ctx, model.max_ctx)
         self.pos = 0
@@ -605,7 +700,7 @@ def generate_sessions(sessions: list[Session], requests: list[dict]) -> list["Ge
     return [Generation(s.out, s.reason) for s in streams]
 
 
-def generate_many(model: IntSmolLM2, requests: list[dict], max_ctx: int = 2048) -> list["Generation"]:
+def generate_many(model: IntLlama, requests: list[dict], max_ctx: int = 2048) -> list["Generation"]:
     """Session.generate for several requests at once: request = dict(ids, max_tokens,
     stop_ids=(), sampler=None, stop_sequences=()). The same tokens as each request alone."""
     return generate_sessions([model.session(max_ctx) for _ in requests], requests)
@@ -621,7 +716,7 @@ class Generation(NamedTuple):
 
 # ---------------------------------------------------------------- the numpy reference
 
-def reference_forward(model: IntSmolLM2, ids, cache: dict | None = None, on_op=None) -> np.ndarray:
+def reference_forward(model: IntLlama, ids, cache: dict | None = None, on_op=None) -> np.ndarray:
     """The same rules as the native forward, in plain numpy op by op: int64 logits of
     every new position. `cache` (a dict, updated) holds the integer K and V per layer
     and the position; `on_op(name, layer, value)` sees every intermediate tensor."""
@@ -637,6 +732,8 @@ def reference_forward(model: IntSmolLM2, ids, cache: dict | None = None, on_op=N
     for i, la in enumerate(m.layers):
         h = rms_norm(x, la.attn_gain, m.eps)
         qkv = la.qkv.reference(h)
+        if la.qkv_bias is not None:
+            qkv = qkv + la.qkv_bias
         see("qkv", i, qkv)
         qk = rope(qkv[:, :(nh + nkv) * D].reshape(T, nh + nkv, D), cos, sin)
         q, k = qk[:, :nh], qk[:, nh:]
@@ -650,7 +747,7 @@ def reference_forward(model: IntSmolLM2, ids, cache: dict | None = None, on_op=N
             for hd in range(nh):
                 g = hd // (nh // nkv)
                 scores = (kc[:n, g] @ q[r, hd])[None, :]
-                p = softmax_rows(scores, 1, SCORE_SHIFT, PROB_ONE)
+                p = softmax_rows(scores, m.score_mult, m.score_shift, PROB_ONE)
                 ctx[r, hd] = requant(p @ vc[:n, g], CTX_MULT, CTX_SHIFT, *INT32)
         ctx = ctx.reshape(T, nh * D)
         see("ctx", i, ctx)
@@ -666,6 +763,7 @@ def reference_forward(model: IntSmolLM2, ids, cache: dict | None = None, on_op=N
     return m.head.reference(rms_norm(x, m.out_gain, m.eps))
 
 
-@lru_cache(maxsize=1)
-def default_model() -> IntSmolLM2:
-    return IntSmolLM2.build()
+@lru_cache(maxsize=4)
+def load(path: str, rope_rows: int | None = None) -> IntLlama:
+    """The model of a GGUF file, built once per process (per path and RoPE rows)."""
+    return IntLlama.build(path, rope_rows)

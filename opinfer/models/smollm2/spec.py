@@ -9,7 +9,7 @@ with the context is proven whole on chain, up to 4,096 values (the attention
 softmax in chunks of 256 keeps each one-step under 5M gas). At most MAX_NEW =
 4,095 new tokens (the GEN row, M + 1 values, is proven whole), and the prompt
 fits one 2,048-word job-input row: 2,038 tokens without stop words
-(docs/ops.md, "Long context"; models/smollm2/program.py).
+(docs/ops.md, "Long context"; models/llama/program.py, models/smollm2/program.py).
 
 Sampling defaults: neither the GGUF metadata (no sampling keys) nor the
 package (it calls llama-cpp-python with its defaults) recommends any; the

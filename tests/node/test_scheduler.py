@@ -154,7 +154,9 @@ def test_a_failing_job_leaves_and_the_others_keep_their_bits(engine, tok, alone,
             raise ValueError("the native forward refused its input (a gate outside the SiLU table)")
         return real(sessions, batch, all_logits)
 
-    monkeypatch.setattr(sm, "forward_many", refusing)
+    from opinfer.models.llama import engine as family     # the Decoder's own module (smollm2.engine re-exports it)
+
+    monkeypatch.setattr(family, "forward_many", refusing)
     session = engine.engine.session
 
     def marked(max_ctx=2048):

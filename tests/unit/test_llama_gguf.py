@@ -164,3 +164,20 @@ def test_keys_the_family_does_not_run_are_refused(tmp_path, key, value, message)
     path = write_gguf(tmp_path / "other.gguf", Shape(**{**SHAPES["mha"].__dict__, "extra": ((key, value),)}))
     with pytest.raises(ModelFileError, match=message):
         read_config(path)
+
+
+@pytest.mark.parametrize("key", SHAPES)
+def test_the_engine_rebuilt_from_the_program_alone(built, key):
+    """llama.built.model_from_program: the program's integers give back an engine that
+    computes the same tokens, and whose program has the same root (what a node loading
+    a built program file runs)."""
+    from opinfer.models.llama.built import model_from_program
+    from opinfer.models.llama.program import build_program
+
+    program, model = built[key]
+    again = model_from_program(program)
+    assert build_program(again, program.name, program.limits.positions).model_root == program.model_root
+    for job in jobs(model.vocab, program).values():
+        runs = [m.session(16).generate(list(job.tokens), job.max_tokens, sampler=SamplingParams.of_job(job),
+                                       stop_sequences=job.stop_sequences) for m in (model, again)]
+        assert runs[0] == runs[1]

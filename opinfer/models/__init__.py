@@ -34,6 +34,11 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def unregister(name: str) -> None:
+    """Drop a model registered at run time (a test's file); unknown names are ignored."""
+    _registry.pop(name, None)
+
+
 def get(name: str) -> ModelSpec:
     try:
         return _registry[name]
@@ -68,4 +73,4 @@ for _module in BUILTIN:
     register(importlib.import_module(_module).SPEC)
 
 __all__ = ["CHAT", "EMBEDDING", "JobRefused", "ModelSpec", "Runtime", "Sampling", "UnknownModel", "by_kind", "get",
-           "names", "register", "sampling_defaults", "specs"]
+           "names", "register", "sampling_defaults", "specs", "unregister"]

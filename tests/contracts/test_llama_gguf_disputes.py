@@ -4,9 +4,9 @@ disputed op by op on anvil.
 Three files the gguf package writes: llama with multi-head attention (a sampled job),
 a Mistral-like llama file with grouped-query attention and an untied LM head (a greedy
 job with penalties and a logit bias), qwen2 with Q/K/V biases and grouped-query
-attention (a greedy job that a stop sequence ends). Each file is registered as a model
-(parts.register_gguf: its program built from the metadata alone, its root on the
-ModelRegistry) and served by its Runtime, whose output is the trace's. The StepVerifier
+attention (a greedy job that a stop sequence ends). Each file is a chat model
+(parts.gguf_spec: its program built from the metadata alone, its root registered on the
+ModelRegistry) served by its Runtime, whose output is the trace's. The StepVerifier
 recomputes every template op of each program at a prompt step and at generated steps;
 then, for each op class of the decoder program (spread over the three files), a node's
 trace holds one wrong element, the real bisection narrows the game to it and the node
@@ -33,10 +33,10 @@ STEP_GAS: dict[str, int] = {}
 
 @pytest.fixture(scope="module")
 def specs(tmp_path_factory):
-    from opinfer.models.llama.parts import register_gguf
+    from opinfer.models.llama.parts import gguf_spec
 
     folder = tmp_path_factory.mktemp("gguf")
-    return {key: register_gguf(write_gguf(folder / f"{key}.gguf", shape)) for key, shape in SHAPES.items()}
+    return {key: gguf_spec(write_gguf(folder / f"{key}.gguf", shape)) for key, shape in SHAPES.items()}
 
 
 @pytest.fixture(scope="module")

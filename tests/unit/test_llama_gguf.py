@@ -91,32 +91,42 @@ def test_engine_and_program_agree_bit_for_bit(built, key):
     assert len(outputs) > 1            # the jobs' sampling and penalties change the tokens
 
 
-def test_a_registered_file_is_served_by_a_node_and_batched_like_alone(files, built):
-    """register_gguf: the file becomes a chat model of the registry; a node runs it (its
-    scheduler, the family's Decoder) and signs the program's output root; a batch of
-    jobs through the Runtime gives each job's tokens alone."""
+@pytest.mark.parametrize("key", SHAPES)
+def test_a_file_is_served_by_a_node_and_batched_like_alone(files, built, key):
+    """gguf_spec: the file as a chat model; a node runs it (its scheduler, the family's
+    Decoder) and signs the program's output root; a batch of jobs through the Runtime
+    gives each job's tokens alone; register_gguf puts it in the registry."""
     from node.app import ExecuteRequest, Node
     from node.engines import Engine
     from opinfer import models
-    from opinfer.models.llama.parts import register_gguf
+    from opinfer.models.llama.parts import gguf_spec, register_gguf
     from opinfer.trace.state import Trace
 
-    program, _ = built["qwen2"]
-    spec = register_gguf(files["qwen2"], price_wei=1000)
-    assert models.get(spec.name) is spec and spec.vocab == 256 and spec.context == 256
+    program, _ = built[key]
+    spec = gguf_spec(files[key], price_wei=1000)
+    shape = SHAPES[key]
+    assert (spec.name, spec.vocab, spec.dimensions, spec.context) == (shape.name, shape.vocab, shape.hidden,
+                                                                      shape.context)
     assert spec.load_program().model_root == program.model_root
     engine = Engine(spec).load()
     todo = list(jobs(spec.vocab, program).values())
-    batched = engine.run_many(todo)
-    for job, (out, payload) in zip(todo, batched):
+    for job, (out, payload) in zip(todo, engine.run_many(todo)):
         assert np.array_equal(out, engine.run(job)[0]) and np.array_equal(out, program.run(job)[-1])
     node = Node("0x" + "11" * 32, 31337, "0x" + "22" * 20, {spec.name: 7}, engines_by_name={spec.name: engine})
     job = todo[1]
-    answer = node.execute(ExecuteRequest(job_id="0x" + "00" * 15 + "01", model=spec.name, model_id=7,
-                                         input="0x" + job.to_bytes().hex()))
+    try:
+        answer = node.execute(ExecuteRequest(job_id="0x" + "00" * 15 + "01", model=spec.name, model_id=7,
+                                             input="0x" + job.to_bytes().hex()))
+    finally:
+        node.close()
     assert answer["output_root"] == "0x" + Trace.of(program, job).output_root.hex()
     with pytest.raises(Exception, match="vocabulary"):
-        engine.check(JobInput((300,), max_tokens=1))
+        engine.check(JobInput((shape.vocab,), max_tokens=1))
+    try:
+        assert models.get(register_gguf(files[key]).name).load_program().model_root == program.model_root
+    finally:
+        models.unregister(spec.name)
+    assert spec.name not in models.names()
 
 
 def test_neox_rows_turn_rotate_half_rope_into_adjacent_pairs():

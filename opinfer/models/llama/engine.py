@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -762,8 +761,3 @@ def reference_forward(model: IntLlama, ids, cache: dict | None = None, on_op=Non
     cache["pos"] = pos + T
     return m.head.reference(rms_norm(x, m.out_gain, m.eps))
 
-
-@lru_cache(maxsize=4)
-def load(path: str, rope_rows: int | None = None) -> IntLlama:
-    """The model of a GGUF file, built once per process (per path and RoPE rows)."""
-    return IntLlama.build(path, rope_rows)

@@ -5,8 +5,9 @@ refusal rule (the program's committed limits and the sampler's ranges), the fast
 engine, batched runs (bit for bit each job alone), the continuous-batching
 decoder the node's scheduler drives, the program and release. A model folder's
 parts.py is then a few lines (`globals().update(GGUFParts(...).hooks())`), and
-`register_gguf(path)` registers a file found at run time (tests' random-weight
-fixtures, an operator's own file) under a hooks module made for it.
+`register_gguf(path)` registers a file found at run time (an operator's own
+file) under a hooks module made for it; `gguf_spec(path)` is its spec without
+registering it (tests' random-weight fixtures: a Runtime runs any spec).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class GGUFParts:
             if self._engine is None:
                 from opinfer.models.llama.engine import IntLlama
 
-                self._engine = IntLlama.build(self.path, max(self.positions, self.config.context_length))
+                self._engine = IntLlama.build(self.path, self.positions)
             return self._engine
 
     def run_batch(self, engine, jobs: list) -> list:
@@ -95,7 +96,7 @@ class GGUFParts:
                 from opinfer.models.llama.engine import IntLlama
                 from opinfer.models.llama.program import build_program
 
-                model = self._engine or IntLlama.build(self.path, max(self.positions, self.config.context_length))
+                model = self._engine or IntLlama.build(self.path, self.positions)
                 self._program = build_program(model, self.name, self.positions, self.max_new)
             return self._program
 
@@ -119,9 +120,16 @@ class GGUFParts:
 
 def register_gguf(path, name: str | None = None, price_wei: int = 0, positions: int | None = None) -> ModelSpec:
     """Register a llama-family GGUF file as a chat model of this process's registry
-    (opinfer.models.get(name) then serves it through the Runtime, node and challenger):
-    its hooks live in a module made for it, opinfer.models.llama.parts.file_<name>."""
+    (opinfer.models.get(name) then serves it through the Runtime, node and challenger;
+    opinfer.models.unregister(name) drops it)."""
     from opinfer import models
+
+    return models.register(gguf_spec(path, name, price_wei, positions))
+
+
+def gguf_spec(path, name: str | None = None, price_wei: int = 0, positions: int | None = None) -> ModelSpec:
+    """The chat ModelSpec of a llama-family GGUF file, not registered (a Runtime runs it):
+    its hooks live in a module made for it, opinfer.models.llama.parts.file_<name>."""
     from opinfer.models.llama.gguf import read_config
 
     cfg = read_config(path)
@@ -135,7 +143,9 @@ def register_gguf(path, name: str | None = None, price_wei: int = 0, positions: 
         module = types.ModuleType(module_name, f"hooks of {path}")
         module.__dict__.update(parts.hooks(), path=str(path), parts=parts)
         sys.modules[module_name] = module
-    return models.register(parts.spec(price_wei, hooks=module_name))
+    else:
+        parts = known.parts
+    return parts.spec(price_wei, hooks=module_name)
 
 
 # ---------------------------------------------------------------- shared by every file of the family

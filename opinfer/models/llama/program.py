@@ -186,4 +186,5 @@ def build_from_gguf(path, name: str | None = None, positions: int | None = None)
 
     cfg = read_config(path)
     name = name or cfg.name or Path(path).name.removesuffix(".gguf")
-    return build_program(sm.load(str(path)), name, positions)
+    positions = positions or min(cfg.context_length, MAX_CONTEXT)
+    return build_program(sm.IntLlama.build(path, positions), name, positions)

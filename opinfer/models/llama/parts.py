@@ -129,16 +129,17 @@ def register_gguf(path, name: str | None = None, price_wei: int = 0, positions: 
 
 def gguf_spec(path, name: str | None = None, price_wei: int = 0, positions: int | None = None) -> ModelSpec:
     """The chat ModelSpec of a llama-family GGUF file, not registered (a Runtime runs it):
-    its hooks live in a module made for it, opinfer.models.llama.parts.file_<name>."""
+    its hooks live in a module made for it, opinfer.models.llama.parts.file_<name>_<path digest>."""
+    import hashlib
+
     from opinfer.models.llama.gguf import read_config
 
     cfg = read_config(path)
     name = name or cfg.name or Path(path).name.removesuffix(".gguf")
     parts = GGUFParts(str(path), name, positions)
-    module_name = f"{__name__}.file_{re.sub(r'[^0-9A-Za-z_]', '_', name)}"
+    digest = hashlib.sha256(f"{Path(path).resolve()}|{positions}".encode()).hexdigest()[:12]
+    module_name = f"{__name__}.file_{re.sub(r'[^0-9A-Za-z_]', '_', name)}_{digest}"
     known = sys.modules.get(module_name)
-    if known is not None and getattr(known, "path", None) != str(path):
-        raise ValueError(f"a different file is already registered as {name!r}")
     if known is None:
         module = types.ModuleType(module_name, f"hooks of {path}")
         module.__dict__.update(parts.hooks(), path=str(path), parts=parts)

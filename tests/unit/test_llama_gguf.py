@@ -191,3 +191,64 @@ def test_the_engine_rebuilt_from_the_program_alone(built, key):
         runs = [m.session(16).generate(list(job.tokens), job.max_tokens, sampler=SamplingParams.of_job(job),
                                        stop_sequences=job.stop_sequences) for m in (model, again)]
         assert runs[0] == runs[1]
+
+
+def float_logits(path, ids) -> np.ndarray:
+    """The file's model in float64 from gguf's own dequantisation, as llama.cpp computes it:
+    RoPE over adjacent pairs (llama) or halves (qwen2, the file's own row order), biases,
+    grouped-query attention, the untied head when there is one."""
+    import gguf
+
+    cfg = read_config(path)
+    w = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64)
+         for t in gguf.GGUFReader(str(path)).tensors}
+    nh, nkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    norm = lambda x, g: x / np.sqrt((x * x).mean(-1, keepdims=True) + cfg.rms_eps) * g  # noqa: E731
+    T = len(ids)
+    inv = cfg.rope_theta ** (-np.arange(0, D, 2) / D)
+    ang = np.arange(T)[:, None] * inv[None, :]                     # [T, D/2]
+    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+
+    def rope(x):                                                   # [T, heads, D]
+        if cfg.rope == "neox":
+            a, b = x[..., :D // 2], x[..., D // 2:]
+            return np.concatenate([a * cos - b * sin, a * sin + b * cos], -1)
+        out = np.empty_like(x)
+        out[..., 0::2] = x[..., 0::2] * cos - x[..., 1::2] * sin
+        out[..., 1::2] = x[..., 0::2] * sin + x[..., 1::2] * cos
+        return out
+
+    x = w["token_embd.weight"][list(ids)]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for i in range(cfg.n_layers):
+        p = f"blk.{i}."
+        h = norm(x, w[p + "attn_norm.weight"])
+        q, k, v = (h @ w[f"{p}attn_{n}.weight"].T + (w[f"{p}attn_{n}.bias"] if cfg.qkv_bias else 0) for n in "qkv")
+        q, k, v = rope(q.reshape(T, nh, D)), rope(k.reshape(T, nkv, D)), v.reshape(T, nkv, D)
+        k, v = np.repeat(k, nh // nkv, axis=1), np.repeat(v, nh // nkv, axis=1)
+        s = np.einsum("thd,uhd->htu", q, k) / np.sqrt(D) + mask
+        a = np.exp(s - s.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        x = x + np.einsum("htu,uhd->thd", a, v).reshape(T, nh * D) @ w[p + "attn_output.weight"].T
+        h = norm(x, w[p + "ffn_norm.weight"])
+        g = h @ w[p + "ffn_gate.weight"].T
+        x = x + (g / (1 + np.exp(-g)) * (h @ w[p + "ffn_up.weight"].T)) @ w[p + "ffn_down.weight"].T
+    head = w["token_embd.weight"] if cfg.tied else w["output.weight"]
+    return norm(x, w["output_norm.weight"]) @ head.T
+
+
+@pytest.mark.parametrize("key", SHAPES)
+def test_the_integer_model_tracks_the_float_model_of_the_file(files, built, key):
+    """The integer engine against the file computed in float64 (gguf's dequantisation,
+    llama.cpp's RoPE order for the architecture, biases, GQA, the untied head): a wrong
+    row order, scale or bias would show here, where the program and the engine would
+    still agree with each other."""
+    from opinfer.models.llama.engine import LOGIT_BITS
+
+    _, model = built[key]
+    ids = [int(t) for t in np.random.default_rng(7).integers(0, model.vocab, size=24)]
+    ours = reference_forward(model, ids) / (1 << LOGIT_BITS)
+    ref = float_logits(files[key], ids)
+    for row, (a, b) in enumerate(zip(ours, ref)):
+        assert np.corrcoef(a, b)[0, 1] > 0.995, (key, row)
+    assert (ours.argmax(-1) == ref.argmax(-1)).mean() >= 0.9

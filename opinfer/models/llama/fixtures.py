@@ -3,7 +3,7 @@ GGUFWriter (tests: every size read from the metadata, disputed on anvil).
 
 `write_gguf(path, Shape(...))` writes a file as llama.cpp's converters lay it out:
 token embeddings Q8_0, block matrices Q4_1 or Q8_0 (the gguf package's own
-quantisers), norms and biases F32, `<arch>.*` hyperparameters, an optional
+quantisers), norms and biases F32 or F16, `<arch>.*` hyperparameters, an optional
 untied `output.weight`. SHAPES are the three the tests use."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Shape:
     qkv_bias: bool = False
     tied: bool = True
     matrices: str = "Q4_1"     # block format of the layers' matrices (and an untied head)
+    vectors: str = "F32"       # norms' and biases' type (F32 or F16)
     seed: int = 0
     extra: tuple = ()          # more metadata: (key, value) pairs (a str, else a uint32)
 
@@ -41,8 +42,9 @@ SHAPES = {
     #     head width 32 (sqrt not a power of two: the score multiplier), its own RoPE base
     "gqa": Shape(name="tiny-mistral-gqa", hidden=256, heads=8, kv_heads=2, ffn=192, vocab=512, tied=False,
                  matrices="Q8_0", rope_base=1e6, seed=2),
-    # (c) qwen2: Q/K/V biases, grouped-query attention (4 heads over 2), NEOX RoPE order
-    "qwen2": Shape(arch="qwen2", name="tiny-qwen2-bias", heads=4, kv_heads=2, qkv_bias=True, eps=1e-6, seed=3),
+    # (c) qwen2: Q/K/V biases, grouped-query attention (4 heads over 2), NEOX RoPE order, F16 norms and biases
+    "qwen2": Shape(arch="qwen2", name="tiny-qwen2-bias", heads=4, kv_heads=2, qkv_bias=True, eps=1e-6, seed=3,
+                   vectors="F16"),
 }
 
 
@@ -75,7 +77,8 @@ def write_gguf(path, shape: Shape = Shape()) -> Path:
         w.add_tensor(name, gguf.quants.quantize(x, kind), raw_dtype=kind)
 
     def vector(name, n, mean=0.0, std=0.1):
-        w.add_tensor(name, (mean + rng.normal(0.0, std, size=n)).astype(np.float32))
+        w.add_tensor(name, (mean + rng.normal(0.0, std, size=n)).astype(np.float16 if shape.vectors == "F16"
+                                                                         else np.float32))
 
     matrix("token_embd.weight", shape.vocab, H, q8, scale=0.3)
     for i in range(shape.layers):

@@ -39,7 +39,7 @@ from coordinator.metrics import Metrics
 from opinfer.signing import RequestSigner
 
 log = logging.getLogger("opinfer.coordinator.nodes")
-MAX_ANSWER_BYTES = 256 * 1024    # an execute answer: 384 ints or <= 1,024 token ids, signature, roots
+MAX_ANSWER_BYTES = 256 * 1024    # an execute answer's base bound; a long job gets more (service.answer_bound)
 MAX_HEALTH_BYTES = 16 * 1024
 
 
@@ -279,13 +279,20 @@ class NodePool:
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, resolver=GuardedResolver(self.allow_private)),
             raise_for_status=False)
 
-    async def _post(self, url: str, data: bytes, headers: dict) -> tuple[int, bytes]:
+    async def _post(self, url: str, data: bytes, headers: dict, limit: int | None = None,
+                    total_s: float | None = None) -> tuple[int, bytes]:
         """(status, body) of one POST; TimeoutError, aiohttp.ClientError or TooLarge when it fails.
-        Redirects are not followed (a node could send the coordinator anywhere)."""
-        async with self._session().post(url, data=data, headers=headers, allow_redirects=False) as resp:
+        Redirects are not followed (a node could send the coordinator anywhere). `limit` and
+        `total_s` (default max_answer_bytes and the node timeout): a long job with logprobs
+        answers more bytes, later, than the bounds sized for a short one."""
+        # a plain answer is silent until the job is done: only its total time is bounded
+        timeout = None if total_s is None else aiohttp.ClientTimeout(total=total_s,
+                                                                      sock_connect=self.connect_timeout_s)
+        async with self._session().post(url, data=data, headers=headers, allow_redirects=False,
+                                        **({"timeout": timeout} if timeout else {})) as resp:
             if 300 <= resp.status < 400:
                 return resp.status, b""
-            return resp.status, await read_bounded(resp, self.max_answer_bytes)
+            return resp.status, await read_bounded(resp, limit or self.max_answer_bytes)
 
     async def execute(self, node: routing.NodeHealth, body: dict, on_token=None, limit: int | None = None,
                       total_s: float | None = None) -> dict:
@@ -297,8 +304,9 @@ class NodePool:
         "_streamed": the ids the node streamed (the caller checks them against
         the signed output). A node that answers with plain JSON instead is
         accepted (an older node: "_streamed" is empty). `limit`: the most
-        bytes read (default max_answer_bytes; a stream of logprobs needs more);
-        `total_s`: the most a stream may take (default ten node timeouts)."""
+        bytes read, streamed or not (default max_answer_bytes; logprobs need
+        more: service.answer_bound); `total_s`: the most the answer may take
+        (default: the node timeout, ten of them for a stream)."""
         if node.endpoint_problem:
             raise NodeFailure(node.address, f"endpoint refused: {node.endpoint_problem}")
         node.inflight += 1
@@ -312,7 +320,7 @@ class NodePool:
             if self.signer:
                 headers.update(self.signer.headers(data, node.address))
             if on_token is None:
-                status, raw = await self._post(f"{node.endpoint}/v1/execute", data, headers)
+                status, raw = await self._post(f"{node.endpoint}/v1/execute", data, headers, limit, total_s)
             else:
                 status, raw = await self._post_stream(node, data, headers, on_token, streamed,
                                                       limit or self.max_answer_bytes, total_s or self.timeout_s * 10)

@@ -37,6 +37,37 @@ PROOF_CACHE_LEAVES = 4096
 SERVABLE = (m.PENDING, m.POSTED, m.FINAL)   # a cached answer is served only while its leaf is on its way to final
 
 
+# The longest JSON number the node's log-probabilities can take: Python's repr of a negative
+# double, e.g. -2.2250738585072014e-308 (the node writes json.dumps(separators=(",", ":"))).
+FLOAT_CHARS = 24
+
+
+def answer_bound(base: int, max_tokens: int, prompt_tokens: int, vocab: int, top: int | None,
+                 prompt_logprobs: bool) -> int:
+    """The most bytes an honest node's answer to a job can take, on the wire
+    (docs/serving.md's protocol), plus `base` (max_node_answer_bytes: roots,
+    signature, headroom). Derived from the request, so a long job with
+    top_logprobs 20 fits (4,095 tokens: about 6 MB) while a hostile node is
+    still cut off a few bytes past what any honest answer of that job needs.
+    Per generated token, with ids of at most `t` digits, indices of `i` and
+    floats of FLOAT_CHARS (f):
+
+    - its stream event: `data: {"type":"token","index":I,"id":T,"logprob":F,"top":[[T,F],...]}` and a
+      blank line: 57 + i + t + f + (2 + k (4 + t + f)); without logprobs "null" for F and the list;
+    - in the signed answer: the id in `output.ids` (t + 1) and, with logprobs, its entry again,
+      `{"id":T,"logprob":F,"top":[...]},`: 26 + t + f + (2 + k (4 + t + f));
+    - per prompt token with prompt_logprobs: `F,` (f + 1).
+    tests/coordinator/test_coordinator_logic.py::test_answer_bound_covers_the_longest_honest_answer
+    writes that longest answer with the node's own code and measures it."""
+    t, i, f = len(str(max(vocab - 1, 0))), len(str(max(max_tokens - 1, 0))), FLOAT_CHARS
+    if top is None:
+        event, entry = 57 + i + t + 4 + 4, 0
+    else:
+        alternatives = 2 + top * (4 + t + f)
+        event, entry = 57 + i + t + f + alternatives, 26 + t + f + alternatives
+    return base + max_tokens * (event + t + 1 + entry) + prompt_logprobs * prompt_tokens * (f + 1)
+
+
 def vote(results: list[dict], stake: dict[str, int]) -> tuple[bytes, int]:
     """(winning output root, how many nodes gave it): the most nodes; among
     equally many, the most stake behind the answer (what they lose by lying),
@@ -553,7 +584,7 @@ class InferenceService:
         expected_in = input_root(job)
         tried: set[str] = set()
         reasons: list[str] = []
-        limit = self._answer_limit(job, extra or {})
+        limit = self._answer_limit(job, extra or {}, models.get(model.name).vocab)
         # a stream may take the node timeout plus a floor rate per token (honest nodes are ~10x faster)
         total_s = self.settings.node_timeout_s + job.max_tokens * self.settings.node_token_timeout_s
 
@@ -682,14 +713,10 @@ class InferenceService:
             extra["prompt_logprobs"] = values
         return extra
 
-    def _answer_limit(self, job: JobInput, extra: dict) -> int:
-        """Bytes a node's answer may take: the configured bound, plus room for each
-        token's stream event and logprobs (streamed once, repeated in the final answer)."""
-        per_token = 128
-        if extra.get("logprobs") is not None:
-            per_token += 2 * (96 + 48 * int(extra["logprobs"]))
-        return (self.settings.max_node_answer_bytes + per_token * job.max_tokens
-                + 64 * len(job.tokens) * bool(extra.get("prompt_logprobs")))
+    def _answer_limit(self, job: JobInput, extra: dict, vocab: int) -> int:
+        """Bytes a node's answer to this job may take (streamed or not): see answer_bound."""
+        return answer_bound(self.settings.max_node_answer_bytes, job.max_tokens, len(job.tokens), vocab,
+                            extra.get("logprobs"), bool(extra.get("prompt_logprobs")))
 
     # ------------------------------------------------------------ records (run in a worker thread)
 

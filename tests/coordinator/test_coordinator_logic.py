@@ -109,3 +109,43 @@ def test_health_probes_of_an_ejected_node_do_not_extend_its_ejection():
     clock.now = 1005.0                       # its one try: still down, twice as long
     assert not pool.check(dead)
     assert dead.failures == 4 and dead.ejected_until == 1015.0
+
+
+def test_answer_bound_covers_the_longest_honest_answer():
+    """issue 18: max_tokens 4,095 with top_logprobs 20 answers ~6 MB, far past the 256 KiB base. The
+    longest answer an honest node can send (every id of the vocabulary's most digits, every float
+    of the longest JSON form), written with the node's own encoders, fits the bound, streamed or
+    not; and the bound is tight (a hostile node is cut off within 1% past it)."""
+    from starlette.responses import JSONResponse
+
+    from coordinator.service import answer_bound
+    from node.app import sse
+    from opinfer import models
+
+    spec = models.get("smollm2-135m-instruct")
+    max_tokens, prompt, top = spec.extra["max_new_tokens"], 2038, 20
+    worst_id, worst_float = spec.vocab - 1, -2.2250738585072014e-308     # repr: 24 characters
+    pairs = [[worst_id, worst_float]] * top
+    events = [{"type": "token", "index": i, "id": worst_id, "logprob": worst_float, "top": pairs}
+              for i in range(max_tokens)]
+    signed = {"job_id": "0x" + "ab" * 16, "model_id": 2**32, "node": "0x" + "cd" * 20,
+              "input_root": "0x" + "ef" * 32, "output_root": "0x" + "ef" * 32, "signature": "0x" + "12" * 65,
+              "engine_ms": 123456789.123,
+              "output": {"ids": [worst_id] * max_tokens, "finish_reason": "length",
+                         "logprobs": [{"id": worst_id, "logprob": worst_float, "top": pairs}] * max_tokens,
+                         "prompt_logprobs": [None] + [worst_float] * (prompt - 1)}}
+    stream = sum(len(sse(e)) for e in events) + len(sse({"type": "done", **signed}))
+    plain = len(JSONResponse(signed).body)
+    base = 4096                                    # room for everything that does not grow with the job
+    bound = answer_bound(base, max_tokens, prompt, spec.vocab, top, True)
+    assert plain < stream <= bound <= stream + base + stream // 100     # tight: within 1%
+    assert stream > 20 * 256 * 1024                # the fixed bound of old would cut an honest answer off
+    # without logprobs, and with top 0, the same holds
+    for k in (None, 0):
+        events = [{"type": "token", "index": i, "id": worst_id, "logprob": None if k is None else worst_float,
+                   "top": None if k is None else []} for i in range(max_tokens)]
+        out = {"ids": [worst_id] * max_tokens, "finish_reason": "length"}
+        if k is not None:
+            out["logprobs"] = [{"id": worst_id, "logprob": worst_float, "top": []}] * max_tokens
+        stream = sum(len(sse(e)) for e in events) + len(sse({"type": "done", **signed, "output": out}))
+        assert stream <= answer_bound(base, max_tokens, 0, spec.vocab, k, False) <= stream + base + stream // 100

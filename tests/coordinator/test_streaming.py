@@ -354,3 +354,36 @@ def test_a_node_streaming_other_tokens_than_it_signs_ends_the_stream_in_an_error
     assert error["code"] == "stream_failed" and "discard" in error["message"]
     with coord.c.sessions() as s:   # the tokens sent cannot be taken back: no leaf is served for them
         assert s.scalars(select(m.Leaf).where(m.Leaf.job_id == job_id[2:])).all() == []
+
+
+def test_top_logprobs_20_fit_the_answer_bound_derived_from_the_request(net, tmp_path):
+    """A node's answer grows with max_tokens x top_logprobs (issue 18: 4,095 tokens with top 20 is
+    ~6 MB, past the 256 KiB bound of old). Here the base bound is lowered to 2 KiB, which a short
+    job with 20 alternatives per token already passes ~5 times: streamed, plain and echo-scored it
+    is answered, because the bound per job is derived from the request (service.answer_bound;
+    tests/coordinator/test_coordinator_logic.py proves it covers the longest honest answer)."""
+    run = run_coordinator(net, tmp_path / "c.db", max_node_answer_bytes=2048)
+    try:
+        body = {"model": SMOL, "messages": ASK, "max_tokens": 12, "temperature": 0, "logprobs": True,
+                "top_logprobs": 20, "opinfer": {"cache": False}}
+        plain = httpx.post(f"{run.url}/v1/chat/completions", json=body, timeout=120)
+        assert plain.status_code == 200, plain.text
+        content = plain.json()["choices"][0]["logprobs"]["content"]
+        assert len(content) >= 4          # (the end-of-turn token is not shown)
+        assert all(len(t["top_logprobs"]) == 20 for t in content)
+        assert len(json.dumps(content)) > 5 * 2048
+        with httpx.stream("POST", f"{run.url}/v1/chat/completions", json={**body, "stream": True}, timeout=120) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data:")]
+        assert lines[-1] == "data: [DONE]"
+        chunks = [json.loads(x[5:]) for x in lines[:-1]]
+        streamed = [t for c in chunks if c["choices"] and c["choices"][0]["logprobs"]
+                    for t in c["choices"][0]["logprobs"]["content"]]
+        assert streamed == content
+        echo = httpx.post(f"{run.url}/v1/completions", timeout=120,
+                          json={"model": SMOL, "prompt": "The capital of France is", "max_tokens": 8,
+                                "temperature": 0, "echo": True, "logprobs": 20, "opinfer": {"cache": False}})
+        assert echo.status_code == 200, echo.text
+        generated = echo.json()["usage"]["completion_tokens"]
+        assert all(len(t) == 20 for t in echo.json()["choices"][0]["logprobs"]["top_logprobs"][-generated:])
+    finally:
+        run.stop()

@@ -387,3 +387,116 @@ def test_top_logprobs_20_fit_the_answer_bound_derived_from_the_request(net, tmp_
         assert all(len(t) == 20 for t in echo.json()["choices"][0]["logprobs"]["top_logprobs"][-generated:])
     finally:
         run.stop()
+
+
+class LyingProxy:
+    """A node that lies consistently: forwards to a real node, then changes the first generated
+    token of its answer (streamed events and signed output alike), recomputes the output root and
+    signs that leaf with the node's own key: a valid, signed, wrong answer, which only a vote (or a
+    challenger) can catch. `streamed`: lie on streamed requests (else on plain ones), the first
+    `times` of them."""
+
+    def __init__(self, target: str, key: str, net, streamed: bool, times: list):
+        from eth_account import Account
+
+        from opinfer import models
+        from opinfer.trace.leaf import ResultLeaf
+        from opinfer.trace.outputs import generation_output, tensor_root
+
+        self.target, self.lied = target, 0
+        vocab = models.get(SMOL).vocab
+        app = FastAPI()
+
+        def lie(answer: dict, data: bytes) -> dict:
+            job = JobInput.from_bytes(data)
+            ids = list(answer["output"]["ids"])
+            ids[0] = (ids[0] + 1) % vocab
+            root = tensor_root(generation_output(ids, answer["output"]["finish_reason"], job.max_tokens))
+            leaf = ResultLeaf(bytes.fromhex(answer["job_id"][2:]), answer["model_id"],
+                              bytes.fromhex(answer["input_root"][2:]), root, Account.from_key(key).address,
+                              data).signed(key, net.deployment.chain_id, net.addresses["ResultRollup"])
+            self.lied += 1
+            return {**answer, "output": {**answer["output"], "ids": ids}, "output_root": "0x" + root.hex(),
+                    "signature": "0x" + leaf.signature.hex()}
+
+        @app.post("/v1/execute")
+        async def execute(request: Request):
+            body = await request.body()
+            request_json = json.loads(body)
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+            async with httpx.AsyncClient(timeout=120) as client:
+                resp = await client.post(self.target + "/v1/execute", content=body, headers=headers)
+            lying = bool(request_json.get("stream")) == streamed and bool(times) and times.pop()
+            data = bytes.fromhex(request_json["input"][2:])
+            if not request_json.get("stream"):
+                answer = resp.json()
+                return lie(answer, data) if lying and resp.status_code == 200 else \
+                    Response(resp.content, status_code=resp.status_code, media_type="application/json")
+            events = [json.loads(line[5:]) for line in resp.text.splitlines() if line.startswith("data:")]
+            if lying:
+                done = lie(events[-1], data)
+                events = [{**e, "id": done["output"]["ids"][0]} if e["type"] == "token" and e["index"] == 0 else e
+                          for e in events[:-1]] + [done]
+            return StreamingResponse(each([f"data: {json.dumps(e)}\n\n" for e in events]),
+                                     media_type="text/event-stream")
+
+        self.server = ServerThread(app).start()
+
+
+def test_a_streamed_answer_that_loses_the_consensus_vote_ends_in_an_error_and_is_never_served(coord, net):
+    """issue 18: consensus 2 streams one node's tokens. When that node lies (a validly signed wrong
+    answer), the other node splits the vote 1:1, a third breaks it against the streamed answer, and the
+    stream ends with a `consensus_disagreed` error event: no final chunk, no `opinfer` leaf for the
+    losing answer. Its leaf is recorded as a dissent (agrees false), served to nobody, listed in
+    /v1/disagreements and posted with the others, so a challenger can prove it and slash the liar.
+    When a non-streamed node lies instead, the streamed tokens are the winner's and the stream ends
+    normally with the 2-of-3 vote."""
+    from eth_account import Account
+
+    pool = coord.c.pool
+    saved = {a: n.endpoint for a, n in pool.nodes.items()}
+    keys = {Account.from_key(k).address.lower(): k for k in net.node_keys}
+    body = {"model": SMOL, "messages": ASK, "max_tokens": 4, "temperature": 0, "stream": True,
+            "opinfer": {"cache": False, "consensus": 2}}
+    honest = httpx.post(f"{coord.url}/v1/chat/completions", timeout=120,
+                        json={**body, "stream": False, "opinfer": {"cache": False}}).json()
+    runs = {}
+    for streamed in (True, False):
+        times = [True]
+        proxies = {a: LyingProxy(n.endpoint, keys[a.lower()], net, streamed, times) for a, n in pool.nodes.items()}
+        try:
+            for a, n in pool.nodes.items():
+                n.endpoint = proxies[a].server.url
+            with httpx.stream("POST", f"{coord.url}/v1/chat/completions", json=body, timeout=120) as r:
+                lines = [line for line in r.iter_lines() if line.startswith("data:")]
+                runs[streamed] = (r.headers["x-opinfer-job-id"], lines)
+        finally:
+            for a, n in pool.nodes.items():
+                n.endpoint = saved[a]
+            for p in proxies.values():
+                p.server.stop()
+        assert sum(p.lied for p in proxies.values()) == 1
+    job_id, lines = runs[True]
+    error = json.loads(lines[-1][5:])["error"]
+    assert error["code"] == "consensus_disagreed" and "lost the vote" in error["message"]
+    chunks = [json.loads(x[5:]) for x in lines[:-1]]
+    assert not any(c["choices"][0]["finish_reason"] for c in chunks)                 # no final chunk
+    assert not any("signature" in c.get("opinfer", {}) for c in chunks)              # no leaf served
+    job = httpx.get(f"{coord.url}/v1/jobs/{job_id}").json()
+    dissent = [leaf for leaf in job["leaves"] if not leaf["agrees"]]
+    assert len(job["leaves"]) == 3 and len(dissent) == 1
+    assert job["output_root"] == honest["choices"][0]["opinfer"]["output_root"] != dissent[0]["output_root"]
+    listed = httpx.get(f"{coord.url}/v1/disagreements").json()["data"]
+    assert "0x" + job_id[2:] in [d["job_id"] for d in listed]
+    coord.c.post_batches()
+    with coord.c.sessions() as s:    # every execution is posted: the liar's leaf can be challenged
+        assert all(leaf.batch_pk is not None for leaf in s.scalars(select(m.Leaf).where(m.Leaf.job_id == job_id[2:])))
+
+    job_id, lines = runs[False]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(x[5:]) for x in lines[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == honest["choices"][0]["message"]["content"]
+    final = chunks[-1]["opinfer"]
+    assert final["consensus"] == {"k": 3, "agreed": 2}
+    assert final["output_root"] == honest["choices"][0]["opinfer"]["output_root"]

@@ -30,7 +30,8 @@ from opinfer.sdk.cache import TTLCache, cacheable, request_key
 from opinfer.sdk.network import Network, resolve
 from opinfer.sdk.objects import Obj, job_id_of, wrap
 from opinfer.sdk.retry import Retrier, RetryPolicy
-from opinfer.sdk.verify import ChainReader, VerificationReport, check_job, check_request, verify_on_chain
+from opinfer.sdk.verify import (ChainReader, VerificationReport, check_job, check_request, echoed_prompt,
+                                verify_on_chain)
 
 TERMINAL = ("final", "invalid", "rejected")
 MAX_REMEMBERED_REQUESTS = 10_000
@@ -56,7 +57,7 @@ class Client:
         self.cache = TTLCache(cache_ttl_s, cache_stale_s)
         self.allow_stale = allow_stale
         self._chain: ChainReader | None = None
-        self._decode = None
+        self._decoders: dict[str, object] = {}     # model name -> decode(ids), loaded on first use
         # job id -> (request body, item index): what this client asked for each job it got back
         self._requests: OrderedDict[str, tuple[dict, int]] = OrderedDict()
         self.chat = _Chat(self)
@@ -215,12 +216,18 @@ class Client:
             chain = self.chain()
             sent, sent_index = (request, index) if request is not None else \
                 self._requests.get(str(job_id).lower(), (None, 0))
+            model = (sent or {}).get("model") or job.get("model")
+            decode = self._decoder(model) if check_text and answer and answer.get("kind") == "chat" else None
             if answer and (sent or {}).get("echo"):
-                answer = {**answer, "content": None}   # the echoed prompt is not the job's output
-            decode = self._decoder() if check_text and answer and answer.get("kind") == "chat" else None
+                # the text is the echoed prompt, then the job's output: both are compared
+                try:
+                    answer = {**answer, "echo": echoed_prompt(sent, sent_index, decode)} if decode else \
+                        {**answer, "content": None}
+                except (KeyError, IndexError, TypeError, ValueError):
+                    answer = {**answer, "echo": ""}   # a request that names no such prompt: the text cannot match
             report = check_job(job, self.network.chain_id, self.network.rollup, answer, decode=decode)
             check_request(report, job, sent, sent_index)
-            verify_on_chain(report, job, chain, model=(sent or {}).get("model") or job.get("model"))
+            verify_on_chain(report, job, chain, model=model)
             if report.status == "invalid":
                 report.add("leaf status on-chain", False, "invalid: fraud was proven against this result")
             elif require_final:
@@ -228,16 +235,18 @@ class Client:
             report.raise_if_failed()
         return report
 
-    def _decoder(self):
-        if self._decode is None:
+    def _decoder(self, model: str):
+        """decode(ids) with the tokenizer of `model` (the requested model's: its text is
+        compared); None when this library does not know the model (the text is not compared)."""
+        if model not in self._decoders:
             try:
                 from opinfer import models
 
-                tok = models.by_kind(models.CHAT)[0].tokenizer()
-                self._decode = lambda ids: tok.decode(list(ids), skip_special_tokens=True)
+                tok = models.get(model).tokenizer()
+                self._decoders[model] = lambda ids: tok.decode(list(ids), skip_special_tokens=True)
             except Exception:  # noqa: BLE001 - without a tokenizer the text is not compared
-                self._decode = False
-        return self._decode or None
+                self._decoders[model] = None
+        return self._decoders[model]
 
 
 def _mark(data: dict, cached: bool = False, stale: bool = False) -> Obj:

@@ -136,12 +136,24 @@ def shown_text_ids(ids: list[int], finish_reason: str, stop_sequences) -> list[i
     return shown
 
 
+def echoed_prompt(request: dict, index: int, decode) -> str:
+    """The prompt a text completion with `echo` shows before its answer, as the
+    coordinator writes it: a text prompt as sent, a prompt of token ids decoded
+    (choice `index` of n per prompt)."""
+    prompts = request["prompt"]
+    if not (isinstance(prompts, list) and prompts and not isinstance(prompts[0], int)):
+        prompts = [prompts]
+    prompt = prompts[index // int(request.get("n") or 1)]
+    return prompt if isinstance(prompt, str) else decode([int(t) for t in prompt])
+
+
 def check_job(job: dict, chain_id: int, rollup: str, answer: dict | None = None,
               report: VerificationReport | None = None, decode=None) -> VerificationReport:
     """Local checks of a job record (GET /v1/jobs/{id}) and, when given, the
     answer the caller received for it: {"kind": "embedding", "embedding": [...]}
-    or {"kind": "chat", "content": str, "finish_reason": str}. `decode(ids)`
-    (a tokenizer) lets the chat text itself be compared."""
+    or {"kind": "chat", "content": str, "finish_reason": str} (a text completion
+    with echo: "echo", the prompt text the content must start with, echoed_prompt).
+    `decode(ids)` (a tokenizer) lets the chat text itself be compared."""
     from opinfer.semantics.jobinput import JobInput
     from opinfer.trace.leaf import ResultLeaf
     from opinfer.trace.outputs import input_root
@@ -170,9 +182,14 @@ def check_job(job: dict, chain_id: int, rollup: str, answer: dict | None = None,
             same = answer.get("finish_reason") in (None, result.get("finish_reason"))
             detail = "" if same else "finish reason differs"
             if same and decode is not None and answer.get("content") is not None:
-                text = decode(shown_text_ids(result["ids"], result["finish_reason"], job_input.stop_sequences))
+                # with echo the text is the prompt (as the request sent it: the job's tokens are
+                # bound to it by check_request) followed by the decoded committed ids
+                text = (answer.get("echo") or "") + decode(shown_text_ids(result["ids"], result["finish_reason"],
+                                                                         job_input.stop_sequences))
                 same = text == answer["content"]
-                detail = "" if same else "the text received is not the decoded committed ids"
+                detail = "" if same else ("the text received is not the echoed prompt and the decoded committed ids"
+                                          if answer.get("echo") is not None else
+                                          "the text received is not the decoded committed ids")
             report.add("answer is the job's result", same, detail or ("text compared" if decode else
                                                                         "finish reason compared (no tokenizer)"))
     try:
@@ -202,13 +219,15 @@ def check_job(job: dict, chain_id: int, rollup: str, answer: dict | None = None,
     return report
 
 
-def _tokenizer(kind: str):
-    """The tokenizer the coordinator applies to a request of this kind: the
-    copy shipped in the model's folder (tested equal to the model package's),
-    so a client needs no weights."""
+def _tokenizer(kind: str, model: str):
+    """The tokenizer the coordinator applies to a request for `model`: the copy
+    shipped in that model's folder (tested equal to the model package's), so a
+    client needs no weights. An embedding model's: its encode function."""
     from opinfer import models
 
-    spec = models.by_kind(kind)[0]
+    spec = models.get(model)
+    if spec.kind != (models.EMBEDDING if kind == models.EMBEDDING else models.CHAT):
+        raise ValueError(f"{model} is a {spec.kind} model: a {kind} request cannot run on it")
     return spec.encode if kind == models.EMBEDDING else spec.tokenizer()
 
 
@@ -220,7 +239,7 @@ def expected_job_input(kind: str, request: dict, job_input, index: int = 0, toke
     taken; every other field comes from the request alone."""
     from opinfer.semantics.jobinput import JobInput, chat_messages, chat_prompt_ids, chat_stop_sequences
 
-    tok = tokenizer if tokenizer is not None else _tokenizer("chat" if kind == "completion" else kind)
+    tok = tokenizer if tokenizer is not None else _tokenizer(kind, request.get("model", ""))
     if kind == "embedding":
         items = request["input"]
         if isinstance(items, str) or (isinstance(items, list) and items and isinstance(items[0], int)):

@@ -1,11 +1,14 @@
 """The OpenAI features clients rely on, through the official `openai` package
 against the devnet of processes: tokens streamed as generated (timestamps),
-n=2, logprobs, /v1/completions with echo; each answer verifiable."""
+n=2, logprobs, /v1/completions with echo and penalties; each answer verifiable
+(and a changed penalty or echoed text is not)."""
 
 import time
 
 import openai
 import pytest
+
+from opinfer.sdk.errors import VerificationError
 
 pytestmark = pytest.mark.e2e
 CHAT = "smollm2-135m-instruct"
@@ -51,8 +54,11 @@ def test_n2_logprobs_and_completions_echo(oa, client):
         assert choice.logprobs.content and all(t.logprob <= 0 and len(t.top_logprobs) == 2
                                                for t in choice.logprobs.content)
     text = "Paris is the capital of"
-    c = oa.completions.create(model=CHAT, prompt=text, max_tokens=3, temperature=0, echo=True, logprobs=1,
-                              extra_body=NO_CACHE)
+    # a penalised text completion (issue 18): penalties and logit_bias are part of the job input and of
+    # the program the one-step re-executes, so the SDK binds them to the request like any parameter
+    penalised = dict(max_tokens=3, temperature=0, echo=True, logprobs=1, presence_penalty=0.6,
+                     frequency_penalty=0.4, logit_bias={"28": -100, "3000": 5})
+    c = oa.completions.create(model=CHAT, prompt=text, **penalised, extra_body=NO_CACHE)
     assert c.choices[0].text.startswith(text)
     assert c.choices[0].logprobs.token_logprobs[0] is None and len(c.choices[0].logprobs.tokens) == \
         c.usage.prompt_tokens + c.usage.completion_tokens
@@ -64,5 +70,14 @@ def test_n2_logprobs_and_completions_echo(oa, client):
         client.jobs.wait_final(job_id, timeout=120, poll_s=0.5)
     assert client.verify(body, request=sent).final
     client.jobs.wait_final(c.model_extra["opinfer"]["job_id"], timeout=120, poll_s=0.5)
-    assert client.verify(c.model_dump(), request={"model": CHAT, "prompt": text, "max_tokens": 3, "temperature": 0,
-                                                  "echo": True, "logprobs": 1}).final
+    sent = {"model": CHAT, "prompt": text, **penalised}
+    assert client.verify(c.model_dump(), request=sent).final      # the echoed text and the answer compared
+    for changed in ({"presence_penalty": 0.5}, {"frequency_penalty": 0.0}, {"logit_bias": {"28": -100}}):
+        with pytest.raises(VerificationError) as err:
+            client.verify(c.model_dump(), request={**sent, **changed})
+        assert err.value.check == "job input is the request"
+    tampered = c.model_dump()
+    tampered["choices"][0]["text"] = "Rome" + tampered["choices"][0]["text"][len("Paris"):]
+    with pytest.raises(VerificationError) as err:
+        client.verify(tampered, request=sent)
+    assert err.value.check == "answer is the job's result"

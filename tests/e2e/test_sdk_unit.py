@@ -365,3 +365,50 @@ def test_chat_request_is_rebuilt_with_the_coordinators_encoding():
     free = {k: v for k, v in request.items() if k not in ("seed", "max_tokens")}
     assert bound(job_for(request, seed=123456, max_tokens=64), free).ok
     assert not bound({"kind": "embedding", "input": job_for(request)["input"]}, request).ok
+
+
+def test_verify_compares_an_echo_completions_whole_text():
+    """issue 18: a text completion with echo shows the prompt, then the answer. verify() compares
+    that whole text with the request's prompt and the decoded committed ids; a coordinator that
+    changes the echoed prompt or the answer's text is caught, whatever the finish reason says."""
+    from eth_account import Account
+
+    from opinfer import models
+    from opinfer.sdk.verify import expected_job_input
+    from opinfer.semantics.jobinput import JobInput
+    from opinfer.trace.leaf import ResultLeaf
+    from opinfer.trace.outputs import generation_output, input_root, tensor_root
+
+    smol = "smollm2-135m-instruct"
+    tok = models.get(smol).tokenizer()
+    prompt = "The capital of France is"
+    request = {"model": smol, "prompt": prompt, "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 1}
+    job_input = expected_job_input("completion", request, JobInput((1,), 3))
+    ids = tok.encode_ordinary(" Paris, the")[:3]
+    data = job_input.to_bytes()
+    leaf = ResultLeaf(b"\x07" * 16, 2, input_root(job_input), tensor_root(generation_output(ids, "length", 3)),
+                      Account.from_key(KEY).address, data).signed(KEY, 31337, ROLLUP)
+    job = {"id": "0x" + "07" * 16, "kind": "completion", "model": smol, "model_id": 2, "model_root": "0x" + "ab" * 32,
+           "input": "0x" + data.hex(), "result": {"ids": ids, "finish_reason": "length"}, "node": leaf.node,
+           "input_root": "0x" + leaf.input_root.hex(), "output_root": "0x" + leaf.output_root.hex(),
+           "signature": "0x" + leaf.signature.hex(), "leaf_hash": "0x" + leaf.hash.hex(), "batch_id": 1,
+           "leaf_index": 0, "proof": [], "status": "final"}
+    shown = {"text": prompt + tok.decode(ids)}
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/v1/completions":
+            info = {"job_id": job["id"], "status": "final"}
+            return httpx.Response(200, json={"object": "text_completion", "model": smol, "opinfer": info, "choices": [
+                {"index": 0, "text": shown["text"], "finish_reason": "length", "opinfer": info}]})
+        return httpx.Response(200, json=job)
+
+    client = Client(network="http://coordinator.test", rpc_url="http://rpc.test", chain_id=31337,
+                    rollup_address=ROLLUP, transport=httpx.MockTransport(handler), max_retries=1, cache_ttl_s=0)
+    client._chain = ChainView({smol: 2})
+    params = {k: v for k, v in request.items() if k not in ("model", "prompt")}
+    assert client.verify(client.completions.create(model=smol, prompt=prompt, **params)).final
+    for tampered in ("The capital of Spain is" + tok.decode(ids), prompt + " Rome, the"):
+        shown["text"] = tampered
+        with pytest.raises(errors.VerificationError) as err:
+            client.verify(client.completions.create(model=smol, prompt=prompt, **params))
+        assert err.value.check == "answer is the job's result" and "echoed prompt" in str(err.value)

@@ -43,8 +43,8 @@ def embed_jobs(n: int, tokens: int, rng) -> list[JobInput]:
             for _ in range(n)]
 
 
-def chat_jobs(n: int, prompt: int, max_tokens: int, rng) -> list[JobInput]:
-    return [JobInput(tuple(int(t) for t in rng.integers(0, 49152, size=prompt)), max_tokens=max_tokens)
+def chat_jobs(n: int, prompt: int, max_tokens: int, rng, vocab: int) -> list[JobInput]:
+    return [JobInput(tuple(int(t) for t in rng.integers(0, vocab, size=prompt)), max_tokens=max_tokens)
             for _ in range(n)]
 
 
@@ -60,7 +60,8 @@ def measure(args) -> dict:
     rng = np.random.default_rng(7)
     out = {}
     models = (("all-minilm-l6-v2", embed_jobs(args.embed_jobs, args.embed_tokens, rng)),
-              ("smollm2-135m-instruct", chat_jobs(args.chat_jobs, args.chat_prompt, args.chat_max_tokens, rng)))
+              ("smollm2-135m-instruct", chat_jobs(args.chat_jobs, args.chat_prompt, args.chat_max_tokens, rng,
+                                                        registry.get("smollm2-135m-instruct").vocab)))
     for name, jobs in models:
         engine = Engine(registry.get(name)).load()
         executor = ModelExecutor(registry.get(name), engine=engine.engine)  # one copy of the weights for both sides

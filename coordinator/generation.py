@@ -3,8 +3,8 @@
 One path for streamed and whole answers, so a stream's text is the plain
 answer's text byte for byte:
 
-- ids become bytes through the byte-level BPE table and text through an
-  incremental UTF-8 decoder (half of a character waits for its rest);
+- ids become bytes through the model tokenizer's table (token_bytes()) and
+  text through an incremental UTF-8 decoder (half of a character waits for its rest);
 - tokens that could still become a stop sequence are held back until they
   cannot (a client never sees a stop sequence that is later cut off);
   when the answer ends on a stop sequence, that sequence is dropped, the
@@ -20,29 +20,15 @@ import codecs
 import functools
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte <-> printable character map of byte-level BPE vocabularies."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 class TokenTable:
-    """Each token's bytes (special tokens: none, as decode(skip_special_tokens) shows them)."""
+    """Each token's bytes (special tokens: none, as decode(skip_special_tokens) shows them),
+    as the model's tokenizer gives them (`token_bytes()`: how a model spells bytes is a
+    fact of its tokenizer, opinfer/models/<model>/, e.g. byte-level BPE in opinfer/models/bytelevel.py)."""
 
     def __init__(self, tok):
-        decoder = {c: b for b, c in _bytes_to_unicode().items()}
         special = set(tok.special_ids)
         self.spelling = list(tok.tokens)
-        self.raw = [b"" if i in special else bytes(decoder.get(c, 0x3F) for c in piece)
-                    for i, piece in enumerate(tok.tokens)]
+        self.raw = list(tok.token_bytes())
         self.special = special
 
     def token(self, i: int) -> str:

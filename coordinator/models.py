@@ -28,7 +28,7 @@ class Job(Base):
     model_root: Mapped[bytes] = mapped_column(LargeBinary(32))
     input: Mapped[bytes] = mapped_column(LargeBinary)                # JobInput bytes, posted as calldata
     seed: Mapped[str] = mapped_column(String(20), default="0")       # up to 2^64 - 1
-    # engine output (ints) + finish reason. Deferred: an embedding is 384 ints,
+    # engine output (ints) + finish reason. Deferred: an embedding is a few hundred ints,
     # ~14 KB as Python objects, and the poster, the finalizer and proofs load jobs
     # by the hundred without needing it (loading it made the process grow).
     result: Mapped[dict] = mapped_column(JSON, deferred=True)

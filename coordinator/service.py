@@ -27,12 +27,20 @@ from coordinator.schemas import ChatRequest, CompletionRequest, EmbeddingRequest
 from coordinator.settings import Settings
 from opinfer import models
 from opinfer.errors import CommitmentError
-from opinfer.semantics.jobinput import JobInput, chat_prompt_ids
+from opinfer.semantics.jobinput import JobInput, chat_prompt_ids, chat_stop_sequences
 from opinfer.trace.leaf import Batch as LeafBatch
 from opinfer.trace.leaf import ResultLeaf
 from opinfer.trace.outputs import embedding_output, generation_output, input_root, tensor_root
 
-KINDS = {spec.name: spec.kind for spec in models.specs()}   # every model the library runs (opinfer/models)
+def kind_of(name: str) -> str | None:
+    """The model's kind when the library runs it (opinfer/models, looked up per call: a model
+    registered after import is served too), else None."""
+    try:
+        return models.get(name).kind
+    except models.UnknownModel:
+        return None
+
+
 PROOF_CACHE_LEAVES = 4096
 SERVABLE = (m.PENDING, m.POSTED, m.FINAL)   # a cached answer is served only while its leaf is on its way to final
 
@@ -188,54 +196,52 @@ class Catalog:
         self.models = {mi.name: mi for mi in self.chain.models()}
 
     def served(self) -> list[ModelInfo]:
-        return [mi for mi in self.models.values() if mi.active and mi.name in KINDS]
+        return [mi for mi in self.models.values() if mi.active and kind_of(mi.name)]
 
     def get(self, name: str, kind: str) -> ModelInfo:
         mi = self.models.get(name)
-        if mi is None or not mi.active or name not in KINDS:
+        known = kind_of(name)
+        if mi is None or not mi.active or known is None:
             raise ModelNotFound(f"The model `{name}` does not exist or is not served here", param="model")
-        if KINDS[name] != kind:
-            raise BadRequest(f"`{name}` is a {KINDS[name]} model, not a {kind} model", param="model",
+        if known != kind:
+            raise BadRequest(f"`{name}` is a {known} model, not a {kind} model", param="model",
                              code="wrong_model_kind")
         return mi
 
 
 class Tokenizers:
-    """Loaded on first use, from each model's spec: the coordinator tokenizes,
-    nodes only see token ids. `chat` and `embedding` are the library's chat
-    and embedding models' (one of each today)."""
+    """Each model's tokenizer, loaded on first use from its spec (the copy shipped
+    in its folder): the coordinator tokenizes, nodes only see token ids. Every
+    request is encoded and decoded with the tokenizer of the model it names."""
 
     def __init__(self):
         self._loaded: dict[str, object] = {}
+        self._max_token_bytes: dict[str, int] = {}
 
     def of(self, name: str):
         if name not in self._loaded:
             self._loaded[name] = models.get(name).tokenizer()
         return self._loaded[name]
 
-    @property
-    def chat(self):
-        return self.of(models.by_kind(models.CHAT)[0].name)
+    def embedding(self, text: str, model: str) -> list[int]:
+        return models.get(model).encode(text)
 
-    def embedding(self, text: str, model: str | None = None) -> list[int]:
-        return models.get(model or models.by_kind(models.EMBEDDING)[0].name).encode(text)
-
-    def chat_prompt(self, messages: list[tuple[str, str]]) -> list[int]:
-        """ChatML ids with message text encoded as plain text, so a message
-        cannot forge role markers by containing "<|im_end|>". The library's
+    def chat_prompt(self, model: str, messages: list[tuple[str, str]]) -> list[int]:
+        """The chat template's ids with message text encoded as plain text, so a
+        message cannot forge role markers by containing "<|im_end|>". The library's
         encoding, which the SDK applies to its own request to check the job."""
-        return chat_prompt_ids(self.chat, messages)
+        return chat_prompt_ids(self.of(model), messages)
 
-    @property
-    def chat_end(self) -> int:
-        return self.chat.token_to_id("<|im_end|>")
+    def chat_stops(self, model: str, stops: list[str]) -> list[tuple[int, ...]]:
+        """The end of turn first, then the request's stop strings as token sequences."""
+        return list(chat_stop_sequences(self.of(model), stops))
 
-    @functools.cached_property
-    def chat_max_token_bytes(self) -> int:
-        """The longest token's bytes (byte-level BPE: one vocabulary character per
-        byte): a text of b bytes is at least b / this many tokens, a bound that
-        rejects oversized prompts before tokenizing them."""
-        return max(len(t) for t in self.chat.vocab)
+    def max_token_bytes(self, model: str) -> int:
+        """The longest token's bytes: a text of b bytes is at least b / this many
+        tokens, a bound that rejects oversized prompts before tokenizing them."""
+        if model not in self._max_token_bytes:
+            self._max_token_bytes[model] = max(len(b) for b in self.of(model).token_bytes())
+        return self._max_token_bytes[model]
 
 
 class InferenceService:
@@ -316,7 +322,7 @@ class InferenceService:
         await self._fits(model.name, sum(len(text.encode()) for _, text in messages), max_tokens, "messages")
         stops = self._stops(req.stop)
         prompt, stop_sequences = await anyio.to_thread.run_sync(lambda: (
-            tok.chat_prompt(messages), [(tok.chat_end,)] + [tuple(tok.chat.encode_ordinary(s)) for s in stops]))
+            tok.chat_prompt(model.name, messages), tok.chat_stops(model.name, stops)))
         self._check_length(model.name, len(prompt), max_tokens, param, "messages")
         jobs = self._jobs(req, model, [prompt], stop_sequences, max_tokens, "messages")
         return self._plan(model, "chat", jobs, [prompt], stop_sequences, req, who,
@@ -344,21 +350,21 @@ class InferenceService:
         if len(prompts) * (req.n or 1) > self.settings.max_choices:
             raise BadRequest(f"{len(prompts)} prompts x n={req.n or 1} choices; the limit is "
                              f"{self.settings.max_choices} (max_choices)", param="prompt")
-        tok = self.tokenizers
         await self._fits(model.name, sum(len(p.encode()) for p in prompts if isinstance(p, str)), max_tokens, "prompt")
         stops = self._stops(req.stop)
-        vocab = await anyio.to_thread.run_sync(lambda: tok.chat.vocab_size)
+        vocab = models.get(model.name).vocab
 
         def encode():
+            tok = self.tokenizers.of(model.name)
             out = []
             for p in prompts:
                 if isinstance(p, str):
-                    out.append(tok.chat.encode_ordinary(p))
+                    out.append(tok.encode_ordinary(p))
                 elif all(0 <= t < vocab for t in p):
                     out.append([int(t) for t in p])
                 else:
                     raise BadRequest(f"token ids must be in [0, {vocab})", param="prompt")
-            return out, list(completion_stop_sequences(tok.chat, stops))
+            return out, list(completion_stop_sequences(tok, stops))
         ids, stop_sequences = await anyio.to_thread.run_sync(encode)
         for p in ids:
             if not p:
@@ -433,7 +439,7 @@ class InferenceService:
     async def _fits(self, model: str, size: int, max_tokens: int, param: str) -> None:
         """A text of `size` bytes that cannot fit whatever it tokenizes to is refused without tokenizing it."""
         limit = self._context_limit(model)
-        if size > (limit - max_tokens) * await anyio.to_thread.run_sync(lambda: self.tokenizers.chat_max_token_bytes):
+        if size > (limit - max_tokens) * await anyio.to_thread.run_sync(self.tokenizers.max_token_bytes, model):
             raise BadRequest(f"{param} ({size} bytes) exceed the context limit of {limit} tokens "
                              f"with max_tokens {max_tokens}", param=param, code="context_length_exceeded")
 
@@ -877,6 +883,6 @@ def _columns(row, model) -> dict:
     return {c.key: getattr(row, c.key) for c in model.__table__.columns}
 
 
-def embedding_floats(vector: list[int], model: str | None = None) -> np.ndarray:
+def embedding_floats(vector: list[int], model: str) -> np.ndarray:
     """The API's floats of an integer embedding (the model's own scale)."""
-    return models.get(model or models.by_kind(models.EMBEDDING)[0].name).to_float(vector)
+    return models.get(model).to_float(vector)

@@ -156,7 +156,8 @@ class Explorer:
         if out.get("kind") != "embedding" and result.get("ids"):
             # People read the answer, not its token ids; the ids stay in `result` for checking.
             try:
-                out["text"] = self.c.service.tokenizers.chat.decode(list(result["ids"]), skip_special_tokens=True)
+                out["text"] = self.c.service.tokenizers.of(out["model"]).decode(list(result["ids"]),
+                                                                         skip_special_tokens=True)
             except Exception:  # noqa: BLE001 - a display nicety must never break the view
                 out["text"] = None
         out["games"] = []

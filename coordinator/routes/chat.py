@@ -26,7 +26,7 @@ class ChatRender:
 
     def __init__(self, svc, plan: GenPlan, req: ChatRequest, completion_id: str, created: int, job_ids: list[str]):
         self.plan, self.req = plan, req
-        self.table = table_for(svc.tokenizers.chat)
+        self.table = table_for(svc.tokenizers.of(plan.model.name))
         self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": req.model,
                      "system_fingerprint": fingerprint(plan)}
         self.include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -82,7 +82,7 @@ class ChatRender:
 
 
 def whole(svc, plan: GenPlan, g: Generated) -> tuple[str, list]:
-    text = TextStream(table_for(svc.tokenizers.chat), plan.stops)
+    text = TextStream(table_for(svc.tokenizers.of(plan.model.name)), plan.stops)
     table = text.table
     pieces = []
     for i, t in enumerate(g.ids):

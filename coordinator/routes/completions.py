@@ -25,14 +25,15 @@ def prompt_text(svc, req: CompletionRequest, plan: GenPlan, p: int) -> str:
     prompts = req.prompt if isinstance(req.prompt, list) and req.prompt and not isinstance(req.prompt[0], int) \
         else [req.prompt]
     item = prompts[p]
-    return item if isinstance(item, str) else svc.tokenizers.chat.decode(plan.prompts[p], skip_special_tokens=True)
+    return item if isinstance(item, str) else \
+        svc.tokenizers.of(plan.model.name).decode(plan.prompts[p], skip_special_tokens=True)
 
 
 class CompletionRender:
     def __init__(self, svc, plan: GenPlan, req: CompletionRequest, completion_id: str, created: int,
                  job_ids: list[str]):
         self.svc, self.plan, self.req = svc, plan, req
-        self.table = table_for(svc.tokenizers.chat)
+        self.table = table_for(svc.tokenizers.of(plan.model.name))
         self.base = {"id": completion_id, "object": "text_completion", "created": created, "model": req.model,
                      "system_fingerprint": fingerprint(plan)}
         self.include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -90,7 +91,7 @@ class CompletionRender:
 
 
 def whole(svc, req: CompletionRequest, plan: GenPlan, index: int, g: Generated) -> dict:
-    table = table_for(svc.tokenizers.chat)
+    table = table_for(svc.tokenizers.of(plan.model.name))
     text = TextStream(table, plan.stops)
     pieces = []
     for i, t in enumerate(g.ids):

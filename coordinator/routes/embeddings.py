@@ -15,7 +15,7 @@ router = APIRouter()
 
 class FloatsResponse(JSONResponse):
     """JSON rendered by orjson: the same text for Python floats as the json
-    module (shortest round-trip form), about ten times faster on a 384-float
+    module (shortest round-trip form), about ten times faster on an embedding's
     vector, which is most of this response."""
 
     def render(self, content) -> bytes:

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends
 
 from coordinator.deps import coordinator, principal
 from coordinator.errors import ModelNotFound
-from coordinator.service import KINDS
+from coordinator.service import kind_of
 from opinfer import models
 
 router = APIRouter()
@@ -25,10 +25,10 @@ def describe(c, mi) -> dict:
            # the names vLLM, OpenRouter and LiteLLM read
            "context_length": context_length(c, mi), "max_model_len": context_length(c, mi),
            "pricing": {"unit": "wei per 1,000 tokens (prompt + completion)", "prompt": price, "completion": price},
-           "opinfer": {"model_id": mi.id, "model_root": "0x" + mi.model_root.hex(), "kind": KINDS[mi.name],
+           "opinfer": {"model_id": mi.id, "model_root": "0x" + mi.model_root.hex(), "kind": kind_of(mi.name),
                         "num_ops": mi.num_ops, "price_per_1k_tokens_wei": str(mi.price_per_1k),
                         "nodes": len(c.pool.serving(mi.id))}}
-    if KINDS[mi.name] == "chat":
+    if kind_of(mi.name) == "chat":
         temperature, top_p = sampling_defaults(mi.name)
         out["max_completion_tokens"] = c.service._max_new(mi.name)      # the spec's, or the operator's lower one
         out["sampling_defaults"] = {"temperature": temperature, "top_p": top_p}

@@ -152,8 +152,8 @@ class JobInput:
 # ---------------------------------------------------------------- requests -> job inputs
 # One encoding of an OpenAI-style request into a job input, used by the
 # coordinator (to build the job) and by the SDK (to check that the job it is
-# shown is the request it sent). `tok` is the chat model's tokenizer
-# (opinfer.models.smollm2.tokenizer); nothing here imports it.
+# shown is the request it sent). `tok` is the requested chat model's tokenizer
+# (its spec's tokenizer(), e.g. opinfer.models.smollm2.tokenizer); nothing here imports one.
 
 def chat_messages(messages) -> list[tuple[str, str]]:
     """(role, text) pairs from OpenAI messages (dicts or objects with role and
@@ -176,7 +176,11 @@ def chat_messages(messages) -> list[tuple[str, str]]:
 def chat_prompt_ids(tok, messages: list[tuple[str, str]]) -> list[int]:
     """ChatML ids with message text encoded as plain text, so a message
     cannot forge role markers by containing "<|im_end|>"; a default system
-    message first when the caller gave none."""
+    message first when the caller gave none. A model whose chat template is
+    not ChatML gives its own encoding: its tokenizer's `chat_prompt_ids(messages)`
+    (the same rule: message text as plain text), and `end_of_turn_id`."""
+    if hasattr(tok, "chat_prompt_ids"):
+        return [int(t) for t in tok.chat_prompt_ids(messages)]
     start, end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
     if not messages or messages[0][0] != "system":
         messages = [("system", tok.default_system_prompt)] + list(messages)
@@ -189,7 +193,9 @@ def chat_prompt_ids(tok, messages: list[tuple[str, str]]) -> list[int]:
 def chat_stop_sequences(tok, stops) -> tuple[tuple[int, ...], ...]:
     """The end-of-turn token, then each stop string's ids."""
     stops = stops if isinstance(stops, list) else ([stops] if stops else [])
-    return ((tok.token_to_id("<|im_end|>"),),) + tuple(tuple(tok.encode_ordinary(s)) for s in stops)
+    end = getattr(tok, "end_of_turn_id", None)
+    end = tok.token_to_id("<|im_end|>") if end is None else end
+    return ((end,),) + tuple(tuple(tok.encode_ordinary(s)) for s in stops)
 
 
 def completion_stop_sequences(tok, stops) -> tuple[tuple[int, ...], ...]:

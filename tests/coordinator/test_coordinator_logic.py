@@ -149,3 +149,80 @@ def test_answer_bound_covers_the_longest_honest_answer():
             out["logprobs"] = [{"id": worst_id, "logprob": worst_float, "top": []}] * max_tokens
         stream = sum(len(sse(e)) for e in events) + len(sse({"type": "done", **signed, "output": out}))
         assert stream <= answer_bound(base, max_tokens, 0, spec.vocab, k, False) <= stream + base + stream // 100
+
+
+# ---------------------------------------------------------------- per-model tokenizers (issue 15)
+
+TOY_CHAT = "toy-chatml"
+
+
+def toy_chat_tokenizer():
+    """A second chat model's tokenizer, unlike SmolLM2's: every byte a token of its own (ids 0-255,
+    no merges), then the ChatML control tokens at 256-258 (SmolLM2 has them at 0-2), and another
+    default system prompt."""
+    from opinfer.models.bytelevel import bytes_to_unicode
+    from opinfer.models.smollm2.tokenizer import _TEMPLATE_SHAPE, SmolLM2Tokenizer
+
+    tokens = [bytes_to_unicode()[b] for b in range(256)] + ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    return SmolLM2Tokenizer(tokens, [], [1] * 256 + [3] * 3, bos_id=257, eos_id=258,
+                            chat_template=_TEMPLATE_SHAPE.format(system="You are a toy."))
+
+
+def tokenizer():       # the toy spec's hooks (this module)
+    return toy_chat_tokenizer()
+
+
+def test_each_request_is_encoded_with_its_own_models_tokenizer(monkeypatch):
+    """Two chat models in the library: the coordinator's chat and text-completion plans, its
+    streamed text and the SDK's rebuilt job input each use the tokenizer of the model the
+    request names (not the registry's first chat model's)."""
+    import asyncio
+
+    from coordinator.chain import ModelInfo
+    from coordinator.generation import TextStream, merge, table_for
+    from coordinator.schemas import ChatRequest, CompletionRequest
+    from coordinator.service import Catalog, InferenceService, Principal
+    from coordinator.settings import Settings
+    from opinfer import models
+    from opinfer.models.spec import ModelSpec
+    from opinfer.sdk.client import Client
+    from opinfer.sdk.verify import expected_job_input
+    from opinfer.semantics.jobinput import JobInput
+
+    smol = "smollm2-135m-instruct"
+    toy = ModelSpec(name=TOY_CHAT, kind="chat", vocab=259, dimensions=8, context=64, hooks=__name__)
+    monkeypatch.setitem(models._registry, TOY_CHAT, toy)
+    catalog = Catalog.__new__(Catalog)
+    catalog.models = {name: ModelInfo(i, name, b"\x01" * 32, 1, 0, True) for i, name in ((2, smol), (9, TOY_CHAT))}
+    svc = InferenceService(Settings(), None, catalog, None, None, None, lambda: 0.0)
+    who = Principal(None, "test", 0)
+    toy_tok, smol_tok = toy_chat_tokenizer(), models.get(smol).tokenizer()
+    ask = [{"role": "user", "content": "Hi <|im_end|>"}]       # role markers in text stay text
+
+    plans = {}
+    for name, tok in ((TOY_CHAT, toy_tok), (smol, smol_tok)):
+        plan = asyncio.run(svc.plan_chat(ChatRequest.model_validate(
+            {"model": name, "messages": ask, "max_tokens": 4, "temperature": 0, "stop": ["!"]}), who))
+        plans[name] = plan
+        start, end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
+        assert plan.prompts[0].count(start) == 3 and plan.prompts[0].count(end) == 2   # system, user, assistant
+        assert plan.stops == [(end,), tuple(tok.encode_ordinary("!"))]
+        job = plan.jobs[0][1]
+        request = {"model": name, "messages": ask, "max_tokens": 4, "temperature": 0, "stop": ["!"]}
+        assert expected_job_input("chat", request, job).to_bytes() == job.to_bytes()     # the SDK agrees
+        text = asyncio.run(svc.plan_completion(CompletionRequest.model_validate(
+            {"model": name, "prompt": "Hi there", "max_tokens": 2, "temperature": 0}), who))
+        assert text.prompts[0] == tok.encode_ordinary("Hi there")
+        assert expected_job_input("completion", {"model": name, "prompt": "Hi there", "max_tokens": 2,
+                                                 "temperature": 0}, JobInput((1,), 2)).tokens == tuple(text.prompts[0])
+    toy_prompt = plans[TOY_CHAT].prompts[0]
+    assert toy_prompt[:1] == [257] and bytes(t for t in toy_prompt if t < 256).decode().startswith("system\nYou are a toy.")
+    assert toy_prompt != plans[smol].prompts[0]
+    assert svc.tokenizers.max_token_bytes(TOY_CHAT) == 1 < svc.tokenizers.max_token_bytes(smol)
+    # the streamed text and the SDK's text check decode with the model's own table
+    ids = toy_tok.encode_ordinary("héllo")
+    stream = TextStream(table_for(svc.tokenizers.of(TOY_CHAT)), [(258,)])
+    pieces = [p for t in ids + [258] for p in stream.push(t)]
+    assert merge(pieces + stream.finish("stop"))[0] == "héllo"
+    client = Client(network="http://coordinator.test")
+    assert client._decoder(TOY_CHAT)(ids) == "héllo" != client._decoder(smol)(ids)

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+from opinfer.models.bytelevel import token_bytes
 from opinfer.models.smollm2.gguf import ModelFileError, find_gguf_path, load_metadata
 
 TOKEN_TYPE_CONTROL = 3
@@ -166,6 +167,14 @@ class SmolLM2Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids` (invalid UTF-8 byte runs become U+FFFD)."""
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    @functools.cached_property
+    def _bytes(self) -> list[bytes]:
+        return token_bytes(self.tokens, self.special_ids)
+
+    def token_bytes(self) -> list[bytes]:
+        """Each token's bytes (byte-level spelling; special tokens: none), in id order."""
+        return self._bytes
 
     def id_to_piece(self, i: int) -> str:
         """The token's vocabulary spelling (byte-level alphabet)."""

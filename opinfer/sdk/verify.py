@@ -239,14 +239,18 @@ def expected_job_input(kind: str, request: dict, job_input, index: int = 0, toke
     taken; every other field comes from the request alone."""
     from opinfer.semantics.jobinput import JobInput, chat_messages, chat_prompt_ids, chat_stop_sequences
 
-    tok = tokenizer if tokenizer is not None else _tokenizer(kind, request.get("model", ""))
+    def tokenizer_of_request():
+        return tokenizer if tokenizer is not None else _tokenizer(kind, request.get("model", ""))
+
     if kind == "embedding":
         items = request["input"]
         if isinstance(items, str) or (isinstance(items, list) and items and isinstance(items[0], int)):
             items = [items]
         item = items[index]
-        tokens = [int(t) for t in (tok(item) if isinstance(item, str) else item)]
+        # token ids need no tokenizer (nor a model this library knows: the chain check names the model)
+        tokens = [int(t) for t in (tokenizer_of_request()(item) if isinstance(item, str) else item)]
         return JobInput(tuple(tokens))
+    tok = tokenizer_of_request()
     from opinfer.engine.sampling import from_openai
     from opinfer.models import sampling_defaults
     from opinfer.semantics.jobinput import choice_seed, completion_stop_sequences

@@ -42,8 +42,9 @@ assert main(["chat", "hi", "--network", "http://127.0.0.1:9", "--no-stream"]) ==
 assert main(["verify", "/nonexistent.json", "--network", "http://127.0.0.1:9"]) == 2
 # verify's own work: rebuild job inputs from requests (tokenizers, chat template), the chain reader's ABIs
 job = JobInput((1, 2, 3), 8, 0, 65536, 0, ((2,),))
-verify.expected_job_input("chat", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}, job)
-verify.expected_job_input("embedding", {"input": "hello"}, JobInput((101, 7592, 102)))
+verify.expected_job_input("chat", {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}],
+                                   "max_tokens": 8}, job)
+verify.expected_job_input("embedding", {"model": "all-minilm-l6-v2", "input": "hello"}, JobInput((101, 7592, 102)))
 from opinfer.chain import artifacts, reorg
 from opinfer.trace import leaf, outputs
 from web3 import Web3

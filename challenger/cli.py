@@ -11,7 +11,7 @@ from web3 import HTTPProvider, Web3
 
 from challenger import logs
 from challenger.chain import Chain
-from challenger.executors import Executor, default_executors
+from challenger.executors import Executor, program_executors
 from challenger.metrics import Metrics, MetricsServer
 from challenger.sampler import Sampler
 from challenger.service import Challenger
@@ -36,6 +36,10 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--workers", type=int, help="threads for re-checks and dispute traces (default 2)")
     run.add_argument("--recheck-budget", type=int,
                      help="leaves of a caught node re-executed beyond the sample, per open window (default 256)")
+    run.add_argument("--program", dest="program_files", action="append", default=[], metavar="FILE",
+                     help="built program file to re-execute with (`opinfer model build`; repeatable)")
+    run.add_argument("--programs-dir", help="where to look for program files <name>-<root8>.npz "
+                                            "(default $OPINFER_PROGRAMS_DIR or ~/.opinfer/programs)")
     run.add_argument("--log-level", help="debug, info, warning, error (default info)")
     run.add_argument("--once", action="store_true", help="one pass (scan, dispute, move, claim), then exit")
 
@@ -44,10 +48,12 @@ def build(settings: Settings, executors: dict[str, Executor] | None = None, metr
           log=None) -> Challenger:
     w3 = Web3(HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 30}))
     chain = Chain(w3, TxSender(w3, settings.private_key), settings.rollup)
-    return Challenger(chain, Store(settings.state_path),
-                      default_executors() if executors is None else executors,
-                      Sampler(settings.secret_bytes(), settings.sample_rate), metrics or Metrics(),
-                      log or logs.setup(settings.log_level),
+    log = log or logs.setup(settings.log_level)
+    if executors is None:
+        executors = program_executors(_registered(chain), [p for p in settings.programs.split(",") if p.strip()],
+                                      settings.programs_dir or None, lambda msg: logs.event(log, msg))
+    return Challenger(chain, Store(settings.state_path), executors,
+                      Sampler(settings.secret_bytes(), settings.sample_rate), metrics or Metrics(), log,
                       confirmations=resolve_confirmations(settings.confirmations, w3.eth.chain_id),
                       start_block=settings.start_block, log_span=settings.log_span,
                       bond_top_up=settings.bond_top_up, workers=settings.workers,
@@ -55,10 +61,20 @@ def build(settings: Settings, executors: dict[str, Executor] | None = None, metr
                       max_reorg_depth=settings.max_reorg_depth)
 
 
+def _registered(chain: Chain) -> dict[str, bytes]:
+    """name -> model_root of every model in the registry (what program files must hold)."""
+    f = chain.registry.functions
+    return {f.model_name(i).call(): bytes(f.get_model(i).call()[0]) for i in range(1, f.model_count().call() + 1)}
+
+
 def main(args: argparse.Namespace, executors: dict[str, Executor] | None = None) -> int:
     keys = ("rpc_url", "private_key", "rollup", "sample_rate", "confirmations", "state_path", "start_block",
-            "poll_interval", "metrics_port", "metrics_host", "bond_top_up", "workers", "recheck_budget", "log_level")
-    settings = Settings.load({k: getattr(args, k, None) for k in keys})
+            "poll_interval", "metrics_port", "metrics_host", "bond_top_up", "workers", "recheck_budget", "log_level",
+            "programs_dir")
+    overrides = {k: getattr(args, k, None) for k in keys}
+    if getattr(args, "program_files", None):
+        overrides["programs"] = ",".join(args.program_files)
+    settings = Settings.load(overrides)
     metrics = Metrics()
     challenger = build(settings, executors, metrics)
     server = None

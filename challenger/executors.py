@@ -85,3 +85,40 @@ class ProgramExecutor:
 def default_executors() -> dict[str, Executor]:
     """An executor per registered model (each builds its engine on first use)."""
     return {spec.name: ModelExecutor(spec) for spec in models.specs()}
+
+
+def program_executors(registered: dict[str, bytes], files=(), folder=None, log=None) -> dict[str, Executor]:
+    """An executor per model of this library, from its built program file where there is one
+    (`opinfer model build`; engine rebuilt from the file's integers, nothing calibrated): an
+    explicit file must hold the registry's root for its name (`registered`: name -> root) or
+    ConfigError; a model without a file falls back to building from its weight package on
+    first use, as default_executors does."""
+    from challenger.errors import ConfigError
+    from opinfer.errors import CommitmentError
+    from opinfer.models.built import find_program, read_meta
+
+    out = default_executors()
+    try:
+        named = {read_meta(f)["name"]: f for f in files}
+    except CommitmentError as exc:
+        raise ConfigError(f"--program: {exc}") from None
+    for name in set(named) - set(out):
+        raise ConfigError(f"--program {named[name]}: {name!r} is no model of this library")
+    for spec in models.specs():
+        root = registered.get(spec.name)
+        path = named.get(spec.name) or (find_program(spec.name, root, (), folder) if root else None)
+        if path is None:
+            if log and root:
+                log(f"no program file for {spec.name}: it is built from its weight package on first use")
+            continue
+        file_root = read_meta(path)["model_root"]
+        if root is not None and file_root != "0x" + root.hex():
+            if spec.name in named:
+                raise ConfigError(f"{path} holds {spec.name} with model_root {file_root}, but the registry has "
+                                  f"0x{root.hex()}: the challenger would re-execute another program")
+            continue                          # another build in the folder: not the registered one
+        try:
+            out[spec.name] = ModelExecutor.from_file(spec, path, root, verify="digest")
+        except CommitmentError as exc:
+            raise ConfigError(str(exc)) from None
+    return out

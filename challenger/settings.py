@@ -36,6 +36,8 @@ class Settings:
     workers: int = 2                # threads for re-checks and dispute traces (0: inline, tests only)
     recheck_budget: int = 256       # leaves per caught node re-executed beyond the sample, per open window
     log_level: str = "info"
+    programs: str = ""              # built program files, comma-separated (`opinfer model build`)
+    programs_dir: str = ""          # where else to look: <name>-<root8>.npz (default $OPINFER_PROGRAMS_DIR or ~/.opinfer/programs)
     devnet_file: str = str(DEVNET_FILE)
 
     @classmethod

@@ -18,6 +18,14 @@ def add_arguments(nsub) -> None:
     run.add_argument("--port", type=int, default=None, help="port (default 8100)")
     run.add_argument("--model", dest="models", action="append", default=[], metavar="ID",
                      help="model to serve: registry name or id (repeatable; default: the devnet's models)")
+    run.add_argument("--program", dest="program_files", action="append", default=[], metavar="FILE",
+                     help="built program file of a model to serve (`opinfer model build`; repeatable; default: "
+                          "<name>-<root8>.npz in --programs-dir)")
+    run.add_argument("--programs-dir", help="where to look for program files (default $OPINFER_PROGRAMS_DIR or "
+                                            "~/.opinfer/programs)")
+    run.add_argument("--verify-program", action="store_true", default=None,
+                     help="recompute each program file's Merkle root at start (default: check the digest "
+                          "sealed with it by the build)")
     run.add_argument("--endpoint", help="URL announced in the registry (default http://HOST:PORT)")
     run.add_argument("--stake", dest="stake_eth", type=float, help="hold at least this stake, in ETH "
                      "(stakes the difference; default: require an existing stake)")
@@ -44,7 +52,7 @@ def add_arguments(nsub) -> None:
 
 SETTING_FLAGS = ("key", "rpc_url", "rollup_address", "log_level", "host", "port", "endpoint", "stake_eth",
                  "auth_token", "state_path", "start_block", "max_batch", "prefill_tokens", "drain_seconds",
-                 "poll_interval")
+                 "poll_interval", "programs_dir", "verify_program")
 
 
 def settings_from(args: argparse.Namespace, **extra):
@@ -53,6 +61,8 @@ def settings_from(args: argparse.Namespace, **extra):
     overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
     if getattr(args, "trust", None):
         overrides["trusted"] = ",".join(args.trust)
+    if getattr(args, "program_files", None):
+        overrides["programs"] = ",".join(args.program_files)
     return NodeSettings(**overrides, **extra)
 
 

@@ -96,3 +96,18 @@ def load(name: str) -> Engine:
         raise BadJob(f"this node runs no engine for model {name!r}")
     with _lock:  # one build at a time: SmolLM2 takes ~2.5 GB while it builds
         return _engine(name)
+
+
+@lru_cache(maxsize=None)
+def _file_engine(name: str, path: str, root: bytes, verify: str) -> Engine:
+    return Engine.from_file(ENGINES[name], path, root, verify=verify)
+
+
+def load_file(name: str, path, root: bytes, verify: str = "digest") -> Engine:
+    """The shared engine of a model from its built program file, whose root must be
+    `root` (the registry's; CommitmentError otherwise): the engine is rebuilt from the
+    program's integers, nothing is calibrated (opinfer/models/built.py)."""
+    if name not in ENGINES:
+        raise BadJob(f"this node runs no engine for model {name!r}")
+    with _lock:
+        return _file_engine(name, str(path), root, verify)

@@ -68,6 +68,54 @@ def ensure_registered(chain: NodeChain, stake_wei: int, endpoint: str, model_ids
     return done
 
 
+def load_program_engine(name: str, model_id: int, registry_root: bytes, settings: NodeSettings, log):
+    """The engine of a registered model from its built program file, checked against the
+    registry's model_root; NodeError (the node does not start) when there is no file or
+    its root differs. Never calibrates: the engine is rebuilt from the file's integers."""
+    import time
+
+    from opinfer.errors import CommitmentError
+    from opinfer.models.built import find_program, programs_dir, read_meta
+
+    folder = settings.programs_dir or str(programs_dir())
+    try:
+        path = find_program(name, registry_root, settings.program_files(), folder)
+    except CommitmentError as exc:
+        raise NodeError(f"--program: {exc}") from None
+    if path is None:
+        raise NodeError(f"no built program for {name} (registry id {model_id}, model_root 0x{registry_root.hex()}) "
+                        f"in --program files or {folder}: build it with `opinfer model build` and pass "
+                        f"--program FILE (docs/models.md, 'Model lifecycle')")
+    try:
+        file_root = read_meta(path)["model_root"]
+    except CommitmentError as exc:
+        raise NodeError(str(exc)) from None
+    if file_root != "0x" + registry_root.hex():
+        raise NodeError(f"refusing to start: {path} holds {name} with model_root {file_root}, but the registry's "
+                        f"model {model_id} ({name}) has model_root 0x{registry_root.hex()}; this node would sign "
+                        f"results of another program (use the file built for the registered root)")
+    started = time.monotonic()
+    try:
+        engine = engine_mod.load_file(name, path, registry_root, "full" if settings.verify_program else "digest")
+    except CommitmentError as exc:
+        raise NodeError(f"refusing to start: {exc}") from None
+    event(log, "program loaded", model=name, model_id=model_id, file=str(path), model_root=file_root,
+          verified="full" if settings.verify_program else "digest", seconds=round(time.monotonic() - started, 2))
+    return engine
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc; 0.0 elsewhere): the node logs its start-up time."""
+    import time
+
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(uptime - ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def default_state(address: str) -> str:
     return str(Path(".opinfer") / f"node-{address.lower()}.db")
 
@@ -91,7 +139,8 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
     metrics = Metrics()
     by_name = dict(engines) if engines is not None else {}
     for name in model_ids:  # load before announcing: a listed node is ready to serve
-        engine = by_name.get(name) or engine_mod.load(name)
+        engine = by_name.get(name) or load_program_engine(name, model_ids[name], chain.model(model_ids[name])[1],
+                                                          settings, log)
         by_name[name] = engine
         event(log, "model loaded", model=name, model_id=model_ids[name])
     ensure_registered(chain, eth_to_wei(settings.stake_eth) if settings.stake_eth else 0, endpoint,
@@ -117,7 +166,7 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
 
     app = create_app(node=node, auth=auth, on_shutdown=shutdown)
     event(log, "serving", node=chain.address, url=f"http://{settings.host}:{settings.port}", endpoint=endpoint,
-          models=model_ids, pid=os.getpid(), max_batch=node.max_batch, prefill_tokens=node.prefill_tokens,
+          models=model_ids, pid=os.getpid(), startup_s=round(process_age(), 2), max_batch=node.max_batch, prefill_tokens=node.prefill_tokens,
           # continuous batching: a running stream waits at most one pass of this many rows (docs/serving.md)
           stall_bound_rows=node.max_batch + node.prefill_tokens if node.prefill_tokens else None)
     serve_until_signal(app, settings.host, settings.port, settings.drain_seconds)

@@ -30,6 +30,11 @@ class NodeSettings(BaseSettings):
     max_batch: int = 8                  # jobs per engine pass (chat: jobs decoding together)
     prefill_tokens: int = 64            # chat: prompt tokens per decode step (0: whole prompts); bounds stalls
     preload: bool = True
+    # Built program files (`opinfer model build`), comma-separated; a model without one here is
+    # looked up in programs_dir as <name>-<root8>.npz (default $OPINFER_PROGRAMS_DIR or ~/.opinfer/programs)
+    programs: str = ""
+    programs_dir: str = ""
+    verify_program: bool = False        # recompute each file's Merkle root at start (SmolLM2: ~9 s more)
     drain_seconds: int = 60             # graceful shutdown: wait this long for in-flight jobs
     auth_token: str = Field("", repr=False)   # Authorization: Bearer <token>
     trusted: str = ""                   # comma-separated coordinator addresses (signed requests)
@@ -70,6 +75,9 @@ class NodeSettings(BaseSettings):
             raise NodeError("no chain: pass --rpc and --rollup (or OPINFER_NODE_RPC_URL / OPINFER_NODE_ROLLUP_ADDRESS),"
                             " or start a devnet")
         return rpc, rollup
+
+    def program_files(self) -> list[str]:
+        return [p.strip() for p in self.programs.split(",") if p.strip()]
 
     def trusted_list(self) -> list[str]:
         return [a.strip() for a in self.trusted.split(",") if a.strip()]

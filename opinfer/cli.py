@@ -15,7 +15,7 @@ import sys
 from opinfer.errors import OpinferError
 
 #: command -> the extra that installs what it imports
-EXTRAS = {"devnet": "all", "coordinator": "coordinator", "node": "node", "challenger": "challenger"}
+EXTRAS = {"devnet": "all", "coordinator": "coordinator", "node": "node", "challenger": "challenger", "model": "node"}
 #: our own packages: a missing module of ours is a broken install, not a missing extra
 _OURS = {"opinfer", "coordinator", "node", "challenger"}
 
@@ -62,6 +62,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     key.add_argument("--rpm", type=int, default=None, help="requests per minute (default: OPINFER_RATE_LIMIT_RPM)")
     key.add_argument("--secret-stdin", action="store_true",
                      help="import the secret read from stdin (one line) instead of creating a random one")
+    model = sub.add_parser("model", help="build a model's program file, register it, list the registry's models")
+    msub = model.add_subparsers(dest="action", required=True)
+    if wanted in ("model", "*"):
+        from opinfer.models.commands import add_arguments as model_arguments
+
+        model_arguments(msub)
     node = sub.add_parser("node", help="an inference node (settings: OPINFER_NODE_* env)")
     nsub = node.add_subparsers(dest="action", required=True)
     if wanted in ("node", "*"):
@@ -111,6 +117,10 @@ def _main(argv: list[str] | None) -> int:
             from coordinator import cli as coordinator_cli
 
             return coordinator_cli.main(args)
+        if args.command == "model":
+            from opinfer.models.commands import main as model_main
+
+            return model_main(args)
         if args.command == "node":
             from node.cli import main as node_main
 

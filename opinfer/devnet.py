@@ -26,7 +26,7 @@ from web3 import HTTPProvider, Web3
 from opinfer import models as registry_models
 from opinfer.chain import artifacts
 from opinfer.chain.anvil import Anvil, dev_keys, free_port
-from opinfer.chain.deploy import Deployment, ProtocolParams, deploy, register_program
+from opinfer.chain.deploy import Deployment, ProtocolParams, deploy
 from opinfer.chain.sender import TxSender
 from opinfer.errors import ChainError
 from opinfer.lifetime import child_preexec, say
@@ -60,7 +60,7 @@ SHORT_CLOCK_CONTEXT = 1025      # prompt + max_tokens: 1,024 positions
 
 
 def start(port: int = 8545, window: int = 600, clock: int = 300, nodes: int = 3,
-          state_file: Path = STATE_FILE) -> tuple[Anvil, Deployment, dict]:
+          state_file: Path = STATE_FILE, log=None) -> tuple[Anvil, Deployment, dict]:
     names = roles(nodes)
     anvil = Anvil(port=port, accounts=max(10, len(names)), tied=True).start()
     try:
@@ -70,7 +70,7 @@ def start(port: int = 8545, window: int = 600, clock: int = 300, nodes: int = 3,
         coordinator = TxSender(w3, keys["coordinator"]).address
         params = ProtocolParams(challenge_window=window, clock_budget=clock)
         deployment = deploy(w3, owner, params, coordinators=(coordinator,))
-        models = register_models(owner, deployment.contracts["ModelRegistry"])
+        models = register_models(owner, deployment.contracts["ModelRegistry"], log=log)
         # A block every second from now on: chain time (windows, clocks) moves
         # without transactions (deployment ran with instant mining: faster).
         w3.provider.make_request("evm_setIntervalMining", [1])
@@ -99,21 +99,26 @@ def write_state(info: dict, state_file: Path = STATE_FILE) -> None:
     tmp.replace(state_file)
 
 
-def register_models(owner: TxSender, registry) -> dict:
-    """Register every model of the library (opinfer/models) at its spec's price,
-    under the root of its program, rebuilt from the installed weight packages
-    (deterministic on a machine: the same root in every process and thread
-    count; about 30 s and 4 GB for both of today's models)."""
+def register_models(owner: TxSender, registry, programs_dir=None, log=None) -> dict:
+    """Register every model of the library (opinfer/models) at its spec's price and
+    context, as an operator does: `opinfer model build` once (the program file is
+    cached in the programs folder, $OPINFER_PROGRAMS_DIR or ~/.opinfer/programs,
+    and rebuilt only when the weight package's version or our program code
+    changes: opinfer/models/build.py `cached`), then `opinfer model register`'s
+    register_file. Nodes and the challenger load the same files."""
+    from opinfer.models.build import cached
+    from opinfer.models.commands import register_file
+
     out = {}
     for spec in sorted(registry_models.specs(), key=lambda s: s.kind != registry_models.EMBEDDING):
-        program = spec.load_program()
-        model_id = register_program(owner, registry, program, spec.price_wei)
-        out[program.name] = {"id": model_id, "model_root": "0x" + program.model_root.hex(),
-                             "ops_per_step": program.num_ops}
-        del program
-    # The devnet only needed the roots: give the programs' (and engines') memory back.
-    for spec in registry_models.specs():
-        spec.release()
+        started = time.monotonic()
+        built = cached(spec, programs_dir)
+        if log:
+            log(f"  {built.name}: program {built.path} (0x{built.model_root.hex()[:16]}.., "
+                f"{time.monotonic() - started:.1f} s)")
+        model_id = register_file(owner, registry, built.path, spec.price_wei, built.context)
+        out[built.name] = {"id": model_id, "model_root": "0x" + built.model_root.hex(),
+                           "ops_per_step": built.num_ops, "context": built.context, "program": str(built.path)}
     return out
 
 
@@ -203,8 +208,9 @@ def launch(opts: Options, log=print) -> Devnet:
         raise ChainError(f"--dishonest {opts.dishonest} exceeds --nodes {opts.nodes}")
     if not _port_free(opts.port):
         raise ChainError(f"port {opts.port} is taken (another devnet? `opinfer devnet down`, or --port)")
-    log("opinfer devnet: starting anvil, deploying, registering both models (about 30 s) ...")
-    anvil, deployment, info = start(opts.port, opts.window, opts.clock, opts.nodes, opts.state_file)
+    log("opinfer devnet: starting anvil, deploying, registering the models (their programs are built once "
+        "and cached: about 20 s the first time) ...")
+    anvil, deployment, info = start(opts.port, opts.window, opts.clock, opts.nodes, opts.state_file, log)
     net = Devnet(opts, anvil, info)
     try:
         if opts.services:
@@ -253,7 +259,10 @@ def _start_services(net: Devnet, log) -> None:
                "OPINFER_NODE_STATE_PATH": str(state / role / "node.db"), "OPINFER_NODE_START_BLOCK": "0",
                "OPINFER_NODE_PRELOAD": "false", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         (state / role).mkdir(parents=True, exist_ok=True)
-        flags = ["--host", "127.0.0.1", "--port", str(port)] + [a for n in served for a in ("--model", n)]
+        # Each served model's built program file (`opinfer model build`, cached): the node checks
+        # its root against the registry and rebuilds its engine from it, nothing calibrated.
+        flags = ["--host", "127.0.0.1", "--port", str(port)] + [a for n in served for a in ("--model", n)] + \
+            [a for n in served for a in ("--program", info["models"][n]["program"])]
         cmd = (_python("node.dishonest", DISHONEST_BEHAVIOUR, *flags) if dishonest and _has_dishonest()
                else _python("opinfer.devnet", "dishonest-node", "--port", str(port)) if dishonest
                else _python("opinfer.cli", "node", "run", *flags))
@@ -301,7 +310,9 @@ def _start_services(net: Devnet, log) -> None:
     net.services.append(Service("challenger", _python(
         "opinfer.cli", "challenger", "run", "--rpc", info["rpc_url"], "--rollup", info["contracts"]["ResultRollup"],
         "--sample-rate", str(opts.sample_rate), "--state", str(state / "challenger.db"), "--metrics-port", "0",
-        "--poll", "1", "--bond-top-up", str(10**18)), henv, logs / "challenger.log").start())
+        "--poll", "1", "--bond-top-up", str(10**18),
+        *[a for m in info["models"].values() for a in ("--program", m["program"])]), henv,
+        logs / "challenger.log").start())
     info["challenger"] = {"address": chal["address"], "sample_rate": opts.sample_rate}
     info["services"] = {s.name: s.proc.pid for s in net.services}
     write_state(info, opts.state_file)

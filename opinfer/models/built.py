@@ -11,11 +11,22 @@ engines from nothing but the program's integers, so a node or challenger on
 any machine computes the registered model's bits.
 
     python -m opinfer.models.built save all-minilm-l6-v2 minilm.npz
+
+Operators use `opinfer model build` (opinfer/models/build.py) and nodes
+`opinfer node run --model ID --program FILE` (docs/models.md, "Model
+lifecycle"). Recomputing a file's Merkle root reads every weight (about 9 s
+for SmolLM2 on 2 cores), so the file also carries a SHA-256 of its contents,
+written by the build that computed the root: a loader checks that digest
+(a fraction of a second) and takes the root the build sealed with it, or
+with `verify="full"` recomputes the root itself (a file from someone else:
+`opinfer model verify FILE`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,42 +44,114 @@ DTYPES = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
 MASK128 = (1 << 128) - 1
 
 
-def save_program(program: Program, path) -> bytes:
-    """Write the built program to `path` (.npz); returns its model root."""
-    arrays = {f"w{i}": w.astype(DTYPES[width]) for i, (w, width) in enumerate(zip(program.weights, program.widths))}
-    arrays["ops"] = np.frombuffer(b"".join(op.encode() for op in program.ops), dtype=np.uint8)
+def _digest(ops: bytes, packed: list[np.ndarray]) -> str:
+    """SHA-256 over the ops and every weight tensor as stored (shape and packed bytes)."""
+    h = hashlib.sha256(ops)
+    for w in packed:
+        h.update(json.dumps([str(w.dtype), list(w.shape)]).encode())
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def save_program(program: Program, path, source: dict | None = None) -> bytes:
+    """Write the built program to `path` (.npz; written beside it, then renamed, so a
+    reader never sees half a file); returns its model root. `source` (what it was
+    built from: file, package version) is kept in the metadata for `opinfer model`."""
+    packed = [w.astype(DTYPES[width]) for w, width in zip(program.weights, program.widths)]
+    arrays = {f"w{i}": w for i, w in enumerate(packed)}
+    ops = b"".join(op.encode() for op in program.ops)
+    arrays["ops"] = np.frombuffer(ops, dtype=np.uint8)
     meta = {"format": FORMAT, "name": program.name, "steps_mode": program.steps_mode,
             "limits": program.limits.word() if program.limits else 0,
-            "widths": program.widths, "model_root": "0x" + program.model_root.hex()}
+            "widths": program.widths, "model_root": "0x" + program.model_root.hex(),
+            "num_ops": program.num_ops, "sha256": _digest(ops, packed), "source": source or {}}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return program.model_root
 
 
-def load_program(path, expected_root: bytes | None = None) -> Program:
-    """Read a built program; its recomputed root must be the file's and, when
-    given, `expected_root` (e.g. the registry's)."""
+def read_meta(path) -> dict:
+    """A program file's metadata (name, model_root, num_ops, limits, source) without
+    reading its weights."""
     try:
         with np.load(Path(path)) as data:
             meta = json.loads(bytes(data["meta"]).decode())
-            if meta.get("format") != FORMAT:
-                raise CommitmentError(f"{path}: unknown program file format {meta.get('format')!r}")
-            raw = bytes(data["ops"])
-            size = 32 * DESC_WORDS
-            ops = [Op.decode(raw[i:i + size]) for i in range(0, len(raw), size)]
-            weights = [data[f"w{i}"].astype(np.int64) for i in range(len(meta["widths"]))]
+    except FileNotFoundError:
+        raise CommitmentError(f"{path}: not a built program file (no such file)") from None
     except (OSError, KeyError, ValueError) as exc:
         raise CommitmentError(f"{path}: not a built program file ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CommitmentError(f"{path}: unknown program file format {meta.get('format')!r}")
+    return meta
+
+
+def load_program(path, expected_root: bytes | None = None, verify: str = "full") -> Program:
+    """Read a built program; its root must be the file's and, when given,
+    `expected_root` (e.g. the registry's). verify="full" recomputes the Merkle
+    root from the contents; "digest" checks the contents against the SHA-256 the
+    build sealed with the root (files without one are verified in full)."""
+    meta = read_meta(path)
+    if expected_root is not None and meta["model_root"] != "0x" + expected_root.hex():
+        # Refused before any weight is read: the file is another model (or another build).
+        raise CommitmentError(f"{path}: root {meta['model_root']} is not the expected 0x{expected_root.hex()}")
+    try:
+        with np.load(Path(path)) as data:
+            raw = bytes(data["ops"])
+            packed = [data[f"w{i}"] for i in range(len(meta["widths"]))]
+    except (OSError, KeyError, ValueError) as exc:
+        raise CommitmentError(f"{path}: not a built program file ({exc})") from None
+    size = 32 * DESC_WORDS
+    ops = [Op.decode(raw[i:i + size]) for i in range(0, len(raw), size)]
     # Files written before job limits existed have none (their root is the unlimited one).
-    program = Program(ops, weights, list(meta["widths"]), meta["steps_mode"], meta["name"],
-                      JobLimits.from_word(int(meta.get("limits", 0))))
+    program = Program(ops, [w.astype(np.int64) for w in packed], list(meta["widths"]), meta["steps_mode"],
+                      meta["name"], JobLimits.from_word(int(meta.get("limits", 0))))
+    if verify == "digest" and meta.get("sha256"):
+        if _digest(raw, packed) != meta["sha256"]:
+            raise CommitmentError(f"{path}: contents do not match the file's digest (damaged or edited file)")
+        program.__dict__["model_root"] = bytes.fromhex(meta["model_root"][2:])   # the root the build sealed
+    elif verify not in ("full", "digest"):
+        raise ValueError(f"verify must be 'full' or 'digest', not {verify!r}")
     root = "0x" + program.model_root.hex()
     if root != meta["model_root"]:
         raise CommitmentError(f"{path}: contents give root {root}, the file says {meta['model_root']}")
-    if expected_root is not None and program.model_root != expected_root:
-        raise CommitmentError(f"{path}: root {root} is not the expected 0x{expected_root.hex()}")
     return program
+
+
+# ---------------------------------------------------------------- where program files live
+
+#: Where `opinfer model build` writes by default and where nodes and challengers look.
+PROGRAMS_ENV = "OPINFER_PROGRAMS_DIR"
+
+
+def programs_dir() -> Path:
+    """$OPINFER_PROGRAMS_DIR, else ~/.opinfer/programs."""
+    return Path(os.environ.get(PROGRAMS_ENV) or Path.home() / ".opinfer" / "programs")
+
+
+def default_path(name: str, root: bytes, folder=None) -> Path:
+    """<programs dir>/<name>-<first 8 hex digits of the root>.npz"""
+    return Path(folder or programs_dir()) / f"{name}-{root.hex()[:8]}.npz"
+
+
+def find_program(name: str, root: bytes | None, files=(), folder=None) -> Path | None:
+    """The program file for model `name`: among `files` the one whose metadata names
+    it, else <folder>/<name>-<root8>.npz (root given: the registry's), else the only
+    <name>-*.npz in the folder. None when there is none."""
+    for f in files:
+        if read_meta(f)["name"] == name:
+            return Path(f)
+    folder = Path(folder or programs_dir())
+    if root is not None and default_path(name, root, folder).is_file():
+        return default_path(name, root, folder)
+    found = sorted(folder.glob(f"{name}-*.npz")) if folder.is_dir() else []
+    return found[0] if len(found) == 1 else None
 
 
 def _weight(program: Program, op: Op, slot: int) -> np.ndarray:

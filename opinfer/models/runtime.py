@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 
+from opinfer.errors import CommitmentError
 from opinfer.models.spec import JobRefused, ModelSpec
 
 
@@ -17,12 +18,36 @@ class Runtime:
     # One build at a time in a process: a SmolLM2 build takes ~2.5 GB while it runs.
     _build_lock = threading.Lock()
 
-    def __init__(self, spec: ModelSpec, engine=None):
+    def __init__(self, spec: ModelSpec, engine=None, program_loader=None):
         self.spec = spec
         self.name = spec.name
         self.kind = spec.kind
         self._engine = engine
         self._program = None
+        self._program_loader = program_loader or spec.load_program
+
+    @classmethod
+    def from_file(cls, spec: ModelSpec, path, expected_root: bytes | None = None, verify: str = "digest",
+                  keep_program: bool | None = None):
+        """A runtime whose engine and program come from a built program file
+        (opinfer/models/built.py): the file's root must be `expected_root` (the
+        registry's), the engine is rebuilt from the program's integers (no
+        calibration). A large program (a chat model's: 1.1 GB as int64) is
+        dropped once the engine is built and read again from the file when a
+        dispute needs it; keep_program keeps it (default: for small ones)."""
+        from opinfer.models.built import load_program
+
+        program = load_program(path, expected_root, verify=verify)
+        if program.name != spec.name:
+            raise CommitmentError(f"{path} holds the program of {program.name!r}, not of {spec.name!r}")
+        root = program.model_root
+        runtime = cls(spec, engine=spec.parts.from_program(program),
+                      program_loader=lambda: load_program(path, root, verify=verify))
+        runtime.program_file = str(path)
+        keep = keep_program if keep_program is not None else sum(w.size for w in program.weights) < 50_000_000
+        if keep:
+            runtime._program = program
+        return runtime
 
     @property
     def engine(self):
@@ -41,7 +66,7 @@ class Runtime:
     def program(self):
         with self._build_lock:
             if self._program is None:
-                self._program = self.spec.load_program()
+                self._program = self._program_loader()
         return self._program
 
     def check(self, job) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from opinfer.models import shipped
-from opinfer.models.minilm.spec import NAME, POSITIONS, VOCAB
+from opinfer.models.minilm.spec import DIMENSIONS, NAME, POSITIONS, VOCAB
 from opinfer.models.spec import JobRefused
 
 
@@ -47,6 +47,49 @@ def release() -> None:
     from opinfer.models.minilm.program import default_program
 
     default_program.cache_clear()
+
+
+def from_program(program):
+    """The fast engine from a built program's integers alone (no calibration)."""
+    from opinfer.models.built import minilm_from_program
+
+    return minilm_from_program(program)
+
+
+def accepts(path: Path) -> bool:
+    """A safetensors folder holding this model: a BERT config of its sizes."""
+    import json
+
+    config = path / "config.json"
+    if not (path.is_dir() and config.is_file() and (path / "model.safetensors").is_file()):
+        return False
+    cfg = json.loads(config.read_text())
+    return (cfg.get("model_type") == "bert" and cfg.get("vocab_size") == VOCAB and cfg.get("hidden_size") == DIMENSIONS
+            and cfg.get("num_hidden_layers") == 6 and cfg.get("max_position_embeddings") == POSITIONS)
+
+
+def build_program(path: Path | None = None):
+    """The integer program built (calibrated) from the package's files, or from a
+    folder with the same files (config.json, model.safetensors, tokenizer.json)."""
+    import os
+
+    from opinfer.models.minilm import program, weights
+
+    if path is None:
+        return program.default_program()
+    before = os.environ.get(weights.ENV_DIR)
+    os.environ[weights.ENV_DIR] = str(path)
+    weights.load.cache_clear()
+    weights.tokenizer.cache_clear()
+    try:
+        return program.build_program(__import__("opinfer.models.minilm.engine", fromlist=["IntMiniLM"]).IntMiniLM.build())
+    finally:
+        if before is None:
+            os.environ.pop(weights.ENV_DIR, None)
+        else:
+            os.environ[weights.ENV_DIR] = before
+        weights.load.cache_clear()
+        weights.tokenizer.cache_clear()
 
 
 #: The model package's tokenizer.json, shipped for clients.

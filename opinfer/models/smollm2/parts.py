@@ -47,6 +47,39 @@ def load_program():
     return default_program()
 
 
+def from_program(program):
+    """The native engine from a built program's integers alone (GGUF blocks, tables, scales)."""
+    from opinfer.models.built import smollm2_from_program
+
+    return smollm2_from_program(program)
+
+
+def accepts(path: Path) -> bool:
+    """A GGUF file holding this model: llama architecture with SmolLM2-135M's sizes
+    (a generic llama-family GGUF is another model folder's)."""
+    from opinfer.models.smollm2.gguf import read_index
+    from opinfer.models.smollm2.spec import HIDDEN, VOCAB
+
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            return False
+    meta, tensors = read_index(path)
+    embed = tensors.get("token_embd.weight")
+    return (meta.get("general.architecture") == "llama" and meta.get("llama.embedding_length") == HIDDEN
+            and meta.get("llama.block_count") == 30 and embed is not None and embed.shape == (HIDDEN, VOCAB))
+
+
+def build_program(path: Path | None = None):
+    """The integer program from the package's GGUF file, or from another copy of it."""
+    from opinfer.models.smollm2 import engine, program
+
+    if path is None:
+        return program.default_program()
+    return program.build_program(engine.IntSmolLM2.build(path))
+
+
 def release() -> None:
     from opinfer.models.smollm2 import engine as smollm2
     from opinfer.models.smollm2 import program as smollm2_program

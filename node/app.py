@@ -295,16 +295,30 @@ class ExecuteGate:
         await self.app(scope, replay, send)
 
 
+def _file_engines(settings: NodeSettings) -> dict:
+    """Without a chain (`--no-chain`): engines of the models named in OPINFER_NODE_PROGRAMS files
+    (each file's own root; no registry to check it against). Other models: their packages'."""
+    from opinfer.models.built import find_program, read_meta
+
+    files, out = settings.program_files(), {}
+    for name in settings.model_ids() if files else ():
+        path = find_program(name, None, files, "/nonexistent")
+        if path is not None and name in engines.ENGINES:
+            out[name] = engines.load_file(name, path, bytes.fromhex(read_meta(path)["model_root"][2:]))
+    return out
+
+
 def create_app(settings: NodeSettings | None = None, node: Node | None = None, auth: Authenticator | None = None,
                on_shutdown=None) -> FastAPI:
     if node is None:
         settings = settings or NodeSettings()
         chain_id, rollup = settings.domain()
         node = Node(settings.key, chain_id, rollup, settings.model_ids(), settings.concurrency,
-                    max_batch=settings.max_batch, prefill_tokens=settings.prefill_tokens or None)
+                    engines_by_name=_file_engines(settings), max_batch=settings.max_batch,
+                    prefill_tokens=settings.prefill_tokens or None)
         if settings.preload:
             for name in node.model_ids:
-                if name in engines.ENGINES:
+                if name in engines.ENGINES and name not in node.engines:
                     engines.load(name)
     if auth is None:
         auth = settings.authenticator() if settings is not None else Authenticator()

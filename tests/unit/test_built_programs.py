@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from opinfer.engine.sampling import SamplingParams
-from opinfer.errors import CommitmentError
+from opinfer.errors import CommitmentError, OpinferError
 from opinfer.models.built import load_program, main, minilm_from_program, save_program, smollm2_from_program
 from opinfer.models.minilm import weights as fw
 from opinfer.models.minilm.engine import IntMiniLM
@@ -68,3 +68,21 @@ def test_cli_names_the_problem(tmp_path, capsys):
     assert "unknown model" in capsys.readouterr().err
     assert main(["check", str(tmp_path / "missing.npz")]) == 1
     assert "not a built program" in capsys.readouterr().err
+
+
+def test_build_dispatches_a_file_to_the_model_that_accepts_it(tmp_path):
+    """`opinfer model build`: the GGUF file goes to SmolLM2's loader, the safetensors folder
+    to MiniLM's, a name to its package; anything else is refused with what it is."""
+    from opinfer.models.build import BuildError, resolve
+    from opinfer.models.smollm2.gguf import find_gguf_path
+
+    assert [s.name for s in (resolve(str(find_gguf_path()))[0], resolve(str(fw.model_dir()))[0])] == \
+        ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+    assert resolve("all-minilm-l6-v2")[1] is None
+    (tmp_path / "other.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+    for source, message in ((tmp_path / "nope", "no model of that name"), (tmp_path, "neither a GGUF file"),
+                            (tmp_path / "model.safetensors", "no model of that name")):
+        with pytest.raises(BuildError, match=message):
+            resolve(str(source))
+    with pytest.raises(OpinferError, match="GGUF version 0 is not supported"):
+        resolve(str(tmp_path / "other.gguf"))

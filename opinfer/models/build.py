@@ -8,10 +8,10 @@
 Which model a file holds is each model folder's call: its parts.accepts(path)
 says yes for a file it can build (SmolLM2's: a llama GGUF of SmolLM2-135M's
 sizes; MiniLM's: a BERT safetensors folder of its sizes) and
-parts.build_program(path) builds it. A new model folder (e.g. a generic
-llama-family GGUF loader) plugs in by defining the same two functions and
-registering its spec; the first spec (in registry order) that accepts the file
-builds it. No web3 here: registering the built file is opinfer/models/commands.py's.
+parts.build_program(path) builds it; the first spec (in registry order) that
+accepts the file builds it. A GGUF file no folder claims goes to the llama
+family's loader (opinfer/models/llama: register_gguf names it by its
+general.name). A new model folder plugs in by defining the same two functions. No web3 here: registering the built file is opinfer/models/commands.py's.
 """
 
 from __future__ import annotations
@@ -75,6 +75,12 @@ def resolve(source: str) -> tuple[ModelSpec, Path | None]:
         accepts = getattr(spec.parts, "accepts", None)
         if accepts is not None and accepts(path):
             return spec, path
+    if path.is_file() and path.open("rb").read(4) == b"GGUF":
+        # Any other llama-family GGUF file: the family's loader registers it under its
+        # general.name (opinfer/models/llama/parts.py; ModelFileError names what it refuses).
+        from opinfer.models.llama.parts import register_gguf
+
+        return register_gguf(path), path
     kind = "a GGUF file" if path.is_file() and path.open("rb").read(4) == b"GGUF" else \
         "a safetensors folder" if path.is_dir() and any(path.glob("*.safetensors")) else \
         "neither a GGUF file nor a safetensors folder"
@@ -82,10 +88,17 @@ def resolve(source: str) -> tuple[ModelSpec, Path | None]:
                      f"(models: {', '.join(sorted(models.names()))}; docs/models.md, 'Adding a model')")
 
 
+def _program_of(spec: ModelSpec, path: Path | None):
+    """A folder's build_program(path) where it has one; else the spec's own program (a file
+    registered at run time is bound to its file already)."""
+    build_program = getattr(spec.parts, "build_program", None)
+    return build_program(path) if build_program is not None else spec.load_program()
+
+
 def build(source: str) -> tuple[ModelSpec, object]:
     """(spec, Program) built from a file, a folder or an installed model's name."""
     spec, path = resolve(source)
-    return spec, spec.parts.build_program(path)
+    return spec, _program_of(spec, path)
 
 
 def package_version(spec: ModelSpec) -> str:
@@ -98,7 +111,7 @@ def package_version(spec: ModelSpec) -> str:
 def build_file(source: str, out=None, extra_source: dict | None = None) -> Built:
     """Build and write the program file (default <programs dir>/<name>-<root8>.npz)."""
     spec, path = resolve(source)
-    program = spec.parts.build_program(path)
+    program = _program_of(spec, path)
     origin = {"from": str(path) if path else spec.package, "package_version": package_version(spec),
               **(extra_source or {})}
     target = Path(out) if out else default_path(program.name, program.model_root)
@@ -113,12 +126,13 @@ def build_file(source: str, out=None, extra_source: dict | None = None) -> Built
 
 def code_key(spec: ModelSpec) -> str:
     """What a model's built program depends on besides its weights: the weight package's
-    version and our program-building code (the model's folder and the integer semantics)."""
+    version and our program-building code (the model folders and the integer semantics)."""
     h = hashlib.sha256(f"{spec.name}\0{spec.package}\0{package_version(spec)}".encode())
-    folder = Path(spec.parts.__file__).parent
-    semantics = Path(__file__).parents[1] / "semantics"
-    for f in sorted([*folder.glob("*.py"), *semantics.glob("*.py")]):
-        h.update(f.name.encode() + f.read_bytes())
+    # Every model folder (a family library such as llama/ builds other folders' programs)
+    # and the semantics: a change anywhere rebuilds once (seconds), never a stale root.
+    ours = Path(__file__).parents[1]
+    for f in sorted([*(ours / "models").rglob("*.py"), *(ours / "semantics").glob("*.py")]):
+        h.update(str(f.relative_to(ours)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -86,3 +86,26 @@ def test_build_dispatches_a_file_to_the_model_that_accepts_it(tmp_path):
             resolve(str(source))
     with pytest.raises(OpinferError, match="GGUF version 0 is not supported"):
         resolve(str(tmp_path / "other.gguf"))
+
+
+def test_any_llama_gguf_builds_to_a_file_a_runtime_serves(tmp_path):
+    """A GGUF file no model folder claims goes to the llama family's loader: `opinfer model
+    build` writes its program (the family's root), and a Runtime loaded from that file alone
+    computes the program's output."""
+    from opinfer import models
+    from opinfer.models import Runtime
+    from opinfer.models.build import build_file
+    from opinfer.models.llama.fixtures import Shape, write_gguf
+    from opinfer.models.llama.program import build_from_gguf
+    from opinfer.semantics.jobinput import JobInput
+
+    path = write_gguf(tmp_path / "tiny.gguf", Shape(name="lifecycle-tiny-llama", seed=11))
+    try:
+        built = build_file(str(path), tmp_path / "tiny.npz")
+        program = build_from_gguf(path)
+        assert (built.name, built.model_root, built.num_ops) == (program.name, program.model_root, program.num_ops)
+        runtime = Runtime.from_file(models.get(built.name), built.path, program.model_root)
+        job = JobInput((1, 5, 9), max_tokens=3)
+        assert np.array_equal(runtime.run(job)[0], program.run(job)[-1])
+    finally:
+        models._registry.pop("lifecycle-tiny-llama", None)

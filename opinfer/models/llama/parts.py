@@ -21,7 +21,8 @@ from pathlib import Path
 from opinfer.errors import CommitmentError
 from opinfer.models.spec import CHAT, JobRefused, ModelSpec
 
-HOOKS = ("check", "load_engine", "run_batch", "request", "result", "decoder", "load_program", "release")
+HOOKS = ("check", "load_engine", "run_batch", "request", "result", "decoder", "load_program", "release",
+         "from_program")
 
 
 class GGUFParts:
@@ -103,6 +104,12 @@ class GGUFParts:
     def release(self) -> None:
         with self._lock:
             self._engine = self._program = None
+
+    def from_program(self, program):
+        """The engine from a built program file's integers (`opinfer node run --program`)."""
+        from opinfer.models.llama.built import model_from_program
+
+        return model_from_program(program)
 
     def hooks(self) -> dict:
         """The functions a spec's hooks module holds, bound to this file."""

@@ -49,9 +49,10 @@ def load_program():
 
 def from_program(program):
     """The native engine from a built program's integers alone (GGUF blocks, tables, scales)."""
-    from opinfer.models.built import smollm2_from_program
+    from opinfer.models.llama.built import model_from_program
+    from opinfer.models.smollm2.engine import IntSmolLM2
 
-    return smollm2_from_program(program)
+    return model_from_program(program, IntSmolLM2)
 
 
 def accepts(path: Path) -> bool:

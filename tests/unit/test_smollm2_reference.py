@@ -283,6 +283,13 @@ def test_matches_independent_bpe(tok):
     mismatches = [t for t in ROUND_TRIP if tok.encode(t) != ref.encode(t)]
     assert mismatches == []
     assert len(ROUND_TRIP) >= 50
+    # each token's bytes (what the coordinator streams text with: opinfer/models/bytelevel.py)
+    # against this file's own byte map, and the texts back from those bytes
+    byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+    special = set(tok.special_ids)
+    assert tok.token_bytes() == [b"" if i in special else bytes(byte_of[c] for c in piece)
+                                 for i, piece in enumerate(tok.tokens)]
+    assert all(b"".join(tok.token_bytes()[i] for i in tok.encode_ordinary(t)) == t.encode() for t in ROUND_TRIP)
 
 
 # -- forward pass ---------------------------------------------------------

@@ -20,15 +20,13 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from web3 import HTTPProvider, Web3
 
 from bench.common import run as run_cli
 from bench.common import verdict
-from opinfer.chain.anvil import Anvil, dev_keys
-from opinfer.chain.deploy import ProtocolParams, deploy
+from opinfer.chain.deploy import ProtocolParams
 from opinfer.chain.game import GameClient
 from opinfer.chain.game import play as play_game
-from opinfer.chain.sender import TxSender
+from opinfer.chain.testnet import ProtocolNet
 from opinfer.models.smollm2.testing import toy_decoder_job, toy_decoder_program
 from opinfer.semantics.merkle import keccak
 from opinfer.semantics.ops import DENSE, SAME, WEIGHT, Op, Slot, dim, ref
@@ -110,14 +108,11 @@ def run() -> dict:
 def measure(hardfork: str, games: bool, out: dict) -> dict:
     """Post batches on a fresh anvil; with `games`, also play the games."""
     input_gas_per_byte = 16 if hardfork == "cancun" else 40  # the inputs are non-zero bytes
-    with Anvil(accounts=10, hardfork=hardfork) as anvil:
-        w3 = Web3(HTTPProvider(anvil.url))
-        keys = dev_keys(6)
-        owner, coordinator, challenger = (TxSender(w3, k) for k in keys[:3])
-        nodes = [TxSender(w3, k) for k in keys[3:6]]
-        params = ProtocolParams()
-        d = deploy(w3, owner, params, coordinators=(coordinator.address,))
-        c = d.contracts
+    roles = ("owner", "coordinator", "challenger", "node1", "node2", "node3")
+    with ProtocolNet.start(roles, ProtocolParams(), hardfork=hardfork) as net:
+        w3, c, params = net.w3, net.contracts, net.params
+        owner, coordinator, challenger = (net.senders[r] for r in roles[:3])
+        nodes = [net.senders[r] for r in roles[3:]]
         programs = {"toy": toy_program()}
         for k in (576, 1536):
             programs[f"dot{k}"] = wide_program(k)
@@ -126,9 +121,9 @@ def measure(hardfork: str, games: bool, out: dict) -> dict:
         for name, program in programs.items():
             owner.call(c["ModelRegistry"].functions.register_model(name, program.model_root, program.num_ops, 1000))
             model_ids[name] = c["ModelRegistry"].functions.model_id_by_name(name).call()
-        for node in nodes:
-            node.call(c["StakeManager"].functions.stake_eth(), value=2 * params.min_stake)
-        challenger.call(c["StakeManager"].functions.deposit_bond(), value=10**19)
+        for role in roles[3:]:
+            net.stake(role, 2 * params.min_stake)
+        net.bond("challenger", 10**19)
 
         rollup, chain_id = c["ResultRollup"], w3.eth.chain_id
 

@@ -25,13 +25,10 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from web3 import HTTPProvider, Web3
 
 from bench.common import run as run_cli
 from bench.common import verdict
-from opinfer.chain.anvil import Anvil, dev_keys
-from opinfer.chain.deploy import ProtocolParams, deploy
-from opinfer.chain.sender import TxSender
+from opinfer.chain.testnet import ProtocolNet
 from opinfer.semantics import ops
 from opinfer.semantics.jobinput import JobInput
 from opinfer.semantics.ops import CONTEXT, DOT, EXP_SUMS, INPUT, PROBS, SAME, WEIGHT, Op, Slot, dim, ref
@@ -144,10 +141,8 @@ def run() -> dict:
     from opinfer.models.smollm2.program import default_program as smollm2_program
     from opinfer.models.smollm2.tokenizer import load_tokenizer
 
-    with Anvil(accounts=2) as anvil:
-        w3 = Web3(HTTPProvider(anvil.url))
-        owner = TxSender(w3, dev_keys(1)[0])
-        verifier = deploy(w3, owner, ProtocolParams(), coordinators=()).contracts["StepVerifier"]
+    with ProtocolNet.start(("owner",), coordinators=()) as net:
+        w3, verifier = net.w3, net.contracts["StepVerifier"]
         out: dict = {}
 
         minilm = minilm_program()

@@ -1,141 +1,58 @@
-"""The challenger's chain adapter (web3): everything the service reads from
-or sends to the chain goes through this one small class, so tests can swap
-in a fake. Addresses come from the rollup alone (its stake manager,
-registry and dispute game), so a challenger needs only the rollup's address."""
+"""The challenger's chain adapter: the protocol client (opinfer.chain.protocol:
+typed reads, batches decoded from calldata, the game's moves) plus the
+challenger's own few calls. Everything the service reads from or sends to
+the chain goes through this one small class, so tests can swap in a fake
+(tests/challenger/fakes.py). Addresses come from the rollup alone."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 from web3 import Web3
 from web3.logs import DISCARD
 
 from challenger.errors import DataUnavailable, DecodeError
-from opinfer.chain import calls
+from opinfer.chain.client import REVEALED_IN, BatchMismatch, BatchUnavailable  # noqa: F401 - REVEALED_IN re-exported
+from opinfer.chain.client import BatchPosted as BatchEvent
+from opinfer.chain.client import ModelInfo
 from opinfer.chain.protocol import ProtocolChain
 from opinfer.chain.sender import TxSender
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch
 
-# The node move whose event carries what the challenger answers in each phase.
-REVEALED_IN = {player.PICK: ("Bisected", "claims"), player.CHOOSE: ("Descended", "hashes"),
-               player.ELEMENT: ("ChunkRevealed", "values")}
-
-
-@dataclass(frozen=True)
-class BatchEvent:
-    batch_id: int
-    root: bytes
-    data_hash: bytes
-    leaf_count: int
-    deadline: int
-    tx_hash: bytes
-    block_number: int
-    block_hash: bytes
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    model_id: int
-    name: str
-    model_root: bytes
-    ops_per_step: int
-
-
-def _plain(rows) -> list[tuple]:
-    return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
+__all__ = ["BatchEvent", "Chain", "ModelInfo", "REVEALED_IN"]
 
 
 class Chain(ProtocolChain):
     def __init__(self, w3: Web3, sender: TxSender, rollup: str):
         super().__init__(w3, sender, rollup)
-        self.model = lru_cache(maxsize=64)(self._model)
-        self._post_batch = calls.selector(self.rollup, "post_batch")
+        self.model = lru_cache(maxsize=64)(self.model)   # a model's registry entry does not change under us
 
     # ------------------------------------------------------------ reading
 
-    def head(self) -> int:
-        return self.w3.eth.block_number
-
-    def timestamp(self, block="latest") -> int:
-        return self.w3.eth.get_block(block)["timestamp"]
-
-    def batch_events(self, from_block: int, to_block: int) -> list[BatchEvent]:
-        logs = self.rollup.events.BatchPosted().get_logs(from_block=from_block, to_block=to_block)
-        return [BatchEvent(e["args"]["batch_id"], bytes(e["args"]["root"]), bytes(e["args"]["data_hash"]),
-                           e["args"]["leaf_count"], e["args"]["deadline"], bytes(e["transactionHash"]),
-                           e["blockNumber"], bytes(e["blockHash"])) for e in logs]
-
-    def slashed_nodes(self, from_block: int, to_block: int) -> list[str]:
-        logs = self.stake_manager.events.Slashed().get_logs(from_block=from_block, to_block=to_block)
-        return [e["args"]["node"] for e in logs]
-
     def load_batch(self, batch_id: int, tx_hash: bytes) -> Batch:
-        """Rebuild the batch from the calldata of the post_batch call that posted
-        it, wherever that call sits in its transaction (a direct call, or one made
-        by a contract wallet or forwarder: opinfer.chain.calls), and check it
-        against the root the rollup stored (never trust the calldata blindly).
-        Raises DataUnavailable when the call was made by a contract and the RPC
-        cannot trace transactions."""
-        root, data_hash = (bytes(v) for v in self.rollup.functions.batch(batch_id).call()[:2])
+        """The batch from its calldata, checked against the stored root (ProtocolClient.load_batch),
+        in the service's errors: DataUnavailable (no tracer), DecodeError (no matching call)."""
         try:
-            inputs = calls.call_inputs(self.w3, tx_hash, self.rollup.address, self._post_batch)
-        except calls.TracerUnavailable as exc:
-            raise DataUnavailable(f"batch {batch_id}: {exc}") from None
-        if not inputs:
-            raise DecodeError(f"batch {batch_id}: transaction 0x{bytes(tx_hash).hex()} makes no post_batch call")
-        errors = []
-        for raw in inputs:  # a contract may post several batches in one transaction: match by root
-            try:
-                fn, args = self.rollup.decode_function_input(raw)
-                batch = Batch.from_calldata(_plain(args["_leaves"]), _plain(args["_runs"]), bytes(args["_inputs"]))
-            except Exception as exc:  # noqa: BLE001 - any malformed calldata
-                errors.append(f"calldata does not decode: {exc}")
-                continue
-            if batch.root == root and batch.data_hash == data_hash:
-                return batch
-            errors.append("calldata does not match the posted root")
-        raise DecodeError(f"batch {batch_id}: {'; '.join(errors)}")
-
-    def _model(self, model_id: int) -> ModelInfo:
-        root, ops_per_step, _, _ = self.registry.functions.get_model(model_id).call()
-        return ModelInfo(model_id, self.registry.functions.model_name(model_id).call(), bytes(root), ops_per_step)
+            return super().load_batch(batch_id, tx_hash)
+        except BatchUnavailable as exc:
+            raise DataUnavailable(str(exc)) from None
+        except BatchMismatch as exc:
+            raise DecodeError(str(exc)) from None
 
     def leaf_signed(self, record: tuple) -> bool:
-        return self.rollup.functions.leaf_signer(record).call() == record[6]
-
-    def has_challenged(self, batch_id: int, index: int) -> bool:
-        return self.game_contract.functions.has_challenged(batch_id, index, self.address).call()
+        return self.leaf_signer(record) == record[6]
 
     def find_game(self, batch_id: int, index: int, from_block: int = 0) -> tuple[int, int] | None:
         """(game id, block) of our game over a leaf, from GameStarted logs (a
         crash between sending a challenge and recording it leaves only this)."""
-        logs = self.game_contract.events.GameStarted().get_logs(
-            from_block=from_block, argument_filters={"batch_id": batch_id})
-        for e in logs:
-            if e["args"]["leaf_index"] == index and e["args"]["challenger"] == self.address:
-                return e["args"]["game_id"], e["blockNumber"]
+        for e in self.games_started(from_block, batch_id=batch_id):
+            if e.leaf_index == index and e.challenger == self.address:
+                return e.game_id, e.block_number
         return None
 
-    def game(self, gid: int) -> dict:
-        return self.games.state(gid)
-
-    def revealed(self, gid: int, phase: int, from_block: int) -> list:
-        """What the node's last move published for the challenger's `phase`."""
-        name, field = REVEALED_IN[phase]
-        logs = getattr(self.game_contract.events, name)().get_logs(
-            from_block=from_block, argument_filters={"game_id": gid})
-        return list(logs[-1]["args"][field]) if logs else []
-
-    def challenge_bond(self) -> int:
-        return self.game_contract.functions.challenge_bond().call()
-
     def free_bond(self) -> int:
-        return self.stake_manager.functions.bond(self.address).call()
-
-    def claimable(self) -> int:
-        return self.stake_manager.functions.claimable(self.address).call()
+        return self.bond()
 
     # ------------------------------------------------------------ sending
 
@@ -150,7 +67,7 @@ class Chain(ProtocolChain):
                                                                batch.proof(index)))
 
     def send(self, move: player.Move) -> list:
-        _, revealed = self.games.send(move)
+        _, revealed = self.send_move(move)
         return revealed
 
     def deposit_bond(self, wei: int) -> None:

@@ -1,7 +1,7 @@
-"""A local network in one process, for tests, benches and demos: anvil with
-the protocol deployed, models registered, staked nodes announced in the
-registry and served over real HTTP (uvicorn on 127.0.0.1), and the
-coordinator's app served the same way."""
+"""A local network in one process, for tests, benches and demos: the shared
+test network (opinfer.chain.testnet: anvil, the protocol deployed, models
+registered), staked nodes announced in the registry and served over real
+HTTP (uvicorn on 127.0.0.1), and the coordinator's app served the same way."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ import time
 from dataclasses import dataclass, field
 
 import uvicorn
-from web3 import HTTPProvider, Web3
 
 from opinfer import models as registry_models
-from opinfer.chain.anvil import Anvil, dev_keys
-from opinfer.chain.deploy import Deployment, ProtocolParams, deploy, register_program
-from opinfer.chain.sender import TxSender
+from opinfer.chain.deploy import ProtocolParams
+from opinfer.chain.testnet import ProtocolNet
 from opinfer.semantics import merkle
 
 ROLES = ("deployer", "coordinator", "challenger")
@@ -65,19 +63,20 @@ class Placeholder:
 
 
 @dataclass
-class LocalNetwork:
-    anvil: Anvil
-    w3: Web3
-    deployment: Deployment
-    keys: dict[str, str]
-    models: dict[str, int]              # name -> model id
-    node_keys: list[str]
+class LocalNetwork(ProtocolNet):
+    """The shared test network (opinfer.chain.testnet) with the library's models
+    registered and nodes node1..nodeN (keys in `node_keys`) to serve them."""
+
     node_servers: list[ServerThread] = field(default_factory=list)
     placeholders: list[str] = field(default_factory=list)
 
     @property
-    def addresses(self) -> dict[str, str]:
-        return self.deployment.addresses
+    def node_roles(self) -> list[str]:
+        return [role for role in self.keys if role.startswith("node")]
+
+    @property
+    def node_keys(self) -> list[str]:
+        return [self.keys[role] for role in self.node_roles]
 
     def coordinator_env(self) -> dict[str, str]:
         return {"OPINFER_RPC_URL": self.anvil.url, "OPINFER_CHAIN_ID": str(self.deployment.chain_id),
@@ -100,14 +99,10 @@ class LocalNetwork:
                     anonymous_rate_limit_rpm=0)
         return Settings(**{**base, **overrides})
 
-    def time_travel(self, seconds: int) -> None:
-        self.w3.provider.make_request("evm_increaseTime", [seconds])
-        self.w3.provider.make_request("evm_mine", [])
-
     def stop(self) -> None:
         for server in self.node_servers:
             server.stop()
-        self.anvil.stop()
+        super().stop()
 
 
 def chat_program(allow_placeholder: bool = True):
@@ -124,22 +119,16 @@ def chat_program(allow_placeholder: bool = True):
 def start_network(n_nodes: int = 3, window: int = 60,
                   models: tuple[str, ...] = (registry_models.EMBEDDING, registry_models.CHAT),
                   chat_root: str = "program") -> LocalNetwork:
-    """Anvil + protocol + models + n staked, announced nodes (not yet serving: see serve_nodes).
+    """Anvil + protocol + models + n nodes (not yet staked nor serving: see serve_nodes).
 
     models: the kinds to register, each the library's model of that kind
     (opinfer/models) at its spec's price. chat_root: "program" registers the
     chat model's real model root (building its program takes a while),
     "placeholder" a stand-in root."""
-    anvil = Anvil(accounts=10 + n_nodes, hardfork="cancun").start()
+    net = LocalNetwork.start(ROLES + tuple(f"node{i + 1}" for i in range(n_nodes)),
+                             ProtocolParams(challenge_window=window, clock_budget=60), hardfork="cancun",
+                             accounts=10 + n_nodes)
     try:
-        w3 = Web3(HTTPProvider(anvil.url))
-        all_keys = dev_keys(len(ROLES) + n_nodes)
-        keys = dict(zip(ROLES, all_keys))
-        owner = TxSender(w3, keys["deployer"])
-        coordinator = TxSender(w3, keys["coordinator"]).address
-        d = deploy(w3, owner, ProtocolParams(challenge_window=window, clock_budget=60), coordinators=(coordinator,))
-        registry = d.contracts["ModelRegistry"]
-        ids, placeholders = {}, []
         for kind in models:
             spec = registry_models.by_kind(kind)[0]
             if kind == registry_models.EMBEDDING:
@@ -147,26 +136,23 @@ def start_network(n_nodes: int = 3, window: int = 60,
             else:
                 p = chat_program() if chat_root == "program" else Placeholder(spec.name)
             if isinstance(p, Placeholder):
-                placeholders.append(p.name)
-            ids[p.name] = register_program(owner, registry, p, spec.price_wei)
-        return LocalNetwork(anvil, w3, d, keys, ids, all_keys[len(ROLES):], placeholders=placeholders)
-    except Exception:
-        anvil.stop()
+                net.placeholders.append(p.name)
+            net.register(p, spec.price_wei)
+        return net
+    except BaseException:
+        net.stop()
         raise
 
 
 def serve_nodes(net: LocalNetwork, announce: bool = True) -> list[ServerThread]:
-    """Start a node server per node key (engines shared in-process), stake and announce each."""
+    """Start a node server per node role (engines shared in-process), stake and announce each."""
     from node.app import Node, create_app
 
-    stake = net.deployment.contracts["StakeManager"]
-    registry = net.deployment.contracts["ModelRegistry"]
-    for key in net.node_keys:
-        node = Node(key, net.deployment.chain_id, net.addresses["ResultRollup"], net.models)
+    for role in net.node_roles:
+        node = Node(net.keys[role], net.chain_id, net.rollup, net.models)
         server = ServerThread(create_app(node=node)).start()
         net.node_servers.append(server)
         if announce:
-            sender = TxSender(net.w3, key)
-            sender.call(stake.functions.stake_eth(), value=2 * 10**18)
-            sender.call(registry.functions.announce(server.url, list(net.models.values())))
+            net.stake(role)
+            net.announce(role, server.url)
     return net.node_servers

@@ -333,7 +333,8 @@ class Defender:
         self.builds.submit(key, self.deadline(g), lambda: self._build(game))
 
     def _program(self, game: Game) -> Program:
-        name, root = self.chain.model(game.model_id)
+        model = self.chain.model(game.model_id)
+        name, root = model.name, model.model_root
         program = self.programs(name)
         if program.model_root != root:
             raise RuntimeError(f"our program for {name} has model root 0x{program.model_root.hex()}, "

@@ -37,7 +37,7 @@ def resolve_models(chain: NodeChain, refs: list[str], available: dict) -> dict[s
     out = {}
     for ref in refs:
         model_id = chain.model_id(str(ref))
-        name, _ = chain.model(model_id)
+        name = chain.model(model_id).name
         if name not in available:
             raise NodeError(f"model {name!r} (id {model_id}) has no engine on this node "
                             f"(engines: {', '.join(sorted(available))})")

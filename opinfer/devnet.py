@@ -25,9 +25,10 @@ from web3 import HTTPProvider, Web3
 
 from opinfer import models as registry_models
 from opinfer.chain import artifacts
-from opinfer.chain.anvil import Anvil, dev_keys, free_port
-from opinfer.chain.deploy import Deployment, ProtocolParams, deploy
+from opinfer.chain.anvil import Anvil, free_port
+from opinfer.chain.deploy import Deployment, ProtocolParams
 from opinfer.chain.sender import TxSender
+from opinfer.chain.testnet import ProtocolNet
 from opinfer.errors import ChainError
 from opinfer.lifetime import child_preexec, say
 
@@ -61,21 +62,17 @@ SHORT_CLOCK_CONTEXT = 1025      # prompt + max_tokens: 1,024 positions
 
 def start(port: int = 8545, window: int = 600, clock: int = 300, nodes: int = 3,
           state_file: Path = STATE_FILE, log=None) -> tuple[Anvil, Deployment, dict]:
-    names = roles(nodes)
-    anvil = Anvil(port=port, accounts=max(10, len(names)), tied=True).start()
+    # The one test-network builder (opinfer.chain.testnet): anvil, the protocol, the roles' keys.
+    net = ProtocolNet.start(roles(nodes), ProtocolParams(challenge_window=window, clock_budget=clock), port=port,
+                            tied=True)
+    anvil, w3, keys, deployment, owner = net.anvil, net.w3, net.keys, net.deployment, net.owner
     try:
-        w3 = Web3(HTTPProvider(anvil.url))
-        keys = dict(zip(names, dev_keys(len(names))))
-        owner = TxSender(w3, keys["deployer"])
-        coordinator = TxSender(w3, keys["coordinator"]).address
-        params = ProtocolParams(challenge_window=window, clock_budget=clock)
-        deployment = deploy(w3, owner, params, coordinators=(coordinator,))
         models = register_models(owner, deployment.contracts["ModelRegistry"], log=log)
         # A block every second from now on: chain time (windows, clocks) moves
         # without transactions (deployment ran with instant mining: faster).
-        w3.provider.make_request("evm_setIntervalMining", [1])
+        net.interval_mining(1)
     except Exception:
-        anvil.stop()
+        net.stop()
         raise
     info = {
         "rpc_url": anvil.url,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from eth_utils import event_abi_to_log_topic
 from web3 import Web3
 
-from opinfer.chain.deploy import contract
+from opinfer.chain.client import contract
 
 MAX_RANGE = 5_000   # blocks per eth_getLogs call (what public RPC providers accept)
 GAME_EVENTS = ("GameStarted", "TraceOpened", "Bisected", "Picked", "TensorRevealed", "Descended", "Chosen",

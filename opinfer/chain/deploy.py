@@ -1,7 +1,9 @@
-"""Deploy and wire the protocol with web3 from brownie's artifacts.
+"""Deploy and wire the protocol with web3 from the compiled artifacts.
 
-Mirrors scripts/deploy.py (used by brownie tests) for services and the
-devnet, which do not run inside brownie."""
+`constructors` and `wiring` say once how the protocol is put together;
+`deploy` runs them with web3 (services, the devnet, every test network:
+opinfer.chain.testnet) and scripts/deploy.py runs the same steps with
+brownie for the contract suite."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from web3 import Web3
 
 from opinfer.chain import artifacts
+from opinfer.chain.client import contract  # noqa: F401 - re-exported (the services' older import path)
 from opinfer.chain.sender import TxSender
 
 
@@ -64,35 +67,49 @@ class Deployment:
         return {"chain_id": self.chain_id, "contracts": self.addresses, "params": asdict(self.params)}
 
 
-def contract(w3: Web3, name: str, address: str, build_dir=None):
-    """A deployed protocol contract, with its shipped ABI (or the one compiled in build_dir)."""
-    abi = artifacts.abi(name) if build_dir is None else artifacts.load(name, build_dir).abi
-    return w3.eth.contract(address=address, abi=abi)
+@dataclass(frozen=True)
+class Ref:
+    """A constructor or wiring argument that is another protocol contract's address."""
+    name: str
+
+
+def constructors(params: ProtocolParams, treasury) -> list[tuple[str, tuple]]:
+    """The protocol's contracts in deployment order, each with its constructor arguments.
+    The one definition of how the protocol is put together: `deploy` (web3: services,
+    devnet, tests, benches) and scripts/deploy.py (brownie: the contract suite) both run it."""
+    return [
+        ("StakeManager", (params.min_stake, params.delay(), params.challenger_reward_bps, treasury)),
+        ("ModelRegistry", (Ref("StakeManager"),)),
+        ("ResultRollup", (Ref("StakeManager"), Ref("ModelRegistry"), params.challenge_window)),
+        ("ElementRules", ()),
+        ("DecoderOps", (Ref("ElementRules"),)),
+        ("StepVerifier", (Ref("ElementRules"), Ref("DecoderOps"))),
+        ("DisputeGame", (Ref("StakeManager"), Ref("ResultRollup"), Ref("ModelRegistry"), Ref("StepVerifier"),
+                         params.arity, params.clock_budget, params.trace_budget, params.challenge_bond)),
+    ]
+
+
+def wiring(coordinators=()) -> list[tuple[str, str, tuple]]:
+    """The calls that connect the deployed contracts: (contract, function, arguments)."""
+    return ([("StakeManager", "set_dispute_game", (Ref("DisputeGame"),)),
+             ("ResultRollup", "set_dispute_game", (Ref("DisputeGame"),))]
+            + [("ResultRollup", "set_coordinator", (c, True)) for c in coordinators])
+
+
+def resolve(args: tuple, deployed: dict) -> tuple:
+    return tuple(deployed[a.name] if isinstance(a, Ref) else a for a in args)
 
 
 def deploy(w3: Web3, sender: TxSender, params: ProtocolParams = ProtocolParams(), treasury: str | None = None,
            coordinators: tuple[str, ...] = (), build_dir=artifacts.DEFAULT_BUILD) -> Deployment:
     params.check_trace_time()
     art = {name: artifacts.load(name, build_dir) for name in artifacts.CONTRACTS}
-    treasury = treasury or sender.address
-    a = {}
-    a["StakeManager"] = sender.deploy(art["StakeManager"].abi, art["StakeManager"].bytecode, params.min_stake,
-                                      params.delay(), params.challenger_reward_bps, treasury)
-    a["ModelRegistry"] = sender.deploy(art["ModelRegistry"].abi, art["ModelRegistry"].bytecode, a["StakeManager"])
-    a["ResultRollup"] = sender.deploy(art["ResultRollup"].abi, art["ResultRollup"].bytecode, a["StakeManager"],
-                                      a["ModelRegistry"], params.challenge_window)
-    a["ElementRules"] = sender.deploy(art["ElementRules"].abi, art["ElementRules"].bytecode)
-    a["DecoderOps"] = sender.deploy(art["DecoderOps"].abi, art["DecoderOps"].bytecode, a["ElementRules"])
-    a["StepVerifier"] = sender.deploy(art["StepVerifier"].abi, art["StepVerifier"].bytecode, a["ElementRules"],
-                                      a["DecoderOps"])
-    a["DisputeGame"] = sender.deploy(art["DisputeGame"].abi, art["DisputeGame"].bytecode, a["StakeManager"],
-                                     a["ResultRollup"], a["ModelRegistry"], a["StepVerifier"], params.arity,
-                                     params.clock_budget, params.trace_budget, params.challenge_bond)
+    a: dict[str, str] = {}
+    for name, args in constructors(params, treasury or sender.address):
+        a[name] = sender.deploy(art[name].abi, art[name].bytecode, *resolve(args, a))
     c = {name: w3.eth.contract(address=addr, abi=art[name].abi) for name, addr in a.items()}
-    sender.call(c["StakeManager"].functions.set_dispute_game(a["DisputeGame"]))
-    sender.call(c["ResultRollup"].functions.set_dispute_game(a["DisputeGame"]))
-    for coordinator in coordinators:
-        sender.call(c["ResultRollup"].functions.set_coordinator(coordinator, True))
+    for name, fn, args in wiring(coordinators):
+        sender.call(getattr(c[name].functions, fn)(*resolve(args, a)))
     return Deployment(a, params, w3.eth.chain_id, c)
 
 

@@ -1,32 +1,36 @@
-"""The protocol's contracts found from the rollup's address alone (its stake
-manager, registry and dispute game), as the services' chain adapters use them."""
+"""The protocol client with a signer: ProtocolClient's typed reads plus
+sending (the dispute game's moves through GameClient, any contract call
+through the TxSender). The node's and challenger's chain adapters extend it
+with their own few calls."""
 
 from __future__ import annotations
 
 from web3 import Web3
 
-from opinfer.chain.deploy import contract
+from opinfer.chain.client import ProtocolClient
 from opinfer.chain.game import GameClient
-from opinfer.chain.reorg import canonical_hash
 from opinfer.chain.sender import TxSender
+from opinfer.trace import player
 
 
-class ProtocolChain:
+class ProtocolChain(ProtocolClient):
     def __init__(self, w3: Web3, sender: TxSender, rollup: str):
-        self.w3, self.sender = w3, sender
-        self.rollup = contract(w3, "ResultRollup", Web3.to_checksum_address(rollup))
-        f = self.rollup.functions
-        self.stake_manager = contract(w3, "StakeManager", f.stake_manager().call())
-        self.registry = contract(w3, "ModelRegistry", f.registry().call())
-        self.game_contract = contract(w3, "DisputeGame", f.dispute_game().call())
+        super().__init__(w3, rollup)
+        self.sender = sender
         self.games = GameClient(self.game_contract, sender)
         self.arity, self.arity_bits = self.games.arity, self.games.arity_bits
-        self.chain_id = w3.eth.chain_id
+
+    @classmethod
+    def connect(cls, rpc_url: str, key: str, rollup: str, timeout: float = 30.0):
+        from opinfer.chain.client import connect
+
+        w3 = connect(rpc_url, timeout)
+        return cls(w3, TxSender(w3, key), rollup)
 
     @property
     def address(self) -> str:
         return self.sender.address
 
-    def block_hash(self, number: int) -> bytes | None:
-        """The canonical hash of block `number` (None past the head): reorganisation checks."""
-        return canonical_hash(self.w3)(number)
+    def send_move(self, move: player.Move) -> tuple[dict, list]:
+        """Send a game move; (receipt, what it revealed or [])."""
+        return self.games.send(move)

@@ -258,47 +258,36 @@ def eth(wei: int) -> str:
 
 def gather_status(client: Client, batches: int = 10) -> dict:
     """What `opinfer status` shows, read from the chain (and the coordinator's health)."""
-    from opinfer.chain import artifacts
+    from opinfer.trace.tables import LeafStatus
 
-    chain = client.chain()
-    w3 = chain.w3
-
-    def c(name, address):
-        return w3.eth.contract(address=address, abi=artifacts.abi(name))
-
-    rollup = chain.rollup
-    registry = c("ModelRegistry", rollup.functions.registry().call())
-    stake = c("StakeManager", rollup.functions.stake_manager().call())
-    game = c("DisputeGame", rollup.functions.dispute_game().call())
-    now = chain.now()
-    out = {"chain_id": w3.eth.chain_id, "block": w3.eth.block_number, "time": now,
-           "window": rollup.functions.challenge_window().call(), "batches": [], "games": [], "nodes": []}
+    p = client.chain().protocol
+    now = p.timestamp()
+    out = {"chain_id": p.chain_id, "block": p.head(), "time": now, "window": p.challenge_window(), "batches": [],
+           "games": [], "nodes": []}
     try:
         out["api"] = dict(client.health())
     except Exception as exc:  # noqa: BLE001 - the chain view works without the coordinator
         out["api"] = {"status": f"unreachable ({type(exc).__name__})"}
-    count = rollup.functions.batch_count().call()
+    count = p.batch_count()
     for bid in range(count, max(0, count - batches), -1):
-        root, _, leaves, deadline, poster, finalized = rollup.functions.batch(bid).call()
-        statuses = [rollup.functions.leaf_status(bid, i).call() for i in range(leaves)]
-        out["batches"].append({"id": bid, "leaves": leaves, "deadline": deadline, "left_s": max(0, deadline - now),
-                               "finalized": finalized, "disputed": statuses.count(2), "invalid": statuses.count(4),
-                               "root": "0x" + bytes(root).hex()})
-    for gid in range(game.functions.game_count().call(), 0, -1):
-        g = game.functions.games(gid).call()
+        b = p.batch(bid)
+        statuses = [p.leaf_status(bid, i) for i in range(b.leaf_count)]
+        out["batches"].append({"id": bid, "leaves": b.leaf_count, "deadline": b.deadline,
+                               "left_s": max(0, b.deadline - now), "finalized": b.finalized,
+                               "disputed": statuses.count(LeafStatus.DISPUTED),
+                               "invalid": statuses.count(LeafStatus.INVALID), "root": "0x" + b.root.hex()})
+    for gid in range(p.game_count(), 0, -1):
         if len(out["games"]) >= 20:
             break
-        out["games"].append({"id": gid, "batch": g[0], "leaf": g[1], "node": g[2], "challenger": g[3],
-                             "status": GAME_STATUS.get(g[9], str(g[9])), "phase": PHASES.get(g[10], str(g[10])),
-                             "node_clock": g[11], "challenger_clock": g[12], "lo": g[14], "hi": g[15]})
-    for i in range(registry.functions.node_count().call()):
-        addr = registry.functions.node_list(i).call()
-        endpoint, model_ids, listed = registry.functions.get_node(addr).call()
-        out["nodes"].append({"address": addr, "endpoint": endpoint, "models": list(model_ids),
-                             "stake_wei": stake.functions.stake(addr).call(),
-                             "unbonding_wei": stake.functions.unbonding(addr).call(),
-                             "open_disputes": stake.functions.open_disputes(addr).call(),
-                             "active": stake.functions.is_active(addr).call()})
+        g = p.game(gid)
+        out["games"].append({"id": gid, "batch": g.batch_id, "leaf": g.leaf_index, "node": g.node,
+                             "challenger": g.challenger, "status": GAME_STATUS.get(g.status, str(g.status)),
+                             "phase": PHASES.get(g.phase, str(g.phase)), "node_clock": g.node_clock,
+                             "challenger_clock": g.challenger_clock, "lo": g.lo, "hi": g.hi})
+    for n in p.nodes():
+        out["nodes"].append({"address": n.address, "endpoint": n.endpoint, "models": list(n.model_ids),
+                             "stake_wei": n.stake_wei, "unbonding_wei": p.unbonding(n.address)[0],
+                             "open_disputes": p.open_disputes(n.address), "active": p.is_active(n.address)})
     return out
 
 

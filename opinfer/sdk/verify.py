@@ -45,7 +45,7 @@ from opinfer.errors import CommitmentError
 from opinfer.sdk.errors import ConfigurationError, VerificationError
 from opinfer.trace.tables import LEAF_STATUS_NAMES
 
-STATUS = LEAF_STATUS_NAMES   # ResultRollup.leaf_status codes
+STATUS = LEAF_STATUS_NAMES   # ResultRollup.leaf_status codes (the names: LeafStatus.label)
 EMBEDDING_SCALE = 1 << 14
 
 
@@ -312,31 +312,26 @@ def check_request(report: VerificationReport, job: dict, request: dict | None, i
 
 
 class ChainReader:
-    """The chain reads verification needs, over the caller's own RPC. The
-    model registry is the one the rollup checks models against
-    (`ResultRollup.registry()`); a configured address must be that one."""
+    """The chain reads verification needs, over the caller's own RPC, through
+    the protocol client (opinfer.chain.client). The model registry is the one
+    the rollup checks models against (`ResultRollup.registry()`); a configured
+    address must be that one."""
 
     def __init__(self, rpc_url: str, rollup: str, registry: str | None = None, timeout: float = 15.0,
                  confirmations: int | None = None):
-        from web3 import HTTPProvider, Web3
-
-        from opinfer.chain import artifacts
+        from opinfer.chain.client import ProtocolClient, connect
+        from opinfer.errors import ChainError
 
         self.confirmations = confirmations   # None: the chain kind's default, read on first use
-
-        self.w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}))
-        self.rollup = self.w3.eth.contract(address=Web3.to_checksum_address(rollup),
-                                           abi=artifacts.abi("ResultRollup"))
-        bound = self.rollup.functions.registry().call()
-        if int(bound, 16) == 0:
-            raise ConfigurationError(f"the rollup at {rollup} names no model registry")
-        if registry and Web3.to_checksum_address(registry) != Web3.to_checksum_address(bound):
-            raise ConfigurationError(f"registry {registry} is not the one the rollup at {rollup} uses ({bound})")
-        self.registry = self.w3.eth.contract(address=Web3.to_checksum_address(bound),
-                                             abi=artifacts.abi("ModelRegistry"))
+        self.w3 = connect(rpc_url, timeout)
+        try:
+            self.protocol = ProtocolClient(self.w3, rollup, registry)
+        except ChainError as exc:
+            raise ConfigurationError(str(exc)) from None
+        self.rollup, self.registry = self.protocol.rollup, self.protocol.registry
 
     def chain_id(self) -> int:
-        return self.w3.eth.chain_id
+        return self.protocol.chain_id
 
     def safe_block(self) -> int:
         """The newest block with `confirmations` on top: every read is made there."""
@@ -344,7 +339,7 @@ class ChainReader:
             from opinfer.chain.reorg import default_confirmations
 
             self.confirmations = default_confirmations(self.chain_id())
-        return max(0, self.w3.eth.block_number - self.confirmations)
+        return max(0, self.protocol.head() - self.confirmations)
 
     def posting(self, tx_hash: str, safe: int) -> tuple[int | None, str]:
         """(the batch id the transaction posted, why not) with the transaction
@@ -359,31 +354,31 @@ class ChainReader:
             return None, f"mined in block {receipt['blockNumber']}, above the confirmed block {safe}"
         if not on_canonical_chain(self.w3, receipt):
             return None, f"block {receipt['blockNumber']} of the transaction is no longer canonical"
-        events = self.rollup.events.BatchPosted().process_receipt(receipt)
-        if not events:
+        posted = self.protocol.batches_posted(receipt)
+        if not posted:
             return None, "the transaction posted no batch"
-        return events[0]["args"]["batch_id"], f"block {receipt['blockNumber']}"
+        return posted[0], f"block {receipt['blockNumber']}"
 
     def includes(self, batch_id: int, index: int, leaf_hash: bytes, proof: list[bytes], block="latest") -> bool:
-        return self.rollup.functions.verify_inclusion(batch_id, index, leaf_hash, proof).call(block_identifier=block)
+        return self.protocol.includes(batch_id, index, leaf_hash, proof, block)
 
     def leaf_status(self, batch_id: int, index: int, block="latest") -> str:
-        return STATUS.get(self.rollup.functions.leaf_status(batch_id, index).call(block_identifier=block), "unknown")
+        return self.protocol.leaf_status(batch_id, index, block).label
 
     def batch(self, batch_id: int) -> dict:
-        root, _, count, deadline, poster, finalized = self.rollup.functions.batch(batch_id).call()
-        return {"root": _hex(root), "leaf_count": count, "deadline": deadline, "poster": poster,
-                "finalized": finalized}
+        b = self.protocol.batch(batch_id)
+        return {"root": _hex(b.root), "leaf_count": b.leaf_count, "deadline": b.deadline, "poster": b.poster,
+                "finalized": b.finalized}
 
     def model_root(self, model_id: int) -> str:
-        return _hex(self.registry.functions.get_model(model_id).call()[0])
+        return _hex(self.protocol.model(model_id).model_root)
 
     def model_id(self, name: str) -> int:
         """The registered id of a model name (0: not registered)."""
-        return self.registry.functions.model_id_by_name(name).call()
+        return self.protocol.model_id(name)
 
     def now(self) -> int:
-        return self.w3.eth.get_block("latest")["timestamp"]
+        return self.protocol.timestamp()
 
 
 def verify_on_chain(report: VerificationReport, job: dict, chain: ChainReader,

@@ -14,7 +14,7 @@ from opinfer.trace import bisection
 from opinfer.trace.state import Trace
 
 from opinfer.trace.tables import (ACTIVE, BISECT, CHALLENGER_WON, CHOOSE, CHUNK, DESCEND, ELEMENT,  # noqa: F401
-                                  GAME_FIELDS, NODE_PHASES, NODE_WON, OPEN, PICK, STEP, TENSOR, VOID)
+                                  GAME_FIELDS, NODE_PHASES, GameState, NODE_WON, OPEN, PICK, STEP, TENSOR, VOID)
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,9 @@ class Move:
     args: tuple
 
 
-def game_state(raw) -> dict:
-    """The games(id) tuple as a dict (bytes for bytes32 fields)."""
-    state = dict(zip(GAME_FIELDS, raw))
-    for key in ("model_root", "lo_root", "hi_root", "pending", "subtree"):
-        state[key] = bytes(state[key])
-    return state
+def game_state(raw) -> GameState:
+    """The games(id) tuple, typed (opinfer.trace.tables.GameState; reads as a mapping too)."""
+    return GameState.from_raw(raw)
 
 
 def _descendants(trace: Trace, g: dict, arity_bits: int) -> list[bytes]:

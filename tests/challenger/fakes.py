@@ -54,8 +54,9 @@ class FakeChain:
         batch = Batch(leaves)
         batch_id = len(self.batches) + 1
         self.batches[batch_id] = batch
-        self.events.append(BatchEvent(batch_id, batch.root, batch.data_hash, len(leaves), self.now + window,
-                                      batch_id.to_bytes(32, "big"), self.block, merkle.keccak(bytes([batch_id]))))
+        self.events.append(BatchEvent(batch_id, "0x" + "d" * 40, batch.root, batch.data_hash, len(leaves),
+                                      self.now + window, batch_id.to_bytes(32, "big"), self.block,
+                                      merkle.keccak(bytes([batch_id]))))
         return batch_id
 
     def batch_events(self, lo, hi):

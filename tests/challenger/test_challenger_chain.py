@@ -22,7 +22,7 @@ POSTED, INVALID = 1, 4
 
 @pytest.fixture(scope="module")
 def net():
-    n = Net()
+    n = Net.start()
     yield n
     n.stop()
 
@@ -219,7 +219,6 @@ def test_a_job_outside_the_models_committed_limits_is_disputed_and_won_at_once(n
     it unverifiable, even when the node's output is what the program computes."""
     import dataclasses
 
-    from opinfer.chain.deploy import register_program
     from opinfer.semantics.program import JobLimits
     from opinfer.trace.leaf import ResultLeaf
     from opinfer.trace.state import Trace
@@ -227,7 +226,7 @@ def test_a_job_outside_the_models_committed_limits_is_disputed_and_won_at_once(n
 
     limited = dataclasses.replace(toy_program(), name="toy-limited",
                                   limits=JobLimits(positions=TOY_TOKENS - 1, vocab=1 << 16))
-    model_id = register_program(net.senders["deployer"], net.c["ModelRegistry"], limited, 0)
+    model_id = net.register(limited)
     from eth_account import Account
 
     from tests.challenger.chainkit import STAKE

@@ -25,7 +25,7 @@ RUNNER = Path(__file__).with_name("run_challenger.py")
 
 @pytest.fixture(scope="module")
 def net():
-    n = Net()
+    n = Net.start()
     yield n
     n.stop()
 

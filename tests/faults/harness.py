@@ -21,18 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from web3 import HTTPProvider, Web3
-
-from opinfer.chain import artifacts, reorg
+from opinfer.chain import reorg
+from opinfer.chain.client import ProtocolClient
 from opinfer.trace import player
-from opinfer.trace.leaf import Batch
+from opinfer.trace.tables import LEAF_FINAL, LEAF_INVALID, LeafStatus
 
 EMBED = "all-minilm-l6-v2"
 CHAT = "smollm2-135m-instruct"
 NO_CACHE = {"cache": False}
 WORDS = ("rollup", "stake", "window", "bisection", "leaf", "batch", "proof", "node", "chain", "trace", "tensor",
          "signature", "finality", "verifier", "coordinator", "challenger", "element", "model", "embedding", "root")
-LEAF_FINAL, LEAF_INVALID = 3, 4
 
 
 def log_tails(logs: Path, lines: int = 40, firsts: int = 20) -> str:
@@ -192,55 +190,45 @@ class PostedLeaf:
 
 
 class ChainView:
-    """The protocol's contracts, read directly (the chain is the source of truth)."""
+    """The protocol's contracts, read through the protocol client (the chain is the source of truth)."""
 
     def __init__(self, info: dict):
-        self.w3 = Web3(HTTPProvider(info["rpc_url"], request_kwargs={"timeout": 30}))
-        c = info["contracts"]
-        self.rollup = self.w3.eth.contract(address=c["ResultRollup"], abi=artifacts.load("ResultRollup").abi)
-        self.game = self.w3.eth.contract(address=c["DisputeGame"], abi=artifacts.load("DisputeGame").abi)
-        self.stake = self.w3.eth.contract(address=c["StakeManager"], abi=artifacts.load("StakeManager").abi)
+        self.client = ProtocolClient.connect(info["rpc_url"], info["contracts"]["ResultRollup"])
+        self.w3 = self.client.w3
+        self.rollup, self.game, self.stake = self.client.rollup, self.client.game_contract, self.client.stake_manager
         self._batches: dict[int, list[PostedLeaf]] = {}
         self._scanned = -1
         self._scanned_hash = b""
 
     def batches(self) -> dict[int, list[PostedLeaf]]:
         """Every posted batch on the canonical chain, rebuilt from its transaction's calldata and checked
-        against the stored root (all read again when the last block read is no longer canonical)."""
-        head = self.w3.eth.block_number
-        if self._scanned >= 0 and reorg.canonical_hash(self.w3)(self._scanned) != self._scanned_hash:
+        against its event's root (all read again when the last block read is no longer canonical)."""
+        head = self.client.head()
+        if self._scanned >= 0 and self.client.block_hash(self._scanned) != self._scanned_hash:
             self._batches, self._scanned = {}, -1
         if head > self._scanned:
-            for e in self.rollup.events.BatchPosted().get_logs(from_block=self._scanned + 1, to_block=head):
-                bid = e["args"]["batch_id"]
-                tx = self.w3.eth.get_transaction(e["transactionHash"])
-                fn, args = self.rollup.decode_function_input(tx["input"])
-                assert fn.fn_name == "post_batch"
-                plain = [[tuple(x.values()) if isinstance(x, dict) else tuple(x) for x in args[k]]
-                         for k in ("_leaves", "_runs")]
-                batch = Batch.from_calldata(plain[0], plain[1], bytes(args["_inputs"]))
-                assert batch.root == bytes(e["args"]["root"]), f"batch {bid}: calldata does not match its root"
-                assert len(batch.leaves) == e["args"]["leaf_count"]
-                self._batches[bid] = [PostedLeaf(bid, i, leaf.job_id.hex(), leaf.node, leaf.model_id)
-                                      for i, leaf in enumerate(batch.leaves)]
-            self._scanned, self._scanned_hash = head, reorg.canonical_hash(self.w3)(head)
+            for e in self.client.batch_events(self._scanned + 1, head):
+                batch = self.client.event_batch(e)
+                assert len(batch.leaves) == e.leaf_count
+                self._batches[e.batch_id] = [PostedLeaf(e.batch_id, i, leaf.job_id.hex(), leaf.node, leaf.model_id)
+                                             for i, leaf in enumerate(batch.leaves)]
+            self._scanned, self._scanned_hash = head, self.client.block_hash(head)
         return self._batches
 
     def batch_count(self) -> int:
-        return self.rollup.functions.batch_count().call()
+        return self.client.batch_count()
 
     def finalized(self, batch_id: int) -> bool:
-        return self.rollup.functions.batch(batch_id).call()[5]
+        return self.client.batch(batch_id).finalized
 
     def leaf_status(self, batch_id: int, index: int) -> int:
-        return self.rollup.functions.leaf_status(batch_id, index).call()
+        return self.client.leaf_status(batch_id, index)
 
-    def games(self) -> list[dict]:
-        count = self.game.functions.game_count().call()
-        return [player.game_state(self.game.functions.games(g).call()) for g in range(1, count + 1)]
+    def games(self) -> list:
+        return [self.client.game(g) for g in range(1, self.client.game_count() + 1)]
 
     def active_games(self) -> int:
-        return sum(g["status"] == player.ACTIVE for g in self.games())
+        return sum(g.active for g in self.games())
 
     def events(self, contract, name: str) -> list:
         return list(getattr(contract.events, name)().get_logs(from_block=0, to_block="latest"))
@@ -527,7 +515,7 @@ class Outcome:
     @property
     def false_statuses(self) -> dict[str, tuple]:
         """Answered jobs whose API status or place differs from the chain's: job id -> (api, chain)."""
-        name = {1: "posted", 2: "disputed", LEAF_FINAL: "final", LEAF_INVALID: "invalid"}
+        name = {s: s.label for s in LeafStatus if s}
         out = {}
         for job_id, view in self.coordinator_view.items():
             if job_id in self.rejected_after_slash:

@@ -1,15 +1,14 @@
-"""A small protocol on anvil for the node's tests: contracts deployed as the
-devnet does, the toy model registered, a coordinator posting leaves, a
-challenger (the real service, or the pure player for a challenger that
-disputes a correct leaf), and nodes built from node/ (in-process or as
-`opinfer node run` processes through tests/node/run_node.py)."""
+"""The node's tests on the shared test network (opinfer.chain.testnet: anvil,
+the protocol deployed as the devnet does): the toy model registered, a
+coordinator posting leaves, a challenger (the real service, or the pure
+player for a challenger that disputes a correct leaf), and nodes built from
+node/ (in-process or as `opinfer node run` processes through
+tests/node/run_node.py)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
-
-from web3 import HTTPProvider, Web3
 
 from node.app import ExecuteRequest, Node
 from node.chain import NodeChain
@@ -17,49 +16,39 @@ from node.defender import HONEST, Defender
 from node.engines import ProgramEngine
 from node.metrics import Metrics
 from node.store import Store
-from opinfer.chain.anvil import Anvil, dev_keys
-from opinfer.chain.deploy import ProtocolParams, deploy, register_program
+from opinfer.chain.deploy import ProtocolParams
 from opinfer.chain.game import GameClient
-from opinfer.chain.sender import TxSender
+from opinfer.chain.testnet import STAKE_WEI, ProtocolNet
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.state import Trace
+from opinfer.trace.tables import LeafStatus
 from opinfer.trace.testing import corrupted_trace, toy_job, toy_program
 
 ROLES = ("deployer", "coordinator", "challenger", "griefer", "n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8")
-STAKE = 2 * 10**18
-POSTED, INVALID = 1, 4
+STAKE = STAKE_WEI
+POSTED, INVALID = LeafStatus.POSTED, LeafStatus.INVALID
 
 
-class Net:
-    def __init__(self, params: ProtocolParams = ProtocolParams(challenge_window=600, clock_budget=300)):
-        self.anvil = Anvil(accounts=len(ROLES)).start()
-        try:
-            self.w3 = Web3(HTTPProvider(self.anvil.url))
-            self.keys = dict(zip(ROLES, dev_keys(len(ROLES))))
-            self.senders = {role: TxSender(self.w3, key) for role, key in self.keys.items()}
-            self.addr = {role: s.address for role, s in self.senders.items()}
-            self.params = params
-            self.d = deploy(self.w3, self.senders["deployer"], params, coordinators=(self.addr["coordinator"],))
-            self.c = self.d.contracts
-            self.program = toy_program()
-            self.model_id = register_program(self.senders["deployer"], self.c["ModelRegistry"], self.program, 0)
-            for role in ("challenger", "griefer"):
-                self.senders[role].call(self.c["StakeManager"].functions.deposit_bond(), value=10**18)
-        except Exception:
-            self.anvil.stop()
-            raise
+class Net(ProtocolNet):
+    """The shared test network (opinfer.chain.testnet) with the toy model registered,
+    bonds for the challenger and the griefer, and the node's own helpers."""
+
+    ROLES = ROLES
+    PARAMS = ProtocolParams(challenge_window=600, clock_budget=300)
+
+    def __post_init__(self):
+        self.program = toy_program()
+        self.model_id = self.register(self.program)
+        for role in ("challenger", "griefer"):
+            self.bond(role)
         self.job_ids = itertools.count(1)
 
-    @property
-    def rollup(self) -> str:
-        return self.d.addresses["ResultRollup"]
-
     def chain(self, role: str) -> NodeChain:
-        return NodeChain(self.w3, TxSender(self.w3, self.keys[role]), self.rollup)
+        return NodeChain(self.w3, self.sender(role), self.rollup)
 
     def node(self, role: str, node_cls=Node) -> Node:
-        return node_cls(self.keys[role], self.w3.eth.chain_id, self.rollup, {self.program.name: self.model_id},
+        return node_cls(self.keys[role], self.chain_id, self.rollup, {self.program.name: self.model_id},
                         engines_by_name={self.program.name: ProgramEngine(self.program)})
 
     def defender(self, role: str, tmp_path, strategy=HONEST, node: Node | None = None) -> Defender:
@@ -75,28 +64,8 @@ class Net:
                                           model_id=self.model_id, input="0x" + job.to_bytes().hex()))
         return leaf_from(out, job.to_bytes())
 
-    def stake(self, role: str, wei: int = STAKE) -> None:
-        self.senders[role].call(self.c["StakeManager"].functions.stake_eth(), value=wei)
-
-    def post(self, leaves: list[ResultLeaf]) -> int:
-        self.senders["coordinator"].call(self.c["ResultRollup"].functions.post_batch(*Batch(leaves).calldata))
-        return self.c["ResultRollup"].functions.batch_count().call()
-
     def batch(self, leaves: list[ResultLeaf]) -> Batch:
         return Batch(leaves)
-
-    def time_travel(self, seconds: int) -> None:
-        self.w3.provider.make_request("evm_increaseTime", [seconds])
-        self.w3.provider.make_request("evm_mine", [])
-
-    def leaf_status(self, batch_id: int, index: int) -> int:
-        return self.c["ResultRollup"].functions.leaf_status(batch_id, index).call()
-
-    def slashable(self, role: str) -> int:
-        return self.c["StakeManager"].functions.slashable(self.addr[role]).call()
-
-    def stop(self) -> None:
-        self.anvil.stop()
 
 
 def leaf_from(answer: dict, data: bytes) -> ResultLeaf:
@@ -112,7 +81,7 @@ class Griefer:
 
     def __init__(self, net: Net, role: str = "griefer"):
         self.net = net
-        self.client = GameClient(net.c["DisputeGame"], TxSender(net.w3, net.keys[role]))
+        self.client = GameClient(net.c["DisputeGame"], net.sender(role))
         self.revealed: dict[int, list] = {}
         self.traces: dict[int, Trace] = {}
 
@@ -141,14 +110,7 @@ class Griefer:
         return True
 
     def _revealed(self, gid, g):
-        from challenger.chain import REVEALED_IN
-
-        if g["phase"] not in REVEALED_IN:
-            return []
-        name, field = REVEALED_IN[g["phase"]]
-        logs = getattr(self.net.c["DisputeGame"].events, name)().get_logs(from_block=0,
-                                                                        argument_filters={"game_id": gid})
-        return list(logs[-1]["args"][field])
+        return self.net.client().revealed(gid, g["phase"])
 
     def state(self, gid: int) -> dict:
         return self.client.state(gid)

@@ -24,7 +24,7 @@ from tests.node.kit import INVALID, POSTED, STAKE, Griefer, Net
 
 @pytest.fixture(scope="module")
 def net():
-    n = Net()
+    n = Net.start()
     n.stake("n1")  # the honest node
     yield n
     n.stop()
@@ -220,7 +220,7 @@ def short_net():
     """Clocks short enough that a trace build is a large part of one (as 205 s is of 300 s)."""
     from opinfer.chain.deploy import ProtocolParams
 
-    n = Net(ProtocolParams(challenge_window=600, clock_budget=CLOCK_S, trace_budget=TRACE_BUDGET_S))
+    n = Net.start(params=ProtocolParams(challenge_window=600, clock_budget=CLOCK_S, trace_budget=TRACE_BUDGET_S))
     n.stake("n1")
     yield n
     n.stop()
@@ -281,21 +281,12 @@ def test_a_game_over_a_batch_and_challenge_sent_through_contracts_is_defended(ne
     from opinfer.chain.deploy import contract
     from web3.logs import DISCARD
 
-    def forwarder(owner):
-        art = artifacts.load("Forwarder")
-        # a test-only contract: its ABI is in build/, not among the package's shipped ones
-        return contract(net.w3, "Forwarder", net.senders[owner].deploy(art.abi, art.bytecode), art.path.parent)
-
     net.stake("n8")
     node = net.node("n8")
     defender = net.defender("n8", tmp_path, node=node)
     leaves = [net.execute(node, 60), net.execute(node, 61)]
-    wallet = forwarder("coordinator")
-    rollup, game = net.c["ResultRollup"], net.c["DisputeGame"]
-    net.senders["deployer"].call(rollup.functions.set_coordinator(wallet.address, True))
-    net.senders["coordinator"].call(wallet.functions.forward(rollup.address, rollup.encode_abi(
-        "post_batch", args=net.batch(leaves).calldata)))
-    batch_id = rollup.functions.batch_count().call()
+    game = net.c["DisputeGame"]
+    batch_id = net.post_via(net.forwarder("coordinator"), leaves)
     # the griefer challenges through its own contract wallet (which holds the bond)
     griefer = TxSender(net.w3, net.keys["griefer"])   # a fresh nonce (other tests' griefers share the key)
     art = artifacts.load("Forwarder")

@@ -30,7 +30,7 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture(scope="module")
 def net():
-    n = Net()
+    n = Net.start()
     yield n
     n.stop()
 

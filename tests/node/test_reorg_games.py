@@ -31,7 +31,7 @@ from tests.node.kit import INVALID, POSTED, STAKE, Net
 
 @pytest.fixture(scope="module")
 def net():
-    n = Net()
+    n = Net.start()
     n.stake("n1")
     n.stake("n4")
     n.senders["deployer"].call(n.c["ResultRollup"].functions.set_coordinator(n.addr["n8"], True))

@@ -4,6 +4,7 @@ constants; opinfer/trace/tables.py: game phases, statuses and fields, leaf
 statuses) and equals the contract's own: its constants read from the Vyper
 sources, the game's fields from the compiled ABI."""
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -95,3 +96,51 @@ def test_one_definition_each():
         for path in (ROOT / top).rglob("*.py"):
             if path.name != "tables.py":
                 assert not copy.search(path.read_text()), path
+
+
+def _abi(contract: str) -> list:
+    return json.loads((ROOT / "build" / "contracts" / f"{contract}.json").read_text())["abi"]
+
+
+def test_enums_are_the_contracts_constants():
+    """The typed client's enums (tables.Phase, GameStatus, LeafStatus) are the one definition: each
+    member is the contract's constant of that name, and the plain names derive from them."""
+    game, rollup = constants("DisputeGame"), constants("ResultRollup")
+    assert {f"PHASE_{p.name}": int(p) for p in tables.Phase} == {k: v for k, v in game.items()
+                                                                 if k.startswith("PHASE_")}
+    assert {f"STATUS_{s.name}": int(s) for s in tables.GameStatus if s} == {k: v for k, v in game.items()
+                                                                            if k.startswith("STATUS_")}
+    assert {f"STATUS_{s.name}": int(s) for s in tables.LeafStatus} == {k: v for k, v in rollup.items()
+                                                                       if k.startswith("STATUS_")}
+    assert tables.LEAF_FINAL is tables.LeafStatus.FINAL and tables.LeafStatus(4).label == "invalid"
+    assert tables.CHALLENGER_WON is tables.GameStatus.CHALLENGER_WON and tables.PHASE_NAMES[tables.PICK] == "pick"
+
+
+def test_typed_records_follow_the_abi():
+    """GameState is games(id)'s tuple field for field (and decodes one); the event records carry the
+    events' arguments; ModelInfo reads get_model's outputs."""
+    from opinfer.chain import client
+
+    fields = lambda cls: tuple(f.name for f in dataclasses.fields(cls))  # noqa: E731
+    games = next(f for f in _abi("DisputeGame") if f.get("name") == "games")
+    assert fields(tables.GameState) == tuple(c["name"] for c in games["outputs"][0]["components"])
+    raw = list(range(len(tables.GAME_FIELDS)))
+    for i, name in enumerate(tables.GAME_FIELDS):
+        if name in ("model_root", "lo_root", "hi_root", "pending", "subtree"):
+            raw[i] = bytes([i]) * 32
+    raw[tables.GAME_FIELDS.index("status")], raw[tables.GAME_FIELDS.index("phase")] = 3, 8
+    g = tables.GameState.from_raw(raw)
+    assert g.status is tables.GameStatus.CHALLENGER_WON and g.phase is tables.Phase.ELEMENT and not g.active
+    assert g["subtree"] == bytes([25]) * 32 and "lo" in g and g.as_tuple()[0] == 0
+
+    def event_args(contract, name):
+        event = next(e for e in _abi(contract) if e.get("type") == "event" and e["name"] == name)
+        return tuple(i["name"] for i in event["inputs"])
+
+    where = ("tx_hash", "block_number")
+    assert fields(client.BatchPosted) == event_args("ResultRollup", "BatchPosted") + where + ("block_hash",)
+    assert fields(client.GameStarted) == event_args("DisputeGame", "GameStarted") + where
+    get_model = next(f for f in _abi("ModelRegistry") if f.get("name") == "get_model")
+    assert len(get_model["outputs"]) == len(fields(client.ModelInfo)) - 2      # + id and name
+    batch = next(f for f in _abi("ResultRollup") if f.get("name") == "batch")
+    assert len(batch["outputs"]) == len(fields(client.BatchRecord)) - 1        # + batch_id

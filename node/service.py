@@ -139,8 +139,8 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
     metrics = Metrics()
     by_name = dict(engines) if engines is not None else {}
     for name in model_ids:  # load before announcing: a listed node is ready to serve
-        engine = by_name.get(name) or load_program_engine(name, model_ids[name], chain.model(model_ids[name])[1],
-                                                          settings, log)
+        engine = by_name.get(name) or load_program_engine(name, model_ids[name],
+                                                          chain.model(model_ids[name]).model_root, settings, log)
         by_name[name] = engine
         event(log, "model loaded", model=name, model_id=model_ids[name])
     ensure_registered(chain, eth_to_wei(settings.stake_eth) if settings.stake_eth else 0, endpoint,

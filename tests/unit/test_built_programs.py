@@ -108,4 +108,4 @@ def test_any_llama_gguf_builds_to_a_file_a_runtime_serves(tmp_path):
         job = JobInput((1, 5, 9), max_tokens=3)
         assert np.array_equal(runtime.run(job)[0], program.run(job)[-1])
     finally:
-        models._registry.pop("lifecycle-tiny-llama", None)
+        models.unregister("lifecycle-tiny-llama")

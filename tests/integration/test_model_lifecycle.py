@@ -142,3 +142,21 @@ def test_node_serves_from_the_registered_program(program_file, chain, tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert "program loaded" in out and "startup_s" in out, out[-2000:]
+
+
+def test_challenger_executes_the_registered_program_file(program_file):
+    """`opinfer challenger run --program FILE`: the executor is the file's (engine from its
+    integers, the registered root); a file whose root is not the registry's is refused."""
+    from challenger.errors import ConfigError
+    from challenger.executors import program_executors
+    from opinfer.semantics.jobinput import JobInput
+    from opinfer.trace.outputs import tensor_root
+
+    root = default_program().model_root
+    executors = program_executors({NAME: root}, [str(program_file)])
+    mine = executors[NAME]
+    assert mine.program_file == str(program_file) and mine.program().model_root == root
+    job = JobInput((101, 7592, 102))
+    assert mine.output_root(job) == tensor_root(default_program().run(job)[-1])
+    with pytest.raises(ConfigError, match="the challenger would re-execute another program"):
+        program_executors({NAME: b"\x01" * 32}, [str(program_file)])

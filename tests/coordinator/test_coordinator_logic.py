@@ -219,10 +219,18 @@ def test_each_request_is_encoded_with_its_own_models_tokenizer(monkeypatch):
     assert toy_prompt[:1] == [257] and bytes(t for t in toy_prompt if t < 256).decode().startswith("system\nYou are a toy.")
     assert toy_prompt != plans[smol].prompts[0]
     assert svc.tokenizers.max_token_bytes(TOY_CHAT) == 1 < svc.tokenizers.max_token_bytes(smol)
-    # the streamed text and the SDK's text check decode with the model's own table
+    # the chat route's text, whole and streamed, and the SDK's text check decode with the model's own table
+    from coordinator.routes.chat import ChatRender, whole
+    from coordinator.service import Generated
+
     ids = toy_tok.encode_ordinary("héllo")
     stream = TextStream(table_for(svc.tokenizers.of(TOY_CHAT)), [(258,)])
     pieces = [p for t in ids + [258] for p in stream.push(t)]
     assert merge(pieces + stream.finish("stop"))[0] == "héllo"
+    assert whole(svc, plans[TOY_CHAT], Generated(None, ids + [258], "stop", 0))[0] == "héllo"
+    render = ChatRender(svc, plans[TOY_CHAT], ChatRequest.model_validate({"model": TOY_CHAT, "messages": ask}),
+                        "chatcmpl-x", 0, ["ab" * 16])
+    chunks = [c for t in ids for c in render.token(0, {"id": t})]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "héllo"
     client = Client(network="http://coordinator.test")
     assert client._decoder(TOY_CHAT)(ids) == "héllo" != client._decoder(smol)(ids)

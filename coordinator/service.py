@@ -5,7 +5,6 @@ usage, and describe jobs and batches with their proofs."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import secrets
 import threading
 from collections import Counter, OrderedDict

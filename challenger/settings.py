@@ -5,12 +5,12 @@ EnvironmentFile), not on the command line where `ps` shows it."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from challenger.errors import ConfigError
+from opinfer.chain.devnetinfo import DevnetInfo
 from opinfer.semantics import merkle
 
 ENV = "OPINFER_CHALLENGER_"
@@ -55,13 +55,12 @@ class Settings:
         return s
 
     def _from_devnet(self) -> None:
-        path = Path(self.devnet_file)
-        if (self.rpc_url and self.rollup and self.private_key) or not path.exists():
+        info = None if self.rpc_url and self.rollup and self.private_key else DevnetInfo.read(self.devnet_file)
+        if info is None:
             return
-        info = json.loads(path.read_text())
-        self.rpc_url = self.rpc_url or info["rpc_url"]
-        self.rollup = self.rollup or info["contracts"]["ResultRollup"]
-        self.private_key = self.private_key or info.get("accounts", {}).get("challenger", {}).get("private_key", "")
+        self.rpc_url = self.rpc_url or info.rpc_url
+        self.rollup = self.rollup or info.rollup
+        self.private_key = self.private_key or info.key("challenger")
 
     def validate(self) -> None:
         missing = [name for name in ("rpc_url", "rollup", "private_key") if not getattr(self, name)]

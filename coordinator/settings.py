@@ -5,11 +5,10 @@ description (.opinfer/devnet.json) named by OPINFER_DEVNET_FILE."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from opinfer.chain.devnetinfo import DevnetInfo
 
 
 class Settings(BaseSettings):
@@ -98,13 +97,12 @@ class Settings(BaseSettings):
         out = {"rpc_url": self.rpc_url, "chain_id": self.chain_id, "rollup": self.rollup_address,
                "registry": self.registry_address, "stake_manager": self.stake_manager_address,
                "key": self.coordinator_key}
-        path = Path(self.devnet_file)
-        if (not out["rpc_url"] or not out["rollup"]) and path.exists():
-            info = json.loads(path.read_text())
-            out["rpc_url"] = out["rpc_url"] or info["rpc_url"]
-            out["chain_id"] = out["chain_id"] or info["chain_id"]
-            out["rollup"] = out["rollup"] or info["contracts"]["ResultRollup"]
-            out["registry"] = out["registry"] or info["contracts"]["ModelRegistry"]
-            out["stake_manager"] = out["stake_manager"] or info["contracts"]["StakeManager"]
-            out["key"] = out["key"] or info["accounts"]["coordinator"]["private_key"]
+        info = DevnetInfo.read(self.devnet_file) if not out["rpc_url"] or not out["rollup"] else None
+        if info is not None:
+            out["rpc_url"] = out["rpc_url"] or info.rpc_url
+            out["chain_id"] = out["chain_id"] or info.chain_id
+            out["rollup"] = out["rollup"] or info.rollup
+            out["registry"] = out["registry"] or info.registry
+            out["stake_manager"] = out["stake_manager"] or info.stake_manager
+            out["key"] = out["key"] or info.key("coordinator")
         return out

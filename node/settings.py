@@ -4,13 +4,13 @@ the devnet description (.opinfer/devnet.json)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from node.errors import NodeError
+from opinfer.chain.devnetinfo import DevnetInfo
 
 
 class NodeSettings(BaseSettings):
@@ -44,9 +44,8 @@ class NodeSettings(BaseSettings):
     log_level: str = "info"
     devnet_file: str = ".opinfer/devnet.json"
 
-    def _devnet(self) -> dict:
-        path = Path(self.devnet_file)
-        return json.loads(path.read_text()) if path.exists() else {}
+    def _devnet(self) -> DevnetInfo:
+        return DevnetInfo.read(self.devnet_file) or DevnetInfo(Path(self.devnet_file), {})
 
     def model_ids(self) -> dict[str, int]:
         out = {}
@@ -54,23 +53,23 @@ class NodeSettings(BaseSettings):
             name, _, model_id = pair.partition("=")
             out[name.strip()] = int(model_id)
         if not out:
-            out = {name: m["id"] for name, m in self._devnet().get("models", {}).items()}
+            out = self._devnet().model_ids()
         return out
 
     def domain(self) -> tuple[int, str]:
         if self.chain_id and self.rollup_address:
             return self.chain_id, self.rollup_address
         info = self._devnet()
-        if not info:
+        if not info.data:
             raise NodeError("no chain id / rollup address: set OPINFER_NODE_CHAIN_ID and OPINFER_NODE_ROLLUP_ADDRESS "
                             "or start a devnet")
-        return info["chain_id"], info["contracts"]["ResultRollup"]
+        return info.chain_id, info.rollup
 
     def chain(self) -> tuple[str, str]:
         """(rpc url, rollup address)."""
         info = self._devnet()
-        rpc = self.rpc_url or info.get("rpc_url", "")
-        rollup = self.rollup_address or info.get("contracts", {}).get("ResultRollup", "")
+        rpc = self.rpc_url or info.rpc_url
+        rollup = self.rollup_address or info.rollup
         if not rpc or not rollup:
             raise NodeError("no chain: pass --rpc and --rollup (or OPINFER_NODE_RPC_URL / OPINFER_NODE_ROLLUP_ADDRESS),"
                             " or start a devnet")

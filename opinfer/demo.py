@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from opinfer import models
-from opinfer.chain import artifacts
 from opinfer.chain.anvil import free_port
+from opinfer.trace.tables import GameStatus
 
 WINDOW, CLOCK = 20, 60
 CHAT, EMBED = (models.by_kind(kind)[0].name for kind in (models.CHAT, models.EMBEDDING))
@@ -47,10 +47,9 @@ def main() -> int:
         client = Client(api_key=devnet.API_KEY, network=info["api_url"], rpc_url=info["rpc_url"],
                         chain_id=info["chain_id"], rollup_address=info["contracts"]["ResultRollup"],
                         registry_address=info["contracts"]["ModelRegistry"])
-        w3 = client.chain().w3
-        stake = w3.eth.contract(address=info["contracts"]["StakeManager"], abi=artifacts.abi("StakeManager"))
-        game = w3.eth.contract(address=info["contracts"]["DisputeGame"], abi=artifacts.abi("DisputeGame"))
-        stake_before = stake.functions.stake(liar).call()
+        chain = client.chain().protocol      # the protocol client (opinfer.chain.client), typed reads
+        game = chain.game_contract
+        stake_before = chain.stake(liar)
         say(f"models: {', '.join(m.id for m in client.list_models())}")
 
         chat = client.chat.completions.create(model=CHAT, max_tokens=16,
@@ -97,20 +96,19 @@ def main() -> int:
 
         # The game(s) against the liar, from the chain's events.
         games = []
-        for gid in range(1, game.functions.game_count().call() + 1):
-            g = game.functions.games(gid).call()
+        for gid in range(1, chain.game_count() + 1):
+            g = chain.game(gid)
             moves = {}
             for event in ("Bisected", "Picked", "TensorRevealed", "Descended", "Chosen", "ChunkRevealed",
                           "ElementPicked", "StepExecuted"):
                 n = len(getattr(game.events, event).get_logs(from_block=0, argument_filters={"game_id": gid}))
                 if n:
                     moves[event] = n
-            resolved = game.events.GameResolved.get_logs(from_block=0, argument_filters={"game_id": gid})
-            reason = resolved[0]["args"]["reason"] if resolved else "open"
-            games.append([gid, f"{g[0]}/{g[1]}", g[2][:10] + "…", sum(moves.values()),
+            reason = chain.resolved_reason(gid) or "open"
+            games.append([gid, f"{g.batch_id}/{g.leaf_index}", g.node[:10] + "…", sum(moves.values()),
                           ", ".join(f"{k} {v}" for k, v in moves.items()) or "-", reason,
-                          "challenger" if g[9] == 3 else "node" if g[9] == 2 else "-"])
-        stake_after = stake.functions.stake(liar).call()
+                          {GameStatus.CHALLENGER_WON: "challenger", GameStatus.NODE_WON: "node"}.get(g.status, "-")])
+        stake_after = chain.stake(liar)
         print()
         print("jobs")
         print(table(["request", "job", "node", "status", "client.verify"], rows))

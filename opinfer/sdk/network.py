@@ -9,14 +9,14 @@ OPINFER_REGISTRY_ADDRESS."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from opinfer.chain import devnetinfo
 from opinfer.sdk.errors import ConfigurationError
 
-DEFAULT_DEVNET_FILE = ".opinfer/devnet.json"
+DEFAULT_DEVNET_FILE = devnetinfo.DEFAULT_FILE
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Network:
 
 
 def devnet_file() -> Path:
-    return Path(os.environ.get("OPINFER_DEVNET_FILE", DEFAULT_DEVNET_FILE))
+    return devnetinfo.devnet_file()
 
 
 def resolve(network: str | None, rpc_url: str | None = None, chain_id: int | None = None,
@@ -42,17 +42,14 @@ def resolve(network: str | None, rpc_url: str | None = None, chain_id: int | Non
     network = network or os.environ.get("OPINFER_NETWORK") or "devnet"
     env = os.environ
     if network == "devnet":
-        path = devnet_file()
-        if not path.exists():
-            raise ConfigurationError(f"no running devnet: {path} not found (start one with `make up` or "
+        info = devnetinfo.DevnetInfo.read()
+        if info is None:
+            raise ConfigurationError(f"no running devnet: {devnet_file()} not found (start one with `make up` or "
                                      "`opinfer devnet up`), or pass network=<coordinator URL>")
-        info = json.loads(path.read_text())
-        api = info.get("api_url")
-        if not api:
-            raise ConfigurationError(f"{path} has no api_url: the devnet runs without a coordinator")
-        return Network(api.rstrip("/").removesuffix("/v1"), rpc_url or info["rpc_url"], chain_id or info["chain_id"],
-                       rollup or info["contracts"]["ResultRollup"], registry or info["contracts"]["ModelRegistry"],
-                       name="devnet")
+        if not info.api_url:
+            raise ConfigurationError(f"{info.path} has no api_url: the devnet runs without a coordinator")
+        return Network(info.api_url.rstrip("/").removesuffix("/v1"), rpc_url or info.rpc_url,
+                       chain_id or info.chain_id, rollup or info.rollup, registry or info.registry, name="devnet")
     if not network.startswith(("http://", "https://")):
         raise ConfigurationError(f"network must be 'devnet' or an http(s) URL, got {network!r}")
     cid = chain_id or (int(env["OPINFER_CHAIN_ID"]) if env.get("OPINFER_CHAIN_ID") else None)

@@ -232,12 +232,12 @@ class BatchPoster:
             if receipt["status"] != 1:
                 self._fail(row, "transaction reverted")
                 return []
-            event = self.chain.rollup.events.BatchPosted().process_receipt(receipt)[0]["args"]
-            if bytes(event["root"]) != row.root:
+            event = self.chain.batches_posted(receipt)[0]
+            if event.root != row.root:
                 raise PostingError(f"batch {batch_pk}: chain root differs from the recorded one")
             # The id is the canonical chain's now: a row still holding it is one
             # whose posting a reorganisation moved (its own receipt is read again).
-            for other in s.scalars(select(m.Batch).where(m.Batch.chain_batch_id == event["batch_id"],
+            for other in s.scalars(select(m.Batch).where(m.Batch.chain_batch_id == event.batch_id,
                                                          m.Batch.id != row.id)).all():
                 other.state, other.chain_batch_id, other.block_number, other.block_hash = m.SENT, None, None, None
                 for leaf in other.leaves:
@@ -245,8 +245,8 @@ class BatchPoster:
                         leaf.status = m.PENDING
             s.flush()
             first = row.posted_at is None
-            row.state, row.chain_batch_id = m.BATCH_POSTED, event["batch_id"]
-            row.deadline, row.block_number = event["deadline"], receipt["blockNumber"]
+            row.state, row.chain_batch_id = m.BATCH_POSTED, event.batch_id
+            row.deadline, row.block_number = event.deadline, receipt["blockNumber"]
             row.block_hash = bytes(receipt["blockHash"])
             row.posted_at = row.posted_at or now
             self.follower.remember(s, receipt["blockNumber"], row.block_hash)

@@ -303,15 +303,19 @@ class ProtocolClient:
         filters = {"batch_id": batch_id} if batch_id is not None else None
         logs = self.rollup.events.BatchPosted().get_logs(from_block=from_block, to_block=to_block,
                                                          argument_filters=filters)
-        return [BatchPosted(a["batch_id"], a["poster"], bytes(a["root"]), bytes(a["data_hash"]), a["leaf_count"],
-                            a["deadline"], bytes(e["transactionHash"]), e["blockNumber"], bytes(e["blockHash"]))
-                for e in logs for a in [e["args"]]]
+        return [self._batch_posted(e) for e in logs]
 
-    def batches_posted(self, receipt) -> list[int]:
-        """The batch ids a transaction's receipt shows posted (in order)."""
+    @staticmethod
+    def _batch_posted(e) -> BatchPosted:
+        a = e["args"]
+        return BatchPosted(a["batch_id"], a["poster"], bytes(a["root"]), bytes(a["data_hash"]), a["leaf_count"],
+                           a["deadline"], bytes(e["transactionHash"]), e["blockNumber"], bytes(e["blockHash"]))
+
+    def batches_posted(self, receipt) -> list[BatchPosted]:
+        """The BatchPosted events in a transaction's receipt (in order)."""
         from web3.logs import DISCARD
 
-        return [e["args"]["batch_id"] for e in self.rollup.events.BatchPosted().process_receipt(receipt,
+        return [self._batch_posted(e) for e in self.rollup.events.BatchPosted().process_receipt(receipt,
                                                                                               errors=DISCARD)]
 
     def load_batch(self, batch_id: int, tx_hash: bytes) -> Batch:

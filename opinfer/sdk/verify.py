@@ -357,7 +357,7 @@ class ChainReader:
         posted = self.protocol.batches_posted(receipt)
         if not posted:
             return None, "the transaction posted no batch"
-        return posted[0], f"block {receipt['blockNumber']}"
+        return posted[0].batch_id, f"block {receipt['blockNumber']}"
 
     def includes(self, batch_id: int, index: int, leaf_hash: bytes, proof: list[bytes], block="latest") -> bool:
         return self.protocol.includes(batch_id, index, leaf_hash, proof, block)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def _digest(ops: bytes, packed: list[np.ndarray]) -> str:
     h = hashlib.sha256(ops)
     for w in packed:
         h.update(json.dumps([str(w.dtype), list(w.shape)]).encode())
-        h.update(np.ascontiguousarray(w).tobytes())
+        h.update(np.ascontiguousarray(w))     # the buffer itself: no copy
     return h.hexdigest()
 
 
@@ -92,11 +93,29 @@ def read_meta(path) -> dict:
     return meta
 
 
-def load_program(path, expected_root: bytes | None = None, verify: str = "full") -> Program:
-    """Read a built program; its root must be the file's and, when given,
-    `expected_root` (e.g. the registry's). verify="full" recomputes the Merkle
-    root from the contents; "digest" checks the contents against the SHA-256 the
-    build sealed with the root (files without one are verified in full)."""
+@dataclass
+class ProgramView:
+    """A program file's ops and weights at their stored widths (int8 .. int64), for
+    building an engine without widening every weight to int64 first (SmolLM2: 1.1 GB);
+    a model's from_program reads it like a Program (ops, weights) and widens what it keeps."""
+
+    ops: list
+    weights: list
+    widths: list
+    steps_mode: int
+    name: str
+    limits: JobLimits | None
+    model_root: bytes
+
+    @property
+    def num_ops(self) -> int:
+        return len(self.ops)
+
+
+def _read(path, expected_root: bytes | None, verify: str):
+    """(meta, ops, packed weights, checked root or None) of a program file."""
+    if verify not in ("full", "digest"):
+        raise ValueError(f"verify must be 'full' or 'digest', not {verify!r}")
     meta = read_meta(path)
     if expected_root is not None and meta["model_root"] != "0x" + expected_root.hex():
         # Refused before any weight is read: the file is another model (or another build).
@@ -109,19 +128,41 @@ def load_program(path, expected_root: bytes | None = None, verify: str = "full")
         raise CommitmentError(f"{path}: not a built program file ({exc})") from None
     size = 32 * DESC_WORDS
     ops = [Op.decode(raw[i:i + size]) for i in range(0, len(raw), size)]
-    # Files written before job limits existed have none (their root is the unlimited one).
-    program = Program(ops, [w.astype(np.int64) for w in packed], list(meta["widths"]), meta["steps_mode"],
-                      meta["name"], JobLimits.from_word(int(meta.get("limits", 0))))
+    sealed = None
     if verify == "digest" and meta.get("sha256"):
         if _digest(raw, packed) != meta["sha256"]:
             raise CommitmentError(f"{path}: contents do not match the file's digest (damaged or edited file)")
-        program.__dict__["model_root"] = bytes.fromhex(meta["model_root"][2:])   # the root the build sealed
-    elif verify not in ("full", "digest"):
-        raise ValueError(f"verify must be 'full' or 'digest', not {verify!r}")
+        sealed = bytes.fromhex(meta["model_root"][2:])   # the root the build sealed with the digest
+    return meta, ops, packed, sealed
+
+
+def _program(path, meta, ops, packed, sealed) -> Program:
+    # Files written before job limits existed have none (their root is the unlimited one).
+    program = Program(ops, [w.astype(np.int64) for w in packed], list(meta["widths"]), meta["steps_mode"],
+                      meta["name"], JobLimits.from_word(int(meta.get("limits", 0))))
+    if sealed is not None:
+        program.__dict__["model_root"] = sealed
     root = "0x" + program.model_root.hex()
     if root != meta["model_root"]:
         raise CommitmentError(f"{path}: contents give root {root}, the file says {meta['model_root']}")
     return program
+
+
+def load_program(path, expected_root: bytes | None = None, verify: str = "full") -> Program:
+    """Read a built program; its root must be the file's and, when given,
+    `expected_root` (e.g. the registry's). verify="full" recomputes the Merkle
+    root from the contents; "digest" checks the contents against the SHA-256 the
+    build sealed with the root (files without one are verified in full)."""
+    return _program(path, *_read(path, expected_root, verify))
+
+
+def load_view(path, expected_root: bytes | None = None, verify: str = "digest") -> ProgramView:
+    """The file's program at its stored widths (checked as load_program checks it)."""
+    meta, ops, packed, sealed = _read(path, expected_root, verify)
+    if sealed is None:              # no digest, or verify="full": the root from the contents
+        sealed = _program(path, meta, ops, packed, None).model_root
+    return ProgramView(ops, packed, list(meta["widths"]), meta["steps_mode"], meta["name"],
+                       JobLimits.from_word(int(meta.get("limits", 0))), sealed)
 
 
 # ---------------------------------------------------------------- where program files live

@@ -28,25 +28,31 @@ class Runtime:
 
     @classmethod
     def from_file(cls, spec: ModelSpec, path, expected_root: bytes | None = None, verify: str = "digest",
-                  keep_program: bool | None = None):
+                  keep_program: bool | None = None):  # keep_program default: files under 64 MiB
         """A runtime whose engine and program come from a built program file
         (opinfer/models/built.py): the file's root must be `expected_root` (the
         registry's), the engine is rebuilt from the program's integers (no
-        calibration). A large program (a chat model's: 1.1 GB as int64) is
-        dropped once the engine is built and read again from the file when a
-        dispute needs it; keep_program keeps it (default: for small ones)."""
-        from opinfer.models.built import load_program
+        calibration; parts.from_program). A small program (a file under 64 MiB) is
+        kept; a large one (a chat model's: 1.1 GB as int64) is never
+        widened at start: from_program gets a ProgramView of the stored widths,
+        and the program is read from the file when a dispute needs it."""
+        from pathlib import Path
 
-        program = load_program(path, expected_root, verify=verify)
-        if program.name != spec.name:
-            raise CommitmentError(f"{path} holds the program of {program.name!r}, not of {spec.name!r}")
-        root = program.model_root
-        runtime = cls(spec, engine=spec.parts.from_program(program),
+        from opinfer.models.built import load_program, load_view
+
+        keep = keep_program if keep_program is not None else Path(path).stat().st_size < 64 << 20
+        # A kept program is the engine's source too; a large one's engine is built from the
+        # stored widths (a family's from_program widens what it keeps) and the program read
+        # again, widened, only when a dispute needs it.
+        source = load_program(path, expected_root, verify=verify) if keep else \
+            load_view(path, expected_root, verify=verify)
+        if source.name != spec.name:
+            raise CommitmentError(f"{path} holds the program of {source.name!r}, not of {spec.name!r}")
+        root = source.model_root
+        runtime = cls(spec, engine=spec.parts.from_program(source),
                       program_loader=lambda: load_program(path, root, verify=verify))
         runtime.program_file = str(path)
-        keep = keep_program if keep_program is not None else sum(w.size for w in program.weights) < 50_000_000
-        if keep:
-            runtime._program = program
+        runtime._program = source if keep else None
         return runtime
 
     @property

@@ -42,22 +42,46 @@ class _Cursor:
         return self.program.weights[ref & _INDEX]
 
 
+def _within_bound(fmt: int, codes: np.ndarray, d: np.ndarray, m: np.ndarray) -> bool:
+    """pack_gguf's cheap accumulator bound (sum_i |D q_i + M| <= |D| sum_i |q_i| + 32 |M| per
+    block, an upper bound of QMatrix.check_bounds' quantity): True when it holds, so the exact
+    check can be skipped; False leaves the matrix to the exact check."""
+    n, k = codes.shape
+    worst = 0
+    for start in range(0, n, 2048):         # bounded temporaries
+        q = codes[start:start + 2048].reshape(-1, k // bk.BLOCK, bk.BLOCK)
+        qsum = (q.sum(-1, dtype=np.int64) if fmt == bk.Q4_1 else np.abs(q.astype(np.int16)).sum(-1, dtype=np.int64))
+        bound = np.abs(d[start:start + 2048]) * qsum + bk.BLOCK * np.abs(m[start:start + 2048])
+        worst = max(worst, int(bound.sum(-1).max(initial=0)))
+    return worst * (bk.ACT_MAX << bk.ROW_BITS) < bk.ACC_LIMIT
+
+
 def model_from_program(program: Program, cls=sm.IntLlama) -> sm.IntLlama:
     cur = _Cursor(program)
     emb = cur.take(EMBED_TOKEN)
     if tuple(emb.params[:3]) != (sm.EMBED_SHIFT, *INT32):
         raise CommitmentError("the embedding's scale is not the engine's")
-    embed = bk.QMatrix(bk.Q8_0, cur.w(emb, 2).astype(np.int8), cur.w(emb, 3).copy(),
-                       np.zeros_like(cur.w(emb, 3)))
+    matrices: dict = {}
+
+    def matrix(fmt: int, codes_ref: Op, slot: int) -> bk.QMatrix:
+        """The block matrix of (codes, D, M) slots slot.. of an op, widened here (the program may
+        come at its stored widths: built.ProgramView), checked once per weight tensor."""
+        key = (fmt, codes_ref.slots[slot].ref, codes_ref.slots[slot + 1].ref)
+        if key not in matrices:
+            codes = cur.w(codes_ref, slot).astype(np.uint8 if fmt == bk.Q4_1 else np.int8)
+            d = cur.w(codes_ref, slot + 1).astype(np.int64)
+            m = cur.w(codes_ref, slot + 2).astype(np.int64) if fmt == bk.Q4_1 else np.zeros_like(d)
+            matrices[key] = bk.QMatrix(fmt, codes, d, m, checked=_within_bound(fmt, codes, d, m))
+        return matrices[key]
+
+    embed = matrix(bk.Q8_0, emb, 2)
 
     def gain(op: Op) -> np.ndarray:
-        return cur.w(op, 1)[:, 0].copy()
+        return cur.w(op, 1)[:, 0].astype(np.int64)
 
     def dense(op: Op) -> sm.Dense:
         fmt, _fold, mult, split, *groups = op.params[:10]
-        codes = cur.w(op, 1).astype(np.uint8 if fmt == bk.Q4_1 else np.int8)
-        m = cur.w(op, 3).copy() if fmt == bk.Q4_1 else np.zeros_like(cur.w(op, 2))
-        return sm.Dense.of(bk.QMatrix(fmt, codes, cur.w(op, 2).copy(), m), *groups[:3], split, *groups[3:6], mult=mult)
+        return sm.Dense.of(matrix(fmt, op, 1), *groups[:3], split, *groups[3:6], mult=mult)
 
     layers, eps, rope, silu, score = [], None, None, None, None
     heads = kv_heads = head_dim = None
@@ -69,11 +93,11 @@ def model_from_program(program: Program, cls=sm.IntLlama) -> sm.IntLlama:
         bias = None
         if cur.peek() == RESIDUAL:
             add = cur.take(RESIDUAL)
-            bias = cur.w(add, 1)[0].copy()
+            bias = cur.w(add, 1)[0].astype(np.int64)
             if tuple(add.params[:3]) != (0, *INT32) or not np.all(cur.w(add, 2) == 1):
                 raise CommitmentError("the Q/K/V bias add is not the engine's")
         rope_op = cur.take(ROPE)
-        rope, head_dim = cur.w(rope_op, 1), rope_op.params[0]
+        rope, head_dim = cur.w(rope_op, 1).astype(np.int64), rope_op.params[0]
         cur.take(APPEND)
         cur.take(APPEND)
         scores = cur.take(SCORES)
@@ -88,7 +112,7 @@ def model_from_program(program: Program, cls=sm.IntLlama) -> sm.IntLlama:
         cur.take(RESIDUAL)
         ffn_gain = gain(cur.take(RMS_NORM))
         gate_up = dense(cur.take(DENSE_BLOCK))
-        silu = cur.w(cur.take(SWIGLU), 1).reshape(-1).copy()
+        silu = cur.w(cur.take(SWIGLU), 1).reshape(-1).astype(np.int64)
         down = dense(cur.take(DENSE_BLOCK))
         cur.take(RESIDUAL)
         layers.append(sm.Layer(gain(norm), qkv, o, ffn_gain, gate_up, down, qkv_bias=bias))

@@ -205,3 +205,29 @@ def test_concurrent_callers_share_the_kernels_safely(model, tok):
     for t in threads:
         t.join()
     assert all(np.array_equal(r, expected[k]) for k in (0, 1) for r in results[k])
+
+
+@pytest.mark.parametrize("simd", [2, 1, 0])
+def test_attention_at_the_int16_bounds_and_long_rows(model, simd):
+    """The SIMD attention (int16 madd scores widened to int64, p . v two positions per madd in
+    int32 lanes) against the numpy rules on a KV cache filled with the int16 extremes and
+    random values, over 1,001 positions (an odd count: the unpaired last position)."""
+    m = model.sliced(layers=2, vocab=512, rope_rows=1100)
+    rng = np.random.default_rng(5)
+    n, nkv, D = 1000, m.n_kv_heads, m.head_dim
+    k = rng.choice(np.array([-32768, 32767, -32767, 0, 1], dtype=np.int16), size=(2, nkv, n, D))
+    v = rng.integers(-32768, 32768, size=(2, nkv, n, D)).astype(np.int16)
+    v[:, :, ::7] = -32768                            # the largest |p v| terms
+    session = m.session(1100)
+    session.reserve(n + 1)
+    session.k[:, :, :n], session.v[:, :, :n], session.pos = k, v, n
+    cache = {"pos": n}
+    for layer in range(2):
+        cache[("k", layer)] = k[layer].transpose(1, 0, 2).astype(np.int64)
+        cache[("v", layer)] = v[layer].transpose(1, 0, 2).astype(np.int64)
+    try:
+        native.set_simd(simd)
+        got = session.forward([17, 300], all_logits=True)
+    finally:
+        native.set_simd(2)
+    assert np.array_equal(got, reference_forward(m, [17, 300], cache))

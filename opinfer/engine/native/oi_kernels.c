@@ -332,15 +332,17 @@ static int quantize_row(const int64_t *x, int64_t k, int8_t *xq, int32_t *a, int
             memset(xq + b * BLOCK, 0, BLOCK);
         } else {
             /* round_div(127 xs, a) = floor((254 xs + a) / 2a); a double quotient of these
-               small integers is within 2^-40 of the exact one, and the integer check fixes
-               the rare case of a result one off (exact quotients) */
+               small integers is within 2^-40 of the exact one (|quotient| < 128); shifted by 256
+               and truncated (a conversion: floor for positive values, where gcc without
+               -msse4.1 calls libm's floor) it is the floor but for quotients within rounding of
+               an integer, and the integer checks make it exact whatever it was */
             int64_t den = 2 * (int64_t)amax;
             double inv = 1.0 / (double)den;
             for (int i = 0; i < BLOCK; i++) {
                 int64_t num = 254 * (int64_t)xs[i] + amax;
-                int64_t q = (int64_t)__builtin_floor((double)num * inv);
-                if (q * den > num) q--;
-                else if ((q + 1) * den <= num) q++;
+                int64_t q = (int64_t)((double)num * inv + 256.0) - 256;
+                while (q * den > num) q--;
+                while ((q + 1) * den <= num) q++;
                 xq[b * BLOCK + i] = (int8_t)q;
                 s2 += (int32_t)q;
             }
@@ -697,6 +699,54 @@ typedef struct {
     int fold_only_acc;          /* 1: write raw accumulators */
 } dense_job;
 
+/* requant_shifted of 4 accumulators of one activation row (its d) for weight rows c..c+3, AVX2:
+   requant_shifted's int64 split path lane by lane (e = shift - d in [32, 62], mult < 2^30), with
+   the arithmetic shift by a lane's own count as a logical one between two complements
+   (floor(x / 2^n) = ~(~x >> n) for x < 0). Returns 0, writing nothing, when a lane is outside
+   that case (the caller takes the scalar rule). */
+__attribute__((target("avx2,fma"))) static inline int requant4_avx2(const int64_t *acc, int64_t d, int64_t mult,
+                                                                    const int64_t *shift, const int64_t *lo,
+                                                                    const int64_t *hi, int64_t *out) {
+    const __m256i e = _mm256_sub_epi64(_mm256_loadu_si256((const __m256i *)shift), _mm256_set1_epi64x(d));
+    const __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi64(_mm256_set1_epi64x(32), e),
+                                        _mm256_cmpgt_epi64(e, _mm256_set1_epi64x(62)));
+    if (!_mm256_testz_si256(bad, bad)) return 0;
+    const __m256i a = _mm256_loadu_si256((const __m256i *)acc), mv = _mm256_set1_epi64x(mult);
+    /* A mult: the high word, sign-extended by mul_epi32; B mult: the low word, unsigned */
+    __m256i ahi = _mm256_mul_epi32(_mm256_srli_epi64(a, 32), mv);
+    __m256i low = _mm256_add_epi64(_mm256_mul_epu32(a, mv),
+                                   _mm256_sllv_epi64(_mm256_set1_epi64x(1), _mm256_sub_epi64(e, _mm256_set1_epi64x(1))));
+    __m256i sum = _mm256_add_epi64(ahi, _mm256_srli_epi64(low, 32));
+    __m256i neg = _mm256_cmpgt_epi64(_mm256_setzero_si256(), sum);
+    __m256i r = _mm256_xor_si256(_mm256_srlv_epi64(_mm256_xor_si256(sum, neg),
+                                                   _mm256_sub_epi64(e, _mm256_set1_epi64x(32))), neg);
+    const __m256i lov = _mm256_loadu_si256((const __m256i *)lo), hiv = _mm256_loadu_si256((const __m256i *)hi);
+    r = _mm256_blendv_epi8(r, lov, _mm256_cmpgt_epi64(lov, r));
+    r = _mm256_blendv_epi8(r, hiv, _mm256_cmpgt_epi64(r, hiv));
+    _mm256_storeu_si256((__m256i *)out, r);
+    return 1;
+}
+
+/* out[t, n + r] for r < width of a tile's accumulators acc[width t + r] (t < tn rows from t0) */
+static inline void dense_store(const dense_job *j, const int64_t *acc, int width, int64_t t0, int64_t tn, int64_t n) {
+    const oi_qmat *w = j->w;
+    int64_t c = j->col0 + n;
+    const int64_t *shift = w->shift + c, *lo = w->lo + c, *hi = w->hi + c;
+    int vec = use_avx2 > 0 && (uint64_t)w->mult < (1ULL << 30);
+    for (int64_t t = 0; t < tn; t++) {
+        int64_t *out = j->out + (t0 + t) * j->ldo + n;
+        const int64_t *a = acc + width * t;
+        if (j->fold_only_acc) {
+            memcpy(out, a, sizeof(int64_t) * width);
+            continue;
+        }
+        int64_t d = j->d[t0 + t];
+        for (int r = 0; r < width; r += 4)
+            if (!(vec && requant4_avx2(a + r, d, w->mult, shift + r, lo + r, hi + r, out + r)))
+                for (int i = r; i < r + 4; i++) out[i] = requant_shifted(a[i], d, w->mult, shift[i], lo[i], hi[i]);
+    }
+}
+
 static void dense_task(void *p, int64_t start, int64_t end) {
     dense_job *j = (dense_job *)p;
     const oi_qmat *w = j->w;
@@ -713,11 +763,7 @@ static void dense_task(void *p, int64_t start, int64_t end) {
                 else
                     dot8xt_q8_0_vnni((const blk_q8_0 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k, j->a + t0 * nb,
                                      j->s2 + t0 * nb, w->k, acc);
-                for (int64_t t = 0; t < tn; t++)
-                    for (int r = 0; r < 8; r++)
-                        j->out[(t0 + t) * j->ldo + n + r] = j->fold_only_acc ? acc[8 * t + r]
-                            : requant_shifted(acc[8 * t + r], j->d[t0 + t], w->mult, w->shift[c + r], w->lo[c + r],
-                                              w->hi[c + r]);
+                dense_store(j, acc, 8, t0, tn, n);
             }
         }
     if (use_avx2)
@@ -731,11 +777,7 @@ static void dense_task(void *p, int64_t start, int64_t end) {
                 else
                     dot4xt_q8_0((const blk_q8_0 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k, j->a + t0 * nb,
                                 j->as2 + t0 * nb, j->s2 + t0 * nb, w->k, acc);
-                for (int64_t t = 0; t < tn; t++)
-                    for (int r = 0; r < 4; r++)
-                        j->out[(t0 + t) * j->ldo + n + r] = j->fold_only_acc ? acc[4 * t + r]
-                            : requant_shifted(acc[4 * t + r], j->d[t0 + t], w->mult, w->shift[c + r], w->lo[c + r],
-                                              w->hi[c + r]);
+                dense_store(j, acc, 4, t0, tn, n);
             }
         }
     for (; n < end; n++) {

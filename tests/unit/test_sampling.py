@@ -251,3 +251,36 @@ def test_choose_penalises_before_argmax_and_sampling():
     generated = [top, 3, 3, 17]
     z = sampling.penalise(logits, params, generated)
     assert sampling.choose(logits, params, generated) == next_token(z, params, 4) == next_token_by_rules(z, params, 4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_batched_sampler_equals_the_numpy_rules(threads):
+    """next_tokens (the native kernels: one call for every row's weights, tau and kept, one for
+    the picks) against next_token row by row and, on small vocabularies, the element rules;
+    choose_many against choose (greedy and penalised rows mixed in)."""
+    from opinfer.engine import native
+
+    rng = np.random.default_rng(77 + threads)
+    before = native.lib().oi_get_threads()
+    native.set_threads(threads)
+    try:
+        for n in range(40):
+            vocab = [VOCAB, 300, 257, 1][n % 4]
+            rows = [_logits(rng, vocab, int(k)) for k in rng.integers(0, 4, size=int(rng.integers(1, 6)))]
+            params = [SamplingParams(int(rng.choice([1, 700, 1000, 2000, int(rng.integers(1, 2001))])),
+                                     int(rng.choice([1, 100, 59000, 65535, 65536])),
+                                     int(rng.integers(0, 2**64, dtype=np.uint64))) for _ in rows]
+            steps = [int(rng.integers(0, 4096)) for _ in rows]
+            got = sampling.next_tokens(rows, params, steps)
+            assert got == [next_token(r, p, s) for r, p, s in zip(rows, params, steps)], n
+            if vocab < VOCAB:
+                assert got == [next_token_by_rules(r, p, s) for r, p, s in zip(rows, params, steps)], n
+            mixed = [None, SamplingParams(0), SamplingParams(800, 50000, 9, presence_q=3000, logit_bias=((3, 900),))]
+            generated = [[], [1, 2], [0, 0, int(vocab > 1)]] + [list(range(s % 5)) for s in steps]
+            every = [rows[0]] * 3 + rows
+            tokens, drawn = sampling.choose_many(every, mixed + params, generated)
+            assert tokens == [sampling.choose(r, p, g) for r, p, g in zip(every, mixed + params, generated)]
+            assert all(np.array_equal(d, sampling.penalise(r, p, g))
+                       for d, r, p, g in zip(drawn, every, mixed + params, generated))
+    finally:
+        native.set_threads(before)

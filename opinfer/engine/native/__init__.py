@@ -124,6 +124,10 @@ def lib():
             handle.oi_mlm_layer_norm.argtypes = [ctypes.POINTER(Ln), P, I64, I64, P]
             handle.oi_mlm_attention.argtypes = [P, P, P, I64, I64, I64, I64, I64, I64, I64, I64, P]
             handle.oi_mlm_attention.restype = ctypes.c_int
+            handle.oi_sample_rows.argtypes = [I64, P, I64, P, P, P, P, P]
+            handle.oi_sample_rows.restype = ctypes.c_int
+            handle.oi_sample_pick_rows.argtypes = [I64, P, I64, P, P, P]
+            handle.oi_sample_pick_rows.restype = ctypes.c_int
             handle.oi_mlm_forward.argtypes = [ctypes.POINTER(Mlm), I64, P, P, P]
             handle.oi_mlm_forward.restype = ctypes.c_int
             threads = os.environ.get(ENV_THREADS)

@@ -1205,6 +1205,105 @@ int oi_forward(const oi_model *m, int64_t nseq, oi_seq *seqs, const int64_t *tok
     return rc;
 }
 
+/* ------------------------------------------------------------------ the committed sampler */
+
+/* sampling.next_token's integer rules (opinfer/engine/sampling.py) for rows of int64 logits:
+     w_i  = exp_neg(min(round_div((top - l_i) 1000, T << 8), 2^20))     (T = temperature_milli)
+     tau  = the largest integer in [1, 2^16] with (sum_{w >= tau} w) << 16 >= top_p_q total
+     kept = sum_{w >= tau} w
+   oi_sample_rows writes each row's weights (int32), tau and kept; the caller draws
+   r = keccak256(seed, step) mod kept (elements.draw) and oi_sample_pick_rows returns the first
+   index whose running sum of the weights >= tau exceeds r. A logit with u >= EXP_TAB_N has weight
+   exactly 0: (top - l) 1000 >= d EXP_TAB_N - d / 2 (d = T << 8, even) says so without the division. */
+typedef struct {
+    const int64_t *logits;
+    int64_t v;
+    const int64_t *temp, *top_p;
+    int32_t *w;
+    int64_t *tau, *kept;
+} sample_job;
+
+static __thread int32_t *sample_hist;   /* counts of each weight value in [0, 2^16], zero between rows */
+
+static void sample_task(void *p, int64_t start, int64_t end) {
+    sample_job *j = (sample_job *)p;
+    int64_t V = j->v;
+    for (int64_t r = start; r < end; r++) {
+        const int64_t *l = j->logits + r * V;
+        int32_t *w = j->w + r * V;
+        int64_t T = j->temp[r], top_p = j->top_p[r];
+        int64_t top = INT64_MIN;
+        for (int64_t i = 0; i < V; i++)
+            if (l[i] > top) top = l[i];
+        int64_t d = T << 8, zero_from = d * EXP_TAB_N - d / 2;
+        double inv = 1.0 / (2.0 * (double)d);
+        int64_t total = 0, wmin = 1LL << 16;
+        for (int64_t i = 0; i < V; i++) {
+            int64_t diff = top - l[i];
+            if (diff >= (1LL << 40) || diff * 1000 >= zero_from) {   /* zero_from < 2^32 */
+                w[i] = 0;
+                continue;
+            }
+            int64_t n = diff * 1000;
+            int64_t u = round_div_inv(n, d, inv);
+            int64_t wi = exp_neg_tab(u > EXP_INPUT_MAX ? EXP_INPUT_MAX : u);
+            w[i] = (int32_t)wi;
+            total += wi;
+            if (wi > 0 && wi < wmin) wmin = wi;
+        }
+        int64_t tau = wmin;     /* top_p_q = 2^16 keeps every weight: tau is the smallest one */
+        if (top_p < (1LL << 16)) {
+            if (!sample_hist) sample_hist = calloc((1 << 16) + 1, sizeof(int32_t));
+            for (int64_t i = 0; i < V; i++) sample_hist[w[i]]++;
+            int64_t acc = 0;
+            for (int64_t v = 1LL << 16; v >= 1; v--) {
+                if (!sample_hist[v]) continue;
+                acc += v * sample_hist[v];
+                if ((acc << 16) >= top_p * total) {
+                    tau = v;
+                    break;
+                }
+            }
+            for (int64_t i = 0; i < V; i++) sample_hist[w[i]] = 0;
+        }
+        int64_t kept = 0;
+        for (int64_t i = 0; i < V; i++)
+            if (w[i] >= tau) kept += w[i];
+        j->tau[r] = tau;
+        j->kept[r] = kept;
+    }
+}
+
+/* rows [b, V] of logits (top - l < 2^40 or weight 0; 1 <= T <= 2000; 1 <= top_p <= 2^16) */
+int oi_sample_rows(int64_t b, const int64_t *logits, int64_t V, const int64_t *temp, const int64_t *top_p,
+                   int32_t *w, int64_t *tau, int64_t *kept) {
+    pthread_once(&exp_once, exp_tab_init);
+    for (int64_t r = 0; r < b; r++)
+        if (temp[r] < 1 || temp[r] > 2000 || top_p[r] < 1 || top_p[r] > (1LL << 16)) return -1;
+    sample_job j = {logits, V, temp, top_p, w, tau, kept};
+    parallel_for(sample_task, &j, b, 1);
+    return 0;
+}
+
+int oi_sample_pick_rows(int64_t b, const int32_t *w, int64_t V, const int64_t *tau, const int64_t *draw,
+                        int64_t *out) {
+    for (int64_t r = 0; r < b; r++) {
+        const int32_t *wr = w + r * V;
+        int64_t run = 0, pick = -1;
+        for (int64_t i = 0; i < V; i++) {
+            if (wr[i] < tau[r]) continue;
+            run += wr[i];
+            if (run > draw[r]) {
+                pick = i;
+                break;
+            }
+        }
+        if (pick < 0) return -1;    /* draw >= kept */
+        out[r] = pick;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ int8 GEMM (MiniLM) */
 
 /*

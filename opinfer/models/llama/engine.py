@@ -635,8 +635,10 @@ class Decoder:
         batch = self.plan()
         if not batch:
             return [], []
+        from opinfer.engine.sampling import choose_many
+
         rows = self._forward(batch)
-        events, finished = [], []
+        events, finished, drawing = [], [], []
         for (s, ids), out in zip(batch, rows):
             if s.error is not None:
                 finished.append(s)
@@ -646,14 +648,18 @@ class Decoder:
                 if s.prompt_logits:
                     prompt_rows = out
                 s.fed += len(ids)
-            last = out[-1]
             if s.prefilling:                       # more prompt to feed: nothing to draw yet
                 events.append(Event(s, None, None, prompt_rows, start))
                 continue
-            row = s.drawn_from(last)
-            token = s.choose(last)
+            drawing.append((len(events), s, out[-1]))
+            events.append(Event(s, None, None, prompt_rows, start))
+        # every decoding stream's token from its own row and tokens (choose, row by row), in one
+        # call: the sampled rows' weights and picks in native code, each penalised row computed once
+        tokens, drawn = choose_many([last for _, _, last in drawing], [s.sampler for _, s, _ in drawing],
+                                    [s.out for _, s, _ in drawing])
+        for (i, s, _), token, row in zip(drawing, tokens, drawn):
             s.accept(token)
-            events.append(Event(s, token, row, prompt_rows, start))
+            events[i] = events[i]._replace(token=token, logits=row)
             if s.done:
                 finished.append(s)
         for s in finished:

@@ -246,6 +246,43 @@ def sse(event: dict) -> bytes:
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
+def token_event(index: int, token: int, logprob, top) -> bytes:
+    """sse of a token event; without logprobs (the common case) formatted directly: the same
+    bytes as sse({"type": "token", "index", "id", "logprob": None, "top": None}) without a
+    dict and json.dumps per token."""
+    if logprob is None and top is None:
+        return b'data: {"type":"token","index":%d,"id":%d,"logprob":null,"top":null}\n\n' % (index, token)
+    return sse({"type": "token", "index": index, "id": token, "logprob": logprob, "top": top})
+
+
+class Handoff:
+    """Hands items from the scheduler's thread to queues on the event loop with one wakeup
+    per burst: the tokens of one decode step (one per stream) reach their streams' queues
+    in a single call_soon_threadsafe (a self-pipe write and a loop wakeup), not one each.
+    Order per queue is kept (one list, drained in order)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list = []
+
+    def put(self, q: asyncio.Queue, item) -> None:
+        with self._lock:
+            self._pending.append((q, item))
+            if len(self._pending) > 1:      # a drain is already scheduled
+                return
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:                # the loop is closed (shutting down)
+            pass
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+        for q, item in items:
+            q.put_nowait(item)
+
+
 def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
@@ -349,20 +386,29 @@ def create_app(settings: NodeSettings | None = None, node: Node | None = None, a
 
     app.add_middleware(ExecuteGate, node=node, auth=auth)
 
+    handoffs: dict = {}
+
+    def handoff() -> Handoff:
+        loop = asyncio.get_running_loop()
+        h = handoffs.get(loop)
+        if h is None:
+            handoffs.clear()                 # one serving loop; a test's earlier loops are gone
+            h = handoffs[loop] = Handoff(loop)
+        return h
+
     @app.post("/v1/execute")
     async def execute(req: ExecuteRequest):
         if not req.stream:
             return await run_in_threadpool(node.execute, req)
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        pump = handoff()
 
-        def on_token(index, token, logprob, top):   # the scheduler's thread: hand over to the loop
-            loop.call_soon_threadsafe(events.put_nowait, {"type": "token", "index": index, "id": token,
-                                                          "logprob": logprob, "top": top})
+        def on_token(index, token, logprob, top):   # the scheduler's thread: encoded there, handed to the loop
+            pump.put(events, token_event(index, token, logprob, top))
 
         run = await run_in_threadpool(node.start, req, on_token)   # errors before the first token: status codes
-        # after every token event (call_soon_threadsafe keeps their order)
-        run.future.add_done_callback(lambda _f: loop.call_soon_threadsafe(events.put_nowait, None))
+        # after every token event (the handoff keeps their order)
+        run.future.add_done_callback(lambda _f: pump.put(events, None))
         return StreamingResponse(_stream(run, events), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
@@ -374,7 +420,7 @@ def create_app(settings: NodeSettings | None = None, node: Node | None = None, a
                 while not events.empty():      # tokens that queued meanwhile go out in one write
                     chunk.append(events.get_nowait())
                 ended = chunk[-1] is None
-                if data := b"".join(sse(e) for e in chunk if e is not None):
+                if data := b"".join(e for e in chunk if e is not None):
                     yield data
             try:
                 body = await run_in_threadpool(node.finish, run)

@@ -19,6 +19,8 @@ import asyncio
 import json
 import logging
 
+import orjson
+
 from coordinator.errors import ApiError
 from coordinator.service import Answer, GenPlan, Generated
 
@@ -81,23 +83,34 @@ class Run:
             task.cancel()
 
 
-def sse(body: dict) -> str:
-    return f"data: {json.dumps(body)}\n\n"
+def sse(body: dict) -> bytes:
+    # orjson: a fraction of json.dumps's time per chunk, the same JSON values (UTF-8 rather than
+    # \u escapes, no spaces). Chunks with log-probabilities keep json.dumps: a token the sampler
+    # can never draw has logprob -inf, which json writes as -Infinity and orjson as null.
+    if any(c.get("logprobs") for c in body.get("choices") or ()):
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
 async def stream(run: Run, render):
-    """The SSE body: render.token / render.done per event, render.end() after the last, then [DONE]."""
+    """The SSE body: render.token / render.done per event, render.end() after the last, then [DONE].
+    Events already queued when one is rendered go out in the same write (one send per burst,
+    not per token: the node sends a step's tokens together)."""
+    out: list[bytes] = []
     try:
         async for kind, index, payload in run.events():
             if kind == "error":
-                yield sse(payload.body())
+                out.append(sse(payload.body()))
+                yield b"".join(out)
                 return
             chunks = render.token(index, payload) if kind == "token" else render.done(index, payload)
-            for chunk in chunks:
-                yield sse(chunk)
-        for chunk in render.end():
-            yield sse(chunk)
-        yield "data: [DONE]\n\n"
+            out.extend(sse(chunk) for chunk in chunks)
+            if out and run.queue.empty():
+                yield b"".join(out)
+                out = []
+        out.extend(sse(chunk) for chunk in render.end())
+        out.append(b"data: [DONE]\n\n")
+        yield b"".join(out)
     finally:
         run.cancel()
 

@@ -75,9 +75,10 @@ def verify(args) -> int:
 
 # ---------------------------------------------------------------- chain
 
-def _devnet(args) -> dict:
-    path = Path(args.devnet_file)
-    return json.loads(path.read_text()) if path.exists() else {}
+def _devnet(args):
+    from opinfer.chain.devnetinfo import DevnetInfo
+
+    return DevnetInfo.read(args.devnet_file)
 
 
 def registry_contract(args):
@@ -87,8 +88,8 @@ def registry_contract(args):
     from opinfer.chain import artifacts
 
     info = _devnet(args)
-    rpc = args.rpc or info.get("rpc_url")
-    address = args.registry or info.get("contracts", {}).get("ModelRegistry")
+    rpc = args.rpc or (info.rpc_url if info else "")
+    address = args.registry or (info.registry if info else "")
     if not rpc or not address:
         raise ChainError("no chain: pass --rpc and --registry (the ModelRegistry address), or start a devnet")
     w3 = Web3(HTTPProvider(rpc, request_kwargs={"timeout": 30}))
@@ -104,8 +105,8 @@ def owner_key(args) -> str:
     if args.key or os.environ.get(KEY_ENV):
         return args.key or os.environ[KEY_ENV]
     info = _devnet(args)
-    if info and (not args.rpc or args.rpc == info.get("rpc_url")):
-        return info.get("accounts", {}).get("deployer", {}).get("private_key", "")
+    if info and (not args.rpc or args.rpc == info.rpc_url):
+        return info.key("deployer")
     raise ChainError(f"no owner key: pass --key or set {KEY_ENV}")
 
 

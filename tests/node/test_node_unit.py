@@ -152,7 +152,7 @@ def test_the_coordinators_pool_signs_requests_that_a_trusting_node_accepts():
         app = create_app(node=node, auth=Authenticator(trusted=[trusted]))
         pool = NodePool(time.monotonic, Metrics(), signer_key=COORD)
 
-        async def post(url, data, headers):  # the node's app in process, no socket
+        async def post(url, data, headers, limit=None, total_s=None):  # the node's app in process, no socket
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node") as client:
                 resp = await client.post(url, content=data, headers=headers)
             return resp.status_code, resp.content

@@ -157,6 +157,7 @@ def test_score_scale():
     (dict(arch="qwen3"), "architecture 'qwen3'"),
     (dict(matrices="F16"), "is F16; this library takes Q4_1 or Q8_0"),
     (dict(heads=3, kv_heads=2, hidden=96), "KV heads the heads"),
+    (dict(heads=33, kv_heads=33, hidden=2112), "width 2112: at most 2048"),
 ])
 def test_files_outside_the_family_are_refused_by_name(tmp_path, change, message):
     shape = Shape(**{**SHAPES["mha"].__dict__, **change})

@@ -37,6 +37,9 @@ from opinfer.errors import OpinferError
 ARCHITECTURES = {"llama": "normal", "qwen2": "neox"}
 
 
+MAX_WIDTH = 2048        # widest hidden row: 2,048 squares of 26-bit values stay below 2^63
+
+
 class ModelFileError(OpinferError):
     """The GGUF file is missing, or holds a model this library does not run."""
 
@@ -149,6 +152,11 @@ class Config:
         if n_heads < 1 or n_kv < 1 or n_heads % n_kv or hidden % n_heads:
             raise ModelFileError(f"{where}{n_heads} heads over {n_kv} KV heads and width {hidden}: heads must "
                                  f"divide the width and KV heads the heads")
+        if hidden > MAX_WIDTH:
+            # RMS_NORM sums `hidden` squares of up to 2 x SQUARE_BITS bits in int64 (numpy and
+            # the native kernels); above 2,048 of them the engine's sum could wrap where the
+            # verifier's int256 does not, and the bits would disagree.
+            raise ModelFileError(f"{where}width {hidden}: at most {MAX_WIDTH} (the RMS norm's int64 sum)")
         head_dim = hidden // n_heads
         for name in ("attention.key_length", "attention.value_length", "rope.dimension_count"):
             if int(meta.get(f"{arch}.{name}", head_dim)) != head_dim:

@@ -140,7 +140,13 @@ def cached(spec: ModelSpec, folder=None) -> Built:
     """The program file of an installed model, built once per weight-package version and
     program code (the devnet's; an index.json in the folder maps that key to the file)."""
     folder = Path(folder or programs_dir())
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:                       # no writable home (a CI sandbox): a cache in the temp folder
+        import tempfile
+
+        folder = Path(tempfile.gettempdir()) / "opinfer-programs"
+        folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / "index.json"
     key = f"{spec.name}@{package_version(spec)}#{code_key(spec)}"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}

@@ -103,7 +103,13 @@ def program_executors(registered: dict[str, bytes], files=(), folder=None, log=N
     except CommitmentError as exc:
         raise ConfigError(f"--program: {exc}") from None
     for name in set(named) - set(out):
-        raise ConfigError(f"--program {named[name]}: {name!r} is no model of this library")
+        # a model known only by its program file (a llama-family file built elsewhere)
+        from opinfer.models.llama.programfile import register_program_file
+
+        try:
+            register_program_file(named[name])
+        except CommitmentError as exc:
+            raise ConfigError(f"--program {named[name]}: {exc}") from None
     for spec in models.specs():
         root = registered.get(spec.name)
         path = named.get(spec.name) or (find_program(spec.name, root, (), folder) if root else None)

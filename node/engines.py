@@ -98,6 +98,22 @@ def load(name: str) -> Engine:
         return _engine(name)
 
 
+def adopt_program_files(paths) -> list[str]:
+    """Models this library has no folder for, known by their built program files (a
+    llama-family GGUF built elsewhere: opinfer/models/llama/programfile.py): registered in
+    this process and served like any model. Returns their names."""
+    from opinfer.models.built import read_meta
+    from opinfer.models.llama.programfile import register_program_file
+
+    names = []
+    for path in paths:
+        name = read_meta(path)["name"]
+        if name not in ENGINES:
+            ENGINES[name] = register_program_file(path)
+            names.append(name)
+    return names
+
+
 @lru_cache(maxsize=None)
 def _file_engine(name: str, path: str, root: bytes, verify: str) -> Engine:
     return Engine.from_file(ENGINES[name], path, root, verify=verify)

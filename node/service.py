@@ -22,6 +22,7 @@ from node.logs import event, setup
 from node.metrics import Metrics
 from node.settings import NodeSettings
 from node.store import Store
+from opinfer.errors import OpinferError
 
 WEI = 10**18
 
@@ -132,6 +133,11 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
         raise NodeError("no node key: pass --key or set OPINFER_NODE_KEY")
     rpc, rollup = settings.chain()
     chain = connect(rpc, settings.key, rollup)
+    if engines is None:
+        try:   # --program files of models this library has no folder for (llama-family files)
+            engine_mod.adopt_program_files(settings.program_files())
+        except OpinferError as exc:
+            raise NodeError(f"--program: {exc}") from None
     available = engines if engines is not None else engine_mod.ENGINES
     refs = model_refs or list(settings.model_ids()) or []
     model_ids = resolve_models(chain, refs, available)

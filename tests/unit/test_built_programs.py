@@ -109,3 +109,39 @@ def test_any_llama_gguf_builds_to_a_file_a_runtime_serves(tmp_path):
         assert np.array_equal(runtime.run(job)[0], program.run(job)[-1])
     finally:
         models.unregister("lifecycle-tiny-llama")
+
+
+def test_a_program_file_alone_is_served_and_re_executed(tmp_path):
+    """A node or challenger with only the program file of a llama-family model (no GGUF, no
+    folder): the model is registered from the file, its refusal rule is the root's job limits,
+    and both sides compute the program's output."""
+    from challenger.errors import Unverifiable
+    from challenger.executors import program_executors
+    from node import engines
+    from node.errors import BadJob
+    from opinfer import models
+    from opinfer.models.llama.fixtures import Shape, write_gguf
+    from opinfer.models.llama.program import build_from_gguf
+    from opinfer.semantics.jobinput import JobInput
+    from opinfer.trace.outputs import tensor_root
+
+    name = "lifecycle-file-only-llama"
+    program = build_from_gguf(write_gguf(tmp_path / "f.gguf", Shape(name=name, seed=5)))
+    save_program(program, tmp_path / "f.npz")
+    (tmp_path / "f.gguf").unlink()                              # the file alone from here on
+    try:
+        assert engines.adopt_program_files([tmp_path / "f.npz"]) == [name]
+        node = engines.load_file(name, tmp_path / "f.npz", program.model_root)
+        challenger = program_executors({name: program.model_root}, [str(tmp_path / "f.npz")])[name]
+        job = JobInput((3, 1, 4, 1), max_tokens=4, temperature_milli=700, seed=9)
+        out = program.run(job)[-1]
+        assert np.array_equal(node.run(job)[0], out) and challenger.output_root(job) == tensor_root(out)
+        spec = models.get(name)
+        too_long = JobInput((1,) * spec.context, max_tokens=2)
+        with pytest.raises(BadJob, match="exceeds the context"):
+            node.check(too_long)
+        with pytest.raises(Unverifiable):
+            challenger.output_root(too_long)
+    finally:
+        engines.ENGINES.pop(name, None)
+        models.unregister(name)

@@ -22,6 +22,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "oi_kernels.c"
+SOURCES = (SOURCE, HERE / "oi_keccak.c")     # the kernels, and keccak in batches for the trace's commitments
 LIBRARY = HERE / "_oi_kernels.so"
 CFLAGS = ["-O2", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
 ENV_THREADS = "OPINFER_THREADS"
@@ -39,15 +40,15 @@ class NativeError(RuntimeError):
 
 def build(force: bool = False) -> Path:
     """Compile oi_kernels.c into _oi_kernels.so next to it (atomically: a temporary file renamed)."""
-    if not force and LIBRARY.exists() and LIBRARY.stat().st_mtime >= SOURCE.stat().st_mtime:
+    if not force and LIBRARY.exists() and LIBRARY.stat().st_mtime >= max(s.stat().st_mtime for s in SOURCES):
         return LIBRARY
     cc = os.environ.get("CC", "gcc")
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=HERE)
     os.close(fd)
     try:
-        out = subprocess.run([cc, *CFLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        out = subprocess.run([cc, *CFLAGS, *map(str, SOURCES), "-o", tmp], capture_output=True, text=True)
         if out.returncode != 0:
-            raise NativeError(f"{cc} failed to build {SOURCE.name}:\n{out.stderr}")
+            raise NativeError(f"{cc} failed to build {LIBRARY.name}:\n{out.stderr}")
         os.replace(tmp, LIBRARY)
     finally:
         if os.path.exists(tmp):
@@ -130,6 +131,15 @@ def lib():
             handle.oi_sample_pick_rows.restype = ctypes.c_int
             handle.oi_mlm_forward.argtypes = [ctypes.POINTER(Mlm), I64, P, P, P]
             handle.oi_mlm_forward.restype = ctypes.c_int
+            handle.oi_keccak_set_simd.argtypes = [ctypes.c_int]
+            handle.oi_keccak_set_simd.restype = ctypes.c_int
+            handle.oi_keccak.argtypes = [P, I64, I64, P]
+            handle.oi_tensor_roots.argtypes = [P, I64, I64, P, I64, I64, P]
+            handle.oi_tensor_roots.restype = ctypes.c_int
+            handle.oi_merkle_levels.argtypes = [P, I64, P, P]
+            handle.oi_merkle_levels.restype = I64
+            handle.oi_vt_roots.argtypes = [P, I64, I64, I64, P, I64, P]
+            handle.oi_vt_roots.restype = ctypes.c_int
             threads = os.environ.get(ENV_THREADS)
             handle.oi_set_threads(int(threads) if threads else min(len(os.sched_getaffinity(0)), 8))
             _lib = handle

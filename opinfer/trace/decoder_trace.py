@@ -15,6 +15,13 @@ and keeping every tensor costs as much memory. This trace instead:
 
 It exposes the same interface as state.Trace (tensors[i], trees[i],
 state roots and proofs, witness).
+
+An honest trace (no on_op) is built in blocks of positions (opinfer.trace.blocked:
+the row-wise ops over many rows at once, every root hashed natively), fed the
+generated tokens by the model's fast engine when one is registered
+(opinfer.trace.hints: a hint the build checks against the program's own NEXT); its
+roots are the step-by-step build's bit for bit (tests/unit/test_blocked_trace.py).
+The state tree over all tensor roots is built natively too (fasthash).
 """
 
 from __future__ import annotations
@@ -29,11 +36,58 @@ from opinfer.semantics.jobinput import JobInput
 from opinfer.semantics.ops import APPEND, INPUT, PREV, SAME, WEIGHT
 from opinfer.semantics.program import Program, job_steps
 from opinfer.semantics.tensor import CHUNK, TensorTree, _words, row_root, zero_chunk, zero_row_root
+from opinfer.trace import blocked, fasthash
+from opinfer.trace.hints import generated_tokens
 from opinfer.trace.state import Trace
 
 MASK128 = (1 << 128) - 1
 STEPS_KEPT = 3          # replayed steps kept in memory
 TREES_KEPT = 64         # tensor trees kept in memory
+
+
+class Leaves:
+    """Tensor roots as one [n, 32] array (2 million bytes objects would take 150 MB more)."""
+
+    def __init__(self, arr: np.ndarray):
+        self.arr = arr
+
+    def __len__(self) -> int:
+        return len(self.arr)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [bytes(x) for x in self.arr[i]]
+        return self.arr[i].tobytes()
+
+    def __setitem__(self, i: int, value: bytes) -> None:
+        self.arr[i] = np.frombuffer(value, dtype=np.uint8)
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def __iter__(self):
+        return (x.tobytes() for x in self.arr)
+
+    def copy(self) -> "Leaves":
+        return Leaves(self.arr.copy())
+
+
+class _Level:
+    def __init__(self, arr: np.ndarray):
+        self.arr = arr
+
+    def __len__(self) -> int:
+        return len(self.arr)
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.arr[i].tobytes()
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    """int16 when the values fit (the caches: 4 times less memory and disk), else as it is."""
+    if a.size and a.dtype == np.int64 and a.min() >= -32768 and a.max() <= 32767:
+        return a.astype(np.int16)
+    return a
 
 
 class AppendTree:
@@ -177,7 +231,7 @@ class _LazyTrees:
 class DecoderTrace(Trace):
     """Trace of a decoder (steps_mode PER_POSITION) job; see the module docstring."""
 
-    def __init__(self, program: Program, job: JobInput, on_op=None, replace: dict | None = None):
+    def __init__(self, program: Program, job: JobInput, on_op=None, replace: dict | None = None, tokens=None):
         self.program, self.job = program, job
         self.on_op = on_op
         self.replace = dict(replace or {})        # tensor index -> tensor (patched traces)
@@ -186,30 +240,70 @@ class DecoderTrace(Trace):
         self.steps = job_steps(p.steps_mode, job)
         self.carried = sorted({s.ref & MASK128 for op in p.ops for s in op.slots if s.ref >> 128 == PREV})
         self.caches = [j for j in self.carried if p.ops[j].code == APPEND]
-        self.small: dict[int, list[np.ndarray]] = {j: [] for j in self.carried if j not in self.caches}
-        self.entries: dict[int, list[np.ndarray]] = {j: [] for j in self.caches}
         self.rebased: dict[int, dict[int, np.ndarray]] = {j: {} for j in self.caches}  # not a pure append
+        built = None
+        if on_op is None and not self.replace:
+            try:
+                built = blocked.build(program, job, tokens if tokens is not None else generated_tokens(program, job))
+            except blocked.Unsupported:
+                built = None
+        if built is not None:
+            self.small = {j: built.small[j] for j in self.carried if j not in self.caches}
+            self.cache_rows = {j: _compact(built.cache_rows[j]) for j in self.caches}
+            self._state_leaves = Leaves(built.leaves)
+        else:
+            self._build_by_steps()
+        self._init_caches()
+
+    def _init_caches(self) -> None:
+        self._full_levels = None
+        self._steps_kept: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+        self.tensors = _LazyTensors(self)
+        self.trees = _LazyTrees(self)
+
+    def __getstate__(self) -> dict:
+        """What a restart needs (node/defender.TraceFiles): no replayed steps, trees or state tree."""
+        state = dict(self.__dict__)
+        for key in ("_full_levels", "_steps_kept", "tensors", "trees"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._init_caches()
+
+    def _build_by_steps(self) -> None:
+        """Step by step, as the program runs (with on_op, or a template blocked does not handle)."""
+        p, job = self.program, self.job
+        self.small: dict[int, list[np.ndarray]] = {j: [] for j in self.carried if j not in self.caches}
+        entries: dict[int, list[np.ndarray]] = {j: [] for j in self.caches}
         incremental = {}
         for j in self.caches:
             ctx = p.ctx(job, j)
             op = p.ops[j]
             incremental[j] = (_ColsCache(op.shape(ctx)[0]) if op.params[0] else _RowsCache(op.shape(ctx)[1]))
-        roots = [TensorTree.build(self.t0).root]
+        roots = [fasthash.tensor_root(self.t0)]
         carry: dict[int, np.ndarray] = {}
         for step in range(self.steps):
             outs, shown = self._run_step(step, carry)
             for j, out in enumerate(outs):
-                root = self._cache_root(j, step, out, carry.get(j), incremental[j]) if j in incremental else None
+                root = (self._cache_root(j, step, out, carry.get(j), incremental[j], entries[j])
+                        if j in incremental else None)
                 if root is None or shown[j] is not out:
-                    root = TensorTree.build(shown[j]).root
+                    root = fasthash.tensor_root(shown[j])
                 roots.append(root)
             for j in self.small:
                 self.small[j].append(outs[j])
             carry = {j: outs[j] for j in self.carried}
-        self._state_leaves = roots
-        self._steps_kept: OrderedDict[int, list[np.ndarray]] = OrderedDict()
-        self.tensors = _LazyTensors(self)
-        self.trees = _LazyTrees(self)
+        self.cache_rows = {j: _compact(np.stack(entries[j])) for j in self.caches}
+        self._state_leaves = Leaves(np.frombuffer(b"".join(roots), dtype=np.uint8).reshape(-1, 32).copy())
+
+    @property
+    def _full(self) -> list:
+        """All levels over every tensor root (S_n), built once, natively."""
+        if self._full_levels is None:
+            self._full_levels = [_Level(level) for level in fasthash.merkle_levels(self._state_leaves.arr)]
+        return self._full_levels
 
     # ------------------------------------------------------------ running
 
@@ -232,14 +326,14 @@ class DecoderTrace(Trace):
         shown = [self.replace.get(step * p.num_ops + j + 1, out) for j, out in enumerate(outs)]
         return outs, shown
 
-    def _cache_root(self, j: int, step: int, out: np.ndarray, prev: np.ndarray | None, inc) -> bytes:
+    def _cache_root(self, j: int, step: int, out: np.ndarray, prev: np.ndarray | None, inc, entries: list) -> bytes:
         cols = bool(self.program.ops[j].params[0])
         new = out[:, -1] if cols else out[-1]
         if prev is None:
             pure = out.shape == ((new.size, 1) if cols else (1, new.size))
         else:
             pure = out.shape[int(cols)] == step + 1 and np.array_equal(out[:, :-1] if cols else out[:-1], prev)
-        self.entries[j].append(new.copy())
+        entries.append(new.copy())
         if pure:
             inc.append(new)
         else:
@@ -253,10 +347,9 @@ class DecoderTrace(Trace):
         base_steps = [s for s in self.rebased[j] if s <= step]
         start = max(base_steps) if base_steps else -1
         parts = [self.rebased[j][start]] if start >= 0 else []
-        new = self.entries[j][start + 1:step + 1]
-        if new:
-            block = np.stack(new)
-            parts.append(block.T if cols else block)
+        new = self.cache_rows[j][start + 1:step + 1].astype(np.int64)
+        if len(new):
+            parts.append(new.T if cols else new)
         return np.concatenate(parts, axis=1 if cols else 0)
 
     def replay(self, step: int) -> list[np.ndarray]:
@@ -265,7 +358,7 @@ class DecoderTrace(Trace):
             carry = {}
             if step > 0:
                 for j in self.carried:
-                    carry[j] = self._cache_at(j, step - 1) if j in self.entries else self.small[j][step - 1]
+                    carry[j] = self._cache_at(j, step - 1) if j in self.cache_rows else self.small[j][step - 1]
             self._steps_kept[step] = self._run_step(step, carry)[1]
             if len(self._steps_kept) > STEPS_KEPT:
                 self._steps_kept.popitem(last=False)
@@ -279,10 +372,7 @@ class DecoderTrace(Trace):
         bad = DecoderTrace.__new__(DecoderTrace)
         bad.__dict__.update(self.__dict__)
         bad.replace = {**self.replace, position: tensor}
-        bad._state_leaves = list(self._state_leaves)
+        bad._state_leaves = self._state_leaves.copy()
         bad._state_leaves[position] = TensorTree.build(tensor).root
-        bad._full_levels = None
-        bad._steps_kept = OrderedDict()
-        bad.tensors = _LazyTensors(bad)
-        bad.trees = _LazyTrees(bad)
+        bad._init_caches()
         return bad

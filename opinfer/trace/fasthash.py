@@ -1,4 +1,4 @@
-"""The trace's commitments in native code (opinfer/engine/native/oi_keccak.c), in batches.
+"""The trace's commitments in native code (opinfer/engine/native/oi_trace.c), in batches.
 
 The same roots as opinfer.semantics.tensor / merkle (tests/unit/test_native_keccak.py),
 computed eight hashes at a time and over the CPUs: a long job's trace hashes billions of
@@ -32,14 +32,19 @@ def threads() -> int:
     return max(1, int(env) if env else len(os.sched_getaffinity(0)))
 
 
-def _map(fn, parts: list) -> list:
-    """fn over parts on the pool (ctypes releases the GIL during each native call)."""
+def pool() -> ThreadPoolExecutor:
+    """The hashing threads (ctypes releases the GIL during each native call)."""
     global _pool
-    if len(parts) <= 1:
-        return [fn(p) for p in parts]
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=min(threads(), 16), thread_name_prefix="opinfer-hash")
-    return list(_pool.map(fn, parts))
+    return _pool
+
+
+def _map(fn, parts: list) -> list:
+    """fn over parts on the pool (never from one of its own threads: it would wait on itself)."""
+    if len(parts) <= 1:
+        return [fn(p) for p in parts]
+    return list(pool().map(fn, parts))
 
 
 def set_simd(level: int) -> int:
@@ -134,6 +139,22 @@ def prefix_root(levels: list[np.ndarray], m: int, pad: bytes = merkle.ZERO32, ta
         cur = merkle.keccak(cur + bytes(p[k])) if idx % 2 == 0 else merkle.keccak(bytes(levels[k][idx - 1]) + cur)
         idx >>= 1
     return cur
+
+
+def prefix_roots(levels: list[np.ndarray], ms, pad: bytes = merkle.ZERO32) -> np.ndarray:
+    """prefix_root for each m of ms, as [len(ms), 32]."""
+    lv = [[bytes(x) for x in level] for level in levels]
+    p = [bytes(x) for x in pads(pad)]
+    keccak = merkle.keccak
+    out = np.empty((len(ms), 32), dtype=np.uint8)
+    for q, m in enumerate(ms):
+        m = int(m)
+        cur, idx = lv[0][m - 1], m - 1
+        for k in range(merkle.ceil_log2(m)):
+            cur = keccak(cur + p[k]) if idx % 2 == 0 else keccak(lv[k][idx - 1] + cur)
+            idx >>= 1
+        out[q] = np.frombuffer(cur, dtype=np.uint8)
+    return out
 
 
 def vt_roots(vt: np.ndarray, ms) -> np.ndarray:

@@ -31,13 +31,14 @@ class Trace:
         self._state_leaves = [t.root for t in self.trees]
 
     @classmethod
-    def of(cls, program: Program, job: JobInput, on_op=None) -> "Trace":
+    def of(cls, program: Program, job: JobInput, on_op=None, tokens=None) -> "Trace":
         """The job's trace: every tensor kept for an encoder; a decoder's
         (PER_POSITION) in bounded memory, replayed step by step on demand
-        (decoder_trace.DecoderTrace)."""
+        (decoder_trace.DecoderTrace; `tokens`, the generated ids if known, only
+        speed it up)."""
         if program.steps_mode == PER_POSITION:
             from opinfer.trace.decoder_trace import DecoderTrace
-            return DecoderTrace(program, job, on_op)
+            return DecoderTrace(program, job, on_op, tokens=tokens)
         return cls(program, job, program.run(job, on_op))
 
     def patched(self, position: int, tensor: np.ndarray) -> "Trace":

@@ -22,7 +22,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "oi_kernels.c"
-SOURCES = (SOURCE, HERE / "oi_keccak.c")     # the kernels, and keccak in batches for the trace's commitments
+SOURCES = (SOURCE, HERE / "oi_trace.c")     # the kernels; the trace's (keccak in batches, the chunked softmax)
 LIBRARY = HERE / "_oi_kernels.so"
 CFLAGS = ["-O2", "-std=gnu11", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
 ENV_THREADS = "OPINFER_THREADS"
@@ -140,6 +140,8 @@ def lib():
             handle.oi_merkle_levels.restype = I64
             handle.oi_vt_roots.argtypes = [P, I64, I64, I64, P, I64, P]
             handle.oi_vt_roots.restype = ctypes.c_int
+            handle.oi_softmax_chunks.argtypes = [P, I64, I64, P, I64, I64, I64, P, I64, I64, I64, P, P]
+            handle.oi_softmax_chunks.restype = ctypes.c_int
             threads = os.environ.get(ENV_THREADS)
             handle.oi_set_threads(int(threads) if threads else min(len(os.sched_getaffinity(0)), 8))
             _lib = handle

@@ -81,6 +81,29 @@ def build_program(path: Path | None = None):
     return program.build_program(engine.IntSmolLM2.build(path))
 
 
+def _trace_tokens(program, job):
+    """A dispute trace's generated tokens from the engine the process already built (the
+    one serving or re-executing jobs; none built: no hint, the generated positions run one
+    at a time): the trace then runs its positions in blocks (opinfer/trace/blocked.py
+    checks each token)."""
+    from opinfer.models.smollm2.engine import default_model
+    from opinfer.models.smollm2.program import engine_tokens
+
+    if default_model.cache_info().currsize == 0:
+        return None
+    return engine_tokens(default_model())(program, job)
+
+
+def _register_trace_tokens() -> None:
+    from opinfer.models.smollm2.spec import NAME
+    from opinfer.trace.hints import TOKEN_SOURCES
+
+    TOKEN_SOURCES.setdefault(NAME, _trace_tokens)
+
+
+_register_trace_tokens()
+
+
 def release() -> None:
     from opinfer.models.smollm2 import engine as smollm2
     from opinfer.models.smollm2 import program as smollm2_program

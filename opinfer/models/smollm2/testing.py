@@ -18,11 +18,12 @@ def toy_decoder(layers: int = 2, vocab: int = 512):
     every decoder op class and 79 ops per step; the engine runs the same
     model, so program and engine can be compared on it too."""
     from opinfer.models.smollm2 import engine as sm
-    from opinfer.models.smollm2.program import build_program
+    from opinfer.models.smollm2.program import build_program, register_tokens
 
     small = sm.default_model().sliced(layers, vocab, 64)
     program = build_program(small)
     program.name = "toy-decoder"
+    register_tokens(program.name, small)
     return program, small
 
 
@@ -32,11 +33,12 @@ def long_toy_decoder(positions: int = 1100):
     table of `positions` rows: a long-context job (past 1,024 positions, so
     the attention softmax spans several chunks of 256) runs in seconds."""
     from opinfer.models.smollm2 import engine as sm
-    from opinfer.models.smollm2.program import build_program
+    from opinfer.models.smollm2.program import build_program, register_tokens
 
     small = sm.default_model().sliced(1, 256, positions)
     program = build_program(small)
     program.name = "toy-decoder-long"
+    register_tokens(program.name, small)
     return program, small
 
 

@@ -1,5 +1,6 @@
 /*
- * Keccak-256 for the trace's commitments (opinfer/semantics/tensor.py, merkle.py), in batches.
+ * The trace builder's native helpers: Keccak-256 for its commitments (opinfer/semantics/tensor.py,
+ * merkle.py) in batches, and the attention softmax in chunks over ragged rows (at the end).
  *
  * A dispute trace hashes every tensor of a job: at 4,096 positions SmolLM2's trace is about
  * 6.5 billion activations, each a 32-byte word, so the hash is the trace's cost. Python calls
@@ -548,4 +549,37 @@ int oi_vt_roots(const int64_t *vals, int64_t W, int64_t S, int64_t ld, const int
     free(cur); free(curp); free(left); free(right);
     free(lev); free(src); free(len); free(L); free(R); free(O);
     return rc;
+}
+
+/* ------------------------------------------------------------------ attention softmax in chunks
+ * EXP_SUMS and PROBS (opinfer/semantics/attention_ops.py) of `rows` score rows of ragged length:
+ * row r holds cols[r] scores at x + r * ld. e_c = exp_table[requant(max - x_c, mult, shift, 0,
+ * EXP_INPUT_MAX)] (the table is quant.exp_neg over [0, EXP_INPUT_MAX], given by the caller, so
+ * the rule has one definition); sums[r, j] = the e_c of chunk j (chunk_width columns),
+ * probs[r, c] = round_div(e_c * one, sum of the row's e) and 0 beyond the row (probs has
+ * stride ld). */
+int oi_softmax_chunks(const int64_t *x, int64_t rows, int64_t ld, const int64_t *cols, int64_t mult, int64_t shift,
+                      int64_t one, const int64_t *exp_table, int64_t table_max, int64_t chunk_width, int64_t chunks,
+                      int64_t *sums, int64_t *probs) {
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t *row = x + r * ld;
+        int64_t n = cols[r], top = row[0], total = 0;
+        int64_t *p = probs + r * ld, *s = sums + r * chunks;
+        if (n < 1 || n > ld || n > chunk_width * chunks) return -1;
+        for (int64_t c = 1; c < n; c++) top = row[c] > top ? row[c] : top;
+        for (int64_t j = 0; j < chunks; j++) s[j] = 0;
+        for (int64_t c = 0; c < n; c++) {
+            int64_t z = (top - row[c]) * mult;
+            if (shift > 0) z = (z + ((int64_t)1 << (shift - 1))) >> shift;
+            z = z < 0 ? 0 : (z > table_max ? table_max : z);
+            int64_t e = exp_table[z];
+            p[c] = e;
+            s[c / chunk_width] += e;
+            total += e;
+        }
+        if (total <= 0) return -1;
+        for (int64_t c = 0; c < n; c++) p[c] = (2 * p[c] * one + total) / (2 * total);
+        for (int64_t c = n; c < ld; c++) p[c] = 0;
+    }
+    return 0;
 }

@@ -1,6 +1,6 @@
 """Long context (4,096 positions): one-step gas, trace time and memory.
 
-    python -m bench.longctx [--json] [--skip-toy] [--skip-engine] [--skip-steps]
+    python -m bench.longctx [--json] [--skip-toy] [--skip-engine] [--skip-steps] [--skip-trace]
 
 - toy: SmolLM2's widths cut to one block and 256 tokens (opinfer.trace.testing
   long_toy_decoder) with a RoPE table of 4,096 rows, one sampled job of
@@ -18,6 +18,15 @@
   through them (the per-step cost grows linearly with the position; CPU
   seconds of this process, so that other load on the machine does not count),
   against the devnet's clock budget of 300 s (a trace must leave 60 s for the moves).
+  This is the old step-by-step build (every position's 526 ops run and hashed one
+  at a time), kept as the "before" figure.
+- trace: what a dispute of that job costs now: the engine's generated tokens (the
+  blocked build's hint), the DecoderTrace built in blocks (opinfer/trace/blocked.py),
+  then a whole game's worth of answers: OPEN (S_N and its proof), every bisection
+  round's state roots (the node's claims and the challenger's own, arity 4), the
+  disputed tensor's tree for phase 2 and the one-step witness. Wall and CPU seconds
+  (CPU: every thread of this process), peak RSS and the load average, against the
+  240 s the devnet's clock leaves for the trace.
 """
 
 from __future__ import annotations
@@ -171,14 +180,64 @@ def steps() -> dict:
             "meets_target": bool(total <= budget)}
 
 
+def trace() -> dict:
+    """The blocked build of the 4,096-position job and a whole game's answers."""
+    import os
+
+    from opinfer.models.smollm2.program import default_program
+    from opinfer.semantics.jobinput import JobInput
+    from opinfer.trace import bisection
+    from opinfer.trace.decoder_trace import DecoderTrace
+    from opinfer.trace.hints import generated_tokens
+
+    program = default_program()
+    job = JobInput(tuple(_ids(PROMPT)), max_tokens=POSITIONS + 1 - PROMPT)
+    load = [round(x, 2) for x in os.getloadavg()]
+
+    def timed(fn):
+        t, c = time.perf_counter(), time.process_time()
+        out = fn()
+        return out, round(time.perf_counter() - t, 1), round(time.process_time() - c, 1)
+
+    tokens, tok_wall, tok_cpu = timed(lambda: generated_tokens(program, job))
+    tr, wall, cpu = timed(lambda: DecoderTrace(program, job, tokens=tokens))
+    rss_build = peak_rss_mb()
+
+    def game():
+        n, rounds = tr.n, 0
+        tr.state_root(n), tr.state_proof(n, n)                        # OPEN
+        lo, hi, target = 0, n, n - 3                                  # a lie in the last position's sampling
+        while hi - lo > 1:
+            points = bisection.dissection_points(lo, hi, 4)
+            claims = [tr.state_root(q) for q in points]               # the node's bisect
+            ours = claims + [tr.state_root(hi)]                       # the challenger's pick
+            assert len(ours) == len(points) + 1
+            bounds = [lo] + points + [hi]
+            k = next(i for i in range(len(bounds) - 1) if bounds[i] < target + 1 <= bounds[i + 1])
+            lo, hi, rounds = bounds[k], bounds[k + 1], rounds + 1
+        tree = tr.trees[hi]                                           # phase 2 descends this tensor's tree
+        tree.node(tree.depth, 0)
+        tr.witness(hi - 1, 0, 0)                                      # the one step
+        return rounds
+    rounds, game_wall, game_cpu = timed(game)
+    budget = CLOCK_S - MOVE_MARGIN_S
+    total = tok_wall + wall + game_wall
+    return {"positions": tr.steps, "ops": tr.n, "engine_tokens_s": tok_wall, "engine_tokens_cpu_s": tok_cpu,
+            "hint_used": len(tokens or []), "trace_s": wall, "trace_cpu_s": cpu, "game_rounds": rounds,
+            "game_s": game_wall, "game_cpu_s": game_cpu, "total_s": round(total, 1),
+            "total_cpu_s": round(tok_cpu + cpu + game_cpu, 1), "peak_rss_mb": round(max(rss_build, peak_rss_mb())),
+            "load_before": load, "load_after": [round(x, 2) for x in os.getloadavg()], "budget_s": budget,
+            "meets_target": bool(total <= budget)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
-    for name in ("toy", "engine", "steps"):
+    for name in ("toy", "engine", "steps", "trace"):
         parser.add_argument(f"--skip-{name}", action="store_true")
     args = parser.parse_args(argv)
     out = {}
-    for name, fn in (("toy", toy), ("engine", engine), ("steps", steps)):
+    for name, fn in (("toy", toy), ("engine", engine), ("steps", steps), ("trace", trace)):
         if not getattr(args, f"skip_{name}"):
             out[name] = fn()
             if not args.json:

@@ -55,6 +55,43 @@ class Built:
 
 
 @lru_cache(maxsize=1)
+def _blas_threads():
+    """(get, set) of the BLAS numpy loaded (OpenBLAS), or None: its worker threads spin while
+    they wait, and the block's products are small: one thread does them in a tenth of the CPU
+    time when the hashing threads are busy too."""
+    import ctypes
+
+    try:
+        paths = {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("openblas", ""), ("openblas", "64_"), ("scipy_openblas", "")):
+            get, put = (getattr(lib, f"{prefix}_{w}_num_threads{suffix}", None) for w in ("get", "set"))
+            if get is not None and put is not None:
+                get.restype = ctypes.c_int
+                put.argtypes = [ctypes.c_int]
+                return get, put
+    return None
+
+
+class one_blas_thread:
+    def __enter__(self):
+        self.fns = _blas_threads()
+        if self.fns is not None:
+            self.before = self.fns[0]()
+            self.fns[1](1)
+
+    def __exit__(self, *exc):
+        if self.fns is not None:
+            self.fns[1](self.before)
+
+
+@lru_cache(maxsize=1)
 def exp_table() -> np.ndarray:
     return np.ascontiguousarray(quant.exp_neg(np.arange(quant.EXP_INPUT_MAX + 1, dtype=np.int64)))
 
@@ -86,7 +123,8 @@ class Builder:
         self.steps = job_steps(p.steps_mode, job)
         self.t0 = job.tensor()
         self.L = len(job.tokens)
-        self.hint = [int(t) for t in (tokens or [])][: max(self.steps - self.L, 0)]
+        self._pending_hint = tokens if hasattr(tokens, "result") else None   # a future: waited for after the prompt
+        self.hint = [] if self._pending_hint is not None else self._clip(tokens)
         prev = {idx for op in p.ops for s in op.slots for kind, idx in [_ref(s)] if kind == PREV}
         self.caches = sorted(j for j in prev if p.ops[j].code == APPEND)
         self.carried = sorted(j for j in prev if j not in self.caches)
@@ -117,14 +155,26 @@ class Builder:
             ctx = p.ctx(job, 0)
             width = dim_value(op.rows if op.params[0] else op.cols, ctx)
             self.cache_rows[j] = np.zeros((self.steps, width), dtype=np.int64)
+        self.cache_f: dict[int, np.ndarray] = {}        # the caches as float64 [groups, steps, d], for BLAS
+        self.cache_max: dict[int, int] = {}
+        self.pending: list = []
         self.ctxs = [p.ctx(job, s * self.P) for s in range(self.steps)]
 
     # ------------------------------------------------------------ the job
+
+    def _clip(self, tokens) -> list[int]:
+        return [int(t) for t in (tokens or [])][: max(self.steps - self.L, 0)]
 
     def token(self, s: int) -> int | None:
         """The token step s embeds when known before the step runs (NEXT of step s - 1)."""
         if s < self.L:
             return int(self.t0[0, self.job.tokens_at + s])
+        if self._pending_hint is not None:             # the engine ran while the prompt's blocks did
+            try:
+                self.hint = self._clip(self._pending_hint.result())
+            except Exception:  # noqa: BLE001 - only a hint
+                self.hint = []
+            self._pending_hint = None
         g = s - self.L
         return self.hint[g] if g < len(self.hint) else None
 
@@ -136,6 +186,7 @@ class Builder:
                 known += 1
             b = known
             self.run_block(s, b)
+            self.wait()
             # the hint is checked against the program's own NEXT: from the first step whose
             # successor embedded another token, the rest runs again with the program's tokens
             nxt = next((j for j in self.carried if self.p.ops[j].code == NEXT), None)
@@ -202,6 +253,8 @@ class Builder:
         for t in range(a, b):                          # a re-run block starts clean
             for j in self.carried:
                 self.small[j][t] = None
+        for j in self.cache_f:                         # (and so do the float caches)
+            self.cache_filled[j] = min(self.cache_filled[j], a)
         for j in range(self.tail):
             op = p.ops[j]
             ins = [self.slot_input(outs, j, s, a, b) for s in op.slots]
@@ -234,13 +287,20 @@ class Builder:
             self.hash(j, _stack(tail_out[j]), a, b)
 
     def hash(self, j: int, out, a: int, b: int) -> None:
+        """Hash a block's outputs of op j on the hashing threads while this one computes on."""
         if isinstance(out, _Cache):
             return                                      # cache roots: at the end, from every row
         at = 1 + np.arange(a, b) * self.P + j
-        if isinstance(out, _Ragged):
-            self.leaves[at] = fasthash.tensor_roots(out.arr, out.cols)
-        else:
-            self.leaves[at] = fasthash.tensor_roots(out)
+        arr, cols = (out.arr, out.cols) if isinstance(out, _Ragged) else (out, None)
+
+        def run():
+            self.leaves[at] = fasthash.tensor_roots(arr, cols, split=False)
+        self.pending.append(fasthash.pool().submit(run))
+
+    def wait(self) -> None:
+        for f in self.pending:
+            f.result()
+        self.pending = []
 
     # ------------------------------------------------------------ batched rules
 
@@ -302,8 +362,31 @@ class Builder:
         if kind != "prev" or prev != j or isinstance(src, (_Ragged, _Cache)) or src.shape[1] < 1:
             raise Unsupported("a cache that is not its own previous value plus a source row")
         width = self.cache_rows[j].shape[1]
-        self.cache_rows[j][a:b] = src[:, 0, offset:offset + width]
+        rows = src[:, 0, offset:offset + width]
+        self.cache_rows[j][a:b] = rows
+        self.cache_max[j] = max(self.cache_max.get(j, 0), _bound(rows))
         return _Cache(j)
+
+    def _float_cache(self, j: int, d: int, a: int, b: int) -> np.ndarray:
+        """Cache j's rows as float64 [groups, steps, d] (filled up to b): products of
+        integers below 2^53 in float64 BLAS are exact."""
+        f = self.cache_f.get(j)
+        if f is None:
+            width = self.cache_rows[j].shape[1]
+            f = self.cache_f[j] = np.zeros((width // d, self.steps, d), dtype=np.float64)
+            self.cache_filled = getattr(self, "cache_filled", {})
+            self.cache_filled[j] = 0
+        start = self.cache_filled[j]
+        if b > start:
+            f[:, start:b, :] = self.cache_rows[j][start:b].reshape(b - start, -1, d).transpose(1, 0, 2)
+            self.cache_filled[j] = b
+        return f
+
+    def _product(self, lhs: np.ndarray, lhs_max: int, rhs: np.ndarray, rhs_max: int, inner: int) -> np.ndarray:
+        """lhs @ rhs (rhs float64), exact: float64 while every sum is below 2^53, else exact_matmul."""
+        if lhs_max * rhs_max * inner < 1 << 53:
+            return (lhs.astype(np.float64) @ rhs).astype(np.int64)
+        return quant.exact_matmul(lhs, rhs.astype(np.int64), lhs_max, rhs_max)
 
     def _kv(self, j: int, b: int, head_dim: int) -> np.ndarray:
         """The cache's rows 0..b-1 as [b, groups, head_dim] (K rows; V^T columns)."""
@@ -315,15 +398,15 @@ class Builder:
         h = dim_value(op.rows, self.ctxs[a])           # one query row per step
         B = b - a
         qh = q[:, 0, :h * d].reshape(B, h, d)
-        k = self._kv(cache.j, b, d)                     # [b, groups, d]
+        k = self._float_cache(cache.j, d, a, b)         # [groups, steps, d]
+        qmax = _bound(qh)
         out = np.zeros((B, h, b), dtype=np.int64)
-        for grp in range(k.shape[1]):
+        for grp in range(k.shape[0]):
             heads = [hd for hd in range(h) if hd // g == grp]
-            if not heads:
-                continue
-            lhs = qh[:, heads, :].reshape(-1, d)
-            prod = quant.exact_matmul(lhs, k[:, grp, :].T, _bound(lhs), _bound(k[:, grp, :]))
-            out[:, heads, :] = prod.reshape(B, len(heads), b)
+            if heads:
+                lhs = qh[:, heads, :].reshape(-1, d)
+                out[:, heads, :] = self._product(lhs, qmax, k[grp, :b, :].T, self.cache_max[cache.j], d).reshape(
+                    B, len(heads), b)
         cols = np.arange(a, b) + 1
         out *= (np.arange(b)[None, None, :] < cols[:, None, None])
         return _Ragged(out, cols)
@@ -378,15 +461,15 @@ class Builder:
         (_, pr), (_, cache) = ins
         d, g, mult, shift, lo, hi = op.params[:6]
         B, h, width = pr.arr.shape
-        v = self._kv(cache.j, b, d)                     # [b, groups, d]
+        v = self._float_cache(cache.j, d, a, b)         # [groups, steps, d]
+        pmax = _bound(pr.arr)
         out = np.zeros((B, h, d), dtype=np.int64)
-        for grp in range(v.shape[1]):
+        for grp in range(v.shape[0]):
             heads = [hd for hd in range(h) if hd // g == grp]
-            if not heads:
-                continue
-            lhs = pr.arr[:, heads, :].reshape(-1, width)
-            prod = quant.exact_matmul(lhs, v[:, grp, :], _bound(lhs), _bound(v[:, grp, :]))
-            out[:, heads, :] = prod.reshape(B, len(heads), d)
+            if heads:
+                lhs = pr.arr[:, heads, :].reshape(-1, width)
+                out[:, heads, :] = self._product(lhs, pmax, v[grp, :width, :], self.cache_max[cache.j], width).reshape(
+                    B, len(heads), d)
         return quant.requant(out.reshape(B, 1, h * d), mult, shift, lo, hi)
 
     # ------------------------------------------------------------ cache roots
@@ -429,4 +512,5 @@ def _stack(outs: list[np.ndarray]):
 
 
 def build(program: Program, job, tokens=None, block: int = BLOCK) -> Built:
-    return Builder(program, job, tokens, block).build()
+    with one_blas_thread():
+        return Builder(program, job, tokens, block).build()

@@ -243,10 +243,16 @@ class DecoderTrace(Trace):
         self.rebased: dict[int, dict[int, np.ndarray]] = {j: {} for j in self.caches}  # not a pure append
         built = None
         if on_op is None and not self.replace:
-            try:
-                built = blocked.build(program, job, tokens if tokens is not None else generated_tokens(program, job))
-            except blocked.Unsupported:
-                built = None
+            if tokens is None and len(job.tokens) < self.steps:
+                # the engine generates while the prompt's positions are built (its native
+                # steps release the GIL): the hint is waited for at the first generated position
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(1, thread_name_prefix="trace-tokens") as pool:
+                    future = pool.submit(generated_tokens, program, job)
+                    built = self._blocked(future)
+            else:
+                built = self._blocked(tokens)
         if built is not None:
             self.small = {j: built.small[j] for j in self.carried if j not in self.caches}
             self.cache_rows = {j: _compact(built.cache_rows[j]) for j in self.caches}
@@ -254,6 +260,12 @@ class DecoderTrace(Trace):
         else:
             self._build_by_steps()
         self._init_caches()
+
+    def _blocked(self, tokens):
+        try:
+            return blocked.build(self.program, self.job, tokens)
+        except blocked.Unsupported:
+            return None
 
     def _init_caches(self) -> None:
         self._full_levels = None

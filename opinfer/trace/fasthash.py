@@ -62,10 +62,11 @@ def keccak_many(data: bytes, n: int, length: int) -> np.ndarray:
     return out
 
 
-def tensor_roots(values: np.ndarray, cols=None) -> np.ndarray:
+def tensor_roots(values: np.ndarray, cols=None, split: bool = True) -> np.ndarray:
     """Roots of the tensors values[t] ([n, R, C] int64; a [R, C] array is one tensor), tensor t
     cut to its first cols[t] columns when `cols` is given (ragged rows, e.g. the attention
-    scores of consecutive positions stored in one array): TensorTree.build(...).root each."""
+    scores of consecutive positions stored in one array): TensorTree.build(...).root each.
+    split: over the hashing threads (False: on this thread, e.g. from one of them)."""
     v = np.asarray(values, dtype=np.int64)
     if v.ndim == 2:
         v = v[None]
@@ -79,7 +80,7 @@ def tensor_roots(values: np.ndarray, cols=None) -> np.ndarray:
         raise ValueError("tensor_roots: cols must be n widths in [1, C]")
     out = np.empty((n, 32), dtype=np.uint8)
     per_word = 8
-    parts = np.array_split(np.arange(n), min(threads(), n)) if n > 1 else [np.arange(n)]
+    parts = np.array_split(np.arange(n), min(threads(), n)) if n > 1 and split else [np.arange(n)]
 
     def run(idx):
         if len(idx):

@@ -84,9 +84,12 @@ class _Level:
 
 
 def _compact(a: np.ndarray) -> np.ndarray:
-    """int16 when the values fit (the caches: 4 times less memory and disk), else as it is."""
-    if a.size and a.dtype == np.int64 and a.min() >= -32768 and a.max() <= 32767:
-        return a.astype(np.int16)
+    """The narrowest of int16 and int32 that holds the values (the caches' rows and the
+    carried GEN rows: a 4,096-position trace keeps 4,096 of each), else as it is."""
+    if a.size and a.dtype == np.int64:
+        for t in (np.int16, np.int32):
+            if a.min() >= np.iinfo(t).min and a.max() <= np.iinfo(t).max:
+                return a.astype(t)
     return a
 
 
@@ -254,7 +257,7 @@ class DecoderTrace(Trace):
             else:
                 built = self._blocked(tokens)
         if built is not None:
-            self.small = {j: built.small[j] for j in self.carried if j not in self.caches}
+            self.small = {j: [_compact(x) for x in built.small[j]] for j in self.carried if j not in self.caches}
             self.cache_rows = {j: _compact(built.cache_rows[j]) for j in self.caches}
             self._state_leaves = Leaves(built.leaves)
         else:
@@ -370,7 +373,8 @@ class DecoderTrace(Trace):
             carry = {}
             if step > 0:
                 for j in self.carried:
-                    carry[j] = self._cache_at(j, step - 1) if j in self.cache_rows else self.small[j][step - 1]
+                    carry[j] = (self._cache_at(j, step - 1) if j in self.cache_rows
+                                else self.small[j][step - 1].astype(np.int64))
             self._steps_kept[step] = self._run_step(step, carry)[1]
             if len(self._steps_kept) > STEPS_KEPT:
                 self._steps_kept.popitem(last=False)

@@ -143,18 +143,17 @@ def prefix_root(levels: list[np.ndarray], m: int, pad: bytes = merkle.ZERO32, ta
 
 
 def prefix_roots(levels: list[np.ndarray], ms, pad: bytes = merkle.ZERO32) -> np.ndarray:
-    """prefix_root for each m of ms, as [len(ms), 32]."""
-    lv = [[bytes(x) for x in level] for level in levels]
-    p = [bytes(x) for x in pads(pad)]
-    keccak = merkle.keccak
+    """prefix_root for each m of ms, as [len(ms), 32] (natively, all at once)."""
+    flat = np.ascontiguousarray(np.concatenate(levels))
+    offsets = np.cumsum([0] + [len(level) for level in levels[:-1]]).astype(np.int64)
+    ms = np.ascontiguousarray(ms, dtype=np.int64)
     out = np.empty((len(ms), 32), dtype=np.uint8)
-    for q, m in enumerate(ms):
-        m = int(m)
-        cur, idx = lv[0][m - 1], m - 1
-        for k in range(merkle.ceil_log2(m)):
-            cur = keccak(cur + p[k]) if idx % 2 == 0 else keccak(lv[k][idx - 1] + cur)
-            idx >>= 1
-        out[q] = np.frombuffer(cur, dtype=np.uint8)
+    if len(ms) and (ms.min() < 1 or ms.max() > len(levels[0])):
+        raise ValueError("prefix_roots: prefix lengths beyond the tree")
+    p = pads(pad)
+    if len(ms) and _lib().oi_prefix_roots(flat.ctypes.data, offsets.ctypes.data, len(levels), p.ctypes.data,
+                                          ms.ctypes.data, len(ms), out.ctypes.data) != 0:
+        raise ValueError("prefix_roots: the native fold refused its input")
     return out
 
 

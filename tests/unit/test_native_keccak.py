@@ -50,6 +50,8 @@ def test_merkle_levels_and_prefix_roots(simd, n):
     assert bytes(levels[-1][0]) == merkle.root(as_bytes)
     for m in range(1, n + 1):
         assert fh.prefix_root(levels, m) == merkle.root(as_bytes[:m])
+    ms = list(range(1, n + 1))
+    assert [bytes(r) for r in fh.prefix_roots(levels, ms)] == [merkle.root(as_bytes[:m]) for m in ms]
 
 
 def test_vt_roots_step_by_step(simd):

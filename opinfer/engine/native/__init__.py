@@ -142,6 +142,8 @@ def lib():
             handle.oi_vt_roots.restype = ctypes.c_int
             handle.oi_softmax_chunks.argtypes = [P, I64, I64, P, I64, I64, I64, P, I64, I64, I64, P, P]
             handle.oi_softmax_chunks.restype = ctypes.c_int
+            handle.oi_prefix_roots.argtypes = [P, P, I64, P, P, I64, P]
+            handle.oi_prefix_roots.restype = ctypes.c_int
             threads = os.environ.get(ENV_THREADS)
             handle.oi_set_threads(int(threads) if threads else min(len(os.sched_getaffinity(0)), 8))
             _lib = handle

@@ -583,3 +583,46 @@ int oi_softmax_chunks(const int64_t *x, int64_t rows, int64_t ld, const int64_t 
     }
     return 0;
 }
+
+/* Roots of the first ms[q] leaves of a tree (levels as oi_merkle_levels writes them: level k at
+   offsets[k], nlevels of them), padded with the pad subtrees pads[k]: as AppendTree.root, the
+   nodes left of leaf m-1's path are the full tree's and those right of it pads. The roots of
+   all ms are folded together, one level at a time, eight hashes at once. */
+int oi_prefix_roots(const uint8_t *levels, const int64_t *offsets, int64_t nlevels, const uint8_t *pads,
+                    const int64_t *ms, int64_t nm, uint8_t *out) {
+    const uint8_t **L = malloc(PTRS * sizeof *L), **R = malloc(PTRS * sizeof *R);
+    uint8_t **O = malloc(PTRS * sizeof *O);
+    for (int64_t q = 0; q < nm; q++) {
+        if (ms[q] < 1 || ceil_log2(ms[q]) >= nlevels) {
+            free(L); free(R); free(O);
+            return -1;
+        }
+        memcpy(out + q * 32, levels + (offsets[0] + ms[q] - 1) * 32, 32);
+    }
+    for (int k = 0; k < 63; k++) {
+        int64_t n = 0, any = 0;
+        for (int64_t q = 0; q < nm; q++) {
+            int64_t m = ms[q];
+            if (k >= ceil_log2(m)) continue;
+            any = 1;
+            int64_t idx = (m - 1) >> k;
+            uint8_t *cur = out + q * 32;
+            if (idx & 1) {
+                L[n] = levels + (offsets[k] + idx - 1) * 32;
+                R[n] = cur;
+            } else {
+                L[n] = cur;
+                R[n] = pads + k * 32;
+            }
+            O[n] = cur;
+            if (++n == PTRS) {
+                hash_pairs(n, L, R, O);
+                n = 0;
+            }
+        }
+        if (n) hash_pairs(n, L, R, O);
+        if (!any) break;
+    }
+    free(L); free(R); free(O);
+    return 0;
+}

@@ -5,13 +5,13 @@ statuses) and equals the contract's own: its constants read from the Vyper
 sources, the game's fields from the compiled ABI."""
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
 import pytest
 
 from opinfer.semantics import decoder_ops, elements, ops, program, tensor
+from opinfer.chain import artifacts
 from opinfer.trace import leaf, tables
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +70,7 @@ def test_game_phases_statuses_and_fields():
     assert {v: k[6:].lower() for k, v in c.items() if k.startswith("PHASE_")} == tables.PHASE_NAMES
     assert {v: k[7:].lower().replace("_", " ") for k, v in c.items() if k.startswith("STATUS_")} == \
         {k: v for k, v in tables.GAME_STATUS_NAMES.items() if k}
-    abi = json.loads((ROOT / "build" / "contracts" / "DisputeGame.json").read_text())["abi"]
+    abi = artifacts.abi("DisputeGame")   # the shipped ABI (test_packaged_abis: = the compiled one)
     games = next(f for f in abi if f.get("name") == "games")
     assert tuple(c["name"] for c in games["outputs"][0]["components"]) == tables.GAME_FIELDS
 
@@ -99,7 +99,7 @@ def test_one_definition_each():
 
 
 def _abi(contract: str) -> list:
-    return json.loads((ROOT / "build" / "contracts" / f"{contract}.json").read_text())["abi"]
+    return artifacts.abi(contract)
 
 
 def test_enums_are_the_contracts_constants():

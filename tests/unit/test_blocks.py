@@ -32,7 +32,7 @@ def _rows(t, k):
 
 @pytest.mark.parametrize("fmt", [bk.Q4_1, bk.Q8_0])
 def test_native_dense_equals_numpy_and_the_element_rule(fmt):
-    """Threads 1-4, AVX-VNNI, AVX2 and scalar, 8- and 4-row groups and leftover rows (n = 43),
+    """Threads 1-4, AVX-512 VNNI, AVX-VNNI, AVX2 and scalar, 16-, 8- and 4-row groups and leftover rows (n = 43),
     more activation rows than one pass takes (11 > TMAX = 8)."""
     w = _random(fmt, 43, 576)
     x = _rows(11, 576)
@@ -41,13 +41,13 @@ def test_native_dense_equals_numpy_and_the_element_rule(fmt):
     ref = dense.reference(x)
     before = native.lib().oi_get_threads()
     try:
-        for simd in (2, 1, 0):                      # AVX-VNNI, AVX2, scalar (where the CPU has them)
+        for simd in (3, 2, 1, 0):                   # AVX-512 VNNI, AVX-VNNI, AVX2, scalar (where the CPU has them)
             native.set_simd(simd)
             for threads in (1, 2, 3, 4):
                 native.set_threads(threads)
                 assert np.array_equal(dense(x), ref), (simd, threads)
     finally:
-        native.set_simd(2)
+        native.set_simd()
         native.set_threads(before)
     acc, xq, a, d = dense.acc(x)
     nxq, na, nd = bk.quantize_rows(x)

@@ -26,7 +26,7 @@ def _levels():
                 native.set_threads(threads)
                 yield simd, threads
     finally:
-        native.set_simd(2)
+        native.set_simd()
         native.set_threads(before)
 
 

@@ -54,7 +54,7 @@ def test_native_forward_equals_the_numpy_reference(model, tok):
     assert got.dtype == np.int64 and np.array_equal(got, ref)
 
 
-@pytest.mark.parametrize("threads,simd", [(1, 2), (2, 2), (4, 2), (2, 1), (2, 0)])
+@pytest.mark.parametrize("threads,simd", [(1, 3), (2, 3), (4, 3), (2, 2), (2, 1), (2, 0)])
 def test_threads_and_simd_change_no_bit(model, tok, threads, simd):
     ids = tok.encode("Threads split output rows; the sums stay exact.")
     expected = model.session(64).forward(ids, all_logits=True)
@@ -65,7 +65,7 @@ def test_threads_and_simd_change_no_bit(model, tok, threads, simd):
         assert np.array_equal(model.session(64).forward(ids, all_logits=True), expected)
     finally:
         native.set_threads(before)
-        native.set_simd(2)
+        native.set_simd()
 
 
 def test_batched_sequences_get_their_own_bits(model, tok):
@@ -207,7 +207,7 @@ def test_concurrent_callers_share_the_kernels_safely(model, tok):
     assert all(np.array_equal(r, expected[k]) for k in (0, 1) for r in results[k])
 
 
-@pytest.mark.parametrize("simd", [2, 1, 0])
+@pytest.mark.parametrize("simd", [3, 2, 1, 0])
 def test_attention_at_the_int16_bounds_and_long_rows(model, simd):
     """The SIMD attention (int16 madd scores widened to int64, p . v two positions per madd in
     int32 lanes) against the numpy rules on a KV cache filled with the int16 extremes and
@@ -229,5 +229,5 @@ def test_attention_at_the_int16_bounds_and_long_rows(model, simd):
         native.set_simd(simd)
         got = session.forward([17, 300], all_logits=True)
     finally:
-        native.set_simd(2)
+        native.set_simd()
     assert np.array_equal(got, reference_forward(m, [17, 300], cache))

@@ -155,9 +155,13 @@ def set_threads(n: int) -> int:
     return lib().oi_set_threads(int(n))
 
 
-def set_simd(level: int = 2) -> int:
-    """Which kernels run: 0 scalar, 1 AVX2, 2 AVX2 with AVX-VNNI (the default), each only
-    where the CPU has it (the same bits on every path); returns the level in use."""
+SIMD_DEFAULT = 3
+
+
+def set_simd(level: int = SIMD_DEFAULT) -> int:
+    """Which kernels run: 0 scalar, 1 AVX2, 2 AVX2 with AVX-VNNI, 3 and AVX-512 VNNI (16-row
+    Q4_1 products; the default), each only where the CPU has it (the same bits on every path);
+    returns the level in use."""
     return int(lib().oi_set_simd(int(level)))
 
 

@@ -647,6 +647,68 @@ __attribute__((target("avx2,fma,avxvnni"))) static void dot8xt_q8_0_vnni(const b
     }
 }
 
+/* Sixteen weight rows against up to TMAX activation rows, AVX-512 VNNI: dot8xt_q4_1_vnni with
+   512-bit registers. Each 128-bit lane of y_j holds row j + 4L's 16 bytes (L = 0..3); the same
+   in-lane unpacks give lane L the four rows 4L..4L+3, so int32 lane i is weight row i; one
+   dpbusd adds 16 rows' products, and the scale products run on 8 + 8 int64 lanes (even and odd
+   rows). The sums are dot_q4_1_scalar's, exactly. acc[16 t + r]: weight row r, activation row t. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void dot16xt_q4_1_avx512(
+        const blk_q4_1 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *as2, int64_t k,
+        int64_t *acc) {
+    const __m512i m4 = _mm512_set1_epi8(15);
+    __m512i se[TMAX], so[TMAX];
+    for (int64_t t = 0; t < T; t++) se[t] = so[t] = _mm512_setzero_si512();
+#define Q16_LOAD(j) _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(                                   \
+        _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)w[(j) * nb + b].qs)),                            \
+        _mm_loadu_si128((const __m128i *)w[((j) + 4) * nb + b].qs), 1),                                           \
+        _mm_loadu_si128((const __m128i *)w[((j) + 8) * nb + b].qs), 2),                                           \
+        _mm_loadu_si128((const __m128i *)w[((j) + 12) * nb + b].qs), 3)
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i y0 = Q16_LOAD(0), y1 = Q16_LOAD(1), y2 = Q16_LOAD(2), y3 = Q16_LOAD(3);
+        __m512i t0 = _mm512_unpacklo_epi32(y0, y1), t1 = _mm512_unpackhi_epi32(y0, y1);
+        __m512i t2 = _mm512_unpacklo_epi32(y2, y3), t3 = _mm512_unpackhi_epi32(y2, y3);
+        __m512i l0 = _mm512_unpacklo_epi64(t0, t2), l1 = _mm512_unpackhi_epi64(t0, t2);
+        __m512i l2 = _mm512_unpacklo_epi64(t1, t3), l3 = _mm512_unpackhi_epi64(t1, t3);
+        const __m512i c0 = _mm512_and_si512(l0, m4), c4 = _mm512_and_si512(_mm512_srli_epi16(l0, 4), m4);
+        const __m512i c1 = _mm512_and_si512(l1, m4), c5 = _mm512_and_si512(_mm512_srli_epi16(l1, 4), m4);
+        const __m512i c2 = _mm512_and_si512(l2, m4), c6 = _mm512_and_si512(_mm512_srli_epi16(l2, 4), m4);
+        const __m512i c3 = _mm512_and_si512(l3, m4), c7 = _mm512_and_si512(_mm512_srli_epi16(l3, 4), m4);
+        int32_t dd[16], mm[16];
+        for (int r = 0; r < 16; r++) {
+            dd[r] = w[r * nb + b].D;
+            mm[r] = w[r * nb + b].M;
+        }
+        const __m512i dv = _mm512_loadu_si512(dd), mv = _mm512_loadu_si512(mm);
+        const __m512i dodd = _mm512_srli_epi64(dv, 32), modd = _mm512_srli_epi64(mv, 32);
+        for (int64_t t = 0; t < T; t++) {
+            const int32_t *x = (const int32_t *)(xq + t * k + b * BLOCK);
+            __m512i v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, _mm512_set1_epi32(x[0]));
+            v = _mm512_dpbusd_epi32(v, c1, _mm512_set1_epi32(x[1]));
+            v = _mm512_dpbusd_epi32(v, c2, _mm512_set1_epi32(x[2]));
+            v = _mm512_dpbusd_epi32(v, c3, _mm512_set1_epi32(x[3]));
+            v = _mm512_dpbusd_epi32(v, c4, _mm512_set1_epi32(x[4]));
+            v = _mm512_dpbusd_epi32(v, c5, _mm512_set1_epi32(x[5]));
+            v = _mm512_dpbusd_epi32(v, c6, _mm512_set1_epi32(x[6]));
+            v = _mm512_dpbusd_epi32(v, c7, _mm512_set1_epi32(x[7]));
+            v = _mm512_mullo_epi32(v, _mm512_set1_epi32(a[t * nb + b]));   /* |a S1| < 2^31 */
+            const __m512i s2 = _mm512_set1_epi64(as2[t * nb + b]);
+            se[t] = _mm512_add_epi64(se[t], _mm512_add_epi64(_mm512_mul_epi32(v, dv), _mm512_mul_epi32(mv, s2)));
+            so[t] = _mm512_add_epi64(so[t], _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(v, 32), dodd),
+                                                             _mm512_mul_epi32(modd, s2)));
+        }
+    }
+#undef Q16_LOAD
+    for (int64_t t = 0; t < T; t++) {
+        int64_t e[8], o[8];
+        _mm512_storeu_si512(e, se[t]);
+        _mm512_storeu_si512(o, so[t]);
+        for (int i = 0; i < 8; i++) {
+            acc[16 * t + 2 * i] = e[i];
+            acc[16 * t + 2 * i + 1] = o[i];
+        }
+    }
+}
+
 typedef void (*dot4xt_q4_fn)(const blk_q4_1 *, int64_t, int64_t, const int8_t *, const int32_t *, const int32_t *,
                              const int32_t *, int64_t, int64_t *);
 typedef void (*dot4xt_q8_fn)(const blk_q8_0 *, int64_t, int64_t, const int8_t *, const int32_t *, const int32_t *,
@@ -658,24 +720,31 @@ static int use_avx2 = -1;
 
 static int use_vnni = -1;
 
+static int use_avx512 = -1;     /* the 16-row Q4_1 kernel (AVX-512 VNNI) */
+
 static inline int have_avx2(void) {
     if (use_avx2 < 0) {
         __builtin_cpu_init();
         use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
         if (use_vnni < 0) use_vnni = use_avx2 && __builtin_cpu_supports("avxvnni");
+        if (use_avx512 < 0)
+            use_avx512 = use_vnni && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
         dot4xt_q4_1 = use_vnni ? dot4xt_q4_1_vnni : dot4xt_q4_1_avx2;
         dot4xt_q8_0 = use_vnni ? dot4xt_q8_0_vnni : dot4xt_q8_0_avx2;
     }
     return use_avx2;
 }
 
-/* Which kernels run: 0 scalar, 1 AVX2, 2 AVX2 + AVX-VNNI where the CPU has them (tests compare all). */
+/* Which kernels run: 0 scalar, 1 AVX2, 2 AVX2 + AVX-VNNI, 3 and AVX-512 VNNI, each where the CPU
+   has it (tests compare all); returns the level in use. */
 int oi_set_simd(int level) {
     use_avx2 = level >= 1 ? -1 : 0;
     use_vnni = level >= 2 ? -1 : 0;
+    use_avx512 = level >= 3 ? -1 : 0;
     if (level == 0) return 0;
     have_avx2();
-    return use_avx2 + (use_vnni > 0);
+    return use_avx2 + (use_vnni > 0) + (use_avx512 > 0);
 }
 
 static inline int64_t row_dot(const oi_qmat *w, int64_t n, const int8_t *xq, const int32_t *a, const int32_t *as2) {
@@ -752,6 +821,16 @@ static void dense_task(void *p, int64_t start, int64_t end) {
     const oi_qmat *w = j->w;
     int64_t nb = w->k / BLOCK;
     int64_t n = start;
+    if (use_avx512 > 0 && w->fmt == 0)
+        for (; n + 16 <= end; n += 16) {
+            int64_t c = j->col0 + n, acc[16 * TMAX];
+            for (int64_t t0 = 0; t0 < j->t; t0 += TMAX) {
+                int64_t tn = j->t - t0 < TMAX ? j->t - t0 : TMAX;
+                dot16xt_q4_1_avx512((const blk_q4_1 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k, j->a + t0 * nb,
+                                    j->as2 + t0 * nb, w->k, acc);
+                dense_store(j, acc, 16, t0, tn, n);
+            }
+        }
     if (use_vnni > 0)
         for (; n + 8 <= end; n += 8) {
             int64_t c = j->col0 + n, acc[8 * TMAX];

@@ -22,7 +22,9 @@ either side helps), 32 new tokens.
 reports each round's ratio 8 streams / 1 stream and their median (the figure the target
 is judged on), with the machine's load average: the machine is shared and noisy, and
 a ratio of two phases measured seconds apart says more than either rate.
-`--no-llama` skips llama-server."""
+`--no-llama` skips llama-server. `--in-process` runs the same workload through the node's
+Decoder in this process with one native thread and reports tokens per CPU-second (far less
+sensitive to other processes' load than wall time; no coordinator, HTTP or second thread)."""
 
 from __future__ import annotations
 
@@ -279,7 +281,52 @@ def report(r: dict) -> None:
         print("  ours / llama-server: " + ", ".join(f"{k} {v}" for k, v in r["ratios"].items()))
 
 
+def in_process(streams: int, seconds: float = 20.0, threads: int = 1) -> dict:
+    """The load phase's workload without processes or HTTP: `streams` closed-loop requests of
+    PROMPT_TOKENS random prompt tokens and NEW_TOKENS greedy tokens through the node's Decoder
+    (prefill 64 tokens per step), one native thread: generated tokens per CPU-second of this
+    thread, which the machine's load moves far less than tokens per wall second."""
+    import numpy as np
+
+    from opinfer.engine import native
+    from opinfer.models.smollm2.engine import Decoder, default_model
+
+    before = native.lib().oi_get_threads()
+    native.set_threads(threads)
+    try:
+        model, rng, dec = default_model(), np.random.default_rng(0), Decoder(64)
+
+        def add() -> None:
+            ids = [int(t) for t in rng.integers(100, 20000, PROMPT_TOKENS)]
+            dec.add(model.session(PROMPT_TOKENS + NEW_TOKENS), dict(ids=ids, max_tokens=NEW_TOKENS))
+
+        for _ in range(streams):
+            add()
+        for _ in range(20):             # warm-up: the first prompts' prefill
+            for _s in dec.step()[1]:
+                add()
+        tokens, cpu0, wall0 = 0, time.thread_time(), time.perf_counter()
+        while time.perf_counter() - wall0 < seconds:
+            events, finished = dec.step()
+            tokens += sum(e.token is not None for e in events)
+            for _s in finished:
+                add()
+        cpu = time.thread_time() - cpu0
+    finally:
+        native.set_threads(before)
+    return {"streams": streams, "tokens": tokens, "tokens_per_cpu_s": round(tokens / cpu, 1)}
+
+
 def main(argv: list[str]) -> int:
+    if "--in-process" in argv:
+        rounds = [(in_process(1), in_process(8)) for _ in range(ROUNDS)]
+        for one, eight in rounds:
+            print(f"in process, 1 native thread: 1 stream {one['tokens_per_cpu_s']} / 8 streams "
+                  f"{eight['tokens_per_cpu_s']} tokens per CPU-second: "
+                  f"{eight['tokens_per_cpu_s'] / one['tokens_per_cpu_s']:.2f}x")
+        ratio = statistics.median(e["tokens_per_cpu_s"] / o["tokens_per_cpu_s"] for o, e in rounds)
+        print(f"IN-PROCESS 8 STREAMS / 1 STREAM (median of {ROUNDS}) = {ratio:.2f}x")
+        return 0
     rounds, llama, rest = ROUNDS, True, []
     it = iter(argv)
     for a in it:

@@ -80,14 +80,18 @@ def _blas_threads():
 
 
 class one_blas_thread:
+    """BLAS on one thread during a build. Nodes and challengers run with OPENBLAS_NUM_THREADS=1
+    (the devnet sets it), where this changes nothing; elsewhere the count is set and restored
+    (a process-wide setting: another thread's products run on one thread meanwhile)."""
+
     def __enter__(self):
         self.fns = _blas_threads()
-        if self.fns is not None:
-            self.before = self.fns[0]()
+        self.before = self.fns[0]() if self.fns is not None else 1
+        if self.before > 1:
             self.fns[1](1)
 
     def __exit__(self, *exc):
-        if self.fns is not None:
+        if self.before > 1:
             self.fns[1](self.before)
 
 

@@ -54,8 +54,9 @@ def roles(nodes: int) -> tuple[str, ...]:
 
 
 # The context a devnet's coordinator accepts: SmolLM2's 4,096 positions need a dispute clock that
-# covers their trace (about 4,600 CPU seconds on this machine, docs/protocol.md "Trace building
-# time"); under that clock the devnet keeps the 1,024-position context the 300 s clock was sized for.
+# covers their trace (315 to 375 CPU seconds on this shared 2-core machine since the blocked build,
+# 4,600 before: docs/protocol.md "Trace building time"; still above the 240 s a 300 s clock leaves);
+# under that clock the devnet keeps the 1,024-position context the 300 s clock was sized for.
 LONG_CONTEXT_CLOCK_S = 4800
 SHORT_CLOCK_CONTEXT = 1025      # prompt + max_tokens: 1,024 positions
 

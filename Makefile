@@ -13,8 +13,8 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node $(STAMPS)/schemathesis $(STAMPS)/chromium $(STAMPS)/native
 
 # The native integer kernels (C, gcc, no -march flag: AVX2 is chosen at run time).
-$(STAMPS)/native: opinfer/engine/native/oi_kernels.c $(STAMPS)/python
-	$(PY) -m opinfer.engine.native build
+$(STAMPS)/native: opinfer/native/oi_kernels.c $(STAMPS)/python
+	$(PY) -m opinfer.native build
 	@touch $@
 
 ## bench-deps: what the side-by-side benchmarks compare against, not needed by `make test`:
@@ -131,4 +131,4 @@ demo: compile
 	$(PY) -m opinfer.demo
 
 clean:
-	rm -rf build .pybuild $(STAMPS) bench/llama.cpp bench/.pydeps opinfer/engine/native/_oi_kernels.so .venv .venv-schemathesis node_modules
+	rm -rf build .pybuild $(STAMPS) bench/llama.cpp bench/.pydeps opinfer/native/_oi_kernels.so .venv .venv-schemathesis node_modules

@@ -81,7 +81,7 @@ def llama_bench(runs: int = 1) -> dict:
 
 def smollm2_speed(runs: int) -> dict:
     from bench.corpus import PROSE
-    from opinfer.engine import native
+    from opinfer import native
     from opinfer.models.smollm2.engine import default_model, forward_many
     from opinfer.models.smollm2.tokenizer import load_tokenizer
 

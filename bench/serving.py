@@ -288,7 +288,7 @@ def in_process(streams: int, seconds: float = 20.0, threads: int = 1) -> dict:
     thread, which the machine's load moves far less than tokens per wall second."""
     import numpy as np
 
-    from opinfer.engine import native
+    from opinfer import native
     from opinfer.models.smollm2.engine import Decoder, default_model
 
     before = native.lib().oi_get_threads()

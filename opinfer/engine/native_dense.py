@@ -1,4 +1,4 @@
-"""Block matrices for the native kernels (opinfer/engine/native): the fast
+"""Block matrices for the native kernels (opinfer/native): the fast
 path of DENSE_BLOCK, bit for bit blocks.block_dense (tests/unit/test_blocks.py)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ class NativeDense:
     multiplier) for the native kernels; `__call__` is block_dense."""
 
     def __init__(self, packed: np.ndarray, fmt: int, mult: int, shift, lo, hi):
-        from opinfer.engine import native
+        from opinfer import native
 
         n, nb = packed.shape
         self.packed, self.fmt, self.mult = np.ascontiguousarray(packed), fmt, int(mult)
@@ -28,7 +28,7 @@ class NativeDense:
         return cls(pack(w), w.fmt, mult, shift, lo, hi)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        from opinfer.engine import native
+        from opinfer import native
 
         x = np.ascontiguousarray(x, dtype=np.int64)
         out = np.empty((x.shape[0], self.shape[0]), dtype=np.int64)
@@ -40,7 +40,7 @@ class NativeDense:
 
     def acc(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(acc, xq, a, d) as the native kernels compute them."""
-        from opinfer.engine import native
+        from opinfer import native
 
         x = np.ascontiguousarray(x, dtype=np.int64)
         t, (n, k) = x.shape[0], self.shape

@@ -252,7 +252,7 @@ def next_tokens(rows, params: list[SamplingParams], steps: list[int]) -> list[in
             not 0 < rows[0].size < 1 << el.INDEX_BITS:
         return [next_token(r, p, s) for r, p, s in zip(rows, params, steps)]
     try:
-        from opinfer.engine import native
+        from opinfer import native
 
         lib = native.lib()
     except Exception:  # noqa: BLE001 - no compiler or library: the numpy rules

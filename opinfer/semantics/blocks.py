@@ -21,7 +21,7 @@ and a weight row n's product with them is
 
 (xq ~ 127 xs / a_b, so acc ~ 127 2^24 (w . xs)); the output is
 `requant(acc << d, mult, shift, lo, hi)`. These are elements.block_dense's
-rules, vectorised; the native kernels (opinfer/engine/native) compute the same
+rules, vectorised; the native kernels (opinfer/native) compute the same
 bits, and tests check all three agree (tests/unit/test_blocks.py).
 """
 

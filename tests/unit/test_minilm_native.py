@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from opinfer.models.minilm import weights as fw
-from opinfer.engine import native
+from opinfer import native
 from opinfer.models.minilm.engine import GELU_HALF, IntMiniLM
 from opinfer.semantics.quant import EXP_INPUT_MAX, exp_neg
 

@@ -1,4 +1,4 @@
-"""The native keccak (opinfer/engine/native/oi_trace.c via opinfer.trace.fasthash) gives the
+"""The native keccak (opinfer/native/oi_trace.c via opinfer.trace.fasthash) gives the
 Python commitments' bits: messages of every padding case, tensor roots (ragged too), Merkle
 levels and prefix roots, the V^T cache's roots step by step; on the AVX-512 path and the
 scalar one."""

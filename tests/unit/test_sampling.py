@@ -258,7 +258,7 @@ def test_native_batched_sampler_equals_the_numpy_rules(threads):
     """next_tokens (the native kernels: one call for every row's weights, tau and kept, one for
     the picks) against next_token row by row and, on small vocabularies, the element rules;
     choose_many against choose (greedy and penalised rows mixed in)."""
-    from opinfer.engine import native
+    from opinfer import native
 
     rng = np.random.default_rng(77 + threads)
     before = native.lib().oi_get_threads()

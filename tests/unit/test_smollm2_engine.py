@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench.corpus import PROSE
-from opinfer.engine import native
+from opinfer import native
 from opinfer.models.smollm2.engine import IntSmolLM2, default_model, forward_many, reference_forward
 from opinfer.models.smollm2.reference import SmolLM2Reference
 from opinfer.models.smollm2.tokenizer import load_tokenizer

@@ -27,7 +27,7 @@ pairs) serves both orders; q.k is unchanged.
 
 RMSNorm, RoPE, the integer-exp softmax with int16 probabilities and the
 argmax/sampling rules are unchanged (elements.py). The fast path is the native
-forward step (opinfer/engine/native: the whole step in C, threads over output
+forward step (opinfer/native: the whole step in C, threads over output
 rows, a batch of sequences at once); `reference_forward` is the same rules in
 plain numpy, op by op, and tests check the two give the same bits.
 """
@@ -378,7 +378,7 @@ class IntLlama:
 
     def _build_native(self):
         if self._native is None:
-            from opinfer.engine import native
+            from opinfer import native
 
             keep = {}
 
@@ -456,7 +456,7 @@ class Session:
             self._alloc(min(max(2 * cap, self.pos + n), self.max_ctx))
 
     def _struct(self):
-        from opinfer.engine import native
+        from opinfer import native
 
         return native.Seq(self.k.ctypes.data, self.v.ctypes.data, self.k.shape[2], self.pos)
 
@@ -487,7 +487,7 @@ def forward_many(sessions: list[Session], batch: list, all_logits: bool = False)
     over all sessions' rows stacked (matrix-matrix products), attention per session
     on its own cache. Every op is exact and row-local, so each session gets the bits
     it would get alone (tests/unit/test_batch_determinism.py)."""
-    from opinfer.engine import native
+    from opinfer import native
 
     if not sessions:
         return []

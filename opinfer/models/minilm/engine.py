@@ -6,7 +6,7 @@ int32 residual stream, integer LayerNorm with an exact integer square root,
 table-lookup softmax and GELU, integer mean pooling and L2 norm). The output
 embedding is int64 with scale 2^-14.
 
-The fast path is native (opinfer/engine/native: `oi_mlm_forward`, the whole
+The fast path is native (opinfer/native: `oi_mlm_forward`, the whole
 forward in C over byte products with exact integer sums, threads over output
 columns and heads); `forward_reference` / `forward_batch_reference` and the
 layers' `__call__` are the same rules in plain numpy, and tests check the two
@@ -81,7 +81,7 @@ class Dense:
         return self._native[0]
 
     def _build_native(self):
-        from opinfer.engine import native
+        from opinfer import native
 
         n, k = self.w.shape
         if np.abs(self.w).max(initial=0) > 127:
@@ -100,7 +100,7 @@ class Dense:
 
     def native_call(self, x: np.ndarray) -> np.ndarray:
         """__call__ on the native kernels (the same bits)."""
-        from opinfer.engine import native
+        from opinfer import native
 
         x = np.ascontiguousarray(x, dtype=np.int64)
         y = np.empty((x.shape[0], self.w.shape[0]), dtype=np.int64)
@@ -126,14 +126,14 @@ class LayerNorm:
     eps: int
 
     def native(self):
-        from opinfer.engine import native
+        from opinfer import native
 
         g = np.ascontiguousarray(self.gain, dtype=np.int64)
         b = np.ascontiguousarray(self.beta, dtype=np.int64)
         return native.Ln(g.ctypes.data, b.ctypes.data, int(self.eps)), (g, b)
 
     def native_call(self, x: np.ndarray) -> np.ndarray:
-        from opinfer.engine import native
+        from opinfer import native
 
         x = np.ascontiguousarray(x, dtype=np.int64)
         y = np.empty_like(x)
@@ -259,7 +259,7 @@ class IntMiniLM:
         return self._native[0]
 
     def _build_native(self):
-        from opinfer.engine import native
+        from opinfer import native
 
         keep = []
 
@@ -295,7 +295,7 @@ class IntMiniLM:
 
     def attention_native(self, layer: Layer, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
         """_attend of one sequence on the native kernels (the same bits)."""
-        from opinfer.engine import native
+        from opinfer import native
 
         q, k, v = (np.ascontiguousarray(a, dtype=np.int64) for a in (q, k, v))
         ctx = np.empty_like(q)
@@ -316,7 +316,7 @@ class IntMiniLM:
         attention and pooling per sequence. Every op is exact and row-local
         or per-sequence, so each result is bit for bit forward(ids), whatever
         else is in the batch (tests/unit/test_batch_determinism.py)."""
-        from opinfer.engine import native
+        from opinfer import native
 
         seqs = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in batch]
         if not seqs:

@@ -10,7 +10,7 @@
  * compare this file with the numpy reference op by op and on whole sequences
  * (tests/unit/test_blocks.py, tests/unit/test_smollm2_engine.py).
  *
- * Built by `make deps` (opinfer/engine/native/__init__.py): gcc -O2 with no
+ * Built by `make deps` (opinfer/native/__init__.py): gcc -O2 with no
  * -march flag; the AVX2 kernels carry their own target attribute and are
  * chosen at run time when the CPU has AVX2 (__builtin_cpu_supports), with a
  * scalar fallback. No AMX. Right shifts of negative int64/int128 are

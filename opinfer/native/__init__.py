@@ -1,6 +1,6 @@
 """The native integer kernels (oi_kernels.c), built with gcc and loaded with ctypes.
 
-`make deps` builds the library (`python -m opinfer.engine.native build`); a
+`make deps` builds the library (`python -m opinfer.native build`); a
 checkout whose library is missing or older than its source rebuilds it on first
 use (gcc is a build requirement, like cmake and cargo on these machines). The
 build uses no -march flag: the AVX2 kernels carry their own target attribute
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         path = build(force="--force" in args)
         print(f"built {path}")
         return 0
-    print("usage: python -m opinfer.engine.native build [--force]", file=sys.stderr)
+    print("usage: python -m opinfer.native build [--force]", file=sys.stderr)
     return 2
 
 

@@ -1,5 +1,0 @@
-import sys
-
-from opinfer.engine.native import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from opinfer.native import main
+
+sys.exit(main())

@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 deps: $(STAMPS)/python $(STAMPS)/shim $(STAMPS)/node $(STAMPS)/schemathesis $(STAMPS)/chromium $(STAMPS)/native
 
 # The native integer kernels (C, gcc, no -march flag: AVX2 is chosen at run time).
-$(STAMPS)/native: opinfer/native/oi_kernels.c $(STAMPS)/python
+$(STAMPS)/native: opinfer/native/oi_kernels.c opinfer/native/oi_trace.c $(STAMPS)/python
 	$(PY) -m opinfer.native build
 	@touch $@
 

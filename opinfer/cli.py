@@ -38,7 +38,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=8545, help="anvil port (default 8545)")
     up.add_argument("--api-port", type=int, default=8000, help="coordinator port (default 8000)")
     up.add_argument("--window", type=int, default=600, help="challenge window in seconds (default 600)")
-    up.add_argument("--clock", type=int, default=300, help="dispute clock per party in seconds (default 300)")
+    up.add_argument("--clock", type=int, default=600, help="dispute clock per party in seconds (default 600: covers the trace of a 4,096-position job; below 600 the devnet accepts 1,024 positions)")
     up.add_argument("--nodes", type=int, default=3, help="staked nodes (default 3)")
     up.add_argument("--dishonest", type=int, default=0, help="how many of them lie (default 0)")
     up.add_argument("--sample-rate", type=float, default=1.0, help="challenger sample rate (default 1.0)")

@@ -54,14 +54,22 @@ def roles(nodes: int) -> tuple[str, ...]:
 
 
 # The context a devnet's coordinator accepts: SmolLM2's 4,096 positions need a dispute clock that
-# covers their trace (315 to 375 CPU seconds on this shared 2-core machine since the blocked build,
-# 4,600 before: docs/protocol.md "Trace building time"; still above the 240 s a 300 s clock leaves);
-# under that clock the devnet keeps the 1,024-position context the 300 s clock was sized for.
-LONG_CONTEXT_CLOCK_S = 4800
+# covers their trace (docs/protocol.md "Trace building time": 150 s wall on this 2-core machine
+# when quiet, 400 to 480 s with other work on both cores; a dispute also has the challenger
+# building its own at the same time). The devnet's default clock, 600 s, leaves 540 s for it;
+# under a shorter clock (tests use 60 to 300 s) the devnet keeps a 1,024-position context.
+LONG_CONTEXT_CLOCK_S = 600
 SHORT_CLOCK_CONTEXT = 1025      # prompt + max_tokens: 1,024 positions
 
 
-def start(port: int = 8545, window: int = 600, clock: int = 300, nodes: int = 3,
+def context_cap(clock: int) -> int | None:
+    """The coordinator's context cap under a dispute clock of `clock` seconds (None: the
+    models' own limits). The clock must cover building a job's trace, or an honest node
+    loses on time: a short clock keeps the context it was sized for."""
+    return None if clock >= LONG_CONTEXT_CLOCK_S else SHORT_CLOCK_CONTEXT
+
+
+def start(port: int = 8545, window: int = 600, clock: int = LONG_CONTEXT_CLOCK_S, nodes: int = 3,
           state_file: Path = STATE_FILE, log=None) -> tuple[Anvil, Deployment, dict]:
     # The one test-network builder (opinfer.chain.testnet): anvil, the protocol, the roles' keys.
     net = ProtocolNet.start(roles(nodes), ProtocolParams(challenge_window=window, clock_budget=clock), port=port,
@@ -129,7 +137,7 @@ class Options:
     api_port: int = 8000            # coordinator
     node_port: int = 0              # first node port; 0: free ports
     window: int = 600
-    clock: int = 300
+    clock: int = LONG_CONTEXT_CLOCK_S
     nodes: int = 3
     dishonest: int = 0
     sample_rate: float = 1.0
@@ -291,10 +299,8 @@ def _start_services(net: Devnet, log) -> None:
             # 127.0.0.1, keyless requests (the devnet key still works), /metrics without a key
             "OPINFER_ALLOW_PRIVATE_ENDPOINTS": "true", "OPINFER_REQUIRE_API_KEY": "false",
             "OPINFER_PUBLIC_METRICS": "true"}
-    if opts.clock < LONG_CONTEXT_CLOCK_S:
-        # the dispute clock must cover building a job's trace, or an honest node loses on time:
-        # a short clock keeps the context it was sized for (docs/protocol.md, "Trace building time")
-        cenv["OPINFER_MAX_CONTEXT_TOKENS"] = str(SHORT_CLOCK_CONTEXT)
+    if context_cap(opts.clock) is not None:
+        cenv["OPINFER_MAX_CONTEXT_TOKENS"] = str(context_cap(opts.clock))
     net.services.append(Service("coordinator", _python("opinfer.cli", "coordinator", "run", "--host", "127.0.0.1",
                                                        "--port", str(api_port)),
                                 cenv, logs / "coordinator.log").start())
@@ -398,7 +404,7 @@ def describe(info: dict) -> str:
     return "\n".join(lines)
 
 
-def up(port: int = 8545, window: int = 600, clock: int = 300, nodes: int = 3, dishonest: int = 0,
+def up(port: int = 8545, window: int = 600, clock: int = LONG_CONTEXT_CLOCK_S, nodes: int = 3, dishonest: int = 0,
        detach: bool = False, api_port: int = 8000, sample_rate: float = 1.0, state_dir: str | Path = STATE_DIR,
        services: bool = True, batch_interval: float = 2.0) -> int:
     opts = Options(port=port, api_port=api_port, window=window, clock=clock, nodes=nodes, dishonest=dishonest,

@@ -166,3 +166,15 @@ def test_coordinator_create_key_imports_a_secret_from_stdin(tmp_path):
         rows = s.query(m.ApiKey).all()
         assert [(r.name, r.rate_limit_rpm) for r in rows] == [("devnet", 0)]
         assert rows[0].key_hash == keys.hash_key("sk-devnet-test")
+
+
+def test_the_default_clock_serves_the_models_whole_context():
+    """`opinfer devnet up` with its default clock takes SmolLM2's 4,096 positions (the clock
+    covers the trace of the longest job, docs/protocol.md); a shorter clock keeps 1,024."""
+    from opinfer import devnet
+    from opinfer.cli import build_parser
+
+    default = build_parser(["devnet", "up"]).parse_args(["devnet", "up"]).clock
+    assert default == devnet.Options().clock == devnet.LONG_CONTEXT_CLOCK_S
+    assert devnet.context_cap(default) is None
+    assert devnet.context_cap(default - 1) == devnet.SHORT_CLOCK_CONTEXT == 1025

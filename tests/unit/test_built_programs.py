@@ -136,6 +136,11 @@ def test_a_program_file_alone_is_served_and_re_executed(tmp_path):
         job = JobInput((3, 1, 4, 1), max_tokens=4, temperature_milli=700, seed=9)
         out = program.run(job)[-1]
         assert np.array_equal(node.run(job)[0], out) and challenger.output_root(job) == tensor_root(out)
+        # a dispute trace takes its generated positions from the engine the file gave (or would
+        # build them one at a time: docs/protocol.md, "Trace building time")
+        from opinfer.trace.hints import generated_tokens
+
+        assert generated_tokens(program, job) == [int(t) for t in out[0][:job.max_tokens - 1]]  # the last is never fed back
         spec = models.get(name)
         too_long = JobInput((1,) * spec.context, max_tokens=2)
         with pytest.raises(BadJob, match="exceeds the context"):

@@ -124,5 +124,11 @@ def model_from_program(program: Program, cls=sm.IntLlama) -> sm.IntLlama:
     tied = head_op.slots[1].ref == emb.slots[2].ref and head_op.slots[2].ref == emb.slots[3].ref
     embed_matrix = None if tied else sm.Dense.of(embed, head.shift0, head.lo0, head.hi0, mult=head.mult)
     half = head_dim // 2
-    return cls(head, layers, out_gain, eps, rope[:, :half].copy(), rope[:, half:head_dim].copy(), silu, heads,
-               kv_heads, head_dim, embed_matrix=embed_matrix, score_mult=score[0], score_shift=score[1])
+    model = cls(head, layers, out_gain, eps, rope[:, :half].copy(), rope[:, half:head_dim].copy(), silu, heads,
+                kv_heads, head_dim, embed_matrix=embed_matrix, score_mult=score[0], score_shift=score[1])
+    # A node or challenger serving from the file builds its dispute traces with this engine's
+    # tokens for the generated positions (without, they run one at a time: docs/protocol.md).
+    from opinfer.models.llama.program import register_tokens
+
+    register_tokens(program.name, model)
+    return model

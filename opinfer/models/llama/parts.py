@@ -74,7 +74,10 @@ class GGUFParts:
             if self._engine is None:
                 from opinfer.models.llama.engine import IntLlama
 
+                from opinfer.models.llama.program import register_tokens
+
                 self._engine = IntLlama.build(self.path, self.positions)
+                register_tokens(self.name, self._engine)   # a dispute trace's generated positions
             return self._engine
 
     def run_batch(self, engine, jobs: list) -> list:

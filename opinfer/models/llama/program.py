@@ -188,3 +188,24 @@ def build_from_gguf(path, name: str | None = None, positions: int | None = None)
     name = name or cfg.name or Path(path).name.removesuffix(".gguf")
     positions = positions or min(cfg.context_length, MAX_CONTEXT)
     return build_program(sm.IntLlama.build(path, positions), name, positions)
+
+
+def engine_tokens(model):
+    """fn(program, job) -> the ids the engine generates for the job, ignoring its stop
+    sequences (the program's steps go on after a stop): what a trace of the job embeds
+    after its prompt. Only a hint for opinfer.trace.blocked, which checks every one."""
+    def tokens(program: Program, job) -> list[int]:
+        from opinfer.engine.sampling import SamplingParams
+
+        if job.max_tokens <= 1:
+            return []
+        session = model.session(len(job.tokens) + job.max_tokens)
+        return session.generate(list(job.tokens), job.max_tokens - 1, sampler=SamplingParams.of_job(job)).ids
+    return tokens
+
+
+def register_tokens(name: str, model) -> None:
+    """Let traces of the program called `name` take their generated tokens from `model`'s engine."""
+    from opinfer.trace.hints import register
+
+    register(name, engine_tokens(model))

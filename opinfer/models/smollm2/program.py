@@ -29,25 +29,7 @@ def check_job(job, vocab: int = VOCAB) -> None:
     family.check_job(job, vocab, MAX_CONTEXT, MAX_NEW)
 
 
-def engine_tokens(model):
-    """fn(program, job) -> the ids the engine generates for the job, ignoring its stop
-    sequences (the program's steps go on after a stop): what a trace of the job embeds
-    after its prompt. Only a hint for opinfer.trace.blocked, which checks every one."""
-    def tokens(program: Program, job) -> list[int]:
-        from opinfer.engine.sampling import SamplingParams
-
-        if job.max_tokens <= 1:
-            return []
-        session = model.session(len(job.tokens) + job.max_tokens)
-        return session.generate(list(job.tokens), job.max_tokens - 1, sampler=SamplingParams.of_job(job)).ids
-    return tokens
-
-
-def register_tokens(name: str, model) -> None:
-    """Let traces of the program called `name` take their generated tokens from `model`'s engine."""
-    from opinfer.trace.hints import register
-
-    register(name, engine_tokens(model))
+engine_tokens, register_tokens = family.engine_tokens, family.register_tokens
 
 
 @lru_cache(maxsize=1)

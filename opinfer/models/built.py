@@ -6,7 +6,8 @@ could change in a last bit (docs/quantisation.md, "Determinism and
 reproducibility"). So a network ships the built program: `save_program`
 writes it (op descriptors, weight tensors at their packed widths, the root),
 `load_program` reads it back and refuses it unless its root is the one
-expected, and `minilm_from_program` / `smollm2_from_program` rebuild the fast
+expected, and `minilm_from_program` / the llama family's `model_from_program`
+(opinfer/models/llama/built.py) rebuild the fast
 engines from nothing but the program's integers, so a node or challenger on
 any machine computes the registered model's bits.
 
@@ -34,11 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from opinfer.errors import CommitmentError
-from opinfer.semantics.ops import (CONTEXT, DENSE, DENSE_BLOCK, EMBED_SUM, EMBED_TOKEN, EXP_SUMS, LAYER_NORM, LOOKUP,
-                                   POOL, PROBS, RESIDUAL, RMS_NORM, ROPE, SOFTMAX, SWIGLU, WEIGHT, Op)
+from opinfer.semantics.ops import CONTEXT, DENSE, EMBED_SUM, LAYER_NORM, LOOKUP, POOL, RESIDUAL, SOFTMAX, WEIGHT, Op
 from opinfer.semantics.ops import DESC_WORDS
 from opinfer.semantics.program import JobLimits, Program
-from opinfer.semantics.quant import INT32
 
 FORMAT = 1
 DTYPES = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
@@ -261,71 +260,6 @@ def minilm_from_program(program: Program):
     cur.at += 1                                               # TRANSPOSE (last hidden state)
     pool = cur.take(POOL)
     return mm.IntMiniLM(word, pos, typ, ln0, layers, heads, cur.w(pool, 1)[:, 0].copy())
-
-
-# ---------------------------------------------------------------- SmolLM2-135M-Instruct
-
-def smollm2_from_program(program: Program):
-    """The native SmolLM2 engine from the program's integers alone: the GGUF blocks
-    (codes, D, M), the gains, the RoPE and SiLU tables and every scale of its ops."""
-    from opinfer.models.smollm2 import engine as sm
-    from opinfer.semantics import blocks as bk
-
-    cur = _Cursor(program)
-    emb = cur.take(EMBED_TOKEN)
-    if tuple(emb.params[:3]) != (sm.EMBED_SHIFT, *INT32):
-        raise CommitmentError("the embedding's scale is not the engine's")
-    embed = (cur.w(emb, 2), cur.w(emb, 3))
-
-    def gain(op: Op) -> np.ndarray:
-        return cur.w(op, 1)[:, 0].copy()
-
-    def dense(op: Op) -> "sm.Dense":
-        fmt, fold, mult, split, *groups = op.params[:10]
-        codes = cur.w(op, 1).astype(np.uint8 if fmt == bk.Q4_1 else np.int8)
-        m = cur.w(op, 3).copy() if fmt == bk.Q4_1 else np.zeros_like(cur.w(op, 2))
-        return sm.Dense.of(bk.QMatrix(fmt, codes, cur.w(op, 2).copy(), m), *groups[:3], split, *groups[3:6],
-                           mult=mult)
-
-    layers, eps, rope, silu = [], None, None, None
-    heads = kv_heads = head_dim = None
-    while program.ops[cur.at].code == RMS_NORM and program.ops[cur.at + 1].code == DENSE_BLOCK \
-            and program.ops[cur.at + 2].code == ROPE:
-        norm = cur.take(RMS_NORM)
-        eps = norm.params[0]
-        qkv = dense(cur.take(DENSE_BLOCK))
-        rope_op = cur.take(ROPE)
-        rope = cur.w(rope_op, 1)
-        head_dim = rope_op.params[0]
-        cur.take(17)                                          # APPEND (K cache)
-        cur.take(17)                                          # APPEND (V^T cache)
-        scores = program.ops[cur.at]
-        cur.at += 1
-        heads, group = scores.rows & 0xFFFFFFFF, scores.params[1]
-        kv_heads = heads // group
-        sums, softmax, ctx = cur.take(EXP_SUMS), cur.take(PROBS), cur.take(CONTEXT)
-        if tuple(sums.params[:2]) != (1, sm.SCORE_SHIFT) or tuple(softmax.params[:3]) != (1, sm.SCORE_SHIFT, sm.PROB_ONE) or \
-                tuple(ctx.params[2:6]) != (sm.CTX_MULT, sm.CTX_SHIFT, *INT32):
-            raise CommitmentError("the attention's scales are not the engine's")
-        o = dense(cur.take(DENSE_BLOCK))
-        cur.take(RESIDUAL)
-        ffn_gain = gain(cur.take(RMS_NORM))
-        gate_up = dense(cur.take(DENSE_BLOCK))
-        swiglu = cur.take(SWIGLU)
-        silu = cur.w(swiglu, 1).reshape(-1).copy()
-        down = dense(cur.take(DENSE_BLOCK))
-        cur.take(RESIDUAL)
-        layers.append(sm.Layer(gain(norm), qkv, o, ffn_gain, gate_up, down))
-    out_gain = gain(cur.take(RMS_NORM))
-    head_op = cur.take(DENSE_BLOCK)
-    if head_op.slots[1].ref != emb.slots[2].ref or head_op.slots[2].ref != emb.slots[3].ref:
-        raise CommitmentError("the LM head must be the token embeddings (tied)")
-    head = dense(head_op)
-    if not (np.array_equal(head.w.codes, embed[0]) and np.array_equal(head.w.D, embed[1])):
-        raise CommitmentError("the LM head must be the token embeddings (tied)")
-    half = head_dim // 2
-    return sm.IntSmolLM2(head, layers, out_gain, eps, rope[:, :half].copy(), rope[:, half:head_dim].copy(), silu,
-                         heads, kv_heads, head_dim)
 
 
 def main(argv=None) -> int:

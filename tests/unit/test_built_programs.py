@@ -11,7 +11,8 @@ import pytest
 
 from opinfer.engine.sampling import SamplingParams
 from opinfer.errors import CommitmentError, OpinferError
-from opinfer.models.built import load_program, main, minilm_from_program, save_program, smollm2_from_program
+from opinfer.models.built import load_program, main, minilm_from_program, save_program
+from opinfer.models.llama.built import model_from_program
 from opinfer.models.minilm import weights as fw
 from opinfer.models.minilm.engine import IntMiniLM
 from opinfer.models.minilm.program import build_program
@@ -35,7 +36,7 @@ def test_decoder_round_trip_and_engine_from_the_file(tmp_path):
     program, model = toy_decoder()
     path = tmp_path / "decoder.npz"
     save_program(program, path)
-    engine = smollm2_from_program(load_program(path, expected_root=program.model_root))
+    engine = model_from_program(load_program(path, expected_root=program.model_root))
     for kind in ("greedy", "sample", "stop"):
         job = toy_decoder_job(kind, tokens=6, max_tokens=4)
         sampler = SamplingParams.of_job(job)

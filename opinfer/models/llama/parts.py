@@ -148,15 +148,21 @@ def gguf_spec(path, name: str | None = None, price_wei: int = 0, positions: int 
     name = name or cfg.name or Path(path).name.removesuffix(".gguf")
     parts = GGUFParts(str(path), name, positions)
     digest = hashlib.sha256(f"{Path(path).resolve()}|{positions}".encode()).hexdigest()[:12]
-    module_name = f"{__name__}.file_{re.sub(r'[^0-9A-Za-z_]', '_', name)}_{digest}"
-    known = sys.modules.get(module_name)
-    if known is None:
-        module = types.ModuleType(module_name, f"hooks of {path}")
-        module.__dict__.update(parts.hooks(), path=str(path), parts=parts)
-        sys.modules[module_name] = module
-    else:
-        parts = known.parts
+    module_name, parts = hooks_module(__name__, name, digest, path, parts)
     return parts.spec(price_wei, hooks=module_name)
+
+
+def hooks_module(prefix: str, name: str, digest: str, path, parts) -> tuple[str, object]:
+    """(module name, parts) of the module holding one file's hooks (a spec names its hooks by
+    module): made once per name and digest; the same file again gets the parts made first."""
+    module_name = f"{prefix}.file_{re.sub(r'[^0-9A-Za-z_]', '_', name)}_{digest}"
+    known = sys.modules.get(module_name)
+    if known is not None:
+        return module_name, known.parts
+    module = types.ModuleType(module_name, f"hooks of {path}")
+    module.__dict__.update(parts.hooks(), path=str(path), parts=parts)
+    sys.modules[module_name] = module
+    return module_name, parts
 
 
 # ---------------------------------------------------------------- shared by every file of the family

@@ -12,14 +12,11 @@ is not carried: docs/models.md, "A llama-family GGUF model").
 
 from __future__ import annotations
 
-import re
-import sys
 import threading
-import types
 from pathlib import Path
 
 from opinfer.errors import CommitmentError
-from opinfer.models.llama.parts import request, result, run_batch, sampler
+from opinfer.models.llama.parts import hooks_module, request, result, run_batch, sampler
 from opinfer.models.spec import CHAT, JobRefused, ModelSpec
 from opinfer.semantics.program import PER_POSITION
 
@@ -100,14 +97,7 @@ def register_program_file(path, price_wei: int = 0) -> ModelSpec:
     from opinfer import models
 
     parts = ProgramFileParts(path)
-    module_name = f"{__name__}.file_{re.sub(r'[^0-9A-Za-z_]', '_', parts.name)}_{parts.root.hex()[:12]}"
-    known = sys.modules.get(module_name)
-    if known is None:
-        module = types.ModuleType(module_name, f"hooks of {path}")
-        module.__dict__.update(parts.hooks(), path=str(path), parts=parts)
-        sys.modules[module_name] = module
-    else:
-        parts = known.parts
+    module_name, parts = hooks_module(__name__, parts.name, parts.root.hex()[:12], path, parts)
     spec = ModelSpec(name=parts.name, kind=CHAT, vocab=parts.limits.vocab, dimensions=parts.dimensions(),
                      context=parts.limits.positions, hooks=module_name, price_wei=price_wei,
                      description=f"llama-family program file {Path(path).name}",

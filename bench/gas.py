@@ -34,6 +34,7 @@ from opinfer.semantics.program import Program
 from opinfer.trace import player
 from opinfer.trace.leaf import Batch, ResultLeaf
 from opinfer.trace.state import Trace
+from opinfer.semantics.ops import NAMES as OP_NAMES
 from opinfer.trace.testing import corrupted_trace, dot_op, toy_job, toy_program
 
 INPUT_BYTES = 64  # a short prompt's token ids, compressed
@@ -80,15 +81,16 @@ DECODER_STEPS = {
     "context": (9, 3, (0, 40), "greedy"),
     "residual": (11, 2, (0, 50), "sample"),
     "swiglu": (14, 1, (0, 700), "greedy"),
-    "chunk_argmax": (35, 3, (0, 1), "greedy"),
-    "sample_weights": (36, 4, (0, 30), "sample"),
-    "masked_sums": (38, 4, (0, 0), "sample"),
-    "bisect": (39, 3, (0, 1), "sample"),
-    "pick": (73, 4, (0, 1), "sample"),
-    "pick_token": (74, 3, (0, 0), "sample"),
-    "next": (75, 5, (0, 0), "sample"),
-    "match": (76, 3, (0, 0), "stop"),
-    "gen": (77, 5, (0, 1), "stop"),
+    "penalty": (35, 5, (0, 216), "penalty"),
+    "chunk_argmax": (36, 3, (0, 1), "greedy"),
+    "sample_weights": (37, 4, (0, 30), "sample"),
+    "masked_sums": (39, 4, (0, 0), "sample"),
+    "bisect": (40, 3, (0, 1), "sample"),
+    "pick": (74, 4, (0, 1), "sample"),
+    "pick_token": (75, 3, (0, 0), "sample"),
+    "next": (76, 5, (0, 0), "sample"),
+    "match": (77, 3, (0, 0), "stop"),
+    "gen": (78, 5, (0, 1), "stop"),
 }
 
 
@@ -188,10 +190,12 @@ def measure(hardfork: str, games: bool, out: dict) -> dict:
         decoder = toy_decoder_program()
         owner.call(c["ModelRegistry"].functions.register_model(decoder.name, decoder.model_root, decoder.num_ops, 1000))
         model_ids[decoder.name] = c["ModelRegistry"].functions.model_id_by_name(decoder.name).call()
-        traces = {kind: Trace.of(decoder, toy_decoder_job(kind)) for kind in ("greedy", "sample", "stop")}
+        traces = {kind: Trace.of(decoder, toy_decoder_job(kind)) for kind in ("greedy", "sample", "stop", "penalty")}
         decoder_steps = {}
         for n, (name, (j, step, (r, col), kind)) in enumerate(DECODER_STEPS.items()):
             good = traces[kind]
+            if not name.startswith(OP_NAMES[decoder.ops[j].code]):   # the template moved: fix DECODER_STEPS
+                raise SystemExit(f"bench.gas: template op {j} is {OP_NAMES[decoder.ops[j].code]}, not {name}")
             wrong = corrupted_trace(decoder, good.job, step * decoder.num_ops + j + 1, r, col, delta=1)
             wleaf = leaf(good, decoder.name, nodes[2], 9000 + n, input_bytes=0)
             wbatch = Batch([wleaf])

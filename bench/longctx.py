@@ -152,14 +152,7 @@ def steps() -> dict:
                 incremental[j] = _RowsCache(carry[j].shape[1])
             incremental[j].reset(carry[j])
         t, c = time.perf_counter(), time.process_time()
-        outs = []
-        for j, op in enumerate(program.ops):
-            ins = []
-            for slot in op.slots:
-                kind, idx = slot.ref >> 128, slot.ref & ((1 << 128) - 1)
-                ins.append(t0 if kind == ops.INPUT else outs[idx] if kind == ops.SAME
-                           else program.weights[idx] if kind == ops.WEIGHT else carry[idx])
-            outs.append(op.run(ins, program.ctx(job, s * program.num_ops + j)))
+        outs = program.run_step(job, s, carry, t0)
         run_s, run_cpu = time.perf_counter() - t, time.process_time() - c
         for j, out in enumerate(outs):
             if j in incremental:

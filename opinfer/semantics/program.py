@@ -210,6 +210,24 @@ class Program:
             tensors.append(on_op(i, out) if on_op else out)
         return tensors
 
+    def run_step(self, job: JobInput, step: int, carry: dict, t0: np.ndarray | None = None,
+                 on_op=None) -> list[np.ndarray]:
+        """Every output of one step of a per-position program, from the previous step's
+        carried tensors (`carry`: template op index -> its output; a missing one reads as
+        None, as a previous-step slot at step 0 does). `on_op(i, out)` as in run."""
+        t0 = job.tensor() if t0 is None else t0
+        outs: list[np.ndarray] = []
+        for j, op in enumerate(self.ops):
+            i = step * self.num_ops + j
+            ins = []
+            for s in op.slots:
+                kind, idx = s.ref >> 128, s.ref & ((1 << 128) - 1)
+                ins.append(t0 if kind == INPUT else outs[idx] if kind == SAME
+                           else self.weights[idx] if kind == WEIGHT else carry.get(idx))
+            out = op.run(ins, self.ctx(job, i))
+            outs.append(on_op(i, out) if on_op else out)
+        return outs
+
     def slot_tensors(self, op: Op, op_index: int, tensors: list[np.ndarray]) -> list[np.ndarray | None]:
         """The tensors op `op_index` reads; None for a previous-step slot at step 0."""
         out = []

@@ -33,7 +33,7 @@ import numpy as np
 from opinfer.errors import CommitmentError
 from opinfer.semantics import merkle
 from opinfer.semantics.jobinput import JobInput
-from opinfer.semantics.ops import APPEND, INPUT, PREV, SAME, WEIGHT
+from opinfer.semantics.ops import APPEND, PREV
 from opinfer.semantics.program import Program, job_steps
 from opinfer.semantics.tensor import CHUNK, TensorTree, _words, row_root, zero_chunk, zero_row_root
 from opinfer.trace import blocked, fasthash
@@ -326,18 +326,7 @@ class DecoderTrace(Trace):
         """(outputs, outputs as the trace shows them): a replaced tensor is
         shown but never read by a later op (every other tensor stays honest)."""
         p = self.program
-        outs: list[np.ndarray] = []
-        for j, op in enumerate(p.ops):
-            i = step * p.num_ops + j
-            ins = []
-            for s in op.slots:
-                kind, idx = s.ref >> 128, s.ref & MASK128
-                ins.append(self.t0 if kind == INPUT else outs[idx] if kind == SAME
-                           else p.weights[idx] if kind == WEIGHT else carry.get(idx))
-            out = op.run(ins, p.ctx(self.job, i))
-            if self.on_op:
-                out = self.on_op(i, out)
-            outs.append(out)
+        outs = p.run_step(self.job, step, carry, self.t0, self.on_op)
         shown = [self.replace.get(step * p.num_ops + j + 1, out) for j, out in enumerate(outs)]
         return outs, shown
 

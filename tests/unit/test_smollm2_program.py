@@ -201,19 +201,6 @@ def test_long_context_job_program_equals_its_engine():
     assert sums.shape == (9, 16) and (sums[:, :5] > 0).all() and not sums[:, 5:].any()
 
 
-def _step(program, job, step, carry):
-    """Every output of one step of `program`, from the previous step's carried tensors."""
-    t0, outs = job.tensor(), []
-    for j, op in enumerate(program.ops):
-        ins = []
-        for s in op.slots:
-            kind, idx = s.ref >> 128, s.ref & ((1 << 128) - 1)
-            ins.append(t0 if kind == ops.INPUT else outs[idx] if kind == ops.SAME
-                       else program.weights[idx] if kind == ops.WEIGHT else carry[idx])
-        outs.append(op.run(ins, program.ctx(job, step * program.num_ops + j)))
-    return outs
-
-
 def test_real_program_step_past_1024_positions_equals_the_engine(program, tok):
     """The real SmolLM2 at position 1,100: the program's step, fed the engine's own
     KV cache of the 1,100 positions before it, gives the engine's logits and token
@@ -237,7 +224,7 @@ def test_real_program_step_past_1024_positions_equals_the_engine(program, tok):
         elif op.code == ops.NEXT:
             carry[j] = np.array([[ids[s]]])
     carry[gen] = np.array([[-1, 0]])
-    outs = _step(program, job, s, carry)
+    outs = program.run_step(job, s, carry)
     head = max(j for j, op in enumerate(program.ops) if op.code == ops.DENSE_BLOCK)
     assert np.array_equal(outs[head].reshape(-1), logits)
     assert outs[-1][0, 0] == int(np.argmax(logits))

@@ -135,9 +135,11 @@ class Finalizer:
             where = self._finalized_in(batch)
             if where is None:
                 return False   # the log is not there (yet): read again next run
+            self.follower.remember(s, *where)   # first: it rolls back what a reorganisation dropped
+            if batch.state != m.BATCH_POSTED or batch.chain_batch_id != batch_id:
+                return False   # this batch's posting was among it
             batch.state, batch.finalized_at = m.BATCH_FINAL, now
             batch.finalize_block, batch.finalize_block_hash = where
-            self.follower.remember(s, *where)
             for leaf in batch.leaves:
                 status = self.chain.leaf_status(batch.chain_batch_id, leaf.leaf_index)
                 self._set(leaf, status, now)

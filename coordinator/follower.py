@@ -59,10 +59,24 @@ class ChainFollower:
             s.add(m.ChainBlock(number=number, hash=block_hash))
 
     def remember(self, s, number: int, block_hash: bytes) -> None:
-        """Record a block state was derived from (a receipt's, the head read up to), in session `s`."""
+        """Record a block state was derived from (a receipt's, the head read up to), in session `s`.
+
+        The blocks remembered so far are checked first, and what a reorganisation dropped is
+        rolled back: the tracker trusts every block below a canonical newest one, so a block
+        added on top of a history that a reorganisation has replaced since the last sync (a
+        posting mined after a finalize was dropped) would hide the drop for good."""
+        canonical = canonical_hash(self.chain.w3)
         tracker = self._tracker(s)
+        fork = tracker.check(canonical)
+        if fork is not None:
+            self._rollback(s, fork, canonical)
+            self._count_reorg()
         tracker.remember(number, block_hash)
         self._save(s, tracker)
+
+    def _count_reorg(self) -> None:
+        self.reorgs += 1
+        self.metrics.reorgs.inc()
 
     def safe_head(self) -> int:
         return max(0, self.chain.w3.eth.block_number - self.confirmations)
@@ -80,8 +94,7 @@ class ChainFollower:
             tracker.remember(head["number"], bytes(head["hash"]))
             self._save(s, tracker)
         if fork is not None:
-            self.reorgs += 1
-            self.metrics.reorgs.inc()
+            self._count_reorg()
         return fork
 
     def _rollback(self, s, fork: int, canonical) -> None:

@@ -235,6 +235,8 @@ class BatchPoster:
             event = self.chain.batches_posted(receipt)[0]
             if event.root != row.root:
                 raise PostingError(f"batch {batch_pk}: chain root differs from the recorded one")
+            # First: it rolls back what a reorganisation since the last sync dropped (this row too).
+            self.follower.remember(s, receipt["blockNumber"], bytes(receipt["blockHash"]))
             # The id is the canonical chain's now: a row still holding it is one
             # whose posting a reorganisation moved (its own receipt is read again).
             for other in s.scalars(select(m.Batch).where(m.Batch.chain_batch_id == event.batch_id,
@@ -249,7 +251,6 @@ class BatchPoster:
             row.deadline, row.block_number = event.deadline, receipt["blockNumber"]
             row.block_hash = bytes(receipt["blockHash"])
             row.posted_at = row.posted_at or now
-            self.follower.remember(s, receipt["blockNumber"], row.block_hash)
             for leaf in row.leaves:
                 leaf.status = m.POSTED
                 if first:

@@ -169,6 +169,38 @@ def test_a_dropped_finalize_is_sent_again_and_final_means_final(c1, net, depth):
     audit(net, traffic.answered)
 
 
+def test_a_dropped_finalize_is_seen_after_a_newer_posting_was_recorded(c1, net):
+    """The fault suite's lost finalize (seed 515277): a reorganisation drops a finalize the
+    coordinator recorded, and a posting sent after it is mined and recorded (its block
+    remembered) before the follower looks again. The newest remembered block is then
+    canonical while the finalize's is not: the follower must still see the finalize gone."""
+    rollup = net.deployment.contracts["ResultRollup"]
+    with Traffic(c1) as traffic:
+        job_id = traffic.one(c1)
+        c1.c.post_batches()
+        net.time_travel(61)
+        c1.c.finalize()
+        view = httpx.get(f"{c1.url}/v1/jobs/{job_id}").json()
+        assert view["status"] == "final"
+        batch_id = view["batch_id"]
+        reorg.anvil_reorg(net.w3, 1)
+        assert not rollup.functions.batch(batch_id).call()[5]
+        # A posting goes out and is recorded with no follower run in between (as when the
+        # poster's sync ran just before the reorganisation).
+        traffic.one(c1)
+        pk = c1.c.poster.prepare()
+        assert pk is not None
+        with c1.c.poster.wallet.lock:
+            c1.c.poster.send(pk)
+        c1.c.finalize()
+        assert rollup.functions.batch(batch_id).call()[5], "the dropped finalize was never sent again"
+        assert httpx.get(f"{c1.url}/v1/jobs/{job_id}").json()["status"] == "final"
+    c1.c.post_batches()
+    net.time_travel(61)
+    c1.c.finalize()
+    audit(net, traffic.answered)
+
+
 def test_a_posting_mined_again_under_another_batch_id(c1, net, tmp_path):
     """The issue's bug: the id of a dropped batch goes to another batch. Here a second
     coordinator's batch takes it and ours is mined again after it, under the next id."""

@@ -574,3 +574,53 @@ def group_posted(batches: dict[int, list[PostedLeaf]]) -> dict[str, list[PostedL
         for leaf in leaves:
             out[leaf.job_id].append(leaf)
     return dict(out)
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+def diagnose(outcome: Outcome, chain: ChainView, state: Path, logs: Path) -> str:
+    """What each side believed about what did not settle: for a batch never finalized, the
+    coordinator's rows for it and its log lines; for a game still open, its state against
+    chain time and the challenger's record and log lines. Printed when a run ends unsettled."""
+    out = []
+    now = chain.w3.eth.get_block("latest")["timestamp"]
+    stuck = sorted({bid for bid, done in outcome.finalized.items() if not done}
+                   | {b for (b, _), s in outcome.leaf_status.items() if s not in (LEAF_FINAL, LEAF_INVALID)})
+    if stuck:
+        con = sqlite3.connect(f"file:{state / 'coordinator.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            cols = ("id", "chain_batch_id", "state", "nonce", "block_number", "deadline", "finalize_nonce",
+                    "finalize_block", "reposts", "error")
+            for bid in stuck:
+                jobs = [leaf.job_id for leaf in outcome.batches.get(bid, [])]
+                rows = con.execute(f"select {', '.join(cols)} from batches where chain_batch_id = ? or id in "
+                                   f"(select batch_pk from leaves where job_id in ({', '.join('?' * len(jobs))}))",
+                                   [bid, *jobs]).fetchall()
+                out.append(f"chain batch {bid}: finalized={outcome.finalized.get(bid)} now={now}; "
+                           f"coordinator rows: {[dict(zip(cols, r)) for r in rows]}")
+        except sqlite3.Error as exc:
+            out.append(f"coordinator.db: {exc}")
+        finally:
+            con.close()
+        text = (logs / "coordinator.log").read_text(errors="replace").splitlines()
+        keys = [f"#{bid} " for bid in stuck] + [f"#{bid})" for bid in stuck] + ["reorganised", "finalize"]
+        out += ["coordinator.log: " + line[:300] for line in text if any(k in line for k in keys)][-40:]
+    for g in outcome.games:
+        if g["status"] != player.ACTIVE:
+            continue
+        out.append(f"game over batch {g['batch_id']} leaf {g['leaf_index']} still active at chain time {now}: "
+                   f"phase={g['phase']!r} last_move_at={g['last_move_at']} (+{now - g['last_move_at']} s) "
+                   f"node_clock={g['node_clock']} challenger_clock={g['challenger_clock']}")
+        try:
+            con = sqlite3.connect(f"file:{state / 'challenger.db'}?mode=ro", uri=True, timeout=5)
+            rows = con.execute("select status, game_id, start_block, reason from disputes where batch_id = ? "
+                               "and leaf_index = ?", (g["batch_id"], g["leaf_index"])).fetchall()
+            con.close()
+            out.append(f"challenger dispute rows: {rows}")
+        except sqlite3.Error as exc:
+            out.append(f"challenger.db: {exc}")
+        text = (logs / "challenger.log").read_text(errors="replace").splitlines()
+        marks = (f'"batch": {g["batch_id"]},', '"game":', "trace", "clock", "dispute", "challenge")
+        out += ["challenger.log: " + line[:300] for line in text if any(k in line for k in marks)][-40:]
+    return "\n".join(out)

@@ -15,14 +15,15 @@ import os
 import random
 import sqlite3
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from opinfer.devnet import NODE_STAKE_WEI
 from opinfer.trace import player
-from tests.faults.harness import (LEAF_FINAL, LEAF_INVALID, ChainView, Injector, Outcome, Traffic, group_posted,
-                                  log_tails, plan)
+from tests.faults.harness import (LEAF_FINAL, LEAF_INVALID, ChainView, Injector, Outcome, Traffic, diagnose,
+                                  group_posted, log_tails, plan)
 
 pytestmark = pytest.mark.faults
 
@@ -32,6 +33,7 @@ CHALLENGER_GAP_S = 30   # between two kills of the challenger (it must be able t
 TRIGGER_TIMEOUT_S = 20  # how long a kill waits for its moment (batch in flight, game running; 2.5x: honest nodes up)
 SETTLE_S = 300          # after the traffic: until every batch is final and every game over (a bound)
 REORG_TIMEOUT_S = 30    # how long a reorganisation waits for a block holding its target
+GAME_CLAIM_S = 30       # after a clock runs out: the challenger's next poll claims the timeout
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,24 @@ def outcome(faultnet) -> Outcome:
               flush=True)
         raise
     print("\n" + out.summary(), flush=True)
+    if out.batch_verdicts()[2] or any(g["status"] == player.ACTIVE for g in out.games):
+        print("\n===== unsettled: what each side believed =====\n" + diagnose(out, chain, state, Path(info["logs"]))
+              + "\n" + log_tails(info["logs"]), flush=True)
     return out
+
+
+def game_bound(chain: ChainView, games: list) -> float:
+    """When (monotonic) the open games must be over by their clocks: the party to move has its
+    clock left after the last move, then a claim_timeout (GAME_CLAIM_S). A liar slashed in one
+    game exits and leaves its other games to run out its clock, up to CLOCK s after its last
+    move, which on a slow machine ends after SETTLE_S. Bounded by the protocol, not guessed."""
+    active = [g for g in games if g["status"] == player.ACTIVE]
+    if not active:
+        return 0.0
+    now = chain.w3.eth.get_block("latest")["timestamp"]
+    left = max(g["last_move_at"] + (g["node_clock"] if g["phase"] in player.NODE_PHASES else g["challenger_clock"])
+               - now for g in active)
+    return time.monotonic() + max(0, left) + GAME_CLAIM_S
 
 
 def reposts(db) -> tuple[int, int]:
@@ -132,7 +151,7 @@ def settle(chain: ChainView, info: dict, traffic: Traffic, injector: Injector, s
             done = (not missing and all(finalized.values())
                     and all(s in (LEAF_FINAL, LEAF_INVALID) for s in statuses.values())
                     and not any(g["status"] == player.ACTIVE for g in games))
-            if done or time.monotonic() > deadline:
+            if done or time.monotonic() > max(deadline, game_bound(chain, games)):
                 break
             time.sleep(2)
         # The coordinator's own view of each answered job (it settles from the chain's events).
@@ -243,7 +262,9 @@ def test_coordinator_agrees_with_the_chain(outcome):
         if job_id in outcome.rejected_after_slash:
             continue
         (where,) = outcome.posted[job_id]
-        assert view.get("status") == status_name[outcome.leaf_status[(where.batch_id, where.index)]], (job_id, view)
+        chain_status = outcome.leaf_status[(where.batch_id, where.index)]
+        assert chain_status in status_name, f"job {job_id}: its leaf is {chain_status.label} on chain (not settled)"
+        assert view.get("status") == status_name[chain_status], (job_id, view)
         assert (view["batch_id"], view["leaf_index"]) == (where.batch_id, where.index), (job_id, view)
 
 

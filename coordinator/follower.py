@@ -85,12 +85,14 @@ class ChainFollower:
         """Detect a reorganisation and roll back what the chain no longer backs;
         returns the fork block (None: no reorganisation)."""
         canonical = canonical_hash(self.chain.w3)
+        # The head is read before the check: one read after it could be of a branch that
+        # replaced the checked blocks in between, and would then hide them (HeadTracker).
+        head = self.chain.w3.eth.get_block("latest")
         with self.sessions() as s, s.begin():
             tracker = self._tracker(s)
             fork = tracker.check(canonical)
             if fork is not None:
                 self._rollback(s, fork, canonical)
-            head = self.chain.w3.eth.get_block("latest")
             tracker.remember(head["number"], bytes(head["hash"]))
             self._save(s, tracker)
         if fork is not None:

@@ -62,14 +62,25 @@ class HeadTracker:
     number of the highest remembered block that still is (the fork point: the
     service keeps what it derived up to it and redoes the rest). With none
     left canonical it returns the oldest remembered number minus one and counts
-    a deep reorganisation (`deep`), after logging an error."""
+    a deep reorganisation (`deep`), after logging an error.
 
-    def __init__(self, depth: int = DEFAULT_MAX_DEPTH, blocks: dict[int, bytes] | None = None):
+    A check reads the newest block, every block remembered since the last check
+    and the newest block of that check (its anchor), not all of them: the blocks
+    below the anchor are its ancestors. Reading only the newest is not enough: a
+    block remembered after a reorganisation that happened since the last check
+    is canonical while the blocks it sits on top of are not. A tracker loaded
+    from text, or built from rows, has no anchor: its first check reads every
+    block given as `unchecked`."""
+
+    def __init__(self, depth: int = DEFAULT_MAX_DEPTH, blocks: dict[int, bytes] | None = None,
+                 unchecked=()):
         if depth < 1:
             raise ValueError("reorganisation depth bound must be >= 1")
         self.depth = depth
         self.blocks: dict[int, bytes] = dict(blocks or {})
         self.deep = 0
+        self._unchecked: set[int] = set(unchecked) & set(self.blocks)
+        self._anchor: int | None = None
 
     # ------------------------------------------------------------ persistence (JSON text)
 
@@ -79,7 +90,7 @@ class HeadTracker:
     @classmethod
     def loads(cls, text: str | None, depth: int = DEFAULT_MAX_DEPTH) -> "HeadTracker":
         blocks = {int(n): bytes.fromhex(h) for n, h in json.loads(text).items()} if text else {}
-        return cls(depth, blocks)
+        return cls(depth, blocks, unchecked=blocks)
 
     # ------------------------------------------------------------ use
 
@@ -88,13 +99,16 @@ class HeadTracker:
         (one more than the bound, so a reorganisation exactly `depth` deep
         still finds its common ancestor)."""
         self.blocks[int(number)] = bytes(block_hash)
+        self._unchecked.add(int(number))
         newest = max(self.blocks)
         for n in [n for n in self.blocks if n < newest - self.depth]:
             del self.blocks[n]
+            self._unchecked.discard(n)
 
     def forget_above(self, number: int) -> None:
         for n in [n for n in self.blocks if n > number]:
             del self.blocks[n]
+            self._unchecked.discard(n)
 
     def check(self, canonical: Callable[[int], bytes | None]) -> int | None:
         """None when every remembered block is canonical; else the fork point
@@ -103,17 +117,25 @@ class HeadTracker:
         if not self.blocks:
             return None
         numbers = sorted(self.blocks, reverse=True)
-        if canonical(numbers[0]) == self.blocks[numbers[0]]:
+        probe = {numbers[0]} | self._unchecked
+        if self._anchor in self.blocks:
+            probe.add(self._anchor)
+        stale = [n for n in sorted(probe) if canonical(n) != self.blocks[n]]
+        self._unchecked.clear()
+        if not stale:
+            self._anchor = numbers[0]
             return None
-        for n in numbers[1:]:
-            if canonical(n) == self.blocks[n]:
+        for n in numbers:
+            if n < stale[0] and canonical(n) == self.blocks[n]:
                 self.forget_above(n)
+                self._anchor = n
                 return n
         oldest = numbers[-1]
         self.deep += 1
         log.error("chain reorganised deeper than the %s blocks remembered (below block %s): re-deriving from %s",
                   self.depth, oldest, oldest - 1)
         self.blocks.clear()
+        self._anchor = None
         return oldest - 1
 
 

@@ -25,7 +25,7 @@ def tracked(numbers, canonical, depth=DEFAULT_MAX_DEPTH) -> HeadTracker:
     return t
 
 
-def test_no_reorganisation_is_one_lookup():
+def test_no_reorganisation_is_one_lookup_per_block_remembered_since_the_last_check():
     calls = []
     canonical = chain(100)
     t = tracked(range(90, 101), canonical)
@@ -33,7 +33,35 @@ def test_no_reorganisation_is_one_lookup():
     def counted(n):
         calls.append(n)
         return canonical(n)
-    assert t.check(counted) is None and calls == [100]
+    assert t.check(counted) is None and calls == list(range(90, 101))   # all new since no check
+    calls.clear()
+    assert t.check(counted) is None and calls == [100]                  # then the newest alone
+    calls.clear()
+    canonical = chain(101)
+    t.remember(101, canonical(101))
+    assert t.check(counted) is None and sorted(calls) == [100, 101]     # the new one and the anchor
+
+
+def test_a_block_remembered_on_top_of_a_replaced_history_does_not_hide_the_fork():
+    """The fault suite's lost finalize: blocks 90-100 checked; a reorganisation replaces 98-100;
+    then block 101 of the new branch is remembered (a receipt read after it) before the next
+    check. The newest block is canonical, the ones under it are not: the fork is still 97."""
+    before = chain(100)
+    t = tracked(range(90, 101), before)
+    assert t.check(before) is None
+    after = chain(101, fork_at=97)
+    t.remember(101, after(101))
+    assert t.check(after) == 97
+    assert max(t.blocks) == 97 and t.check(after) is None
+
+
+def test_a_loaded_tracker_checks_every_block_once():
+    before = chain(100)
+    text = tracked(range(90, 101), before).dumps()
+    after = chain(100, fork_at=95)
+    t = HeadTracker.loads(text)
+    t.blocks[100] = after(100)     # as if the newest had been re-read on the new branch
+    assert t.check(after) == 95
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 17, 64])

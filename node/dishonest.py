@@ -158,7 +158,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog=f"node.dishonest {argv[0]}")
     add_arguments(parser.add_subparsers(dest="action", required=True))
     args = parser.parse_args(["run", *argv[1:]])
-    return run_dishonest(argv[0], settings_from(args), args.models)
+    from opinfer.errors import OpinferError
+
+    try:
+        return run_dishonest(argv[0], settings_from(args), args.models)
+    except OpinferError as exc:   # e.g. slashed: its stake is below the minimum (as `opinfer node run` says it)
+        print(f"node.dishonest: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -651,12 +651,26 @@ __attribute__((target("avx2,fma,avxvnni"))) static void dot8xt_q8_0_vnni(const b
    512-bit registers. Each 128-bit lane of y_j holds row j + 4L's 16 bytes (L = 0..3); the same
    in-lane unpacks give lane L the four rows 4L..4L+3, so int32 lane i is weight row i; one
    dpbusd adds 16 rows' products, and the scale products run on 8 + 8 int64 lanes (even and odd
-   rows). The sums are dot_q4_1_scalar's, exactly. acc[16 t + r]: weight row r, activation row t. */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void dot16xt_q4_1_avx512(
+   rows). The sums are dot_q4_1_scalar's, exactly. acc[16 t + r]: weight row r, activation row t.
+   Why it is written so (perf on a decode pass): the blocks' (D, M) pairs come by two gathers of
+   8 qwords (even rows, odd rows), whose low dwords are D and high dwords M, where 32 scalar stores
+   read back as vectors stalled every block on store forwarding (a sixth of the kernel's time);
+   and the body is inlined for T = TMAX, so the loop over t unrolls and the 16 accumulators stay in
+   registers (for a variable T they lived on the stack, loaded and stored every block). */
+#define AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq"
+#define ROWS16_EVEN _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0)
+#define ROWS16_ODD _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0)
+
+__attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt_q4_1_body(
         const blk_q4_1 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *as2, int64_t k,
         int64_t *acc) {
     const __m512i m4 = _mm512_set1_epi8(15);
+    /* byte offsets of rows 2i and 2i + 1 (int32: a 16-row group of one matrix is far below 2 GiB) */
+    const __m256i stride = _mm256_set1_epi32((int32_t)(nb * (int64_t)sizeof(blk_q4_1)));
+    const __m256i off_e = _mm256_mullo_epi32(_mm512_castsi512_si256(ROWS16_EVEN), stride);
+    const __m256i off_o = _mm256_mullo_epi32(_mm512_castsi512_si256(ROWS16_ODD), stride);
     __m512i se[TMAX], so[TMAX];
+#pragma GCC unroll 8
     for (int64_t t = 0; t < T; t++) se[t] = so[t] = _mm512_setzero_si512();
 #define Q16_LOAD(j) _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(                                   \
         _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)w[(j) * nb + b].qs)),                            \
@@ -673,13 +687,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void dot1
         const __m512i c1 = _mm512_and_si512(l1, m4), c5 = _mm512_and_si512(_mm512_srli_epi16(l1, 4), m4);
         const __m512i c2 = _mm512_and_si512(l2, m4), c6 = _mm512_and_si512(_mm512_srli_epi16(l2, 4), m4);
         const __m512i c3 = _mm512_and_si512(l3, m4), c7 = _mm512_and_si512(_mm512_srli_epi16(l3, 4), m4);
-        int32_t dd[16], mm[16];
-        for (int r = 0; r < 16; r++) {
-            dd[r] = w[r * nb + b].D;
-            mm[r] = w[r * nb + b].M;
-        }
-        const __m512i dv = _mm512_loadu_si512(dd), mv = _mm512_loadu_si512(mm);
-        const __m512i dodd = _mm512_srli_epi64(dv, 32), modd = _mm512_srli_epi64(mv, 32);
+        /* qword lane i: (D, M) of row 2i (dv) and of row 2i + 1 (dodd); mul_epi32 reads the low dword */
+        const __m512i dv = _mm512_i32gather_epi64(off_e, (const void *)(w + b), 1);
+        const __m512i dodd = _mm512_i32gather_epi64(off_o, (const void *)(w + b), 1);
+        const __m512i mv = _mm512_srli_epi64(dv, 32), modd = _mm512_srli_epi64(dodd, 32);
+#pragma GCC unroll 8
         for (int64_t t = 0; t < T; t++) {
             const int32_t *x = (const int32_t *)(xq + t * k + b * BLOCK);
             __m512i v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, _mm512_set1_epi32(x[0]));
@@ -692,21 +704,96 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) static void dot1
             v = _mm512_dpbusd_epi32(v, c7, _mm512_set1_epi32(x[7]));
             v = _mm512_mullo_epi32(v, _mm512_set1_epi32(a[t * nb + b]));   /* |a S1| < 2^31 */
             const __m512i s2 = _mm512_set1_epi64(as2[t * nb + b]);
+            /* the odd rows' a S1 to the low dwords by a shuffle (port 5), not a shift (port 0) */
             se[t] = _mm512_add_epi64(se[t], _mm512_add_epi64(_mm512_mul_epi32(v, dv), _mm512_mul_epi32(mv, s2)));
-            so[t] = _mm512_add_epi64(so[t], _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(v, 32), dodd),
+            so[t] = _mm512_add_epi64(so[t], _mm512_add_epi64(_mm512_mul_epi32(_mm512_shuffle_epi32(v, _MM_PERM_DDBB), dodd),
                                                              _mm512_mul_epi32(modd, s2)));
         }
     }
 #undef Q16_LOAD
+    /* lanes back to rows: acc[16 t + 2i] = se[t] lane i, acc[16 t + 2i + 1] = so[t] lane i */
+    const __m512i lo_idx = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), hi_idx = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+#pragma GCC unroll 8
     for (int64_t t = 0; t < T; t++) {
-        int64_t e[8], o[8];
-        _mm512_storeu_si512(e, se[t]);
-        _mm512_storeu_si512(o, so[t]);
-        for (int i = 0; i < 8; i++) {
-            acc[16 * t + 2 * i] = e[i];
-            acc[16 * t + 2 * i + 1] = o[i];
+        _mm512_storeu_si512(acc + 16 * t, _mm512_permutex2var_epi64(se[t], lo_idx, so[t]));
+        _mm512_storeu_si512(acc + 16 * t + 8, _mm512_permutex2var_epi64(se[t], hi_idx, so[t]));
+    }
+}
+
+__attribute__((target(AVX512_TARGET))) static void dot16xt_q4_1_avx512(
+        const blk_q4_1 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *as2, int64_t k,
+        int64_t *acc) {
+    if (T == TMAX) dot16xt_q4_1_body(w, nb, TMAX, xq, a, as2, k, acc);
+    else dot16xt_q4_1_body(w, nb, T, xq, a, as2, k, acc);
+}
+
+/* Q8_0, sixteen rows, AVX-512 VNNI: the LM head's kernel (every decoding row pays for the whole
+   vocabulary; it was the 8-row AVX-VNNI kernel, at half the width). Each 128-bit lane L of y_j
+   holds row j + 4L's code bytes 16h..16h+15 (h = 0, 1); the in-lane unpacks of dot16xt_q4_1 give
+   c_{4h+m} whose int32 lane i is row i's codes 16h + 4m..+3. dpbusd takes the codes + 128
+   (unsigned) against x from a start of -128 S2, so it ends at S1 exactly (|S1| < 2^19); then
+   p = S1 D on int64 lanes (|p| < 2^50) and p a by vpmullq, the low 64 bits of the product: exact,
+   the true value being below 2^62 (the load-time bound), as in dot8xt_q8_0_vnni's split product.
+   The scales by one gather, the body inlined for T = TMAX, as dot16xt_q4_1.
+   acc[16 t + r]: dot_q8_0_scalar of weight row r and activation row t. */
+__attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt_q8_0_body(
+        const blk_q8_0 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *s2, int64_t k,
+        int64_t *acc) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    const __m512i off = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int32_t)(nb * (int64_t)sizeof(blk_q8_0))));
+    __m512i se[TMAX], so[TMAX];
+#pragma GCC unroll 8
+    for (int64_t t = 0; t < T; t++) se[t] = so[t] = _mm512_setzero_si512();
+#define Q8_16_LOAD(j, h) _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(                              \
+        _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[(j) * nb + b].qs + 16 * (h)))),              \
+        _mm_loadu_si128((const __m128i *)(w[((j) + 4) * nb + b].qs + 16 * (h))), 1),                             \
+        _mm_loadu_si128((const __m128i *)(w[((j) + 8) * nb + b].qs + 16 * (h))), 2),                             \
+        _mm_loadu_si128((const __m128i *)(w[((j) + 12) * nb + b].qs + 16 * (h))), 3)
+    for (int64_t b = 0; b < nb; b++) {
+        __m512i c[8];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m512i y0 = Q8_16_LOAD(0, h), y1 = Q8_16_LOAD(1, h), y2 = Q8_16_LOAD(2, h), y3 = Q8_16_LOAD(3, h);
+            __m512i t0 = _mm512_unpacklo_epi32(y0, y1), t1 = _mm512_unpackhi_epi32(y0, y1);
+            __m512i t2 = _mm512_unpacklo_epi32(y2, y3), t3 = _mm512_unpackhi_epi32(y2, y3);
+            c[4 * h + 0] = _mm512_xor_si512(_mm512_unpacklo_epi64(t0, t2), flip);
+            c[4 * h + 1] = _mm512_xor_si512(_mm512_unpackhi_epi64(t0, t2), flip);
+            c[4 * h + 2] = _mm512_xor_si512(_mm512_unpacklo_epi64(t1, t3), flip);
+            c[4 * h + 3] = _mm512_xor_si512(_mm512_unpackhi_epi64(t1, t3), flip);
+        }
+        const __m512i dv = _mm512_i32gather_epi32(off, (const void *)(w + b), 1), dodd = _mm512_srli_epi64(dv, 32);
+#pragma GCC unroll 8
+        for (int64_t t = 0; t < T; t++) {
+            const int32_t *x = (const int32_t *)(xq + t * k + b * BLOCK);
+            __m512i v = _mm512_dpbusd_epi32(_mm512_set1_epi32(-128 * s2[t * nb + b]), c[0], _mm512_set1_epi32(x[0]));
+            v = _mm512_dpbusd_epi32(v, c[1], _mm512_set1_epi32(x[1]));
+            v = _mm512_dpbusd_epi32(v, c[2], _mm512_set1_epi32(x[2]));
+            v = _mm512_dpbusd_epi32(v, c[3], _mm512_set1_epi32(x[3]));
+            v = _mm512_dpbusd_epi32(v, c[4], _mm512_set1_epi32(x[4]));
+            v = _mm512_dpbusd_epi32(v, c[5], _mm512_set1_epi32(x[5]));
+            v = _mm512_dpbusd_epi32(v, c[6], _mm512_set1_epi32(x[6]));
+            v = _mm512_dpbusd_epi32(v, c[7], _mm512_set1_epi32(x[7]));
+            const __m512i av = _mm512_set1_epi64(a[t * nb + b]);
+            __m512i pe = _mm512_mul_epi32(v, dv), po = _mm512_mul_epi32(_mm512_shuffle_epi32(v, _MM_PERM_DDBB), dodd);
+            se[t] = _mm512_add_epi64(se[t], _mm512_mullo_epi64(pe, av));
+            so[t] = _mm512_add_epi64(so[t], _mm512_mullo_epi64(po, av));
         }
     }
+#undef Q8_16_LOAD
+    const __m512i lo_idx = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), hi_idx = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+#pragma GCC unroll 8
+    for (int64_t t = 0; t < T; t++) {
+        _mm512_storeu_si512(acc + 16 * t, _mm512_permutex2var_epi64(se[t], lo_idx, so[t]));
+        _mm512_storeu_si512(acc + 16 * t + 8, _mm512_permutex2var_epi64(se[t], hi_idx, so[t]));
+    }
+}
+
+__attribute__((target(AVX512_TARGET))) static void dot16xt_q8_0_avx512(
+        const blk_q8_0 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *s2, int64_t k,
+        int64_t *acc) {
+    if (T == TMAX) dot16xt_q8_0_body(w, nb, TMAX, xq, a, s2, k, acc);
+    else dot16xt_q8_0_body(w, nb, T, xq, a, s2, k, acc);
 }
 
 typedef void (*dot4xt_q4_fn)(const blk_q4_1 *, int64_t, int64_t, const int8_t *, const int32_t *, const int32_t *,
@@ -720,7 +807,7 @@ static int use_avx2 = -1;
 
 static int use_vnni = -1;
 
-static int use_avx512 = -1;     /* the 16-row Q4_1 kernel (AVX-512 VNNI) */
+static int use_avx512 = -1;     /* the 16-row Q4_1 and Q8_0 kernels (AVX-512 VNNI, DQ) */
 
 static inline int have_avx2(void) {
     if (use_avx2 < 0) {
@@ -729,7 +816,8 @@ static inline int have_avx2(void) {
         if (use_vnni < 0) use_vnni = use_avx2 && __builtin_cpu_supports("avxvnni");
         if (use_avx512 < 0)
             use_avx512 = use_vnni && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+                         __builtin_cpu_supports("avx512dq");
         dot4xt_q4_1 = use_vnni ? dot4xt_q4_1_vnni : dot4xt_q4_1_avx2;
         dot4xt_q8_0 = use_vnni ? dot4xt_q8_0_vnni : dot4xt_q8_0_avx2;
     }
@@ -821,13 +909,17 @@ static void dense_task(void *p, int64_t start, int64_t end) {
     const oi_qmat *w = j->w;
     int64_t nb = w->k / BLOCK;
     int64_t n = start;
-    if (use_avx512 > 0 && w->fmt == 0)
+    if (use_avx512 > 0)
         for (; n + 16 <= end; n += 16) {
             int64_t c = j->col0 + n, acc[16 * TMAX];
             for (int64_t t0 = 0; t0 < j->t; t0 += TMAX) {
                 int64_t tn = j->t - t0 < TMAX ? j->t - t0 : TMAX;
-                dot16xt_q4_1_avx512((const blk_q4_1 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k, j->a + t0 * nb,
-                                    j->as2 + t0 * nb, w->k, acc);
+                if (w->fmt == 0)
+                    dot16xt_q4_1_avx512((const blk_q4_1 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k,
+                                        j->a + t0 * nb, j->as2 + t0 * nb, w->k, acc);
+                else
+                    dot16xt_q8_0_avx512((const blk_q8_0 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k,
+                                        j->a + t0 * nb, j->s2 + t0 * nb, w->k, acc);
                 dense_store(j, acc, 16, t0, tn, n);
             }
         }

@@ -884,6 +884,26 @@ __attribute__((target("avx2,fma"))) static inline int requant4_avx2(const int64_
     return 1;
 }
 
+/* requant4_avx2 for 8 accumulators at once in AVX-512 (64-bit lanes: shifts by a lane's count,
+   signed compares into masks, min/max for the clamp): the same int64 split path, the same bits.
+   Returns 0, writing nothing, when a lane is outside e in [32, 62]. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static inline int requant8_avx512(
+        const int64_t *acc, int64_t d, int64_t mult, const int64_t *shift, const int64_t *lo, const int64_t *hi,
+        int64_t *out) {
+    const __m512i e = _mm512_sub_epi64(_mm512_loadu_si512(shift), _mm512_set1_epi64(d));
+    if (_mm512_cmplt_epi64_mask(e, _mm512_set1_epi64(32)) | _mm512_cmpgt_epi64_mask(e, _mm512_set1_epi64(62)))
+        return 0;
+    const __m512i a = _mm512_loadu_si512(acc), mv = _mm512_set1_epi64(mult);
+    __m512i ahi = _mm512_mul_epi32(_mm512_srai_epi64(a, 32), mv);
+    __m512i low = _mm512_add_epi64(_mm512_mul_epu32(a, mv),
+                                   _mm512_sllv_epi64(_mm512_set1_epi64(1), _mm512_sub_epi64(e, _mm512_set1_epi64(1))));
+    __m512i sum = _mm512_add_epi64(ahi, _mm512_srli_epi64(low, 32));
+    __m512i r = _mm512_srav_epi64(sum, _mm512_sub_epi64(e, _mm512_set1_epi64(32)));
+    r = _mm512_min_epi64(_mm512_max_epi64(r, _mm512_loadu_si512(lo)), _mm512_loadu_si512(hi));
+    _mm512_storeu_si512(out, r);
+    return 1;
+}
+
 /* out[t, n + r] for r < width of a tile's accumulators acc[width t + r] (t < tn rows from t0) */
 static inline void dense_store(const dense_job *j, const int64_t *acc, int width, int64_t t0, int64_t tn, int64_t n) {
     const oi_qmat *w = j->w;
@@ -898,7 +918,11 @@ static inline void dense_store(const dense_job *j, const int64_t *acc, int width
             continue;
         }
         int64_t d = j->d[t0 + t];
-        for (int r = 0; r < width; r += 4)
+        int r0 = 0;
+        if (vec && use_avx512 > 0)
+            for (; r0 + 8 <= width && requant8_avx512(a + r0, d, w->mult, shift + r0, lo + r0, hi + r0, out + r0);)
+                r0 += 8;
+        for (int r = r0; r < width; r += 4)
             if (!(vec && requant4_avx2(a + r, d, w->mult, shift + r, lo + r, hi + r, out + r)))
                 for (int i = r; i < r + 4; i++) out[i] = requant_shifted(a[i], d, w->mult, shift[i], lo[i], hi[i]);
     }
@@ -993,13 +1017,22 @@ typedef struct {
 } quant_job;
 
 /* quantize_row in AVX-512, 32 values (one block) at a time: xs by an arithmetic shift of int64
-   lanes, narrowed to int32 (|xs| <= 2^15); q = floor((254 xs + a) / 2a) from a float32 quotient
-   (numerator and denominator below 2^24, so exact as floats, and the division correctly rounded:
-   its floor is the true one or one above, when the quotient rounds up to an integer) and one
-   integer check (q 2a > num: q - 1). The same bytes and sums as quantize_row. */
+   lanes, narrowed to int32 (|xs| <= 2^15); q = floor((254 xs + a) / 2a) from a float32 product
+   with the reciprocal of 2a (the numerator below 2^24, exact as a float; the product within 2^-15
+   of the quotient, so its floor is the true one or one off either way) and two integer checks
+   (q 2a > num: q - 1; (q + 1) 2a <= num: q + 1). The same bytes and sums as quantize_row. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static int quantize_row_avx512(
         const int64_t *x, int64_t k, int8_t *xq, int32_t *a, int32_t *as2, int32_t *s2out) {
-    int d = bit_length(max_abs(x, k)) - ROW_BITS;
+    /* max |x| in unsigned lanes (|INT64_MIN| = 2^63 fits), 8 at a time */
+    __m512i mx = _mm512_setzero_si512();
+    int64_t i0 = 0;
+    for (; i0 + 8 <= k; i0 += 8) mx = _mm512_max_epu64(mx, _mm512_abs_epi64(_mm512_loadu_si512(x + i0)));
+    uint64_t m = _mm512_reduce_max_epu64(mx);
+    for (; i0 < k; i0++) {
+        uint64_t v = x[i0] < 0 ? (uint64_t)(-x[i0]) : (uint64_t)x[i0];
+        if (v > m) m = v;
+    }
+    int d = bit_length(m) - ROW_BITS;
     if (d < 0) d = 0;
     const __m512i half = _mm512_set1_epi64(d > 0 ? (1LL << (d - 1)) : 0);
     const __m128i cnt = _mm_cvtsi64_si128(d);
@@ -1020,11 +1053,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static int quantiz
             continue;
         }
         const __m512i av = _mm512_set1_epi32(amax), den = _mm512_set1_epi32(2 * amax), c254 = _mm512_set1_epi32(254);
-        const __m512 denf = _mm512_set1_ps((float)(2 * amax));
+        /* times a float reciprocal, not a vector division (two per block were a third of this
+           function): the product is within a few ulps of the quotient (|q| < 128, so within 2^-15),
+           its floor the true one or one off either way, and both checks below correct it */
+        const __m512 rcp = _mm512_set1_ps(1.0f / (float)(2 * amax));
         __m512i q2[2];
         for (int h = 0; h < 2; h++) {
             __m512i num = _mm512_add_epi32(_mm512_mullo_epi32(h ? hi : lo, c254), av);
-            __m512 f = _mm512_roundscale_ps(_mm512_div_ps(_mm512_cvtepi32_ps(num), denf),
+            __m512 f = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(num), rcp),
                                             _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
             __m512i q = _mm512_cvtps_epi32(f);
             __mmask16 over = _mm512_cmpgt_epi32_mask(_mm512_mullo_epi32(q, den), num);
@@ -1104,7 +1140,20 @@ static void rms_norm_row(const int64_t *x, int64_t n, const int64_t *gain, int64
     int64_t rms = isqrt64(ms);
     if (rms < 1) rms = 1;
     int64_t den = rms << (NORM_BITS + d);
-    for (int64_t i = 0; i < n; i++) y[i] = clamp(round_div(x[i] * gain[i], den), lo, hi);
+    /* round_div(x g, den) = floor((2 x g + den) / 2 den) from a double quotient, truncated and then
+       corrected by integer comparisons (exact for any value whose numerator fits int64, as the
+       division it replaces: an integer division per element was most of this function's time) */
+    int64_t den2 = 2 * den;
+    double inv = 1.0 / (double)den2;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t num = 2 * x[i] * gain[i] + den;
+        int64_t q = (int64_t)((double)num * inv);
+        q -= q * den2 > num;              /* truncation toward zero: one too high for a negative quotient */
+        q += (q + 1) * den2 <= num;       /* branch-free: which way it went is a coin toss per element */
+        while (q * den2 > num) q--;       /* far quotients (|num| beyond 2^53) only */
+        while ((q + 1) * den2 <= num) q++;
+        y[i] = clamp(q, lo, hi);
+    }
 }
 
 int oi_rms_norm(const int64_t *x, int64_t t, int64_t n, const int64_t *gain, int64_t eps, int64_t lo, int64_t hi,

@@ -1156,9 +1156,61 @@ static void rms_norm_row(const int64_t *x, int64_t n, const int64_t *gain, int64
     }
 }
 
+/* rms_norm_row in AVX-512, 8 elements at a time, the same integers: |x >> d| < 2^26, so its square
+   is one mul_epi32; y = floor((2 x g + den) / 2 den) from a double quotient floored, then one check
+   each way, when every numerator of the row is below 2^52 in magnitude (exact as a double, the
+   quotient then within one of the floor); a row with a larger one takes rms_norm_row. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) static void rms_norm_row_avx512(
+        const int64_t *x, int64_t n, const int64_t *gain, int64_t eps, int64_t lo, int64_t hi, int64_t *y) {
+    if (n % 8) {
+        rms_norm_row(x, n, gain, eps, lo, hi, y);
+        return;
+    }
+    __m512i mx = _mm512_setzero_si512();
+    for (int64_t i = 0; i < n; i += 8) mx = _mm512_max_epu64(mx, _mm512_abs_epi64(_mm512_loadu_si512(x + i)));
+    int d = bit_length(_mm512_reduce_max_epu64(mx)) - SQUARE_BITS;
+    if (d < 0) d = 0;
+    const __m128i cnt = _mm_cvtsi64_si128(d);
+    __m512i acc = _mm512_setzero_si512();
+    for (int64_t i = 0; i < n; i += 8) {
+        __m512i v = _mm512_sra_epi64(_mm512_loadu_si512(x + i), cnt);
+        acc = _mm512_add_epi64(acc, _mm512_mul_epi32(v, v));
+    }
+    int64_t ss = _mm512_reduce_add_epi64(acc);
+    int64_t ms = round_div(ss, n) + (eps >> (2 * d));
+    int64_t rms = isqrt64(ms);
+    if (rms < 1) rms = 1;
+    int64_t den = rms << (NORM_BITS + d), den2 = 2 * den;
+    const __m512i dv = _mm512_set1_epi64(den), d2 = _mm512_set1_epi64(den2), one = _mm512_set1_epi64(1);
+    const __m512i big = _mm512_set1_epi64(1LL << 52), lov = _mm512_set1_epi64(lo), hiv = _mm512_set1_epi64(hi);
+    const __m512d inv = _mm512_set1_pd(1.0 / (double)den2);
+    for (int64_t i = 0; i < n; i += 8) {
+        __m512i num = _mm512_add_epi64(_mm512_slli_epi64(_mm512_mullo_epi64(_mm512_loadu_si512(x + i),
+                                                                           _mm512_loadu_si512(gain + i)), 1), dv);
+        if (_mm512_cmpge_epu64_mask(_mm512_abs_epi64(num), big)) {
+            rms_norm_row(x, n, gain, eps, lo, hi, y);
+            return;
+        }
+        __m512d f = _mm512_roundscale_pd(_mm512_mul_pd(_mm512_cvtepi64_pd(num), inv),
+                                         _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        __m512i q = _mm512_cvtpd_epi64(f);
+        q = _mm512_mask_sub_epi64(q, _mm512_cmpgt_epi64_mask(_mm512_mullo_epi64(q, d2), num), q, one);
+        q = _mm512_mask_add_epi64(q, _mm512_cmple_epi64_mask(_mm512_mullo_epi64(_mm512_add_epi64(q, one), d2), num),
+                                  q, one);
+        _mm512_storeu_si512(y + i, _mm512_min_epi64(_mm512_max_epi64(q, lov), hiv));
+    }
+}
+
+static inline void rms_norm_any(const int64_t *x, int64_t n, const int64_t *gain, int64_t eps, int64_t lo, int64_t hi,
+                                int64_t *y) {
+    if (use_avx512 > 0) rms_norm_row_avx512(x, n, gain, eps, lo, hi, y);
+    else rms_norm_row(x, n, gain, eps, lo, hi, y);
+}
+
 int oi_rms_norm(const int64_t *x, int64_t t, int64_t n, const int64_t *gain, int64_t eps, int64_t lo, int64_t hi,
                 int64_t *y) {
-    for (int64_t r = 0; r < t; r++) rms_norm_row(x + r * n, n, gain, eps, lo, hi, y + r * n);
+    have_avx2();
+    for (int64_t r = 0; r < t; r++) rms_norm_any(x + r * n, n, gain, eps, lo, hi, y + r * n);
     return 0;
 }
 
@@ -1349,7 +1401,7 @@ typedef struct {
 static void norm_task(void *p, int64_t start, int64_t end) {
     norm_job *j = (norm_job *)p;
     for (int64_t r = start; r < end; r++)
-        rms_norm_row(j->x + r * j->n, j->n, j->gain, j->m->eps, j->m->norm_lo, j->m->norm_hi, j->y + r * j->n);
+        rms_norm_any(j->x + r * j->n, j->n, j->gain, j->m->eps, j->m->norm_lo, j->m->norm_hi, j->y + r * j->n);
 }
 
 typedef struct {
@@ -1460,7 +1512,7 @@ int oi_forward(const oi_model *m, int64_t nseq, oi_seq *seqs, const int64_t *tok
         for (int64_t s = 0, r = 0, k = 0; s < nseq; s++) {
             for (int64_t i = 0; i < ntok[s]; i++, r++) {
                 if (all_logits || i == ntok[s] - 1) {
-                    rms_norm_row(x + r * H, H, m->out_gain, m->eps, m->norm_lo, m->norm_hi, h + k * H);
+                    rms_norm_any(x + r * H, H, m->out_gain, m->eps, m->norm_lo, m->norm_hi, h + k * H);
                     k++;
                 }
             }

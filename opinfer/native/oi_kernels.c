@@ -658,12 +658,21 @@ __attribute__((target("avx2,fma,avxvnni"))) static void dot8xt_q8_0_vnni(const b
    and the body is inlined for T = TMAX, so the loop over t unrolls and the 16 accumulators stay in
    registers (for a variable T they lived on the stack, loaded and stored every block). */
 #define AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq"
+/* More activation rows than TMAX (a prefill chunk beside decoding rows) take several passes over
+   a 16-row group; the first (PK_STORE) keeps each block's unpacked codes and scales (PK_STRIDE
+   vectors, a few KiB per group that stay in L1/L2) and the later ones (PK_LOAD) read them back
+   instead of unpacking the same blocks again: work per pass, not per row, that a 38-row pass paid
+   five times. */
+#define PK_NONE 0
+#define PK_STORE 1
+#define PK_LOAD 2
+#define PK_STRIDE 12
 #define ROWS16_EVEN _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0)
 #define ROWS16_ODD _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0)
 
 __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt_q4_1_body(
         const blk_q4_1 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *as2, int64_t k,
-        int64_t *acc) {
+        int64_t *acc, __m512i *pk, int mode) {
     const __m512i m4 = _mm512_set1_epi8(15);
     /* byte offsets of rows 2i and 2i + 1 (int32: a 16-row group of one matrix is far below 2 GiB) */
     const __m256i stride = _mm256_set1_epi32((int32_t)(nb * (int64_t)sizeof(blk_q4_1)));
@@ -678,19 +687,31 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
         _mm_loadu_si128((const __m128i *)w[((j) + 8) * nb + b].qs), 2),                                           \
         _mm_loadu_si128((const __m128i *)w[((j) + 12) * nb + b].qs), 3)
     for (int64_t b = 0; b < nb; b++) {
-        __m512i y0 = Q16_LOAD(0), y1 = Q16_LOAD(1), y2 = Q16_LOAD(2), y3 = Q16_LOAD(3);
-        __m512i t0 = _mm512_unpacklo_epi32(y0, y1), t1 = _mm512_unpackhi_epi32(y0, y1);
-        __m512i t2 = _mm512_unpacklo_epi32(y2, y3), t3 = _mm512_unpackhi_epi32(y2, y3);
-        __m512i l0 = _mm512_unpacklo_epi64(t0, t2), l1 = _mm512_unpackhi_epi64(t0, t2);
-        __m512i l2 = _mm512_unpacklo_epi64(t1, t3), l3 = _mm512_unpackhi_epi64(t1, t3);
-        const __m512i c0 = _mm512_and_si512(l0, m4), c4 = _mm512_and_si512(_mm512_srli_epi16(l0, 4), m4);
-        const __m512i c1 = _mm512_and_si512(l1, m4), c5 = _mm512_and_si512(_mm512_srli_epi16(l1, 4), m4);
-        const __m512i c2 = _mm512_and_si512(l2, m4), c6 = _mm512_and_si512(_mm512_srli_epi16(l2, 4), m4);
-        const __m512i c3 = _mm512_and_si512(l3, m4), c7 = _mm512_and_si512(_mm512_srli_epi16(l3, 4), m4);
-        /* qword lane i: (D, M) of row 2i (dv) and of row 2i + 1 (dodd); mul_epi32 reads the low dword */
-        const __m512i dv = _mm512_i32gather_epi64(off_e, (const void *)(w + b), 1);
-        const __m512i dodd = _mm512_i32gather_epi64(off_o, (const void *)(w + b), 1);
-        const __m512i mv = _mm512_srli_epi64(dv, 32), modd = _mm512_srli_epi64(dodd, 32);
+        __m512i c0, c1, c2, c3, c4, c5, c6, c7, dv, dodd, mv, modd;
+        if (mode == PK_LOAD) {
+            const __m512i *p = pk + PK_STRIDE * b;
+            c0 = p[0]; c1 = p[1]; c2 = p[2]; c3 = p[3]; c4 = p[4]; c5 = p[5]; c6 = p[6]; c7 = p[7];
+            dv = p[8]; dodd = p[9]; mv = p[10]; modd = p[11];
+        } else {
+            __m512i y0 = Q16_LOAD(0), y1 = Q16_LOAD(1), y2 = Q16_LOAD(2), y3 = Q16_LOAD(3);
+            __m512i t0 = _mm512_unpacklo_epi32(y0, y1), t1 = _mm512_unpackhi_epi32(y0, y1);
+            __m512i t2 = _mm512_unpacklo_epi32(y2, y3), t3 = _mm512_unpackhi_epi32(y2, y3);
+            __m512i l0 = _mm512_unpacklo_epi64(t0, t2), l1 = _mm512_unpackhi_epi64(t0, t2);
+            __m512i l2 = _mm512_unpacklo_epi64(t1, t3), l3 = _mm512_unpackhi_epi64(t1, t3);
+            c0 = _mm512_and_si512(l0, m4); c4 = _mm512_and_si512(_mm512_srli_epi16(l0, 4), m4);
+            c1 = _mm512_and_si512(l1, m4); c5 = _mm512_and_si512(_mm512_srli_epi16(l1, 4), m4);
+            c2 = _mm512_and_si512(l2, m4); c6 = _mm512_and_si512(_mm512_srli_epi16(l2, 4), m4);
+            c3 = _mm512_and_si512(l3, m4); c7 = _mm512_and_si512(_mm512_srli_epi16(l3, 4), m4);
+            /* qword lane i: (D, M) of row 2i (dv) and of row 2i + 1 (dodd); mul_epi32 reads the low dword */
+            dv = _mm512_i32gather_epi64(off_e, (const void *)(w + b), 1);
+            dodd = _mm512_i32gather_epi64(off_o, (const void *)(w + b), 1);
+            mv = _mm512_srli_epi64(dv, 32); modd = _mm512_srli_epi64(dodd, 32);
+            if (mode == PK_STORE) {
+                __m512i *p = pk + PK_STRIDE * b;
+                p[0] = c0; p[1] = c1; p[2] = c2; p[3] = c3; p[4] = c4; p[5] = c5; p[6] = c6; p[7] = c7;
+                p[8] = dv; p[9] = dodd; p[10] = mv; p[11] = modd;
+            }
+        }
 #pragma GCC unroll 8
         for (int64_t t = 0; t < T; t++) {
             const int32_t *x = (const int32_t *)(xq + t * k + b * BLOCK);
@@ -722,9 +743,15 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
 
 __attribute__((target(AVX512_TARGET))) static void dot16xt_q4_1_avx512(
         const blk_q4_1 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *as2, int64_t k,
-        int64_t *acc) {
-    if (T == TMAX) dot16xt_q4_1_body(w, nb, TMAX, xq, a, as2, k, acc);
-    else dot16xt_q4_1_body(w, nb, T, xq, a, as2, k, acc);
+        int64_t *acc, __m512i *pk, int mode) {
+    if (T == TMAX) {
+        if (mode == PK_LOAD) dot16xt_q4_1_body(w, nb, TMAX, xq, a, as2, k, acc, pk, PK_LOAD);
+        else if (mode == PK_STORE) dot16xt_q4_1_body(w, nb, TMAX, xq, a, as2, k, acc, pk, PK_STORE);
+        else dot16xt_q4_1_body(w, nb, TMAX, xq, a, as2, k, acc, pk, PK_NONE);
+    } else {
+        if (mode == PK_LOAD) dot16xt_q4_1_body(w, nb, T, xq, a, as2, k, acc, pk, PK_LOAD);
+        else dot16xt_q4_1_body(w, nb, T, xq, a, as2, k, acc, pk, PK_NONE);
+    }
 }
 
 /* Q8_0, sixteen rows, AVX-512 VNNI: the LM head's kernel (every decoding row pays for the whole
@@ -738,7 +765,7 @@ __attribute__((target(AVX512_TARGET))) static void dot16xt_q4_1_avx512(
    acc[16 t + r]: dot_q8_0_scalar of weight row r and activation row t. */
 __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt_q8_0_body(
         const blk_q8_0 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *s2, int64_t k,
-        int64_t *acc) {
+        int64_t *acc, __m512i *pk, int mode) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
     const __m512i off = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32((int32_t)(nb * (int64_t)sizeof(blk_q8_0))));
@@ -751,18 +778,34 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
         _mm_loadu_si128((const __m128i *)(w[((j) + 8) * nb + b].qs + 16 * (h))), 2),                             \
         _mm_loadu_si128((const __m128i *)(w[((j) + 12) * nb + b].qs + 16 * (h))), 3)
     for (int64_t b = 0; b < nb; b++) {
-        __m512i c[8];
+        __m512i c[8], dv, dodd;
+        if (mode == PK_LOAD) {
+            const __m512i *p = pk + PK_STRIDE * b;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) c[i] = p[i];
+            dv = p[8];
+            dodd = p[9];
+        } else {
 #pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            __m512i y0 = Q8_16_LOAD(0, h), y1 = Q8_16_LOAD(1, h), y2 = Q8_16_LOAD(2, h), y3 = Q8_16_LOAD(3, h);
-            __m512i t0 = _mm512_unpacklo_epi32(y0, y1), t1 = _mm512_unpackhi_epi32(y0, y1);
-            __m512i t2 = _mm512_unpacklo_epi32(y2, y3), t3 = _mm512_unpackhi_epi32(y2, y3);
-            c[4 * h + 0] = _mm512_xor_si512(_mm512_unpacklo_epi64(t0, t2), flip);
-            c[4 * h + 1] = _mm512_xor_si512(_mm512_unpackhi_epi64(t0, t2), flip);
-            c[4 * h + 2] = _mm512_xor_si512(_mm512_unpacklo_epi64(t1, t3), flip);
-            c[4 * h + 3] = _mm512_xor_si512(_mm512_unpackhi_epi64(t1, t3), flip);
+            for (int h = 0; h < 2; h++) {
+                __m512i y0 = Q8_16_LOAD(0, h), y1 = Q8_16_LOAD(1, h), y2 = Q8_16_LOAD(2, h), y3 = Q8_16_LOAD(3, h);
+                __m512i t0 = _mm512_unpacklo_epi32(y0, y1), t1 = _mm512_unpackhi_epi32(y0, y1);
+                __m512i t2 = _mm512_unpacklo_epi32(y2, y3), t3 = _mm512_unpackhi_epi32(y2, y3);
+                c[4 * h + 0] = _mm512_xor_si512(_mm512_unpacklo_epi64(t0, t2), flip);
+                c[4 * h + 1] = _mm512_xor_si512(_mm512_unpackhi_epi64(t0, t2), flip);
+                c[4 * h + 2] = _mm512_xor_si512(_mm512_unpacklo_epi64(t1, t3), flip);
+                c[4 * h + 3] = _mm512_xor_si512(_mm512_unpackhi_epi64(t1, t3), flip);
+            }
+            dv = _mm512_i32gather_epi32(off, (const void *)(w + b), 1);
+            dodd = _mm512_srli_epi64(dv, 32);
+            if (mode == PK_STORE) {
+                __m512i *p = pk + PK_STRIDE * b;
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++) p[i] = c[i];
+                p[8] = dv;
+                p[9] = dodd;
+            }
         }
-        const __m512i dv = _mm512_i32gather_epi32(off, (const void *)(w + b), 1), dodd = _mm512_srli_epi64(dv, 32);
 #pragma GCC unroll 8
         for (int64_t t = 0; t < T; t++) {
             const int32_t *x = (const int32_t *)(xq + t * k + b * BLOCK);
@@ -791,9 +834,15 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
 
 __attribute__((target(AVX512_TARGET))) static void dot16xt_q8_0_avx512(
         const blk_q8_0 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *s2, int64_t k,
-        int64_t *acc) {
-    if (T == TMAX) dot16xt_q8_0_body(w, nb, TMAX, xq, a, s2, k, acc);
-    else dot16xt_q8_0_body(w, nb, T, xq, a, s2, k, acc);
+        int64_t *acc, __m512i *pk, int mode) {
+    if (T == TMAX) {
+        if (mode == PK_LOAD) dot16xt_q8_0_body(w, nb, TMAX, xq, a, s2, k, acc, pk, PK_LOAD);
+        else if (mode == PK_STORE) dot16xt_q8_0_body(w, nb, TMAX, xq, a, s2, k, acc, pk, PK_STORE);
+        else dot16xt_q8_0_body(w, nb, TMAX, xq, a, s2, k, acc, pk, PK_NONE);
+    } else {
+        if (mode == PK_LOAD) dot16xt_q8_0_body(w, nb, T, xq, a, s2, k, acc, pk, PK_LOAD);
+        else dot16xt_q8_0_body(w, nb, T, xq, a, s2, k, acc, pk, PK_NONE);
+    }
 }
 
 typedef void (*dot4xt_q4_fn)(const blk_q4_1 *, int64_t, int64_t, const int8_t *, const int32_t *, const int32_t *,
@@ -933,20 +982,25 @@ static void dense_task(void *p, int64_t start, int64_t end) {
     const oi_qmat *w = j->w;
     int64_t nb = w->k / BLOCK;
     int64_t n = start;
-    if (use_avx512 > 0)
+    if (use_avx512 > 0 && n + 16 <= end) {
+        /* the unpacked blocks of one 16-row group, kept between its passes when there are several */
+        __m512i *pk = j->t > TMAX ? aligned_alloc(64, sizeof(__m512i) * PK_STRIDE * nb) : NULL;
         for (; n + 16 <= end; n += 16) {
             int64_t c = j->col0 + n, acc[16 * TMAX];
             for (int64_t t0 = 0; t0 < j->t; t0 += TMAX) {
                 int64_t tn = j->t - t0 < TMAX ? j->t - t0 : TMAX;
+                int mode = pk == NULL ? PK_NONE : (t0 == 0 ? PK_STORE : PK_LOAD);
                 if (w->fmt == 0)
                     dot16xt_q4_1_avx512((const blk_q4_1 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k,
-                                        j->a + t0 * nb, j->as2 + t0 * nb, w->k, acc);
+                                        j->a + t0 * nb, j->as2 + t0 * nb, w->k, acc, pk, mode);
                 else
                     dot16xt_q8_0_avx512((const blk_q8_0 *)w->data + c * nb, nb, tn, j->xq + t0 * w->k,
-                                        j->a + t0 * nb, j->s2 + t0 * nb, w->k, acc);
+                                        j->a + t0 * nb, j->s2 + t0 * nb, w->k, acc, pk, mode);
                 dense_store(j, acc, 16, t0, tn, n);
             }
         }
+        free(pk);
+    }
     if (use_vnni > 0)
         for (; n + 8 <= end; n += 8) {
             int64_t c = j->col0 + n, acc[8 * TMAX];

@@ -6,7 +6,8 @@ more), load the models' engines, announce endpoint and model ids in the
 registry when they differ from the listing, start the defender thread and
 serve the execution API until SIGTERM/SIGINT; then drain: uvicorn stops
 accepting, in-flight jobs finish (up to drain_seconds), the batchers and
-the defender stop."""
+the defender stop. A node below the minimum stake with games open against
+it (and no --stake) only defends those games, then exits (defend_until_done)."""
 
 from __future__ import annotations
 
@@ -149,8 +150,10 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
                                                           chain.model(model_ids[name]).model_root, settings, log)
         by_name[name] = engine
         event(log, "model loaded", model=name, model_id=model_ids[name])
-    ensure_registered(chain, eth_to_wei(settings.stake_eth) if settings.stake_eth else 0, endpoint,
-                      list(model_ids.values()), log)
+    defend_only = not settings.stake_eth and chain.stake() < chain.min_stake() and chain.open_disputes() > 0
+    if not defend_only:
+        ensure_registered(chain, eth_to_wei(settings.stake_eth) if settings.stake_eth else 0, endpoint,
+                          list(model_ids.values()), log)
     auth = settings.authenticator()
     if auth.open:
         event(log, "execution API is open to anyone: set --auth-token or --trust for a public node",
@@ -163,6 +166,8 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
     start = settings.start_block if settings.start_block >= 0 else max(chain.head() - 0, 0)
     defender = Defender(chain, store, node.program, metrics, log, strategy=strategy, start_block=start)
     thread, stop = defender.start(settings.poll_interval)
+    if defend_only:
+        return defend_until_done(chain, thread, stop, store, settings.poll_interval, log)
 
     def shutdown():
         stop.set()
@@ -176,6 +181,32 @@ def run(settings: NodeSettings, model_refs: list[str], engines: dict | None = No
           # continuous batching: a running stream waits at most one pass of this many rows (docs/serving.md)
           stall_bound_rows=node.max_batch + node.prefill_tokens if node.prefill_tokens else None)
     serve_until_signal(app, settings.host, settings.port, settings.drain_seconds)
+    return 0
+
+
+def defend_until_done(chain: NodeChain, thread, stop, store: Store, poll: float, log) -> int:
+    """A node whose stake fell below the minimum (slashed, or unbonded) with games still open
+    against it: it serves no jobs and announces nothing, but plays those games out, so each
+    leaf is decided on its merits rather than lost on time (an honest leaf of a node slashed
+    for another one stays final). Exits once none is open, or on SIGTERM/SIGINT."""
+    import signal
+    import threading
+
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    event(log, "stake below the minimum: defending the open games only (no jobs served)", logging.WARNING,
+          node=chain.address, open_games=chain.open_disputes())
+    while not done.wait(max(poll, 1.0)):
+        try:
+            if chain.open_disputes() == 0:
+                break
+        except Exception as exc:  # noqa: BLE001 - the chain is unreachable for a moment: ask again
+            event(log, "could not read open games", logging.WARNING, error=repr(exc))
+    stop.set()
+    thread.join(30)
+    store.close()
+    event(log, "node stopped: no open games left to defend", node=chain.address)
     return 0
 
 

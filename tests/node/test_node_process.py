@@ -184,3 +184,50 @@ def test_sigterm_drains_in_flight_jobs_and_the_cli_unbonds_and_withdraws(net, tm
     out = subprocess.run(cli + ["withdraw", *chain], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert net.w3.eth.get_balance(net.addr[role]) > before + 2 * 10**18 - 10**16
+
+
+def test_a_node_below_the_minimum_stake_with_a_game_open_defends_it_and_exits(net, tmp_path):
+    """A node whose stake fell below the minimum (slashed for another leaf, or unbonded) while a
+    game over one of its leaves is open: `opinfer node run` without --stake used to refuse to
+    start, so the game was lost on time and an honest leaf made invalid. Now it serves nothing,
+    plays the game out on its merits, and exits when no game is open."""
+    role, state, log, port = "n3", tmp_path / "n3.db", tmp_path / "n3.log", free_port()
+    proc = Proc(net, role, state, log, port)
+    answers = [proc.execute(net, s, 300 + s) for s in range(2)]
+    leaves = [leaf_from(a.json(), toy_job(s).to_bytes()) for s, a in zip(range(2), answers)]
+    batch_id = net.post(leaves)
+    assert proc.stop() == 0
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OPINFER_NODE_KEY": net.keys[role]}
+    out = subprocess.run([sys.executable, "-m", "opinfer.cli", "node", "unbond", "--rpc", net.anvil.url,
+                          "--rollup", net.rollup], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    sm = net.c["StakeManager"].functions
+    assert sm.stake(net.addr[role]).call() == 0 and net.slashable(role) == 2 * 10**18
+    griefer = Griefer(net)
+    gid = griefer.challenge(leaves, batch_id, 0)    # an honest leaf of a node with no active stake
+
+    args = [sys.executable, str(RUNNER), "--model", "toy-dot", "--rpc", net.anvil.url, "--rollup", net.rollup,
+            "--port", str(port), "--state", str(state), "--poll", "0.2", "--start-block", "0"]
+    with open(log, "a") as out_log:
+        p = subprocess.Popen(args, env={**env, "OPINFER_NODE_AUTH_TOKEN": TOKEN}, cwd=REPO, stdout=out_log,
+                             stderr=out_log)
+        try:
+            deadline = time.monotonic() + 120
+            while griefer.state(gid)["status"] == player.ACTIVE and time.monotonic() < deadline:
+                assert p.poll() is None, log.read_text()[-2000:]
+                try:
+                    griefer.respond(gid)
+                except ChainError:   # the node ended the game in between
+                    pass
+                time.sleep(0.1)
+            assert p.wait(30) == 0, log.read_text()[-2000:]
+        finally:
+            if p.poll() is None:
+                p.kill()
+    g = griefer.state(gid)
+    assert g["status"] == player.NODE_WON and g["node_clock"] > net.params.clock_budget // 2, g
+    assert net.slashable(role) == 2 * 10**18 and net.leaf_status(batch_id, 0) == POSTED
+    text = log.read_text()
+    assert "defending the open games only" in text and "no open games left to defend" in text
+    with pytest.raises(httpx.HTTPError):     # it served no jobs
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)

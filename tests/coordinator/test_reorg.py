@@ -144,17 +144,22 @@ def test_a_dropped_posting_is_posted_again_exactly_once(c1, net, depth):
     assert health["posting"]["reorgs"] >= 1 and health["posting"]["reposts"] >= 1
 
 
+def a_final_job(c1, net, traffic) -> tuple[str, int]:
+    """(job id, batch id) of a job answered, posted and finalized now."""
+    job_id = traffic.one(c1)
+    c1.c.post_batches()
+    net.time_travel(61)
+    c1.c.finalize()
+    view = httpx.get(f"{c1.url}/v1/jobs/{job_id}").json()
+    assert view["status"] == "final"
+    return job_id, view["batch_id"]
+
+
 @pytest.mark.parametrize("depth", [1, 3, 5])
 def test_a_dropped_finalize_is_sent_again_and_final_means_final(c1, net, depth):
     rollup = net.deployment.contracts["ResultRollup"]
     with Traffic(c1) as traffic:
-        job_id = traffic.one(c1)
-        c1.c.post_batches()
-        net.time_travel(61)
-        c1.c.finalize()
-        view = httpx.get(f"{c1.url}/v1/jobs/{job_id}").json()
-        assert view["status"] == "final"
-        batch_id = view["batch_id"]
+        job_id, batch_id = a_final_job(c1, net, traffic)
         mine(net, depth - 1)
         reorg.anvil_reorg(net.w3, depth)
         assert not rollup.functions.batch(batch_id).call()[5]   # the chain: not finalized any more
@@ -176,13 +181,7 @@ def test_a_dropped_finalize_is_seen_after_a_newer_posting_was_recorded(c1, net):
     canonical while the finalize's is not: the follower must still see the finalize gone."""
     rollup = net.deployment.contracts["ResultRollup"]
     with Traffic(c1) as traffic:
-        job_id = traffic.one(c1)
-        c1.c.post_batches()
-        net.time_travel(61)
-        c1.c.finalize()
-        view = httpx.get(f"{c1.url}/v1/jobs/{job_id}").json()
-        assert view["status"] == "final"
-        batch_id = view["batch_id"]
+        job_id, batch_id = a_final_job(c1, net, traffic)
         reorg.anvil_reorg(net.w3, 1)
         assert not rollup.functions.batch(batch_id).call()[5]
         # A posting goes out and is recorded with no follower run in between (as when the

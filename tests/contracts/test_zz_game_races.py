@@ -201,6 +201,16 @@ def test_second_game_on_a_proven_leaf_does_not_slash_new_stake(system, staked, c
     assert system.rollup.leaf_status(batch_id, 0) == STATUS_INVALID and system.rollup.open_games(batch_id, 0) == 0
 
 
+def set_chain_id(chain_id: int) -> None:
+    """anvil may apply the change with a delay: set it until it reads back."""
+    for _ in range(50):
+        rpc("anvil_setChainId", [chain_id])
+        if int(rpc("eth_chainId", []), 16) == chain_id:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"anvil's chain id never read back as {chain_id}")
+
+
 # Last test of the last module (brownie runs files in name order, hence "zz"): it changes the
 # shared anvil's chain id, and brownie's account layer can keep signing for the changed id
 # afterwards even though it is set back below; nothing may run after it.
@@ -217,15 +227,24 @@ def test_chain_id_change_does_not_free_a_disputed_cheater(system, staked, coordi
     stake = system.stake.slashable(node)
     old = web3.eth.chain_id
     anyone = nodes[2]
-    rpc("anvil_setChainId", [old + 1])
     try:
-        # Raw transactions signed for the new chain id (brownie keeps the old one).
+        set_chain_id(old + 1)
+
+        # Raw transactions signed for the new chain id (brownie keeps the old one); each waited
+        # for and required to succeed (a loaded anvil mines it after the call returns).
         def send(contract, fn, *args):
-            return rpc("eth_sendRawTransaction", ["0x" + Account.sign_transaction({
+            tx_hash = rpc("eth_sendRawTransaction", ["0x" + Account.sign_transaction({
                 "to": contract.address, "data": getattr(contract, fn).encode_input(*args), "gas": 3_000_000,
                 "gasPrice": 0, "chainId": old + 1, "value": 0,
                 "nonce": int(rpc("eth_getTransactionCount", [anyone.address, "latest"]), 16),
             }, anyone.private_key).raw_transaction.hex().removeprefix("0x")])
+            for _ in range(100):
+                receipt = rpc("eth_getTransactionReceipt", [tx_hash])
+                if receipt:
+                    assert int(receipt["status"], 16) == 1, (fn, receipt)
+                    return tx_hash
+                time.sleep(0.1)
+            raise AssertionError(f"{fn} was not mined")
 
         send(system.rollup, "void_forged_leaf", batch_id, 0, batch.records[0], batch.proof(0))
         assert system.rollup.invalid(batch_id, 0)
@@ -235,11 +254,7 @@ def test_chain_id_change_does_not_free_a_disputed_cheater(system, staked, coordi
         chain.sleep(system.params.clock_budget + 1)
         send(system.game, "claim_timeout", gid)
     finally:
-        for _ in range(20):     # anvil may apply the change with a delay: set it until it reads back
-            rpc("anvil_setChainId", [old])
-            if int(rpc("eth_chainId", []), 16) == old:
-                break
-            time.sleep(0.1)
+        set_chain_id(old)
         # brownie caches the chain id on first use; a read inside the window would leave every
         # later test signing for the other chain.
         web3._chain_id = old

@@ -670,6 +670,37 @@ __attribute__((target("avx2,fma,avxvnni"))) static void dot8xt_q8_0_vnni(const b
 #define ROWS16_EVEN _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0)
 #define ROWS16_ODD _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0)
 
+/* The 16-row kernels' shared layout steps (both inlined into their bodies, so the unrolled loops
+   and register-held accumulators are as before). rows16 puts 16 bytes of weight rows j, j + 4,
+   j + 8, j + 12 (at p, p + s, p + 2s, p + 3s) in lanes 0..3; transpose16 is the in-lane 4 x 4
+   transposition of int32 words over four such vectors y_0..y_3 (y_j from rows16 of row j), so
+   that int32 lane i of out[m] holds word m of weight row i. */
+__attribute__((target(AVX512_TARGET), always_inline)) static inline __m512i rows16(const void *p, int64_t s) {
+    const char *c = (const char *)p;
+    return _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(
+        _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)c)), _mm_loadu_si128((const __m128i *)(c + s)), 1),
+        _mm_loadu_si128((const __m128i *)(c + 2 * s)), 2), _mm_loadu_si128((const __m128i *)(c + 3 * s)), 3);
+}
+
+__attribute__((target(AVX512_TARGET), always_inline)) static inline void transpose16(
+        __m512i y0, __m512i y1, __m512i y2, __m512i y3, __m512i out[4]) {
+    __m512i t0 = _mm512_unpacklo_epi32(y0, y1), t1 = _mm512_unpackhi_epi32(y0, y1);
+    __m512i t2 = _mm512_unpacklo_epi32(y2, y3), t3 = _mm512_unpackhi_epi32(y2, y3);
+    out[0] = _mm512_unpacklo_epi64(t0, t2); out[1] = _mm512_unpackhi_epi64(t0, t2);
+    out[2] = _mm512_unpacklo_epi64(t1, t3); out[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+/* Lanes back to rows: acc[16 t + 2i] = se[t] lane i, acc[16 t + 2i + 1] = so[t] lane i. */
+__attribute__((target(AVX512_TARGET), always_inline)) static inline void store16xt(
+        int64_t *acc, const __m512i *se, const __m512i *so, int64_t T) {
+    const __m512i lo_idx = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), hi_idx = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+#pragma GCC unroll 8
+    for (int64_t t = 0; t < T; t++) {
+        _mm512_storeu_si512(acc + 16 * t, _mm512_permutex2var_epi64(se[t], lo_idx, so[t]));
+        _mm512_storeu_si512(acc + 16 * t + 8, _mm512_permutex2var_epi64(se[t], hi_idx, so[t]));
+    }
+}
+
 __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt_q4_1_body(
         const blk_q4_1 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *as2, int64_t k,
         int64_t *acc, __m512i *pk, int mode) {
@@ -681,11 +712,7 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
     __m512i se[TMAX], so[TMAX];
 #pragma GCC unroll 8
     for (int64_t t = 0; t < T; t++) se[t] = so[t] = _mm512_setzero_si512();
-#define Q16_LOAD(j) _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(                                   \
-        _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)w[(j) * nb + b].qs)),                            \
-        _mm_loadu_si128((const __m128i *)w[((j) + 4) * nb + b].qs), 1),                                           \
-        _mm_loadu_si128((const __m128i *)w[((j) + 8) * nb + b].qs), 2),                                           \
-        _mm_loadu_si128((const __m128i *)w[((j) + 12) * nb + b].qs), 3)
+    const int64_t four_rows = 4 * nb * (int64_t)sizeof(blk_q4_1);
     for (int64_t b = 0; b < nb; b++) {
         __m512i c0, c1, c2, c3, c4, c5, c6, c7, dv, dodd, mv, modd;
         if (mode == PK_LOAD) {
@@ -693,15 +720,13 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
             c0 = p[0]; c1 = p[1]; c2 = p[2]; c3 = p[3]; c4 = p[4]; c5 = p[5]; c6 = p[6]; c7 = p[7];
             dv = p[8]; dodd = p[9]; mv = p[10]; modd = p[11];
         } else {
-            __m512i y0 = Q16_LOAD(0), y1 = Q16_LOAD(1), y2 = Q16_LOAD(2), y3 = Q16_LOAD(3);
-            __m512i t0 = _mm512_unpacklo_epi32(y0, y1), t1 = _mm512_unpackhi_epi32(y0, y1);
-            __m512i t2 = _mm512_unpacklo_epi32(y2, y3), t3 = _mm512_unpackhi_epi32(y2, y3);
-            __m512i l0 = _mm512_unpacklo_epi64(t0, t2), l1 = _mm512_unpackhi_epi64(t0, t2);
-            __m512i l2 = _mm512_unpacklo_epi64(t1, t3), l3 = _mm512_unpackhi_epi64(t1, t3);
-            c0 = _mm512_and_si512(l0, m4); c4 = _mm512_and_si512(_mm512_srli_epi16(l0, 4), m4);
-            c1 = _mm512_and_si512(l1, m4); c5 = _mm512_and_si512(_mm512_srli_epi16(l1, 4), m4);
-            c2 = _mm512_and_si512(l2, m4); c6 = _mm512_and_si512(_mm512_srli_epi16(l2, 4), m4);
-            c3 = _mm512_and_si512(l3, m4); c7 = _mm512_and_si512(_mm512_srli_epi16(l3, 4), m4);
+            __m512i l[4];
+            transpose16(rows16(w[b].qs, four_rows), rows16(w[nb + b].qs, four_rows),
+                        rows16(w[2 * nb + b].qs, four_rows), rows16(w[3 * nb + b].qs, four_rows), l);
+            c0 = _mm512_and_si512(l[0], m4); c4 = _mm512_and_si512(_mm512_srli_epi16(l[0], 4), m4);
+            c1 = _mm512_and_si512(l[1], m4); c5 = _mm512_and_si512(_mm512_srli_epi16(l[1], 4), m4);
+            c2 = _mm512_and_si512(l[2], m4); c6 = _mm512_and_si512(_mm512_srli_epi16(l[2], 4), m4);
+            c3 = _mm512_and_si512(l[3], m4); c7 = _mm512_and_si512(_mm512_srli_epi16(l[3], 4), m4);
             /* qword lane i: (D, M) of row 2i (dv) and of row 2i + 1 (dodd); mul_epi32 reads the low dword */
             dv = _mm512_i32gather_epi64(off_e, (const void *)(w + b), 1);
             dodd = _mm512_i32gather_epi64(off_o, (const void *)(w + b), 1);
@@ -731,14 +756,7 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
                                                              _mm512_mul_epi32(modd, s2)));
         }
     }
-#undef Q16_LOAD
-    /* lanes back to rows: acc[16 t + 2i] = se[t] lane i, acc[16 t + 2i + 1] = so[t] lane i */
-    const __m512i lo_idx = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), hi_idx = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
-#pragma GCC unroll 8
-    for (int64_t t = 0; t < T; t++) {
-        _mm512_storeu_si512(acc + 16 * t, _mm512_permutex2var_epi64(se[t], lo_idx, so[t]));
-        _mm512_storeu_si512(acc + 16 * t + 8, _mm512_permutex2var_epi64(se[t], hi_idx, so[t]));
-    }
+    store16xt(acc, se, so, T);
 }
 
 __attribute__((target(AVX512_TARGET))) static void dot16xt_q4_1_avx512(
@@ -772,11 +790,7 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
     __m512i se[TMAX], so[TMAX];
 #pragma GCC unroll 8
     for (int64_t t = 0; t < T; t++) se[t] = so[t] = _mm512_setzero_si512();
-#define Q8_16_LOAD(j, h) _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(                              \
-        _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(w[(j) * nb + b].qs + 16 * (h)))),              \
-        _mm_loadu_si128((const __m128i *)(w[((j) + 4) * nb + b].qs + 16 * (h))), 1),                             \
-        _mm_loadu_si128((const __m128i *)(w[((j) + 8) * nb + b].qs + 16 * (h))), 2),                             \
-        _mm_loadu_si128((const __m128i *)(w[((j) + 12) * nb + b].qs + 16 * (h))), 3)
+    const int64_t four_rows = 4 * nb * (int64_t)sizeof(blk_q8_0);
     for (int64_t b = 0; b < nb; b++) {
         __m512i c[8], dv, dodd;
         if (mode == PK_LOAD) {
@@ -788,13 +802,11 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
         } else {
 #pragma GCC unroll 2
             for (int h = 0; h < 2; h++) {
-                __m512i y0 = Q8_16_LOAD(0, h), y1 = Q8_16_LOAD(1, h), y2 = Q8_16_LOAD(2, h), y3 = Q8_16_LOAD(3, h);
-                __m512i t0 = _mm512_unpacklo_epi32(y0, y1), t1 = _mm512_unpackhi_epi32(y0, y1);
-                __m512i t2 = _mm512_unpacklo_epi32(y2, y3), t3 = _mm512_unpackhi_epi32(y2, y3);
-                c[4 * h + 0] = _mm512_xor_si512(_mm512_unpacklo_epi64(t0, t2), flip);
-                c[4 * h + 1] = _mm512_xor_si512(_mm512_unpackhi_epi64(t0, t2), flip);
-                c[4 * h + 2] = _mm512_xor_si512(_mm512_unpacklo_epi64(t1, t3), flip);
-                c[4 * h + 3] = _mm512_xor_si512(_mm512_unpackhi_epi64(t1, t3), flip);
+                transpose16(rows16(w[b].qs + 16 * h, four_rows), rows16(w[nb + b].qs + 16 * h, four_rows),
+                            rows16(w[2 * nb + b].qs + 16 * h, four_rows), rows16(w[3 * nb + b].qs + 16 * h, four_rows),
+                            c + 4 * h);
+#pragma GCC unroll 4
+                for (int m = 0; m < 4; m++) c[4 * h + m] = _mm512_xor_si512(c[4 * h + m], flip);
             }
             dv = _mm512_i32gather_epi32(off, (const void *)(w + b), 1);
             dodd = _mm512_srli_epi64(dv, 32);
@@ -823,13 +835,7 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
             so[t] = _mm512_add_epi64(so[t], _mm512_mullo_epi64(po, av));
         }
     }
-#undef Q8_16_LOAD
-    const __m512i lo_idx = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), hi_idx = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
-#pragma GCC unroll 8
-    for (int64_t t = 0; t < T; t++) {
-        _mm512_storeu_si512(acc + 16 * t, _mm512_permutex2var_epi64(se[t], lo_idx, so[t]));
-        _mm512_storeu_si512(acc + 16 * t + 8, _mm512_permutex2var_epi64(se[t], hi_idx, so[t]));
-    }
+    store16xt(acc, se, so, T);
 }
 
 __attribute__((target(AVX512_TARGET))) static void dot16xt_q8_0_avx512(

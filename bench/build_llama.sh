@@ -7,6 +7,8 @@
 #   bench/build_llama.sh [PYTHON]    -> bench/llama.cpp/bin/
 set -euo pipefail
 PY=${1:-python3}
+# a relative interpreter path (make passes .venv/bin/python) must survive the cd below
+if [[ "$PY" == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; fi
 VERSION=0.3.16
 ROOT=$(cd "$(dirname "$0")" && pwd)/llama.cpp
 mkdir -p "$ROOT/src"

@@ -759,18 +759,26 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
     store16xt(acc, se, so, T);
 }
 
-__attribute__((target(AVX512_TARGET))) static void dot16xt_q4_1_avx512(
-        const blk_q4_1 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *as2, int64_t k,
-        int64_t *acc, __m512i *pk, int mode) {
-    if (T == TMAX) {
-        if (mode == PK_LOAD) dot16xt_q4_1_body(w, nb, TMAX, xq, a, as2, k, acc, pk, PK_LOAD);
-        else if (mode == PK_STORE) dot16xt_q4_1_body(w, nb, TMAX, xq, a, as2, k, acc, pk, PK_STORE);
-        else dot16xt_q4_1_body(w, nb, TMAX, xq, a, as2, k, acc, pk, PK_NONE);
-    } else {
-        if (mode == PK_LOAD) dot16xt_q4_1_body(w, nb, T, xq, a, as2, k, acc, pk, PK_LOAD);
-        else dot16xt_q4_1_body(w, nb, T, xq, a, as2, k, acc, pk, PK_NONE);
+/* A 16-row kernel's entry: its body inlined once per (T == TMAX or not, mode), so that the
+   constant T unrolls the loop over rows and keeps the accumulators in registers, and the
+   constant mode drops the unpacking or the keeping it does not do. (A pass of more than TMAX
+   rows stores on its first TMAX rows, so a short T never stores.) SCALES is the body's per-row
+   scale array: as2 for Q4_1, s2 for Q8_0. */
+#define DEF_DOT16XT(NAME, BODY, BLK)                                                                              \
+    __attribute__((target(AVX512_TARGET))) static void NAME(const BLK *w, int64_t nb, int64_t T, const int8_t *xq,  \
+                                                            const int32_t *a, const int32_t *scales, int64_t k,    \
+                                                            int64_t *acc, __m512i *pk, int mode) {                 \
+        if (T == TMAX) {                                                                                         \
+            if (mode == PK_LOAD) BODY(w, nb, TMAX, xq, a, scales, k, acc, pk, PK_LOAD);                          \
+            else if (mode == PK_STORE) BODY(w, nb, TMAX, xq, a, scales, k, acc, pk, PK_STORE);                   \
+            else BODY(w, nb, TMAX, xq, a, scales, k, acc, pk, PK_NONE);                                          \
+        } else {                                                                                                 \
+            if (mode == PK_LOAD) BODY(w, nb, T, xq, a, scales, k, acc, pk, PK_LOAD);                             \
+            else BODY(w, nb, T, xq, a, scales, k, acc, pk, PK_NONE);                                             \
+        }                                                                                                        \
     }
-}
+
+DEF_DOT16XT(dot16xt_q4_1_avx512, dot16xt_q4_1_body, blk_q4_1)
 
 /* Q8_0, sixteen rows, AVX-512 VNNI: the LM head's kernel (every decoding row pays for the whole
    vocabulary; it was the 8-row AVX-VNNI kernel, at half the width). Each 128-bit lane L of y_j
@@ -838,18 +846,7 @@ __attribute__((target(AVX512_TARGET), always_inline)) static inline void dot16xt
     store16xt(acc, se, so, T);
 }
 
-__attribute__((target(AVX512_TARGET))) static void dot16xt_q8_0_avx512(
-        const blk_q8_0 *w, int64_t nb, int64_t T, const int8_t *xq, const int32_t *a, const int32_t *s2, int64_t k,
-        int64_t *acc, __m512i *pk, int mode) {
-    if (T == TMAX) {
-        if (mode == PK_LOAD) dot16xt_q8_0_body(w, nb, TMAX, xq, a, s2, k, acc, pk, PK_LOAD);
-        else if (mode == PK_STORE) dot16xt_q8_0_body(w, nb, TMAX, xq, a, s2, k, acc, pk, PK_STORE);
-        else dot16xt_q8_0_body(w, nb, TMAX, xq, a, s2, k, acc, pk, PK_NONE);
-    } else {
-        if (mode == PK_LOAD) dot16xt_q8_0_body(w, nb, T, xq, a, s2, k, acc, pk, PK_LOAD);
-        else dot16xt_q8_0_body(w, nb, T, xq, a, s2, k, acc, pk, PK_NONE);
-    }
-}
+DEF_DOT16XT(dot16xt_q8_0_avx512, dot16xt_q8_0_body, blk_q8_0)
 
 typedef void (*dot4xt_q4_fn)(const blk_q4_1 *, int64_t, int64_t, const int8_t *, const int32_t *, const int32_t *,
                              const int32_t *, int64_t, int64_t *);

@@ -322,9 +322,10 @@ def report(r: dict) -> None:
 
 def in_process(streams: int, seconds: float = 20.0, threads: int = 1) -> dict:
     """The load phase's workload without processes or HTTP: `streams` closed-loop requests of
-    PROMPT_TOKENS random prompt tokens and NEW_TOKENS greedy tokens through the node's Decoder
-    (prefill 64 tokens per step), one native thread: generated tokens per CPU-second of this
-    thread, which the machine's load moves far less than tokens per wall second."""
+    PROMPT_TOKENS random prompt tokens and LOAD_NEW_TOKENS greedy tokens through the node's
+    Decoder (prefill 64 tokens per step), one native thread: generated tokens per CPU-second of
+    this thread, which the machine's load moves far less than tokens per wall second. (Figures
+    in docs/ before issue 18's third pass were taken with 32 new tokens.)"""
     import numpy as np
 
     from opinfer import native
@@ -337,7 +338,7 @@ def in_process(streams: int, seconds: float = 20.0, threads: int = 1) -> dict:
 
         def add() -> None:
             ids = [int(t) for t in rng.integers(100, 20000, PROMPT_TOKENS)]
-            dec.add(model.session(PROMPT_TOKENS + NEW_TOKENS), dict(ids=ids, max_tokens=NEW_TOKENS))
+            dec.add(model.session(PROMPT_TOKENS + LOAD_NEW_TOKENS), dict(ids=ids, max_tokens=LOAD_NEW_TOKENS))
 
         for _ in range(streams):
             add()

@@ -218,6 +218,10 @@ async def load(url: str, extra: dict, streams: int, prompt_list: list[list[int]]
 ROUNDS = 3
 
 
+def _ratio(eight: float, one: float) -> float | None:
+    return round(eight / one, 2) if one else None
+
+
 def measure(url: str, extra: dict, prompt_list, rounds: int | None = None) -> dict:
     """Idle figures, then 1, 4 and 8 streams; then rounds - 1 more pairs of 1 and 8 streams.
     eight_over_one is the median of the rounds' ratios (each round's 8 over its own 1)."""
@@ -231,15 +235,14 @@ def measure(url: str, extra: dict, prompt_list, rounds: int | None = None) -> di
                 out[f"streams_{n}"] = loads[n]
         one, eight = loads[1]["tokens_per_s"], loads[8]["tokens_per_s"]
         per_round.append({"streams_1_tokens_per_s": one, "streams_8_tokens_per_s": eight,
-                          "eight_over_one": round(eight / one, 2) if one else None,
+                          "eight_over_one": _ratio(eight, one),
                           "load_average_1m_before": loads["load_average_1m_before"],
                           "load_average_1m_after": round(os.getloadavg()[0], 1)})
     out["rounds"] = per_round
     short = {n: asyncio.run(load(url, extra, n, prompt_list, SHORT_NEW_TOKENS)) for n in (1, 8)}
     out["short_answers"] = {"new_tokens": SHORT_NEW_TOKENS, "streams_1_tokens_per_s": short[1]["tokens_per_s"],
                             "streams_8_tokens_per_s": short[8]["tokens_per_s"],
-                            "eight_over_one": round(short[8]["tokens_per_s"] / short[1]["tokens_per_s"], 2)
-                            if short[1]["tokens_per_s"] else None}
+                            "eight_over_one": _ratio(short[8]["tokens_per_s"], short[1]["tokens_per_s"])}
     ratios = [r["eight_over_one"] for r in per_round if r["eight_over_one"]]
     out["eight_over_one"] = round(statistics.median(ratios), 2) if ratios else None
     for n in (1, 8):
@@ -313,7 +316,7 @@ def report(r: dict) -> None:
     for name, side in sides:
         sa = side.get("short_answers")
         if sa:
-            print(f"  {name}: short answers ({sa['new_tokens']} tokens: a new 30-token prompt every {sa['new_tokens']} "
+            print(f"  {name}: short answers ({sa['new_tokens']} tokens: a new {r['prompt_tokens']}-token prompt every {sa['new_tokens']} "
                   f"tokens, half of a pass's rows are prompt rows): 8 streams / 1 stream = "
                   f"{sa['streams_8_tokens_per_s']}/{sa['streams_1_tokens_per_s']} = {sa['eight_over_one']}x")
     if "ratios" in r:
